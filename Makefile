@@ -1,0 +1,47 @@
+# Document tagging platform. The two commands: `make up` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV       := .venv
+PY         := $(VENV)/bin/python
+PIP        := $(VENV)/bin/pip
+STAMP      := $(VENV)/.installed
+PROTO_SRC  := $(wildcard protos/*.proto)
+PROTO_OUT  := services/common/pb/documents_pb2.py
+
+.PHONY: help setup protos check-protos test test-unit test-integration test-e2e
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+setup: $(STAMP) protos ## create .venv with every role's extras (torch==2.13.0 CPU)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first and pinned, so nothing pulls a CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+protos: $(PROTO_OUT) ## generate gRPC stubs from protos/
+
+$(PROTO_OUT): $(PROTO_SRC) infra/scripts/gen_protos.sh | $(STAMP)
+	PYTHON=$(PY) infra/scripts/gen_protos.sh
+	touch $@
+
+check-protos: setup ## fail when the generated stubs differ from protos/
+	PYTHON=$(PY) $(PY) -m pytest -q tests/unit/test_protos_fresh.py
+
+test: setup ## unit + integration (real PostgreSQL/RabbitMQ) + end-to-end tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+
+test-unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+test-e2e: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e

@@ -1,0 +1,113 @@
+"""FastAPI app factory: request ids, JSON access logs, metrics, /healthz, /readyz, problem+json.
+
+Every HTTP service builds its app with `create_app` so the operational surface is
+identical everywhere.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .context import REQUEST_ID_HEADER, new_request_id, request_id_var, tenant_id_var
+from .errors import install_problem_handlers
+from .metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+access_log = logging.getLogger("doctag.access")
+
+
+class RequestContextMiddleware:
+    """Takes or makes the request id, echoes it, times the request, counts it by route."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        rid = headers.get(REQUEST_ID_HEADER.lower()) or new_request_id()
+        rid_token = request_id_var.set(rid[:128])
+        tenant_token = tenant_id_var.set(None)
+        start = time.perf_counter()
+        status_holder = {"status": 500}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                hdrs = list(message.get("headers", []))
+                hdrs.append((REQUEST_ID_HEADER.encode(), rid[:128].encode("latin-1")))
+                message["headers"] = hdrs
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            route_name = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(self.service, method, route_name, str(status_holder["status"])).inc()
+            HTTP_LATENCY.labels(self.service, method, route_name).observe(elapsed)
+            if route_name not in ("/healthz", "/metrics"):
+                access_log.info(
+                    "request",
+                    extra={"method": method, "path": scope.get("path"), "route": route_name,
+                           "status": status_holder["status"], "duration_ms": round(elapsed * 1000, 1)},
+                )
+            request_id_var.reset(rid_token)
+            tenant_id_var.reset(tenant_token)
+
+
+def create_app(
+    service: str,
+    *,
+    title: str,
+    readiness: dict[str, ReadinessCheck] | None = None,
+    lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
+    version: str = "1",
+) -> FastAPI:
+    """An app with the shared middleware and the /healthz, /readyz and /metrics routes.
+
+    `readiness` maps a dependency name to an async check that raises when it is unreachable.
+    """
+    app = FastAPI(title=title, version=version, lifespan=lifespan,
+                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+    app.add_middleware(RequestContextMiddleware, service=service)
+    install_problem_handlers(app)
+    checks = dict(readiness or {})
+    app.state.readiness_checks = checks
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        results: dict[str, str] = {}
+        ok = True
+        for name, check in app.state.readiness_checks.items():
+            try:
+                await check()
+                results[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                ok = False
+                results[name] = f"unavailable: {exc.__class__.__name__}: {exc}"[:300]
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": results},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,67 @@
+"""Korean morphological analysis for full-text search (kiwipiepy).
+
+Korean attaches particles and endings to words (예산을, 예산이, 예산은), so a
+tsvector over raw text never matches the bare word. Index and query both go
+through `search_terms`: the content morphemes (nouns, verb and adjective stems,
+roots, foreign words, numbers), lower-cased, space-separated, ready for
+`to_tsvector('simple', ...)`.
+"""
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+# Content-bearing parts of speech (Sejong tag set as used by Kiwi).
+_KEEP_PREFIXES = ("NN", "NR", "NP", "SL", "SH", "SN", "XR")
+_STEM_TAGS = ("VV", "VA")
+_MAX_CHARS_PER_CHUNK = 5000
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _kiwi():  # type: ignore[no-untyped-def]
+    from kiwipiepy import Kiwi
+
+    return Kiwi(num_workers=0)
+
+
+def _chunks(text: str) -> list[str]:
+    """Splits long text on whitespace into pieces Kiwi handles quickly."""
+    out, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + _MAX_CHARS_PER_CHUNK)
+        if end < len(text):
+            cut = text.rfind(" ", start, end)
+            end = cut if cut > start else end
+        out.append(text[start:end])
+        start = end
+    return out
+
+
+def analyze(text: str) -> list[str]:
+    """The content morphemes of `text`, in order (duplicates kept)."""
+    if not text or not text.strip():
+        return []
+    terms: list[str] = []
+    kiwi = _kiwi()
+    for chunk in _chunks(text):
+        with _lock:
+            tokens = kiwi.tokenize(chunk)
+        for tok in tokens:
+            tag = tok.tag
+            if tag.startswith(_KEEP_PREFIXES):
+                form = tok.form
+            elif tag.startswith(_STEM_TAGS):
+                form = tok.form + "다"
+            else:
+                continue
+            form = form.strip().lower()
+            if form:
+                terms.append(form)
+    return terms
+
+
+def search_terms(text: str) -> str:
+    """Space-separated morphemes for `to_tsvector('simple', ...)`."""
+    return " ".join(analyze(text))

@@ -1,0 +1,42 @@
+"""Applies the database migrations (Alembic) as the admin role; creates the database if missing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from alembic import command
+from alembic.config import Config
+from psycopg import sql
+
+from .settings import CommonSettings
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def admin_url(settings: CommonSettings, user: str, password: str, database: str | None = None) -> str:
+    auth = user + (f":{password}" if password else "")
+    return f"postgresql+psycopg://{auth}@{settings.db_host}:{settings.db_port}/{database or settings.db_name}"
+
+
+def ensure_database(settings: CommonSettings, user: str, password: str) -> bool:
+    """Creates the database when it does not exist; returns True when it created it."""
+    with psycopg.connect(settings.dsn(user=user, password=password).replace(
+            f"dbname='{settings.db_name}'", "dbname='postgres'"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.db_name,)).fetchone()
+        if exists:
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
+            sql.Identifier(settings.db_name)))
+        return True
+
+
+def alembic_config(settings: CommonSettings, user: str, password: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", admin_url(settings, user, password).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(settings: CommonSettings, user: str = "postgres", password: str = "", revision: str = "head") -> None:
+    ensure_database(settings, user, password)
+    command.upgrade(alembic_config(settings, user, password), revision)
