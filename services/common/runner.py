@@ -1,0 +1,50 @@
+"""Runs a service's HTTP app (uvicorn) and optional gRPC server in one asyncio loop,
+and stops both gracefully on SIGTERM/SIGINT."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import grpc
+import uvicorn
+from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+
+async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Server | None = None,
+                grpc_address: str | None = None, on_grpc_started: Callable[[], Awaitable[None]] | None = None,
+                grace_seconds: float = 10.0) -> None:
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False,
+                            timeout_graceful_shutdown=int(grace_seconds))
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    http_task = asyncio.create_task(server.serve(), name="http")
+    if grpc_server is not None and grpc_address:
+        # Wait until the HTTP lifespan has started the shared components before taking gRPC calls.
+        while not server.started and not http_task.done():
+            await asyncio.sleep(0.05)
+        if http_task.done():
+            await http_task
+            return
+        grpc_server.add_insecure_port(grpc_address)
+        await grpc_server.start()
+        log.info("grpc listening", extra={"address": grpc_address})
+        if on_grpc_started:
+            await on_grpc_started()
+    log.info("http listening", extra={"host": host, "port": port})
+
+    stop_task = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down")
+    if grpc_server is not None:
+        await grpc_server.stop(grace_seconds)
+    server.should_exit = True
+    await http_task

@@ -1,0 +1,78 @@
+"""Wiring of the upload service: HTTP app, gRPC server, outbox relay."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.common.amqp import Topology
+from services.common.auth import TokenVerifier
+from services.common.blobstore import BlobStore
+from services.common.db import Database
+from services.common.http import create_app
+
+from .http_api import build_router
+from .relay import OutboxRelay
+from .service import DocumentService
+from .settings import UploadSettings
+
+
+class UploadComponents:
+    """Everything one upload replica runs, built from settings."""
+
+    def __init__(self, settings: UploadSettings) -> None:
+        self.settings = settings
+        self.db = Database(settings.dsn(), min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        self.blobs = BlobStore(settings.blob_root)
+        self.relay: OutboxRelay | None = None
+        if settings.relay_enabled:
+            relay_db = Database(settings.dsn(user=settings.relay_db_user, password=settings.relay_db_password),
+                                min_size=1, max_size=2)
+            self.relay = OutboxRelay(relay_db, settings.amqp_url, Topology(prefix=settings.amqp_prefix),
+                                     poll_seconds=settings.relay_poll_seconds, batch_size=settings.relay_batch_size)
+        self.service = DocumentService(settings, self.db, self.blobs,
+                                       on_outbox_write=self.relay.wake if self.relay else (lambda: None))
+        self.verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
+
+    async def start(self) -> None:
+        await self.db.open()
+        if self.relay:
+            await self.relay.db.open()
+            await self.relay.start()
+
+    async def stop(self) -> None:
+        if self.relay:
+            await self.relay.stop()
+            await self.relay.db.close()
+        await self.db.close()
+
+    async def check_database(self) -> None:
+        await self.db.ping()
+
+    async def check_blob_store(self) -> None:
+        probe = self.blobs.incoming / ".ready-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+    async def check_broker(self) -> None:
+        if self.relay and not self.relay.connected:
+            raise RuntimeError("not connected to RabbitMQ")
+
+
+def build_http_app(components: UploadComponents, *, manage_lifecycle: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            await components.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                await components.stop()
+
+    app = create_app("upload", title="doctag upload", lifespan=lifespan, readiness={
+        "database": components.check_database, "blob_store": components.check_blob_store,
+        "rabbitmq": components.check_broker})
+    app.include_router(build_router(components.service, components.verifier))
+    return app

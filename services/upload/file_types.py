@@ -1,0 +1,59 @@
+"""Which files the platform accepts, and their canonical content types.
+
+Decided from the file name's extension and confirmed by the first bytes, so a
+mislabelled file is refused at the door instead of failing later. HWP/HWPX are
+not accepted yet (their extractors come with a later change).
+"""
+from __future__ import annotations
+
+import os
+import unicodedata
+from dataclasses import dataclass
+
+DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+
+@dataclass(frozen=True)
+class FileType:
+    name: str
+    content_type: str
+    magic: tuple[bytes, ...]  # empty: no signature (plain text)
+
+
+TYPES = {
+    ".pdf": FileType("PDF", "application/pdf", (b"%PDF-",)),
+    ".docx": FileType("DOCX", DOCX_TYPE, (b"PK\x03\x04",)),
+    ".txt": FileType("TXT", "text/plain", ()),
+}
+SUPPORTED = ", ".join(sorted(t.name for t in TYPES.values()))
+
+
+class UnsupportedFile(ValueError):
+    pass
+
+
+def clean_filename(raw: str | None) -> str:
+    """The base name only, NFC-normalised, without control characters, at most 255 characters."""
+    name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = unicodedata.normalize("NFC", name)
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip().strip(".")
+    if len(name) > 255:
+        stem, ext = os.path.splitext(name)
+        name = stem[: 255 - len(ext)] + ext
+    return name
+
+
+def file_type_for(filename: str) -> FileType:
+    ext = os.path.splitext(filename)[1].lower()
+    if ext not in TYPES:
+        shown = ext or "(none)"
+        raise UnsupportedFile(f"file type {shown} is not supported; supported types: {SUPPORTED}")
+    return TYPES[ext]
+
+
+def check_signature(file_type: FileType, head: bytes) -> None:
+    """Raises when the first bytes contradict the declared type."""
+    if file_type.magic and not any(head.startswith(m) for m in file_type.magic):
+        raise UnsupportedFile(f"the file is named as {file_type.name} but its content is not a {file_type.name} file")
+    if not file_type.magic and b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UnsupportedFile("the file is named as TXT but contains binary data")

@@ -1,0 +1,85 @@
+"""gRPC `doctag.v1.Documents`: how the tagging worker reads files and reports results."""
+from __future__ import annotations
+
+import uuid
+
+import grpc
+
+from services.common.blobstore import CHUNK_SIZE
+from services.common.context import tenant_id_var
+from services.common.pb import documents_pb2 as pb
+from services.common.pb import documents_pb2_grpc as pb_grpc
+
+from .service import DocumentNotFound, DocumentService, StaleVersion
+
+_OUTCOMES = {
+    pb.TAGGING_OUTCOME_PROCESSING: "processing",
+    pb.TAGGING_OUTCOME_TAGGED: "tagged",
+    pb.TAGGING_OUTCOME_FAILED: "failed",
+}
+
+
+async def _ids(request, context: grpc.aio.ServicerContext) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    try:
+        tenant_id, document_id = str(uuid.UUID(request.tenant_id)), str(uuid.UUID(request.document_id))
+    except ValueError:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id and document_id must be UUIDs")
+    tenant_id_var.set(tenant_id)
+    return tenant_id, document_id
+
+
+class DocumentsServicer(pb_grpc.DocumentsServicer):
+    def __init__(self, service: DocumentService) -> None:
+        self.service = service
+
+    async def ReadContent(self, request, context):  # type: ignore[no-untyped-def]
+        tenant_id, document_id = await _ids(request, context)
+        try:
+            row = await self.service.content_info(tenant_id, document_id)
+        except DocumentNotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
+        first = True
+        async for chunk in self.service.blobs.aiter_chunks(tenant_id, row["sha256"], CHUNK_SIZE):
+            if first:
+                yield pb.ContentChunk(data=chunk, filename=row["filename"], content_type=row["content_type"],
+                                      size_bytes=row["size_bytes"], sha256=row["sha256"])
+                first = False
+            else:
+                yield pb.ContentChunk(data=chunk)
+
+    async def RecordTaggingResult(self, request, context):  # type: ignore[no-untyped-def]
+        tenant_id, document_id = await _ids(request, context)
+        outcome = _OUTCOMES.get(request.outcome)
+        if outcome is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome must be PROCESSING, TAGGED or FAILED")
+        tags = []
+        for t in request.tags:
+            if not t.tag or len(t.tag) > 100 or not (0.0 <= t.score <= 1.0):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid tag {t.tag!r} / score {t.score}")
+            tags.append({"tag": t.tag, "score": float(t.score), "model_name": t.model_name or None,
+                         "model_version": t.model_version or None})
+        if outcome == "failed" and not request.error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a failed outcome needs an error reason")
+        try:
+            status, applied = await self.service.record_result(
+                tenant_id, document_id, request.content_sha256, outcome, text=request.text, tags=tags,
+                error=request.error)
+        except DocumentNotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
+        except StaleVersion as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.RecordTaggingResultResponse(status=status, applied=applied)
+
+    async def GetDocument(self, request, context):  # type: ignore[no-untyped-def]
+        tenant_id, document_id = await _ids(request, context)
+        try:
+            doc = await self.service.get(tenant_id, document_id)
+        except DocumentNotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
+        return pb.Document(
+            id=doc["id"], tenant_id=tenant_id, title=doc["title"], filename=doc["filename"],
+            content_type=doc["content_type"], size_bytes=doc["size_bytes"], sha256=doc["sha256"],
+            status=doc["status"], error=doc["error"] or "",
+            tags=[pb.Tag(tag=t["tag"], score=t["score"], source=t["source"], model_version=t["model_version"] or "")
+                  for t in doc["tags"]],
+            created_at=doc["created_at"] or "", updated_at=doc["updated_at"] or "")

@@ -1,0 +1,102 @@
+"""Public HTTP API of the upload service (reached through the gateway)."""
+
+import base64
+import json
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from services.common.auth import Principal, TokenVerifier
+from services.common.errors import ProblemError
+
+from .repository import STATUSES
+from .service import DocumentNotFound, DocumentService
+
+
+def _document_id(raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ProblemError(422, "the document id must be a UUID", field="id") from None
+
+
+def encode_cursor(key: tuple[datetime, str]) -> str:
+    raw = json.dumps({"c": key[0].isoformat(), "i": key[1]}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(data["c"]), str(uuid.UUID(data["i"]))
+    except (ValueError, KeyError, TypeError):
+        raise ProblemError(422, "the cursor is not valid; use next_cursor from a previous page", field="cursor") from None
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII fallback plus the UTF-8 name, so Korean names survive in every browser."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in filename) or "document"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter:
+    router = APIRouter(prefix="/api/v1")
+    Auth = Annotated[Principal, Depends(verifier)]
+
+    @router.post("/documents", status_code=202, summary="Upload a document (multipart field `file`, optional `title`)")
+    async def upload(request: Request, principal: Auth) -> JSONResponse:
+        doc = await service.upload(principal, request.headers.get("content-type"), request.stream())
+        return JSONResponse(doc, status_code=202, headers={"Location": f"/api/v1/documents/{doc['id']}"})
+
+    @router.get("/documents", summary="The tenant's documents, newest first")
+    async def list_documents(
+        principal: Auth,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        cursor: str | None = None,
+        status: str | None = None,
+        tag: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> dict[str, Any]:
+        if status is not None and status not in STATUSES:
+            raise ProblemError(422, f"status must be one of {', '.join(STATUSES)}", field="status")
+        after = decode_cursor(cursor) if cursor else None
+        items, next_key = await service.list(principal.tenant_id, limit=limit, after=after, status=status, tag=tag)
+        return {"items": items, "next_cursor": encode_cursor(next_key) if next_key else None}
+
+    @router.get("/documents/{document_id}", summary="One document with its status and tags")
+    async def get_document(document_id: str, principal: Auth) -> dict[str, Any]:
+        try:
+            return await service.get(principal.tenant_id, _document_id(document_id))
+        except DocumentNotFound:
+            raise ProblemError(404, "no such document", field="id") from None
+
+    @router.get("/documents/{document_id}/content", summary="The original file")
+    async def get_content(document_id: str, principal: Auth) -> Response:
+        try:
+            row = await service.content_info(principal.tenant_id, _document_id(document_id))
+        except DocumentNotFound:
+            raise ProblemError(404, "no such document", field="id") from None
+        return StreamingResponse(
+            service.blobs.aiter_chunks(principal.tenant_id, row["sha256"]),
+            media_type=row["content_type"],
+            headers={"Content-Disposition": content_disposition(row["filename"]),
+                     "Content-Length": str(row["size_bytes"]), "ETag": f"\"{row['sha256']}\"",
+                     "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"},
+        )
+
+    @router.delete("/documents/{document_id}", status_code=204, summary="Delete a document and its file")
+    async def delete_document(document_id: str, principal: Auth) -> Response:
+        try:
+            await service.delete(principal, _document_id(document_id))
+        except DocumentNotFound:
+            raise ProblemError(404, "no such document", field="id") from None
+        return Response(status_code=204)
+
+    @router.get("/quota", summary="The tenant's storage quota and usage")
+    async def get_quota(principal: Auth) -> dict[str, Any]:
+        return await service.quota(principal.tenant_id)
+
+    return router

@@ -1,0 +1,150 @@
+"""SQL for the documents schema. Every function runs inside a tenant transaction
+(`Database.tenant_transaction`), so row-level security scopes it to one tenant."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+
+DOC_COLUMNS = ("id, tenant_id, title, filename, content_type, size_bytes, sha256, status, error, "
+               "created_at, updated_at, processed_at")
+STATUSES = ("queued", "processing", "tagged", "failed")
+FINAL_STATUSES = ("tagged", "failed")
+
+
+class QuotaExceeded(Exception):
+    def __init__(self, quota_bytes: int, used_bytes: int, requested: int) -> None:
+        super().__init__("storage quota exceeded")
+        self.quota_bytes, self.used_bytes, self.requested = quota_bytes, used_bytes, requested
+
+
+class NoQuota(Exception):
+    """The tenant has no storage quota row (it was not created with `doctag tenant create`)."""
+
+
+async def reserve_quota(conn: AsyncConnection, size: int) -> dict[str, int]:
+    """Adds `size` to the tenant's usage if it fits, atomically (row lock), else raises."""
+    row = await (await conn.execute(
+        "UPDATE documents.quotas SET used_bytes = used_bytes + %s, updated_at = now() "
+        "WHERE tenant_id = public.app_tenant_id() AND used_bytes + %s <= quota_bytes "
+        "RETURNING quota_bytes, used_bytes", (size, size))).fetchone()
+    if row:
+        return row
+    current = await quota(conn)
+    if current is None:
+        raise NoQuota()
+    raise QuotaExceeded(current["quota_bytes"], current["used_bytes"], size)
+
+
+async def release_quota(conn: AsyncConnection, size: int) -> None:
+    await conn.execute(
+        "UPDATE documents.quotas SET used_bytes = greatest(used_bytes - %s, 0), updated_at = now() "
+        "WHERE tenant_id = public.app_tenant_id()", (size,))
+
+
+async def quota(conn: AsyncConnection) -> dict[str, Any] | None:
+    return await (await conn.execute(
+        "SELECT q.quota_bytes, q.used_bytes, (SELECT count(*) FROM documents.documents) AS documents "
+        "FROM documents.quotas q WHERE q.tenant_id = public.app_tenant_id()")).fetchone()
+
+
+async def lock_blob(conn: AsyncConnection, tenant_id: str, sha256: str) -> None:
+    """Serialises uploads and deletes of one blob (transaction-scoped advisory lock)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}:{sha256}",))
+
+
+async def blob_references(conn: AsyncConnection, sha256: str) -> int:
+    row = await (await conn.execute(
+        "SELECT count(*) AS n FROM documents.documents WHERE sha256 = %s", (sha256,))).fetchone()
+    return int(row["n"])
+
+
+async def insert_document(conn: AsyncConnection, doc: dict[str, Any]) -> dict[str, Any]:
+    return await (await conn.execute(
+        f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "
+        f"status, search_terms, created_by) VALUES (%(id)s, public.app_tenant_id(), %(title)s, %(filename)s, "
+        f"%(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(search_terms)s, %(created_by)s) "
+        f"RETURNING {DOC_COLUMNS}", doc)).fetchone()
+
+
+async def insert_outbox(conn: AsyncConnection, event_type: str, message_id: str, payload: dict[str, Any]) -> None:
+    await conn.execute(
+        "INSERT INTO documents.outbox (tenant_id, event_type, message_id, payload) "
+        "VALUES (public.app_tenant_id(), %s, %s, %s)", (event_type, message_id, json.dumps(payload, ensure_ascii=False)))
+
+
+async def insert_audit(conn: AsyncConnection, document_id: str | None, actor_id: str | None, action: str,
+                       request_id: str | None, details: dict[str, Any] | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO documents.audit_log (tenant_id, document_id, actor_id, action, request_id, details) "
+        "VALUES (public.app_tenant_id(), %s, %s, %s, %s, %s)",
+        (document_id, actor_id, action, request_id, json.dumps(details or {}, ensure_ascii=False)))
+
+
+async def get_document(conn: AsyncConnection, document_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+    lock = " FOR UPDATE" if for_update else ""
+    return await (await conn.execute(
+        f"SELECT {DOC_COLUMNS} FROM documents.documents WHERE id = %s{lock}",
+        (document_id,))).fetchone()
+
+
+async def tags_for(conn: AsyncConnection, document_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {str(i): [] for i in document_ids}
+    if not document_ids:
+        return out
+    rows = await (await conn.execute(
+        "SELECT document_id, tag, score, source, model_name, model_version FROM documents.document_tags "
+        "WHERE document_id = ANY(%s::uuid[]) ORDER BY score DESC, tag", (document_ids,))).fetchall()
+    for r in rows:
+        out[str(r["document_id"])].append(
+            {"tag": r["tag"], "score": round(float(r["score"]), 4), "source": r["source"],
+             "model_name": r["model_name"], "model_version": r["model_version"]})
+    return out
+
+
+async def list_documents(conn: AsyncConnection, *, limit: int, after: tuple[datetime, str] | None,
+                         status: str | None, tag: str | None) -> list[dict[str, Any]]:
+    """Newest first; keyset pagination on (created_at, id)."""
+    where, params = [], []
+    if after is not None:
+        where.append("(created_at, id) < (%s, %s)")
+        params += [after[0], after[1]]
+    if status:
+        where.append("status = %s")
+        params.append(status)
+    if tag:
+        where.append("EXISTS (SELECT 1 FROM documents.document_tags t WHERE t.document_id = d.id AND t.tag = %s)")
+        params.append(tag)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    params.append(limit)
+    return await (await conn.execute(
+        f"SELECT {DOC_COLUMNS} FROM documents.documents d {clause} ORDER BY created_at DESC, id DESC LIMIT %s",
+        params)).fetchall()
+
+
+async def delete_document(conn: AsyncConnection, document_id: str) -> dict[str, Any] | None:
+    return await (await conn.execute(
+        f"DELETE FROM documents.documents WHERE id = %s RETURNING {DOC_COLUMNS}", (document_id,))).fetchone()
+
+
+async def set_status(conn: AsyncConnection, document_id: str, status: str, error: str | None = None) -> None:
+    final = status in FINAL_STATUSES
+    await conn.execute(
+        "UPDATE documents.documents SET status = %s, error = %s, updated_at = now(), "
+        "processed_at = CASE WHEN %s THEN now() ELSE processed_at END WHERE id = %s",
+        (status, error, final, document_id))
+
+
+async def store_tagging_result(conn: AsyncConnection, document_id: str, text: str, search_terms: str,
+                               tags: list[dict[str, Any]]) -> None:
+    await conn.execute(
+        "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, search_terms = %s, "
+        "updated_at = now(), processed_at = now() WHERE id = %s", (text, search_terms, document_id))
+    await conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'model'", (document_id,))
+    for t in tags:
+        await conn.execute(
+            "INSERT INTO documents.document_tags (tenant_id, document_id, tag, score, source, model_name, model_version) "
+            "VALUES (public.app_tenant_id(), %s, %s, %s, 'model', %s, %s)",
+            (document_id, t["tag"], t["score"], t.get("model_name"), t.get("model_version")))

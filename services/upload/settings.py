@@ -1,0 +1,33 @@
+"""Upload service settings (env prefix DOCTAG_)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.settings import CommonSettings
+
+
+class UploadSettings(CommonSettings):
+    service_name: str = "upload"
+    db_user: str = "doctag_upload"
+    # The outbox relay connects as its own role, which may read every tenant's outbox rows only.
+    relay_db_user: str = "doctag_relay"
+    relay_db_password: str = ""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8101
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 9101
+
+    blob_dir: Path | None = None
+    max_upload_bytes: int = 100 * 1024 * 1024
+    max_title_chars: int = 300
+    # Extracted text kept for search and display; longer text is cut (and says so in the log).
+    max_text_chars: int = 5_000_000
+
+    relay_enabled: bool = True
+    relay_poll_seconds: float = 1.0
+    relay_batch_size: int = 100
+
+    @property
+    def blob_root(self) -> Path:
+        return self.blob_dir or self.state_dir / "blobs"

@@ -1,0 +1,261 @@
+"""Upload service against the real PostgreSQL and RabbitMQ: HTTP API, quota, outbox relay,
+gRPC Documents, tenant isolation."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aio_pika
+import grpc
+import httpx
+import psycopg
+import pytest
+
+from services.common.amqp import Topology, message_id
+from services.common.pb import documents_pb2 as pb
+from services.common.pb import documents_pb2_grpc as pb_grpc
+from services.upload.app import UploadComponents, build_http_app
+from services.upload.grpc_api import DocumentsServicer
+from services.upload.settings import UploadSettings
+from tests.conftest import AMQP_URL, DB_HOST, DB_PORT, create_tenant
+
+pytestmark = pytest.mark.integration
+
+KOREAN_TEXT = "정부는 내년 예산을 12조 원 늘리기로 했다. 지방자치단체의 재정 부담을 덜기 위한 조치다.\n"
+
+
+@pytest.fixture
+def settings(test_db_name: str, amqp_prefix: str, key_dir: Path, tmp_path: Path) -> UploadSettings:
+    return UploadSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=test_db_name, amqp_url=AMQP_URL,
+                          amqp_prefix=amqp_prefix, jwt_public_key_file=key_dir / "jwt_public.pem",
+                          blob_dir=tmp_path / "blobs", max_upload_bytes=1024 * 1024, relay_poll_seconds=0.2)
+
+
+@asynccontextmanager
+async def running(settings: UploadSettings):  # type: ignore[no-untyped-def]
+    components = UploadComponents(settings)
+    await components.start()
+    app = build_http_app(components, manage_lifecycle=False)
+    server = grpc.aio.server()
+    pb_grpc.add_DocumentsServicer_to_server(DocumentsServicer(components.service), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://upload") as client:
+        try:
+            yield client, pb_grpc.DocumentsStub(channel), components
+        finally:
+            await channel.close()
+            await server.stop(0)
+            await components.stop()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def upload(client: httpx.AsyncClient, token: str, name: str, data: bytes, title: str | None = None,
+                 ctype: str = "application/octet-stream") -> httpx.Response:
+    form = {"title": title} if title is not None else None
+    return await client.post("/api/v1/documents", headers=auth(token), files={"file": (name, data, ctype)}, data=form)
+
+
+@pytest.fixture
+def tenants(admin_dsn: str) -> tuple[str, str]:
+    return (create_tenant(admin_dsn, f"a-{uuid.uuid4().hex[:8]}"), create_tenant(admin_dsn, f"b-{uuid.uuid4().hex[:8]}"))
+
+
+async def test_upload_queues_document_and_publishes_event(settings, tenants, make_token) -> None:
+    tenant_a, _ = tenants
+    token = make_token(tenant_a)
+    async with running(settings) as (client, _, _components):
+        connection = await aio_pika.connect_robust(AMQP_URL)
+        channel = await connection.channel()
+        _, jobs = await Topology(prefix=settings.amqp_prefix).declare(channel)
+        await jobs.purge()
+        data = KOREAN_TEXT.encode("utf-8")
+        resp = await upload(client, token, "예산 보도자료.txt", data, title="2027년 예산안")
+        assert resp.status_code == 202, resp.text
+        doc = resp.json()
+        assert doc["status"] == "queued" and doc["title"] == "2027년 예산안"
+        assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["size_bytes"] == len(data)
+        assert resp.headers["location"] == f"/api/v1/documents/{doc['id']}"
+
+        message = None
+        for _ in range(50):
+            message = await jobs.get(no_ack=True, fail=False)
+            if message:
+                break
+            await asyncio.sleep(0.1)
+        assert message is not None, "the outbox relay did not publish the upload"
+        body = json.loads(message.body)
+        assert message.message_id == message_id(doc["id"], doc["sha256"])
+        assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert body["document_id"] == doc["id"] and body["tenant_id"] == tenant_a
+        await connection.close()
+
+
+async def test_read_list_content_and_korean_filename(settings, tenants, make_token) -> None:
+    tenant_a, tenant_b = tenants
+    token_a, token_b = make_token(tenant_a), make_token(tenant_b)
+    async with running(settings) as (client, _, _components):
+        first = (await upload(client, token_a, "첫번째.txt", "첫 문서".encode())).json()
+        second = (await upload(client, token_a, "두번째 문서.txt", KOREAN_TEXT.encode())).json()
+
+        listed = (await client.get("/api/v1/documents", headers=auth(token_a), params={"limit": 1})).json()
+        assert [d["id"] for d in listed["items"]] == [second["id"]]
+        page2 = (await client.get("/api/v1/documents", headers=auth(token_a),
+                                  params={"limit": 1, "cursor": listed["next_cursor"]})).json()
+        assert page2["items"][0]["id"] == first["id"]
+
+        got = await client.get(f"/api/v1/documents/{second['id']}", headers=auth(token_a))
+        assert got.status_code == 200 and got.json()["status"] == "queued" and got.json()["tags"] == []
+
+        content = await client.get(f"/api/v1/documents/{second['id']}/content", headers=auth(token_a))
+        assert content.status_code == 200 and content.content == KOREAN_TEXT.encode()
+        assert content.headers["content-type"].startswith("text/plain")
+        disposition = content.headers["content-disposition"]
+        assert "filename*=UTF-8''%EB%91%90%EB%B2%88%EC%A7%B8%20%EB%AC%B8%EC%84%9C.txt" in disposition
+        assert disposition.isascii()
+
+        # The other tenant sees nothing of it.
+        for path in (f"/api/v1/documents/{second['id']}", f"/api/v1/documents/{second['id']}/content"):
+            other = await client.get(path, headers=auth(token_b))
+            assert other.status_code == 404
+            assert other.headers["content-type"] == "application/problem+json"
+        assert (await client.delete(f"/api/v1/documents/{second['id']}", headers=auth(token_b))).status_code == 404
+        assert (await client.get("/api/v1/documents", headers=auth(token_b))).json()["items"] == []
+
+
+async def test_bad_input_gets_problem_with_field(settings, tenants, make_token) -> None:
+    token = make_token(tenants[0])
+    async with running(settings) as (client, _, components):
+        cases = [
+            (await upload(client, token, "한글.hwp", b"HWP Document File"), 415, "file"),
+            (await upload(client, token, "empty.pdf", b""), 422, "file"),
+            (await upload(client, token, "fake.pdf", b"this is not a pdf"), 415, "file"),
+            (await upload(client, token, "binary.txt", b"\x00\x01\x02garbage"), 415, "file"),
+            (await upload(client, token, "big.txt", b"a" * (settings.max_upload_bytes + 1)), 413, "file"),
+            (await upload(client, token, "ok.txt", b"ok", title="x" * 301), 422, "title"),
+            (await client.post("/api/v1/documents", headers=auth(token), files={"title": (None, "no file")}), 422, "file"),
+            (await client.post("/api/v1/documents", headers={**auth(token), "content-type": "application/json"},
+                               content=b"{}"), 415, "Content-Type"),
+            (await client.post("/api/v1/documents", headers={**auth(token),
+                               "content-type": "multipart/form-data; boundary=XYZ"},
+                               content=b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nabc"),
+             400, "body"),
+            (await client.get("/api/v1/documents/not-a-uuid", headers=auth(token)), 422, "id"),
+            (await client.get("/api/v1/documents", headers=auth(token), params={"status": "done"}), 422, "status"),
+            (await client.get("/api/v1/documents", headers=auth(token), params={"cursor": "!!"}), 422, "cursor"),
+            (await client.get("/api/v1/documents", headers=auth(token), params={"limit": 0}), 422, "limit"),
+        ]
+        for resp, status, field in cases:
+            assert resp.status_code == status, (resp.status_code, resp.text)
+            problem = resp.json()
+            assert resp.headers["content-type"] == "application/problem+json"
+            assert problem["status"] == status and problem["type"].startswith("urn:doctag:problem:")
+            assert field in [e["field"] for e in problem.get("errors", [])], problem
+            assert problem["request_id"]
+        # Nothing was left behind by the refused uploads.
+        assert list(components.blobs.incoming.iterdir()) == []
+        assert (await client.get("/api/v1/quota", headers=auth(token))).json()["used_bytes"] == 0
+        assert (await client.get("/api/v1/documents", headers=auth(token))).json()["items"] == []
+
+
+async def test_tokens_are_checked(settings, tenants, make_token) -> None:
+    async with running(settings) as (client, _, _components):
+        assert (await client.get("/api/v1/documents")).status_code == 401
+        expired = make_token(tenants[0], ttl=-60)
+        resp = await client.get("/api/v1/documents", headers=auth(expired))
+        assert resp.status_code == 401 and resp.json()["type"] == "urn:doctag:problem:token-expired"
+        forged = make_token(tenants[0])[:-4] + "AAAA"
+        assert (await client.get("/api/v1/documents", headers=auth(forged))).status_code == 401
+
+
+async def test_quota_is_never_overshot_under_concurrency(settings, admin_dsn, make_token) -> None:
+    tenant = create_tenant(admin_dsn, f"q-{uuid.uuid4().hex[:8]}", quota_bytes=1000)
+    token = make_token(tenant)
+    async with running(settings) as (client, _, _components):
+        results = await asyncio.gather(*[
+            upload(client, token, f"f{i}.txt", (f"{i}" * 300).encode()[:300]) for i in range(10)])
+        statuses = sorted(r.status_code for r in results)
+        assert statuses.count(202) == 3 and statuses.count(507) == 7, statuses
+        refused = next(r for r in results if r.status_code == 507).json()
+        assert refused["type"] == "urn:doctag:problem:quota-exceeded" and refused["quota_bytes"] == 1000
+        quota = (await client.get("/api/v1/quota", headers=auth(token))).json()
+        assert quota == {"tenant_id": tenant, "quota_bytes": 1000, "used_bytes": 900, "available_bytes": 100,
+                         "documents": 3}
+
+
+async def test_delete_releases_quota_and_keeps_shared_blob(settings, tenants, make_token) -> None:
+    tenant = tenants[0]
+    token = make_token(tenant)
+    async with running(settings) as (client, _, components):
+        one = (await upload(client, token, "a.txt", b"same bytes")).json()
+        two = (await upload(client, token, "b.txt", b"same bytes")).json()
+        blob = components.blobs.path(tenant, one["sha256"])
+        assert blob.exists()
+        assert (await client.delete(f"/api/v1/documents/{one['id']}", headers=auth(token))).status_code == 204
+        assert blob.exists(), "the blob is still used by the second document"
+        assert (await client.get(f"/api/v1/documents/{one['id']}", headers=auth(token))).status_code == 404
+        assert (await client.delete(f"/api/v1/documents/{two['id']}", headers=auth(token))).status_code == 204
+        assert not blob.exists()
+        assert (await client.get("/api/v1/quota", headers=auth(token))).json()["used_bytes"] == 0
+
+
+async def test_grpc_documents_flow_is_idempotent(settings, tenants, make_token) -> None:
+    tenant_a, tenant_b = tenants
+    token = make_token(tenant_a)
+    async with running(settings) as (client, stub, _components):
+        data = ("가나다라" * 60_000).encode()  # 720 KB: several chunks
+        doc = (await upload(client, token, "long.txt", data)).json()
+
+        chunks = [c async for c in stub.ReadContent(pb.ReadContentRequest(tenant_id=tenant_a, document_id=doc["id"]),
+                                                     timeout=10)]
+        assert len(chunks) > 1 and b"".join(c.data for c in chunks) == data
+        assert chunks[0].sha256 == doc["sha256"] and chunks[0].filename == "long.txt"
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetDocument(pb.GetDocumentRequest(tenant_id=tenant_b, document_id=doc["id"]), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+        def record(outcome, **kw):  # type: ignore[no-untyped-def]
+            return stub.RecordTaggingResult(pb.RecordTaggingResultRequest(
+                tenant_id=tenant_a, document_id=doc["id"], content_sha256=kw.pop("sha", doc["sha256"]),
+                outcome=outcome, **kw), timeout=30)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await record(pb.TAGGING_OUTCOME_TAGGED, sha="0" * 64, text="x")
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        assert (await record(pb.TAGGING_OUTCOME_PROCESSING)).applied
+        assert not (await record(pb.TAGGING_OUTCOME_PROCESSING)).applied
+        tags = [pb.Tag(tag="경제", score=0.8, source="model", model_name="m", model_version="1")]
+        first = await record(pb.TAGGING_OUTCOME_TAGGED, text="정부 예산을 늘렸다", tags=tags)
+        assert first.applied and first.status == "tagged"
+        again = await record(pb.TAGGING_OUTCOME_TAGGED, text="정부 예산을 늘렸다", tags=tags)
+        assert not again.applied and again.status == "tagged"
+        late_failure = await record(pb.TAGGING_OUTCOME_FAILED, error="late")
+        assert not late_failure.applied and late_failure.status == "tagged"
+
+        got = (await client.get(f"/api/v1/documents/{doc['id']}", headers=auth(token))).json()
+        assert got["status"] == "tagged" and got["error"] is None
+        assert got["tags"] == [{"tag": "경제", "score": 0.8, "source": "model", "model_version": "1"}]
+        tagged = (await client.get("/api/v1/documents", headers=auth(token), params={"tag": "경제"})).json()
+        assert [d["id"] for d in tagged["items"]] == [doc["id"]]
+
+
+async def test_rls_hides_rows_without_tenant(settings, tenants, make_token, test_db_name) -> None:
+    token = make_token(tenants[0])
+    async with running(settings) as (client, _, _components):
+        assert (await upload(client, token, "a.txt", "비밀 문서".encode())).status_code == 202
+    with psycopg.connect(host=DB_HOST, port=DB_PORT, user="doctag_upload", dbname=test_db_name) as conn:
+        assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] == 0
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (tenants[1],))
+        assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] == 0
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (tenants[0],))
+        assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] >= 1
