@@ -1,0 +1,58 @@
+"""The operator CLI against the real PostgreSQL: idempotent tenant/user creation, clear errors."""
+from __future__ import annotations
+
+import io
+import uuid
+
+import psycopg
+import pytest
+
+from services.cli.main import main
+from services.common.passwords import verify_password
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, test_db_name: str):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DOCTAG_DB_NAME", test_db_name)
+
+    def run(*argv: str, stdin: str = "") -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        return main(list(argv))
+
+    return run
+
+
+def test_tenant_and_user_creation_is_idempotent(cli, admin_dsn, capsys) -> None:  # type: ignore[no-untyped-def]
+    slug = f"dept-{uuid.uuid4().hex[:6]}"
+    assert cli("tenant", "create", slug, "--name", "기획재정과", "--storage-quota", "5000") == 0
+    assert "created" in capsys.readouterr().out
+    assert cli("tenant", "create", slug, "--name", "기획재정과") == 0
+    assert "already exists" in capsys.readouterr().out
+
+    assert cli("user", "create", slug, "kim", "--password-stdin", "--role", "tenant_admin", stdin="s3cret-pass\n") == 0
+    assert cli("user", "create", slug, "kim", "--password-stdin", "--role", "tenant_admin", stdin="s3cret-pass\n") == 0
+    assert "unchanged" in capsys.readouterr().out
+    assert cli("user", "create", slug, "kim", "--password-stdin", stdin="another-pass\n") == 1
+    assert "already exists" in capsys.readouterr().err
+
+    with psycopg.connect(admin_dsn) as conn:
+        quota = conn.execute("SELECT q.quota_bytes FROM documents.quotas q JOIN identity.tenants t ON t.id = q.tenant_id "
+                             "WHERE t.slug = %s", (slug,)).fetchone()[0]
+        pw_hash, roles = conn.execute("SELECT password_hash, roles FROM identity.users WHERE username = 'kim'").fetchone()
+    assert quota == 5000 and roles == ["tenant_admin"]
+    assert verify_password(pw_hash, "s3cret-pass") and "s3cret-pass" not in pw_hash
+
+
+def test_clear_errors(cli, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert cli("tenant", "create", "Bad Slug!", "--name", "x") == 1
+    assert "SLUG" in capsys.readouterr().err
+    assert cli("user", "create", "no-such-tenant", "lee", "--password-stdin", stdin="password123\n") == 1
+    assert "no tenant" in capsys.readouterr().err
+    slug = f"dept-{uuid.uuid4().hex[:6]}"
+    assert cli("tenant", "create", slug, "--name", "총무과") == 0
+    assert cli("user", "create", slug, "lee") == 1
+    assert "--password-stdin" in capsys.readouterr().err
+    assert cli("user", "create", slug, "lee", "--password-stdin", stdin="short\n") == 1
+    assert "at least 8" in capsys.readouterr().err
