@@ -1,0 +1,1 @@
+"""Search service: Korean full-text and tag search inside one tenant (HTTP + gRPC)."""

@@ -1,0 +1,60 @@
+"""gRPC doctag.v1.Search/Search for internal callers (the tenant comes in the request).
+
+Same validation and query function as the HTTP API. The proto carries tag names
+only (no scores, status, dates or facets); those stay HTTP-only.
+"""
+from __future__ import annotations
+
+import logging
+
+import grpc
+import psycopg
+from psycopg_pool import PoolTimeout
+
+from services.common.context import tenant_id_var
+from services.common.db import Database
+from services.common.pb import search_pb2, search_pb2_grpc
+
+from . import engine, query
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "doctag.v1.Search"
+# Validation names HTTP parameters; gRPC callers know the proto field names.
+_PROTO_FIELDS = {"q": "query", "tag": "tags"}
+
+
+class SearchServicer(search_pb2_grpc.SearchServicer):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def Search(self, request: search_pb2.SearchRequest,  # noqa: N802 - gRPC method name
+                     context: grpc.aio.ServicerContext) -> search_pb2.SearchResponse:
+        try:
+            tenant = engine.parse_tenant_id(request.tenant_id)
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id: must be a UUID")
+        tenant_id_var.set(tenant)
+        try:
+            params = query.validate(request.query, list(request.tags), request.limit or None,
+                                    request.cursor or None)
+        except query.QueryError as exc:
+            field = _PROTO_FIELDS.get(exc.field, exc.field)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {exc.message}")
+        try:
+            result = await engine.search(self.db, tenant, params)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            log.warning("database unavailable: %s", exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the search database is unavailable")
+        return search_pb2.SearchResponse(
+            hits=[
+                search_pb2.SearchHit(id=h.id, title=h.title, snippet=h.snippet, score=h.score,
+                                     tags=[t.tag for t in h.tags])
+                for h in result.hits
+            ],
+            total=result.total,
+            next_cursor=result.next_cursor or "",
+        )
+
+
+def add_to_server(server: grpc.aio.Server, db: Database) -> None:
+    search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(db), server)

@@ -1,0 +1,64 @@
+"""Process entry: the job consumer plus a small HTTP server (/healthz, /readyz, /metrics)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.common.http import create_app
+from services.common.logging import configure_logging
+
+from .settings import WorkerSettings
+from .worker import TaggingWorker
+
+log = logging.getLogger(__name__)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this process stops the worker first, then HTTP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_http_app(worker: TaggingWorker) -> FastAPI:
+    return create_app(worker.settings.service_name, title="Tagging worker",
+                      readiness={"amqp": worker.check_amqp, "grpc": worker.check_grpc})
+
+
+async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = None) -> None:
+    """Runs until SIGTERM/SIGINT (or `stop_event`), then shuts down gracefully."""
+    stop_event = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop_event.set)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
+            pass
+
+    worker = TaggingWorker(settings)
+    server = _HttpServer(uvicorn.Config(build_http_app(worker), host=settings.http_host,
+                                        port=settings.http_port, log_config=None, lifespan="on"))
+    http_task = asyncio.create_task(server.serve())
+    try:
+        await worker.start()
+        log.info("tagging worker started", extra={"http_port": settings.http_port})
+        await stop_event.wait()
+        log.info("shutting down")
+    finally:
+        await worker.stop()
+        server.should_exit = True
+        await http_task
+        log.info("tagging worker stopped")
+
+
+def main() -> None:
+    settings = WorkerSettings()
+    configure_logging(settings.service_name, settings.log_level)
+    asyncio.run(serve(settings))

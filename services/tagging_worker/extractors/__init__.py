@@ -1,0 +1,30 @@
+"""Text extraction: bytes + declared filename/content type → normalised UTF-8 text.
+
+`extract_text` runs in-process and raises `ExtractionError(reason)`; the worker
+calls it through `IsolatedExtractor`, which runs it in a child process with a
+time limit so a crashing or hanging parser never takes the worker down.
+"""
+from __future__ import annotations
+
+from .cleanup import normalise_text
+from .detect import Format, resolve_format
+from .docx import extract_docx
+from .errors import ExtractionError
+from .limits import Limits
+from .pdf import extract_pdf
+from .text import decode_text
+
+__all__ = ["ExtractionError", "Format", "Limits", "extract_text"]
+
+
+def extract_text(data: bytes, filename: str = "", content_type: str = "", limits: Limits | None = None) -> str:
+    """The document's text (NFC, `\\n` newlines; may be empty, e.g. a scanned PDF)."""
+    limits = limits or Limits()
+    fmt = resolve_format(data, filename, content_type)
+    if fmt is Format.PDF:
+        raw = extract_pdf(data, limits)
+    elif fmt is Format.DOCX:
+        raw = extract_docx(data, limits)
+    else:
+        raw = decode_text(data)
+    return normalise_text(raw, limits.max_chars)

@@ -1,0 +1,116 @@
+"""Which format a file really is: from its bytes, cross-checked with its declared name/type.
+
+The extension (or, without one, the declared content type) says what the user
+thinks they uploaded; the magic numbers say what it is. A supported declared
+format must match the bytes; an undeclared one (no extension, octet-stream) is
+taken from the bytes.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from enum import Enum
+from pathlib import PurePosixPath
+
+from .errors import ExtractionError
+
+
+class Format(str, Enum):
+    PDF = "pdf"
+    DOCX = "docx"
+    TEXT = "txt"
+
+
+_EXTENSIONS = {".pdf": Format.PDF, ".docx": Format.DOCX, ".txt": Format.TEXT, ".text": Format.TEXT}
+_CONTENT_TYPES = {
+    "application/pdf": Format.PDF,
+    "application/x-pdf": Format.PDF,
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": Format.DOCX,
+    "text/plain": Format.TEXT,
+}
+_GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream", "application/unknown"}
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# Office files protected with a password are OLE containers with this stream (UTF-16 name).
+_OFFICE_ENCRYPTION_STREAM = "EncryptionInfo".encode("utf-16-le")
+
+
+def declared_format(filename: str, content_type: str) -> Format | str | None:
+    """The declared format, a label of an unsupported one (".hwp"), or None when nothing useful was declared."""
+    suffix = PurePosixPath(filename.replace("\\", "/")).suffix.lower() if filename else ""
+    if suffix:
+        return _EXTENSIONS.get(suffix, suffix)
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media in _GENERIC_TYPES:
+        return None
+    if media.startswith("text/"):
+        return Format.TEXT
+    return _CONTENT_TYPES.get(media, media)
+
+
+def sniff(data: bytes) -> str:
+    """"pdf", "zip", "ole" or "other" from the first bytes."""
+    if b"%PDF-" in data[:1024]:
+        return "pdf"
+    if data.startswith(_ZIP_MAGIC):
+        return "zip"
+    if data.startswith(_OLE_MAGIC):
+        return "ole"
+    return "other"
+
+
+def resolve_format(data: bytes, filename: str, content_type: str) -> Format:
+    """The format to extract with, or ExtractionError saying why the file cannot be read."""
+    if not data:
+        raise ExtractionError("the file is empty")
+    declared = declared_format(filename, content_type)
+    actual = sniff(data)
+    if isinstance(declared, str) and not isinstance(declared, Format):
+        raise ExtractionError(f"unsupported file type: {declared}")
+    if declared is Format.PDF:
+        if actual != "pdf":
+            raise ExtractionError("not a valid PDF file")
+        return Format.PDF
+    if declared is Format.DOCX:
+        if actual == "ole":
+            if _OFFICE_ENCRYPTION_STREAM in data:
+                raise ExtractionError("the DOCX file is encrypted (password-protected); "
+                                      "remove the password and upload it again")
+            raise ExtractionError("not a valid DOCX file: it is an older Word (.doc) or other OLE file")
+        if actual != "zip":
+            raise ExtractionError("not a valid DOCX file")
+        return Format.DOCX
+    if declared is Format.TEXT:
+        if actual in ("pdf", "zip", "ole"):
+            raise ExtractionError(f"not a text file: the content is a {_describe(actual, data)}")
+        return Format.TEXT
+    # Nothing useful declared: trust the bytes.
+    if actual == "pdf":
+        return Format.PDF
+    if actual == "zip":
+        if _zip_has(data, "word/document.xml"):
+            return Format.DOCX
+        raise ExtractionError(f"unsupported file type: {_describe(actual, data)}")
+    if actual == "ole":
+        raise ExtractionError(f"unsupported file type: {_describe(actual, data)}")
+    return Format.TEXT
+
+
+def _zip_has(data: bytes, name: str) -> bool:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return name in archive.namelist()
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def _describe(actual: str, data: bytes) -> str:
+    if actual == "pdf":
+        return "PDF document"
+    if actual == "ole":
+        return "OLE compound file (HWP, DOC or similar)"
+    if _zip_has(data, "word/document.xml"):
+        return "DOCX document"
+    if _zip_has(data, "Contents/section0.xml"):
+        return "HWPX document"
+    return "ZIP archive"

@@ -1,0 +1,236 @@
+"""The job consumer: one `document.uploaded` message → text + tags recorded with upload.
+
+Per job: RecordTaggingResult(PROCESSING) → ReadContent → extract (child process)
+→ Predict → RecordTaggingResult(TAGGED | FAILED) → ack. The message is acked only
+after upload confirmed the final write, so a crash anywhere means redelivery, and
+every step is idempotent on upload's side (same content version → same state).
+
+Failure handling:
+- the file cannot be read as text → FAILED with the extractor's reason, ack;
+- NOT_FOUND (document deleted) / FAILED_PRECONDITION (not the current content
+  version) from upload → nothing left to do, ack;
+- transient gRPC failures are retried in the handler (clients.Retrier); when they
+  persist, or anything unexpected happens, the message is requeued; on its last
+  allowed delivery the document is recorded FAILED and the message dead-lettered;
+- a message that is not a valid job → rejected to the dead-letter queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aio_pika
+import grpc
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+
+from services.common.amqp import Topology
+from services.common.context import request_id_var, tenant_id_var
+from services.common.grpc_utils import client_channel
+from services.common.pb import documents_pb2
+
+from .clients import Content, DocumentsClient, DocumentTooLarge, ModelClient, Retrier, describe_error
+from .extractors import ExtractionError, Limits
+from .extractors.isolated import IsolatedExtractor
+from .job import InvalidJob, Job, delivery_count, is_last_delivery
+from .metrics import EXTRACTION_DURATION, IN_FLIGHT, JOB_DURATION, JOBS
+from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+Outcome = documents_pb2.TaggingOutcome
+FINAL_STATUSES = frozenset({"tagged", "failed"})
+NO_TEXT = "no text could be extracted"
+# Upload answers these when the job no longer applies; the message is done.
+GONE_CODES = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION})
+
+
+class TaggingWorker:
+    def __init__(self, settings: WorkerSettings, extractor: IsolatedExtractor | None = None) -> None:
+        self.settings = settings
+        self.topology = Topology(prefix=settings.amqp_prefix, delivery_limit=settings.delivery_limit)
+        self.extractor = extractor or IsolatedExtractor(
+            Limits(max_pages=settings.extract_max_pages, max_chars=settings.extract_max_chars),
+            settings.extract_timeout_seconds, memory_limit_mb=settings.extract_memory_limit_mb)
+        retrier = Retrier(settings)
+        self.documents_channel = client_channel(settings.documents_grpc_target)
+        self.model_channel = client_channel(settings.model_grpc_target)
+        self.documents = DocumentsClient(self.documents_channel, settings, retrier)
+        self.model = ModelClient(self.model_channel, settings, retrier)
+        self.connection: AbstractRobustConnection | None = None
+        self.channel: AbstractRobustChannel | None = None
+        self.queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.extractor.warm_up)
+        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self.channel = await self.connection.channel()  # type: ignore[assignment]
+        await self.channel.set_qos(prefetch_count=self.settings.prefetch)
+        _, self.queue = await self.topology.declare(self.channel)
+        self._consumer_tag = await self.queue.consume(self._on_message, no_ack=False)
+        log.info("consuming", extra={"queue": self.topology.jobs_queue, "prefetch": self.settings.prefetch})
+
+    async def stop(self) -> None:
+        """Stops consuming, lets in-flight jobs finish (within the grace period), closes everything."""
+        if self.queue is not None and self._consumer_tag is not None:
+            try:
+                await self.queue.cancel(self._consumer_tag)
+            except Exception:  # noqa: BLE001 - the channel may be gone already
+                log.warning("could not cancel the consumer", exc_info=True)
+            self._consumer_tag = None
+        if self._tasks:
+            log.info("waiting for in-flight jobs", extra={"jobs": len(self._tasks)})
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace_seconds)
+            for task in pending:
+                task.cancel()  # the handler nacks its message back to the queue
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self.connection is not None:
+            await self.connection.close()
+        await self.documents_channel.close()
+        await self.model_channel.close()
+        await asyncio.to_thread(self.extractor.close)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def check_amqp(self) -> None:
+        if self.connection is None or self.connection.is_closed or self.channel is None or self.channel.is_closed:
+            raise RuntimeError("AMQP channel is not open")
+
+    async def check_grpc(self) -> None:
+        for name, channel in (("documents", self.documents_channel), ("model", self.model_channel)):
+            if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
+                try:
+                    await asyncio.wait_for(channel.channel_ready(), timeout=2.0)
+                except asyncio.TimeoutError as exc:
+                    raise RuntimeError(f"{name} gRPC channel is not ready") from exc
+
+    # -- one message -----------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self.handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        """Handles one delivery and settles it (ack, nack-requeue or reject) exactly once."""
+        request_id_var.set(message.message_id or message.correlation_id or None)
+        tenant_id_var.set(None)
+        try:
+            job = Job.from_body(message.body)
+        except InvalidJob as exc:
+            log.error("invalid job message, dead-lettering it",
+                      extra={"message_id": message.message_id, "reason": str(exc)})
+            JOBS.labels("rejected").inc()
+            await _settle(message.reject(requeue=False))
+            return
+        if not message.message_id:
+            request_id_var.set(job.document_id)
+        tenant_id_var.set(job.tenant_id)
+
+        count = delivery_count(message.headers)
+        start = time.perf_counter()
+        outcome = "requeued"
+        IN_FLIGHT.inc()
+        try:
+            outcome = await self.process(job)
+            await _settle(message.ack())
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in GONE_CODES:
+                log.info("job no longer applies", extra={"document_id": job.document_id, "code": exc.code().name})
+                outcome = "skipped"
+                await _settle(message.ack())
+            else:
+                outcome = await self._give_back(message, job, count, exc)
+        except asyncio.CancelledError:
+            log.warning("shutting down: job returned to the queue", extra={"document_id": job.document_id})
+            await asyncio.shield(_settle(message.nack(requeue=True)))
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure: retry via the queue, bounded
+            outcome = await self._give_back(message, job, count, exc)
+        finally:
+            IN_FLIGHT.dec()
+            elapsed = time.perf_counter() - start
+            JOBS.labels(outcome).inc()
+            JOB_DURATION.labels(outcome).observe(elapsed)
+            log.info("job handled", extra={"document_id": job.document_id, "outcome": outcome,
+                                           "delivery_count": count, "duration_ms": round(elapsed * 1000, 1)})
+
+    async def _give_back(self, message: AbstractIncomingMessage, job: Job, count: int, exc: BaseException) -> str:
+        """Requeues the job, or on its last allowed delivery records FAILED and dead-letters it."""
+        reason = describe_error(exc)
+        if not is_last_delivery(count, self.settings.delivery_limit):
+            log.warning("job failed, requeueing", extra={"document_id": job.document_id, "delivery_count": count,
+                                                         "error": reason}, exc_info=not _expected(exc))
+            await _settle(message.nack(requeue=True))
+            return "requeued"
+        log.error("job failed on its last delivery, dead-lettering it",
+                  extra={"document_id": job.document_id, "delivery_count": count, "error": reason},
+                  exc_info=not _expected(exc))
+        try:
+            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED,
+                                        error=f"processing failed repeatedly: {reason}")
+        except Exception as record_exc:  # noqa: BLE001 - the message still goes to the DLQ for an operator
+            log.error("could not record the failure", extra={"document_id": job.document_id,
+                                                             "error": describe_error(record_exc)})
+        await _settle(message.reject(requeue=False))
+        return "dead_lettered"
+
+    async def process(self, job: Job) -> str:
+        """Runs the job to its final state; returns the outcome label. gRPC errors propagate."""
+        started = await self.documents.record(job, Outcome.TAGGING_OUTCOME_PROCESSING)
+        if not started.applied and started.status in FINAL_STATUSES:
+            log.info("document already final", extra={"document_id": job.document_id, "status": started.status})
+            return "skipped"
+        try:
+            content = await self.documents.read_content(job)
+        except DocumentTooLarge as exc:
+            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=str(exc))
+            return "failed"
+        if content.stored_sha256 != job.sha256:
+            log.info("the document has newer content; this job is stale", extra={"document_id": job.document_id})
+            return "skipped"
+
+        text = await self._extract(job, content)
+        if isinstance(text, ExtractionError):
+            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=text.reason)
+            return "failed"
+        if not text.strip():
+            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=NO_TEXT)
+            return "failed"
+
+        prediction = await self.model.predict(text, job.tenant_id)
+        tags = [documents_pb2.Tag(tag=label, score=score, source="model", model_name=prediction.model,
+                                  model_version=prediction.version) for label, score in prediction.tags]
+        await self.documents.record(job, Outcome.TAGGING_OUTCOME_TAGGED, text=text, tags=tags)
+        return "tagged"
+
+    async def _extract(self, job: Job, content: Content) -> str | ExtractionError:
+        start = time.perf_counter()
+        try:
+            text = await self.extractor.extract(content.data, content.filename, content.content_type)
+        except ExtractionError as exc:
+            EXTRACTION_DURATION.labels("error").observe(time.perf_counter() - start)
+            log.info("text extraction failed", extra={"document_id": job.document_id, "reason": exc.reason})
+            return exc
+        EXTRACTION_DURATION.labels("ok").observe(time.perf_counter() - start)
+        return text
+
+
+def _expected(exc: BaseException) -> bool:
+    """gRPC failures are expected operational events (no traceback in the log); bugs are not."""
+    return isinstance(exc, grpc.aio.AioRpcError)
+
+
+async def _settle(settle_coro) -> None:  # type: ignore[no-untyped-def]
+    """Acks/nacks/rejects; a channel lost meanwhile means the broker redelivers anyway."""
+    try:
+        await settle_coro
+    except Exception:  # noqa: BLE001
+        log.warning("could not settle the message (channel closed?); the broker will redeliver it", exc_info=True)

@@ -1,0 +1,424 @@
+"""Search service against the real PostgreSQL: HTTP API, gRPC, tenant isolation, RLS.
+
+Documents are inserted as the admin (as the upload service would leave them), with
+`search_terms` from the same Korean analyser; the service reads as doctag_search.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.db import Database
+from services.common.grpc_utils import add_health, create_server, set_serving
+from services.common.korean import analyze, search_terms
+from services.common.pb import search_pb2, search_pb2_grpc
+from services.search import engine, query
+from services.search.api import build_app
+from services.search.grpc_service import SERVICE_NAME, add_to_server
+from services.search.settings import SearchSettings
+from tests.conftest import DATA, create_tenant
+
+pytestmark = pytest.mark.integration
+
+N_PETITIONS = 60
+
+
+@dataclass
+class Seed:
+    tenant_a: str
+    tenant_b: str
+    tenant_empty: str
+    docs: dict[str, str] = field(default_factory=dict)            # key -> id (tenant A)
+    b_budget_id: str = ""
+    petitions: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> {title, text, label}
+
+
+def _insert(conn: psycopg.Connection, tenant: str, title: str, text: str | None,
+            tags: dict[str, float], status: str = "tagged") -> str:
+    doc_id = str(uuid.uuid4())
+    body = (text or "").encode()
+    terms = search_terms(title + "\n" + text) if text else search_terms(title)
+    conn.execute(
+        "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, status,"
+        " text_content, search_terms) VALUES (%s, %s, %s, %s, 'text/plain', %s, %s, %s, %s, %s)",
+        (doc_id, tenant, title, f"{title}.txt", len(body), hashlib.sha256(body).hexdigest(), status, text, terms),
+    )
+    for tag, score in tags.items():
+        conn.execute(
+            "INSERT INTO documents.document_tags (tenant_id, document_id, tag, score, model_version)"
+            " VALUES (%s, %s, %s, %s, 'test-1')", (tenant, doc_id, tag, score))
+    return doc_id
+
+
+@pytest.fixture(scope="module")
+def seed(admin_dsn: str) -> Seed:
+    s = Seed(tenant_a=create_tenant(admin_dsn, f"search-a-{uuid.uuid4().hex[:6]}"),
+             tenant_b=create_tenant(admin_dsn, f"search-b-{uuid.uuid4().hex[:6]}"),
+             tenant_empty=create_tenant(admin_dsn, f"search-c-{uuid.uuid4().hex[:6]}"))
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        a = s.tenant_a
+        s.docs["budget"] = _insert(conn, a, "2025년 재정 운용 방향",
+                                   "정부는 내년도 예산을 크게 늘렸다. 복지 분야 지출이 증가했다.",
+                                   {"경제": 0.91, "정치": 0.42})
+        s.docs["digital"] = _insert(conn, a, "디지털정부혁신 추진계획",
+                                    "행정안전부는 디지털정부혁신 추진계획을 발표했다. 공공서비스를 온라인으로 제공한다.",
+                                    {"행정": 0.83, "IT과학": 0.71})
+        s.docs["traffic"] = _insert(conn, a, "어린이 교통 안전 대책",
+                                    "어린이 보호구역 교통사고를 줄이기 위한 대책이다. 그러나 예산이 부족하다.",
+                                    {"교통/건축/국토": 0.95, "행정": 0.31})
+        s.docs["queued"] = _insert(conn, a, "예산 요청서", None, {}, status="queued")
+        s.docs["percent"] = _insert(conn, a, "성과 보고_2024", "목표 달성률 100%를 기록했다.", {"행정": 0.5})
+        rows = [json.loads(line) for line in (DATA / "petitions_train.jsonl").open(encoding="utf-8")][:N_PETITIONS]
+        for row in rows:
+            doc_id = _insert(conn, a, row["title"], row["text"], {row["label"]: 0.88, "청원": 0.99})
+            s.petitions[doc_id] = row
+        # Tenant B holds the same budget document: isolation must hide it from A and vice versa.
+        s.b_budget_id = _insert(conn, s.tenant_b, "2025년 재정 운용 방향",
+                                "정부는 내년도 예산을 크게 늘렸다. 복지 분야 지출이 증가했다.", {"경제": 0.9})
+    return s
+
+
+@pytest.fixture
+def settings(test_db_name: str, key_dir: Path) -> SearchSettings:
+    return SearchSettings(db_name=test_db_name, jwt_public_key_file=key_dir / "jwt_public.pem")
+
+
+@pytest.fixture
+async def db(settings: SearchSettings) -> AsyncIterator[Database]:
+    database = Database(settings.dsn(), max_size=4)
+    await database.open()
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def client(settings: SearchSettings, seed: Seed) -> AsyncIterator[httpx.AsyncClient]:
+    app = build_app(settings, Database(settings.dsn(), max_size=4))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://search") as c:
+            yield c
+
+
+def _auth(make_token, tenant: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"Authorization": f"Bearer {make_token(tenant)}"}
+
+
+async def _search(client: httpx.AsyncClient, headers: dict[str, str], **params: object) -> dict:
+    r = await client.get("/api/v1/search", params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _ids(body: dict) -> list[str]:
+    return [h["id"] for h in body["hits"]]
+
+
+# ------------------------------------------------------------------ Korean full text
+
+async def test_noun_matches_other_inflection(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    body = await _search(client, h, q="예산")
+    ids = _ids(body)
+    # 예산을 (budget), 예산이 (traffic), title 예산 (queued, no text yet).
+    assert {seed.docs["budget"], seed.docs["traffic"], seed.docs["queued"]} <= set(ids)
+    assert seed.b_budget_id not in ids
+    hit = next(x for x in body["hits"] if x["id"] == seed.docs["budget"])
+    assert "예산을" in hit["snippet"]
+    assert hit["tags"] == [{"tag": "경제", "score": 0.91}, {"tag": "정치", "score": 0.42}]
+    assert hit["status"] == "tagged" and hit["title"] == "2025년 재정 운용 방향"
+    queued = next(x for x in body["hits"] if x["id"] == seed.docs["queued"])
+    assert queued["snippet"] == "예산 요청서" and queued["status"] == "queued" and queued["tags"] == []
+    # The query's own inflection does not matter either.
+    assert set(_ids(await _search(client, h, q="예산을"))) >= {seed.docs["budget"], seed.docs["traffic"]}
+
+
+async def test_verb_stem_matches_past_tense(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    body = await _search(client, _auth(make_token, seed.tenant_a), q="늘리다")
+    hit = next(x for x in body["hits"] if x["id"] == seed.docs["budget"])
+    assert "늘렸다" in hit["snippet"]
+    assert hit["score"] >= query.FTS_BASE
+
+
+async def test_terms_are_anded(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    assert _ids(await _search(client, h, q="예산 교통사고")) == [seed.docs["traffic"]]
+    body = await _search(client, h, q="예산 디지털")
+    assert body == {"hits": [], "total": 0, "next_cursor": None, "facets": {"tags": []}}
+
+
+async def test_partial_word_matches_by_substring_with_lower_score(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    body = await _search(client, h, q="디지")
+    assert _ids(body) == [seed.docs["digital"]]
+    assert 0 < body["hits"][0]["score"] < query.FTS_BASE
+    assert "디지털정부혁신" in body["hits"][0]["snippet"]
+    full = await _search(client, h, q="디지털")
+    assert full["hits"][0]["id"] == seed.docs["digital"] and full["hits"][0]["score"] > body["hits"][0]["score"]
+    # Inside a compound in the middle of a word.
+    assert seed.docs["digital"] in _ids(await _search(client, h, q="정부혁"))
+
+
+async def test_title_match_ranks_above_text_only_match(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    body = await _search(client, _auth(make_token, seed.tenant_a), q="교통")
+    ids = _ids(body)
+    assert ids[0] == seed.docs["traffic"]  # in the title as well as the text
+
+
+async def test_like_wildcards_are_literal(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    assert _ids(await _search(client, h, q="달성률 100%")) == [seed.docs["percent"]]
+    assert _ids(await _search(client, h, q="보고_2024")) == [seed.docs["percent"]]
+    # Unescaped, these would be wildcards matching every document.
+    assert (await _search(client, h, q="%%"))["total"] == 0
+    assert (await _search(client, h, q="__"))["total"] == 0
+
+
+@pytest.mark.parametrize("hostile", [
+    "예산' & !( | :*", "예산 | 교통", "!예산", "예산:*", "'; DROP TABLE documents.documents; --", "\\", "((",
+])
+async def test_tsquery_and_sql_syntax_is_inert(client, seed, make_token, hostile: str) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    body = await _search(client, h, q=hostile)
+    ids = set(_ids(body))
+    if "예산" in hostile and "교통" in hostile:
+        # Operators are not OR: both words are required.
+        assert ids == {seed.docs["traffic"]}
+    elif "예산" in hostile:
+        assert seed.docs["budget"] in ids  # '!' did not negate, ':*' did not widen
+    assert seed.b_budget_id not in ids
+    # The table is still there.
+    assert (await _search(client, h, q="예산"))["total"] >= 3
+
+
+# ------------------------------------------------------------------ tags and facets
+
+async def test_tag_filters_require_every_tag(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    body = await _search(client, h, tag="행정")
+    assert set(_ids(body)) >= {seed.docs["digital"], seed.docs["traffic"], seed.docs["percent"]}
+    # Without q, ranked by the confidence of the requested tag.
+    tag_scores = [next(t["score"] for t in hit["tags"] if t["tag"] == "행정") for hit in body["hits"]]
+    assert tag_scores == sorted(tag_scores, reverse=True)
+    assert [round(hit["score"], 4) for hit in body["hits"]] == tag_scores
+    assert _ids(await _search(client, h, tag=["행정", "교통/건축/국토"])) == [seed.docs["traffic"]]
+    assert _ids(await _search(client, h, q="예산", tag="경제")) == [seed.docs["budget"]]
+    assert (await _search(client, h, tag=["행정", "경제"]))["total"] == 0
+
+
+async def test_facets_count_all_matches_not_just_the_page(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    body = await _search(client, h, q="예산", limit=1)
+    assert len(body["hits"]) == 1 and body["total"] >= 3 and body["next_cursor"]
+    facets = {f["tag"]: f["count"] for f in body["facets"]["tags"]}
+    assert facets["경제"] >= 1 and facets["교통/건축/국토"] >= 1 and facets["행정"] >= 1
+    # Petitions: every one carries 청원, so its facet equals the number of matching petitions.
+    body = await _search(client, h, tag="청원", limit=3)
+    facets = {f["tag"]: f["count"] for f in body["facets"]["tags"]}
+    assert body["total"] == N_PETITIONS == facets["청원"]
+    labels: dict[str, int] = {}
+    for row in seed.petitions.values():
+        labels[row["label"]] = labels.get(row["label"], 0) + 1
+    assert {k: v for k, v in facets.items() if k != "청원"} == labels
+    counts = [f["count"] for f in body["facets"]["tags"]]
+    assert counts == sorted(counts, reverse=True)
+
+
+# ------------------------------------------------------------------ pagination
+
+async def test_cursor_pages_cover_every_hit_exactly_once(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    everything = await _search(client, h, q="국민", limit=100)
+    total = everything["total"]
+    assert 20 < total <= 100 and everything["next_cursor"] is None
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, object] = {"q": "국민", "limit": 7}
+        if cursor:
+            params["cursor"] = cursor
+        body = await _search(client, h, **params)
+        assert body["total"] == total
+        seen.extend(_ids(body))
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+        assert len(body["hits"]) == 7
+    assert pages == -(-total // 7)
+    assert len(seen) == len(set(seen)) == total
+    assert seen == _ids(everything)
+    # Every hit really contains the word (as a morpheme or a substring).
+    for doc_id in seen:
+        row = seed.petitions[doc_id]
+        assert "국민" in analyze(row["title"] + "\n" + row["text"]) or "국민" in row["title"] + row["text"]
+    scores = [x["score"] for x in everything["hits"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_cursor_of_another_query_is_rejected(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    cursor = (await _search(client, h, q="국민", limit=5))["next_cursor"]
+    r = await client.get("/api/v1/search", params={"q": "청원", "cursor": cursor}, headers=h)
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"field": "cursor", "message": "the cursor belongs to a different query"}]
+
+
+# ------------------------------------------------------------------ isolation
+
+async def test_other_tenant_sees_only_its_own_documents(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    body_b = await _search(client, _auth(make_token, seed.tenant_b), q="예산")
+    assert _ids(body_b) == [seed.b_budget_id]
+    assert body_b["facets"]["tags"] == [{"tag": "경제", "count": 1}]
+    body_c = await _search(client, _auth(make_token, seed.tenant_empty), q="예산")
+    assert body_c["total"] == 0 and body_c["hits"] == []
+    assert (await _search(client, _auth(make_token, seed.tenant_b), tag="청원"))["total"] == 0
+    # A tenant that does not exist at all sees nothing either.
+    assert (await _search(client, _auth(make_token, str(uuid.uuid4())), q="예산"))["total"] == 0
+
+
+def test_search_role_without_tenant_sees_no_rows(seed, settings: SearchSettings) -> None:  # type: ignore[no-untyped-def]
+    with psycopg.connect(settings.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == "doctag_search"
+        assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM documents.document_tags").fetchone()[0] == 0
+        # The same query the service runs, without the tenant set.
+        plan = query.build_plan(query.validate("예산", [], 20, None), ["예산"], ["예산"])
+        rows = conn.execute(query.count_sql(plan), plan.params).fetchone()
+        assert rows[0] == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT count(*) FROM documents.outbox")
+    # The admin (superuser) sees the rows: they exist, RLS hides them.
+    with psycopg.connect(settings.dsn(user="postgres"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] > N_PETITIONS
+
+
+async def test_search_role_cannot_write(seed, db: Database) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        async with db.tenant_transaction(seed.tenant_a) as conn:
+            await conn.execute("UPDATE documents.documents SET title = 'x'")
+
+
+async def test_engine_directly(seed, db: Database) -> None:  # type: ignore[no-untyped-def]
+    result = await engine.search(db, seed.tenant_a, query.validate("복지", [], 20, None))
+    assert seed.docs["budget"] in [h.id for h in result.hits]
+    with pytest.raises(ValueError):
+        await engine.search(db, "not-a-uuid", query.validate("복지", [], 20, None))
+
+
+# ------------------------------------------------------------------ HTTP errors
+
+async def test_requires_token(client) -> None:  # type: ignore[no-untyped-def]
+    r = await client.get("/api/v1/search", params={"q": "예산"})
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["errors"][0]["field"] == "Authorization"
+    r = await client.get("/api/v1/search", params={"q": "예산"}, headers={"Authorization": "Bearer nonsense"})
+    assert r.status_code == 401 and r.json()["type"] == "urn:doctag:problem:invalid-token"
+
+
+async def test_expired_token(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    r = await client.get("/api/v1/search", params={"q": "예산"},
+                         headers={"Authorization": f"Bearer {make_token(seed.tenant_a, ttl=-60)}"})
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("params,field", [
+    ({}, "q"),
+    ({"q": "   "}, "q"),
+    ({"q": "가" * 501}, "q"),
+    ({"q": "예산", "limit": 0}, "limit"),
+    ({"q": "예산", "limit": 101}, "limit"),
+    ({"q": "예산", "limit": "many"}, "limit"),
+    ({"q": "예산", "cursor": "garbage!"}, "cursor"),
+    ({"q": "예산", "tag": ""}, "tag"),
+])
+async def test_validation_errors_name_the_field(client, seed, make_token, params, field) -> None:  # type: ignore[no-untyped-def]
+    r = await client.get("/api/v1/search", params=params, headers=_auth(make_token, seed.tenant_a))
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert [e["field"] for e in body["errors"]] == [field]
+    assert body["status"] == 422 and body["request_id"]
+
+
+async def test_readiness_and_openapi(client) -> None:  # type: ignore[no-untyped-def]
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok"}
+    spec = (await client.get("/openapi.json")).json()
+    assert "/api/v1/search" in spec["paths"]
+
+
+async def test_readiness_fails_without_database(settings: SearchSettings) -> None:
+    broken = settings.model_copy(update={"db_port": 1})
+    app = build_app(broken, Database(broken.dsn(), max_size=1))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
+            r = await c.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["database"].startswith("unavailable")
+
+
+# ------------------------------------------------------------------ gRPC over a real socket
+
+@pytest.fixture
+async def grpc_stub(seed, db: Database) -> AsyncIterator[tuple[search_pb2_grpc.SearchStub, grpc.aio.Channel]]:  # type: ignore[no-untyped-def]
+    server = create_server("search-test")
+    add_to_server(server, db)
+    health = add_health(server, [SERVICE_NAME])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await set_serving(health, [SERVICE_NAME], True)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield search_pb2_grpc.SearchStub(channel), channel
+    finally:
+        await channel.close()
+        await server.stop(1)
+
+
+async def test_grpc_search(grpc_stub, seed) -> None:  # type: ignore[no-untyped-def]
+    stub, channel = grpc_stub
+    meta = (("x-request-id", "grpc-test-1"),)
+    resp = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_a, query="예산", limit=2),
+                             timeout=10, metadata=meta)
+    assert resp.total >= 3 and len(resp.hits) == 2 and resp.next_cursor
+    page2 = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_a, query="예산", limit=2,
+                                                       cursor=resp.next_cursor), timeout=10, metadata=meta)
+    assert not {h.id for h in resp.hits} & {h.id for h in page2.hits}
+    tagged = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_a, query="예산", tags=["경제"]),
+                               timeout=10, metadata=meta)
+    assert [h.id for h in tagged.hits] == [seed.docs["budget"]]
+    assert list(tagged.hits[0].tags) == ["경제", "정치"] and "예산을" in tagged.hits[0].snippet
+    assert tagged.next_cursor == ""
+    other = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_b, query="예산"), timeout=10)
+    assert [h.id for h in other.hits] == [seed.b_budget_id]
+    health = health_pb2_grpc.HealthStub(channel)
+    status = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("request_kwargs,detail", [
+    ({"tenant_id": "nope", "query": "예산"}, "tenant_id"),
+    ({"tenant_id": "", "query": "예산"}, "tenant_id"),
+    ({"query": ""}, "query"),
+    ({"query": "예산", "limit": 500}, "limit"),
+    ({"query": "예산", "cursor": "###"}, "cursor"),
+])
+async def test_grpc_invalid_arguments(grpc_stub, seed, request_kwargs, detail) -> None:  # type: ignore[no-untyped-def]
+    stub, _ = grpc_stub
+    kwargs = {"tenant_id": seed.tenant_a, **request_kwargs}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Search(search_pb2.SearchRequest(**kwargs), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(detail)

@@ -1,0 +1,89 @@
+"""`python -m services.search` as a real process: HTTP on uvicorn, gRPC, graceful SIGTERM."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import httpx
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.common.korean import search_terms
+from services.common.pb import search_pb2, search_pb2_grpc
+from tests.conftest import create_tenant
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, deadline_s: float = 60) -> None:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"search exited early with {proc.returncode}: {proc.stdout.read()}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("search did not become ready")
+
+
+def test_process_serves_http_and_grpc_and_stops_on_sigterm(test_db_name: str, admin_dsn: str, key_dir: Path,
+                                                          make_token) -> None:  # type: ignore[no-untyped-def]
+    tenant = create_tenant(admin_dsn, f"search-p-{uuid.uuid4().hex[:6]}")
+    title, text = "청사 이전 계획", "세종 청사로 부서를 옮기는 일정을 정했다."
+    doc_id = str(uuid.uuid4())
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256,"
+            " status, text_content, search_terms) VALUES (%s, %s, %s, 'a.txt', 'text/plain', 1, %s, 'tagged', %s, %s)",
+            (doc_id, tenant, title, hashlib.sha256(b"x").hexdigest(), text, search_terms(title + "\n" + text)))
+
+    http_port, grpc_port = _free_port(), _free_port()
+    env = {**os.environ, "DOCTAG_DB_NAME": test_db_name, "DOCTAG_HTTP_PORT": str(http_port),
+           "DOCTAG_GRPC_PORT": str(grpc_port), "DOCTAG_JWT_PUBLIC_KEY_FILE": str(key_dir / "jwt_public.pem")}
+    proc = subprocess.Popen([sys.executable, "-m", "services.search"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        _wait_ready(f"{base}/readyz", proc)
+        r = httpx.get(f"{base}/api/v1/search", params={"q": "옮기다"},
+                      headers={"Authorization": f"Bearer {make_token(tenant)}", "X-Request-ID": "proc-test-1"})
+        assert r.status_code == 200, r.text
+        assert [h["id"] for h in r.json()["hits"]] == [doc_id]
+        assert r.headers["x-request-id"] == "proc-test-1"
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="doctag.v1.Search"), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            resp = search_pb2_grpc.SearchStub(channel).Search(
+                search_pb2.SearchRequest(tenant_id=tenant, query="청사"), timeout=10)
+            assert [h.id for h in resp.hits] == [doc_id] and resp.total == 1
+
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert '"message": "search stopped"' in out
+        assert '"service": "search"' in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,502 @@
+"""The real tagging worker against real RabbitMQ and controlled gRPC peers on real sockets.
+
+The Documents and ModelServing servicers here are under the test's control (they
+keep state in memory, answer like upload/model-serving do and can be told to
+fail); the lead's end-to-end test covers the real chain. Each test gets its own
+queue prefix and a low delivery limit; the topology is deleted afterwards.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import grpc
+import httpx
+import pytest
+from reportlab.pdfgen import canvas
+
+from services.common.amqp import DOCUMENT_UPLOADED, Topology, message_id
+from services.common.context import GRPC_REQUEST_ID_KEY
+from services.common.grpc_utils import add_health, create_server
+from services.common.pb import documents_pb2, documents_pb2_grpc, model_serving_pb2, model_serving_pb2_grpc
+from services.tagging_worker.app import build_http_app
+from services.tagging_worker.settings import WorkerSettings
+from services.tagging_worker.worker import TaggingWorker
+from tests.conftest import AMQP_URL
+
+pytestmark = pytest.mark.integration
+
+Outcome = documents_pb2.TaggingOutcome
+REPO = Path(__file__).resolve().parents[2]
+DELIVERY_LIMIT = 3
+KOREAN = "행정안전부는 공공기관 문서의 자동 분류 시스템을 도입한다. 예산과 인사 관련 문서가 많다."
+
+
+# -- controlled peers --------------------------------------------------------------------------
+
+
+@dataclass
+class StoredDocument:
+    tenant_id: str
+    content: bytes
+    filename: str
+    content_type: str
+    status: str = "queued"
+    error: str = ""
+    text: str = ""
+    tags: list[documents_pb2.Tag] = field(default_factory=list)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+class ControlledDocuments(documents_pb2_grpc.DocumentsServicer):
+    """Behaves like upload's Documents service: idempotent results, version check, 404 for others."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, StoredDocument] = {}
+        self.calls: list[tuple[str, str, int]] = []   # (method, document_id, outcome)
+        self.request_ids: list[str] = []
+        # outcome → how many more calls with it answer UNAVAILABLE
+        self.unavailable: dict[int, int] = {}
+
+    def add(self, content: bytes, filename: str, content_type: str = "", tenant_id: str | None = None) -> str:
+        doc_id = str(uuid.uuid4())
+        self.docs[doc_id] = StoredDocument(tenant_id or str(uuid.uuid4()), content, filename, content_type)
+        return doc_id
+
+    def _find(self, tenant_id: str, document_id: str) -> StoredDocument | None:
+        doc = self.docs.get(document_id)
+        return doc if doc is not None and doc.tenant_id == tenant_id else None
+
+    async def ReadContent(self, request, context):  # noqa: N802
+        self.request_ids.append(dict(context.invocation_metadata()).get(GRPC_REQUEST_ID_KEY, ""))
+        self.calls.append(("ReadContent", request.document_id, 0))
+        doc = self._find(request.tenant_id, request.document_id)
+        if doc is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "document not found")
+        step = 16 * 1024
+        for offset in range(0, max(len(doc.content), 1), step):
+            chunk = documents_pb2.ContentChunk(data=doc.content[offset:offset + step])
+            if offset == 0:
+                chunk.filename, chunk.content_type = doc.filename, doc.content_type
+                chunk.size_bytes, chunk.sha256 = len(doc.content), doc.sha256
+            yield chunk
+
+    async def RecordTaggingResult(self, request, context):  # noqa: N802
+        self.request_ids.append(dict(context.invocation_metadata()).get(GRPC_REQUEST_ID_KEY, ""))
+        self.calls.append(("RecordTaggingResult", request.document_id, request.outcome))
+        if self.unavailable.get(request.outcome, 0) > 0:
+            self.unavailable[request.outcome] -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "database failover in progress")
+        doc = self._find(request.tenant_id, request.document_id)
+        if doc is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "document not found")
+        if request.content_sha256 != doc.sha256:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the current content version")
+        if doc.status in ("tagged", "failed"):
+            return documents_pb2.RecordTaggingResultResponse(status=doc.status, applied=False)
+        if request.outcome == Outcome.TAGGING_OUTCOME_PROCESSING:
+            applied = doc.status != "processing"
+            doc.status = "processing"
+        elif request.outcome == Outcome.TAGGING_OUTCOME_TAGGED:
+            doc.status, doc.text, doc.tags, applied = "tagged", request.text, list(request.tags), True
+        elif request.outcome == Outcome.TAGGING_OUTCOME_FAILED:
+            doc.status, doc.error, applied = "failed", request.error, True
+        else:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome is required")
+        return documents_pb2.RecordTaggingResultResponse(status=doc.status, applied=applied)
+
+    def count(self, method: str, outcome: int = 0) -> int:
+        return sum(1 for m, _, o in self.calls if m == method and (outcome == 0 or o == outcome))
+
+
+class ControlledModel(model_serving_pb2_grpc.ModelServingServicer):
+    """Tags by keyword; can answer UNAVAILABLE for its next n calls or fail every call."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.unavailable_next = 0
+        self.always: grpc.StatusCode | None = None
+        self.hold: asyncio.Event | None = None
+
+    async def Predict(self, request, context):  # noqa: N802
+        self.texts.append(request.text)
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.always is not None:
+            await context.abort(self.always, "model crashed on this input")
+        if self.unavailable_next > 0:
+            self.unavailable_next -= 1
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "model is loading")
+        tags = [model_serving_pb2.TagScore(tag="행정", score=0.9)]
+        if "예산" in request.text:
+            tags.append(model_serving_pb2.TagScore(tag="예산", score=0.6))
+        return model_serving_pb2.PredictResponse(model="kobert-doctag", version="3",
+                                                 prediction=model_serving_pb2.Prediction(tags=tags))
+
+
+@dataclass
+class Peers:
+    documents: ControlledDocuments
+    model: ControlledModel
+    documents_target: str
+    model_target: str
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[Peers]:
+    documents, model = ControlledDocuments(), ControlledModel()
+    doc_server, model_server = create_server("test-upload"), create_server("test-model")
+    documents_pb2_grpc.add_DocumentsServicer_to_server(documents, doc_server)
+    model_serving_pb2_grpc.add_ModelServingServicer_to_server(model, model_server)
+    add_health(doc_server, [])
+    add_health(model_server, [])
+    doc_port = doc_server.add_insecure_port("127.0.0.1:0")
+    model_port = model_server.add_insecure_port("127.0.0.1:0")
+    await doc_server.start()
+    await model_server.start()
+    yield Peers(documents, model, f"127.0.0.1:{doc_port}", f"127.0.0.1:{model_port}")
+    await doc_server.stop(0)
+    await model_server.stop(0)
+
+
+@pytest.fixture
+async def broker(amqp_prefix: str) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, Topology]]:
+    topology = Topology(prefix=f"{amqp_prefix}-{uuid.uuid4().hex[:6]}", delivery_limit=DELIVERY_LIMIT)
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    channel = await connection.channel()
+    await topology.declare(channel)
+    yield channel, topology
+    await topology.delete(channel)
+    await connection.close()
+
+
+@pytest.fixture
+def settings(peers: Peers, broker: tuple[aio_pika.abc.AbstractChannel, Topology]) -> WorkerSettings:
+    return WorkerSettings(
+        amqp_url=AMQP_URL, amqp_prefix=broker[1].prefix, delivery_limit=DELIVERY_LIMIT,
+        documents_grpc_target=peers.documents_target, model_grpc_target=peers.model_target,
+        retry_attempts=3, retry_initial_seconds=0.05, retry_max_seconds=0.2,
+        documents_timeout_seconds=5, model_timeout_seconds=5, read_timeout_seconds=10,
+        extract_timeout_seconds=30, shutdown_grace_seconds=5,
+    )
+
+
+@pytest.fixture
+async def worker(settings: WorkerSettings) -> AsyncIterator[TaggingWorker]:
+    tagging_worker = TaggingWorker(settings)
+    await tagging_worker.start()
+    yield tagging_worker
+    await tagging_worker.stop()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+async def publish(channel: aio_pika.abc.AbstractChannel, topology: Topology, documents: ControlledDocuments,
+                  doc_id: str) -> str:
+    doc = documents.docs[doc_id]
+    body = {"event": DOCUMENT_UPLOADED, "document_id": doc_id, "tenant_id": doc.tenant_id, "sha256": doc.sha256,
+            "filename": doc.filename, "content_type": doc.content_type, "size_bytes": len(doc.content),
+            "uploaded_at": "2024-05-01T00:00:00Z"}
+    mid = message_id(doc_id, doc.sha256)
+    exchange = await channel.get_exchange(topology.events_exchange)
+    await exchange.publish(aio_pika.Message(json.dumps(body).encode(), message_id=mid, content_type="application/json",
+                                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                           routing_key=DOCUMENT_UPLOADED)
+    return mid
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def take_all(channel: aio_pika.abc.AbstractChannel, queue: str,
+                   wait_for_one: bool = False) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Takes (and acks) every message waiting in `queue`. Reads messages rather than the
+    declare-ok message count, which RabbitMQ 3.10 does not keep current for quorum queues."""
+    declared = await channel.declare_queue(queue, passive=True)
+    taken: list[aio_pika.abc.AbstractIncomingMessage] = []
+    for _ in range(100 if wait_for_one else 1):
+        while (message := await declared.get(fail=False, no_ack=False)) is not None:
+            await message.ack()
+            taken.append(message)
+        if taken:
+            break
+        await asyncio.sleep(0.05)
+    return taken
+
+
+async def wait_idle(worker: TaggingWorker) -> None:
+    await wait_for(lambda: worker.in_flight == 0)
+
+
+def _pdf_without_text() -> bytes:
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.rect(100, 100, 200, 200, fill=1)  # a drawing, like a scanned page: no text layer
+    pdf.showPage()
+    pdf.save()
+    return buf.getvalue()
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+async def test_job_is_tagged_then_acked(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    doc_id = docs.add(KOREAN.encode("cp949"), "보고서.txt", "text/plain")
+    mid = await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_idle(worker)
+    doc = docs.docs[doc_id]
+    assert doc.text == KOREAN
+    assert [(t.tag, round(t.score, 2), t.source, t.model_name, t.model_version) for t in doc.tags] == [
+        ("행정", 0.9, "model", "kobert-doctag", "3"), ("예산", 0.6, "model", "kobert-doctag", "3")]
+    assert [(m, o) for m, _, o in docs.calls] == [
+        ("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING), ("ReadContent", 0),
+        ("RecordTaggingResult", Outcome.TAGGING_OUTCOME_TAGGED)]
+    assert peers.model.texts == [KOREAN]
+    assert set(docs.request_ids) == {mid}  # the message id travels as request id
+    await worker.stop()  # unacked messages would return to the queue now
+    assert await take_all(channel, topology.jobs_queue) == []
+    assert await take_all(channel, topology.dead_letter_queue) == []
+
+
+async def test_ack_only_after_the_result_was_recorded(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    doc_id = docs.add(KOREAN.encode(), "a.txt")
+    # The TAGGED write fails for longer than the in-handler retries (3 attempts): the
+    # first delivery must not be acked, so the broker redelivers and the second one records it.
+    docs.unavailable[Outcome.TAGGING_OUTCOME_TAGGED] = 3
+    await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_idle(worker)
+    assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING) == 2  # two deliveries
+    assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_TAGGED) == 4
+    await worker.stop()
+    assert await take_all(channel, topology.jobs_queue) == []
+    assert await take_all(channel, topology.dead_letter_queue) == []
+
+
+async def test_corrupt_file_fails_readably_and_the_worker_goes_on(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    corrupt = docs.add(b"%PDF-1.7\n1 0 obj << /Type /Catalog /Pages 2 0 R", "깨진.pdf", "application/pdf")
+    hwp = docs.add(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600), "문서.hwp", "application/x-hwp")
+    good = docs.add(KOREAN.encode(), "좋은.txt", "text/plain")
+    for doc_id in (corrupt, hwp, good):
+        await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: all(docs.docs[d].status in ("tagged", "failed") for d in (corrupt, hwp, good)))
+    assert docs.docs[corrupt].status == "failed"
+    assert docs.docs[corrupt].error.startswith("the PDF file is damaged: ")
+    assert docs.docs[hwp].error == "unsupported file type: .hwp"
+    assert docs.docs[good].status == "tagged"
+    assert len(peers.model.texts) == 1  # failed files never reach the model
+
+
+async def test_document_without_text_fails(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    doc_id = docs.add(_pdf_without_text(), "scan.pdf", "application/pdf")
+    await publish(channel, topology, docs, doc_id)
+    await wait_for(lambda: docs.docs[doc_id].status == "failed")
+    assert docs.docs[doc_id].error == "no text could be extracted"
+
+
+async def test_model_unavailable_for_a_while_is_retried(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    peers.model.unavailable_next = 2
+    doc_id = docs.add(KOREAN.encode(), "a.txt")
+    await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    assert len(peers.model.texts) == 3
+    assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING) == 1  # within one delivery
+
+
+async def test_poison_message_goes_to_the_dead_letter_queue(worker, peers, broker) -> None:
+    channel, topology = broker
+    exchange = await channel.get_exchange(topology.events_exchange)
+    await exchange.publish(aio_pika.Message(b"{not json", message_id="poison-1"), routing_key=DOCUMENT_UPLOADED)
+    docs = peers.documents
+    doc_id = docs.add(KOREAN.encode(), "a.txt")
+    await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    dead = await take_all(channel, topology.dead_letter_queue, wait_for_one=True)
+    assert [(m.body, m.message_id) for m in dead] == [(b"{not json", "poison-1")]
+
+
+async def test_job_that_keeps_failing_is_recorded_failed_and_dead_lettered(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    peers.model.always = grpc.StatusCode.INTERNAL  # not transient: every delivery fails at once
+    doc_id = docs.add(KOREAN.encode(), "a.txt")
+    await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: docs.docs[doc_id].status == "failed")
+    await wait_idle(worker)
+    assert docs.docs[doc_id].error == "processing failed repeatedly: INTERNAL: model crashed on this input"
+    assert len(peers.model.texts) == DELIVERY_LIMIT  # one call per delivery, never more
+    dead = await take_all(channel, topology.dead_letter_queue, wait_for_one=True)
+    assert [json.loads(m.body)["document_id"] for m in dead] == [doc_id]
+    assert await take_all(channel, topology.jobs_queue) == []
+
+
+async def test_redelivered_job_ends_in_the_same_final_state(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    tagged = docs.add(KOREAN.encode(), "a.txt")
+    failed = docs.add(b"not a pdf", "b.pdf")
+    for doc_id in (tagged, failed):
+        await publish(channel, topology, docs, doc_id)
+    await wait_for(lambda: docs.docs[tagged].status == "tagged" and docs.docs[failed].status == "failed")
+    await wait_idle(worker)
+    before = {d: (docs.docs[d].status, docs.docs[d].text, docs.docs[d].error, list(docs.docs[d].tags))
+              for d in (tagged, failed)}
+    calls_before = len(docs.calls)
+
+    for doc_id in (tagged, failed):  # the relay sends the same message again (same message id)
+        await publish(channel, topology, docs, doc_id)
+    await wait_for(lambda: len(docs.calls) >= calls_before + 2)
+    await wait_idle(worker)
+    after = {d: (docs.docs[d].status, docs.docs[d].text, docs.docs[d].error, list(docs.docs[d].tags))
+             for d in (tagged, failed)}
+    assert after == before
+    assert docs.docs[failed].error == "not a valid PDF file"
+    # The repeat stops at PROCESSING, which answers "already final": no second read or prediction.
+    assert sorted(docs.calls[calls_before:]) == sorted(
+        ("RecordTaggingResult", d, Outcome.TAGGING_OUTCOME_PROCESSING) for d in (tagged, failed))
+    assert len(peers.model.texts) == 1
+    await worker.stop()
+    assert await take_all(channel, topology.jobs_queue) == []
+
+
+async def test_deleted_or_replaced_documents_are_acked(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    deleted = docs.add(KOREAN.encode(), "a.txt")
+    replaced = docs.add(KOREAN.encode(), "b.txt")
+    await publish(channel, topology, docs, deleted)
+    del docs.docs[deleted]
+    await publish(channel, topology, docs, replaced)
+    docs.docs[replaced].content = "새 버전의 내용".encode()  # a newer version was uploaded meanwhile
+    await wait_for(lambda: docs.count("RecordTaggingResult") >= 2)
+    await wait_idle(worker)
+    assert docs.docs[replaced].status == "queued"  # the stale job changed nothing
+    assert peers.model.texts == []
+    await worker.stop()
+    assert await take_all(channel, topology.jobs_queue) == []
+    assert await take_all(channel, topology.dead_letter_queue) == []
+
+
+async def test_shutdown_returns_unfinished_jobs_to_the_queue(settings, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    peers.model.hold = asyncio.Event()
+    doc_id = docs.add(KOREAN.encode(), "a.txt")
+    tagging_worker = TaggingWorker(settings.model_copy(update={"shutdown_grace_seconds": 0.3}))
+    await tagging_worker.start()
+    try:
+        await publish(channel, topology, docs, doc_id)
+        await wait_for(lambda: len(peers.model.texts) == 1)  # the job is in flight, blocked in Predict
+    finally:
+        await tagging_worker.stop()
+        peers.model.hold.set()
+    assert docs.docs[doc_id].status == "processing"
+    back = await take_all(channel, topology.jobs_queue, wait_for_one=True)  # back for another worker
+    assert [json.loads(m.body)["document_id"] for m in back] == [doc_id]
+
+
+async def test_http_health_readiness_and_metrics(worker, peers, broker) -> None:
+    app = build_http_app(worker)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://worker") as client:
+        assert (await client.get("/healthz")).json()["status"] == "ok"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"amqp": "ok", "grpc": "ok"}
+
+        channel, topology = broker
+        doc_id = peers.documents.add(KOREAN.encode(), "a.txt")
+        await publish(channel, topology, peers.documents, doc_id)
+        await wait_for(lambda: peers.documents.docs[doc_id].status == "tagged")
+        await wait_idle(worker)
+        metrics = (await client.get("/metrics")).text
+        assert 'doctag_tagging_jobs_total{outcome="tagged"}' in metrics
+        assert "doctag_tagging_job_duration_seconds_bucket" in metrics
+        assert 'doctag_tagging_extraction_duration_seconds_count{result="ok"}' in metrics
+        assert "doctag_tagging_jobs_in_flight 0.0" in metrics
+
+        await worker.stop()
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["checks"]["amqp"].startswith("unavailable")
+
+
+async def test_runs_as_a_process_and_stops_on_sigterm(peers, broker) -> None:
+    """`python -m services.tagging_worker`, configured only by DOCTAG_* variables."""
+    channel, topology = broker
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        http_port = sock.getsockname()[1]
+    env = {**os.environ, "DOCTAG_AMQP_URL": AMQP_URL, "DOCTAG_AMQP_PREFIX": topology.prefix,
+           "DOCTAG_DELIVERY_LIMIT": str(DELIVERY_LIMIT), "DOCTAG_HTTP_PORT": str(http_port),
+           "DOCTAG_DOCUMENTS_GRPC_TARGET": peers.documents_target, "DOCTAG_MODEL_GRPC_TARGET": peers.model_target}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.tagging_worker", cwd=str(REPO), env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as client:
+            async def ready() -> bool:
+                try:
+                    return (await client.get("/readyz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+            for _ in range(200):
+                if await ready():
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("worker did not become ready")
+
+        docs = peers.documents
+        doc_id = docs.add(KOREAN.encode(), "a.txt")
+        mid = await publish(channel, topology, docs, doc_id)
+        await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+        await asyncio.sleep(0.2)  # let it log the ack
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
+    records = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+    handled = [r for r in records if r.get("message") == "job handled"]
+    assert handled and handled[0]["outcome"] == "tagged"
+    assert handled[0]["request_id"] == mid and handled[0]["tenant_id"] == docs.docs[doc_id].tenant_id
+    assert any(r.get("message") == "tagging worker stopped" for r in records)

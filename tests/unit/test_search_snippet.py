@@ -1,0 +1,107 @@
+"""Snippet extraction: position, length, ellipses, Korean-safe cuts."""
+from __future__ import annotations
+
+import unicodedata
+
+from services.search import morph
+from services.search.snippet import ELLIPSIS, SNIPPET_CHARS, first_occurrence, make_snippet, safe_cut, window
+
+LONG = (
+    "행정안전부는 올해 디지털 정부혁신 추진계획을 발표했다. " * 6
+    + "특히 내년도 예산을 크게 늘렸다고 밝혔으며 지방자치단체의 참여를 요청했다. "
+    + "국민 누구나 쉽게 이용할 수 있는 공공서비스를 만들겠다는 계획이다. " * 6
+)
+
+
+def _body(snippet: str) -> str:
+    return snippet.strip(ELLIPSIS)
+
+
+def test_snippet_around_first_occurrence_with_ellipses() -> None:
+    s = make_snippet(LONG, "추진계획", ["예산"])
+    assert "예산을" in s
+    assert s.startswith(ELLIPSIS) and s.endswith(ELLIPSIS)
+    assert len(_body(s)) <= SNIPPET_CHARS
+    assert _body(s) in " ".join(LONG.split())
+
+
+def test_snippet_cuts_at_spaces_so_words_stay_whole() -> None:
+    s = make_snippet(LONG, "추진계획", ["예산"])
+    words = set(" ".join(LONG.split()).split())
+    parts = _body(s).split()
+    assert parts[0] in words and parts[-1] in words
+
+
+def test_short_text_returned_whole() -> None:
+    assert make_snippet("예산을 늘렸다.", "제목", ["예산"]) == "예산을 늘렸다."
+
+
+def test_case_insensitive_and_leftmost_longest() -> None:
+    assert first_occurrence("Open AI와 openai", ["OPENAI", "open"]) == (0, 4)
+    assert first_occurrence("xx openai", ["open", "openai"]) == (3, 9)
+    assert first_occurrence("예산", []) is None
+
+
+def test_whitespace_collapsed_to_plain_text() -> None:
+    s = make_snippet("첫 줄\n\n둘째\t줄   예산", "제목", ["예산"])
+    assert s == "첫 줄 둘째 줄 예산"
+
+
+def test_falls_back_to_title_then_start() -> None:
+    assert make_snippet(None, "2024년 예산 보고서", ["복지"]) == "2024년 예산 보고서"
+    assert make_snippet("", "예산 보고서", ["예산"]) == "예산 보고서"
+    # No occurrence in the text, but one in the title: the title is the snippet.
+    assert make_snippet(LONG, "복지 예산안", ["복지"]) == "복지 예산안"
+    # Nothing anywhere: the start of the text.
+    s = make_snippet(LONG, "제목", ["없는말"])
+    assert not s.startswith(ELLIPSIS) and s.endswith(ELLIPSIS)
+    assert " ".join(LONG.split()).startswith(_body(s))
+
+
+def test_locator_used_for_inflected_forms() -> None:
+    calls: list[str] = []
+
+    def locate(text: str) -> tuple[int, int] | None:
+        calls.append(text)
+        i = text.find("늘렸")
+        return (i, i + 2) if i >= 0 else None
+
+    s = make_snippet(LONG, "제목", ["늘리다"], locate=locate)
+    assert calls and "늘렸다고" in s
+    # Not asked when a literal needle is found.
+    calls.clear()
+    make_snippet(LONG, "제목", ["예산"], locate=locate)
+    assert calls == []
+
+
+def test_real_morpheme_locator_finds_inflected_verb() -> None:
+    text = " ".join(LONG.split())
+    hits = [m for m in morph.morphemes(text) if m.term == "늘리다"]
+    assert hits, "Kiwi should find the stem of 늘렸다"
+    assert text[hits[0].start:hits[0].end].startswith("늘")
+
+
+def test_nfd_hangul_is_never_split() -> None:
+    nfd = unicodedata.normalize("NFD", LONG)
+    assert len(nfd) > len(LONG)
+    needle = unicodedata.normalize("NFD", "예산")
+    for width in range(40, 200, 7):
+        s = window(" ".join(nfd.split()), nfd.find(needle), nfd.find(needle) + len(needle), width=width)
+        body = _body(s)
+        # A valid cut leaves whole syllables: composing gives only complete syllables, no stray jamo.
+        composed = unicodedata.normalize("NFC", body)
+        assert not any(0x1100 <= ord(c) <= 0x11FF for c in composed), (width, body[:10], body[-10:])
+
+
+def test_safe_cut_moves_before_vowels_and_combining_marks() -> None:
+    nfd = unicodedata.normalize("NFD", "한국")  # ᄒ ᅡ ᆫ ᄀ ᅮ ᆨ
+    assert [safe_cut(nfd, i) for i in range(len(nfd) + 1)] == [0, 0, 0, 3, 3, 3, 6]
+    assert safe_cut("e\u0301x", 1) == 0
+    assert safe_cut("abc", 99) == 3
+
+
+def test_no_space_text_still_cut_to_width() -> None:
+    text = "가" * 500 + "예산" + "나" * 500
+    s = make_snippet(text, "제목", ["예산"])
+    assert "예산" in s and s.startswith(ELLIPSIS) and s.endswith(ELLIPSIS)
+    assert len(_body(s)) == SNIPPET_CHARS
