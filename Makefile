@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup protos check-protos test test-unit test-integration test-e2e
+.PHONY: help setup protos check-protos up down logs status model test test-unit test-integration test-e2e
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -33,6 +33,24 @@ $(PROTO_OUT): $(PROTO_SRC) infra/scripts/gen_protos.sh | $(STAMP)
 
 check-protos: setup ## fail when the generated stubs differ from protos/
 	PYTHON=$(PY) $(PY) -m pytest -q tests/unit/test_protos_fresh.py
+
+DATA_DIR  ?= ../shared/data
+MODEL_DIR ?= services/model_serving/artifacts/doctag-tagger
+
+up: setup ## install what is missing, migrate, start every service (supervisor), wait until ready
+	$(VENV)/bin/doctag stack up
+
+down: ## stop exactly what `make up` started
+	@test -x $(VENV)/bin/doctag && $(VENV)/bin/doctag stack down || echo "nothing to stop"
+
+status: ## state of every service
+	$(VENV)/bin/doctag stack status
+
+logs: ## follow the logs of every service
+	tail -n 50 -F var/log/*.log
+
+model: setup ## train the tagging model from $(DATA_DIR) into $(MODEL_DIR) (about 15 minutes)
+	$(PY) -m services.model_serving.training --data-dir $(DATA_DIR) --out $(MODEL_DIR)
 
 test: setup ## unit + integration (real PostgreSQL/RabbitMQ) + end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e

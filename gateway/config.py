@@ -1,0 +1,435 @@
+"""The gateway's declarative configuration: a file in Kong's DB-less `kong.yml` format
+(`_format_version: "3.0"`), parsed into typed, validated objects.
+
+Only the subset of Kong's schema that this gateway implements is accepted; an unknown
+key is an error (a typo must not silently weaken a check). `load_config` reads a file,
+`with_targets` rewrites upstream targets (the process launcher uses it for other
+ports) and `write_config` writes a file that loads back to the same configuration.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from .plugins import GLOBAL_ONLY, PLUGIN_CONFIGS
+
+_NAME = r"^[A-Za-z0-9._~-]{1,128}$"
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+
+
+class ConfigError(ValueError):
+    """A kong.yml that cannot be used; the message names the file and the bad entry."""
+
+
+class _Entity(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    tags: list[str] | None = None
+
+
+class Plugin(_Entity):
+    name: str
+    enabled: bool = True
+    # Typed by the plugin's own Config model (see gateway/plugins).
+    config: Any = None
+    # Only on top-level plugins: the scope, by name.
+    service: str | None = None
+    route: str | None = None
+
+    @field_validator("service", "route", mode="before")
+    @classmethod
+    def _ref(cls, value: Any) -> Any:
+        return _reference(value)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in PLUGIN_CONFIGS:
+            raise ValueError(f"plugin '{name}' is not implemented by this gateway "
+                             f"(known: {', '.join(sorted(PLUGIN_CONFIGS))})")
+        return name
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _typed_config(cls, config: Any, info: ValidationInfo) -> Any:
+        model = PLUGIN_CONFIGS.get(info.data.get("name", ""))
+        if model is None or isinstance(config, model):
+            return config
+        return model.model_validate(config or {})
+
+    @model_validator(mode="after")
+    def _scope(self) -> Plugin:
+        if self.service is not None and self.route is not None:
+            raise ValueError(f"plugin '{self.name}': give either 'service' or 'route', not both")
+        if self.config is None:
+            self.config = PLUGIN_CONFIGS[self.name]()
+        return self
+
+
+class Route(_Entity):
+    name: str = Field(pattern=_NAME)
+    paths: list[str] = Field(min_length=1)
+    methods: list[str] | None = None
+    protocols: list[Literal["http", "https"]] | None = None
+    strip_path: bool = True
+    preserve_host: bool = False
+    # Only on top-level routes: the service, by name.
+    service: str | None = None
+    plugins: list[Plugin] = Field(default_factory=list)
+
+    @field_validator("service", mode="before")
+    @classmethod
+    def _ref(cls, value: Any) -> Any:
+        return _reference(value)
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if path.startswith("~"):
+                raise ValueError(f"regex paths are not supported: {path!r}")
+            if not path.startswith("/"):
+                raise ValueError(f"a path must start with '/': {path!r}")
+        return paths
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str] | None) -> list[str] | None:
+        if methods is None:
+            return None
+        upper = [m.upper() for m in methods]
+        unknown = [m for m in upper if m not in _METHODS]
+        if unknown or not upper:
+            raise ValueError(f"unknown HTTP methods: {unknown}" if unknown else "methods must not be empty")
+        return upper
+
+
+class Service(_Entity):
+    name: str = Field(pattern=_NAME)
+    protocol: Literal["http", "https"] = "http"
+    # An upstream's name (load balanced) or a plain host name/address.
+    host: str = Field(min_length=1)
+    port: int = Field(80, ge=1, le=65535)
+    path: str | None = None
+    retries: int = Field(5, ge=0, le=32767)
+    connect_timeout: int = Field(60000, ge=1, description="milliseconds")
+    write_timeout: int = Field(60000, ge=1, description="milliseconds")
+    read_timeout: int = Field(60000, ge=1, description="milliseconds")
+    routes: list[Route] = Field(default_factory=list)
+    plugins: list[Plugin] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_url(cls, data: Any) -> Any:
+        """Kong's `url:` shorthand sets protocol, host, port and path at once."""
+        if not isinstance(data, dict) or "url" not in data:
+            return data
+        data = dict(data)
+        url = urlsplit(str(data.pop("url")))
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"url must be http(s)://host[:port][/path], got {url.geturl()!r}")
+        data["protocol"] = url.scheme
+        data["host"] = url.hostname
+        data["port"] = url.port or (443 if url.scheme == "https" else 80)
+        if url.path and url.path != "/":
+            data["path"] = url.path
+        return data
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
+            raise ValueError(f"path must start with '/': {path!r}")
+        return path
+
+
+class Target(_Entity):
+    target: str
+    weight: int = Field(100, ge=0, le=65535)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, target: str) -> str:
+        host, port = split_target(target)
+        if not host:
+            raise ValueError(f"target must be host:port, got {target!r}")
+        return f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+
+    @property
+    def host(self) -> str:
+        return split_target(self.target)[0]
+
+    @property
+    def port(self) -> int:
+        return split_target(self.target)[1]
+
+
+class _Counters(_Entity):
+    http_statuses: list[int] | None = None
+
+
+class PassiveHealthy(_Entity):
+    # Successes in a row that bring a target back after its cool-down (0 counts as 1).
+    successes: int = Field(0, ge=0, le=255)
+
+
+class PassiveUnhealthy(_Entity):
+    # 0 disables that kind of counting, as in Kong.
+    tcp_failures: int = Field(0, ge=0, le=255)
+    timeouts: int = Field(0, ge=0, le=255)
+    http_failures: int = Field(0, ge=0, le=255)
+    http_statuses: list[int] = Field(default_factory=lambda: [429, 500, 503])
+
+
+class PassiveHealthcheck(_Entity):
+    type: Literal["http"] = "http"
+    healthy: PassiveHealthy = Field(default_factory=PassiveHealthy)
+    unhealthy: PassiveUnhealthy = Field(default_factory=PassiveUnhealthy)
+
+
+class Healthchecks(_Entity):
+    passive: PassiveHealthcheck = Field(default_factory=PassiveHealthcheck)
+
+
+class Upstream(_Entity):
+    name: str = Field(pattern=_NAME)
+    algorithm: Literal["round-robin"] = "round-robin"
+    slots: int | None = Field(None, ge=10, le=65536)
+    host_header: str | None = None
+    targets: list[Target] = Field(default_factory=list)
+    healthchecks: Healthchecks = Field(default_factory=Healthchecks)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, targets: list[Target]) -> list[Target]:
+        seen = [t.target for t in targets]
+        dupes = sorted({t for t in seen if seen.count(t) > 1})
+        if dupes:
+            raise ValueError(f"duplicate targets: {dupes}")
+        return targets
+
+
+class JwtSecret(_Entity):
+    key: str = Field(min_length=1)
+    algorithm: Literal["RS256"]
+    # PEM text, or a reference `{file:PATH}` resolved at start (PATH may use ${ENV_VAR}).
+    rsa_public_key: str = Field(min_length=1)
+
+
+class Consumer(_Entity):
+    username: str = Field(min_length=1)
+    custom_id: str | None = None
+    jwt_secrets: list[JwtSecret] = Field(default_factory=list)
+
+
+class KongConfig(_Entity):
+    format_version: Literal["3.0"] = Field(alias="_format_version")
+    transform: bool | None = Field(None, alias="_transform")
+    services: list[Service] = Field(default_factory=list)
+    routes: list[Route] = Field(default_factory=list)
+    upstreams: list[Upstream] = Field(default_factory=list)
+    plugins: list[Plugin] = Field(default_factory=list)
+    consumers: list[Consumer] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> KongConfig:
+        services = _unique_names("services", [s.name for s in self.services])
+        routes = _unique_names("routes", [r.name for _, r in self.all_routes()])
+        _unique_names("upstreams", [u.name for u in self.upstreams])
+        _unique_names("consumers", [c.username for c in self.consumers])
+        _unique_names("jwt_secrets keys", [j.key for c in self.consumers for j in c.jwt_secrets])
+        for i, route in enumerate(self.routes):
+            if route.service is None:
+                raise ValueError(f"routes[{i}] ({route.name}): a top-level route needs 'service'")
+            if route.service not in services:
+                raise ValueError(f"routes[{i}] ({route.name}): unknown service '{route.service}'")
+        for service in self.services:
+            for route in service.routes:
+                if route.service not in (None, service.name):
+                    raise ValueError(f"route {route.name}: nested under service {service.name} "
+                                     f"but names service '{route.service}'")
+            _nested_plugins_unscoped(f"service {service.name}", service.plugins)
+            for route in service.routes:
+                _nested_plugins_unscoped(f"route {route.name}", route.plugins)
+        for route in self.routes:
+            _nested_plugins_unscoped(f"route {route.name}", route.plugins)
+        for i, plugin in enumerate(self.plugins):
+            if plugin.service is not None and plugin.service not in services:
+                raise ValueError(f"plugins[{i}] ({plugin.name}): unknown service '{plugin.service}'")
+            if plugin.route is not None and plugin.route not in routes:
+                raise ValueError(f"plugins[{i}] ({plugin.name}): unknown route '{plugin.route}'")
+        scopes: dict[tuple[str, str | None, str | None], int] = {}
+        for scope, plugin in self.all_plugins():
+            key = (plugin.name, *scope)
+            scopes[key] = scopes.get(key, 0) + 1
+            if scopes[key] > 1:
+                raise ValueError(f"plugin '{plugin.name}' is configured twice for {_describe_scope(scope)}")
+            if plugin.name in GLOBAL_ONLY and scope != (None, None):
+                raise ValueError(f"plugin '{plugin.name}' can only be configured globally here")
+        return self
+
+    def all_routes(self) -> list[tuple[str, Route]]:
+        """Every route with the name of its service, nested ones first."""
+        found = [(s.name, r) for s in self.services for r in s.routes]
+        found += [(r.service or "", r) for r in self.routes]
+        return found
+
+    def all_plugins(self) -> list[tuple[tuple[str | None, str | None], Plugin]]:
+        """Every plugin with its scope (service name, route name); (None, None) is global."""
+        found: list[tuple[tuple[str | None, str | None], Plugin]] = []
+        for p in self.plugins:
+            found.append(((p.service if p.route is None else None, p.route), p))
+        for s in self.services:
+            found += [((s.name, None), p) for p in s.plugins]
+            found += [((None, r.name), p) for r in s.routes for p in r.plugins]
+        found += [((None, r.name), p) for r in self.routes for p in r.plugins]
+        return found
+
+    def upstream(self, name: str) -> Upstream | None:
+        return next((u for u in self.upstreams if u.name == name), None)
+
+
+def split_target(target: str) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') to (host, port); Kong's default port is 8000."""
+    target = target.strip()
+    if target.startswith("["):
+        host, _, rest = target[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = target.rpartition(":") if ":" in target else (target, "", "")
+    if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+        raise ValueError(f"bad port in target {target!r}")
+    return host, int(port) if port else 8000
+
+
+def _reference(value: Any) -> Any:
+    """A foreign key may be written as a name or as {name: ...} (decK style)."""
+    if isinstance(value, dict):
+        if set(value) != {"name"}:
+            raise ValueError("a reference must be a name or {name: ...}")
+        return value["name"]
+    return value
+
+
+def _unique_names(kind: str, names: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate name in {kind}: '{name}'")
+        seen.add(name)
+    return seen
+
+
+def _nested_plugins_unscoped(where: str, plugins: list[Plugin]) -> None:
+    for p in plugins:
+        if p.service is not None or p.route is not None:
+            raise ValueError(f"plugin '{p.name}' under {where} must not name a service or route")
+
+
+def _describe_scope(scope: tuple[str | None, str | None]) -> str:
+    service, route = scope
+    if route:
+        return f"route '{route}'"
+    if service:
+        return f"service '{service}'"
+    return "the whole gateway"
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ""
+        for part in err.get("loc", ()):
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        msg = err.get("msg", "invalid").removeprefix("Value error, ")
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return f"{source}: invalid gateway configuration:\n" + "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> KongConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with _format_version: \"3.0\"")
+    try:
+        return KongConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> KongConfig:
+    """Reads and validates a kong.yml; ConfigError names the file and every bad entry."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the gateway configuration: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def with_targets(config: KongConfig, targets: Mapping[str, Iterable[str | Mapping[str, Any]]]) -> KongConfig:
+    """A copy of `config` whose named upstreams have these targets instead
+    ("host:port" strings, or {target, weight} mappings)."""
+    unknown = sorted(set(targets) - {u.name for u in config.upstreams})
+    if unknown:
+        raise ConfigError(f"no such upstreams: {', '.join(unknown)}")
+    data = dump_data(config)
+    for upstream in data.get("upstreams", []):
+        if upstream["name"] in targets:
+            upstream["targets"] = [{"target": t} if isinstance(t, str) else dict(t) for t in targets[upstream["name"]]]
+    return parse_config(data, "with_targets")
+
+
+def dump_data(config: KongConfig) -> dict[str, Any]:
+    """The configuration as plain data in kong.yml layout (defaults left out)."""
+    return config.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+
+
+def dump_config(config: KongConfig, header: str | None = None) -> str:
+    text = yaml.safe_dump(dump_data(config), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    if header:
+        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
+    return text
+
+
+def write_config(config: KongConfig, path: str | os.PathLike[str], header: str | None = None) -> Path:
+    """Writes `config` to `path` atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(dump_config(config, header), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+_REF = re.compile(r"^\{file:(?P<path>.+)\}$")
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def resolve_secret_value(value: str, env: Mapping[str, str]) -> str:
+    """PEM text as is; `{file:PATH}` replaced by the file's content, `${VAR}` in PATH
+    expanded from `env` (deviation from Kong, which has vault references instead)."""
+    match = _REF.match(value.strip())
+    if match is None:
+        return value
+
+    def expand(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in env:
+            raise ConfigError(f"{value}: environment variable {name} is not set")
+        return env[name]
+
+    path = Path(_VAR.sub(expand, match.group("path")))
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{value}: cannot read {path}: {exc.strerror}") from None

@@ -1,0 +1,74 @@
+"""Kong's `request-size-limiting` plugin.
+
+A declared Content-Length over the limit is refused before anything is sent
+upstream. A body without one (chunked) is counted while it streams through and the
+request is aborted with 413 as soon as it passes the limit, so no more than the
+limit is ever forwarded. Bodies are never held in memory.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from pydantic import Field
+
+from services.common.errors import ProblemError
+
+from .base import PluginConfig
+
+_UNITS = {"bytes": 1, "kilobytes": 1024, "megabytes": 1024 * 1024}
+
+
+class RequestSizeLimitingConfig(PluginConfig):
+    allowed_payload_size: int = Field(128, gt=0)
+    size_unit: Literal["megabytes", "kilobytes", "bytes"] = "megabytes"
+    require_content_length: bool = False
+
+    @property
+    def limit_bytes(self) -> int:
+        return self.allowed_payload_size * _UNITS[self.size_unit]
+
+
+class PayloadTooLarge(Exception):
+    """Raised from the body stream once more than the limit has arrived."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+def too_large(limit: int) -> ProblemError:
+    return ProblemError(413, f"the request body is larger than the allowed {limit} bytes",
+                        extra={"max_bytes": limit})
+
+
+def parse_content_length(value: str | None) -> int | None:
+    """The declared body size, None when absent; 400 when it is not a plain non-negative integer."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isdigit() or not value.isascii():
+        raise ProblemError(400, "Content-Length must be a non-negative integer", field="Content-Length")
+    return int(value)
+
+
+def check_declared(content_length: int | None, has_body: bool, config: RequestSizeLimitingConfig) -> None:
+    """The early check on the headers alone: 413 for a declared size over the limit,
+    411 when a length is required and a body comes without one."""
+    if content_length is not None and content_length > config.limit_bytes:
+        raise too_large(config.limit_bytes)
+    if config.require_content_length and has_body and content_length is None:
+        raise ProblemError(411, "a Content-Length header is required", slug="length-required",
+                           title="Length required", field="Content-Length")
+
+
+async def limited(stream: AsyncIterator[bytes], limit: int | None) -> AsyncIterator[bytes]:
+    """Passes chunks through, raising PayloadTooLarge before yielding past `limit` bytes."""
+    received = 0
+    async for chunk in stream:
+        if not chunk:
+            continue
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise PayloadTooLarge(limit)
+        yield chunk

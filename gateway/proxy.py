@@ -1,0 +1,248 @@
+"""Forwarding one request to an upstream target and streaming the answer back.
+
+Bodies are streamed both ways (never held in memory). A request is retried on the
+next target only when that is safe: the connection failed before any byte of the
+request was sent (always safe, even for a POST with a streamed body), or the method
+is idempotent and none of its body has been read yet. A read/write timeout answers
+504 and is not retried (the upstream may still be working on it).
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+from fastapi import Request
+from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
+from starlette.responses import StreamingResponse
+
+from services.common.context import REQUEST_ID_HEADER
+from services.common.errors import ProblemError
+
+from .balancer import TargetState, UpstreamBalancer
+from .config import KongConfig, Service, Upstream
+from .metrics import RETRIES, UPSTREAM_LATENCY
+from .plugins.size_limit import PayloadTooLarge, too_large
+from .router import RouteMatch, prefix_matches
+
+log = logging.getLogger("gateway.proxy")
+
+# RFC 9110 §7.6.1 hop-by-hop headers (plus the non-standard ones still seen in the wild).
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+})
+# Set by the gateway only; a client must not be able to inject them.
+GATEWAY_OWNED = frozenset({
+    "host", "expect", "x-request-id", "x-real-ip", "x-forwarded-host", "x-forwarded-proto",
+    "x-forwarded-port", "x-forwarded-path", "x-forwarded-prefix",
+    "x-consumer-id", "x-consumer-username", "x-consumer-custom-id", "x-consumer-groups",
+    "x-credential-identifier", "x-anonymous-consumer", "x-authenticated-groups", "x-tenant-id",
+})
+# Replaced by the gateway's own on the way back (uvicorn adds date/server; the request id is echoed).
+RESPONSE_OWNED = frozenset({"date", "server", "x-request-id"})
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+def _connection_tokens(raw: list[tuple[bytes, bytes]]) -> set[str]:
+    """Headers named in Connection are hop-by-hop for this message too."""
+    tokens: set[str] = set()
+    for name, value in raw:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.decode("latin-1").split(",") if t.strip())
+    return tokens
+
+
+def filter_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[str]) -> list[tuple[bytes, bytes]]:
+    skip = HOP_BY_HOP | drop | _connection_tokens(raw)
+    return [(k, v) for k, v in raw if k.decode("latin-1").lower() not in skip]
+
+
+def split_host(host: str) -> tuple[str, str]:
+    """'example.org:8080' -> ('example.org', '8080'); '[::1]' -> ('[::1]', '')."""
+    match = _HOST_PORT.match(host)
+    return (match.group(1), match.group(2) or "") if match else (host, "")
+
+
+_HOST_PORT = re.compile(r"^(\[[^\]]*\]|[^:]*)(?::(\d+))?$")
+
+
+class _ReplayGuard:
+    """Hands the single-use request body to one attempt after another and remembers
+    whether any attempt started reading it (after which the body cannot be replayed)."""
+
+    def __init__(self, source: AsyncIterator[bytes] | None) -> None:
+        self.source = source
+        self.started = False
+
+    def content(self) -> AsyncIterator[bytes] | None:
+        return None if self.source is None else self._stream()
+
+    async def _stream(self) -> AsyncIterator[bytes]:
+        self.started = True
+        assert self.source is not None
+        async for chunk in self.source:
+            yield chunk
+
+
+@dataclass(frozen=True)
+class ForwardedRequest:
+    """What the proxy sends: the body source and the headers the plugins added."""
+
+    body: AsyncIterator[bytes] | None
+    extra_headers: list[tuple[str, str]]
+    request_id: str
+
+
+class Proxy:
+    def __init__(self, config: KongConfig, *, cooldown_seconds: float) -> None:
+        self.balancers: dict[str, UpstreamBalancer] = {
+            u.name: UpstreamBalancer(u, cooldown_seconds=cooldown_seconds) for u in config.upstreams
+        }
+        # A service whose host is not an upstream goes straight to host:port (as in Kong).
+        for service in config.services:
+            if service.host not in self.balancers:
+                implicit = Upstream(name=f"{service.name}.direct",
+                                    targets=[{"target": f"{service.host}:{service.port}"}])
+                self.balancers[implicit.name] = UpstreamBalancer(implicit, cooldown_seconds=cooldown_seconds)
+        self.client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        # No client-level headers or env proxies: requests are built by hand and sent as they are.
+        self.client = httpx.AsyncClient(
+            trust_env=False, follow_redirects=False,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0),
+        )
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def balancer_for(self, service: Service) -> UpstreamBalancer:
+        return self.balancers.get(service.host) or self.balancers[f"{service.name}.direct"]
+
+    def _build(self, request: Request, match: RouteMatch, target: TargetState, balancer: UpstreamBalancer,
+               fwd: ForwardedRequest, content: AsyncIterator[bytes] | None) -> httpx.Request:
+        service, route = match.entry.service, match.entry.route
+        scope = request.scope
+        # Forward the path as the client encoded it; fall back to re-encoding when the
+        # encoded form does not start with the matched prefix (e.g. "%2F" in the prefix).
+        raw = (scope.get("raw_path") or b"").decode("latin-1")
+        if not raw or not prefix_matches(match.prefix, raw):
+            raw = quote(request.url.path, safe="/:@!$&'()*+,;=-._~")
+        path = match.upstream_path(raw).encode("latin-1")
+        query: bytes = scope.get("query_string", b"")
+        url = httpx.URL(scheme=service.protocol, host=target.host, port=target.port,
+                        raw_path=path + (b"?" + query if query else b""))
+
+        incoming = request.headers.raw
+        headers = filter_headers(incoming, GATEWAY_OWNED | {"x-forwarded-for"})
+        client_ip = request.client.host if request.client else ""
+        previous = ", ".join(v.decode("latin-1") for k, v in incoming if k.lower() == b"x-forwarded-for")
+        host_in = request.headers.get("host", "")
+        if route.preserve_host and host_in:
+            host_out = host_in
+        else:
+            host_out = balancer.host_header or f"{target.host}:{target.port}"
+        forwarded_host, forwarded_port = split_host(host_in)
+        default_port = 443 if request.url.scheme == "https" else 80
+        added = [
+            ("Host", host_out),
+            ("X-Forwarded-For", f"{previous}, {client_ip}" if previous else client_ip),
+            ("X-Forwarded-Proto", request.url.scheme),
+            ("X-Forwarded-Host", forwarded_host),
+            ("X-Forwarded-Port", forwarded_port or str(request.url.port or default_port)),
+            ("X-Forwarded-Path", request.url.path),
+            ("X-Real-IP", client_ip),
+            (REQUEST_ID_HEADER, fwd.request_id),
+            *fwd.extra_headers,
+        ]
+        if route.strip_path and match.prefix != "/":
+            added.append(("X-Forwarded-Prefix", match.prefix))
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in added if v]
+        timeout = httpx.Timeout(connect=service.connect_timeout / 1000, read=service.read_timeout / 1000,
+                                write=service.write_timeout / 1000, pool=service.connect_timeout / 1000)
+        return httpx.Request(request.method, url, headers=headers, content=content,
+                             extensions={"timeout": timeout.as_dict()})
+
+    async def forward(self, request: Request, match: RouteMatch, fwd: ForwardedRequest) -> StreamingResponse:
+        """Sends the request to a target of the route's service and streams the answer back.
+
+        Raises ProblemError: 502 when no target could be reached, 504 on an upstream
+        timeout, 413 when a streamed body passes the size limit.
+        """
+        assert self.client is not None, "Proxy.start() was not awaited"
+        service = match.entry.service
+        balancer = self.balancer_for(service)
+        guard = _ReplayGuard(fwd.body)
+        attempts, max_attempts = 0, service.retries + 1
+        failure = "the upstream has no targets"
+        for target in balancer.candidates():
+            if attempts >= max_attempts:
+                break
+            if attempts:
+                RETRIES.labels(service.name).inc()
+            attempts += 1
+            upstream_request = self._build(request, match, target, balancer, fwd, guard.content())
+            started = time.perf_counter()
+            where = {"upstream_service": service.name, "target": target.address}
+            try:
+                response = await self.client.send(upstream_request, stream=True)
+            except PayloadTooLarge as exc:
+                raise too_large(exc.limit) from None
+            except ClientDisconnect:
+                raise
+            except httpx.PoolTimeout:
+                raise ProblemError(503, "the gateway has too many requests in flight to this service") from None
+            except httpx.ConnectTimeout:
+                balancer.report_failure(target, "timeout")
+                failure = f"connecting to {target.address} timed out"
+                log.warning("upstream connect timeout", extra=where)
+                continue  # nothing was sent: always safe to try the next target
+            except httpx.ConnectError as exc:
+                balancer.report_failure(target, "tcp")
+                failure = f"cannot connect to {target.address}"
+                log.warning("upstream connect failed", extra={**where, "error": str(exc)})
+                continue
+            except (httpx.ReadTimeout, httpx.WriteTimeout):
+                balancer.report_failure(target, "timeout")
+                log.warning("upstream timeout", extra=where)
+                raise ProblemError(504, f"the {service.name} service did not answer in time") from None
+            except httpx.TransportError as exc:
+                balancer.report_failure(target, "tcp")
+                failure = f"{target.address} failed: {exc.__class__.__name__}"
+                log.warning("upstream transport error", extra={**where, "error": repr(exc)})
+                if request.method in IDEMPOTENT and not guard.started:
+                    continue
+                raise ProblemError(502, f"the {service.name} service failed while handling the request") from None
+            UPSTREAM_LATENCY.labels(service.name, target.address).observe(time.perf_counter() - started)
+            balancer.report_status(target, response.status_code)
+            return self._stream_back(response, service.name, target.address)
+        raise ProblemError(502, f"the {service.name} service is unavailable ({failure})",
+                           extra={"service": service.name})
+
+    @staticmethod
+    def _stream_back(response: httpx.Response, service: str, target: str) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in response.aiter_raw():
+                    yield chunk
+            except httpx.HTTPError as exc:
+                # Headers are gone already; all we can do is cut the connection so the
+                # client sees a truncated response rather than a complete-looking one.
+                log.warning("upstream response broke off", extra={"upstream_service": service, "target": target,
+                                                                  "error": repr(exc)})
+                raise
+            finally:
+                await response.aclose()
+
+        out = StreamingResponse(body(), status_code=response.status_code,
+                                background=BackgroundTask(response.aclose))
+        out.raw_headers = filter_headers(response.headers.raw, RESPONSE_OWNED)
+        return out

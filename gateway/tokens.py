@@ -1,0 +1,149 @@
+"""`POST /api/v1/auth/token`: the gateway's own endpoint that turns a tenant, username
+and password into an RS256 access token.
+
+Unknown tenant, unknown user, disabled user and wrong password all answer the same
+401 after the same amount of work (one argon2 verification), so the endpoint does not
+reveal which tenants or users exist.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from services.common.auth import sign_token
+from services.common.context import tenant_id_var
+from services.common.db import Database
+from services.common.errors import ProblemError
+from services.common.passwords import MAX_PASSWORD_CHARS, check_password
+
+log = logging.getLogger("gateway.tokens")
+
+# The same patterns as the CHECK constraints of identity.tenants/users (migration 0001).
+TENANT_SLUG = r"^[a-z0-9][a-z0-9-]{1,62}$"
+USERNAME = r"^[A-Za-z0-9._@-]{1,64}$"
+MAX_BODY_BYTES = 16 * 1024
+
+
+class TokenRequest(BaseModel):
+    tenant: str = Field(pattern=TENANT_SLUG, description="the tenant's slug", examples=["hr-dept"])
+    username: str = Field(pattern=USERNAME, examples=["kim.minsu"])
+    password: str = Field(min_length=1, max_length=MAX_PASSWORD_CHARS)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int
+
+
+def _invalid_credentials() -> ProblemError:
+    return ProblemError(401, "the tenant, username or password is not correct", slug="invalid-credentials",
+                        headers={"WWW-Authenticate": 'Bearer realm="doctag"'})
+
+
+class TokenIssuer:
+    def __init__(self, db: Database, *, private_key_file: Path, issuer: str, audience: str,
+                 ttl_seconds: int) -> None:
+        self.db = db
+        self.private_key_file = private_key_file
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl_seconds = ttl_seconds
+
+    async def _find_user(self, tenant_slug: str, username: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute("SELECT id, slug FROM identity.tenants WHERE slug = %s", (tenant_slug,))
+            tenant = await cur.fetchone()
+        if tenant is None:
+            return None, None
+        async with self.db.tenant_transaction(str(tenant["id"])) as conn:
+            cur = await conn.execute(
+                "SELECT id, username, password_hash, roles, disabled FROM identity.users WHERE username = %s",
+                (username,),
+            )
+            user = await cur.fetchone()
+        return tenant, user
+
+    async def issue(self, req: TokenRequest) -> TokenResponse:
+        tenant, user = await self._find_user(req.tenant, req.username)
+        check = await asyncio.to_thread(check_password, user["password_hash"] if user else None, req.password)
+        if tenant is None or user is None or not check.ok or user["disabled"]:
+            reason = ("unknown tenant" if tenant is None else "unknown user" if user is None
+                      else "wrong password" if not check.ok else "disabled user")
+            log.info("token refused", extra={"tenant_slug": req.tenant, "username": req.username, "reason": reason})
+            raise _invalid_credentials()
+        tenant_id = str(tenant["id"])
+        tenant_id_var.set(tenant_id)
+        if check.new_hash is not None:
+            await self._store_rehash(tenant_id, str(user["id"]), check.new_hash)
+        token = sign_token(
+            private_key_file=self.private_key_file, user_id=str(user["id"]), tenant_id=tenant_id,
+            tenant_slug=tenant["slug"], username=user["username"], roles=list(user["roles"]),
+            issuer=self.issuer, audience=self.audience, ttl_seconds=self.ttl_seconds,
+        )
+        log.info("token issued", extra={"user_id": str(user["id"]), "roles": list(user["roles"])})
+        return TokenResponse(access_token=token, expires_in=self.ttl_seconds)
+
+    async def _store_rehash(self, tenant_id: str, user_id: str, new_hash: str) -> None:
+        """Upgrades an outdated hash; a failure here must not refuse a correct login."""
+        try:
+            async with self.db.tenant_transaction(tenant_id) as conn:
+                await conn.execute("UPDATE identity.users SET password_hash = %s, updated_at = now() WHERE id = %s",
+                                   (new_hash, user_id))
+        except Exception:  # noqa: BLE001
+            log.exception("could not store the rehashed password", extra={"user_id": user_id})
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ProblemError(413, f"the body may be at most {MAX_BODY_BYTES} bytes", extra={"max_bytes": MAX_BODY_BYTES})
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ProblemError(413, f"the body may be at most {MAX_BODY_BYTES} bytes",
+                               extra={"max_bytes": MAX_BODY_BYTES})
+    return bytes(body)
+
+
+def parse_token_request(raw: bytes) -> TokenRequest:
+    """422 naming the field for anything but a valid JSON object with the three fields."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProblemError(422, "the body must be a JSON object", field="body") from None
+    if not isinstance(data, dict):
+        raise ProblemError(422, "the body must be a JSON object", field="body")
+    try:
+        return TokenRequest.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+        raise RequestValidationError(errors) from None
+
+
+def token_router(issuer: TokenIssuer) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/api/v1/auth/token", response_model=TokenResponse, tags=["auth"],
+        summary="Exchange tenant, username and password for an access token",
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": TokenRequest.model_json_schema()}}}},
+        responses={401: {"description": "wrong tenant, username or password"},
+                   422: {"description": "malformed body"}},
+    )
+    async def issue_token(request: Request) -> JSONResponse:
+        req = parse_token_request(await _read_body(request))
+        token = await issuer.issue(req)
+        return JSONResponse(token.model_dump(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    return router

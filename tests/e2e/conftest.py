@@ -1,0 +1,56 @@
+"""The whole platform started as processes (supervisor, free ports, its own database,
+AMQP prefix and state dir), exactly as `make up` starts it."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.cli import admin
+from services.cli.stack import StackLayout
+from services.common.amqp import Topology
+from tests.conftest import AMQP_URL, DB_HOST, DB_PORT
+
+
+@pytest.fixture(scope="session")
+def stack(test_db_name: str, admin_dsn: str, amqp_prefix: str) -> Iterator[StackLayout]:
+    # A short path: supervisor's unix socket path must stay under ~100 characters.
+    state = Path(tempfile.mkdtemp(prefix="doctag-e2e-", dir="/tmp"))
+    layout = StackLayout.with_free_ports(state, env={
+        "DOCTAG_DB_HOST": DB_HOST, "DOCTAG_DB_PORT": str(DB_PORT), "DOCTAG_DB_NAME": test_db_name,
+        "DOCTAG_AMQP_URL": AMQP_URL, "DOCTAG_AMQP_PREFIX": amqp_prefix,
+        "DOCTAG_TORCH_THREADS": "1", "DOCTAG_RELAY_POLL_SECONDS": "0.5",
+    })
+    try:
+        layout.start()
+        layout.wait_ready(timeout=300)
+        yield layout
+    finally:
+        layout.stop()
+        asyncio.run(_delete_topology(amqp_prefix))
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def _delete_topology(prefix: str) -> None:
+    import aio_pika
+
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        await Topology(prefix=prefix).delete(await connection.channel())
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def accounts(stack: StackLayout, admin_dsn: str) -> dict[str, tuple[str, str, str]]:
+    """Two departments with one user each: name -> (tenant slug, username, password)."""
+    out = {}
+    for key, slug, name in (("a", "e2e-finance", "재정기획과"), ("b", "e2e-culture", "문화체육과")):
+        admin.create_tenant(admin_dsn, slug, name, 50 * 1024 * 1024)
+        admin.create_user(admin_dsn, slug, "user1", "correct horse battery", "user")
+        out[key] = (slug, "user1", "correct horse battery")
+    return out

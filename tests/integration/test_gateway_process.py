@@ -1,0 +1,104 @@
+"""`python -m gateway` as a real process: configured by DOCTAG_* variables only, JSON
+logs with the request id, readiness against PostgreSQL, keys generated on first
+start, graceful exit on SIGTERM, and a clear refusal of a bad kong.yml."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.config import load_config, with_targets, write_config
+from gateway.settings import DEFAULT_CONFIG
+from services.common.auth import sign_token
+
+from .test_gateway_support import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+TENANT = str(uuid.uuid4())
+
+
+def _env(tmp_path: Path, config: Path, port: int, db_name: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCTAG_")}
+    env.update({
+        "DOCTAG_GATEWAY_CONFIG": str(config), "DOCTAG_HTTP_PORT": str(port), "DOCTAG_DB_NAME": db_name,
+        "DOCTAG_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) -> None:
+    # The shipped kong.yml, rewritten to free ports the way the launcher does it.
+    config = with_targets(load_config(DEFAULT_CONFIG), {
+        "upload-upstream": [f"127.0.0.1:{free_port()}"],
+        "search-upstream": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"],
+        "model-serving-upstream": [f"127.0.0.1:{free_port()}"],
+    })
+    path = write_config(config, tmp_path / "kong.yml", header="test copy of gateway/kong.yml")
+    port = free_port()
+    log_path = tmp_path / "gateway.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, stdout=log_file,
+                                stderr=subprocess.STDOUT, env=_env(tmp_path, path, port, test_db_name))
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            assert (tmp_path / "state" / "keys" / "jwt_private.pem").exists()
+            ready = httpx.get(f"{base}/readyz", timeout=5)
+            assert ready.status_code == 200, ready.text
+            r = httpx.get(f"{base}/api/v1/search", headers={"X-Request-ID": "proc-test-1"}, timeout=5)
+            assert r.status_code == 401
+            assert r.json()["request_id"] == "proc-test-1"
+            # A token signed with the key the gateway generated passes its jwt plugin; the
+            # upstream is down (502), and the access log carries the tenant.
+            token = sign_token(private_key_file=tmp_path / "state" / "keys" / "jwt_private.pem",
+                               user_id=str(uuid.uuid4()), tenant_id=TENANT, tenant_slug="hr", username="kim",
+                               roles=["user"], issuer="doctag", audience="doctag-api", ttl_seconds=60)
+            r = httpx.get(f"{base}/api/v1/search", timeout=10,
+                          headers={"X-Request-ID": "proc-test-2", "Authorization": f"Bearer {token}"})
+            assert r.status_code == 502, r.text
+            metrics = httpx.get(f"{base}/metrics", timeout=5).text
+            assert "doctag_gateway_upstream_target_healthy" in metrics
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    access = [entry for entry in lines if entry.get("request_id") == "proc-test-1"]
+    assert access and all(entry["service"] == "gateway" for entry in access)
+    assert any(entry.get("status") == 401 for entry in access)
+    authenticated = [entry for entry in lines if entry.get("request_id") == "proc-test-2"]
+    assert any(entry.get("status") == 502 and entry["tenant_id"] == TENANT for entry in authenticated)
+    assert any(entry["message"] == "upstream connect failed" for entry in authenticated)
+
+
+def test_bad_config_refused_with_clear_message(tmp_path: Path, test_db_name: str) -> None:
+    bad = tmp_path / "kong.yml"
+    bad.write_text('_format_version: "3.0"\nservices:\n  - name: upload\n    host: x\n    retries: -1\n'
+                   '    routes:\n      - name: r\n        paths: [api]\n', encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "gateway"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env=_env(tmp_path, bad, free_port(), test_db_name))
+    assert result.returncode == 2
+    assert "services[0].retries" in result.stderr
+    assert "services[0].routes[0].paths" in result.stderr

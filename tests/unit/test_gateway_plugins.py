@@ -1,0 +1,215 @@
+"""Plugin logic on its own: request-size-limiting, acl, correlation-id and jwt."""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import jwt as pyjwt
+import pytest
+from fastapi import Request
+
+from gateway.plugins.acl import AclConfig, enforce, is_allowed
+from gateway.plugins.correlation_id import CorrelationIdConfig, CorrelationIdMiddleware, IdGenerator, is_valid_id
+from gateway.plugins.jwt_auth import JwtConfig, JwtVerifier, RsaCredential, find_token
+from gateway.plugins.size_limit import (
+    PayloadTooLarge, RequestSizeLimitingConfig, check_declared, limited, parse_content_length,
+)
+from services.common.auth import ensure_keypair, sign_token
+from services.common.context import current_request_id
+from services.common.errors import ProblemError
+from services.common.http import create_app
+
+# ----------------------------------------------------------------- request-size-limiting
+
+
+def test_size_units() -> None:
+    assert RequestSizeLimitingConfig(allowed_payload_size=100).limit_bytes == 100 * 1024 * 1024
+    assert RequestSizeLimitingConfig(allowed_payload_size=3, size_unit="kilobytes").limit_bytes == 3072
+    assert RequestSizeLimitingConfig(allowed_payload_size=7, size_unit="bytes").limit_bytes == 7
+
+
+def test_declared_length_checked_early() -> None:
+    config = RequestSizeLimitingConfig(allowed_payload_size=10, size_unit="bytes")
+    check_declared(10, True, config)
+    check_declared(None, True, config)  # chunked: counted while streaming
+    with pytest.raises(ProblemError) as info:
+        check_declared(11, True, config)
+    assert info.value.status == 413 and info.value.extra == {"max_bytes": 10}
+    strict = RequestSizeLimitingConfig(allowed_payload_size=10, size_unit="bytes", require_content_length=True)
+    check_declared(None, False, strict)  # no body, nothing required
+    with pytest.raises(ProblemError) as info:
+        check_declared(None, True, strict)
+    assert info.value.status == 411
+
+
+def test_content_length_parsing() -> None:
+    assert parse_content_length(None) is None
+    assert parse_content_length(" 42 ") == 42
+    for bad in ("-1", "1e3", "abc", "٣"):
+        with pytest.raises(ProblemError) as info:
+            parse_content_length(bad)
+        assert info.value.status == 400 and info.value.field == "Content-Length"
+
+
+async def _source(*chunks: bytes):  # type: ignore[no-untyped-def]
+    for chunk in chunks:
+        yield chunk
+
+
+async def test_streamed_body_counted_and_cut_at_the_limit() -> None:
+    passed = [c async for c in limited(_source(b"abc", b"", b"def"), 6)]
+    assert passed == [b"abc", b"def"]
+    received = []
+    with pytest.raises(PayloadTooLarge):
+        async for chunk in limited(_source(b"abc", b"def", b"g", b"never"), 6):
+            received.append(chunk)
+    assert received == [b"abc", b"def"]  # nothing past the limit is handed on
+    assert [c async for c in limited(_source(b"x" * 100), None)] == [b"x" * 100]
+
+
+# ----------------------------------------------------------------- acl
+
+def test_acl_allow_and_deny() -> None:
+    allow = AclConfig(allow=["user", "tenant_admin"])
+    assert is_allowed(["user"], allow)
+    assert is_allowed(["platform_admin", "tenant_admin"], allow)
+    assert not is_allowed(["platform_admin"], allow)
+    assert not is_allowed([], allow)
+    deny = AclConfig(deny=["guest"])
+    assert is_allowed(["user"], deny)
+    assert not is_allowed(["user", "guest"], deny)
+
+
+def test_acl_enforce_statuses() -> None:
+    config = AclConfig(allow=["tenant_admin"])
+    enforce(["tenant_admin"], config)
+    with pytest.raises(ProblemError) as info:
+        enforce(["user"], config)
+    assert info.value.status == 403
+    with pytest.raises(ProblemError) as info:
+        enforce(None, config)
+    assert info.value.status == 401
+
+
+# ----------------------------------------------------------------- correlation-id
+
+def test_valid_ids() -> None:
+    assert is_valid_id(str(uuid.uuid4()))
+    assert is_valid_id("0af7651916cd43dd8448eb211c80319c")
+    assert is_valid_id("8c1d#12")
+    for bad in (None, "", "has space", "quote\"", "x" * 129, "-leading-dash", "한글"):
+        assert not is_valid_id(bad)
+
+
+def test_generators() -> None:
+    first, second = IdGenerator("uuid")(), IdGenerator("uuid")()
+    assert first != second and str(uuid.UUID(first)) == first
+    counter = IdGenerator("uuid#counter")
+    a, b = counter(), counter()
+    assert a.split("#")[0] == b.split("#")[0] and (a.split("#")[1], b.split("#")[1]) == ("1", "2")
+
+
+def _app(config: CorrelationIdConfig) -> httpx.AsyncClient:
+    app = create_app("corr-test", title="t")
+
+    @app.get("/echo")
+    async def echo(request: Request) -> dict:
+        return {"seen": request.headers.get(config.header_name), "x": request.headers.get("x-request-id"),
+                "context": current_request_id()}
+
+    app.add_middleware(CorrelationIdMiddleware, config=config)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+
+
+async def test_correlation_id_kept_generated_and_echoed() -> None:
+    client = _app(CorrelationIdConfig(header_name="X-Request-ID", generator="uuid", echo_downstream=True))
+    r = await client.get("/echo", headers={"X-Request-ID": "abc-123"})
+    assert r.json() == {"seen": "abc-123", "x": "abc-123", "context": "abc-123"}
+    assert r.headers.get_list("x-request-id") == ["abc-123"]
+    r = await client.get("/echo", headers={"X-Request-ID": "not valid!"})
+    generated = r.json()["seen"]
+    assert generated != "not valid!" and str(uuid.UUID(generated)) == generated
+    assert r.headers["x-request-id"] == generated == r.json()["context"]
+    problem = await client.get("/missing")
+    assert problem.json()["request_id"] == problem.headers["x-request-id"]
+
+
+async def test_correlation_id_other_header_and_no_echo() -> None:
+    client = _app(CorrelationIdConfig(header_name="Kong-Request-ID", echo_downstream=False))
+    r = await client.get("/echo", headers={"Kong-Request-ID": "k-1"})
+    assert r.json() == {"seen": "k-1", "x": "k-1", "context": "k-1"}
+    assert "kong-request-id" not in r.headers and "x-request-id" not in r.headers
+
+
+# ----------------------------------------------------------------- jwt
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    private, public = ensure_keypair(tmp_path_factory.mktemp("k1"))
+    other_private, _ = ensure_keypair(tmp_path_factory.mktemp("k2"))
+    return private, public, other_private
+
+
+def _token(private: Path, **overrides) -> str:  # type: ignore[no-untyped-def]
+    args = dict(private_key_file=private, user_id="u1", tenant_id=str(uuid.uuid4()), tenant_slug="hr",
+                username="kim", roles=["user"], issuer="doctag", audience="doctag-api", ttl_seconds=600)
+    args.update(overrides)
+    return sign_token(**args)
+
+
+def _verifier(public: Path) -> JwtVerifier:
+    return JwtVerifier([RsaCredential(consumer="c", key="doctag", public_key_pem=public.read_text())],
+                       audience="doctag-api")
+
+
+def _status(verifier: JwtVerifier, headers: dict, config: JwtConfig | None = None) -> tuple[int, str]:
+    with pytest.raises(ProblemError) as info:
+        verifier.authenticate(headers, config or JwtConfig(claims_to_verify=["exp"]))
+    return info.value.status, info.value.slug
+
+
+def test_jwt_valid_token(keys: tuple[Path, Path, Path]) -> None:
+    private, public, _ = keys
+    auth = _verifier(public).authenticate({"authorization": f"Bearer {_token(private)}"},
+                                          JwtConfig(claims_to_verify=["exp"]))
+    assert auth.principal.username == "kim" and auth.principal.roles == ("user",)
+    assert auth.credential.key == "doctag"
+
+
+def test_jwt_rejections(keys: tuple[Path, Path, Path]) -> None:
+    private, public, other = keys
+    verifier = _verifier(public)
+    assert _status(verifier, {}) == (401, "unauthorized")
+    assert _status(verifier, {"authorization": "Basic abc"}) == (401, "unauthorized")
+    assert _status(verifier, {"authorization": "Bearer garbage"})[0] == 401
+    assert _status(verifier, {"authorization": f"Bearer {_token(other)}"})[0] == 401  # forged
+    assert _status(verifier, {"authorization": f"Bearer {_token(private, ttl_seconds=-60)}"}) == (401, "token-expired")
+    assert _status(verifier, {"authorization": f"Bearer {_token(private, audience='x')}"})[0] == 401
+    assert _status(verifier, {"authorization": f"Bearer {_token(private, issuer='nobody')}"})[0] == 401
+    no_roles = pyjwt.encode({"iss": "doctag", "aud": "doctag-api", "sub": "u", "exp": int(time.time()) + 60,
+                             "tenant": "t", "roles": "user"}, private.read_text(), algorithm="RS256")
+    assert _status(verifier, {"authorization": f"Bearer {no_roles}"})[0] == 401
+    hs = pyjwt.encode({"iss": "doctag", "aud": "doctag-api", "sub": "u", "exp": int(time.time()) + 60},
+                      "secret-secret-secret-secret-secret", algorithm="HS256")
+    assert _status(verifier, {"authorization": f"Bearer {hs}"})[0] == 401
+    unsigned = pyjwt.encode({"iss": "doctag", "sub": "u"}, None, algorithm="none")
+    assert _status(verifier, {"authorization": f"Bearer {unsigned}"})[0] == 401
+
+
+def test_jwt_claims_to_verify_and_maximum_expiration(keys: tuple[Path, Path, Path]) -> None:
+    private, public, _ = keys
+    verifier = _verifier(public)
+    expired = {"authorization": f"Bearer {_token(private, ttl_seconds=-60)}"}
+    # Kong checks exp only when listed in claims_to_verify.
+    assert verifier.authenticate(expired, JwtConfig(claims_to_verify=[])).principal.username == "kim"
+    long_lived = {"authorization": f"Bearer {_token(private, ttl_seconds=7200)}"}
+    assert _status(verifier, long_lived, JwtConfig(claims_to_verify=["exp"], maximum_expiration=3600))[0] == 401
+
+
+def test_find_token_in_custom_header() -> None:
+    config = JwtConfig(header_names=["x-token", "authorization"])
+    assert find_token({"x-token": "abc.def.ghi"}, config) == "abc.def.ghi"
+    assert find_token({"authorization": "Bearer t.t.t"}, config) == "t.t.t"
+    assert find_token({"authorization": "Bearer "}, config) is None
