@@ -18,6 +18,7 @@ class _ContextFilter(logging.Filter):
         record.service = self.service
         record.request_id = request_id_var.get()
         record.tenant_id = tenant_id_var.get()
+        record.__dict__.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
         return True
 
 

@@ -1,0 +1,97 @@
+"""Pure logic of the upload service: file types, multipart streaming, headers, cursors."""
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from services.common.errors import ProblemError
+from services.upload.file_types import UnsupportedFile, check_signature, clean_filename, file_type_for
+from services.upload.http_api import content_disposition, decode_cursor, encode_cursor
+from services.upload.multipart import MultipartError, MultipartUpload
+
+BOUNDARY = "b0undary"
+
+
+def body(*parts: bytes) -> bytes:
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def part(name: str, data: bytes, filename: str | None = None) -> bytes:
+    disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    return f"--{BOUNDARY}\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n"
+
+
+def feed_all(raw: bytes, chunk: int = 7) -> tuple[MultipartUpload, bytes]:
+    form = MultipartUpload(f"multipart/form-data; boundary={BOUNDARY}")
+    out = b""
+    for i in range(0, len(raw), chunk):
+        out += b"".join(form.feed(raw[i:i + chunk]))
+    form.finish()
+    return form, out
+
+
+def test_multipart_streams_file_bytes_and_keeps_fields() -> None:
+    data = "예산을 늘린다\r\n--not a boundary".encode() * 50
+    form, out = feed_all(body(part("title", "보도자료".encode()), part("file", data, "보도.txt")))
+    assert out == data and form.fields == {"title": "보도자료"} and form.filename == "보도.txt"
+
+
+@pytest.mark.parametrize("raw, field", [
+    (part("file", b"abc", "a.txt"), "body"),  # no closing boundary
+    (body(part("file", b"a", "a.txt"), part("file", b"b", "b.txt")), "file"),  # two files
+    (body(part("title", b"\xff\xfe")), "title"),  # not UTF-8
+    (body(f"--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\nx\r\n".encode()), "body"),  # no disposition
+])
+def test_multipart_errors_name_the_field(raw: bytes, field: str) -> None:
+    with pytest.raises(MultipartError) as err:
+        feed_all(raw)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("ctype", [None, "application/json", "multipart/form-data"])
+def test_multipart_needs_form_data_with_boundary(ctype: str | None) -> None:
+    with pytest.raises(MultipartError) as err:
+        MultipartUpload(ctype)
+    assert err.value.field == "Content-Type"
+
+
+def test_file_types_by_extension_and_signature() -> None:
+    assert file_type_for("보고서.PDF").content_type == "application/pdf"
+    assert file_type_for("a.txt").content_type == "text/plain"
+    for bad in ("a.hwp", "a.exe", "noext"):
+        with pytest.raises(UnsupportedFile):
+            file_type_for(bad)
+    check_signature(file_type_for("a.pdf"), b"%PDF-1.7")
+    check_signature(file_type_for("a.txt"), "한글".encode("cp949"))
+    check_signature(file_type_for("a.txt"), "\ufeff한글".encode("utf-16"))
+    with pytest.raises(UnsupportedFile):
+        check_signature(file_type_for("a.docx"), b"%PDF-1.7")
+    with pytest.raises(UnsupportedFile):
+        check_signature(file_type_for("a.txt"), b"MZ\x00\x00")
+
+
+def test_clean_filename() -> None:
+    assert clean_filename("C:\\Users\\kim\\예산.pdf") == "예산.pdf"
+    assert clean_filename("../../etc/passwd") == "passwd"
+    assert clean_filename("a\x00b\nc.txt") == "abc.txt"
+    assert clean_filename("\u1100\u1161.txt") == "가.txt"  # NFD -> NFC
+    long = clean_filename("가" * 300 + ".pdf")
+    assert len(long) == 255 and long.endswith(".pdf")
+
+
+def test_content_disposition_keeps_korean_names_safely() -> None:
+    header = content_disposition('예산 "안".pdf')
+    assert header.isascii()
+    assert 'filename="__ ___.pdf"' in header
+    assert "filename*=UTF-8''%EC%98%88%EC%82%B0%20%22%EC%95%88%22.pdf" in header
+
+
+def test_cursor_round_trip_and_tampering() -> None:
+    key = (datetime(2026, 11, 22, 3, 4, 5, 678, tzinfo=UTC), str(uuid.uuid4()))
+    assert decode_cursor(encode_cursor(key)) == key
+    for bad in ("", "!!", "eyJ4IjoxfQ", encode_cursor(key)[:-3]):
+        with pytest.raises(ProblemError) as err:
+            decode_cursor(bad)
+        assert err.value.field == "cursor"
