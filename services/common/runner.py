@@ -3,9 +3,10 @@ and stops both gracefully on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import grpc
 import uvicorn
@@ -14,13 +15,21 @@ from fastapi import FastAPI
 log = logging.getLogger(__name__)
 
 
+class _QuietSignalsServer(uvicorn.Server):
+    """uvicorn without its own signal capture: `serve` below handles SIGTERM/SIGINT so that
+    gRPC stops gracefully too (uvicorn would re-raise the signal and end the process first)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Server | None = None,
                 grpc_address: str | None = None, on_grpc_started: Callable[[], Awaitable[None]] | None = None,
                 grace_seconds: float = 10.0) -> None:
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=int(grace_seconds))
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = _QuietSignalsServer(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
