@@ -1,0 +1,1 @@
+"""model-serving: the Korean document tagging model (training, inference, gRPC + HTTP service)."""
