@@ -15,7 +15,6 @@ class GatewaySettings(CommonSettings):
     # Reads identity.tenants and identity.users (RLS) to issue tokens.
     db_user: str = "doctag_gateway"
 
-    http_host: str = "127.0.0.1"
     http_port: int = 8080
     # DOCTAG_GATEWAY_CONFIG: the kong.yml to load.
     gateway_config: Path = DEFAULT_CONFIG

@@ -100,6 +100,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     if missing:
         raise admin.AdminError("cannot start the platform:\n" + "\n".join(f"- {m}" for m in missing))
     print(f"PostgreSQL {settings.db_host}:{settings.db_port} and RabbitMQ reachable")
+    _require_model()
     upgrade(settings, user=settings.db_admin_user, password=settings.db_admin_password)
     print(f"database {settings.db_name} migrated")
     layout = _layout(settings)
@@ -120,6 +121,18 @@ To log in, create a department (tenant) and a user, then ask the gateway for a t
   curl -s -X POST {layout.gateway_url}/api/v1/auth/token -H 'Content-Type: application/json' \\
        -d '{{"tenant": "demo", "username": "alice", "password": "choose-a-password"}}'
 """)
+
+
+def _require_model() -> None:
+    """The tagging model must be there before model-serving starts (it is committed; `make model` rebuilds it)."""
+    from services.model_serving.settings import ModelServingSettings
+
+    model_dir = ModelServingSettings().model_dir
+    if not (model_dir / "manifest.json").is_file():
+        raise admin.AdminError(f"no tagging model in {model_dir} (manifest.json missing): run `make model` "
+                               "to train it from ../shared/data, or set DOCTAG_MODEL_DIR to a model directory")
+    manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    print(f"tagging model {manifest.get('name')} version {manifest.get('version')} in {model_dir}")
 
 
 def cmd_stack_down(settings: OpsSettings, args: argparse.Namespace) -> None:

@@ -16,6 +16,9 @@ class CommonSettings(BaseSettings):
 
     service_name: str = "doctag"
     log_level: str = "INFO"
+    # Listening addresses; each service sets its own default ports (DOCTAG_HTTP_PORT, DOCTAG_GRPC_PORT).
+    http_host: str = "127.0.0.1"
+    grpc_host: str = "127.0.0.1"
     # Where keys, blobs, logs and process state live when no other path is given.
     state_dir: Path = Path("var")
 

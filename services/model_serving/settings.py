@@ -20,9 +20,7 @@ def _default_threads() -> int:
 
 class ModelServingSettings(CommonSettings):
     service_name: str = "model-serving"
-    http_host: str = "127.0.0.1"
     http_port: int = 8121
-    grpc_host: str = "127.0.0.1"
     grpc_port: int = 9121
     grpc_grace_s: float = 5.0
 

@@ -9,9 +9,7 @@ class SearchSettings(CommonSettings):
     # Read-only role: SELECT on documents.documents and documents.document_tags, subject to RLS.
     db_user: str = "doctag_search"
 
-    http_host: str = "127.0.0.1"
     http_port: int = 8111
-    grpc_host: str = "127.0.0.1"
     grpc_port: int = 9111
     # Seconds in-flight gRPC calls get to finish on shutdown.
     shutdown_grace_s: float = 5.0

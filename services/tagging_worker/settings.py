@@ -8,7 +8,6 @@ from services.common.settings import CommonSettings
 class WorkerSettings(CommonSettings):
     service_name: str = "tagging-worker"
 
-    http_host: str = "127.0.0.1"
     http_port: int = 8131
 
     # Upload replicas (comma list, balanced round-robin) and model-serving.

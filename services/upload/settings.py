@@ -13,9 +13,7 @@ class UploadSettings(CommonSettings):
     relay_db_user: str = "doctag_relay"
     relay_db_password: str = ""
 
-    http_host: str = "127.0.0.1"
     http_port: int = 8101
-    grpc_host: str = "127.0.0.1"
     grpc_port: int = 9101
 
     blob_dir: Path | None = None
