@@ -10,7 +10,8 @@ from psycopg import sql
 
 from .settings import CommonSettings
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Alembic scripts live with the other operator artefacts under infra/ (see ARCHITECTURE.md).
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "migrations"
 
 
 def admin_url(settings: CommonSettings, user: str, password: str, database: str | None = None) -> str:
