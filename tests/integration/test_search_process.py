@@ -81,7 +81,7 @@ def test_process_serves_http_and_grpc_and_stops_on_sigterm(test_db_name: str, ad
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
         assert proc.returncode == 0, out
-        assert '"message": "search stopped"' in out
+        assert '"message": "shutting down"' in out and '"message": "Application shutdown complete."' in out
         assert '"service": "search"' in out
     finally:
         if proc.poll() is None:
