@@ -9,6 +9,7 @@ roots, foreign words, numbers), lower-cased, space-separated, ready for
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 
 # Content-bearing parts of speech (Sejong tag set as used by Kiwi).
@@ -39,27 +40,45 @@ def _chunks(text: str) -> list[str]:
     return out
 
 
-def analyze(text: str) -> list[str]:
-    """The content morphemes of `text`, in order (duplicates kept)."""
+@dataclass(frozen=True)
+class Morpheme:
+    term: str   # as indexed: lower-cased; verb/adjective stems get 다 (늘렸다 -> 늘리다)
+    start: int  # character offsets into the analysed text
+    end: int
+
+
+def _term(form: str, tag: str) -> str | None:
+    """The index term of one Kiwi token, or None for particles, endings and punctuation."""
+    if tag.startswith(_KEEP_PREFIXES):
+        term = form
+    elif tag.startswith(_STEM_TAGS):
+        term = form + "다"
+    else:
+        return None
+    return term.strip().lower() or None
+
+
+def morphemes(text: str) -> list[Morpheme]:
+    """The content morphemes of `text` in order (duplicates kept), with their offsets."""
     if not text or not text.strip():
         return []
-    terms: list[str] = []
+    out: list[Morpheme] = []
     kiwi = _kiwi()
+    offset = 0
     for chunk in _chunks(text):
         with _lock:
             tokens = kiwi.tokenize(chunk)
         for tok in tokens:
-            tag = tok.tag
-            if tag.startswith(_KEEP_PREFIXES):
-                form = tok.form
-            elif tag.startswith(_STEM_TAGS):
-                form = tok.form + "다"
-            else:
-                continue
-            form = form.strip().lower()
-            if form:
-                terms.append(form)
-    return terms
+            term = _term(tok.form, tok.tag)
+            if term:
+                out.append(Morpheme(term, offset + tok.start, offset + tok.start + tok.len))
+        offset += len(chunk)
+    return out
+
+
+def analyze(text: str) -> list[str]:
+    """The content morphemes of `text`, in order (duplicates kept)."""
+    return [m.term for m in morphemes(text)]
 
 
 def search_terms(text: str) -> str:

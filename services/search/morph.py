@@ -11,16 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.common import korean
+from services.common.korean import Morpheme
 
 # Kiwi handles up to this many characters in one call quickly (see korean._chunks).
 MAX_SPAN_CHARS = 5000
-
-
-@dataclass(frozen=True)
-class Morpheme:
-    term: str   # normalised as in the index: lower-cased, verb/adjective stems + 다
-    start: int  # character offsets into the analysed text
-    end: int
 
 
 @dataclass(frozen=True)
@@ -32,24 +26,7 @@ class AnalyzedQuery:
 
 def morphemes(text: str, max_chars: int = MAX_SPAN_CHARS) -> list[Morpheme]:
     """Content morphemes of the first `max_chars` characters of `text`, with offsets."""
-    head = text[:max_chars]
-    if not head.strip():
-        return []
-    kiwi = korean._kiwi()
-    with korean._lock:
-        tokens = kiwi.tokenize(head)
-    out: list[Morpheme] = []
-    for tok in tokens:
-        if tok.tag.startswith(korean._KEEP_PREFIXES):
-            form = tok.form
-        elif tok.tag.startswith(korean._STEM_TAGS):
-            form = tok.form + "다"
-        else:
-            continue
-        form = form.strip().lower()
-        if form:
-            out.append(Morpheme(form, tok.start, tok.start + tok.len))
-    return out
+    return korean.morphemes(text[:max_chars])
 
 
 def analyze_query(text: str) -> AnalyzedQuery:
