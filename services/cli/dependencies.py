@@ -50,7 +50,11 @@ def _postgres_error(settings: CommonSettings, admin_user: str, admin_password: s
 
 
 def _rabbitmq_error(settings: CommonSettings) -> str | None:
+    import logging
+
     import aio_pika
+
+    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)  # the failure is reported below, once
 
     async def probe() -> None:
         connection = await aio_pika.connect(settings.amqp_url, timeout=5)
@@ -67,8 +71,9 @@ def _is_local(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1")
 
 
-def _try_start(commands: list[list[str]], host: str, port: int, wait_seconds: float = 60) -> bool:
-    if os.geteuid() != 0 or not _is_local(host):
+def _try_start(commands: list[list[str]], host: str, port: int, default_port: int, wait_seconds: float = 60) -> bool:
+    """Starts a locally installed server; only as root, on loopback, and on the port the distribution uses."""
+    if os.geteuid() != 0 or not _is_local(host) or port != default_port:
         return False
     for cmd in commands:
         if shutil.which(cmd[0]) is None:
@@ -97,7 +102,7 @@ def check(settings: CommonSettings, admin_user: str, admin_password: str, *, sta
 
     pg_error = _postgres_error(settings, admin_user, admin_password)
     if pg_error and start_missing and not _port_open(settings.db_host, settings.db_port):
-        if _try_start(_pg_start_commands(), settings.db_host, settings.db_port):
+        if _try_start(_pg_start_commands(), settings.db_host, settings.db_port, 5432):
             pg_error = _postgres_error(settings, admin_user, admin_password)
     if pg_error:
         missing.append(Missing(
@@ -108,7 +113,7 @@ def check(settings: CommonSettings, admin_user: str, admin_password: str, *, sta
 
     mq_error = _rabbitmq_error(settings)
     if mq_error and start_missing and not _port_open(amqp_host, amqp_port):
-        if _try_start([["rabbitmq-server", "-detached"]], amqp_host, amqp_port, wait_seconds=90):
+        if _try_start([["rabbitmq-server", "-detached"]], amqp_host, amqp_port, 5672, wait_seconds=90):
             time.sleep(3)
             mq_error = _rabbitmq_error(settings)
     if mq_error:
