@@ -39,7 +39,7 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await fn(request, context)
                 except Exception:
-                    code = (context.code() or grpc.StatusCode.UNKNOWN).name if context.code() else "UNKNOWN"
+                    code = "UNKNOWN"  # replaced below by the status an abort() set
                     raise
                 finally:
                     if context.code() not in (None, grpc.StatusCode.OK):
@@ -79,7 +79,8 @@ def create_server(service: str) -> grpc.aio.Server:
 
 
 def add_health(server: grpc.aio.Server, service_names: list[str]) -> health.aio.HealthServicer:
-    """Registers grpc.health.v1.Health; every named service and "" start SERVING."""
+    """Registers grpc.health.v1.Health. Until `set_serving(..., service_names, True)` is called the
+    named services are unknown to it (clients see NOT_FOUND / not serving)."""
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return servicer
