@@ -33,9 +33,6 @@ class Principal:
     username: str
     roles: tuple[str, ...]
 
-    def has_role(self, *roles: str) -> bool:
-        return any(r in self.roles for r in roles)
-
 
 def ensure_keypair(key_dir: Path) -> tuple[Path, Path]:
     """Creates an RSA key pair in `key_dir` on first use; never overwrites one."""
@@ -114,11 +111,6 @@ class TokenVerifier:
         principal = self.verify(bearer_token(request))
         tenant_id_var.set(principal.tenant_id)
         return principal
-
-
-def require_role(principal: Principal, *roles: str) -> None:
-    if not principal.has_role(*roles):
-        raise ProblemError(403, f"this action needs one of the roles: {', '.join(roles)}")
 
 
 def sign_token(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,11 +87,6 @@ class BlobStore:
 
     def exists(self, tenant_id: str, sha256: str) -> bool:
         return self.path(tenant_id, sha256).exists()
-
-    def open_chunks(self, tenant_id: str, sha256: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        with open(self.path(tenant_id, sha256), "rb") as fh:
-            while chunk := fh.read(chunk_size):
-                yield chunk
 
     async def aiter_chunks(self, tenant_id: str, sha256: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         import asyncio

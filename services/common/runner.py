@@ -15,9 +15,10 @@ from fastapi import FastAPI
 log = logging.getLogger(__name__)
 
 
-class _QuietSignalsServer(uvicorn.Server):
-    """uvicorn without its own signal capture: `serve` below handles SIGTERM/SIGINT so that
-    gRPC stops gracefully too (uvicorn would re-raise the signal and end the process first)."""
+class QuietSignalsServer(uvicorn.Server):
+    """uvicorn without its own signal capture: the process handles SIGTERM/SIGINT itself so that
+    what runs beside HTTP (gRPC, a queue consumer) stops gracefully too (uvicorn 0.54 would
+    re-raise the signal and end the process first)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -29,7 +30,7 @@ async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Ser
                 grace_seconds: float = 10.0) -> None:
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=int(grace_seconds))
-    server = _QuietSignalsServer(config)
+    server = QuietSignalsServer(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,29 +2,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Iterator
 
 import uvicorn
 from fastapi import FastAPI
 
 from services.common.http import create_app
 from services.common.logging import configure_logging
+from services.common.runner import QuietSignalsServer
 
 from .settings import WorkerSettings
 from .worker import TaggingWorker
 
 log = logging.getLogger(__name__)
-
-
-class _HttpServer(uvicorn.Server):
-    """uvicorn without its own signal handling: this process stops the worker first, then HTTP."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def build_http_app(worker: TaggingWorker) -> FastAPI:
@@ -43,7 +34,7 @@ async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = Non
             pass
 
     worker = TaggingWorker(settings)
-    server = _HttpServer(uvicorn.Config(build_http_app(worker), host=settings.http_host,
+    server = QuietSignalsServer(uvicorn.Config(build_http_app(worker), host=settings.http_host,
                                         port=settings.http_port, log_config=None, lifespan="on"))
     http_task = asyncio.create_task(server.serve())
     try:

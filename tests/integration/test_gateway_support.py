@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,12 +15,11 @@ import uvicorn
 from gateway.app import build_app
 from gateway.config import parse_config, write_config
 from gateway.settings import GatewaySettings
+from services.cli.stack import free_ports
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class ServerThread:

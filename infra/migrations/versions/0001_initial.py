@@ -15,8 +15,6 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-SERVICE_ROLES = ("doctag_gateway", "doctag_upload", "doctag_search", "doctag_relay", "doctag_model")
-
 UPGRADE = r"""
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 
