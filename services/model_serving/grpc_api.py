@@ -1,5 +1,14 @@
-"""gRPC `doctag.v1.ModelServing`: Predict, PredictBatch, ListModels."""
+"""gRPC `doctag.v1.ModelServing`: Predict, PredictBatch, ListModels.
+
+The call's deadline becomes the request's deadline in the batcher. Overload is answered at
+once with RESOURCE_EXHAUSTED and a `retry-after-ms` trailing metadata entry (the seconds
+are in `retry-after` too); a deadline that passes before the windows run gives DEADLINE_EXCEEDED.
+"""
 from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -7,52 +16,76 @@ from services.common.context import tenant_id_var
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
 
-from .runner import InputError, ModelNotReady, ModelRunner
+from .batcher import DeadlineExceeded, Overloaded
+from .runner import InputError, ModelNotFound, ModelNotReady, ModelRefused, ModelRunner
 
 SERVICE_NAME = "doctag.v1.ModelServing"
+T = TypeVar("T")
 
 
 def _prediction(tags: list[tuple[str, float]]) -> pb.Prediction:
     return pb.Prediction(tags=[pb.TagScore(tag=tag, score=score) for tag, score in tags])
 
 
+async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext) -> NoReturn:
+    if isinstance(exc, InputError):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    if isinstance(exc, Overloaded):
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailing_metadata=(
+            ("retry-after-ms", str(math.ceil(exc.retry_after * 1000))),
+            ("retry-after", str(max(1, math.ceil(exc.retry_after))))))
+    if isinstance(exc, DeadlineExceeded):
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    if isinstance(exc, ModelNotFound):
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"model: {exc}")
+    if isinstance(exc, ModelRefused):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model: {exc}")
+    await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+
+
 class ModelServingServicer(pb_grpc.ModelServingServicer):
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
 
+    async def _answer(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await fn()
+        except (InputError, Overloaded, DeadlineExceeded, ModelNotFound, ModelRefused, ModelNotReady) as exc:
+            await _abort_for(exc, context)
+
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         tenant_id_var.set(request.tenant_id or None)
-        try:
+        deadline = self.runner.deadline_from(context.time_remaining())
+
+        async def run() -> pb.PredictResponse:
             self.runner.validate([request.text], "text", batch=False)
             top_k = self.runner.resolve_top_k(request.top_k)
-            info, tags = await self.runner.predict([request.text], top_k)
-        except InputError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except ModelNotReady as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return pb.PredictResponse(model=info.name, version=info.version, prediction=_prediction(tags[0]))
+            info, tags = await self.runner.predict([request.text], top_k, model=request.model or None,
+                                                   deadline=deadline, tenant_id=request.tenant_id or None)
+            return pb.PredictResponse(model=info.name, version=info.version, prediction=_prediction(tags[0]))
+
+        return await self._answer(context, run)
 
     async def PredictBatch(self, request: pb.PredictBatchRequest,
                            context: grpc.aio.ServicerContext) -> pb.PredictBatchResponse:
         tenant_id_var.set(request.tenant_id or None)
-        try:
+        deadline = self.runner.deadline_from(context.time_remaining())
+
+        async def run() -> pb.PredictBatchResponse:
             texts = list(request.texts)
             self.runner.validate(texts, "texts", batch=True)
             top_k = self.runner.resolve_top_k(request.top_k)
-            info, tags = await self.runner.predict(texts, top_k)
-        except InputError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except ModelNotReady as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        return pb.PredictBatchResponse(model=info.name, version=info.version,
-                                       predictions=[_prediction(t) for t in tags])
+            info, tags = await self.runner.predict(texts, top_k, model=request.model or None,
+                                                   deadline=deadline, tenant_id=request.tenant_id or None)
+            return pb.PredictBatchResponse(model=info.name, version=info.version,
+                                           predictions=[_prediction(t) for t in tags])
+
+        return await self._answer(context, run)
 
     async def ListModels(self, request: pb.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
-        """The model this process serves; empty while none is loaded (the registry is a later issue)."""
-        info = self.runner.info
-        if info is None:
-            return pb.ListModelsResponse()
-        return pb.ListModelsResponse(models=[pb.ModelInfo(
-            name=info.name, version=info.version, labels=info.labels,
-            manifest_sha256=info.manifest_sha256, loaded=True)])
+        """The loaded models (the default one flagged); empty while none is loaded."""
+        return pb.ListModelsResponse(models=[
+            pb.ModelInfo(name=m.name, version=m.version, labels=m.labels, manifest_sha256=m.manifest_sha256,
+                         loaded=True, default=m.default)
+            for m in self.runner.loaded_models()])

@@ -1,14 +1,22 @@
-"""HTTP API of model-serving: `POST /api/v1/predict` plus the shared operational routes."""
+"""HTTP API of model-serving: `POST /api/v1/predict` plus the shared operational routes.
+
+A request may bring its time budget in the `X-Request-Timeout-Ms` header (default
+DOCTAG_DEFAULT_DEADLINE_MS). Overload is answered at once with 503 and `Retry-After`;
+a deadline that passes before the model ran the texts gives 504.
+"""
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+import math
+
+from fastapi import Depends, FastAPI, Header
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError
 from services.common.http import create_app
 
-from .runner import InputError, ModelNotReady, ModelRunner
+from .batcher import DeadlineExceeded, Overloaded
+from .runner import InputError, ModelNotFound, ModelNotReady, ModelRefused, ModelRunner
 from .settings import ModelServingSettings
 
 
@@ -19,6 +27,8 @@ class PredictBody(BaseModel):
     text: str | None = None
     texts: list[str] | None = None
     top_k: int | None = Field(None, ge=1, description="tags per text; default from DOCTAG_TOP_K")
+    model: str | None = Field(None, min_length=1, max_length=200,
+                              description="'name:version', 'name@alias', an alias or a version; default: production")
 
 
 class TagOut(BaseModel):
@@ -36,14 +46,19 @@ class PredictOut(BaseModel):
     predictions: list[PredictionOut]
 
 
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+
+
 def build_app(settings: ModelServingSettings, runner: ModelRunner) -> FastAPI:
     app = create_app(settings.service_name, title="doctag model-serving",
                      readiness={"model": runner.ready_check})
     verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
 
     @app.post("/api/v1/predict", response_model=PredictOut, tags=["predict"])
-    async def predict(body: PredictBody, principal: Principal = Depends(verifier)) -> PredictOut:
+    async def predict(body: PredictBody, principal: Principal = Depends(verifier),
+                      timeout_ms: int | None = Header(None, alias=TIMEOUT_HEADER, ge=1, le=600_000)) -> PredictOut:
         """Tags with their probability, best first, for each text."""
+        deadline = runner.deadline_from(None if timeout_ms is None else timeout_ms / 1000)
         if (body.text is None) == (body.texts is None):
             raise ProblemError(422, "give exactly one of 'text' or 'texts'", field="text")
         batch = body.texts is not None
@@ -51,9 +66,19 @@ def build_app(settings: ModelServingSettings, runner: ModelRunner) -> FastAPI:
         try:
             runner.validate(texts, "texts" if batch else "text", batch=batch)
             top_k = runner.resolve_top_k(body.top_k)
-            info, tags = await runner.predict(texts, top_k)
+            info, tags = await runner.predict(texts, top_k, model=body.model, deadline=deadline,
+                                              tenant_id=principal.tenant_id)
         except InputError as exc:
             raise ProblemError(422, exc.message, field=exc.field) from None
+        except Overloaded as exc:
+            raise ProblemError(503, str(exc), slug="overloaded", title="Overloaded",
+                               headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
+        except DeadlineExceeded as exc:
+            raise ProblemError(504, str(exc), slug="deadline-exceeded", title="Deadline exceeded") from None
+        except ModelNotFound as exc:
+            raise ProblemError(404, str(exc), field="model") from None
+        except ModelRefused as exc:
+            raise ProblemError(409, str(exc), field="model") from None
         except ModelNotReady as exc:
             raise ProblemError(503, str(exc), headers={"Retry-After": "5"}) from None
         return PredictOut(model=info.name, version=info.version, predictions=[

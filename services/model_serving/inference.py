@@ -1,36 +1,70 @@
-"""Inference with the tagging model: windows over long texts, batched forward passes, mean aggregation.
+"""Inference with the tagging model: windows over long texts, forward passes, per-text aggregation.
 
-This is the only inference code path: the service calls it, and training computes its
-validation metrics by loading the saved artifact through it.
+Every model type implements the three stages of `WindowModel` (prepare -> forward -> finish)
+so that the dynamic batcher (batcher.py) can put windows of many concurrent requests into one
+forward pass. `probabilities()` is the reference, unbatched path over the same stages; the
+service, `doctag model eval` and training's validation all reach the model through them.
 """
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from .manifest import ModelIntegrityError, read_verified_manifest
-from .metrics import INFERENCE_BATCH_WINDOWS, INFERENCE_LATENCY, INFERENCE_WINDOWS_PER_TEXT
-from .windowing import aggregate, split_windows
+from .windowing import split_windows
 
 log = logging.getLogger(__name__)
+
+BERT_ARCHITECTURE = "bert-sequence-classification"
+HYBRID_ARCHITECTURE = "e5-hybrid"
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How texts are cut and batched; the defaults are the service's defaults."""
+    """How texts are cut, batched and computed; the defaults are the service's defaults."""
 
     max_windows: int = 16      # windows per document at most, spread over the whole text
     overlap: int = 32          # tokens shared by consecutive windows
-    batch_size: int = 16       # windows per forward pass
+    batch_size: int = 16       # windows per forward pass on the unbatched reference path
     min_score: float = 0.05    # tags below this are dropped, except the best one
+    window_tokens: int = 0     # window length with special tokens; 0 = the model's maximum
+    quantize: bool = False     # dynamic int8 quantisation of nn.Linear: faster, but batch-dependent (batcher.py)
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    """One text, tokenised and cut into the windows the model reads."""
+
+    windows: list[list[int]]   # model input ids of each window, special tokens included
+    n_tokens: int              # content tokens of the whole text
+    extra: Any = None          # model-specific per-text data; opaque to the batcher
+
+
+@runtime_checkable
+class WindowModel(Protocol):
+    name: str
+    version: str
+    labels: list[str]
+    manifest: dict[str, Any]
+    manifest_sha256: str
+    directory: Path
+    pad_id: int
+
+    def prepare(self, texts: Sequence[str]) -> list[PreparedText]:
+        """Tokenise and plan windows (cheap, pure CPU, thread-safe)."""
+
+    def forward(self, windows: Sequence[Sequence[int]]) -> np.ndarray:
+        """(len(windows), D) float32 outputs per window; independent of the other windows in the call."""
+
+    def finish(self, prepared: PreparedText, outputs: np.ndarray) -> np.ndarray:
+        """(n_labels,) probabilities of one text from the forward rows of its windows, in order."""
 
 
 @dataclass(frozen=True)
@@ -88,8 +122,21 @@ def top_tags(probs: np.ndarray, labels: Sequence[str], top_k: int, min_score: fl
     return result
 
 
-class TaggingModel:
-    """A verified, loaded tagging model. Not thread-safe: use it from one thread."""
+def quantize_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised per call)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notice pointing at torchao
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class BertWindowModel:
+    """A verified `BertForSequenceClassification` artifact ("bert-sequence-classification").
+
+    forward = softmax probabilities per window; finish = mean over the text's windows.
+    `forward` may be called from several threads at once (no state is mutated).
+    """
 
     def __init__(self, directory: Path, manifest: dict[str, Any], manifest_sha256: str,
                  tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module, options: InferenceOptions) -> None:
@@ -102,64 +149,129 @@ class TaggingModel:
         self.name: str = str(manifest["name"])
         self.version: str = str(manifest["version"])
         self.labels: list[str] = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        self.max_length: int = int(model.config.max_position_embeddings)
+        model_max = int(model.config.max_position_embeddings)
+        # A window shorter than the model's maximum is cheaper (attention is quadratic) but sees less context.
+        self.max_length: int = min(options.window_tokens, model_max) if options.window_tokens > 0 else model_max
+        if self.max_length - 2 <= options.overlap:
+            raise ValueError(f"window_tokens {self.max_length} leaves no room beside an overlap of {options.overlap}")
+        self.pad_id: int = int(tokenizer.pad_token_id or 0)
 
     @classmethod
     def load(cls, directory: Path | str, *, options: InferenceOptions | None = None,
-             torch_threads: int | None = None) -> TaggingModel:
+             torch_threads: int | None = None) -> BertWindowModel:
         """Checks every file against the manifest, then loads tokenizer and model for CPU inference."""
         directory = Path(directory).resolve()
         manifest, manifest_sha256 = read_verified_manifest(directory)
         if torch_threads is not None:
             torch.set_num_threads(max(1, torch_threads))
+        return cls.from_verified(directory, manifest, manifest_sha256, options or InferenceOptions())
+
+    @classmethod
+    def from_verified(cls, directory: Path, manifest: dict[str, Any], manifest_sha256: str,
+                      options: InferenceOptions) -> BertWindowModel:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(directory, local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            directory, local_files_only=True, dtype=torch.float32)
         model.eval()
-        instance = cls(directory, manifest, manifest_sha256, tokenizer, model, options or InferenceOptions())
+        instance = cls(directory, manifest, manifest_sha256, tokenizer,
+                       quantize_linear(model) if options.quantize else model, options)
         if list(manifest["labels"]) != instance.labels:
             raise ModelIntegrityError("manifest.json labels differ from config.json id2label order")
         log.info("model loaded", extra={"model": instance.name, "version": instance.version,
-                                        "labels": len(instance.labels), "torch_threads": torch.get_num_threads()})
+                                        "labels": len(instance.labels), "quantized": options.quantize,
+                                        "window_tokens": instance.max_length})
         return instance
 
-    def windows(self, text: str) -> list[list[int]]:
-        """The windows (input ids with special tokens) the model reads for `text`."""
-        windows, _, _ = encode_windows(self.tokenizer, [text], max_length=self.max_length,
-                                       overlap=self.options.overlap, max_windows=self.options.max_windows)
-        return windows
-
-    def probabilities(self, texts: Sequence[str]) -> tuple[np.ndarray, list[int], list[int]]:
-        """(n_texts, n_labels) label probabilities, window count per text, token count per text."""
-        if not texts:
-            return np.zeros((0, len(self.labels))), [], []
+    # -- the WindowModel stages --------------------------------------------------------------
+    def prepare(self, texts: Sequence[str]) -> list[PreparedText]:
         windows, owners, n_tokens = encode_windows(
             self.tokenizer, texts, max_length=self.max_length, overlap=self.options.overlap,
             max_windows=self.options.max_windows)
-        # Batching windows of similar length wastes the least work on padding.
-        order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
-        window_probs = np.zeros((len(windows), len(self.labels)), dtype=np.float32)
-        pad_id = self.tokenizer.pad_token_id
-        started = time.perf_counter()
+        per_text: list[list[list[int]]] = [[] for _ in texts]
+        for window, owner in zip(windows, owners, strict=True):
+            per_text[owner].append(window)
+        return [PreparedText(w, n) for w, n in zip(per_text, n_tokens, strict=True)]
+
+    def forward(self, windows: Sequence[Sequence[int]]) -> np.ndarray:
+        ids, mask = pad_batch(windows, self.pad_id)
         with torch.inference_mode():
-            for begin in range(0, len(order), self.options.batch_size):
-                batch = order[begin:begin + self.options.batch_size]
-                ids, mask = pad_batch([windows[i] for i in batch], pad_id)
-                logits = self.model(input_ids=ids, attention_mask=mask).logits
-                window_probs[batch] = torch.softmax(logits.float(), dim=-1).numpy()
-                INFERENCE_BATCH_WINDOWS.observe(len(batch))
-        INFERENCE_LATENCY.observe(time.perf_counter() - started)
-        counts = np.bincount(np.asarray(owners), minlength=len(texts)).tolist()
-        for count in counts:
-            INFERENCE_WINDOWS_PER_TEXT.observe(count)
-        return aggregate(window_probs, owners, len(texts)), counts, n_tokens
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+            return torch.softmax(logits.float(), dim=-1).numpy()
+
+    def finish(self, prepared: PreparedText, outputs: np.ndarray) -> np.ndarray:
+        if outputs.shape[0] != len(prepared.windows) or outputs.shape[0] == 0:
+            raise ValueError("one output row per window is needed")
+        return outputs.astype(np.float64).mean(axis=0)
+
+    # -- conveniences over the reference path (training's validation, tests) ------------------
+    def windows(self, text: str) -> list[list[int]]:
+        """The windows (input ids with special tokens) the model reads for `text`."""
+        return self.prepare([text])[0].windows
 
     def predict_detailed(self, texts: Sequence[str], top_k: int = 3) -> list[DocumentPrediction]:
-        probs, counts, n_tokens = self.probabilities(texts)
-        return [
-            DocumentPrediction(top_tags(p, self.labels, top_k, self.options.min_score), tokens, count)
-            for p, count, tokens in zip(probs, counts, n_tokens, strict=True)
-        ]
+        return predict_detailed(self, texts, top_k, self.options.min_score)
 
     def predict(self, texts: Sequence[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
         """Per text, the `top_k` most likely tags with their probability, best first."""
         return [p.tags for p in self.predict_detailed(texts, top_k)]
+
+
+# The name the walking skeleton used; training and older callers import it.
+TaggingModel = BertWindowModel
+
+
+def load_model(directory: Path | str, options: InferenceOptions | None = None) -> WindowModel:
+    """Verifies the artifact against its manifest, then loads it with the class of its architecture."""
+    directory = Path(directory).resolve()
+    options = options or InferenceOptions()
+    manifest, manifest_sha256 = read_verified_manifest(directory)
+    architecture = str(manifest.get("architecture", BERT_ARCHITECTURE))
+    if architecture == HYBRID_ARCHITECTURE:
+        from .hybrid import HybridModel  # the lead's module; imported only when such an artifact is served
+
+        return HybridModel.load(directory, manifest, manifest_sha256, options)
+    # The first artifact describes its architecture in words ("BertForSequenceClassification, trained ...").
+    if architecture == BERT_ARCHITECTURE or architecture.startswith("BertForSequenceClassification"):
+        return BertWindowModel.from_verified(directory, manifest, manifest_sha256, options)
+    raise ModelIntegrityError(f"manifest.json: unknown architecture {architecture!r}")
+
+
+def probabilities(model: WindowModel, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
+    """(n_texts, n_labels) label probabilities: the reference, unbatched path.
+
+    Windows are forwarded in length-sorted chunks of `batch_size`, so short windows are
+    not padded to long ones. The batcher must give the same numbers (allclose, atol 1e-5).
+    """
+    prepared = model.prepare(texts)
+    return _probabilities(model, prepared, batch_size)
+
+
+def _probabilities(model: WindowModel, prepared: Sequence[PreparedText], batch_size: int) -> np.ndarray:
+    if not prepared:
+        return np.zeros((0, len(model.labels)))
+    windows = [w for p in prepared for w in p.windows]
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+    outputs: np.ndarray | None = None
+    for begin in range(0, len(order), batch_size):
+        chunk = order[begin:begin + batch_size]
+        rows = model.forward([windows[i] for i in chunk])
+        if outputs is None:
+            outputs = np.zeros((len(windows), rows.shape[1]), dtype=np.float32)
+        outputs[chunk] = rows
+    assert outputs is not None
+    result = []
+    offset = 0
+    for p in prepared:
+        result.append(model.finish(p, outputs[offset:offset + len(p.windows)]))
+        offset += len(p.windows)
+    return np.stack(result)
+
+
+def predict_detailed(model: WindowModel, texts: Sequence[str], top_k: int = 3,
+                     min_score: float = 0.05, batch_size: int = 16) -> list[DocumentPrediction]:
+    """Tags per text with the token and window counts, over the reference path."""
+    prepared = model.prepare(texts)
+    probs = _probabilities(model, prepared, batch_size)
+    return [DocumentPrediction(top_tags(p, model.labels, top_k, min_score), prep.n_tokens, len(prep.windows))
+            for p, prep in zip(probs, prepared, strict=True)]
+

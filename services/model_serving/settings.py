@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from services.common.settings import CommonSettings
 
+if TYPE_CHECKING:
+    from .inference import InferenceOptions
+
 # The committed model, found relative to this package so the service starts from any cwd.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "artifacts" / "doctag-tagger"
 
 
-def _default_threads() -> int:
-    """Half the cores (at least one): inference gets real parallelism, while the event
-    loop, gRPC and the other processes of a shared host keep a core."""
-    return max(1, (os.cpu_count() or 2) // 2)
+def _default_inference_threads() -> int:
+    """One inference thread per core, each with one torch thread (see batcher.py for the measurements)."""
+    return max(1, os.cpu_count() or 1)
 
 
 class ModelServingSettings(CommonSettings):
@@ -24,12 +27,36 @@ class ModelServingSettings(CommonSettings):
     grpc_port: int = 9121
     grpc_grace_s: float = 5.0
 
-    model_dir: Path = DEFAULT_MODEL_DIR
-    torch_threads: int = Field(default_factory=_default_threads, ge=1)
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="artifact served without a registry (may be a symlink)")
+    model_refresh_s: float = Field(30.0, gt=0, description="how often the default model is re-resolved (hot swap)")
+    max_loaded_models: int = Field(2, ge=1, description="model versions kept loaded at once (default included)")
+    quantize: bool = Field(False, description="dynamic int8 quantisation of the model's linear layers: about 2.8x "
+                                              "faster, but a text's scores then depend on its batch (batcher.py)")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads (process-wide)")
+    inference_threads: int = Field(default_factory=_default_inference_threads, ge=1,
+                                   description="threads running forward passes, per loaded model")
+    batch_max_windows: int = Field(16, ge=1, description="windows per forward pass at most")
+    batch_max_delay_ms: float = Field(0.0, ge=0, description="how long a window may wait for a fuller batch")
+    queue_max_windows: int = Field(512, ge=1, description="queued windows per model before requests are refused")
+    default_deadline_ms: int = Field(30_000, ge=1, description="deadline of a request that does not bring one")
     max_windows: int = Field(16, ge=1, description="windows per text at most, spread over the text")
+    window_tokens: int = Field(0, ge=0, description="window length in tokens, special tokens included; "
+                                                   "0 = the model's maximum")
     window_overlap: int = Field(32, ge=0, description="tokens shared by consecutive windows")
-    batch_windows: int = Field(16, ge=1, description="windows per forward pass")
     top_k: int = Field(3, ge=1)
     min_score: float = Field(0.05, ge=0.0, le=1.0)
     max_texts: int = Field(64, ge=1, description="texts per request at most")
     max_text_chars: int = Field(1_000_000, ge=1, description="characters per text at most")
+
+    def inference_options(self) -> InferenceOptions:
+        """How the model reads texts: the same for serving, `doctag model eval` and the benchmarks."""
+        from .inference import InferenceOptions
+
+        return InferenceOptions(max_windows=self.max_windows, overlap=self.window_overlap,
+                                batch_size=self.batch_max_windows, min_score=self.min_score,
+                                window_tokens=self.window_tokens, quantize=self.quantize)
+
+    @property
+    def batch_windows(self) -> int:
+        """The former name of `batch_max_windows`."""
+        return self.batch_max_windows
