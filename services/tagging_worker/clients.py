@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
 from services.common.context import grpc_metadata
@@ -145,16 +146,48 @@ class Prediction:
     tags: list[tuple[str, float]]
 
 
+class ModelUnavailable(Exception):
+    """model-serving cannot predict now (not ready, down or overloaded): the job waits, it does not fail."""
+
+
+# What model-serving's health service reports as serving once a model is loaded.
+MODEL_HEALTH_SERVICE = model_serving_pb2.DESCRIPTOR.services_by_name["ModelServing"].full_name
+MODEL_WAIT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
 class ModelClient:
     def __init__(self, channel: grpc.aio.Channel, settings: WorkerSettings, retrier: Retrier) -> None:
         self._stub = model_serving_pb2_grpc.ModelServingStub(channel)
+        self._health = health_pb2_grpc.HealthStub(channel)
         self._settings = settings
         self._retrier = retrier
+
+    async def check_ready(self) -> None:
+        """Raises ModelUnavailable when model-serving is down or says it is not serving.
+
+        A peer without health information for the service (NOT_FOUND, UNIMPLEMENTED) is
+        not held up: Predict's own answer decides then.
+        """
+        try:
+            response = await self._health.Check(health_pb2.HealthCheckRequest(service=MODEL_HEALTH_SERVICE),
+                                                timeout=min(5.0, self._settings.model_timeout_seconds),
+                                                metadata=grpc_metadata())
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ModelUnavailable(describe_error(exc)) from exc
+            return
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise ModelUnavailable("model-serving is not ready (no model loaded)")
 
     async def predict(self, text: str, tenant_id: str) -> Prediction:
         request = model_serving_pb2.PredictRequest(text=text[: self._settings.model_max_chars],
                                                    tenant_id=tenant_id, top_k=self._settings.model_top_k)
-        response = await self._retrier.call("Predict", lambda: self._stub.Predict(
-            request, timeout=self._settings.model_timeout_seconds, metadata=grpc_metadata()))
+        try:
+            response = await self._retrier.call("Predict", lambda: self._stub.Predict(
+                request, timeout=self._settings.model_timeout_seconds, metadata=grpc_metadata()))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in MODEL_WAIT_CODES:
+                raise ModelUnavailable(describe_error(exc)) from exc
+            raise
         return Prediction(model=response.model, version=response.version,
                           tags=[(t.tag, t.score) for t in response.prediction.tags])

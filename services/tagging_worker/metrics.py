@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# outcome: tagged, failed, skipped (already final, stale or deleted), requeued, dead_lettered, rejected
+# outcome: tagged, failed, skipped (already final, stale or deleted), deferred (model unavailable), requeued,
+# dead_lettered, rejected
 JOBS = Counter("doctag_tagging_jobs_total", "Tagging jobs handled, by outcome", ["outcome"])
 JOB_DURATION = Histogram(
     "doctag_tagging_job_duration_seconds", "Time to handle one job, by outcome", ["outcome"],

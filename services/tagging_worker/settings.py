@@ -24,6 +24,9 @@ class WorkerSettings(CommonSettings):
     # Must equal the limit the jobs queue was declared with (upload declares it too).
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
 
+    # model-serving not ready / down / overloaded: wait this long, then put the job back at the queue's end.
+    model_unavailable_retry_seconds: float = 15.0
+
     # Transient gRPC failures are retried inside the handler before the job is requeued.
     retry_attempts: int = 4
     retry_initial_seconds: float = 0.5

@@ -9,6 +9,10 @@ Failure handling:
 - the file cannot be read as text → FAILED with the extractor's reason, ack;
 - NOT_FOUND (document deleted) / FAILED_PRECONDITION (not the current content
   version) from upload → nothing left to do, ack;
+- model-serving not ready (checked before the document is touched), down, or still
+  UNAVAILABLE / RESOURCE_EXHAUSTED after the in-handler retries → the job waits
+  (DOCTAG_MODEL_UNAVAILABLE_RETRY_SECONDS) and goes back to the end of the queue as a
+  fresh message: the document is not failed and no delivery of its limit is used up;
 - transient gRPC failures are retried in the handler (clients.Retrier); when they
   persist, or anything unexpected happens, the message is requeued; on its last
   allowed delivery the document is recorded FAILED and the message dead-lettered;
@@ -29,7 +33,7 @@ from services.common.context import request_id_var, tenant_id_var
 from services.common.grpc_utils import client_channel
 from services.common.pb import documents_pb2
 
-from .clients import Content, DocumentsClient, DocumentTooLarge, ModelClient, Retrier, describe_error
+from .clients import Content, DocumentsClient, DocumentTooLarge, ModelClient, ModelUnavailable, Retrier, describe_error
 from .extractors import ExtractionError, Limits
 from .extractors.isolated import IsolatedExtractor
 from .job import InvalidJob, Job, delivery_count, is_last_delivery
@@ -141,6 +145,8 @@ class TaggingWorker:
         try:
             outcome = await self.process(job)
             await _settle(message.ack())
+        except ModelUnavailable as exc:
+            outcome = await self._defer(message, job, exc)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in GONE_CODES:
                 log.info("job no longer applies", extra={"document_id": job.document_id, "code": exc.code().name})
@@ -182,8 +188,38 @@ class TaggingWorker:
         await _settle(message.reject(requeue=False))
         return "dead_lettered"
 
+    async def _defer(self, message: AbstractIncomingMessage, job: Job, exc: ModelUnavailable) -> str:
+        """Waits, then puts a fresh copy of the job at the end of the queue and acks this delivery.
+
+        A requeue (nack) would count against the delivery limit and end in FAILED while the
+        model is down; a new message starts its count at zero. Published before the ack, so a
+        crash in between can only duplicate the job (idempotent), never lose it.
+        """
+        delay = self.settings.model_unavailable_retry_seconds
+        log.warning("model-serving unavailable, job deferred",
+                    extra={"document_id": job.document_id, "retry_in_s": delay, "error": str(exc)})
+        await asyncio.sleep(delay)  # holds a prefetch slot: the worker slows down while the model is away
+        headers = {k: v for k, v in (message.headers or {}).items() if not str(k).startswith("x-")}
+        headers["doctag-deferrals"] = _int(headers.get("doctag-deferrals")) + 1
+        try:
+            if self.channel is None:
+                raise RuntimeError("no AMQP channel")
+            await self.channel.default_exchange.publish(
+                aio_pika.Message(message.body, message_id=message.message_id, correlation_id=message.correlation_id,
+                                 content_type=message.content_type, headers=headers,
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self.topology.jobs_queue)
+        except Exception:  # noqa: BLE001 - fall back to a plain requeue
+            log.warning("could not re-publish the deferred job; requeueing it", exc_info=True,
+                        extra={"document_id": job.document_id})
+            await _settle(message.nack(requeue=True))
+            return "requeued"
+        await _settle(message.ack())
+        return "deferred"
+
     async def process(self, job: Job) -> str:
         """Runs the job to its final state; returns the outcome label. gRPC errors propagate."""
+        await self.model.check_ready()  # before the document is touched: it stays `queued` while the model is away
         started = await self.documents.record(job, Outcome.TAGGING_OUTCOME_PROCESSING)
         if not started.applied and started.status in FINAL_STATUSES:
             log.info("document already final", extra={"document_id": job.document_id, "status": started.status})
@@ -221,6 +257,13 @@ class TaggingWorker:
             return exc
         EXTRACTION_DURATION.labels("ok").observe(time.perf_counter() - start)
         return text
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _expected(exc: BaseException) -> bool:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import grpc
@@ -28,9 +29,11 @@ from reportlab.pdfgen import canvas
 
 from services.common.amqp import DOCUMENT_UPLOADED, Topology, message_id
 from services.common.context import GRPC_REQUEST_ID_KEY
-from services.common.grpc_utils import add_health, create_server
+from services.common.grpc_utils import add_health, create_server, set_serving
 from services.common.pb import documents_pb2, documents_pb2_grpc, model_serving_pb2, model_serving_pb2_grpc
 from services.tagging_worker.app import build_http_app
+from services.tagging_worker.clients import MODEL_HEALTH_SERVICE
+from services.tagging_worker.metrics import JOBS
 from services.tagging_worker.settings import WorkerSettings
 from services.tagging_worker.worker import TaggingWorker
 from tests.conftest import AMQP_URL
@@ -154,6 +157,7 @@ class Peers:
     model: ControlledModel
     documents_target: str
     model_target: str
+    model_health: Any = None   # the model server's grpc.health.v1 servicer
 
 
 @pytest.fixture
@@ -163,12 +167,12 @@ async def peers() -> AsyncIterator[Peers]:
     documents_pb2_grpc.add_DocumentsServicer_to_server(documents, doc_server)
     model_serving_pb2_grpc.add_ModelServingServicer_to_server(model, model_server)
     add_health(doc_server, [])
-    add_health(model_server, [])
+    model_health = add_health(model_server, [])
     doc_port = doc_server.add_insecure_port("127.0.0.1:0")
     model_port = model_server.add_insecure_port("127.0.0.1:0")
     await doc_server.start()
     await model_server.start()
-    yield Peers(documents, model, f"127.0.0.1:{doc_port}", f"127.0.0.1:{model_port}")
+    yield Peers(documents, model, f"127.0.0.1:{doc_port}", f"127.0.0.1:{model_port}", model_health)
     await doc_server.stop(0)
     await model_server.stop(0)
 
@@ -191,7 +195,7 @@ def settings(peers: Peers, broker: tuple[aio_pika.abc.AbstractChannel, Topology]
         documents_grpc_target=peers.documents_target, model_grpc_target=peers.model_target,
         retry_attempts=3, retry_initial_seconds=0.05, retry_max_seconds=0.2,
         documents_timeout_seconds=5, model_timeout_seconds=5, read_timeout_seconds=10,
-        extract_timeout_seconds=30, shutdown_grace_seconds=5,
+        extract_timeout_seconds=30, shutdown_grace_seconds=5, model_unavailable_retry_seconds=0.05,
     )
 
 
@@ -336,6 +340,52 @@ async def test_model_unavailable_for_a_while_is_retried(worker, peers, broker) -
     await wait_for(lambda: docs.docs[doc_id].status == "tagged")
     assert len(peers.model.texts) == 3
     assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING) == 1  # within one delivery
+
+
+def _deferred() -> float:
+    return JOBS.labels("deferred")._value.get()
+
+
+async def test_model_not_ready_keeps_the_document_queued_beyond_the_delivery_limit(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    await set_serving(peers.model_health, [MODEL_HEALTH_SERVICE], False)  # model-serving up, no model loaded
+    doc_id = docs.add(KOREAN.encode(), "a.txt")
+    before = _deferred()
+    await publish(channel, topology, docs, doc_id)
+
+    # More rounds than the delivery limit allows deliveries: none of them may count against it.
+    await wait_for(lambda: _deferred() >= before + DELIVERY_LIMIT + 2)
+    assert docs.docs[doc_id].status == "queued"
+    assert docs.calls == []  # the document was never touched while the model was away
+    assert peers.model.texts == []
+
+    await set_serving(peers.model_health, [MODEL_HEALTH_SERVICE], True)
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_idle(worker)
+    assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING) == 1
+    await worker.stop()
+    assert await take_all(channel, topology.jobs_queue) == []
+    assert await take_all(channel, topology.dead_letter_queue) == []
+
+
+async def test_model_overloaded_beyond_retries_is_deferred_not_failed(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    peers.model.always = grpc.StatusCode.RESOURCE_EXHAUSTED
+    doc_id = docs.add(KOREAN.encode(), "a.txt")
+    before = _deferred()
+    await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: _deferred() >= before + DELIVERY_LIMIT + 1)
+    assert docs.docs[doc_id].status != "failed"
+    peers.model.always = None
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_idle(worker)
+    assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_FAILED) == 0
+    await worker.stop()
+    assert await take_all(channel, topology.jobs_queue) == []
+    assert await take_all(channel, topology.dead_letter_queue) == []
 
 
 async def test_poison_message_goes_to_the_dead_letter_queue(worker, peers, broker) -> None:

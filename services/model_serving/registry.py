@@ -1,0 +1,381 @@
+"""The model registry: models, immutable versions in the model store, and movable aliases.
+
+A version is registered only after its files were copied into the store and every
+one of them matched the manifest's SHA-256 there; the copy is made read-only and
+renamed into place (`<store>/<name>/<version>`) inside the transaction that writes
+the row, so a registered version always has its complete files. Aliases
+(`production`, `candidate`, ...) point at versions; moving one records the previous
+target in `models.alias_history`, which is how a promotion is rolled back.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from services.common.db import Database
+from services.common.settings import CommonSettings
+
+from .archive import remove_tree
+from .manifest import MANIFEST_NAME, ModelIntegrityError, read_verified_manifest
+from .resolved import DEFAULT_ALIAS, ResolvedModel, Resolver, UnknownModel, parse_model_ref
+
+__all__ = ["AliasChange", "ArtifactRefused", "ModelRegistry", "Registered", "RegistryError", "RegistryNotFound",
+           "RegistrySettings", "ResolvedModel", "Resolver", "build_registry_services", "manifest_name"]
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+PRODUCTION = DEFAULT_ALIAS
+
+
+class RegistrySettings(CommonSettings):
+    """The registry's part of model-serving's configuration (DOCTAG_* variables)."""
+
+    service_name: str = "model-serving"
+    db_user: str = "doctag_model"
+    # Off: model-serving serves DOCTAG_MODEL_DIR without a database.
+    model_registry: bool = True
+    # Where registered versions live; default <state_dir>/models.
+    model_store: Path | None = None
+    registry_max_upload_bytes: int = 1024**3
+    registry_max_unpacked_bytes: int = 2 * 1024**3
+    registry_max_files: int = 1000
+    inference_log_retention_days: int = 30
+    inference_log_flush_s: float = 1.0
+    inference_log_batch: int = 5000
+    inference_log_buffer: int = 100_000
+    inference_log_purge_interval_s: float = 3600.0
+
+    @property
+    def store_path(self) -> Path:
+        return self.model_store or self.state_dir / "models"
+
+
+class RegistryError(Exception):
+    """A clear, user-facing registry error; `field` names the input at fault."""
+
+    status = 422
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RegistryNotFound(RegistryError, UnknownModel):
+    """No such model, version or alias (the runner answers "not found" for it, not "not ready")."""
+
+    status = 404
+
+
+class ArtifactRefused(RegistryError):
+    """The artifact's files do not match its manifest (or it has none): the version is refused."""
+
+
+@dataclass(frozen=True)
+class Registered:
+    name: str
+    version: int
+    manifest_sha256: str
+    directory: Path
+    created: bool   # False: the same manifest was registered before as `version`
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    name: str
+    alias: str
+    previous: int | None
+    version: int
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise RegistryError("a model name is 1-64 characters of a-z, 0-9, '.', '_' and '-', starting with a "
+                            "letter or digit", field="name")
+    return name
+
+
+def check_alias(alias: str) -> str:
+    if not ALIAS_RE.match(alias or ""):
+        raise RegistryError("an alias is 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter",
+                            field="alias")
+    return alias
+
+
+class ModelRegistry:
+    def __init__(self, db: Database, store: Path) -> None:
+        self.db = db
+        self.store = Path(store)
+
+    # -- registration ----------------------------------------------------------------------
+    async def register(self, name: str, source_dir: Path, created_by: str) -> Registered:
+        """Copies and verifies the artifact in `source_dir`, then registers it as the next version.
+
+        The same manifest registered before is not registered again (created=False).
+        Raises ArtifactRefused, naming the file, when any file fails its checksum.
+        """
+        check_name(name)
+        manifest, sha = await asyncio.to_thread(_verify, Path(source_dir))
+        if manifest.get("name") != name:
+            raise ArtifactRefused(f"the artifact's manifest names model {manifest.get('name')!r}, not {name!r}",
+                                  field="name")
+        existing = await self._version_by_sha(name, sha)
+        if existing is not None:
+            return Registered(name, existing, sha, self._dir(name, existing), False)
+        staging = await asyncio.to_thread(self._stage, Path(source_dir), name, sha)
+        target: Path | None = None
+        try:
+            async with self.db.transaction() as conn:
+                await conn.execute("INSERT INTO models.models (name, description) VALUES (%s, %s) "
+                                   "ON CONFLICT (name) DO NOTHING", (name, str(manifest.get("description", ""))))
+                await conn.execute("SELECT 1 FROM models.models WHERE name = %s FOR UPDATE", (name,))
+                existing = await _scalar(conn, "SELECT version FROM models.versions WHERE model_name = %s "
+                                         "AND manifest_sha256 = %s ORDER BY version LIMIT 1", (name, sha))
+                if existing is not None:
+                    return Registered(name, existing, sha, self._dir(name, existing), False)
+                version = await _scalar(conn, "SELECT coalesce(max(version), 0) + 1 FROM models.versions "
+                                        "WHERE model_name = %s", (name,))
+                target = self._dir(name, version)
+                await asyncio.to_thread(_place, staging, target)
+                await conn.execute(
+                    "INSERT INTO models.versions (model_name, version, artifact_path, manifest, manifest_sha256, "
+                    "metrics, training_data, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (name, version, f"{name}/{version}", Jsonb(manifest), sha,
+                     Jsonb(_as_object(manifest.get("metrics"))), Jsonb(_as_object(manifest.get("training_data"))),
+                     created_by))
+        except BaseException:
+            if target is not None:
+                await asyncio.to_thread(remove_tree, target)
+            raise
+        finally:
+            await asyncio.to_thread(remove_tree, staging)
+        log.info("model version registered", extra={"model": name, "version": version, "manifest_sha256": sha,
+                                                    "created_by": created_by})
+        return Registered(name, version, sha, target, True)
+
+    def _dir(self, name: str, version: int) -> Path:
+        return self.store / name / str(version)
+
+    def _stage(self, source: Path, name: str, sha: str) -> Path:
+        """Copies the manifest and the files it lists into a hidden folder of the store, verifies, locks."""
+        staging = self.store / name / f".incoming-{uuid.uuid4().hex}"
+        staging.mkdir(parents=True)
+        try:
+            manifest, _ = read_verified_manifest(source)
+            for rel in [MANIFEST_NAME, *manifest["files"]]:
+                dst = staging / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / rel, dst)
+            _, copied_sha = _verify(staging)
+            if copied_sha != sha:
+                raise ArtifactRefused("the artifact changed while it was being copied; register it again",
+                                      field="artifact")
+            for p in sorted(staging.rglob("*"), reverse=True):
+                p.chmod(0o555 if p.is_dir() else 0o444)
+            staging.chmod(0o555)
+        except BaseException:
+            remove_tree(staging)
+            raise
+        return staging
+
+    async def _version_by_sha(self, name: str, sha: str) -> int | None:
+        async with self.db.transaction() as conn:
+            return await _scalar(conn, "SELECT version FROM models.versions WHERE model_name = %s "
+                                 "AND manifest_sha256 = %s ORDER BY version LIMIT 1", (name, sha))
+
+    async def ensure_default(self, name: str, source_dir: Path, by: str = "system") -> ResolvedModel:
+        """Registers the shipped artifact unless already there; points `production` at it when unset."""
+        registered = await self.register(name, source_dir, created_by=by)
+        async with self.db.transaction() as conn:
+            await conn.execute("SELECT 1 FROM models.models WHERE name = %s FOR UPDATE", (name,))
+            current = await _scalar(conn, "SELECT version FROM models.aliases WHERE model_name = %s AND alias = %s",
+                                    (name, PRODUCTION))
+            if current is None:
+                await self._move_alias(conn, name, PRODUCTION, registered.version, None, by)
+                log.info("production alias set", extra={"model": name, "version": registered.version})
+        return await self.resolve(name, PRODUCTION)
+
+    # -- aliases ---------------------------------------------------------------------------
+    async def set_alias(self, name: str, alias: str, version: int, by: str) -> AliasChange:
+        """Points `alias` at `version`; returns the previous target (None when the alias is new)."""
+        check_name(name)
+        check_alias(alias)
+        async with self.db.transaction() as conn:
+            await conn.execute("SELECT 1 FROM models.models WHERE name = %s FOR UPDATE", (name,))
+            exists = await _scalar(conn, "SELECT version FROM models.versions WHERE model_name = %s AND version = %s",
+                                   (name, version))
+            if exists is None:
+                raise RegistryNotFound(f"model {name} has no version {version}", field="version")
+            previous = await _scalar(conn, "SELECT version FROM models.aliases WHERE model_name = %s AND alias = %s",
+                                     (name, alias))
+            if previous != version:
+                await self._move_alias(conn, name, alias, version, previous, by)
+        log.info("alias moved", extra={"model": name, "alias": alias, "previous": previous, "version": version,
+                                       "by": by})
+        return AliasChange(name, alias, previous, version)
+
+    @staticmethod
+    async def _move_alias(conn: AsyncConnection, name: str, alias: str, version: int, previous: int | None,
+                          by: str) -> None:
+        await conn.execute(
+            "INSERT INTO models.aliases (model_name, alias, version, updated_by) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (model_name, alias) DO UPDATE SET version = EXCLUDED.version, updated_at = now(), "
+            "updated_by = EXCLUDED.updated_by", (name, alias, version, by))
+        await conn.execute(
+            "INSERT INTO models.alias_history (model_name, alias, previous_version, new_version, changed_by) "
+            "VALUES (%s, %s, %s, %s, %s)", (name, alias, previous, version, by))
+
+    async def alias_history(self, name: str, alias: str | None = None) -> list[dict[str, Any]]:
+        """Moves of `name`'s aliases, newest first."""
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "SELECT alias, previous_version, new_version, changed_at, changed_by FROM models.alias_history "
+                "WHERE model_name = %s AND (%s::text IS NULL OR alias = %s) ORDER BY id DESC", (name, alias, alias))
+            return list(await cur.fetchall())
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    async def resolve(self, name: str, ref: str) -> ResolvedModel:
+        """The artifact of `name` at `ref`: a version number or an alias."""
+        ref = str(ref).strip()
+        async with self.db.transaction() as conn:
+            if ref.isdigit():
+                cur = await conn.execute(
+                    "SELECT version, artifact_path, manifest_sha256 FROM models.versions "
+                    "WHERE model_name = %s AND version = %s", (name, int(ref)))
+            else:
+                cur = await conn.execute(
+                    "SELECT v.version, v.artifact_path, v.manifest_sha256 FROM models.aliases a "
+                    "JOIN models.versions v ON v.model_name = a.model_name AND v.version = a.version "
+                    "WHERE a.model_name = %s AND a.alias = %s", (name, ref))
+            row = await cur.fetchone()
+        if row is None:
+            what = f"version {ref}" if ref.isdigit() else f"alias {ref!r}"
+            raise RegistryNotFound(f"model {name} has no {what}", field="model")
+        return ResolvedModel(name=name, version=str(row["version"]), directory=self.store / row["artifact_path"],
+                             manifest_sha256=row["manifest_sha256"].strip())
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "SELECT m.name, m.description, m.created_at, "
+                "(SELECT count(*) FROM models.versions v WHERE v.model_name = m.name) AS versions, "
+                "(SELECT max(version) FROM models.versions v WHERE v.model_name = m.name) AS latest_version, "
+                "coalesce((SELECT jsonb_object_agg(a.alias, a.version ORDER BY a.alias) FROM models.aliases a "
+                "          WHERE a.model_name = m.name), '{}'::jsonb) AS aliases "
+                "FROM models.models m ORDER BY m.name")
+            return list(await cur.fetchall())
+
+    async def list_versions(self, name: str) -> list[dict[str, Any]]:
+        async with self.db.transaction() as conn:
+            if await _scalar(conn, "SELECT 1 FROM models.models WHERE name = %s", (name,)) is None:
+                raise RegistryNotFound(f"no model {name!r}", field="name")
+            cur = await conn.execute(
+                "SELECT v.version, v.manifest_sha256, v.artifact_path, v.metrics, v.training_data, "
+                "v.manifest->'labels' AS labels, v.manifest->>'version' AS manifest_version, "
+                "v.created_at, v.created_by, "
+                "coalesce((SELECT array_agg(a.alias ORDER BY a.alias) FROM models.aliases a "
+                "          WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases "
+                "FROM models.versions v WHERE v.model_name = %s ORDER BY v.version", (name,))
+            rows = list(await cur.fetchall())
+        for row in rows:
+            row["manifest_sha256"] = row["manifest_sha256"].strip()
+        return rows
+
+
+def _verify(directory: Path) -> tuple[dict[str, Any], str]:
+    try:
+        return read_verified_manifest(directory)
+    except ModelIntegrityError as exc:
+        raise ArtifactRefused(f"the version is refused: {exc}", field="artifact") from None
+
+
+def _place(staging: Path, target: Path) -> None:
+    """Renames the staged copy into place; a leftover of a registration that never committed is replaced."""
+    if target.exists():
+        remove_tree(target)
+    staging.parent.chmod(0o755)
+    staging.chmod(0o755)  # a directory moves only while writable on some filesystems; locked again below
+    staging.rename(target)
+    target.chmod(0o555)
+
+
+def manifest_name(directory: Path) -> str:
+    try:
+        return check_name(str(json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))["name"]))
+    except (OSError, ValueError, KeyError, TypeError, RegistryError) as exc:
+        raise RegistryError(f"{directory / MANIFEST_NAME} does not name a model: {exc}") from None
+
+
+def _as_object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else ({} if value is None else {"value": value})
+
+
+async def _scalar(conn: AsyncConnection, query: str, params: tuple[Any, ...]) -> Any:
+    cur = await conn.execute(query, params)
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return next(iter(row.values())) if isinstance(row, dict) else row[0]
+
+
+# -- model-serving wiring --------------------------------------------------------------------
+
+async def build_registry_services(settings: Any, registry_settings: RegistrySettings | None = None
+                                  ) -> tuple[ModelRegistry, Resolver, Any] | None:
+    """Registry, resolver and inference log for model-serving, or None without a reachable database.
+
+    Registers the shipped artifact (`settings.model_dir`) under the name in its manifest
+    and points `production` at it when unset, so a fresh install serves the committed
+    model. The resolver maps "name:3", "name@alias", "3", "candidate" or None
+    (= production of the shipped model's name) to an artifact.
+    """
+    from .inference_log import InferenceLog
+
+    rs = registry_settings or RegistrySettings()
+    if not rs.model_registry:
+        return None
+    db = Database(rs.dsn(), min_size=1, max_size=max(2, rs.db_pool_max // 2))
+    try:
+        await db.open()
+        await db.ping()
+    except Exception as exc:  # noqa: BLE001 - no database: serve the shipped artifact without a registry
+        log.warning("model registry unavailable, serving DOCTAG_MODEL_DIR only", extra={"error": str(exc)})
+        await db.close()
+        return None
+    registry = ModelRegistry(db, rs.store_path)
+    model_dir = Path(settings.model_dir)
+    try:
+        default_name = manifest_name(model_dir)
+    except RegistryError:
+        log.exception("no default model name: serving DOCTAG_MODEL_DIR without the registry")
+        await db.close()
+        return None
+    try:
+        await registry.ensure_default(default_name, model_dir)
+    except Exception:  # noqa: BLE001 - a version registered before may still be served
+        log.exception("the shipped model could not be registered", extra={"model_dir": str(model_dir)})
+
+    async def resolver(ref: str | None) -> ResolvedModel:
+        name, version_or_alias = parse_model_ref(ref)
+        return await registry.resolve(name or default_name, version_or_alias)
+
+    inference_log = InferenceLog(db, retention_days=rs.inference_log_retention_days,
+                                 flush_interval_s=rs.inference_log_flush_s, batch_size=rs.inference_log_batch,
+                                 max_buffer=rs.inference_log_buffer,
+                                 purge_interval_s=rs.inference_log_purge_interval_s)
+    inference_log.start()
+    return registry, resolver, inference_log
