@@ -8,7 +8,7 @@ from pathlib import Path
 
 from services.common.settings import CommonSettings
 
-from . import admin
+from . import admin, model_quality_cmds, model_registry_cmds
 
 
 class OpsSettings(CommonSettings):
@@ -103,6 +103,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     _require_model()
     upgrade(settings, user=settings.db_admin_user, password=settings.db_admin_password)
     print(f"database {settings.db_name} migrated")
+    print(model_registry_cmds.ensure_shipped_model(settings))
     layout = _layout(settings)
     layout.start()
     print("services started under supervisor; waiting until every one is ready ...")
@@ -132,6 +133,13 @@ def _require_model() -> None:
         raise admin.AdminError(f"no tagging model in {model_dir} (manifest.json missing): run `make model` "
                                "to train it from ../shared/data, or set DOCTAG_MODEL_DIR to a model directory")
     manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("architecture") == "e5-hybrid":
+        from services.model_serving.e5_base import BaseModelMissing, find_base_file
+
+        try:
+            find_base_file()
+        except BaseModelMissing as exc:
+            raise admin.AdminError(str(exc)) from None
     print(f"tagging model {manifest.get('name')} version {manifest.get('version')} in {model_dir}")
 
 
@@ -190,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     ad = amqp.add_parser("definitions", help="write the topology in RabbitMQ definitions format")
     ad.add_argument("--output", default="-")
     ad.set_defaults(func=cmd_amqp_definitions)
+
+    # `doctag model ...`: one group; the registry commands live in model_registry_cmds.
+    model = sub.add_parser("model", help="tagging models: registry, aliases, inference log").add_subparsers(
+        dest="action", required=True)
+    model_registry_cmds.add_commands(model)
+    model_quality_cmds.add_commands(model)
 
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)

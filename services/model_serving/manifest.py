@@ -12,8 +12,15 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
-# Files the loader reads; the manifest must vouch for each of them.
+# Files the loader reads, per architecture; the manifest must vouch for each of them.
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+REQUIRED_FILES_BY_ARCHITECTURE = {
+    "e5-hybrid": ("head.safetensors", "encoder_delta.safetensors", "lexical.json"),
+}
+
+
+def required_files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    return REQUIRED_FILES_BY_ARCHITECTURE.get(str(manifest.get("architecture", "")), REQUIRED_FILES)
 
 
 class ModelIntegrityError(Exception):
@@ -64,7 +71,7 @@ def read_verified_manifest(directory: Path) -> tuple[dict[str, Any], str]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise ModelIntegrityError(f"{path} lists no files")
-    for required in REQUIRED_FILES:
+    for required in required_files(manifest):
         if required not in files:
             raise ModelIntegrityError(f"{required} is not listed in the manifest")
     for rel, expected in files.items():

@@ -105,9 +105,11 @@ def test_korean_documents_are_tagged_and_searchable_per_tenant(client, accounts)
         doc = docs[doc_id]
         assert doc["status"] == "tagged", (name, doc)
         assert doc["tags"] and all(t["source"] == "model" and t["model_version"] for t in doc["tags"])
-        # The first model is weak on long texts (see the model's manifest): a plausible tag must be among
-        # the document's tags, which a random model over 24 labels would miss for most of these documents.
-        assert {t["tag"] for t in doc["tags"]} & PLAUSIBLE[name], (name, doc["tags"])
+        # Plausibility (the shipped model, trained on ../shared/data): each document is clearly about one
+        # topic, so its best-scored tag is one of the plausible ones; a random model over 24 labels would
+        # miss most of them.
+        best = max(doc["tags"], key=lambda t: t["score"])
+        assert best["tag"] in PLAUSIBLE[name], (name, doc["tags"])
 
     # Korean search with another inflection than the text: the text says 예산을, the query 예산.
     hits = client.get("/api/v1/search", headers=alice, params={"q": "예산"}).json()
@@ -151,7 +153,7 @@ def test_predict_through_gateway(client, accounts) -> None:  # type: ignore[no-u
     body = resp.json()
     assert body["model"] and body["version"] and len(body["predictions"]) == 2
     assert body["predictions"][0]["tags"][0]["tag"] in PLAUSIBLE["sports.txt"]
-    assert {t["tag"] for t in body["predictions"][1]["tags"]} & PLAUSIBLE["경제_cp949.txt"]
+    assert body["predictions"][1]["tags"][0]["tag"] in PLAUSIBLE["경제_cp949.txt"]
     scores = [t["score"] for t in body["predictions"][1]["tags"]]
     assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
 

@@ -21,9 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
-from services.model_serving.inference import InferenceOptions, TaggingModel
+from services.model_serving.inference import WindowModel, load_model, predict_detailed
 from services.model_serving.manifest import sha256_file
-from services.model_serving.settings import DEFAULT_MODEL_DIR
+from services.model_serving.settings import DEFAULT_MODEL_DIR, ModelServingSettings
 from tests.conftest import DATA
 
 pytestmark = pytest.mark.integration
@@ -33,6 +33,7 @@ SERVICE = "doctag.v1.ModelServing"
 SPORTS = "손흥민 시즌 10호 골…토트넘 역전승"
 ECONOMY = "코스피 2% 급락…외국인 매도에 환율 1,400원 돌파"
 TIMEOUT = 30
+MANIFEST = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text(encoding="utf-8"))
 
 
 def _free_port() -> int:
@@ -53,11 +54,12 @@ class Service:
         return self.log.read_text(encoding="utf-8", errors="replace")[-5000:]
 
 
-def _start(tmp: Path, key_dir: Path, model_dir: Path) -> Service:
+def _start(tmp: Path, key_dir: Path, model_dir: Path, extra_env: dict[str, str] | None = None) -> Service:
     http_port, grpc_port = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "DOCTAG_HTTP_PORT": str(http_port),
            "DOCTAG_GRPC_PORT": str(grpc_port), "DOCTAG_MODEL_DIR": str(model_dir), "DOCTAG_TORCH_THREADS": "1",
-           "DOCTAG_JWT_PUBLIC_KEY_FILE": str(key_dir / "jwt_public.pem"), "DOCTAG_STATE_DIR": str(tmp / "var")}
+           "DOCTAG_JWT_PUBLIC_KEY_FILE": str(key_dir / "jwt_public.pem"), "DOCTAG_STATE_DIR": str(tmp / "var"),
+           **(extra_env or {})}
     log = tmp / "model-serving.log"
     with log.open("wb") as out:
         # cwd is a temporary directory: the service must not depend on being started from the repo.
@@ -114,8 +116,9 @@ def stub(service: Service) -> pb_grpc.ModelServingStub:
 
 
 @pytest.fixture(scope="module")
-def local_model() -> TaggingModel:
-    return TaggingModel.load(DEFAULT_MODEL_DIR, options=InferenceOptions(), torch_threads=1)
+def local_model() -> WindowModel:
+    """The shipped model in this process, read as the service reads it (same DOCTAG_* options)."""
+    return load_model(DEFAULT_MODEL_DIR, ModelServingSettings().inference_options())
 
 
 def _tags(prediction: pb.Prediction) -> list[tuple[str, float]]:
@@ -133,7 +136,8 @@ def test_predict_sports_and_economy(stub: pb_grpc.ModelServingStub) -> None:
     metadata = (("x-request-id", "test-predict-1"),)
     sports = stub.Predict(pb.PredictRequest(text=SPORTS), timeout=TIMEOUT, metadata=metadata)
     economy = stub.Predict(pb.PredictRequest(text=ECONOMY, top_k=2), timeout=TIMEOUT, metadata=metadata)
-    assert sports.model == "doctag-tagger" and sports.version == "1"
+    assert sports.model == "doctag-tagger" and sports.version == MANIFEST["version"]
+    # Plausibility (a decently trained model): clear headlines get their topic first.
     assert sports.prediction.tags[0].tag == "스포츠"
     assert economy.prediction.tags[0].tag == "경제"
     assert 1 <= len(economy.prediction.tags) <= 2
@@ -158,9 +162,8 @@ def test_predict_batch_keeps_order_and_equals_single(stub: pb_grpc.ModelServingS
 def test_list_models(stub: pb_grpc.ModelServingStub) -> None:
     response = stub.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT)
     [model] = response.models
-    manifest = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text(encoding="utf-8"))
-    assert model.loaded and model.name == "doctag-tagger" and model.version == "1"
-    assert list(model.labels) == manifest["labels"]
+    assert model.loaded and model.name == "doctag-tagger" and model.version == MANIFEST["version"]
+    assert list(model.labels) == MANIFEST["labels"]
     assert model.manifest_sha256 == sha256_file(DEFAULT_MODEL_DIR / "manifest.json")
 
 
@@ -181,7 +184,7 @@ def test_predict_batch_invalid_argument(stub: pb_grpc.ModelServingStub, texts: l
     assert info.value.details().startswith(f"{field}:")
 
 
-def test_long_text_is_windowed_and_answered(stub: pb_grpc.ModelServingStub, local_model: TaggingModel) -> None:
+def test_long_text_is_windowed_and_answered(stub: pb_grpc.ModelServingStub, local_model: WindowModel) -> None:
     long_petition = None
     with (DATA / "petitions_train.jsonl").open(encoding="utf-8") as fh:
         for line in fh:
@@ -190,9 +193,9 @@ def test_long_text_is_windowed_and_answered(stub: pb_grpc.ModelServingStub, loca
                 long_petition = f"{record['title']}\n{record['text']}"
                 break
     assert long_petition is not None
-    windows = local_model.windows(long_petition)
-    assert 1 < len(windows) <= 16
-    [detail] = local_model.predict_detailed([long_petition], top_k=3)
+    windows = local_model.prepare([long_petition])[0].windows
+    assert 1 < len(windows) <= ModelServingSettings().max_windows
+    [detail] = predict_detailed(local_model, [long_petition], top_k=3)
     assert detail.n_windows == len(windows)
     response = stub.Predict(pb.PredictRequest(text=long_petition, top_k=3), timeout=TIMEOUT)
     assert [t.tag for t in response.prediction.tags] == [t for t, _ in detail.tags]
@@ -204,7 +207,7 @@ def test_http_predict_with_token(service: Service, make_token) -> None:  # type:
     single = httpx.post(f"{service.http}/api/v1/predict", json={"text": SPORTS}, headers=headers, timeout=TIMEOUT)
     assert single.status_code == 200, single.text
     body = single.json()
-    assert body["model"] == "doctag-tagger" and body["version"] == "1"
+    assert body["model"] == "doctag-tagger" and body["version"] == MANIFEST["version"]
     assert len(body["predictions"]) == 1 and body["predictions"][0]["tags"][0]["tag"] == "스포츠"
     assert set(body["predictions"][0]["tags"][0]) == {"tag", "score"}
     batch = httpx.post(f"{service.http}/api/v1/predict", json={"texts": [ECONOMY, SPORTS], "top_k": 1},
@@ -261,7 +264,7 @@ def test_sigterm_stops_gracefully(service: Service) -> None:
 def test_corrupted_artifact_is_never_served(tmp_path: Path, key_dir: Path) -> None:
     model_dir = tmp_path / "doctag-tagger"
     shutil.copytree(DEFAULT_MODEL_DIR, model_dir)
-    weights = model_dir / "model.safetensors"
+    weights = model_dir / "head.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 3] ^= 0xFF
     weights.write_bytes(bytes(data))
@@ -274,7 +277,7 @@ def test_corrupted_artifact_is_never_served(tmp_path: Path, key_dir: Path) -> No
             time.sleep(0.3)
         assert _health(svc, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
         ready = httpx.get(f"{svc.http}/readyz", timeout=TIMEOUT)
-        assert ready.status_code == 503 and "model.safetensors" in ready.text
+        assert ready.status_code == 503 and "head.safetensors" in ready.text
         with pytest.raises(grpc.RpcError) as info:
             pb_grpc.ModelServingStub(svc.channel).Predict(pb.PredictRequest(text=SPORTS), timeout=TIMEOUT)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
