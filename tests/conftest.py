@@ -19,6 +19,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SAMPLES = SHARED / "samples"
 DATA = SHARED / "data"
 
+# Every model-serving the tests start exports the e5-hybrid encoder to ONNX once per machine,
+# not once per process (onnx_encoder.py keys the cache by everything the export depends on).
+os.environ.setdefault("DOCTAG_ONNX_CACHE_DIR", str(Path(__file__).resolve().parents[1] / "var" / "onnx-cache"))
+
 DB_HOST = os.environ.get("DOCTAG_DB_HOST", "127.0.0.1")
 DB_PORT = int(os.environ.get("DOCTAG_DB_PORT", "5432"))
 DB_ADMIN = os.environ.get("DOCTAG_TEST_DB_ADMIN", "postgres")

@@ -58,8 +58,10 @@ def cmd_eval(settings: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_train(settings: Any, args: argparse.Namespace) -> None:
+    from services.common.logging import configure_logging
     from services.model_serving import train_hybrid
 
+    configure_logging("train", "INFO")   # progress of the long stages, as JSON lines
     out = train_hybrid.main_from_args(args)
     if args.register:
         from . import model_registry_cmds

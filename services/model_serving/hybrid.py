@@ -156,7 +156,7 @@ class HybridModel:
     """A loaded, verified e5-hybrid artifact. `forward` may run in several threads at once."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], manifest_sha256: str, config: HybridConfig,
-                 tokenizer: E5Tokenizer, pooled: PooledEncoder, lexical: LexicalFeatures,
+                 tokenizer: E5Tokenizer, pooled: Any, lexical: LexicalFeatures,
                  head: dict[str, torch.Tensor], options: InferenceOptions) -> None:
         self.directory = directory
         self.manifest = manifest
@@ -200,9 +200,15 @@ class HybridModel:
                     raise ModelIntegrityError(f"{DELTA_FILE}: unknown encoder parameters {sorted(unknown)[:3]}")
                 encoder.load_state_dict({k: v.to(torch.float32) for k, v in delta.items()}, strict=False)
         encoder.eval()
-        pooled = PooledEncoder(encoder, config.pool_layers).eval()
+        pooled: Any = PooledEncoder(encoder, config.pool_layers).eval()
         if options.quantize:
             pooled = quantize_linear(pooled)
+        elif options.onnx:
+            from .onnx_encoder import OnnxPooledEncoder, cache_key
+
+            key = cache_key(manifest_sha256, str(base_info.get("sha256", BASE_SHA256)), repr(config.pool_layers))
+            pooled = OnnxPooledEncoder.build(pooled, key=key, cache_dir=options.onnx_cache_dir,
+                                             threads=options.threads)
         lexical = LexicalFeatures.from_json(json.loads((directory / LEXICAL_FILE).read_text(encoding="utf-8")))
         head = load_file(str(directory / HEAD_FILE))
         with safe_open(str(directory / HEAD_FILE), framework="pt") as fh:
@@ -213,6 +219,7 @@ class HybridModel:
         model = cls(directory, manifest, manifest_sha256, config, E5Tokenizer(base), pooled, lexical, head, options)
         log.info("model loaded", extra={"model": model.name, "version": model.version, "architecture": "e5-hybrid",
                                         "labels": len(model.labels), "quantized": options.quantize,
+                                        "runtime": "onnxruntime" if options.onnx and not options.quantize else "torch",
                                         "window_tokens": model.window_tokens, "max_windows": model.max_windows,
                                         "lexical_features": lexical.size})
         return model

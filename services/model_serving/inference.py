@@ -36,6 +36,9 @@ class InferenceOptions:
     min_score: float = 0.05    # tags below this are dropped, except the best one
     window_tokens: int = 0     # window length with special tokens; 0 = the model's maximum
     quantize: bool = False     # dynamic int8 quantisation of nn.Linear: faster, but batch-dependent (batcher.py)
+    onnx: bool = False         # e5-hybrid: run the encoder with ONNX Runtime (see onnx_encoder.py)
+    onnx_cache_dir: Path | None = None   # where exported encoders are kept (None: export in memory)
+    threads: int = 1           # intra-op threads of one ONNX Runtime forward pass
 
 
 @dataclass(frozen=True)

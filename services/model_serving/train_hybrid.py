@@ -70,15 +70,15 @@ class TrainConfig:
     window_tokens: int = 256
     max_windows: int = 4
     pool_layers: tuple[int, ...] = (8, 12)
-    tune_layers: int = 2           # top encoder layers fine-tuned; 0 = frozen encoder
-    epochs: int = 2
+    tune_layers: int = 4           # top encoder layers fine-tuned; 0 = frozen encoder
+    epochs: int = 3
     batch_docs: int = 32
     learning_rate: float = 1e-4
     head_learning_rate: float = 2e-3
     weight_decay: float = 0.01
     warmup_fraction: float = 0.06
     tune_windows_per_doc: int = 1  # windows of a long document seen per fine-tuning step (random, seeded)
-    emb_scales: tuple[float, ...] = (1.0, 1.5, 2.0)  # candidate weights of the embedding block (chosen on validation)
+    emb_scales: tuple[float, ...] = (2.0, 3.0, 4.0)  # candidate weights of the embedding block (chosen on validation)
     svm_c: float = 0.3
     min_df: int = 2
     quantize: bool = False         # dynamic int8 (off: its per-batch activation scale makes scores batch-dependent)

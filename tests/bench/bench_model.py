@@ -237,16 +237,7 @@ def load_reference(model_dir: Path, threads: int) -> tuple[Callable[[list[str]],
     from services.model_serving.settings import ModelServingSettings
 
     settings = ModelServingSettings(model_dir=model_dir)
-    # Every option model-serving has a setting for, under the option's name or its setting's name.
-    aliases = {"overlap": "window_overlap", "batch_size": "batch_windows"}
-    options_cls = inference.InferenceOptions
-    values = {}
-    for field in dataclasses.fields(options_cls):
-        for name in (field.name, aliases.get(field.name)):
-            if name and hasattr(settings, name):
-                values[field.name] = getattr(settings, name)
-                break
-    options = options_cls(**values)
+    options = settings.inference_options()   # exactly what model-serving uses (ONNX Runtime included)
     torch.set_num_threads(threads)
     load_model = getattr(inference, "load_model", None)
     probabilities = getattr(inference, "probabilities", None)
