@@ -10,7 +10,8 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup protos check-protos up down logs status model test test-unit test-integration test-e2e
+.PHONY: help setup protos check-protos up down logs status train model test test-unit test-integration test-e2e \
+        bench bench-model
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -49,8 +50,18 @@ status: ## state of every service
 logs: ## follow the logs of every service
 	tail -n 50 -F var/log/*.log
 
-model: setup ## train the tagging model from $(DATA_DIR) into $(MODEL_DIR) (about 15 minutes)
-	$(PY) -m services.model_serving.training --data-dir $(DATA_DIR) --out $(MODEL_DIR)
+train: setup ## train the default tagging model from $(DATA_DIR) into $(MODEL_DIR) and register it (about 40-60 minutes on 2 cores)
+	$(VENV)/bin/doctag db upgrade
+	$(VENV)/bin/doctag model train --data-dir $(DATA_DIR) --out $(MODEL_DIR) --work-dir runs/cache --register
+
+model: train ## the former name of `make train`
+
+BENCH_ARGS ?=
+
+bench-model: setup ## benchmark model-serving (gRPC, HTTP) vs a naive server and the bare model; BENCH_ARGS=--quick
+	$(PY) -m tests.bench.bench_model $(BENCH_ARGS)
+
+bench: bench-model ## every benchmark (never part of `make test`)
 
 test: setup ## unit + integration (real PostgreSQL/RabbitMQ) + end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e

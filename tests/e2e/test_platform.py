@@ -158,6 +158,36 @@ def test_predict_through_gateway(client, accounts) -> None:  # type: ignore[no-u
     assert scores == sorted(scores, reverse=True) and all(0 < s <= 1 for s in scores)
 
 
+def test_model_registry_through_gateway_is_for_platform_admins(client, accounts, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+    """model-serving registered the shipped model at start and serves it as production; only a
+    platform_admin reaches the registry (the gateway's acl and the service itself)."""
+    import hashlib
+
+    from services.cli import admin
+    from services.model_serving.settings import DEFAULT_MODEL_DIR
+
+    slug = accounts["a"][0]
+    admin.create_user(admin_dsn, slug, "ops", "another long password", "platform_admin")
+    ops, user = login(client, (slug, "ops", "another long password")), login(client, accounts["a"])
+    for method, path in (("GET", "/api/v1/models"), ("GET", "/api/v1/models/doctag-tagger/versions"),
+                         ("PUT", "/api/v1/models/doctag-tagger/aliases/candidate")):
+        denied = client.request(method, path, headers=user, json={"version": 1} if method == "PUT" else None)
+        assert denied.status_code == 403, (path, denied.text)
+        assert denied.headers["content-type"].startswith("application/problem+json")
+
+    models = {m["name"]: m for m in client.get("/api/v1/models", headers=ops).json()["models"]}
+    assert models["doctag-tagger"]["aliases"]["production"] == 1
+    versions = client.get("/api/v1/models/doctag-tagger/versions", headers=ops).json()["versions"]
+    shipped = hashlib.sha256((DEFAULT_MODEL_DIR / "manifest.json").read_bytes()).hexdigest()
+    assert versions[0]["manifest_sha256"] == shipped
+    moved = client.put("/api/v1/models/doctag-tagger/aliases/candidate", headers=ops, json={"version": 1})
+    assert moved.status_code == 200, moved.text
+    missing = client.put("/api/v1/models/doctag-tagger/aliases/candidate", headers=ops, json={"version": 99})
+    assert missing.status_code in (404, 422) and missing.json()["errors"][0]["field"] == "version"
+    served = client.post("/api/v1/predict", headers=user, json={"text": SPORTS})
+    assert served.status_code == 200 and served.json()["version"] == "1"
+
+
 def test_killing_a_worker_mid_batch_loses_no_document(client, accounts, stack) -> None:  # type: ignore[no-untyped-def]
     headers = login(client, accounts["a"])
     ids = []
