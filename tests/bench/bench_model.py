@@ -229,24 +229,17 @@ def measure_floor(model_dir: Path, threads: int, heads: list[str], docs: list[st
 
 
 def load_reference(model_dir: Path, threads: int) -> tuple[Callable[[list[str]], object], str]:
-    """The inference module's unbatched path with model-serving's settings: `load_model` +
-    `probabilities(model, texts)` where the module has them, else `TaggingModel.probabilities`."""
+    """The unbatched reference path (`load_model` + `probabilities`) with model-serving's settings."""
     import torch
 
-    from services.model_serving import inference
+    from services.model_serving.inference import load_model, probabilities
     from services.model_serving.settings import ModelServingSettings
 
-    settings = ModelServingSettings(model_dir=model_dir)
-    options = settings.inference_options()   # exactly what model-serving uses (ONNX Runtime included)
+    options = ModelServingSettings(model_dir=model_dir).inference_options()  # ONNX Runtime included
     torch.set_num_threads(threads)
-    load_model = getattr(inference, "load_model", None)
-    probabilities = getattr(inference, "probabilities", None)
-    if callable(load_model) and callable(probabilities):
-        model = load_model(model_dir, options)
-        torch.set_num_threads(threads)
-        return (lambda texts: probabilities(model, texts)), "inference.probabilities(load_model(...), texts)"
-    tagging = inference.TaggingModel.load(model_dir, options=options, torch_threads=threads)
-    return (lambda texts: tagging.probabilities(texts)), "inference.TaggingModel.probabilities(texts)"
+    model = load_model(model_dir, options)
+    torch.set_num_threads(threads)
+    return (lambda texts: probabilities(model, texts)), "inference.probabilities(load_model(...), texts)"
 
 
 # -- processes --------------------------------------------------------------------------------

@@ -6,11 +6,9 @@ No authentication either, which only flatters it. `--threads N` pins torch's thr
 (the benchmark passes model-serving's, so the comparison is about serving, not about threads
 fighting over a shared host); without it torch's default is used.
 
-The model is loaded through `services.model_serving.inference.load_model` and called through
-its unbatched reference path `probabilities(model, [text])` when the module has them (so a
-custom architecture works too); otherwise as a plain Hugging Face artifact:
-`AutoTokenizer` + `AutoModelForSequenceClassification`, `tokenizer(text, truncation=True)`
-and one forward pass per request.
+The model is loaded through `services.model_serving.inference.load_model` with torch (the
+transformers model as trained, no ONNX Runtime) and called through the unbatched reference
+path `probabilities(model, [text])`, one text per request.
 
 Run: python -m tests.bench.naive_server --model-dir DIR --port PORT
 """
@@ -33,46 +31,18 @@ class Body(BaseModel):
 def load_per_text(model_dir: Path, *, quantize: bool = False) -> tuple[PerText, list[str], str]:
     """(text -> label probabilities, labels, which path is used).
 
-    The inference module's default options, except that int8 quantisation (one of model-serving's
-    optimisations) stays off unless `quantize`: the baseline runs the model as trained.
+    The inference module's default options: plain torch (no ONNX Runtime), and int8
+    quantisation (one of model-serving's optimisations) only when `quantize`.
     """
-    import dataclasses
+    from services.model_serving.inference import InferenceOptions, load_model, probabilities
 
-    from services.model_serving import inference
+    model = load_model(model_dir, InferenceOptions(quantize=quantize))
 
-    load_model = getattr(inference, "load_model", None)
-    probabilities = getattr(inference, "probabilities", None)
-    if callable(load_model) and callable(probabilities):
-        options_cls = getattr(inference, "InferenceOptions", None)
-        if options_cls is None:
-            model = load_model(model_dir)
-        else:
-            fields = {f.name for f in dataclasses.fields(options_cls)}
-            model = load_model(model_dir, options_cls(**({"quantize": quantize} if "quantize" in fields else {})))
+    def reference(text: str) -> np.ndarray:
+        return np.asarray(probabilities(model, [text]))[0]
 
-        def reference(text: str) -> np.ndarray:
-            return np.asarray(probabilities(model, [text]))[0]
-
-        int8 = ", int8" if quantize else ""
-        return reference, list(model.labels), f"inference.load_model + probabilities(model, [text]){int8}"
-    return _transformers(model_dir)
-
-
-def _transformers(model_dir: Path) -> tuple[PerText, list[str], str]:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True)
-    model.eval()
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-
-    def plain(text: str) -> np.ndarray:
-        with torch.no_grad():
-            inputs = tokenizer(text, truncation=True, return_tensors="pt")
-            return torch.softmax(model(**inputs).logits, dim=-1)[0].numpy()
-
-    return plain, labels, "transformers AutoModelForSequenceClassification, tokenizer(truncation=True)"
+    int8 = ", int8" if quantize else ""
+    return reference, list(model.labels), f"inference.load_model + probabilities(model, [text]){int8}"
 
 
 def build_app(model_dir: Path, *, quantize: bool = False):  # type: ignore[no-untyped-def]
