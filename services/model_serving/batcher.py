@@ -29,9 +29,9 @@ gains about 1.5x per core and the model is near the CPU's limit; one torch threa
 inference thread and one inference thread per core keep both cores busy without OpenMP
 fork/join on every small matrix, and a long document still uses both cores because idle
 threads share its windows. With ONNX Runtime (onnx_encoder.py) and this configuration,
-`make bench-model` measured headline throughput at concurrency 32 of 284 texts/s over gRPC
-against 50 for a naive one-request-at-a-time server, and a 2,000-character document at
-150 ms p95 at concurrency 1.
+two runs of `make bench-model` measured headline throughput at concurrency 32 of 248-284
+texts/s over gRPC against 41-50 for a naive one-request-at-a-time server, and a
+2,000-character document at 150-188 ms p95 at concurrency 1.
 
 Dynamic int8 quantisation of nn.Linear (`DOCTAG_QUANTIZE`, off by default). On the former 2-layer
 model with one thread the validation split runs 2.8x faster (headlines 5.0 s -> 1.8 s for
