@@ -31,7 +31,7 @@ from .plugins import acl, size_limit
 from .plugins.correlation_id import CorrelationIdMiddleware
 from .plugins.jwt_auth import Authenticated, JwtVerifier, RsaCredential
 from .proxy import ForwardedRequest, Proxy
-from .router import MethodNotAllowed, NoRoute, Router, RouteMatch, global_plugins
+from .router import MethodNotAllowed, NoRoute, RouteMatch, Router, global_plugins
 from .settings import GatewaySettings
 from .tokens import TokenIssuer, token_router
 

@@ -134,7 +134,10 @@ def _require_model() -> None:
                                "to train it from ../shared/data, or set DOCTAG_MODEL_DIR to a model directory")
     manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("architecture") == "e5-hybrid":
-        from services.model_serving.e5_base import BaseModelMissing, find_base_file
+        from services.model_serving.models.e5_base import (
+            BaseModelMissing,
+            find_base_file,
+        )
 
         try:
             find_base_file()

@@ -30,10 +30,10 @@ def _resolve_model_dir(settings: Any, ref: str) -> Path:
 
 
 def cmd_eval(settings: Any, args: argparse.Namespace) -> None:
-    from services.model_serving.evaluation import evaluate, read_labelled
-    from services.model_serving.inference import load_model
-    from services.model_serving.manifest import ModelIntegrityError
+    from services.model_serving.models.loader import load_model
+    from services.model_serving.models.manifest import ModelIntegrityError
     from services.model_serving.settings import ModelServingSettings
+    from services.model_training.evaluation import evaluate, read_labelled
 
     data = Path(args.data)
     if not data.is_file():
@@ -52,14 +52,14 @@ def cmd_eval(settings: Any, args: argparse.Namespace) -> None:
         model = load_model(directory, serving.inference_options())
     except ModelIntegrityError as exc:
         raise AdminError(f"--model {args.model}: {exc}") from None
-    report = evaluate(model, items, batch_size=serving.batch_windows)
+    report = evaluate(model, items, batch_max_windows=serving.batch_max_windows)
     report["data"] = str(data)
     print(json.dumps(report, ensure_ascii=False, indent=None if args.compact else 2))
 
 
 def cmd_train(settings: Any, args: argparse.Namespace) -> None:
     from services.common.logging import configure_logging
-    from services.model_serving import train_hybrid
+    from services.model_training import train_hybrid
 
     configure_logging("train", "INFO")   # progress of the long stages, as JSON lines
     out = train_hybrid.main_from_args(args)
@@ -78,8 +78,8 @@ def add_commands(model: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=cmd_eval)
 
     tr = model.add_parser("train", help="train the default e5-hybrid model from the training data")
-    from services.model_serving import train_hybrid
+    from services.model_training.config import add_arguments
 
-    train_hybrid.add_arguments(tr)
+    add_arguments(tr)
     tr.add_argument("--register", action="store_true", help="register the result in the model registry")
     tr.set_defaults(func=cmd_train)

@@ -66,7 +66,11 @@ def cmd_versions(settings: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_register(settings: Any, args: argparse.Namespace) -> None:
-    from services.model_serving.archive import ArchiveLimits, extract_archive, remove_tree
+    from services.model_serving.archive import (
+        ArchiveLimits,
+        extract_archive,
+        remove_tree,
+    )
 
     source = Path(args.path)
     if not source.exists():

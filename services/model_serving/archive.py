@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .manifest import MANIFEST_NAME
+from .models.manifest import MANIFEST_NAME
 
 
 class ArchiveError(ValueError):

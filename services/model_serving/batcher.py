@@ -4,7 +4,7 @@ A request is a list of prepared texts; its windows join one FIFO queue shared by
 requests to the same model. Inference threads take windows from that queue and run them
 through `WindowModel.forward` together:
 
-- A batch is started when `max_batch_windows` windows wait, or when the oldest has waited
+- A batch is started when `batch_max_windows` windows wait, or when the oldest has waited
   `max_delay_s` (0, the default, means "at once": under load windows pile up while a forward
   pass runs, so batches grow by themselves without adding latency to a lone request).
 - Length bucketing: the oldest queued window anchors the batch; the other windows are
@@ -22,29 +22,16 @@ through `WindowModel.forward` together:
   a text's result does not depend on which batch its windows ran in (padding is masked).
 
 Thread configuration. `torch.set_num_threads` is process-wide; the default is one torch
-thread (`DOCTAG_TORCH_THREADS=1`) and one inference thread per core (`DOCTAG_INFERENCE_THREADS`).
-Measured on this 2-core host with the shipped e5-hybrid model (torch fp32, one thread, medians):
-a headline window takes 21.2 ms alone and 13.9 ms per window in batches of 16-64, so batching
-gains about 1.5x per core and the model is near the CPU's limit; one torch thread per
-inference thread and one inference thread per core keep both cores busy without OpenMP
-fork/join on every small matrix, and a long document still uses both cores because idle
-threads share its windows. With ONNX Runtime (onnx_encoder.py) and this configuration,
-two runs of `make bench-model` measured headline throughput at concurrency 32 of 248-284
-texts/s over gRPC against 41-50 for a naive one-request-at-a-time server, and a
-2,000-character document at 150-188 ms p95 at concurrency 1.
+thread (`DOCTAG_TORCH_THREADS=1`) and one inference thread per core (`DOCTAG_INFERENCE_THREADS`):
+batching already fills a core (a headline window costs about 1.5x less per window in batches
+of 16-64 than alone), one torch thread per inference thread avoids OpenMP fork/join on every
+small matrix, and a long document still uses every core because idle threads share its
+windows. `make bench-model` measures the result (README, "The tagging model").
 
-Dynamic int8 quantisation of nn.Linear (`DOCTAG_QUANTIZE`, off by default). On the former 2-layer
-model with one thread the validation split runs 2.8x faster (headlines 5.0 s -> 1.8 s for
-3,653 texts, petitions 19.4 s -> 6.7 s for 276), macro-F1 0.8235 -> 0.8228 (headlines) and
-0.1682 -> 0.1647 (petitions; argmax agrees on 99.8 % / 99.3 % of texts). But
-`quantize_dynamic` quantises activations with one scale per tensor, so a window's scores
-depend on the other windows (and the padding) of its batch: up to 0.05 in probability on 64
-headlines, which breaks "the same text gets the same scores" and serving == `doctag model eval`.
-A window-wise variant (one quantised call per window, padding excluded) still differed by
-1e-4 and was slower than fp32 on short windows (16 headlines: 15.6 ms vs 14.0 ms; it won
-only on 256-token windows, 21 ms vs 49 ms for 4), so it was not kept. Turn quantisation on
-where throughput matters more than reproducible scores. fp32 padding-masked batching, with
-torch or ONNX Runtime, is batch-invariant to about 1e-6.
+Batch invariance. fp32 padding-masked batching (torch or ONNX Runtime) gives a text the same
+scores in any batch to about 1e-6, so serving equals `doctag model eval`. Dynamic int8
+quantisation (`DOCTAG_QUANTIZE`, off by default) is faster but quantises activations with
+one scale per tensor, so a window's scores then depend on the other windows of its batch.
 """
 from __future__ import annotations
 
@@ -60,7 +47,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .inference import PreparedText, WindowModel
 from .metrics import (
     DEADLINE_EXCEEDED,
     FORWARD_LATENCY,
@@ -70,6 +56,7 @@ from .metrics import (
     QUEUE_DEPTH,
     QUEUE_WAIT,
 )
+from .models.base import PreparedText, WindowModel
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +79,7 @@ class BatcherClosed(Exception):
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    max_batch_windows: int = 16        # windows per forward pass at most
+    batch_max_windows: int = 16        # windows per forward pass at most
     max_delay_s: float = 0.0           # how long the oldest window may wait for a fuller batch
     max_queue_windows: int = 512       # queued (not yet running) windows at most
     inference_threads: int = 1         # threads running forward passes
@@ -133,8 +120,8 @@ class DynamicBatcher:
     def __init__(self, model: WindowModel, config: BatcherConfig | None = None, *, label: str | None = None) -> None:
         self.model = model
         self.config = config or BatcherConfig()
-        if self.config.max_batch_windows < 1 or self.config.inference_threads < 1:
-            raise ValueError("max_batch_windows and inference_threads must be at least 1")
+        if self.config.batch_max_windows < 1 or self.config.inference_threads < 1:
+            raise ValueError("batch_max_windows and inference_threads must be at least 1")
         self.label = label or f"{model.name}:{model.version}"
         self._queue: deque[_Entry] = deque()
         self._queued = 0                     # windows in the queue of live requests
@@ -267,13 +254,13 @@ class DynamicBatcher:
                     self._purge_head()
                     if self._queue:
                         wait = self._queue[0].request.enqueued + cfg.max_delay_s - time.monotonic()
-                        if self._queued >= cfg.max_batch_windows or wait <= 0:
+                        if self._queued >= cfg.batch_max_windows or wait <= 0:
                             break
                         self._cond.wait(timeout=wait)
                     else:
                         self._cond.wait()
                 # Share the queue with the other idle threads: a long document runs on all of them.
-                take = min(cfg.max_batch_windows, math.ceil(self._queued / self._idle))
+                take = min(cfg.batch_max_windows, math.ceil(self._queued / self._idle))
                 batch = self._select(take)
             finally:
                 self._idle -= 1

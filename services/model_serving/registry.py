@@ -26,8 +26,14 @@ from services.common.db import Database
 from services.common.settings import CommonSettings
 
 from .archive import remove_tree
-from .manifest import MANIFEST_NAME, ModelIntegrityError, read_verified_manifest
-from .resolved import DEFAULT_ALIAS, ResolvedModel, Resolver, UnknownModel, parse_model_ref
+from .models.manifest import MANIFEST_NAME, ModelIntegrityError, read_verified_manifest
+from .resolved import (
+    DEFAULT_ALIAS,
+    ResolvedModel,
+    Resolver,
+    UnknownModel,
+    parse_model_ref,
+)
 
 __all__ = ["AliasChange", "ArtifactRefused", "ModelRegistry", "Registered", "RegistryError", "RegistryNotFound",
            "RegistrySettings", "ResolvedModel", "Resolver", "build_registry_services", "manifest_name"]

@@ -18,10 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError
-from services.upload.multipart import MultipartError, MultipartUpload
+from services.common.multipart import MultipartError, MultipartUpload
 
 from .archive import ArchiveError, ArchiveLimits, extract_archive, remove_tree
-from .registry import ModelRegistry, RegistryError, RegistrySettings, check_alias, check_name
+from .registry import (
+    ModelRegistry,
+    RegistryError,
+    RegistrySettings,
+    check_alias,
+    check_name,
+)
 
 ADMIN_ROLE = "platform_admin"
 

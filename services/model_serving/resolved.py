@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .manifest import MANIFEST_NAME, ModelIntegrityError
+from .models.manifest import MANIFEST_NAME, ModelIntegrityError
 
 DEFAULT_ALIAS = "production"
 

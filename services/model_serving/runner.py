@@ -24,9 +24,10 @@ from typing import Protocol
 from services.common.context import request_id_var, tenant_id_var
 
 from .batcher import BatcherConfig, DynamicBatcher
-from .inference import PreparedText, WindowModel, load_model, top_tags
-from .manifest import ModelIntegrityError
 from .metrics import INFERENCE_LATENCY, INFERENCE_WINDOWS_PER_TEXT
+from .models.base import PreparedText, WindowModel, top_tags
+from .models.loader import load_model
+from .models.manifest import ModelIntegrityError
 from .resolved import ResolvedModel, Resolver, StaticResolver, UnknownModel
 from .settings import ModelServingSettings
 
@@ -115,7 +116,7 @@ class ModelRunner:
 
     def _batcher_config(self) -> BatcherConfig:
         s = self.settings
-        return BatcherConfig(max_batch_windows=s.batch_max_windows, max_delay_s=s.batch_max_delay_ms / 1000,
+        return BatcherConfig(batch_max_windows=s.batch_max_windows, max_delay_s=s.batch_max_delay_ms / 1000,
                              max_queue_windows=s.queue_max_windows, inference_threads=s.inference_threads,
                              torch_threads=s.torch_threads)
 

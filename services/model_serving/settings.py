@@ -10,7 +10,7 @@ from pydantic import Field
 from services.common.settings import CommonSettings
 
 if TYPE_CHECKING:
-    from .inference import InferenceOptions
+    from .models.base import InferenceOptions
 
 # The committed model, found relative to this package so the service starts from any cwd.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "artifacts" / "doctag-tagger"
@@ -54,15 +54,10 @@ class ModelServingSettings(CommonSettings):
 
     def inference_options(self) -> InferenceOptions:
         """How the model reads texts: the same for serving, `doctag model eval` and the benchmarks."""
-        from .inference import InferenceOptions
+        from .models.base import InferenceOptions
 
         return InferenceOptions(max_windows=self.max_windows, overlap=self.window_overlap,
-                                batch_size=self.batch_max_windows, min_score=self.min_score,
+                                batch_max_windows=self.batch_max_windows, min_score=self.min_score,
                                 window_tokens=self.window_tokens, quantize=self.quantize, onnx=self.onnx,
                                 onnx_cache_dir=self.onnx_cache_dir or self.state_dir / "onnx-cache",
                                 threads=self.torch_threads)
-
-    @property
-    def batch_windows(self) -> int:
-        """The former name of `batch_max_windows`."""
-        return self.batch_max_windows

@@ -14,10 +14,21 @@ from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from services.common.context import grpc_metadata
-from services.common.pb import documents_pb2, documents_pb2_grpc, model_serving_pb2, model_serving_pb2_grpc
+from services.common.pb import (
+    documents_pb2,
+    documents_pb2_grpc,
+    model_serving_pb2,
+    model_serving_pb2_grpc,
+)
 
 from .job import Job
 from .metrics import GRPC_RETRIES

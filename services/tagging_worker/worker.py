@@ -26,14 +26,27 @@ import time
 
 import aio_pika
 import grpc
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 
 from services.common.amqp import Topology
 from services.common.context import request_id_var, tenant_id_var
 from services.common.grpc_utils import client_channel
 from services.common.pb import documents_pb2
 
-from .clients import Content, DocumentsClient, DocumentTooLarge, ModelClient, ModelUnavailable, Retrier, describe_error
+from .clients import (
+    Content,
+    DocumentsClient,
+    DocumentTooLarge,
+    ModelClient,
+    ModelUnavailable,
+    Retrier,
+    describe_error,
+)
 from .extractors import ExtractionError, Limits
 from .extractors.isolated import IsolatedExtractor
 from .job import InvalidJob, Job, delivery_count, is_last_delivery

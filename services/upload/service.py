@@ -16,10 +16,10 @@ from services.common.context import current_request_id
 from services.common.db import Database
 from services.common.errors import ProblemError
 from services.common.korean import search_terms
+from services.common.multipart import MultipartError, MultipartUpload
 
 from . import repository as repo
 from .file_types import UnsupportedFile, check_signature, clean_filename, file_type_for
-from .multipart import MultipartError, MultipartUpload
 from .settings import UploadSettings
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,15 @@ import httpx
 from services.common.auth import ensure_keypair, sign_token
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
-from tests.bench.stats import Check, Summary, fmt, format_checks, format_table, ratio, summarize
+from tests.bench.stats import (
+    Check,
+    Summary,
+    fmt,
+    format_checks,
+    format_table,
+    ratio,
+    summarize,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CONCURRENCY = (1, 8, 32)
@@ -232,7 +240,8 @@ def load_reference(model_dir: Path, threads: int) -> tuple[Callable[[list[str]],
     """The unbatched reference path (`load_model` + `probabilities`) with model-serving's settings."""
     import torch
 
-    from services.model_serving.inference import load_model, probabilities
+    from services.model_serving.models.base import probabilities
+    from services.model_serving.models.loader import load_model
     from services.model_serving.settings import ModelServingSettings
 
     options = ModelServingSettings(model_dir=model_dir).inference_options()  # ONNX Runtime included

@@ -6,7 +6,7 @@ No authentication either, which only flatters it. `--threads N` pins torch's thr
 (the benchmark passes model-serving's, so the comparison is about serving, not about threads
 fighting over a shared host); without it torch's default is used.
 
-The model is loaded through `services.model_serving.inference.load_model` with torch (the
+The model is loaded through `services.model_serving.models.loader.load_model` with torch (the
 transformers model as trained, no ONNX Runtime) and called through the unbatched reference
 path `probabilities(model, [text])`, one text per request.
 
@@ -34,7 +34,8 @@ def load_per_text(model_dir: Path, *, quantize: bool = False) -> tuple[PerText, 
     The inference module's default options: plain torch (no ONNX Runtime), and int8
     quantisation (one of model-serving's optimisations) only when `quantize`.
     """
-    from services.model_serving.inference import InferenceOptions, load_model, probabilities
+    from services.model_serving.models.base import InferenceOptions, probabilities
+    from services.model_serving.models.loader import load_model
 
     model = load_model(model_dir, InferenceOptions(quantize=quantize))
 

@@ -17,7 +17,13 @@ import pytest
 
 from services.common.auth import ensure_keypair, sign_token
 
-from .test_gateway_support import ServerThread, echo_app, free_port, gateway_config_data, start_gateway
+from .test_gateway_support import (
+    ServerThread,
+    echo_app,
+    free_port,
+    gateway_config_data,
+    start_gateway,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,12 @@ from services.common.auth import decode_token
 from services.common.passwords import hash_password, verify_password
 from tests.conftest import create_tenant
 
-from .test_gateway_support import ServerThread, free_port, gateway_config_data, start_gateway
+from .test_gateway_support import (
+    ServerThread,
+    free_port,
+    gateway_config_data,
+    start_gateway,
+)
 
 pytestmark = pytest.mark.integration
 

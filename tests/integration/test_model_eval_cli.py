@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from services.cli.main import main
-from services.model_serving.evaluation import evaluate, read_labelled
-from services.model_serving.inference import load_model
+from services.model_serving.models.loader import load_model
 from services.model_serving.settings import DEFAULT_MODEL_DIR, ModelServingSettings
+from services.model_training.evaluation import evaluate, read_labelled
 from tests.model_artifacts import make_tiny_bert
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ def test_report_is_json_with_the_serving_paths_numbers(tiny: Path, data: Path, c
         sum(s["f1"] for s in report["per_label"].values()) / len(report["per_label"]), abs=1e-4)
     # The numbers are those of load_model + probabilities with the service's options (title + body).
     model = load_model(tiny, ModelServingSettings().inference_options())
-    expected = evaluate(model, read_labelled(data), batch_size=ModelServingSettings().batch_windows)
+    expected = evaluate(model, read_labelled(data), batch_max_windows=ModelServingSettings().batch_max_windows)
     assert {k: v for k, v in report.items() if k != "data"} == expected
 
 

@@ -24,7 +24,12 @@ from services.common.pb import model_serving_pb2_grpc as pb_grpc
 from services.model_serving.inference_log import input_sha256
 from services.model_serving.registry import ModelRegistry
 from tests.conftest import DB_HOST, DB_PORT
-from tests.integration.test_model_serving import Service, _start, _stop, _wait_for_health
+from tests.integration.test_model_serving import (
+    Service,
+    _start,
+    _stop,
+    _wait_for_health,
+)
 from tests.model_artifacts import make_tiny_bert
 
 pytestmark = pytest.mark.integration

@@ -28,7 +28,7 @@ from services.common.auth import TokenVerifier
 from services.common.db import Database
 from services.common.http import create_app
 from services.model_serving.inference_log import InferenceLog, input_sha256
-from services.model_serving.manifest import REQUIRED_FILES, write_manifest
+from services.model_serving.models.manifest import REQUIRED_FILES, write_manifest
 from services.model_serving.registry import (
     ArtifactRefused,
     ModelRegistry,

@@ -21,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
-from services.model_serving.inference import WindowModel, load_model, predict_detailed
-from services.model_serving.manifest import sha256_file
+from services.model_serving.models.base import WindowModel, predict_detailed
+from services.model_serving.models.loader import load_model
+from services.model_serving.models.manifest import sha256_file
 from services.model_serving.settings import DEFAULT_MODEL_DIR, ModelServingSettings
 from tests.conftest import DATA
 

@@ -17,7 +17,12 @@ from grpc_health.v1 import health_pb2
 
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
-from tests.integration.test_model_serving import Service, _start, _stop, _wait_for_health
+from tests.integration.test_model_serving import (
+    Service,
+    _start,
+    _stop,
+    _wait_for_health,
+)
 from tests.model_artifacts import make_tiny_bert
 
 pytestmark = pytest.mark.integration

@@ -30,7 +30,12 @@ from reportlab.pdfgen import canvas
 from services.common.amqp import DOCUMENT_UPLOADED, Topology, message_id
 from services.common.context import GRPC_REQUEST_ID_KEY
 from services.common.grpc_utils import add_health, create_server, set_serving
-from services.common.pb import documents_pb2, documents_pb2_grpc, model_serving_pb2, model_serving_pb2_grpc
+from services.common.pb import (
+    documents_pb2,
+    documents_pb2_grpc,
+    model_serving_pb2,
+    model_serving_pb2_grpc,
+)
 from services.tagging_worker.app import build_http_app
 from services.tagging_worker.clients import MODEL_HEALTH_SERVICE
 from services.tagging_worker.metrics import JOBS

@@ -5,7 +5,14 @@ import math
 
 import pytest
 
-from tests.bench.stats import Check, format_checks, format_table, percentile, ratio, summarize
+from tests.bench.stats import (
+    Check,
+    format_checks,
+    format_table,
+    percentile,
+    ratio,
+    summarize,
+)
 
 
 def test_percentile_interpolates_linearly() -> None:

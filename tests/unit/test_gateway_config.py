@@ -8,7 +8,13 @@ import pytest
 import yaml
 
 from gateway.config import (
-    ConfigError, dump_config, load_config, parse_config, resolve_secret_value, split_target, with_targets,
+    ConfigError,
+    dump_config,
+    load_config,
+    parse_config,
+    resolve_secret_value,
+    split_target,
+    with_targets,
     write_config,
 )
 from gateway.plugins import AclConfig, JwtConfig, RequestSizeLimitingConfig

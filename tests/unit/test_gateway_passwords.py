@@ -4,7 +4,12 @@ from __future__ import annotations
 import pytest
 from argon2 import PasswordHasher
 
-from services.common.passwords import check_password, hash_password, needs_rehash, verify_password
+from services.common.passwords import (
+    check_password,
+    hash_password,
+    needs_rehash,
+    verify_password,
+)
 
 
 def test_hash_and_verify() -> None:

@@ -11,10 +11,19 @@ import pytest
 from fastapi import Request
 
 from gateway.plugins.acl import AclConfig, enforce, is_allowed
-from gateway.plugins.correlation_id import CorrelationIdConfig, CorrelationIdMiddleware, IdGenerator, is_valid_id
+from gateway.plugins.correlation_id import (
+    CorrelationIdConfig,
+    CorrelationIdMiddleware,
+    IdGenerator,
+    is_valid_id,
+)
 from gateway.plugins.jwt_auth import JwtConfig, JwtVerifier, RsaCredential, find_token
 from gateway.plugins.size_limit import (
-    PayloadTooLarge, RequestSizeLimitingConfig, check_declared, limited, parse_content_length,
+    PayloadTooLarge,
+    RequestSizeLimitingConfig,
+    check_declared,
+    limited,
+    parse_content_length,
 )
 from services.common.auth import ensure_keypair, sign_token
 from services.common.context import current_request_id

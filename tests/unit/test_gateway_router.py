@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import parse_config
-from gateway.router import MethodNotAllowed, NoRoute, Router, effective_plugins, prefix_matches
+from gateway.router import (
+    MethodNotAllowed,
+    NoRoute,
+    Router,
+    effective_plugins,
+    prefix_matches,
+)
 
 CONFIG = parse_config({
     "_format_version": "3.0",

@@ -6,8 +6,13 @@ import pytest
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from services.model_serving.e5_base import QK, dequantize_q4
-from services.model_serving.hybrid import HybridConfig, LexicalFeatures, document_embedding, make_windows
+from services.model_serving.models.e5_base import QK, dequantize_q4
+from services.model_serving.models.hybrid import (
+    HybridConfig,
+    LexicalFeatures,
+    document_embedding,
+    make_windows,
+)
 
 CORPUS = [
     "국회, 내년도 예산안 처리 지연… 여야 공방 계속",
@@ -91,8 +96,8 @@ def test_q4_dequantisation_follows_the_documented_layout():
 def test_pooled_encoder_ignores_padding():
     from transformers import BertConfig, BertModel
 
-    from services.model_serving.hybrid import PooledEncoder
-    from services.model_serving.inference import pad_batch
+    from services.model_serving.models.base import pad_batch
+    from services.model_serving.models.hybrid import PooledEncoder
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=50, hidden_size=384, num_hidden_layers=2, num_attention_heads=4,

@@ -14,7 +14,12 @@ from gateway.config import load_config
 from gateway.router import Router
 from gateway.settings import DEFAULT_CONFIG
 from services.model_serving.archive import ArchiveError, ArchiveLimits, extract_archive
-from services.model_serving.registry import RegistryError, RegistryNotFound, check_alias, check_name
+from services.model_serving.registry import (
+    RegistryError,
+    RegistryNotFound,
+    check_alias,
+    check_name,
+)
 from services.model_serving.resolved import UnknownModel
 
 REPO = Path(__file__).resolve().parents[2]

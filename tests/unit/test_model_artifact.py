@@ -17,9 +17,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.model_serving.e5_base import BASE_SHA256, find_base_file
-from services.model_serving.inference import InferenceOptions, WindowModel, load_model, predict_detailed, probabilities
-from services.model_serving.manifest import ModelIntegrityError, read_verified_manifest, required_files, sha256_file
+from services.model_serving.models.base import (
+    InferenceOptions,
+    WindowModel,
+    predict_detailed,
+    probabilities,
+)
+from services.model_serving.models.e5_base import BASE_SHA256, find_base_file
+from services.model_serving.models.loader import load_model
+from services.model_serving.models.manifest import (
+    ModelIntegrityError,
+    read_verified_manifest,
+    required_files,
+    sha256_file,
+)
 from services.model_serving.settings import DEFAULT_MODEL_DIR
 
 MANIFEST = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text(encoding="utf-8"))

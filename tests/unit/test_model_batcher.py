@@ -15,8 +15,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.model_serving.batcher import BatcherClosed, BatcherConfig, DeadlineExceeded, DynamicBatcher, Overloaded
-from services.model_serving.inference import InferenceOptions, BertWindowModel, load_model, probabilities
+from services.model_serving.batcher import (
+    BatcherClosed,
+    BatcherConfig,
+    DeadlineExceeded,
+    DynamicBatcher,
+    Overloaded,
+)
+from services.model_serving.models.base import InferenceOptions, probabilities
+from services.model_serving.models.bert import BertWindowModel
+from services.model_serving.models.loader import load_model
 from tests.model_artifacts import make_tiny_bert
 
 SHORT = ["코스피 급락", "손흥민 골", "국회 본회의 추경 처리", "새 스마트폰 출시", "날씨"]
@@ -82,7 +90,7 @@ async def test_batched_results_equal_the_unbatched_path_in_request_order(model: 
     expected = [probabilities(model, texts) for texts in requests]
     distinct = np.concatenate(expected)
     assert len({tuple(np.round(row, 4)) for row in distinct}) > 5, "texts must score differently to catch mix-ups"
-    batcher = _batcher(model, max_batch_windows=4, inference_threads=2, max_delay_s=0.002)
+    batcher = _batcher(model, batch_max_windows=4, inference_threads=2, max_delay_s=0.002)
     try:
         results = await asyncio.gather(*(batcher.submit(model.prepare(texts)) for texts in requests))
     finally:
@@ -93,7 +101,7 @@ async def test_batched_results_equal_the_unbatched_path_in_request_order(model: 
 
 
 async def test_batches_never_exceed_the_maximum_and_group_similar_lengths(gated: GatedModel) -> None:
-    batcher = _batcher(gated, max_batch_windows=3, inference_threads=1, max_queue_windows=1000)
+    batcher = _batcher(gated, batch_max_windows=3, inference_threads=1, max_queue_windows=1000)
     try:
         first = asyncio.create_task(batcher.submit(gated.prepare(["첫 요청"])))
         await _wait_until_running(gated)
@@ -112,7 +120,7 @@ async def test_batches_never_exceed_the_maximum_and_group_similar_lengths(gated:
 
 
 async def test_full_queue_refuses_at_once_with_retry_after(gated: GatedModel) -> None:
-    batcher = _batcher(gated, max_batch_windows=2, inference_threads=1, max_queue_windows=4)
+    batcher = _batcher(gated, batch_max_windows=2, inference_threads=1, max_queue_windows=4)
     try:
         running = asyncio.create_task(batcher.submit(gated.prepare([SHORT[0]])))
         await _wait_until_running(gated)
@@ -131,7 +139,7 @@ async def test_full_queue_refuses_at_once_with_retry_after(gated: GatedModel) ->
 
 
 async def test_a_request_larger_than_the_queue_runs_when_the_queue_is_empty(model: BertWindowModel) -> None:
-    batcher = _batcher(model, max_batch_windows=2, max_queue_windows=2)
+    batcher = _batcher(model, batch_max_windows=2, max_queue_windows=2)
     try:
         prepared = model.prepare(LONG)
         assert sum(len(p.windows) for p in prepared) > 2
@@ -141,7 +149,7 @@ async def test_a_request_larger_than_the_queue_runs_when_the_queue_is_empty(mode
 
 
 async def test_expired_request_is_dropped_before_its_windows_run(gated: GatedModel) -> None:
-    batcher = _batcher(gated, max_batch_windows=8, inference_threads=1)
+    batcher = _batcher(gated, batch_max_windows=8, inference_threads=1)
     try:
         running = asyncio.create_task(batcher.submit(gated.prepare([SHORT[0]])))
         await _wait_until_running(gated)

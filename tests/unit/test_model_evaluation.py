@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from services.model_serving.evaluation import LabelledText, classification_report, document_text, read_labelled
+from services.model_training.evaluation import (
+    LabelledText,
+    classification_report,
+    document_text,
+    read_labelled,
+)
 
 
 def test_perfect_predictions() -> None:

@@ -9,9 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from services.model_serving.manifest import ModelIntegrityError
-from services.model_serving.resolved import ResolvedModel, StaticResolver, UnknownModel, parse_model_ref
-from services.model_serving.runner import InputError, ModelNotFound, ModelNotReady, ModelRefused, ModelRunner
+from services.model_serving.models.manifest import ModelIntegrityError
+from services.model_serving.resolved import (
+    ResolvedModel,
+    StaticResolver,
+    UnknownModel,
+    parse_model_ref,
+)
+from services.model_serving.runner import (
+    InputError,
+    ModelNotFound,
+    ModelNotReady,
+    ModelRefused,
+    ModelRunner,
+)
 from services.model_serving.settings import DEFAULT_MODEL_DIR, ModelServingSettings
 from tests.model_artifacts import make_tiny_bert
 

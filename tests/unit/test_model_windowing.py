@@ -4,8 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.model_serving.inference import top_tags
-from services.model_serving.windowing import aggregate, plan_windows, split_windows
+from services.model_serving.models.base import top_tags
+from services.model_serving.models.windowing import (
+    aggregate,
+    plan_windows,
+    split_windows,
+)
 
 
 def test_short_text_is_one_window() -> None:

@@ -4,7 +4,14 @@ from __future__ import annotations
 import unicodedata
 
 from services.search import morph
-from services.search.snippet import ELLIPSIS, SNIPPET_CHARS, first_occurrence, make_snippet, safe_cut, window
+from services.search.snippet import (
+    ELLIPSIS,
+    SNIPPET_CHARS,
+    first_occurrence,
+    make_snippet,
+    safe_cut,
+    window,
+)
 
 LONG = (
     "행정안전부는 올해 디지털 정부혁신 추진계획을 발표했다. " * 6

@@ -7,9 +7,14 @@ from datetime import UTC, datetime
 import pytest
 
 from services.common.errors import ProblemError
-from services.upload.file_types import UnsupportedFile, check_signature, clean_filename, file_type_for
+from services.common.multipart import MultipartError, MultipartUpload
+from services.upload.file_types import (
+    UnsupportedFile,
+    check_signature,
+    clean_filename,
+    file_type_for,
+)
 from services.upload.http_api import content_disposition, decode_cursor, encode_cursor
-from services.upload.multipart import MultipartError, MultipartUpload
 
 BOUNDARY = "b0undary"
 

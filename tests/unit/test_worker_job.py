@@ -8,7 +8,12 @@ import grpc
 import pytest
 
 from services.tagging_worker.clients import ContentMismatch, is_transient
-from services.tagging_worker.job import InvalidJob, Job, delivery_count, is_last_delivery
+from services.tagging_worker.job import (
+    InvalidJob,
+    Job,
+    delivery_count,
+    is_last_delivery,
+)
 
 DOC, TENANT, SHA = str(uuid.uuid4()), str(uuid.uuid4()), "ab" * 32
 

@@ -9,7 +9,12 @@ import io
 import logging
 
 from pypdf import PdfReader
-from pypdf.errors import DependencyError, EmptyFileError, FileNotDecryptedError, PdfReadError
+from pypdf.errors import (
+    DependencyError,
+    EmptyFileError,
+    FileNotDecryptedError,
+    PdfReadError,
+)
 
 from .errors import ExtractionError
 from .limits import Limits

@@ -16,7 +16,7 @@ afford a few windows of a long document; the lexical branch reads every word of 
 document for almost nothing and carries the topical vocabulary that classical classifiers
 exploit. Training measured each branch alone and together (see the manifest's `metrics`).
 
-Implements the WindowModel stages (inference.py): prepare = tokenise + windows + lexical
+Implements the WindowModel stages (base.py): prepare = tokenise + windows + lexical
 features; forward = pooled embeddings per window (what the batcher batches); finish = the head.
 """
 from __future__ import annotations
@@ -34,12 +34,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .base import InferenceOptions, PreparedText, pad_batch, quantize_linear
 from .e5_base import BASE_SHA256, E5Tokenizer, build_encoder, find_base_file, read_base
-from .inference import InferenceOptions, PreparedText, pad_batch, quantize_linear
 from .manifest import ModelIntegrityError
 from .windowing import plan_windows
 
 log = logging.getLogger(__name__)
+
+ARCHITECTURE = "e5-hybrid"
 
 HEAD_FILE = "head.safetensors"
 DELTA_FILE = "encoder_delta.safetensors"
@@ -277,3 +279,6 @@ def document_embedding(window_rows: np.ndarray) -> np.ndarray:
     doc = window_rows.astype(np.float64).mean(axis=0).reshape(-1, HIDDEN)
     doc /= np.maximum(np.linalg.norm(doc, axis=1, keepdims=True), 1e-12)
     return doc.reshape(-1)
+
+
+MODEL_CLASS = HybridModel

@@ -74,15 +74,15 @@ def classification_report(gold: Sequence[str], predicted: Sequence[str]) -> dict
     return {"n": len(gold), "accuracy": round(accuracy, 4), "macro_f1": round(macro_f1, 4), "per_label": per_label}
 
 
-def evaluate(model: Any, items: Sequence[LabelledText], *, batch_size: int = 16,
+def evaluate(model: Any, items: Sequence[LabelledText], *, batch_max_windows: int = 16,
              chunk: int = 256) -> dict[str, Any]:
     """Runs `model` (a loaded WindowModel) over the items and reports the metrics."""
-    from .inference import probabilities
+    from services.model_serving.models.base import probabilities
 
     predicted: list[str] = []
     for begin in range(0, len(items), chunk):
         texts = [item.text for item in items[begin:begin + chunk]]
-        probs = probabilities(model, texts, batch_size=batch_size)
+        probs = probabilities(model, texts, batch_max_windows=batch_max_windows)
         predicted.extend(model.labels[int(i)] for i in probs.argmax(axis=1))
     report = classification_report([item.label for item in items], predicted)
     return {"model": model.name, "version": model.version, **report}
