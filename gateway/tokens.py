@@ -98,7 +98,7 @@ class TokenIssuer:
             async with self.db.tenant_transaction(tenant_id) as conn:
                 await conn.execute("UPDATE identity.users SET password_hash = %s, updated_at = now() WHERE id = %s",
                                    (new_hash, user_id))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not store the rehashed password", extra={"user_id": user_id})
 
 

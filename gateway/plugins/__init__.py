@@ -22,5 +22,11 @@ PLUGIN_CONFIGS: dict[str, type[BaseModel]] = {
 # Plugins that only make sense once per gateway (they run before any route is matched).
 GLOBAL_ONLY = frozenset({"correlation-id"})
 
-__all__ = ["PLUGIN_CONFIGS", "GLOBAL_ONLY", "AclConfig", "CorrelationIdConfig", "JwtConfig",
-           "RequestSizeLimitingConfig"]
+__all__ = [
+    "GLOBAL_ONLY",
+    "PLUGIN_CONFIGS",
+    "AclConfig",
+    "CorrelationIdConfig",
+    "JwtConfig",
+    "RequestSizeLimitingConfig",
+]

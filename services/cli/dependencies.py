@@ -94,16 +94,17 @@ def _pg_start_commands() -> list[list[str]]:
     return [["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"]]
 
 
-def check(settings: CommonSettings, admin_user: str, admin_password: str, *, start_missing: bool = True) -> list[Missing]:
+def check(settings: CommonSettings, admin_user: str, admin_password: str, *,
+          start_missing: bool = True) -> list[Missing]:
     """Returns what is missing (empty when both servers answer)."""
     missing: list[Missing] = []
     amqp_host = settings.amqp_url.split("@")[-1].split("/")[0].split(":")[0] or "127.0.0.1"
-    amqp_port = int((settings.amqp_url.split("@")[-1].split("/")[0].split(":") + ["5672"])[1] or 5672)
+    amqp_port = int([*settings.amqp_url.split("@")[-1].split("/")[0].split(":"), "5672"][1] or 5672)
 
     pg_error = _postgres_error(settings, admin_user, admin_password)
-    if pg_error and start_missing and not _port_open(settings.db_host, settings.db_port):
-        if _try_start(_pg_start_commands(), settings.db_host, settings.db_port, 5432):
-            pg_error = _postgres_error(settings, admin_user, admin_password)
+    if (pg_error and start_missing and not _port_open(settings.db_host, settings.db_port)
+            and _try_start(_pg_start_commands(), settings.db_host, settings.db_port, 5432)):
+        pg_error = _postgres_error(settings, admin_user, admin_password)
     if pg_error:
         missing.append(Missing(
             f"PostgreSQL is not reachable at {settings.db_host}:{settings.db_port} as {admin_user}: {pg_error}",
@@ -112,10 +113,10 @@ def check(settings: CommonSettings, admin_user: str, admin_password: str, *, sta
             "DOCTAG_DB_ADMIN_USER and DOCTAG_DB_ADMIN_PASSWORD at a server where that role may create databases"))
 
     mq_error = _rabbitmq_error(settings)
-    if mq_error and start_missing and not _port_open(amqp_host, amqp_port):
-        if _try_start([["rabbitmq-server", "-detached"]], amqp_host, amqp_port, 5672, wait_seconds=90):
-            time.sleep(3)
-            mq_error = _rabbitmq_error(settings)
+    if (mq_error and start_missing and not _port_open(amqp_host, amqp_port)
+            and _try_start([["rabbitmq-server", "-detached"]], amqp_host, amqp_port, 5672, wait_seconds=90)):
+        time.sleep(3)  # the port opens a moment before the broker accepts AMQP logins
+        mq_error = _rabbitmq_error(settings)
     if mq_error:
         missing.append(Missing(
             f"RabbitMQ is not reachable at {amqp_host}:{amqp_port}: {mq_error}",

@@ -48,7 +48,7 @@ class StackLayout:
     python: str = sys.executable
 
     @classmethod
-    def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> "StackLayout":
+    def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> StackLayout:
         ports = free_ports(14)
         return cls(state_dir=state_dir, gateway_port=ports[0],
                    upload_ports=[(ports[1], ports[2]), (ports[3], ports[4])],
@@ -143,7 +143,8 @@ class StackLayout:
             "[unix_http_server]", f"file={run / 'supervisor.sock'}", "chmod=0700", "",
             "[supervisord]", f"logfile={log / 'supervisord.log'}", f"pidfile={self.pidfile.resolve()}",
             f"directory={REPO_ROOT}", f"childlogdir={log}", "logfile_maxbytes=10MB", "logfile_backups=3", "",
-            "[rpcinterface:supervisor]", "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            "[rpcinterface:supervisor]",
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
             "", "[supervisorctl]", f"serverurl=unix://{run / 'supervisor.sock'}", "",
         ]
         for prog in self.programs():

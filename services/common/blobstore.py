@@ -28,11 +28,11 @@ class BlobTooLarge(Exception):
 class IncomingBlob:
     """A blob being written; `commit` moves it into place, `discard` removes it."""
 
-    store: "BlobStore"
+    store: BlobStore
     tmp_path: Path
     max_bytes: int | None
     size: int = 0
-    _hash: "hashlib._Hash | None" = None
+    _hash: hashlib._Hash | None = None
     _fh: object = None
 
     def __post_init__(self) -> None:

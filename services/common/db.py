@@ -31,16 +31,14 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A transaction with no tenant set (sees no tenant-scoped rows)."""
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                yield conn
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
 
     @asynccontextmanager
     async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[AsyncConnection]:
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
-                yield conn
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+            yield conn
 
     async def ping(self) -> None:
         async with self.pool.connection(timeout=2) as conn:

@@ -111,7 +111,8 @@ def problem_body(
 
 
 def problem_response(status: int, detail: str, *, headers: dict[str, str] | None = None, **kw: Any) -> JSONResponse:
-    return JSONResponse(problem_body(status, detail, **kw), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    return JSONResponse(problem_body(status, detail, **kw), status_code=status, media_type=PROBLEM_JSON,
+                        headers=headers)
 
 
 def _field_from_loc(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -130,14 +131,16 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"field": _field_from_loc(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in exc.errors()]
+        errors = [{"field": _field_from_loc(e.get("loc", ())), "message": e.get("msg", "invalid")}
+                  for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
         return problem_response(422, detail, instance=request.url.path, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "Error")
-        return problem_response(exc.status_code, detail, instance=request.url.path, headers=getattr(exc, "headers", None))
+        return problem_response(exc.status_code, detail, instance=request.url.path,
+                                headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

@@ -6,6 +6,7 @@ never held whole in memory. Small text fields (e.g. `title`) are collected.
 """
 from __future__ import annotations
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 
@@ -63,7 +64,7 @@ class MultipartUpload:
             self._parser.write(chunk)
         except MultipartError:
             raise
-        except Exception as exc:  # python-multipart raises its own error types
+        except (FormParserError, ValueError) as exc:  # the parser's own errors (FormParserError is a ValueError)
             raise MultipartError(f"the multipart body is malformed: {exc}") from None
         out, self._pending = self._pending, []
         return out
@@ -71,7 +72,7 @@ class MultipartUpload:
     def finish(self) -> None:
         try:
             self._parser.finalize()
-        except Exception as exc:
+        except (FormParserError, ValueError) as exc:
             raise MultipartError(f"the multipart body is malformed: {exc}") from None
         if not self._ended:
             raise MultipartError("the multipart body ended before its closing boundary (upload interrupted?)")
@@ -115,7 +116,8 @@ class MultipartUpload:
             return
         self._field_buf += data[start:end]
         if len(self._field_buf) > self.max_field_bytes:
-            raise MultipartError(f"the field is longer than {self.max_field_bytes} bytes", field=self._part_name or "body")
+            raise MultipartError(f"the field is longer than {self.max_field_bytes} bytes",
+                                 field=self._part_name or "body")
 
     def _on_part_end(self) -> None:
         if not self._in_file and self._part_name is not None:

@@ -337,7 +337,7 @@ class DynamicBatcher:
         started = time.perf_counter()
         try:
             rows = self.model.forward(windows)
-        except Exception as exc:  # noqa: BLE001 - the requests fail, the thread stays
+        except Exception as exc:
             log.exception("forward pass failed", extra={"model": self.label, "windows": len(batch)})
             with self._cond:
                 failed = {e.request for e in batch if not e.request.dead}
@@ -366,7 +366,7 @@ class DynamicBatcher:
         for request in completed:
             try:
                 result = self._finish(request)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("aggregation failed", extra={"model": self.label})
                 request.loop.call_soon_threadsafe(_fail, request.future, exc)
             else:

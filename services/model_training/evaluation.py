@@ -58,7 +58,7 @@ def classification_report(gold: Sequence[str], predicted: Sequence[str]) -> dict
     """accuracy, macro_f1 (over the gold labels) and per-label precision/recall/F1/support."""
     if len(gold) != len(predicted) or not gold:
         raise ValueError("need one prediction per gold label, and at least one")
-    true_pos = Counter(g for g, p in zip(gold, predicted) if g == p)
+    true_pos = Counter(g for g, p in zip(gold, predicted, strict=True) if g == p)
     gold_count = Counter(gold)
     pred_count = Counter(predicted)
     per_label = {}

@@ -286,7 +286,8 @@ def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_l
             total += float(loss.detach()) * len(batch)
             step += 1
             if step % 50 == 0:
-                log.info("fine-tuning", extra={"epoch": epoch + 1, "step": f"{step}/{steps}", "loss": round(float(loss), 4),
+                log.info("fine-tuning", extra={"epoch": epoch + 1, "step": f"{step}/{steps}",
+                                               "loss": round(float(loss), 4),
                                                "seconds": round(time.monotonic() - started)})
         history.append({"epoch": epoch + 1, "train_loss": round(total / n_docs, 4)})
         log.info("epoch done", extra=history[-1])
@@ -647,7 +648,7 @@ def build_manifest(cfg: TrainConfig, labels: list[str], hybrid: HybridConfig, fe
 
 def main_from_args(args: argparse.Namespace) -> Path:
     cfg = config_from_args(args)
-    for name, filename in DATASETS:
+    for _, filename in DATASETS:
         if not (args.data_dir / filename).is_file():
             raise SystemExit(f"--data-dir {args.data_dir}: {filename} is missing")
     train(args.data_dir, args.out, cfg, work_dir=args.work_dir)

@@ -34,7 +34,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return datetime.fromisoformat(data["c"]), str(uuid.UUID(data["i"]))
     except (ValueError, KeyError, TypeError):
-        raise ProblemError(422, "the cursor is not valid; use next_cursor from a previous page", field="cursor") from None
+        raise ProblemError(422, "the cursor is not valid; use next_cursor from a previous page",
+                           field="cursor") from None
 
 
 def content_disposition(filename: str) -> str:

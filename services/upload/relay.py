@@ -8,6 +8,7 @@ the message id (document id + content hash) lets consumers recognise it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -78,10 +79,8 @@ class OutboxRelay:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 15)
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_seconds)
-            except TimeoutError:
-                pass
             self._wake.clear()
 
     async def publish_batch(self) -> int:

@@ -72,7 +72,8 @@ async def insert_document(conn: AsyncConnection, doc: dict[str, Any]) -> dict[st
 async def insert_outbox(conn: AsyncConnection, event_type: str, message_id: str, payload: dict[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO documents.outbox (tenant_id, event_type, message_id, payload) "
-        "VALUES (public.app_tenant_id(), %s, %s, %s)", (event_type, message_id, json.dumps(payload, ensure_ascii=False)))
+        "VALUES (public.app_tenant_id(), %s, %s, %s)",
+        (event_type, message_id, json.dumps(payload, ensure_ascii=False)))
 
 
 async def insert_audit(conn: AsyncConnection, document_id: str | None, actor_id: str | None, action: str,
@@ -142,9 +143,11 @@ async def store_tagging_result(conn: AsyncConnection, document_id: str, text: st
     await conn.execute(
         "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, search_terms = %s, "
         "updated_at = now(), processed_at = now() WHERE id = %s", (text, search_terms, document_id))
-    await conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'model'", (document_id,))
+    await conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'model'",
+                       (document_id,))
     for t in tags:
         await conn.execute(
-            "INSERT INTO documents.document_tags (tenant_id, document_id, tag, score, source, model_name, model_version) "
+            "INSERT INTO documents.document_tags "
+            "(tenant_id, document_id, tag, score, source, model_name, model_version) "
             "VALUES (public.app_tenant_id(), %s, %s, %s, 'model', %s, %s)",
             (document_id, t["tag"], t["score"], t.get("model_name"), t.get("model_version")))

@@ -65,7 +65,8 @@ class DocumentService:
         self.on_outbox_write = on_outbox_write
 
     # -- upload ----------------------------------------------------------------
-    async def upload(self, principal: Principal, content_type: str | None, body: AsyncIterator[bytes]) -> dict[str, Any]:
+    async def upload(self, principal: Principal, content_type: str | None,
+                     body: AsyncIterator[bytes]) -> dict[str, Any]:
         """Streams the multipart body to the blob store, then records the document atomically."""
         try:
             form = MultipartUpload(content_type)
@@ -120,7 +121,8 @@ class DocumentService:
     def _title(self, raw: str | None, filename: str) -> str:
         title = (raw or "").strip() or os.path.splitext(filename)[0] or filename
         if len(title) > self.settings.max_title_chars:
-            raise ProblemError(422, f"the title is longer than {self.settings.max_title_chars} characters", field="title")
+            raise ProblemError(422, f"the title is longer than {self.settings.max_title_chars} characters",
+                               field="title")
         if any(ord(c) < 32 and c not in "\t" for c in title):
             raise ProblemError(422, "the title contains control characters", field="title")
         return title
@@ -217,10 +219,9 @@ class DocumentService:
                             tags: list[dict[str, Any]] | None = None, error: str = "") -> tuple[str, bool]:
         """Applies a worker's report; returns (status after, whether anything changed). Idempotent."""
         terms = ""
-        if outcome == "tagged":
-            if len(text) > self.settings.max_text_chars:
-                log.warning("extracted text cut", extra={"document_id": document_id, "chars": len(text)})
-                text = text[: self.settings.max_text_chars]
+        if outcome == "tagged" and len(text) > self.settings.max_text_chars:
+            log.warning("extracted text cut", extra={"document_id": document_id, "chars": len(text)})
+            text = text[: self.settings.max_text_chars]
         async with self.db.tenant_transaction(tenant_id) as conn:
             row = await repo.get_document(conn, document_id)
             if row is None:

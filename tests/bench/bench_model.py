@@ -429,7 +429,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-threads", type=int, default=threads,
                         help="torch threads of the naive server (default: model-serving's; 0: torch's default)")
     parser.add_argument("--naive-quantized", action="store_true",
-                        help="give the naive baseline model-serving's int8 quantisation too (default: model as trained)")
+                        help="give the naive baseline model-serving's int8 quantisation too "
+                             "(default: model as trained)")
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for /readyz")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--keep-logs", action="store_true", help="print the servers' log tails at the end")

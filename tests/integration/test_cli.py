@@ -38,9 +38,10 @@ def test_tenant_and_user_creation_is_idempotent(cli, admin_dsn, capsys) -> None:
     assert "already exists" in capsys.readouterr().err
 
     with psycopg.connect(admin_dsn) as conn:
-        quota = conn.execute("SELECT q.quota_bytes FROM documents.quotas q JOIN identity.tenants t ON t.id = q.tenant_id "
-                             "WHERE t.slug = %s", (slug,)).fetchone()[0]
-        pw_hash, roles = conn.execute("SELECT password_hash, roles FROM identity.users WHERE username = 'kim'").fetchone()
+        quota = conn.execute("SELECT q.quota_bytes FROM documents.quotas q "
+                             "JOIN identity.tenants t ON t.id = q.tenant_id WHERE t.slug = %s", (slug,)).fetchone()[0]
+        pw_hash, roles = conn.execute(
+            "SELECT password_hash, roles FROM identity.users WHERE username = 'kim'").fetchone()
     assert quota == 5000 and roles == ["tenant_admin"]
     assert verify_password(pw_hash, "s3cret-pass") and "s3cret-pass" not in pw_hash
 

@@ -151,10 +151,10 @@ def test_predict_batch_keeps_order_and_equals_single(stub: pb_grpc.ModelServingS
     texts = [ECONOMY, SPORTS, "국회 본회의, 추경 예산안 처리 불발", "새 스마트폰 AI 칩 탑재…배터리 수명 향상"]
     batch = stub.PredictBatch(pb.PredictBatchRequest(texts=texts, top_k=3), timeout=TIMEOUT)
     assert len(batch.predictions) == len(texts)
-    for text, prediction in zip(texts, batch.predictions):
+    for text, prediction in zip(texts, batch.predictions, strict=True):
         single = stub.Predict(pb.PredictRequest(text=text, top_k=3), timeout=TIMEOUT).prediction
         assert [t for t, _ in _tags(prediction)] == [t for t, _ in _tags(single)]
-        for (_, a), (_, b) in zip(_tags(prediction), _tags(single)):
+        for (_, a), (_, b) in zip(_tags(prediction), _tags(single), strict=True):
             assert a == pytest.approx(b, abs=1e-4)
     assert batch.predictions[1].tags[0].tag == "스포츠"
     assert batch.predictions[0].tags[0].tag == "경제"

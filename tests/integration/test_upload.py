@@ -66,7 +66,8 @@ async def upload(client: httpx.AsyncClient, token: str, name: str, data: bytes, 
 
 @pytest.fixture
 def tenants(admin_dsn: str) -> tuple[str, str]:
-    return (create_tenant(admin_dsn, f"a-{uuid.uuid4().hex[:8]}"), create_tenant(admin_dsn, f"b-{uuid.uuid4().hex[:8]}"))
+    return (create_tenant(admin_dsn, f"a-{uuid.uuid4().hex[:8]}"),
+            create_tenant(admin_dsn, f"b-{uuid.uuid4().hex[:8]}"))
 
 
 async def test_upload_queues_document_and_publishes_event(settings, tenants, make_token) -> None:
@@ -141,12 +142,14 @@ async def test_bad_input_gets_problem_with_field(settings, tenants, make_token) 
             (await upload(client, token, "binary.txt", b"\x00\x01\x02garbage"), 415, "file"),
             (await upload(client, token, "big.txt", b"a" * (settings.max_upload_bytes + 1)), 413, "file"),
             (await upload(client, token, "ok.txt", b"ok", title="x" * 301), 422, "title"),
-            (await client.post("/api/v1/documents", headers=auth(token), files={"title": (None, "no file")}), 422, "file"),
+            (await client.post("/api/v1/documents", headers=auth(token), files={"title": (None, "no file")}),
+             422, "file"),
             (await client.post("/api/v1/documents", headers={**auth(token), "content-type": "application/json"},
                                content=b"{}"), 415, "Content-Type"),
             (await client.post("/api/v1/documents", headers={**auth(token),
                                "content-type": "multipart/form-data; boundary=XYZ"},
-                               content=b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nabc"),
+                               content=b"--XYZ\r\nContent-Disposition: form-data; name=\"file\"; "
+                                       b"filename=\"a.txt\"\r\n\r\nabc"),
              400, "body"),
             (await client.get("/api/v1/documents/not-a-uuid", headers=auth(token)), 422, "id"),
             (await client.get("/api/v1/documents", headers=auth(token), params={"status": "done"}), 422, "status"),

@@ -72,7 +72,10 @@ def test_euc_kr_sample_decodes_korean() -> None:
     assert len(_hangul(text)) > 100
 
 
-@pytest.mark.parametrize("name", ["odl__2125318_의사국 의안과_의안원문_hwp.pdf", "odl__제안요청서(수정)_230524 (1).pdf"])
+KOREAN_PDFS = ["odl__2125318_의사국 의안과_의안원문_hwp.pdf", "odl__제안요청서(수정)_230524 (1).pdf"]
+
+
+@pytest.mark.parametrize("name", KOREAN_PDFS)
 def test_korean_pdf_samples_match_golden(name: str) -> None:
     path = SAMPLES / "pdf" / name
     text = _extract(path)

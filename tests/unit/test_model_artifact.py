@@ -35,9 +35,9 @@ from services.model_serving.settings import DEFAULT_MODEL_DIR
 
 MANIFEST = json.loads((DEFAULT_MODEL_DIR / "manifest.json").read_text(encoding="utf-8"))
 HEADLINE_LABELS = ["IT과학", "경제", "사회", "생활문화", "세계", "스포츠", "정치"]
-PETITION_LABELS = ["경제민주화", "교통/건축/국토", "기타", "농산어촌", "문화/예술/체육/언론", "미래", "반려동물", "보건복지",
-                   "성장동력", "안전/환경", "외교/통일/국방", "육아/교육", "인권/성평등", "일자리", "저출산/고령화대책",
-                   "정치개혁", "행정"]
+PETITION_LABELS = ["경제민주화", "교통/건축/국토", "기타", "농산어촌", "문화/예술/체육/언론",
+                   "미래", "반려동물", "보건복지", "성장동력", "안전/환경", "외교/통일/국방", "육아/교육",
+                   "인권/성평등", "일자리", "저출산/고령화대책", "정치개혁", "행정"]
 MAX_ARTIFACT_BYTES = 50 * 1024 * 1024   # the issue's limit for committed artifacts, all files together
 
 
@@ -150,7 +150,7 @@ def test_manifest_labels_in_another_order_are_refused(artifact_copy: Path) -> No
 
 
 def test_no_manifest_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ModelIntegrityError, match="manifest.json is missing"):
+    with pytest.raises(ModelIntegrityError, match=r"manifest\.json is missing"):
         load_model(tmp_path)
 
 
@@ -242,7 +242,8 @@ PLAUSIBLE = [
 def test_plausible_tags_for_obvious_inputs(model: WindowModel) -> None:
     """PLAUSIBILITY: the expected tag is among the top 3 of each clear headline or petition."""
     top3 = _top3(model, [text for text, _ in PLAUSIBLE])
-    misses = [(text[:30], expected, got) for (text, expected), got in zip(PLAUSIBLE, top3) if expected not in got]
+    misses = [(text[:30], expected, got) for (text, expected), got in zip(PLAUSIBLE, top3, strict=True)
+              if expected not in got]
     assert not misses, misses
 
 

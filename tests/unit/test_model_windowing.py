@@ -1,6 +1,8 @@
 """Windowing and aggregation of the tagging model (pure functions, no model needed)."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,7 @@ def test_windows_cover_the_whole_text_with_overlap() -> None:
     starts = plan_windows(n, window, overlap, max_windows=100)
     assert starts[0] == 0
     assert starts[-1] == n - window, "the last window ends at the end of the text"
-    for a, b in zip(starts, starts[1:]):
+    for a, b in itertools.pairwise(starts):
         assert 0 < b - a <= window - overlap, "consecutive windows overlap by at least `overlap` tokens"
     covered = set()
     for s in starts:

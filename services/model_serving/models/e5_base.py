@@ -219,7 +219,7 @@ class E5Tokenizer:
     def __init__(self, base: E5Base) -> None:
         self.table = str.maketrans(base.normalization)
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = base.bos_id, base.eos_id, base.pad_id, base.unk_id
-        tokenizer = Tokenizer(models.Unigram(list(zip(base.pieces, base.scores)), unk_id=base.unk_id))
+        tokenizer = Tokenizer(models.Unigram(list(zip(base.pieces, base.scores, strict=True)), unk_id=base.unk_id))
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
         self.tokenizer = tokenizer
 

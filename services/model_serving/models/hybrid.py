@@ -21,6 +21,7 @@ features; forward = pooled embeddings per window (what the batcher batches); fin
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -110,7 +111,7 @@ class LexicalFeatures:
     @staticmethod
     def word_ngrams(text: str) -> list[str]:
         words = _WORD.findall(text.lower())
-        return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
     @staticmethod
     def _tfidf(grams: list[str], index: dict[str, int], idf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
