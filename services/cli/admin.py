@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import dict_row
 
-from services.common.auth import ROLES
+from services.common.roles import ROLES
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
 from . import admin, model_quality_cmds, model_registry_cmds
@@ -125,12 +126,12 @@ To log in, create a department (tenant) and a user, then ask the gateway for a t
 
 
 def _require_model() -> None:
-    """The tagging model must be there before model-serving starts (it is committed; `make model` rebuilds it)."""
+    """The tagging model must be there before model-serving starts (it is committed; `make train` rebuilds it)."""
     from services.model_serving.settings import ModelServingSettings
 
     model_dir = ModelServingSettings().model_dir
     if not (model_dir / "manifest.json").is_file():
-        raise admin.AdminError(f"no tagging model in {model_dir} (manifest.json missing): run `make model` "
+        raise admin.AdminError(f"no tagging model in {model_dir} (manifest.json missing): run `make train` "
                                "to train it from ../shared/data, or set DOCTAG_MODEL_DIR to a model directory")
     manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("architecture") == "e5-hybrid":
@@ -181,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     uc.add_argument("slug")
     uc.add_argument("username")
     uc.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    uc.add_argument("--role", default="user", choices=admin.ROLES)
+    uc.add_argument("--role", default="user", choices=ROLES)
     uc.set_defaults(func=cmd_user_create)
     up_ = user.add_parser("set-password", help="change a user's password")
     up_.add_argument("slug")
@@ -191,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     ur = user.add_parser("set-role", help="change a user's role")
     ur.add_argument("slug")
     ur.add_argument("username")
-    ur.add_argument("--role", required=True, choices=admin.ROLES)
+    ur.add_argument("--role", required=True, choices=ROLES)
     ur.set_defaults(func=cmd_user_set_role)
     ul = user.add_parser("list", help="list a tenant's users")
     ul.add_argument("slug")

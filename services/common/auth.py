@@ -22,7 +22,6 @@ from .context import tenant_id_var
 from .errors import ProblemError
 
 ALGORITHM = "RS256"
-ROLES = ("user", "tenant_admin", "platform_admin")
 
 
 @dataclass(frozen=True)
