@@ -26,7 +26,7 @@ from services.common.db import Database
 from services.common.settings import CommonSettings
 
 from .archive import remove_tree
-from .models.manifest import MANIFEST_NAME, ModelIntegrityError, read_verified_manifest
+from .models.manifest import MANIFEST_NAME, ModelIntegrityError, read_verified_manifest, sha256_file
 from .resolved import (
     DEFAULT_ALIAS,
     ResolvedModel,
@@ -123,23 +123,27 @@ class ModelRegistry:
     def __init__(self, db: Database, store: Path) -> None:
         self.db = db
         self.store = Path(store)
+        # (name, version) -> why its store copy cannot be served; found by check_store, cleared by register.
+        self.store_problems: dict[tuple[str, str], str] = {}
 
     # -- registration ----------------------------------------------------------------------
     async def register(self, name: str, source_dir: Path, created_by: str) -> Registered:
         """Copies and verifies the artifact in `source_dir`, then registers it as the next version.
 
-        The same manifest registered before is not registered again (created=False).
+        The same manifest registered before is not registered again (created=False), but its
+        files are checked in the store and put back from `source_dir` when missing or damaged.
         Raises ArtifactRefused, naming the file, when any file fails its checksum.
         """
         check_name(name)
-        manifest, sha = await asyncio.to_thread(_verify, Path(source_dir))
+        source = Path(source_dir)
+        manifest, sha = await asyncio.to_thread(_verify, source)
         if manifest.get("name") != name:
             raise ArtifactRefused(f"the artifact's manifest names model {manifest.get('name')!r}, not {name!r}",
                                   field="name")
         existing = await self._version_by_sha(name, sha)
         if existing is not None:
-            return Registered(name, existing, sha, self._dir(name, existing), False)
-        staging = await asyncio.to_thread(self._stage, Path(source_dir), name, sha)
+            return await self._restore_files(name, existing, sha, source)
+        staging = await asyncio.to_thread(self._stage, source, name, sha)
         target: Path | None = None
         try:
             async with self.db.transaction() as conn:
@@ -148,27 +152,58 @@ class ModelRegistry:
                 await conn.execute("SELECT 1 FROM models.models WHERE name = %s FOR UPDATE", (name,))
                 existing = await _scalar(conn, "SELECT version FROM models.versions WHERE model_name = %s "
                                          "AND manifest_sha256 = %s ORDER BY version LIMIT 1", (name, sha))
-                if existing is not None:
-                    return Registered(name, existing, sha, self._dir(name, existing), False)
-                version = await _scalar(conn, "SELECT coalesce(max(version), 0) + 1 FROM models.versions "
-                                        "WHERE model_name = %s", (name,))
-                target = self._dir(name, version)
-                await asyncio.to_thread(_place, staging, target)
-                await conn.execute(
-                    "INSERT INTO models.versions (model_name, version, artifact_path, manifest, manifest_sha256, "
-                    "metrics, training_data, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (name, version, f"{name}/{version}", Jsonb(manifest), sha,
-                     Jsonb(_as_object(manifest.get("metrics"))), Jsonb(_as_object(manifest.get("training_data"))),
-                     created_by))
+                if existing is None:
+                    version = await _scalar(conn, "SELECT coalesce(max(version), 0) + 1 FROM models.versions "
+                                            "WHERE model_name = %s", (name,))
+                    target = self._dir(name, version)
+                    await asyncio.to_thread(_place, staging, target)
+                    await conn.execute(
+                        "INSERT INTO models.versions (model_name, version, artifact_path, manifest, "
+                        "manifest_sha256, metrics, training_data, created_by) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                        (name, version, f"{name}/{version}", Jsonb(manifest), sha,
+                         Jsonb(_as_object(manifest.get("metrics"))),
+                         Jsonb(_as_object(manifest.get("training_data"))), created_by))
         except BaseException:
             if target is not None:
                 await asyncio.to_thread(remove_tree, target)
             raise
         finally:
             await asyncio.to_thread(remove_tree, staging)
+        if existing is not None:   # registered meanwhile by someone else
+            return await self._restore_files(name, existing, sha, source)
         log.info("model version registered", extra={"model": name, "version": version, "manifest_sha256": sha,
                                                     "created_by": created_by})
+        self.store_problems.pop((name, str(version)), None)
         return Registered(name, version, sha, target, True)
+
+    async def _restore_files(self, name: str, version: int, sha: str, source: Path) -> Registered:
+        """`version` (manifest `sha`) is registered: checks its store copy and, when that is missing or
+        damaged, puts back the files of `source` (which has the same manifest, verified by the caller).
+
+        Raises RegistryError, naming the version and the path, when the store copy stays unusable.
+        """
+        target = self._dir(name, version)
+        problem = await asyncio.to_thread(store_problem, target, sha, full=True)
+        if problem is not None:
+            log.warning("registered model version has no usable files in the store; putting them back",
+                        extra={"model": name, "version": version, "path": str(target), "error": problem})
+            staging = await asyncio.to_thread(self._stage, source, name, sha)   # copies and verifies against `sha`
+            try:
+                async with self.db.transaction() as conn:   # one repair at a time, across processes
+                    await conn.execute("SELECT 1 FROM models.models WHERE name = %s FOR UPDATE", (name,))
+                    if await asyncio.to_thread(store_problem, target, sha, full=True) is not None:
+                        await asyncio.to_thread(_place, staging, target)
+            finally:
+                await asyncio.to_thread(remove_tree, staging)
+            problem = await asyncio.to_thread(store_problem, target, sha, full=True)
+            if problem is not None:
+                raise RegistryError(f"model {name} version {version}: its files could not be restored in the "
+                                    f"store: {problem}", field="artifact")
+            log.info("model version files restored in the store",
+                     extra={"model": name, "version": version, "path": str(target)})
+        self.store_problems.pop((name, str(version)), None)
+        return Registered(name, version, sha, target, False)
 
     def _dir(self, name: str, version: int) -> Path:
         return self.store / name / str(version)
@@ -250,6 +285,33 @@ class ModelRegistry:
                 "WHERE model_name = %s AND (%s::text IS NULL OR alias = %s) ORDER BY id DESC", (name, alias, alias))
             return list(await cur.fetchall())
 
+    async def check_store(self) -> dict[tuple[str, str], str]:
+        """Checks the store copy of every registered version; logs an error for each unusable one.
+
+        A version an alias points at (what is served without naming a number) is verified
+        fully, every file against its checksum; the others by their manifest alone, so that
+        start-up does not read every version ever registered. The rest of a named version's
+        files is verified when it is loaded. Returns (and keeps in `store_problems`) the problems.
+        """
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "SELECT v.model_name, v.version, v.artifact_path, v.manifest_sha256, "
+                "EXISTS (SELECT 1 FROM models.aliases a WHERE a.model_name = v.model_name "
+                "        AND a.version = v.version) AS aliased "
+                "FROM models.versions v ORDER BY v.model_name, v.version")
+            rows = list(await cur.fetchall())
+        problems: dict[tuple[str, str], str] = {}
+        for row in rows:
+            name, version, directory = row["model_name"], str(row["version"]), self.store / row["artifact_path"]
+            problem = await asyncio.to_thread(store_problem, directory, row["manifest_sha256"], full=row["aliased"])
+            if problem is not None:
+                problems[(name, version)] = (f"model {name} version {version} cannot be served from {directory}: "
+                                             f"{problem}; register the same artifact again to restore it")
+                log.error("registered model version is missing or damaged in the store",
+                          extra={"model": name, "version": version, "path": str(directory), "error": problem})
+        self.store_problems = problems
+        return problems
+
     async def close(self) -> None:
         await self.db.close()
 
@@ -307,6 +369,29 @@ def _verify(directory: Path) -> tuple[dict[str, Any], str]:
         return read_verified_manifest(directory)
     except ModelIntegrityError as exc:
         raise ArtifactRefused(f"the version is refused: {exc}", field="artifact") from None
+
+
+def store_problem(directory: Path, manifest_sha256: str, *, full: bool) -> str | None:
+    """Why the store copy in `directory` is not the registered artifact (None when it is).
+
+    `full` checks every file against the manifest; otherwise only the manifest itself.
+    """
+    manifest = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        return f"{directory} is missing"
+    if not manifest.is_file():
+        return f"{manifest} is missing"
+    if full:
+        try:
+            _, actual = read_verified_manifest(directory)
+        except ModelIntegrityError as exc:
+            return f"{exc}"
+    else:
+        actual = sha256_file(manifest)
+    expected = manifest_sha256.strip()
+    if actual != expected:
+        return f"{manifest} has sha256 {actual}, registered {expected}"
+    return None
 
 
 def _place(staging: Path, target: Path) -> None:

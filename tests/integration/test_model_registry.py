@@ -27,8 +27,9 @@ from services.cli.main import main as cli_main
 from services.common.auth import TokenVerifier
 from services.common.db import Database
 from services.common.http import create_app
+from services.model_serving.archive import remove_tree
 from services.model_serving.inference_log import InferenceLog, input_sha256
-from services.model_serving.models.manifest import REQUIRED_FILES, write_manifest
+from services.model_serving.models.manifest import REQUIRED_FILES, read_verified_manifest, write_manifest
 from services.model_serving.registry import (
     ArtifactRefused,
     ModelRegistry,
@@ -398,7 +399,7 @@ async def test_inference_log_is_bounded_while_the_database_is_down(model_dsn) ->
     for i in range(5):
         log.record(None, "m", "1", 1.0, [[("a", 1.0)]], [input_sha256(str(i))], None)
     assert (log.pending, log.dropped) == (3, 2)
-    with pytest.raises(Exception):
+    with pytest.raises(psycopg.OperationalError):
         await log.flush()
     assert log.pending == 3  # kept for the next attempt
 
@@ -457,3 +458,62 @@ def test_make_up_registers_the_shipped_model_once(cli, monkeypatch, tmp_path) ->
     assert line.startswith(f"model registry: {name}@production is version 1 (")
     assert ensure_shipped_model(OpsSettings()) == line  # the next `make up` changes nothing
     assert (tmp_path / "cli-store" / name / "1" / "manifest.json").is_file()
+
+
+# -- registry and store kept in step ------------------------------------------------------------
+
+
+async def test_registering_again_restores_files_missing_from_the_store(registry, tmp_path) -> None:
+    """The row exists but the store lost its copy: the same artifact registered again puts it back."""
+    name = model_name()
+    source = make_artifact(tmp_path / "a", name)
+    first = await registry.register(name, source, created_by="alice")
+    remove_tree(first.directory)
+    again = await registry.register(name, source, created_by="bob")
+    assert (again.version, again.created, again.directory) == (1, False, first.directory)
+    manifest, sha = read_verified_manifest(again.directory)
+    assert sha == first.manifest_sha256 and manifest["name"] == name
+    assert not list((registry.store / name).glob(".*")), "no staging folder is left behind"
+
+
+async def test_registering_again_replaces_a_damaged_store_copy(registry, tmp_path) -> None:
+    name = model_name()
+    source = make_artifact(tmp_path / "a", name)
+    first = await registry.register(name, source, created_by="alice")
+    weights = first.directory / "model.safetensors"
+    first.directory.chmod(0o755)
+    weights.unlink()
+    weights.write_bytes(b"half a file")
+    (first.directory / "sub" / "vocab.txt").chmod(0o644)
+    (first.directory / "sub" / "vocab.txt").unlink()
+    again = await registry.register(name, source, created_by="bob")
+    assert (again.version, again.created) == (1, False)
+    assert read_verified_manifest(again.directory)[1] == first.manifest_sha256
+    assert len(await registry.list_versions(name)) == 1
+
+
+async def test_store_check_names_each_unusable_version_and_its_path(registry, tmp_path, caplog) -> None:
+    name = model_name()
+    sources = {v: make_artifact(tmp_path / f"v{v}", name) for v in (1, 2, 3)}
+    dirs = {v: (await registry.register(name, sources[v], created_by="alice")).directory for v in (1, 2, 3)}
+    await registry.set_alias(name, "production", 1, by="alice")
+    dirs[1].chmod(0o755)
+    (dirs[1] / "config.json").chmod(0o644)
+    (dirs[1] / "config.json").write_bytes(b"{}")   # an aliased version is verified file by file
+    remove_tree(dirs[2])
+
+    with caplog.at_level("ERROR", logger="services.model_serving.registry"):
+        everything = await registry.check_store()   # other tests' models (other stores) are in this database
+    problems = {key: why for key, why in everything.items() if key[0] == name}
+    assert set(problems) == {(name, "1"), (name, "2")}, problems
+    assert problems[(name, "1")].startswith(
+        f"model {name} version 1 cannot be served from {dirs[1]}: config.json does not match the manifest")
+    assert f"model {name} version 2 cannot be served from {dirs[2]}: {dirs[2]} is missing" in problems[(name, "2")]
+    logged = {(r.model, r.version, r.path) for r in caplog.records
+              if r.msg.startswith("registered model version") and r.model == name}
+    assert logged == {(name, "1", str(dirs[1])), (name, "2", str(dirs[2]))}
+
+    await registry.register(name, sources[2], created_by="ops")   # restores version 2
+    assert [key for key in registry.store_problems if key[0] == name] == [(name, "1")]
+    await registry.register(name, sources[1], created_by="ops")
+    assert not [key for key in await registry.check_store() if key[0] == name]
