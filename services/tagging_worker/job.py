@@ -74,3 +74,21 @@ def delivery_count(headers: dict[str, Any] | None) -> int:
 def is_last_delivery(count: int, delivery_limit: int) -> bool:
     """True when a failure now must be final: the worker gives the job up at `delivery_limit` deliveries."""
     return count >= delivery_limit - 1
+
+
+# How often this job was put back at the end of the queue because model-serving was unavailable. Our
+# own header: a deferral publishes a fresh message, whose broker delivery count starts at zero again.
+DEFERRALS_HEADER = "doctag-deferrals"
+
+
+def deferral_count(headers: dict[str, Any] | None) -> int:
+    value = (headers or {}).get(DEFERRALS_HEADER, 0)
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def deferral_delay(deferrals: int, initial: float, maximum: float) -> float:
+    """Seconds to wait before the next deferral: `initial`, doubling per earlier deferral, at most `maximum`."""
+    return max(0.0, min(maximum, initial * 2 ** min(max(deferrals, 0), 32)))

@@ -24,8 +24,13 @@ class WorkerSettings(CommonSettings):
     # Must equal the limit the jobs queue was declared with (upload declares it too).
     delivery_limit: int = DEFAULT_DELIVERY_LIMIT
 
-    # model-serving not ready / down / overloaded: wait this long, then put the job back at the queue's end.
+    # model-serving not ready / down / overloaded: the job waits, then goes back to the queue's end (a
+    # deferral). The wait doubles per deferral of the same job, from the first to the max value; after
+    # `model_unavailable_max_deferrals` deferrals (about 33 minutes with these defaults) the document is
+    # recorded failed ("model-serving unavailable after N attempts") instead of waiting forever.
     model_unavailable_retry_seconds: float = 15.0
+    model_unavailable_retry_max_seconds: float = 300.0
+    model_unavailable_max_deferrals: int = 10
 
     # Transient gRPC failures are retried inside the handler before the job is requeued.
     retry_attempts: int = 4

@@ -10,9 +10,12 @@ Failure handling:
 - NOT_FOUND (document deleted) / FAILED_PRECONDITION (not the current content
   version) from upload → nothing left to do, ack;
 - model-serving not ready (checked before the document is touched), down, or still
-  UNAVAILABLE / RESOURCE_EXHAUSTED after the in-handler retries → the job waits
-  (DOCTAG_MODEL_UNAVAILABLE_RETRY_SECONDS) and goes back to the end of the queue as a
-  fresh message: the document is not failed and no delivery of its limit is used up;
+  UNAVAILABLE / RESOURCE_EXHAUSTED after the in-handler retries → the job is deferred: it
+  waits (DOCTAG_MODEL_UNAVAILABLE_RETRY_SECONDS, doubling per deferral up to
+  DOCTAG_MODEL_UNAVAILABLE_RETRY_MAX_SECONDS) and goes back to the end of the queue as a
+  fresh message, so no delivery of its limit is used up. The `doctag-deferrals` header
+  counts the deferrals; after DOCTAG_MODEL_UNAVAILABLE_MAX_DEFERRALS of them the document is
+  recorded FAILED ("model-serving unavailable after N attempts ...") and the message acked;
 - transient gRPC failures are retried in the handler (clients.Retrier); when they
   persist, or anything unexpected happens, the message is requeued; on its last
   allowed delivery the document is recorded FAILED and the message dead-lettered;
@@ -49,8 +52,24 @@ from .clients import (
 )
 from .extractors import ExtractionError, Limits
 from .extractors.isolated import IsolatedExtractor
-from .job import InvalidJob, Job, delivery_count, is_last_delivery
-from .metrics import EXTRACTION_DURATION, IN_FLIGHT, JOB_DURATION, JOBS
+from .job import (
+    DEFERRALS_HEADER,
+    InvalidJob,
+    Job,
+    deferral_count,
+    deferral_delay,
+    delivery_count,
+    is_last_delivery,
+)
+from .metrics import (
+    DEFERRAL_LIMIT_FAILURES,
+    DEFERRALS,
+    EXTRACTION_DURATION,
+    IN_FLIGHT,
+    JOB_DURATION,
+    JOBS,
+    REDELIVERIES,
+)
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -96,7 +115,7 @@ class TaggingWorker:
         if self.queue is not None and self._consumer_tag is not None:
             try:
                 await self.queue.cancel(self._consumer_tag)
-            except Exception:  # noqa: BLE001 - the channel may be gone already
+            except Exception:
                 log.warning("could not cancel the consumer", exc_info=True)
             self._consumer_tag = None
         if self._tasks:
@@ -125,20 +144,27 @@ class TaggingWorker:
             if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
                 try:
                     await asyncio.wait_for(channel.channel_ready(), timeout=2.0)
-                except asyncio.TimeoutError as exc:
+                except TimeoutError as exc:
                     raise RuntimeError(f"{name} gRPC channel is not ready") from exc
 
     # -- one message -----------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        IN_FLIGHT.inc()  # held unacknowledged from now until its handler has settled it
         task = asyncio.create_task(self.handle(message))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        IN_FLIGHT.dec()
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """Handles one delivery and settles it (ack, nack-requeue or reject) exactly once."""
         request_id_var.set(message.message_id or message.correlation_id or None)
         tenant_id_var.set(None)
+        if message.redelivered:
+            REDELIVERIES.inc()
         try:
             job = Job.from_body(message.body)
         except InvalidJob as exc:
@@ -154,12 +180,11 @@ class TaggingWorker:
         count = delivery_count(message.headers)
         start = time.perf_counter()
         outcome = "requeued"
-        IN_FLIGHT.inc()
         try:
             outcome = await self.process(job)
             await _settle(message.ack())
         except ModelUnavailable as exc:
-            outcome = await self._defer(message, job, exc)
+            outcome = await self._defer(message, job, count, exc)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in GONE_CODES:
                 log.info("job no longer applies", extra={"document_id": job.document_id, "code": exc.code().name})
@@ -174,12 +199,12 @@ class TaggingWorker:
         except Exception as exc:  # noqa: BLE001 - any failure: retry via the queue, bounded
             outcome = await self._give_back(message, job, count, exc)
         finally:
-            IN_FLIGHT.dec()
             elapsed = time.perf_counter() - start
             JOBS.labels(outcome).inc()
             JOB_DURATION.labels(outcome).observe(elapsed)
             log.info("job handled", extra={"document_id": job.document_id, "outcome": outcome,
-                                           "delivery_count": count, "duration_ms": round(elapsed * 1000, 1)})
+                                           "delivery_count": count, "redelivered": bool(message.redelivered),
+                                           "duration_ms": round(elapsed * 1000, 1)})
 
     async def _give_back(self, message: AbstractIncomingMessage, job: Job, count: int, exc: BaseException) -> str:
         """Requeues the job, or on its last allowed delivery records FAILED and dead-letters it."""
@@ -201,19 +226,26 @@ class TaggingWorker:
         await _settle(message.reject(requeue=False))
         return "dead_lettered"
 
-    async def _defer(self, message: AbstractIncomingMessage, job: Job, exc: ModelUnavailable) -> str:
-        """Waits, then puts a fresh copy of the job at the end of the queue and acks this delivery.
+    async def _defer(self, message: AbstractIncomingMessage, job: Job, count: int, exc: ModelUnavailable) -> str:
+        """Waits, then puts a fresh copy of the job at the end of the queue and acks this delivery;
+        past the deferral limit, records the document FAILED instead.
 
-        A requeue (nack) would count against the delivery limit and end in FAILED while the
-        model is down; a new message starts its count at zero. Published before the ack, so a
+        A requeue (nack) would count against the delivery limit and end in FAILED after a few
+        seconds of model-serving downtime; a new message starts its count at zero, and the
+        `doctag-deferrals` header bounds the deferrals instead. Published before the ack, so a
         crash in between can only duplicate the job (idempotent), never lose it.
         """
-        delay = self.settings.model_unavailable_retry_seconds
+        deferrals = deferral_count(message.headers)
+        if deferrals >= self.settings.model_unavailable_max_deferrals:
+            return await self._fail_model_unavailable(message, job, count, deferrals + 1, exc)
+        delay = deferral_delay(deferrals, self.settings.model_unavailable_retry_seconds,
+                               self.settings.model_unavailable_retry_max_seconds)
         log.warning("model-serving unavailable, job deferred",
-                    extra={"document_id": job.document_id, "retry_in_s": delay, "error": str(exc)})
+                    extra={"document_id": job.document_id, "retry_in_s": delay, "deferral": deferrals + 1,
+                           "max_deferrals": self.settings.model_unavailable_max_deferrals, "error": str(exc)})
         await asyncio.sleep(delay)  # holds a prefetch slot: the worker slows down while the model is away
         headers = {k: v for k, v in (message.headers or {}).items() if not str(k).startswith("x-")}
-        headers["doctag-deferrals"] = _int(headers.get("doctag-deferrals")) + 1
+        headers[DEFERRALS_HEADER] = deferrals + 1
         try:
             if self.channel is None:
                 raise RuntimeError("no AMQP channel")
@@ -222,13 +254,35 @@ class TaggingWorker:
                                  content_type=message.content_type, headers=headers,
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=self.topology.jobs_queue)
-        except Exception:  # noqa: BLE001 - fall back to a plain requeue
+        except Exception:
             log.warning("could not re-publish the deferred job; requeueing it", exc_info=True,
                         extra={"document_id": job.document_id})
             await _settle(message.nack(requeue=True))
             return "requeued"
         await _settle(message.ack())
+        DEFERRALS.inc()
         return "deferred"
+
+    async def _fail_model_unavailable(self, message: AbstractIncomingMessage, job: Job, count: int, attempts: int,
+                                      exc: ModelUnavailable) -> str:
+        """Records the document FAILED with a readable reason and acks: the deferral limit is reached."""
+        reason = f"model-serving unavailable after {attempts} attempts (last error: {exc})"
+        log.error("model-serving stayed unavailable, giving the job up",
+                  extra={"document_id": job.document_id, "attempts": attempts, "error": str(exc)})
+        try:
+            recorded = await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=reason)
+        except grpc.aio.AioRpcError as record_exc:
+            if record_exc.code() in GONE_CODES:
+                await _settle(message.ack())
+                return "skipped"
+            return await self._give_back(message, job, count, record_exc)
+        except Exception as record_exc:  # noqa: BLE001 - retried via the queue, bounded by the delivery limit
+            return await self._give_back(message, job, count, record_exc)
+        await _settle(message.ack())
+        if not recorded.applied:  # another delivery of the job finished it meanwhile
+            return "skipped"
+        DEFERRAL_LIMIT_FAILURES.inc()
+        return "failed"
 
     async def process(self, job: Job) -> str:
         """Runs the job to its final state; returns the outcome label. gRPC errors propagate."""
@@ -272,13 +326,6 @@ class TaggingWorker:
         return text
 
 
-def _int(value: object) -> int:
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return 0
-
-
 def _expected(exc: BaseException) -> bool:
     """gRPC failures are expected operational events (no traceback in the log); bugs are not."""
     return isinstance(exc, grpc.aio.AioRpcError)
@@ -288,5 +335,5 @@ async def _settle(settle_coro) -> None:  # type: ignore[no-untyped-def]
     """Acks/nacks/rejects; a channel lost meanwhile means the broker redelivers anyway."""
     try:
         await settle_coro
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.warning("could not settle the message (channel closed?); the broker will redeliver it", exc_info=True)

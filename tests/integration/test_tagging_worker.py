@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -16,7 +17,7 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from services.common.pb import (
 )
 from services.tagging_worker.app import build_http_app
 from services.tagging_worker.clients import MODEL_HEALTH_SERVICE
-from services.tagging_worker.metrics import JOBS
+from services.tagging_worker.metrics import DEFERRAL_LIMIT_FAILURES, DEFERRALS, JOBS
 from services.tagging_worker.settings import WorkerSettings
 from services.tagging_worker.worker import TaggingWorker
 from tests.conftest import AMQP_URL
@@ -89,7 +90,7 @@ class ControlledDocuments(documents_pb2_grpc.DocumentsServicer):
         doc = self.docs.get(document_id)
         return doc if doc is not None and doc.tenant_id == tenant_id else None
 
-    async def ReadContent(self, request, context):  # noqa: N802
+    async def ReadContent(self, request, context):
         self.request_ids.append(dict(context.invocation_metadata()).get(GRPC_REQUEST_ID_KEY, ""))
         self.calls.append(("ReadContent", request.document_id, 0))
         doc = self._find(request.tenant_id, request.document_id)
@@ -103,7 +104,7 @@ class ControlledDocuments(documents_pb2_grpc.DocumentsServicer):
                 chunk.size_bytes, chunk.sha256 = len(doc.content), doc.sha256
             yield chunk
 
-    async def RecordTaggingResult(self, request, context):  # noqa: N802
+    async def RecordTaggingResult(self, request, context):
         self.request_ids.append(dict(context.invocation_metadata()).get(GRPC_REQUEST_ID_KEY, ""))
         self.calls.append(("RecordTaggingResult", request.document_id, request.outcome))
         if self.unavailable.get(request.outcome, 0) > 0:
@@ -140,7 +141,7 @@ class ControlledModel(model_serving_pb2_grpc.ModelServingServicer):
         self.always: grpc.StatusCode | None = None
         self.hold: asyncio.Event | None = None
 
-    async def Predict(self, request, context):  # noqa: N802
+    async def Predict(self, request, context):
         self.texts.append(request.text)
         if self.hold is not None:
             await self.hold.wait()
@@ -200,7 +201,10 @@ def settings(peers: Peers, broker: tuple[aio_pika.abc.AbstractChannel, Topology]
         documents_grpc_target=peers.documents_target, model_grpc_target=peers.model_target,
         retry_attempts=3, retry_initial_seconds=0.05, retry_max_seconds=0.2,
         documents_timeout_seconds=5, model_timeout_seconds=5, read_timeout_seconds=10,
-        extract_timeout_seconds=30, shutdown_grace_seconds=5, model_unavailable_retry_seconds=0.05,
+        extract_timeout_seconds=30, shutdown_grace_seconds=5,
+        # Deferrals: 0.05 s, 0.1 s, 0.2 s, 0.2 s ...; more of them allowed than deliveries.
+        model_unavailable_retry_seconds=0.05, model_unavailable_retry_max_seconds=0.2,
+        model_unavailable_max_deferrals=4 * DELIVERY_LIMIT,
     )
 
 
@@ -229,32 +233,44 @@ async def publish(channel: aio_pika.abc.AbstractChannel, topology: Topology, doc
     return mid
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+async def wait_for(predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
+    """Polls `predicate` (sync or async) until it is true; fails naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(0.05)  # poll interval
 
 
 async def take_all(channel: aio_pika.abc.AbstractChannel, queue: str,
                    wait_for_one: bool = False) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    """Takes (and acks) every message waiting in `queue`. Reads messages rather than the
-    declare-ok message count, which RabbitMQ 3.10 does not keep current for quorum queues."""
+    """Takes (and acks) every message waiting in `queue`; with `wait_for_one`, first waits until
+    one is there (failing after 10 s). Reads messages rather than the declare-ok message count,
+    which RabbitMQ 3.10 does not keep current for quorum queues."""
     declared = await channel.declare_queue(queue, passive=True)
     taken: list[aio_pika.abc.AbstractIncomingMessage] = []
-    for _ in range(100 if wait_for_one else 1):
+
+    async def drain() -> bool:
         while (message := await declared.get(fail=False, no_ack=False)) is not None:
             await message.ack()
             taken.append(message)
-        if taken:
-            break
-        await asyncio.sleep(0.05)
+        return bool(taken)
+
+    if wait_for_one:
+        await wait_for(drain, f"a message in {queue}", timeout=10)
+    else:
+        await drain()
     return taken
 
 
 async def wait_idle(worker: TaggingWorker) -> None:
-    await wait_for(lambda: worker.in_flight == 0)
+    await wait_for(lambda: worker.in_flight == 0, "the worker to settle every delivery it holds")
 
 
 def _pdf_without_text() -> bytes:
@@ -275,7 +291,7 @@ async def test_job_is_tagged_then_acked(worker, peers, broker) -> None:
     doc_id = docs.add(KOREAN.encode("cp949"), "보고서.txt", "text/plain")
     mid = await publish(channel, topology, docs, doc_id)
 
-    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
     await wait_idle(worker)
     doc = docs.docs[doc_id]
     assert doc.text == KOREAN
@@ -300,7 +316,7 @@ async def test_ack_only_after_the_result_was_recorded(worker, peers, broker) -> 
     docs.unavailable[Outcome.TAGGING_OUTCOME_TAGGED] = 3
     await publish(channel, topology, docs, doc_id)
 
-    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
     await wait_idle(worker)
     assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING) == 2  # two deliveries
     assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_TAGGED) == 4
@@ -318,7 +334,8 @@ async def test_corrupt_file_fails_readably_and_the_worker_goes_on(worker, peers,
     for doc_id in (corrupt, hwp, good):
         await publish(channel, topology, docs, doc_id)
 
-    await wait_for(lambda: all(docs.docs[d].status in ("tagged", "failed") for d in (corrupt, hwp, good)))
+    await wait_for(lambda: all(docs.docs[d].status in ("tagged", "failed") for d in (corrupt, hwp, good)),
+                   "all three documents to be final")
     assert docs.docs[corrupt].status == "failed"
     assert docs.docs[corrupt].error.startswith("the PDF file is damaged: ")
     assert docs.docs[hwp].error == "unsupported file type: .hwp"
@@ -331,7 +348,7 @@ async def test_document_without_text_fails(worker, peers, broker) -> None:
     docs = peers.documents
     doc_id = docs.add(_pdf_without_text(), "scan.pdf", "application/pdf")
     await publish(channel, topology, docs, doc_id)
-    await wait_for(lambda: docs.docs[doc_id].status == "failed")
+    await wait_for(lambda: docs.docs[doc_id].status == "failed", "the document to be failed")
     assert docs.docs[doc_id].error == "no text could be extracted"
 
 
@@ -342,7 +359,7 @@ async def test_model_unavailable_for_a_while_is_retried(worker, peers, broker) -
     doc_id = docs.add(KOREAN.encode(), "a.txt")
     await publish(channel, topology, docs, doc_id)
 
-    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
     assert len(peers.model.texts) == 3
     assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING) == 1  # within one delivery
 
@@ -360,13 +377,13 @@ async def test_model_not_ready_keeps_the_document_queued_beyond_the_delivery_lim
     await publish(channel, topology, docs, doc_id)
 
     # More rounds than the delivery limit allows deliveries: none of them may count against it.
-    await wait_for(lambda: _deferred() >= before + DELIVERY_LIMIT + 2)
+    await wait_for(lambda: _deferred() >= before + DELIVERY_LIMIT + 2, f"{DELIVERY_LIMIT + 2} deferrals")
     assert docs.docs[doc_id].status == "queued"
     assert docs.calls == []  # the document was never touched while the model was away
     assert peers.model.texts == []
 
     await set_serving(peers.model_health, [MODEL_HEALTH_SERVICE], True)
-    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
     await wait_idle(worker)
     assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_PROCESSING) == 1
     await worker.stop()
@@ -382,15 +399,96 @@ async def test_model_overloaded_beyond_retries_is_deferred_not_failed(worker, pe
     before = _deferred()
     await publish(channel, topology, docs, doc_id)
 
-    await wait_for(lambda: _deferred() >= before + DELIVERY_LIMIT + 1)
+    await wait_for(lambda: _deferred() >= before + DELIVERY_LIMIT + 1, f"{DELIVERY_LIMIT + 1} deferrals")
     assert docs.docs[doc_id].status != "failed"
     peers.model.always = None
-    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
     await wait_idle(worker)
     assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_FAILED) == 0
     await worker.stop()
     assert await take_all(channel, topology.jobs_queue) == []
     assert await take_all(channel, topology.dead_letter_queue) == []
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not exposed")
+
+
+async def test_model_serving_down_fails_the_document_after_the_deferral_limit(settings, peers, broker,
+                                                                                caplog) -> None:
+    """model-serving is down (nothing listens on its port): the job is deferred with a growing wait,
+    at most `model_unavailable_max_deferrals` times, then the document is failed with a readable reason."""
+    channel, topology = broker
+    docs = peers.documents
+    limited = settings.model_copy(update={"model_grpc_target": f"127.0.0.1:{_closed_port()}",
+                                          "model_unavailable_max_deferrals": 3})
+    tagging_worker = TaggingWorker(limited)
+    await tagging_worker.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_http_app(tagging_worker)),
+                                     base_url="http://worker") as client:
+            before = await client.get("/metrics")
+            doc_id = docs.add(KOREAN.encode(), "a.txt")
+            with caplog.at_level("WARNING", logger="services.tagging_worker.worker"):
+                await publish(channel, topology, docs, doc_id)
+                await wait_for(lambda: docs.docs[doc_id].status == "failed", "the document to be failed")
+                await wait_idle(tagging_worker)
+            after = await client.get("/metrics")
+    finally:
+        await tagging_worker.stop()
+
+    error = docs.docs[doc_id].error
+    assert error.startswith("model-serving unavailable after 4 attempts (last error: UNAVAILABLE: "), error
+    # Never touched before: it stayed `queued` while deferred, then the one FAILED write.
+    assert docs.calls == [("RecordTaggingResult", doc_id, Outcome.TAGGING_OUTCOME_FAILED)]
+    waits = [r.retry_in_s for r in caplog.records if r.getMessage() == "model-serving unavailable, job deferred"]
+    assert waits == [0.05, 0.1, 0.2]  # exponential back-off, capped at retry_max_seconds
+    for name, grew_by in (("doctag_tagging_deferrals_total", 3), ("doctag_tagging_deferral_limit_failures_total", 1)):
+        assert _metric(after.text, name) - _metric(before.text, name) == grew_by, name
+    assert await take_all(channel, topology.jobs_queue) == []        # acked, not re-published again
+    assert await take_all(channel, topology.dead_letter_queue) == []
+
+
+async def test_model_back_before_the_deferral_limit_tags_the_document(settings, peers, broker, caplog) -> None:
+    """model-serving comes back while the job waits out its last allowed deferral: the next attempt
+    tags it and nothing is failed."""
+    channel, topology = broker
+    docs = peers.documents
+    await set_serving(peers.model_health, [MODEL_HEALTH_SERVICE], False)
+    tagging_worker = TaggingWorker(settings.model_copy(update={
+        "model_unavailable_max_deferrals": 2, "model_unavailable_retry_seconds": 0.5,
+        "model_unavailable_retry_max_seconds": 1.0}))  # the second wait (1 s) leaves time to switch
+    await tagging_worker.start()
+    deferrals, failures = DEFERRALS._value.get(), DEFERRAL_LIMIT_FAILURES._value.get()
+
+    def waiting(deferral: int) -> bool:
+        return any(getattr(r, "deferral", None) == deferral for r in caplog.records)
+
+    try:
+        with caplog.at_level("WARNING", logger="services.tagging_worker.worker"):
+            doc_id = docs.add(KOREAN.encode(), "a.txt")
+            await publish(channel, topology, docs, doc_id)
+            await wait_for(lambda: waiting(2), "the job to wait out its second (last allowed) deferral")
+            await set_serving(peers.model_health, [MODEL_HEALTH_SERVICE], True)
+            await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
+            await wait_idle(tagging_worker)
+    finally:
+        await tagging_worker.stop()
+    assert DEFERRALS._value.get() == deferrals + 2
+    assert DEFERRAL_LIMIT_FAILURES._value.get() == failures
+    assert docs.count("RecordTaggingResult", Outcome.TAGGING_OUTCOME_FAILED) == 0
+    assert await take_all(channel, topology.jobs_queue) == []
 
 
 async def test_poison_message_goes_to_the_dead_letter_queue(worker, peers, broker) -> None:
@@ -401,7 +499,7 @@ async def test_poison_message_goes_to_the_dead_letter_queue(worker, peers, broke
     doc_id = docs.add(KOREAN.encode(), "a.txt")
     await publish(channel, topology, docs, doc_id)
 
-    await wait_for(lambda: docs.docs[doc_id].status == "tagged")
+    await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
     dead = await take_all(channel, topology.dead_letter_queue, wait_for_one=True)
     assert [(m.body, m.message_id) for m in dead] == [(b"{not json", "poison-1")]
 
@@ -413,7 +511,7 @@ async def test_job_that_keeps_failing_is_recorded_failed_and_dead_lettered(worke
     doc_id = docs.add(KOREAN.encode(), "a.txt")
     await publish(channel, topology, docs, doc_id)
 
-    await wait_for(lambda: docs.docs[doc_id].status == "failed")
+    await wait_for(lambda: docs.docs[doc_id].status == "failed", "the document to be failed")
     await wait_idle(worker)
     assert docs.docs[doc_id].error == "processing failed repeatedly: INTERNAL: model crashed on this input"
     assert len(peers.model.texts) == DELIVERY_LIMIT  # one call per delivery, never more
@@ -429,7 +527,8 @@ async def test_redelivered_job_ends_in_the_same_final_state(worker, peers, broke
     failed = docs.add(b"not a pdf", "b.pdf")
     for doc_id in (tagged, failed):
         await publish(channel, topology, docs, doc_id)
-    await wait_for(lambda: docs.docs[tagged].status == "tagged" and docs.docs[failed].status == "failed")
+    await wait_for(lambda: docs.docs[tagged].status == "tagged" and docs.docs[failed].status == "failed",
+                   "one document tagged and one failed")
     await wait_idle(worker)
     before = {d: (docs.docs[d].status, docs.docs[d].text, docs.docs[d].error, list(docs.docs[d].tags))
               for d in (tagged, failed)}
@@ -437,7 +536,7 @@ async def test_redelivered_job_ends_in_the_same_final_state(worker, peers, broke
 
     for doc_id in (tagged, failed):  # the relay sends the same message again (same message id)
         await publish(channel, topology, docs, doc_id)
-    await wait_for(lambda: len(docs.calls) >= calls_before + 2)
+    await wait_for(lambda: len(docs.calls) >= calls_before + 2, "both repeated jobs to reach upload")
     await wait_idle(worker)
     after = {d: (docs.docs[d].status, docs.docs[d].text, docs.docs[d].error, list(docs.docs[d].tags))
              for d in (tagged, failed)}
@@ -460,7 +559,7 @@ async def test_deleted_or_replaced_documents_are_acked(worker, peers, broker) ->
     del docs.docs[deleted]
     await publish(channel, topology, docs, replaced)
     docs.docs[replaced].content = "새 버전의 내용".encode()  # a newer version was uploaded meanwhile
-    await wait_for(lambda: docs.count("RecordTaggingResult") >= 2)
+    await wait_for(lambda: docs.count("RecordTaggingResult") >= 2, "both jobs to reach upload")
     await wait_idle(worker)
     assert docs.docs[replaced].status == "queued"  # the stale job changed nothing
     assert peers.model.texts == []
@@ -478,7 +577,7 @@ async def test_shutdown_returns_unfinished_jobs_to_the_queue(settings, peers, br
     await tagging_worker.start()
     try:
         await publish(channel, topology, docs, doc_id)
-        await wait_for(lambda: len(peers.model.texts) == 1)  # the job is in flight, blocked in Predict
+        await wait_for(lambda: len(peers.model.texts) == 1, "the job to be in flight, blocked in Predict")
     finally:
         await tagging_worker.stop()
         peers.model.hold.set()
@@ -498,7 +597,7 @@ async def test_http_health_readiness_and_metrics(worker, peers, broker) -> None:
         channel, topology = broker
         doc_id = peers.documents.add(KOREAN.encode(), "a.txt")
         await publish(channel, topology, peers.documents, doc_id)
-        await wait_for(lambda: peers.documents.docs[doc_id].status == "tagged")
+        await wait_for(lambda: peers.documents.docs[doc_id].status == "tagged", "the document to be tagged")
         await wait_idle(worker)
         metrics = (await client.get("/metrics")).text
         assert 'doctag_tagging_jobs_total{outcome="tagged"}' in metrics
@@ -531,18 +630,17 @@ async def test_runs_as_a_process_and_stops_on_sigterm(peers, broker) -> None:
                     return (await client.get("/readyz")).status_code == 200
                 except httpx.TransportError:
                     return False
-            for _ in range(200):
-                if await ready():
-                    break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("worker did not become ready")
 
-        docs = peers.documents
-        doc_id = docs.add(KOREAN.encode(), "a.txt")
-        mid = await publish(channel, topology, docs, doc_id)
-        await wait_for(lambda: docs.docs[doc_id].status == "tagged")
-        await asyncio.sleep(0.2)  # let it log the ack
+            async def handled() -> bool:
+                # Counted in the same synchronous step that logs "job handled", after the ack.
+                return 'doctag_tagging_jobs_total{outcome="tagged"} 1.0' in (await client.get("/metrics")).text
+
+            await wait_for(ready, "the worker process to answer /readyz with 200")
+            docs = peers.documents
+            doc_id = docs.add(KOREAN.encode(), "a.txt")
+            mid = await publish(channel, topology, docs, doc_id)
+            await wait_for(lambda: docs.docs[doc_id].status == "tagged", "the document to be tagged")
+            await wait_for(handled, "the worker to count (and log) the job as handled")
         process.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
     finally:

@@ -9,8 +9,11 @@ import pytest
 
 from services.tagging_worker.clients import ContentMismatch, is_transient
 from services.tagging_worker.job import (
+    DEFERRALS_HEADER,
     InvalidJob,
     Job,
+    deferral_count,
+    deferral_delay,
     delivery_count,
     is_last_delivery,
 )
@@ -64,6 +67,21 @@ class _RpcError(grpc.aio.AioRpcError):
         super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="x")
 
 
+
+@pytest.mark.parametrize("headers, expected", [
+    (None, 0), ({}, 0), ({DEFERRALS_HEADER: 3}, 3), ({DEFERRALS_HEADER: "2"}, 2),
+    ({DEFERRALS_HEADER: "many"}, 0), ({DEFERRALS_HEADER: -4}, 0), ({"x-delivery-count": 5}, 0),
+])
+def test_deferral_count_reads_the_workers_own_header(headers: dict | None, expected: int) -> None:
+    assert deferral_count(headers) == expected
+
+
+def test_deferral_delay_doubles_up_to_the_maximum() -> None:
+    assert [deferral_delay(n, 15.0, 300.0) for n in range(7)] == [15, 30, 60, 120, 240, 300, 300]
+    assert deferral_delay(10_000, 15.0, 300.0) == 300.0  # no overflow for absurd counts
+    assert deferral_delay(-1, 15.0, 300.0) == 15.0
+    assert deferral_delay(3, 0.0, 300.0) == 0.0
+
 @pytest.mark.parametrize("code, transient", [
     (grpc.StatusCode.UNAVAILABLE, True),
     (grpc.StatusCode.DEADLINE_EXCEEDED, True),
@@ -88,5 +106,6 @@ def test_worker_has_no_database_dependency() -> None:
     import sys
 
     code = ("import sys, services.tagging_worker.app, services.tagging_worker.__main__; "
-            "sys.exit(1 if any(m.split('.')[0] in ('psycopg', 'psycopg_pool', 'sqlalchemy') for m in sys.modules) else 0)")
+            "db = ('psycopg', 'psycopg_pool', 'sqlalchemy'); "
+            "sys.exit(1 if any(m.split('.')[0] in db for m in sys.modules) else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
