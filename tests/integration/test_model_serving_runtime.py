@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +29,15 @@ pytestmark = pytest.mark.integration
 
 LONG = "정부는 내년도 예산안을 국회에 제출했다. 여야는 추경 처리를 두고 맞섰다. " * 120
 TIMEOUT = 30
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Polls `predicate` until it is true; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)  # poll interval
 
 
 def _serve(tmp: Path, key_dir: Path, model_dir: Path, **env: str) -> Service:
@@ -137,12 +146,15 @@ def test_default_model_switch_under_load_fails_no_request(roomy: Service, versio
     stub = pb_grpc.ModelServingStub(svc.channel)
     stop = threading.Event()
     seen: list[str] = []
+    latest: dict[str, str] = {}   # client -> version of its latest answer
     errors: list[str] = []
 
     def grpc_client(i: int) -> None:
         while not stop.is_set():
             try:
-                seen.append(stub.Predict(pb.PredictRequest(text=f"손흥민 {i}호 골 " * (1 + i)), timeout=TIMEOUT).version)
+                version = stub.Predict(pb.PredictRequest(text=f"손흥민 {i}호 골 " * (1 + i)), timeout=TIMEOUT).version
+                seen.append(version)
+                latest[f"grpc-{i}"] = version
             except grpc.RpcError as exc:
                 errors.append(f"grpc {exc.code()}: {exc.details()}")
 
@@ -154,6 +166,7 @@ def test_default_model_switch_under_load_fails_no_request(roomy: Service, versio
                     errors.append(f"http {response.status_code}: {response.text}")
                 else:
                     seen.append(response.json()["version"])
+                    latest[f"http-{i}"] = response.json()["version"]
 
     threads = [threading.Thread(target=grpc_client, args=(i,)) for i in range(4)]
     threads += [threading.Thread(target=http_client, args=(i,)) for i in range(1, 5)]
@@ -161,15 +174,13 @@ def test_default_model_switch_under_load_fails_no_request(roomy: Service, versio
         assert stub.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).models[0].version == "1"
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
-        assert "1" in seen
+        wait_until(lambda: len(latest) == len(threads) and set(latest.values()) == {"1"},
+                   "every client to be answered by version 1")
         switched = current.parent / "next"
         switched.symlink_to(versions["2"])
         switched.replace(current)          # an atomic repoint, as a deployment would do
-        deadline = time.monotonic() + 60
-        while seen[-1:] != ["2"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
+        # The load goes on until every client has crossed the switch (its latest answer is from v2).
+        wait_until(lambda: set(latest.values()) == {"2"}, "every client to be answered by version 2")
         stop.set()
         for thread in threads:
             thread.join(TIMEOUT)
