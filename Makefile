@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup protos check-protos up down logs status train model test test-unit test-integration test-e2e \
+.PHONY: help setup protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
         bench bench-model
 
 help: ## list the targets
@@ -54,8 +54,6 @@ train: setup ## train the default tagging model from $(DATA_DIR) into $(MODEL_DI
 	$(VENV)/bin/doctag db upgrade
 	$(VENV)/bin/doctag model train --data-dir $(DATA_DIR) --out $(MODEL_DIR) --work-dir runs/cache --register
 
-model: train ## the former name of `make train`
-
 BENCH_ARGS ?=
 
 bench-model: setup ## benchmark model-serving (gRPC, HTTP) vs a naive server and the bare model; BENCH_ARGS=--quick
@@ -63,7 +61,12 @@ bench-model: setup ## benchmark model-serving (gRPC, HTTP) vs a naive server and
 
 bench: bench-model ## every benchmark (never part of `make test`)
 
-test: setup ## unit + integration (real PostgreSQL/RabbitMQ) + end-to-end tests
+lint: setup ## ruff, mypy and the import contracts between services (part of `make test`)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
+
+test: lint ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 test-unit: setup

@@ -1,11 +1,20 @@
 """Shared fixtures. Integration tests run against the real PostgreSQL and RabbitMQ on
-loopback, each test session in its own freshly migrated database and with its own
-queue/exchange prefix, both removed afterwards."""
+loopback, each test session in its own freshly migrated database, with its own queue/exchange
+prefix and its own state directory, all removed afterwards.
+
+Isolation does not depend on each test remembering to pass settings: at import, before any
+test or service starts, the environment every in-process setting and every started service
+reads (`DOCTAG_DB_NAME`, `DOCTAG_AMQP_PREFIX`, `DOCTAG_STATE_DIR`, `DOCTAG_MODEL_STORE`) is
+pointed at this session's resources, so a test cannot reach the platform that `make up`
+runs on the same machine (its database `doctag`, its queues, `var/`), even by omission.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -15,13 +24,22 @@ from psycopg import sql
 from services.common.auth import ensure_keypair, sign_token
 from services.common.settings import CommonSettings
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 SAMPLES = SHARED / "samples"
 DATA = SHARED / "data"
 
-# Every model-serving the tests start exports the e5-hybrid encoder to ONNX once per machine,
-# not once per process (onnx_encoder.py keys the cache by everything the export depends on).
-os.environ.setdefault("DOCTAG_ONNX_CACHE_DIR", str(Path(__file__).resolve().parents[1] / "var" / "onnx-cache"))
+SESSION_ID = uuid.uuid4().hex[:10]
+TEST_DB_NAME = f"doctag_test_{SESSION_ID}"
+TEST_AMQP_PREFIX = f"doctag-test-{SESSION_ID}"
+TEST_STATE_DIR = Path(tempfile.mkdtemp(prefix="doctag-test-state-"))
+os.environ["DOCTAG_DB_NAME"] = TEST_DB_NAME
+os.environ["DOCTAG_AMQP_PREFIX"] = TEST_AMQP_PREFIX
+os.environ["DOCTAG_STATE_DIR"] = str(TEST_STATE_DIR)
+os.environ["DOCTAG_MODEL_STORE"] = str(TEST_STATE_DIR / "models")
+# The ONNX export of the e5-hybrid encoder is made once per machine, not per test process
+# (onnx_encoder.py keys the cache by everything the export depends on, so sharing it is safe).
+os.environ.setdefault("DOCTAG_ONNX_CACHE_DIR", str(REPO / "var" / "onnx-cache"))
 
 DB_HOST = os.environ.get("DOCTAG_DB_HOST", "127.0.0.1")
 DB_PORT = int(os.environ.get("DOCTAG_DB_PORT", "5432"))
@@ -29,12 +47,16 @@ DB_ADMIN = os.environ.get("DOCTAG_TEST_DB_ADMIN", "postgres")
 AMQP_URL = os.environ.get("DOCTAG_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(TEST_STATE_DIR, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def test_db_name() -> Iterator[str]:
     """A new database with all migrations applied; dropped after the session."""
     from services.common.migrate import upgrade
 
-    name = f"doctag_test_{uuid.uuid4().hex[:10]}"
+    name = TEST_DB_NAME
     settings = CommonSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=name)
     upgrade(settings, user=DB_ADMIN)
     yield name
@@ -49,7 +71,7 @@ def admin_dsn(test_db_name: str) -> str:
 
 @pytest.fixture(scope="session")
 def amqp_prefix() -> str:
-    return f"doctag-test-{uuid.uuid4().hex[:8]}"
+    return TEST_AMQP_PREFIX
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ roots, foreign words, numbers), lower-cased, space-separated, ready for
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -24,7 +25,11 @@ _lock = threading.Lock()
 def _kiwi():  # type: ignore[no-untyped-def]
     from kiwipiepy import Kiwi
 
-    return Kiwi(num_workers=0)
+    # num_workers=0: analyse in the calling thread (the services run one analysis per request thread).
+    # kiwipiepy >= 0.21 warns that 0 used to mean "all cores"; single-threaded is what is meant here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="behavior of `num_workers=0`", category=DeprecationWarning)
+        return Kiwi(num_workers=0)
 
 
 def _chunks(text: str) -> list[str]:

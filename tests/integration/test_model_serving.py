@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -102,8 +103,10 @@ def _stop(service: Service) -> int:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, key_dir: Path) -> Iterator[Service]:
-    svc = _start(tmp_path_factory.mktemp("model-serving"), key_dir, DEFAULT_MODEL_DIR)
+def service(tmp_path_factory: pytest.TempPathFactory, key_dir: Path, test_db_name: str) -> Iterator[Service]:
+    """The shipped model served as in production: registry on, in this session's database."""
+    svc = _start(tmp_path_factory.mktemp("model-serving"), key_dir, DEFAULT_MODEL_DIR,
+                 {"DOCTAG_MODEL_REGISTRY": "true", "DOCTAG_DB_NAME": test_db_name})
     try:
         _wait_for_health(svc, health_pb2.HealthCheckResponse.SERVING)
         yield svc
@@ -131,6 +134,23 @@ def test_health_is_serving(service: Service) -> None:
     assert _health(service, SERVICE) == health_pb2.HealthCheckResponse.SERVING
     assert httpx.get(f"{service.http}/readyz", timeout=TIMEOUT).status_code == 200
     assert httpx.get(f"{service.http}/healthz", timeout=TIMEOUT).status_code == 200
+
+
+def test_service_uses_this_sessions_database_never_the_live_one(service: Service, admin_dsn: str,
+                                                                test_db_name: str) -> None:
+    """With `make up` running on the same machine, the tests' model-serving must register and log into
+    the test database: the shipped model appears in this session's registry."""
+    assert test_db_name != "doctag" and os.environ["DOCTAG_DB_NAME"] == test_db_name
+    deadline = time.monotonic() + 60
+    while True:
+        with psycopg.connect(admin_dsn) as conn:
+            row = conn.execute("SELECT manifest_sha256 FROM models.versions WHERE model_name = %s",
+                               (MANIFEST["name"],)).fetchone()
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert row is not None, f"the shipped model was not registered in {test_db_name}:\n{service.output()}"
+    assert row[0] == sha256_file(DEFAULT_MODEL_DIR / "manifest.json")
 
 
 def test_predict_sports_and_economy(stub: pb_grpc.ModelServingStub) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -247,9 +248,13 @@ def test_plausible_tags_for_obvious_inputs(model: WindowModel) -> None:
     assert not misses, misses
 
 
-def test_onnx_runtime_encoder_gives_the_torch_scores(model: WindowModel, tmp_path: Path) -> None:
-    """model-serving runs the encoder with ONNX Runtime (onnx_encoder.py): same numbers as torch."""
+def test_onnx_runtime_encoder_gives_the_torch_scores(model: WindowModel) -> None:
+    """model-serving runs the encoder with ONNX Runtime (onnx_encoder.py): same numbers as torch.
+
+    The export goes to the tests' shared cache (DOCTAG_ONNX_CACHE_DIR, see tests/conftest.py), so it
+    is made once per machine and model, and the services the tests start reuse it."""
+    cache = Path(os.environ["DOCTAG_ONNX_CACHE_DIR"])
     texts = ["코스피 2,600선 회복…외국인 순매수", "손흥민 시즌 10호골", "정부는 내년도 예산안을 국회에 제출했다. " * 60]
-    onnx_model = load_model(DEFAULT_MODEL_DIR, InferenceOptions(onnx=True, onnx_cache_dir=tmp_path))
-    assert list(tmp_path.glob("e5-encoder-*.onnx")), "the export is cached for the next start"
+    onnx_model = load_model(DEFAULT_MODEL_DIR, InferenceOptions(onnx=True, onnx_cache_dir=cache))
+    assert list(cache.glob("e5-encoder-*.onnx")), "the export is cached for the next start"
     np.testing.assert_allclose(probabilities(onnx_model, texts), probabilities(model, texts), atol=1e-5)
