@@ -10,6 +10,7 @@ from services.common.runner import serve
 
 from .api import build_app
 from .grpc_service import SERVICE_NAME, add_to_server
+from .morph import Analyser
 from .settings import SearchSettings
 
 
@@ -17,13 +18,18 @@ async def main(settings: SearchSettings | None = None) -> None:
     settings = settings or SearchSettings()
     configure_logging(settings.service_name, settings.log_level)
     db = Database(settings.dsn(), min_size=settings.db_pool_min, max_size=settings.db_pool_max)
-    # The HTTP lifespan opens the pool before gRPC starts and closes it after gRPC has stopped.
-    app = build_app(settings, db, manage_db=True)
+    # The HTTP lifespan opens the pool before gRPC starts and closes it after gRPC has stopped;
+    # it also starts loading the Korean analyser, and /readyz answers 503 until that is done.
+    analyser = Analyser()
+    app = build_app(settings, db, manage_db=True, analyser=analyser)
     grpc_server = create_server(settings.service_name)
     add_to_server(grpc_server, db)
     health = add_health(grpc_server, [SERVICE_NAME])
+    # grpcio's health servicer reports the server ("") SERVING from the start: not before warm-up.
+    await set_serving(health, [SERVICE_NAME], False)
 
     async def mark_serving() -> None:
+        await analyser.wait()  # raises when the analyser cannot load: the replica exits, loudly
         await set_serving(health, [SERVICE_NAME], True)
 
     await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,

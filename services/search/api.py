@@ -17,6 +17,7 @@ from services.common.errors import ProblemError
 from services.common.http import create_app
 
 from . import engine, query
+from .morph import Analyser
 from .settings import SearchSettings
 
 log = logging.getLogger(__name__)
@@ -67,24 +68,32 @@ def result_to_response(result: engine.SearchResult) -> SearchOut:
     )
 
 
-def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True) -> FastAPI:
+def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
+              analyser: Analyser | None = None) -> FastAPI:
     """The search HTTP app. With `manage_db` its lifespan opens and closes `db`; the
-    process entry point manages the pool itself because gRPC shares it."""
+    process entry point manages the pool itself because gRPC shares it. The lifespan also
+    starts loading the Korean analyser; /readyz fails until it has loaded."""
     verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
+    analyser = analyser or Analyser()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if not manage_db:
-            yield
-            return
-        await db.open()
+        analyser.start()
         try:
-            yield
+            if not manage_db:
+                yield
+                return
+            await db.open()
+            try:
+                yield
+            finally:
+                await db.close()
         finally:
-            await db.close()
+            await analyser.close()
 
-    app = create_app(settings.service_name, title="doctag search", readiness={"database": db.ping},
-                     lifespan=lifespan)
+    app = create_app(settings.service_name, title="doctag search",
+                     readiness={"database": db.ping, "analyser": analyser.check}, lifespan=lifespan)
+    app.state.analyser = analyser
 
     @app.get("/api/v1/search", response_model=SearchOut, tags=["search"],
              summary="Korean full-text and tag search in the caller's department")

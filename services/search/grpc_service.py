@@ -27,7 +27,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def Search(self, request: search_pb2.SearchRequest,  # noqa: N802 - gRPC method name
+    async def Search(self, request: search_pb2.SearchRequest,
                      context: grpc.aio.ServicerContext) -> search_pb2.SearchResponse:
         try:
             tenant = engine.parse_tenant_id(request.tenant_id)

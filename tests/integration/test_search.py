@@ -25,6 +25,7 @@ from services.common.pb import search_pb2, search_pb2_grpc
 from services.search import engine, query
 from services.search.api import build_app
 from services.search.grpc_service import SERVICE_NAME, add_to_server
+from services.search.morph import Analyser
 from services.search.settings import SearchSettings
 from tests.conftest import DATA, create_tenant
 
@@ -71,7 +72,8 @@ def seed(admin_dsn: str) -> Seed:
                                    "정부는 내년도 예산을 크게 늘렸다. 복지 분야 지출이 증가했다.",
                                    {"경제": 0.91, "정치": 0.42})
         s.docs["digital"] = _insert(conn, a, "디지털정부혁신 추진계획",
-                                    "행정안전부는 디지털정부혁신 추진계획을 발표했다. 공공서비스를 온라인으로 제공한다.",
+                                    "행정안전부는 디지털정부혁신 추진계획을 발표했다. "
+                                    "공공서비스를 온라인으로 제공한다.",
                                     {"행정": 0.83, "IT과학": 0.71})
         s.docs["traffic"] = _insert(conn, a, "어린이 교통 안전 대책",
                                     "어린이 보호구역 교통사고를 줄이기 위한 대책이다. 그러나 예산이 부족하다.",
@@ -105,6 +107,7 @@ async def db(settings: SearchSettings) -> AsyncIterator[Database]:
 async def client(settings: SearchSettings, seed: Seed) -> AsyncIterator[httpx.AsyncClient]:
     app = build_app(settings, Database(settings.dsn(), max_size=4))
     async with app.router.lifespan_context(app):
+        await app.state.analyser.wait()  # what /readyz waits for in a running replica
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://search") as c:
             yield c
@@ -355,17 +358,33 @@ async def test_validation_errors_name_the_field(client, seed, make_token, params
 
 async def test_readiness_and_openapi(client) -> None:  # type: ignore[no-untyped-def]
     r = await client.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok"}
+    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "analyser": "ok"}
     spec = (await client.get("/openapi.json")).json()
     assert "/api/v1/search" in spec["paths"]
+
+
+async def test_not_ready_until_the_korean_analyser_has_loaded(settings: SearchSettings, db: Database) -> None:
+    """The first query must not pay for loading Kiwi: /readyz fails until the warm-up has run."""
+    analyser = Analyser()
+    app = build_app(settings, db, manage_db=False, analyser=analyser)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
+        before = await c.get("/readyz")
+        assert before.status_code == 503, before.text
+        assert before.json()["checks"] == {
+            "database": "ok", "analyser": "unavailable: RuntimeError: the Korean analyser is still loading"}
+        async with app.router.lifespan_context(app):  # starts the warm-up
+            await analyser.wait()
+            after = await c.get("/readyz")
+            assert after.status_code == 200 and after.json()["checks"]["analyser"] == "ok"
+            assert analyser.loaded
 
 
 async def test_readiness_fails_without_database(settings: SearchSettings) -> None:
     broken = settings.model_copy(update={"db_port": 1})
     app = build_app(broken, Database(broken.dsn(), max_size=1))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
-            r = await c.get("/readyz")
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c):
+        r = await c.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["database"].startswith("unavailable")
 
 
