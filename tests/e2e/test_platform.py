@@ -3,6 +3,8 @@ tagging by the real worker and model, Korean search, tenant isolation, a worker 
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 
 import httpx
@@ -182,27 +184,63 @@ def test_model_registry_through_gateway_is_for_platform_admins(client, accounts,
     assert versions[0]["manifest_sha256"] == shipped
     moved = client.put("/api/v1/models/doctag-tagger/aliases/candidate", headers=ops, json={"version": 1})
     assert moved.status_code == 200, moved.text
+    # A well-formed request naming a version that does not exist: the registry answers 404 (RegistryNotFound),
+    # naming the field; 422 is for malformed input (version 0, a bad alias name).
     missing = client.put("/api/v1/models/doctag-tagger/aliases/candidate", headers=ops, json={"version": 99})
-    assert missing.status_code in (404, 422) and missing.json()["errors"][0]["field"] == "version"
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["errors"][0]["field"] == "version"
     served = client.post("/api/v1/predict", headers=user, json={"text": SPORTS})
     assert served.status_code == 200 and served.json()["version"] == "1"
 
 
+def _metric(text: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not exposed")
+
+
+def _worker_metric(stack, index: int, name: str) -> float | None:  # type: ignore[no-untyped-def]
+    """`name` from tagging-worker-<index>'s /metrics; None while it does not answer (restarting)."""
+    try:
+        text = httpx.get(f"http://{stack.host}:{stack.worker_ports[index - 1]}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    return _metric(text, name)
+
+
 def test_killing_a_worker_mid_batch_loses_no_document(client, accounts, stack) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL a worker while it provably holds unacknowledged jobs: the broker gives them to a worker
+    again (counted as redeliveries) and every document still ends tagged."""
     headers = login(client, accounts["a"])
+    victim = "tagging-worker-1"
+    pid = int(stack.supervisorctl("pid", victim, check=True).stdout.strip())
+    survivor_before = _worker_metric(stack, 2, "doctag_tagging_redeliveries_total")
+    assert survivor_before is not None, "tagging-worker-2 does not answer /metrics"
     ids = []
     for i in range(16):
         text = f"{i}번째 보고서. " + (ECONOMY if i % 2 else SPORTS) * 3
         resp = client.post("/api/v1/documents", headers=headers, files={"file": (f"batch-{i}.txt", text.encode())})
         assert resp.status_code == 202
         ids.append(resp.json()["id"])
-    # Kill a worker while the batch is being worked on.
+
+    # The gauge counts deliveries from receipt until they are settled; kill within the same moment.
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        statuses = [client.get(f"/api/v1/documents/{i}", headers=headers).json()["status"] for i in ids]
-        if "processing" in statuses or "tagged" in statuses:
-            break
-        time.sleep(0.2)
-    stack.kill("tagging-worker-1")
+    while (_worker_metric(stack, 1, "doctag_tagging_jobs_in_flight") or 0) < 1:
+        assert time.monotonic() < deadline, f"{victim} never held a job in 60 s"
+        time.sleep(0.05)  # poll interval
+    os.kill(pid, signal.SIGKILL)  # supervisord restarts it
+
     docs = wait_final(client, headers, ids, timeout=240)
     assert [d["status"] for d in docs.values()] == ["tagged"] * len(ids), {i: d["error"] for i, d in docs.items()}
+    # What the killed worker held came back from the broker: at least one job arrived as a redelivery.
+    deadline = time.monotonic() + 60
+    while (restarted := _worker_metric(stack, 1, "doctag_tagging_redeliveries_total")) is None:
+        assert time.monotonic() < deadline, f"{victim} did not come back after the kill"
+        time.sleep(0.5)  # poll interval
+    assert int(stack.supervisorctl("pid", victim, check=True).stdout.strip()) != pid
+    survivor = _worker_metric(stack, 2, "doctag_tagging_redeliveries_total")
+    assert survivor is not None, "tagging-worker-2 does not answer /metrics"
+    # The restarted worker counts from zero; the survivor's count grew by what it took over.
+    assert restarted + survivor - survivor_before >= 1, "no job held by the killed worker was redelivered"
