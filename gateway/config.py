@@ -403,7 +403,7 @@ def dump_data(config: KongConfig) -> dict[str, Any]:
 
 
 def dump_config(config: KongConfig, header: str | None = None) -> str:
-    text = yaml.safe_dump(dump_data(config), sort_keys=False, allow_unicode=True, default_flow_style=False)
+    text: str = yaml.safe_dump(dump_data(config), sort_keys=False, allow_unicode=True, default_flow_style=False)
     if header:
         text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + text
     return text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from pydantic import Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,8 +32,8 @@ class CorrelationIdConfig(PluginConfig):
     echo_downstream: bool = False
 
 
-def is_valid_id(value: str | None) -> bool:
-    return bool(value) and _VALID_ID.match(value) is not None  # type: ignore[arg-type]
+def is_valid_id(value: str | None) -> TypeGuard[str]:
+    return value is not None and _VALID_ID.match(value) is not None
 
 
 class IdGenerator:

@@ -57,7 +57,7 @@ def _unauthorized(detail: str, *, slug: str = "invalid-token", error: str | None
 def find_token(headers: Any, config: JwtConfig) -> str | None:
     """The bearer token from the first configured header that has one."""
     for name in config.header_names:
-        value = headers.get(name)
+        value: str | None = headers.get(name)
         if not value:
             continue
         scheme, sep, token = value.strip().partition(" ")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from pamqp.common import FieldTable
 
 DOCUMENT_UPLOADED = "document.uploaded"
 DEFAULT_DELIVERY_LIMIT = 5
@@ -42,7 +43,7 @@ class Topology:
         return f"{self.prefix}.tagging.dead"
 
     @property
-    def jobs_queue_arguments(self) -> dict[str, object]:
+    def jobs_queue_arguments(self) -> FieldTable:
         return {
             "x-queue-type": "quorum",
             "x-delivery-limit": self.delivery_limit,

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeAlias
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
+
+# A connection of the pool: its rows are dicts (the pool sets row_factory=dict_row).
+DictConnection: TypeAlias = AsyncConnection[DictRow]
 
 
 class Database:
     def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
-        self.pool = AsyncConnectionPool(
+        self.pool: AsyncConnectionPool[DictConnection] = AsyncConnectionPool(
             dsn, min_size=min_size, max_size=max_size, open=False,
             kwargs={"row_factory": dict_row, "autocommit": False},
             check=AsyncConnectionPool.check_connection,
@@ -29,13 +33,13 @@ class Database:
         await self.pool.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def transaction(self) -> AsyncIterator[DictConnection]:
         """A transaction with no tenant set (sees no tenant-scoped rows)."""
         async with self.pool.connection() as conn, conn.transaction():
             yield conn
 
     @asynccontextmanager
-    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[AsyncConnection]:
+    async def tenant_transaction(self, tenant_id: str) -> AsyncIterator[DictConnection]:
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
             yield conn

@@ -12,7 +12,7 @@ from .context import GRPC_REQUEST_ID_KEY, new_request_id, request_id_var
 from .metrics import GRPC_LATENCY, GRPC_REQUESTS
 
 
-class ContextInterceptor(grpc.aio.ServerInterceptor):
+class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type information
     """Puts the caller's request id into the logging context and counts every call."""
 
     def __init__(self, service: str) -> None:
@@ -98,7 +98,7 @@ def client_channel(target: str) -> grpc.aio.Channel:
     `target` may list several addresses separated by commas; calls are balanced round-robin.
     """
     addresses = [t.strip() for t in target.split(",") if t.strip()]
-    options = [
+    options: list[tuple[str, str | int]] = [
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.keepalive_time_ms", 30_000),

@@ -165,7 +165,7 @@ class DynamicBatcher:
         if deadline is not None and deadline <= now:
             DEADLINE_EXCEEDED.inc()
             raise DeadlineExceeded("the deadline passed before the request was queued")
-        windows = [w for p in prepared for w in p.windows]
+        windows: list[Sequence[int]] = [w for p in prepared for w in p.windows]
         if any(len(p.windows) == 0 for p in prepared):
             raise ValueError("every prepared text needs at least one window")
         request = _Request(list(prepared), windows, deadline, loop.create_future(), loop, now,

@@ -41,6 +41,7 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext) -> NoRet
     if isinstance(exc, ModelRefused):
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"model: {exc}")
     await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    raise AssertionError("unreachable: context.abort() raises")
 
 
 class ModelServingServicer(pb_grpc.ModelServingServicer):

@@ -44,11 +44,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from transformers import BertModel
 
 from services.model_serving.models.base import (
     InferenceOptions,
@@ -175,7 +176,7 @@ class WindowCache:
                            np.asarray([new_index[int(self.owner[w])] for w in keep], dtype=np.int64))
 
 
-def lower_pass(encoder: torch.nn.Module, windows: list[list[int]], owners: list[int], lower: int,
+def lower_pass(encoder: BertModel, windows: list[list[int]], owners: list[int], lower: int,
                frozen_pool: tuple[int, ...], pad_id: int, batch: int = 32, label: str = "") -> WindowCache:
     """Runs the first `lower` layers once over every window."""
     layers_needed = max([lower, *frozen_pool]) if frozen_pool else lower
@@ -260,8 +261,7 @@ def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_l
     started = time.monotonic()
     for epoch in range(cfg.epochs):
         # Documents of similar length together (less padding), batches in random order.
-        order = rng.permutation(n_docs)
-        order = sorted(order, key=lambda d: len(cache.states[windows_of[d][0]]) // 16)
+        order = sorted(rng.permutation(n_docs), key=lambda d: len(cache.states[windows_of[d][0]]) // 16)
         batches = [order[i:i + cfg.batch_docs] for i in range(0, n_docs, cfg.batch_docs)]
         rng.shuffle(batches)
         total = 0.0
@@ -279,7 +279,7 @@ def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_l
             loss = torch.nn.functional.cross_entropy(head(vectors * HEAD_INPUT_SCALE),
                                                      torch.from_numpy(labels[batch]), weight=class_weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
@@ -308,7 +308,7 @@ def embed_documents(top: torch.nn.Module, cache: WindowCache, n_docs: int, batch
     return vectors.numpy()
 
 
-def fit_lexical(texts: list[str], min_df: int):
+def fit_lexical(texts: list[str], min_df: int) -> tuple[Any, Any]:
     """The two TF-IDF vectorizers (character 1-3-grams, word 1-2-grams) fitted on `texts`."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -317,8 +317,8 @@ def fit_lexical(texts: list[str], min_df: int):
     return char.fit(texts), word.fit(texts)
 
 
-def lexical_json(char, word) -> dict[str, Any]:
-    def block(vec) -> dict[str, Any]:
+def lexical_json(char: Any, word: Any) -> dict[str, Any]:
+    def block(vec: Any) -> dict[str, Any]:
         return {"vocabulary": sorted(vec.vocabulary_, key=vec.vocabulary_.get),
                 "idf": [float(np.float32(x)) for x in vec.idf_]}
 
@@ -329,7 +329,8 @@ def lexical_json(char, word) -> dict[str, Any]:
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    probs: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return probs
 
 
 def choose_temperature(scores: np.ndarray, gold: np.ndarray) -> float:
@@ -343,7 +344,7 @@ def choose_temperature(scores: np.ndarray, gold: np.ndarray) -> float:
     return round(best_t, 4)
 
 
-def fit_svm(features, labels: np.ndarray, c: float, seed: int, class_weight: str | None = None):
+def fit_svm(features: Any, labels: np.ndarray, c: float, seed: int, class_weight: str | None = None) -> Any:
     from sklearn.svm import LinearSVC
 
     return LinearSVC(C=c, random_state=seed, max_iter=5000, class_weight=class_weight).fit(features, labels)
@@ -355,7 +356,7 @@ class EncoderPlan:
     """The pretrained encoder and how training cuts and runs it."""
 
     tokenizer: E5Tokenizer
-    encoder: torch.nn.Module
+    encoder: BertModel
     hybrid: HybridConfig
     lower: int                      # layers run once (frozen)
     frozen_pool: tuple[int, ...]    # pooled layers that lie in the frozen part
@@ -402,7 +403,8 @@ def lower_pass_all(plan: EncoderPlan, parts: dict[str, list[str]], cfg: TrainCon
     if cache_file is not None and cache_file.is_file():
         log.info("lower pass read from cache", extra={"file": str(cache_file)})
         return {part: WindowCache(**c) for part, c in torch.load(cache_file, weights_only=False).items()}
-    lower_encoder = quantize_linear(plan.encoder) if cfg.quantize else plan.encoder
+    # quantize_dynamic copies the model and swaps its Linear layers: still a BertModel
+    lower_encoder = cast(BertModel, quantize_linear(plan.encoder)) if cfg.quantize else plan.encoder
     caches = {}
     for part, texts in parts.items():
         windows, owners = plan.windows_for(texts, cfg.max_windows)
@@ -652,7 +654,8 @@ def main_from_args(args: argparse.Namespace) -> Path:
         if not (args.data_dir / filename).is_file():
             raise SystemExit(f"--data-dir {args.data_dir}: {filename} is missing")
     train(args.data_dir, args.out, cfg, work_dir=args.work_dir)
-    return args.out
+    out: Path = args.out
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

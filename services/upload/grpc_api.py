@@ -52,6 +52,7 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         outcome = _OUTCOMES.get(request.outcome)
         if outcome is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome must be PROCESSING, TAGGED or FAILED")
+            raise AssertionError("unreachable: context.abort() raises")
         tags = []
         for t in request.tags:
             if not t.tag or len(t.tag) > 100 or not (0.0 <= t.score <= 1.0):

@@ -112,6 +112,7 @@ class OutboxRelay:
                 sent += 1
             pending = await (await conn.execute(
                 "SELECT count(*) AS n FROM documents.outbox WHERE sent_at IS NULL")).fetchone()
+            assert pending is not None  # count(*) always returns a row
             PENDING.set(max(pending["n"] - sent, 0))
         if failure is not None:
             raise failure

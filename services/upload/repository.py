@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
+from services.common.db import DictConnection
 
 DOC_COLUMNS = ("id, tenant_id, title, filename, content_type, size_bytes, sha256, status, error, "
                "created_at, updated_at, processed_at")
@@ -24,7 +24,7 @@ class NoQuota(Exception):
     """The tenant has no storage quota row (it was not created with `doctag tenant create`)."""
 
 
-async def reserve_quota(conn: AsyncConnection, size: int) -> dict[str, int]:
+async def reserve_quota(conn: DictConnection, size: int) -> dict[str, int]:
     """Adds `size` to the tenant's usage if it fits, atomically (row lock), else raises."""
     row = await (await conn.execute(
         "UPDATE documents.quotas SET used_bytes = used_bytes + %s, updated_at = now() "
@@ -38,45 +38,48 @@ async def reserve_quota(conn: AsyncConnection, size: int) -> dict[str, int]:
     raise QuotaExceeded(current["quota_bytes"], current["used_bytes"], size)
 
 
-async def release_quota(conn: AsyncConnection, size: int) -> None:
+async def release_quota(conn: DictConnection, size: int) -> None:
     await conn.execute(
         "UPDATE documents.quotas SET used_bytes = greatest(used_bytes - %s, 0), updated_at = now() "
         "WHERE tenant_id = public.app_tenant_id()", (size,))
 
 
-async def quota(conn: AsyncConnection) -> dict[str, Any] | None:
+async def quota(conn: DictConnection) -> dict[str, Any] | None:
     return await (await conn.execute(
         "SELECT q.quota_bytes, q.used_bytes, (SELECT count(*) FROM documents.documents) AS documents "
         "FROM documents.quotas q WHERE q.tenant_id = public.app_tenant_id()")).fetchone()
 
 
-async def lock_blob(conn: AsyncConnection, tenant_id: str, sha256: str) -> None:
+async def lock_blob(conn: DictConnection, tenant_id: str, sha256: str) -> None:
     """Serialises uploads and deletes of one blob (transaction-scoped advisory lock)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"{tenant_id}:{sha256}",))
 
 
-async def blob_references(conn: AsyncConnection, sha256: str) -> int:
+async def blob_references(conn: DictConnection, sha256: str) -> int:
     row = await (await conn.execute(
         "SELECT count(*) AS n FROM documents.documents WHERE sha256 = %s", (sha256,))).fetchone()
+    assert row is not None  # count(*) always returns a row
     return int(row["n"])
 
 
-async def insert_document(conn: AsyncConnection, doc: dict[str, Any]) -> dict[str, Any]:
-    return await (await conn.execute(
+async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str, Any]:
+    row = await (await conn.execute(
         f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "
         f"status, search_terms, created_by) VALUES (%(id)s, public.app_tenant_id(), %(title)s, %(filename)s, "
         f"%(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(search_terms)s, %(created_by)s) "
         f"RETURNING {DOC_COLUMNS}", doc)).fetchone()
+    assert row is not None  # INSERT ... RETURNING returns the inserted row
+    return row
 
 
-async def insert_outbox(conn: AsyncConnection, event_type: str, message_id: str, payload: dict[str, Any]) -> None:
+async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any]) -> None:
     await conn.execute(
         "INSERT INTO documents.outbox (tenant_id, event_type, message_id, payload) "
         "VALUES (public.app_tenant_id(), %s, %s, %s)",
         (event_type, message_id, json.dumps(payload, ensure_ascii=False)))
 
 
-async def insert_audit(conn: AsyncConnection, document_id: str | None, actor_id: str | None, action: str,
+async def insert_audit(conn: DictConnection, document_id: str | None, actor_id: str | None, action: str,
                        request_id: str | None, details: dict[str, Any] | None = None) -> None:
     await conn.execute(
         "INSERT INTO documents.audit_log (tenant_id, document_id, actor_id, action, request_id, details) "
@@ -84,14 +87,14 @@ async def insert_audit(conn: AsyncConnection, document_id: str | None, actor_id:
         (document_id, actor_id, action, request_id, json.dumps(details or {}, ensure_ascii=False)))
 
 
-async def get_document(conn: AsyncConnection, document_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+async def get_document(conn: DictConnection, document_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
     lock = " FOR UPDATE" if for_update else ""
     return await (await conn.execute(
         f"SELECT {DOC_COLUMNS} FROM documents.documents WHERE id = %s{lock}",
         (document_id,))).fetchone()
 
 
-async def tags_for(conn: AsyncConnection, document_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+async def tags_for(conn: DictConnection, document_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {str(i): [] for i in document_ids}
     if not document_ids:
         return out
@@ -105,7 +108,7 @@ async def tags_for(conn: AsyncConnection, document_ids: list[str]) -> dict[str, 
     return out
 
 
-async def list_documents(conn: AsyncConnection, *, limit: int, after: tuple[datetime, str] | None,
+async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datetime, str] | None,
                          status: str | None, tag: str | None) -> list[dict[str, Any]]:
     """Newest first; keyset pagination on (created_at, id)."""
     where, params = [], []
@@ -125,12 +128,12 @@ async def list_documents(conn: AsyncConnection, *, limit: int, after: tuple[date
         params)).fetchall()
 
 
-async def delete_document(conn: AsyncConnection, document_id: str) -> dict[str, Any] | None:
+async def delete_document(conn: DictConnection, document_id: str) -> dict[str, Any] | None:
     return await (await conn.execute(
         f"DELETE FROM documents.documents WHERE id = %s RETURNING {DOC_COLUMNS}", (document_id,))).fetchone()
 
 
-async def set_status(conn: AsyncConnection, document_id: str, status: str, error: str | None = None) -> None:
+async def set_status(conn: DictConnection, document_id: str, status: str, error: str | None = None) -> None:
     final = status in FINAL_STATUSES
     await conn.execute(
         "UPDATE documents.documents SET status = %s, error = %s, updated_at = now(), "
@@ -138,7 +141,7 @@ async def set_status(conn: AsyncConnection, document_id: str, status: str, error
         (status, error, final, document_id))
 
 
-async def store_tagging_result(conn: AsyncConnection, document_id: str, text: str, search_terms: str,
+async def store_tagging_result(conn: DictConnection, document_id: str, text: str, search_terms: str,
                                tags: list[dict[str, Any]]) -> None:
     await conn.execute(
         "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, search_terms = %s, "

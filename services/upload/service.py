@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import uuid
@@ -216,7 +217,7 @@ class DocumentService:
 
     # -- tagging results (gRPC) ------------------------------------------------
     async def record_result(self, tenant_id: str, document_id: str, sha: str, outcome: str, *, text: str = "",
-                            tags: list[dict[str, Any]] | None = None, error: str = "") -> tuple[str, bool]:
+                            tags: builtins.list[dict[str, Any]] | None = None, error: str = "") -> tuple[str, bool]:
         """Applies a worker's report; returns (status after, whether anything changed). Idempotent."""
         terms = ""
         if outcome == "tagged" and len(text) > self.settings.max_text_chars:

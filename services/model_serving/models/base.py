@@ -97,7 +97,10 @@ def quantize_linear(model: torch.nn.Module) -> torch.nn.Module:
     """Dynamic int8 quantisation of every nn.Linear (weights int8, activations quantised per call)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notice pointing at torchao
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # torch leaves quantize_dynamic unannotated
+        quantized: torch.nn.Module = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+            model, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantized
 
 
 def probabilities(model: WindowModel, texts: Sequence[str], batch_max_windows: int = 16) -> np.ndarray:

@@ -68,8 +68,9 @@ class BertWindowModel:
         self.options = options
         self.name: str = str(manifest["name"])
         self.version: str = str(manifest["version"])
-        self.labels: list[str] = [model.config.id2label[i] for i in range(model.config.num_labels)]
-        model_max = int(model.config.max_position_embeddings)
+        config: Any = model.config  # a transformers config; nn.Module.__getattr__ types it Tensor | Module
+        self.labels: list[str] = [config.id2label[i] for i in range(config.num_labels)]
+        model_max = int(config.max_position_embeddings)
         # A window shorter than the model's maximum is cheaper (attention is quadratic) but sees less context.
         self.max_length: int = min(options.window_tokens, model_max) if options.window_tokens > 0 else model_max
         if self.max_length - 2 <= options.overlap:
@@ -79,7 +80,8 @@ class BertWindowModel:
     @classmethod
     def load(cls, directory: Path, manifest: dict[str, Any], manifest_sha256: str,
                       options: InferenceOptions) -> BertWindowModel:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        # transformers leaves AutoTokenizer.from_pretrained unannotated
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)  # type: ignore[no-untyped-call]
         model = AutoModelForSequenceClassification.from_pretrained(
             directory, local_files_only=True, dtype=torch.float32)
         model.eval()
@@ -111,5 +113,6 @@ class BertWindowModel:
     def finish(self, prepared: PreparedText, outputs: np.ndarray) -> np.ndarray:
         if outputs.shape[0] != len(prepared.windows) or outputs.shape[0] == 0:
             raise ValueError("one output row per window is needed")
-        return outputs.astype(np.float64).mean(axis=0)
+        mean: np.ndarray = outputs.astype(np.float64).mean(axis=0)
+        return mean
 MODEL_CLASS = BertWindowModel

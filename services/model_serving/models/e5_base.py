@@ -28,6 +28,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,12 +103,12 @@ class _Reader:
         self.data = data
         self.pos = 0
 
-    def take(self, fmt: str) -> tuple:
+    def take(self, fmt: str) -> tuple[Any, ...]:
         values = struct.unpack_from("<" + fmt, self.data, self.pos)
         self.pos += struct.calcsize("<" + fmt)
         return values
 
-    def one(self, fmt: str):
+    def one(self, fmt: str) -> Any:
         return self.take(fmt)[0]
 
     def raw(self, n: int) -> bytes:
@@ -116,7 +117,7 @@ class _Reader:
         return chunk
 
 
-def dequantize_q4(raw: bytes, rows: int, cols: int) -> np.ndarray:
+def dequantize_q4(raw: bytes | memoryview, rows: int, cols: int) -> np.ndarray:
     """A Q4_0 matrix [rows, cols] as float32."""
     blocks = np.frombuffer(raw, dtype=_Q4_BLOCK, count=rows * cols // QK)
     scale = blocks["d"].astype(np.float32)[:, None]
@@ -173,7 +174,8 @@ def read_base(path: Path | None = None, *, expected_sha256: str | None = BASE_SH
         cp, n_out = norm.take("IB")
         normalization[cp] = "".join(chr(c) for c in norm.take(f"{n_out}I")) if n_out else ""
 
-    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+    # transformers leaves BertConfig unannotated
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,  # type: ignore[no-untyped-call]
                         num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=max_pos,
                         type_vocab_size=type_vocab, layer_norm_eps=eps, hidden_act="gelu",
                         pad_token_id=pad)
@@ -197,16 +199,17 @@ def read_base(path: Path | None = None, *, expected_sha256: str | None = BASE_SH
 
 def build_encoder(base: E5Base, num_layers: int | None = None) -> BertModel:
     """A `BertModel` (no pooler) with the base weights, optionally only its first `num_layers` layers."""
-    config = BertConfig(**base.config.to_dict())
+    # transformers leaves BertConfig, BertModel and PreTrainedModel.eval unannotated
+    config = BertConfig(**base.config.to_dict())  # type: ignore[no-untyped-call]
     if num_layers is not None:
         config.num_hidden_layers = num_layers
-    model = BertModel(config, add_pooling_layer=False)
+    model = BertModel(config, add_pooling_layer=False)  # type: ignore[no-untyped-call]
     wanted = base.state_dict(lambda k: not k.startswith("encoder.layer.")
                              or int(k.split(".")[2]) < config.num_hidden_layers)
     missing, unexpected = model.load_state_dict(wanted, strict=False)
     if missing or unexpected:
         raise BaseModelMissing(f"base weights do not fit the encoder (missing {missing}, unexpected {unexpected})")
-    model.eval()
+    model.eval()  # type: ignore[no-untyped-call]
     return model
 
 

@@ -25,7 +25,7 @@ import itertools
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from transformers import BertModel
 
 from .base import InferenceOptions, PreparedText, pad_batch, quantize_linear
 from .e5_base import BASE_SHA256, E5Tokenizer, build_encoder, find_base_file, read_base
@@ -142,7 +143,7 @@ class LexicalFeatures:
 class PooledEncoder(torch.nn.Module):
     """BertModel → mean over each window's real tokens of the chosen layers' hidden states."""
 
-    def __init__(self, encoder: torch.nn.Module, pool_layers: Sequence[int]) -> None:
+    def __init__(self, encoder: BertModel, pool_layers: Sequence[int]) -> None:
         super().__init__()
         self.encoder = encoder
         self.pool_layers = tuple(pool_layers)
@@ -156,11 +157,15 @@ class PooledEncoder(torch.nn.Module):
         return torch.cat([(states[layer] * mask).sum(dim=1) / count for layer in self.pool_layers], dim=-1)
 
 
+# (input ids, attention mask) -> pooled vectors: a PooledEncoder, quantised or not, or its ONNX export.
+PooledFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class HybridModel:
     """A loaded, verified e5-hybrid artifact. `forward` may run in several threads at once."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], manifest_sha256: str, config: HybridConfig,
-                 tokenizer: E5Tokenizer, pooled: Any, lexical: LexicalFeatures,
+                 tokenizer: E5Tokenizer, pooled: PooledFunction, lexical: LexicalFeatures,
                  head: dict[str, torch.Tensor], options: InferenceOptions) -> None:
         self.directory = directory
         self.manifest = manifest
@@ -202,9 +207,10 @@ class HybridModel:
             if unknown:
                 raise ModelIntegrityError(f"{DELTA_FILE}: unknown encoder parameters {sorted(unknown)[:3]}")
             encoder.load_state_dict({k: v.to(torch.float32) for k, v in delta.items()}, strict=False)
-            return PooledEncoder(encoder.eval(), config.pool_layers).eval()
+            # transformers leaves PreTrainedModel.eval unannotated
+            return PooledEncoder(encoder.eval(), config.pool_layers).eval()  # type: ignore[no-untyped-call]
 
-        pooled: Any
+        pooled: PooledFunction
         if options.quantize:
             pooled = quantize_linear(torch_encoder())
         elif options.onnx:
@@ -256,7 +262,8 @@ class HybridModel:
         z = logits * self.config.temperature
         z -= z.max()
         probs = np.exp(z)
-        return probs / probs.sum()
+        result: np.ndarray = probs / probs.sum()
+        return result
 
 
 def head_metadata(labels: Sequence[str]) -> dict[str, str]:
@@ -277,7 +284,7 @@ def pooled_width(config: HybridConfig) -> int:
 
 def document_embedding(window_rows: np.ndarray) -> np.ndarray:
     """Mean of the windows' pooled vectors, L2-normalised per pooled layer block of HIDDEN values."""
-    doc = window_rows.astype(np.float64).mean(axis=0).reshape(-1, HIDDEN)
+    doc: np.ndarray = window_rows.astype(np.float64).mean(axis=0).reshape(-1, HIDDEN)
     doc /= np.maximum(np.linalg.norm(doc, axis=1, keepdims=True), 1e-12)
     return doc.reshape(-1)
 

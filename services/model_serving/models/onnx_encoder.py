@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -41,7 +42,8 @@ def _export(pooled: torch.nn.Module, target: io.BytesIO | str) -> None:
     mask = torch.ones_like(ids)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes about shape-dependent Python branches in transformers
-        torch.onnx.export(pooled, (ids, mask), target, input_names=["input_ids", "attention_mask"],
+        # cast: torch's hint says a path, but the TorchScript exporter (dynamo=False) also writes to a file object
+        torch.onnx.export(pooled, (ids, mask), cast(str, target), input_names=["input_ids", "attention_mask"],
                           output_names=["pooled"], opset_version=17, dynamo=False,
                           dynamic_axes={"input_ids": {0: "windows", 1: "tokens"},
                                         "attention_mask": {0: "windows", 1: "tokens"}})
