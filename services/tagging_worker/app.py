@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -28,10 +29,8 @@ async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = Non
     stop_event = stop_event or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
             loop.add_signal_handler(sig, stop_event.set)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread
-            pass
 
     worker = TaggingWorker(settings)
     server = QuietSignalsServer(uvicorn.Config(build_http_app(worker), host=settings.http_host,

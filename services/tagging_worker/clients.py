@@ -105,7 +105,8 @@ class DocumentsClient:
         self._settings = settings
         self._retrier = retrier
 
-    async def record(self, job: Job, outcome: int, *, text: str = "", tags: list[documents_pb2.Tag] | None = None,
+    async def record(self, job: Job, outcome: documents_pb2.TaggingOutcome, *, text: str = "",
+                     tags: list[documents_pb2.Tag] | None = None,
                      error: str = "") -> documents_pb2.RecordTaggingResultResponse:
         request = documents_pb2.RecordTaggingResultRequest(
             tenant_id=job.tenant_id, document_id=job.document_id, content_sha256=job.sha256,

@@ -91,4 +91,4 @@ def deferral_count(headers: dict[str, Any] | None) -> int:
 
 def deferral_delay(deferrals: int, initial: float, maximum: float) -> float:
     """Seconds to wait before the next deferral: `initial`, doubling per earlier deferral, at most `maximum`."""
-    return max(0.0, min(maximum, initial * 2 ** min(max(deferrals, 0), 32)))
+    return max(0.0, min(maximum, initial * 2.0 ** min(max(deferrals, 0), 32)))

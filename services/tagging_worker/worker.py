@@ -104,7 +104,7 @@ class TaggingWorker:
     async def start(self) -> None:
         await asyncio.to_thread(self.extractor.warm_up)
         self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
-        self.channel = await self.connection.channel()  # type: ignore[assignment]
+        self.channel = await self.connection.channel()
         await self.channel.set_qos(prefetch_count=self.settings.prefetch)
         _, self.queue = await self.topology.declare(self.channel)
         self._consumer_tag = await self.queue.consume(self._on_message, no_ack=False)
@@ -115,7 +115,7 @@ class TaggingWorker:
         if self.queue is not None and self._consumer_tag is not None:
             try:
                 await self.queue.cancel(self._consumer_tag)
-            except Exception:
+            except Exception:  # the channel may be gone already
                 log.warning("could not cancel the consumer", exc_info=True)
             self._consumer_tag = None
         if self._tasks:
@@ -254,7 +254,7 @@ class TaggingWorker:
                                  content_type=message.content_type, headers=headers,
                                  delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                 routing_key=self.topology.jobs_queue)
-        except Exception:
+        except Exception:  # fall back to a plain requeue
             log.warning("could not re-publish the deferred job; requeueing it", exc_info=True,
                         extra={"document_id": job.document_id})
             await _settle(message.nack(requeue=True))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import zipfile
-from enum import Enum
+from enum import StrEnum
 from pathlib import PurePosixPath
 
 from .errors import ExtractionError
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     PDF = "pdf"
     DOCX = "docx"
     TEXT = "txt"

@@ -42,7 +42,7 @@ def extract_docx(data: bytes, limits: Limits) -> str:
         raise ExtractionError(f"not a valid DOCX file: {exc}") from exc
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError) as exc:
         raise ExtractionError(f"the DOCX file is damaged: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - python-docx raises many kinds on broken parts
+    except Exception as exc:  # python-docx raises many kinds on broken parts
         raise ExtractionError(f"the DOCX file is damaged: {exc.__class__.__name__}: {exc}"[:400]) from exc
 
     lines: list[str] = []

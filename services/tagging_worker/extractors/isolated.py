@@ -106,8 +106,8 @@ class IsolatedExtractor:
                 raise ExtractionError(
                     f"text extraction failed: the parser crashed on this file (exit code {exitcode})") from exc
         if status == "ok":
-            return value
-        raise ExtractionError(value)
+            return str(value)
+        raise ExtractionError(str(value))
 
     def _ensure_child(self) -> Connection:
         if self._process is not None and self._process.is_alive() and self._conn is not None:
@@ -132,7 +132,7 @@ class IsolatedExtractor:
         if process.is_alive():
             process.kill()
         process.join(5)
-        exitcode = process.exitcode
+        exitcode: int | None = process.exitcode
         process.close()
         return exitcode
 

@@ -13,7 +13,6 @@ from pypdf.errors import (
     DependencyError,
     EmptyFileError,
     FileNotDecryptedError,
-    PdfReadError,
 )
 
 from .errors import ExtractionError
@@ -32,7 +31,7 @@ def extract_pdf(data: bytes, limits: Limits) -> str:
         raise ExtractionError("the file is empty") from exc
     except FileNotDecryptedError as exc:
         raise ExtractionError(_ENCRYPTED) from exc
-    except Exception as exc:  # noqa: BLE001 - pypdf raises many kinds on broken files
+    except Exception as exc:  # pypdf raises many kinds on broken files
         raise ExtractionError(f"the PDF file is damaged: {_describe(exc)}") from exc
 
     if reader.is_encrypted:
@@ -43,7 +42,7 @@ def extract_pdf(data: bytes, limits: Limits) -> str:
         page_count = len(pages)
     except FileNotDecryptedError as exc:
         raise ExtractionError(_ENCRYPTED) from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ExtractionError(f"the PDF file is damaged: {_describe(exc)}") from exc
 
     texts: list[str] = []
@@ -71,7 +70,7 @@ def _decrypt_with_empty_password(reader: PdfReader) -> None:
         result = reader.decrypt("")
     except DependencyError as exc:
         raise ExtractionError(f"the PDF file is encrypted with an unsupported method: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ExtractionError(f"the PDF file is encrypted and could not be opened: {_describe(exc)}") from exc
     if not result:  # PasswordType.NOT_DECRYPTED
         raise ExtractionError(_ENCRYPTED)
