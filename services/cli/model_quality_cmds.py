@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,15 @@ def _resolve_model_dir(settings: Any, ref: str) -> Path:
         raise AdminError(f"--model {ref!r} is neither a directory nor a registered version: {exc}") from None
 
 
+def _training_package() -> None:
+    """`eval` and `train` use the training package, which only a training install carries."""
+    if importlib.util.find_spec("services.model_training") is None:
+        raise AdminError("this command needs the training code (the `train` extra: pip install 'doctag[train]'); "
+                         "model-serving hosts do not carry it")
+
+
 def cmd_eval(settings: Any, args: argparse.Namespace) -> None:
+    _training_package()
     from services.model_serving.models.loader import load_model
     from services.model_serving.models.manifest import ModelIntegrityError
     from services.model_serving.settings import ModelServingSettings
@@ -58,6 +67,7 @@ def cmd_eval(settings: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_train(settings: Any, args: argparse.Namespace) -> None:
+    _training_package()
     from services.common.logging import configure_logging
     from services.model_training import train_hybrid
 
@@ -77,9 +87,11 @@ def add_commands(model: argparse._SubParsersAction) -> None:
     ev.add_argument("--compact", action="store_true", help="one line of JSON")
     ev.set_defaults(func=cmd_eval)
 
-    tr = model.add_parser("train", help="train the default e5-hybrid model from the training data")
-    from services.model_training.config import add_arguments
+    tr = model.add_parser("train", help="train the default e5-hybrid model from the training data "
+                                        "(needs the train extra)")
+    if importlib.util.find_spec("services.model_training") is not None:
+        from services.model_training.config import add_arguments
 
-    add_arguments(tr)
+        add_arguments(tr)
     tr.add_argument("--register", action="store_true", help="register the result in the model registry")
     tr.set_defaults(func=cmd_train)

@@ -39,7 +39,7 @@ HEADLINE_LABELS = ["IT과학", "경제", "사회", "생활문화", "세계", "�
 PETITION_LABELS = ["경제민주화", "교통/건축/국토", "기타", "농산어촌", "문화/예술/체육/언론",
                    "미래", "반려동물", "보건복지", "성장동력", "안전/환경", "외교/통일/국방", "육아/교육",
                    "인권/성평등", "일자리", "저출산/고령화대책", "정치개혁", "행정"]
-MAX_ARTIFACT_BYTES = 50 * 1024 * 1024   # the issue's limit for committed artifacts, all files together
+MAX_ARTIFACT_BYTES = 50 * 1024 * 1024   # the most the committed artifact may weigh, all files together
 
 
 @pytest.fixture(scope="module")
