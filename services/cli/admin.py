@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 
 from services.common.roles import ROLES
 
@@ -30,7 +30,7 @@ class Result:
     message: str
 
 
-def _connect(dsn: str) -> psycopg.Connection:
+def _connect(dsn: str) -> psycopg.Connection[DictRow]:
     return psycopg.connect(dsn, row_factory=dict_row)
 
 
@@ -63,7 +63,7 @@ def create_tenant(dsn: str, slug: str, name: str, storage_quota: int | None) -> 
     return Result(True, f"tenant {slug} created ({tenant_id})")
 
 
-def list_tenants(dsn: str) -> list[dict]:
+def list_tenants(dsn: str) -> list[DictRow]:
     with _connect(dsn) as conn:
         return conn.execute(
             "SELECT t.id, t.slug, t.name, q.quota_bytes, q.used_bytes, "
@@ -71,7 +71,7 @@ def list_tenants(dsn: str) -> list[dict]:
             "FROM identity.tenants t LEFT JOIN documents.quotas q ON q.tenant_id = t.id ORDER BY t.slug").fetchall()
 
 
-def _tenant_id(conn: psycopg.Connection, slug: str) -> str:
+def _tenant_id(conn: psycopg.Connection[DictRow], slug: str) -> str:
     row = conn.execute("SELECT id FROM identity.tenants WHERE slug = %s", (slug,)).fetchone()
     if not row:
         raise AdminError(f"no tenant {slug!r}; create it first with `doctag tenant create {slug} --name ...`")
@@ -134,7 +134,7 @@ def set_role(dsn: str, slug: str, username: str, role: str) -> Result:
     return Result(False, f"role of {username} in {slug} is now {role}")
 
 
-def list_users(dsn: str, slug: str) -> list[dict]:
+def list_users(dsn: str, slug: str) -> list[DictRow]:
     with _connect(dsn) as conn:
         tenant_id = _tenant_id(conn, slug)
         return conn.execute("SELECT id, username, roles, disabled, created_at FROM identity.users "

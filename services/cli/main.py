@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
@@ -31,7 +32,7 @@ def _read_password(args: argparse.Namespace) -> str:
     return password
 
 
-def _print_rows(rows: list[dict]) -> None:
+def _print_rows(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         print(json.dumps(row, default=str, ensure_ascii=False))
 

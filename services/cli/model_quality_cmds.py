@@ -79,7 +79,7 @@ def cmd_train(settings: Any, args: argparse.Namespace) -> None:
         print(model_registry_cmds.register_directory(settings, out))
 
 
-def add_commands(model: argparse._SubParsersAction) -> None:
+def add_commands(model: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ev = model.add_parser("eval", help="accuracy, macro-F1 and per-label F1 on a labelled JSONL file (JSON out)")
     ev.add_argument("--model", required=True, help="artifact directory, or NAME:VERSION / NAME@ALIAS / ALIAS")
     ev.add_argument("--data", required=True, help="JSONL with text, optional title, label")

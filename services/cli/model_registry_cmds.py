@@ -13,16 +13,19 @@ import json
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from services.common.db import Database
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without the model-serving code
+    from services.model_serving.registry import RegistrySettings
 
 from .admin import AdminError
 
 T = TypeVar("T")
 
 
-def _registry_settings():  # type: ignore[no-untyped-def]
+def _registry_settings() -> RegistrySettings:
     from services.model_serving.registry import RegistrySettings
 
     return RegistrySettings()
@@ -120,7 +123,7 @@ def cmd_purge_log(settings: Any, args: argparse.Namespace) -> None:
     print(f"inference log: removed {removed} rows older than {days} days")
 
 
-def add_commands(model: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(model: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds the registry commands to the `doctag model` group."""
     by_default = f"cli:{getpass.getuser()}"
     model.add_parser("list", help="registered models with their aliases").set_defaults(func=cmd_list)
@@ -167,7 +170,8 @@ def resolve_directory(settings: Any, ref: str) -> Path:
 
     name, selector = parse_model_ref(ref)
     name = name or manifest_name(ModelServingSettings().model_dir)
-    return _run(settings, lambda reg: reg.resolve(name, selector)).directory
+    resolved = _run(settings, lambda reg: reg.resolve(name, selector))
+    return Path(resolved.directory)
 
 
 def register_directory(settings: Any, directory: Path, by: str = "doctag model train") -> str:
