@@ -57,4 +57,4 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
 
 def add_to_server(server: grpc.aio.Server, db: Database) -> None:
-    search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(db), server)
+    search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(db), server)  # type: ignore[no-untyped-call]

@@ -101,7 +101,7 @@ class Retrier:
 
 class DocumentsClient:
     def __init__(self, channel: grpc.aio.Channel, settings: WorkerSettings, retrier: Retrier) -> None:
-        self._stub = documents_pb2_grpc.DocumentsStub(channel)
+        self._stub = documents_pb2_grpc.DocumentsStub(channel)  # type: ignore[no-untyped-call]
         self._settings = settings
         self._retrier = retrier
 
@@ -169,7 +169,7 @@ MODEL_WAIT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOU
 
 class ModelClient:
     def __init__(self, channel: grpc.aio.Channel, settings: WorkerSettings, retrier: Retrier) -> None:
-        self._stub = model_serving_pb2_grpc.ModelServingStub(channel)
+        self._stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
         self._health = health_pb2_grpc.HealthStub(channel)
         self._settings = settings
         self._retrier = retrier
