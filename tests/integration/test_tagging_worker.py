@@ -2,7 +2,7 @@
 
 The Documents and ModelServing servicers here are under the test's control (they
 keep state in memory, answer like upload/model-serving do and can be told to
-fail); the lead's end-to-end test covers the real chain. Each test gets its own
+fail); tests/e2e covers the real chain. Each test gets its own
 queue prefix and a low delivery limit; the topology is deleted afterwards.
 """
 from __future__ import annotations
