@@ -9,11 +9,12 @@ each input is stored, never the text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -66,7 +67,7 @@ class InferenceLog:
     def record(self, tenant_id: str | None, model: str, version: str, latency_ms: float,
                tags: list[list[tuple[str, float]]], input_sha256: list[str], request_id: str | None) -> None:
         """Queues one row per text; never blocks, never raises for a full buffer."""
-        at = datetime.now(timezone.utc)
+        at = datetime.now(UTC)
         tenant = _tenant_uuid(tenant_id)
         rid = request_id[:128] if request_id else None
         for text_tags, digest in zip(tags, input_sha256, strict=True):
@@ -90,29 +91,31 @@ class InferenceLog:
             self._tasks = [asyncio.create_task(self._flush_loop(), name="inference-log-flush"),
                            asyncio.create_task(self._purge_loop(), name="inference-log-purge")]
 
-    async def close(self) -> None:
-        """Stops the background tasks and writes what is buffered (best effort)."""
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stops the background tasks and writes what is buffered (best effort, for at most
+        `timeout_s`: with the database down a connection would otherwise be awaited for 30 s)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         try:
-            while self._rows:
-                if await self.flush() == 0:
-                    break
+            async with asyncio.timeout(timeout_s):
+                while self._rows:
+                    if await self.flush() == 0:
+                        break
         except Exception as exc:  # noqa: BLE001 - shutting down: report what is lost
-            log.warning("inference log rows lost at shutdown", extra={"rows": len(self._rows), "error": str(exc)})
+            log.warning("inference log rows lost at shutdown",
+                        extra={"rows": len(self._rows), "error": f"{exc.__class__.__name__}: {exc}"})
 
     async def flush(self) -> int:
         """Writes up to one batch; returns the rows written. Rows stay buffered when it fails."""
         batch = list(islice(self._rows, self.batch_size))
         if not batch:
             return 0
-        async with self.db.transaction() as conn:
-            async with conn.cursor().copy(
-                    f"COPY models.inference_log ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                for row in batch:
-                    await copy.write_row(row)
+        async with self.db.transaction() as conn, conn.cursor().copy(
+                f"COPY models.inference_log ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            for row in batch:
+                await copy.write_row(row)
         for _ in batch:
             self._rows.popleft()
         BUFFERED.set(len(self._rows))
@@ -136,10 +139,8 @@ class InferenceLog:
     async def _flush_loop(self) -> None:
         backoff = self.flush_interval_s
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            except asyncio.TimeoutError:
-                pass
             self._wake.clear()
             try:
                 while await self.flush() == self.batch_size:
