@@ -35,6 +35,12 @@ class UnknownModel(LookupError):
     """No model version answers to the reference."""
 
 
+class RegistryUnavailable(Exception):
+    """The registry's database has not been reached yet; model-serving keeps trying.
+
+    Its message is shown to callers: it must not carry connection details."""
+
+
 Resolver = Callable[[str | None], Awaitable[ResolvedModel]]
 
 

@@ -28,7 +28,7 @@ from .metrics import INFERENCE_LATENCY, INFERENCE_WINDOWS_PER_TEXT
 from .models.base import PreparedText, WindowModel, top_tags
 from .models.loader import load_model
 from .models.manifest import ModelIntegrityError
-from .resolved import ResolvedModel, Resolver, StaticResolver, UnknownModel
+from .resolved import RegistryUnavailable, ResolvedModel, Resolver, StaticResolver, UnknownModel
 from .settings import ModelServingSettings
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class ModelRunner:
         self._refs: dict[str, tuple[ResolvedModel, float]] = {}             # explicit ref -> (resolved, expiry)
         self._retiring: set[asyncio.Task[None]] = set()
         self._refresh_task: asyncio.Task[None] | None = None
+        self._refresh_now = asyncio.Event()   # set by refresh_soon: re-resolve without waiting the interval
         # Loading (checksums, weights) and tokenising long texts, off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
@@ -134,16 +135,24 @@ class ModelRunner:
         """Loads the default model (logging a failure) and keeps re-resolving it every `model_refresh_s`."""
         try:
             await self.load()
-        except Exception:  # noqa: BLE001 - reported by /readyz and the log; retried by the refresh loop
-            log.exception("model could not be loaded", extra={"model_dir": str(self.settings.model_dir)})
+        except Exception:  # reported by /readyz and the log; retried by the refresh loop
+            log.exception("model could not be loaded", extra={"error": self.load_error})
         self._refresh_task = asyncio.create_task(self._refresh_loop(), name="model-refresh")
+
+    def refresh_soon(self) -> None:
+        """Re-resolves the default model now rather than at the next interval (the registry just connected).
+
+        Called while the first load is still running, it takes effect when that load is done."""
+        self._refresh_now.set()
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.model_refresh_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), self.settings.model_refresh_s)
+            self._refresh_now.clear()
             try:
                 await self.refresh()
-            except Exception:  # noqa: BLE001 - the current model keeps serving
+            except Exception:  # the current model keeps serving
                 log.exception("default model could not be refreshed")
 
     async def refresh(self) -> bool:
@@ -210,11 +219,13 @@ class ModelRunner:
                 raise ModelIntegrityError(f"the artifact in {resolved.directory} is model {model.name}, "
                                           f"expected {resolved.name}")
         except Exception as exc:
-            message = f"model {resolved.name}:{resolved.version} is refused: {exc.__class__.__name__}: {exc}"
+            message = (f"model {resolved.name}:{resolved.version} in {resolved.directory} is refused: "
+                       f"{exc.__class__.__name__}: {exc}")
             self._refused[_refusal_key(resolved)] = (message, time.monotonic())
             log.error("model refused", extra={"model": resolved.name, "version": resolved.version,
+                                              "path": str(resolved.directory),
                                               "error": f"{exc.__class__.__name__}: {exc}"})
-            raise
+            raise ModelRefused(message) from exc
         loaded = _Loaded(resolved, model, DynamicBatcher(model, self._batcher_config()))
         previous = self._loaded.get(resolved.key)
         self._loaded[resolved.key] = loaded
@@ -264,18 +275,14 @@ class ModelRunner:
                 raise ModelNotFound(str(exc)) from None
             except ModelIntegrityError as exc:
                 raise ModelRefused(str(exc)) from None
-            except Exception as exc:  # noqa: BLE001 - e.g. the registry's database is unreachable
+            except RegistryUnavailable as exc:
+                raise ModelNotReady(str(exc)) from None
+            except Exception as exc:  # e.g. the registry's database is unreachable
                 raise ModelNotReady(f"model {ref!r} cannot be resolved now: {exc.__class__.__name__}") from exc
             self._refs[ref] = (resolved, time.monotonic() + self.settings.model_refresh_s)
         if self._default is not None and self._default.resolved == resolved:
             return self._default
-        try:
-            loaded = await self._ensure(resolved)
-        except ModelRefused:
-            raise
-        except Exception as exc:
-            raise ModelRefused(f"model {resolved.name}:{resolved.version} is refused: "
-                               f"{exc.__class__.__name__}: {exc}") from None
+        loaded = await self._ensure(resolved)   # ModelRefused when it cannot be loaded
         self._evict(keep=loaded)
         return loaded
 
@@ -366,7 +373,7 @@ class ModelRunner:
                 tenant_id if tenant_id is not None else tenant_id_var.get(), loaded.resolved.name,
                 loaded.resolved.version, latency * 1000, tags,
                 [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts], request_id_var.get())
-        except Exception:  # noqa: BLE001 - logging must never fail a prediction
+        except Exception:  # logging must never fail a prediction
             log.exception("inference log record failed")
 
     async def aclose(self) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from services.model_serving.models.manifest import ModelIntegrityError
 from services.model_serving.resolved import (
     ResolvedModel,
     StaticResolver,
@@ -91,7 +90,7 @@ async def test_not_ready_until_loaded(runner: ModelRunner) -> None:
 async def test_failed_load_is_reported(tmp_path) -> None:  # type: ignore[no-untyped-def]
     r = ModelRunner(ModelServingSettings(model_dir=tmp_path))
     try:
-        with pytest.raises(Exception, match="manifest.json is missing"):
+        with pytest.raises(Exception, match=r"manifest\.json is missing"):
             await r.load()
         with pytest.raises(ModelNotReady, match="failed to load: ModelIntegrityError"):
             await r.ready_check()
@@ -109,7 +108,7 @@ class SwitchableResolver:
         self.default = default
 
     async def __call__(self, ref: str | None) -> ResolvedModel:
-        name, selector = parse_model_ref(ref)
+        _name, selector = parse_model_ref(ref)
         version = self.default if selector == "production" else selector
         if version not in self.resolvers:
             raise UnknownModel(f"no version {selector!r}")
@@ -202,7 +201,7 @@ async def test_model_reference_unknown_and_refused(tiny_versions: dict[str, Path
         with pytest.raises(ModelNotFound):
             await runner.predict(["뉴스"], 1, model="tiny:9")
         resolver.default = "3"
-        with pytest.raises(ModelIntegrityError, match=r"model\.safetensors"):
+        with pytest.raises(ModelRefused, match=rf"model tiny:3 in {broken} is refused: .*model\.safetensors"):
             await runner.refresh()
         assert await runner.refresh() is False, "a refused version is not retried at every refresh"
         with pytest.raises(ModelRefused, match=r"model\.safetensors"):
@@ -222,7 +221,8 @@ async def test_every_prediction_is_logged_without_the_text(tiny_versions: dict[s
         [row] = runner.inference_log.rows  # type: ignore[union-attr]
         tenant, model, version, latency_ms, tags, hashes, _request_id = row
         assert (tenant, model, version) == ("t-1", "tiny", "2") and latency_ms > 0
-        assert len(tags) == 2 and hashes == [hashlib.sha256(t.encode()).hexdigest() for t in ("코스피 급락", "손흥민 골")]
+        assert len(tags) == 2
+        assert hashes == [hashlib.sha256(t.encode()).hexdigest() for t in ("코스피 급락", "손흥민 골")]
     finally:
         await runner.aclose()
 
@@ -263,5 +263,43 @@ async def test_a_named_version_is_served_even_with_room_for_one_model(tiny_versi
             assert info.version == "1"
         info, _ = await runner.predict(["코스피 급락"], 1)
         assert info.version == "2" and info.default
+    finally:
+        await runner.aclose()
+
+
+async def test_a_version_missing_from_the_store_is_named_with_its_path(tmp_path: Path, caplog) -> None:
+    """The registry points at a directory the store lost: the log and /readyz name the version and the path."""
+    gone = tmp_path / "store" / "tiny" / "2"
+
+    async def resolver(ref: str | None) -> ResolvedModel:
+        return ResolvedModel("tiny", "2", gone, "0" * 64)
+
+    runner = ModelRunner(ModelServingSettings(model_refresh_s=3600), resolver=resolver)
+    try:
+        with caplog.at_level("ERROR", logger="services.model_serving.runner"):
+            await runner.start()
+        with pytest.raises(ModelNotReady, match=rf"model tiny:2 in {gone} is refused: .*manifest\.json is missing"):
+            await runner.ready_check()
+        refused = next(r for r in caplog.records if r.msg == "model refused")
+        assert (refused.model, refused.version, refused.path) == ("tiny", "2", str(gone))
+        failed = next(r for r in caplog.records if r.msg == "model could not be loaded")
+        assert f"tiny:2 in {gone}" in failed.error
+    finally:
+        await runner.aclose()
+
+
+async def test_refresh_soon_re_resolves_without_waiting_the_interval(tiny_versions: dict[str, Path]) -> None:
+    resolver = SwitchableResolver(tiny_versions, default="1")
+    runner = _tiny_runner(resolver)   # model_refresh_s=3600
+    try:
+        await runner.start()
+        assert runner.info is not None and runner.info.version == "1"
+        resolver.default = "2"
+        runner.refresh_soon()
+        for _ in range(500):
+            if runner.info.version == "2":
+                break
+            await asyncio.sleep(0.02)
+        assert runner.info.version == "2"
     finally:
         await runner.aclose()
