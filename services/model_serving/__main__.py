@@ -2,6 +2,16 @@
 
 Both servers start at once and answer "not ready" (gRPC health NOT_SERVING, /readyz 503)
 while the model is verified and loaded in the background; then they switch to serving.
+
+With the registry on (DOCTAG_MODEL_REGISTRY=true) and its database unreachable at start,
+model-serving serves DOCTAG_MODEL_DIR as the default model and connects to the registry
+in the background (registry.RegistryConnection); once connected it switches to the
+registry's `production` at once. Meanwhile the two health signals differ on purpose:
+gRPC health says whether predictions can be answered (SERVING once a default model is
+loaded: callers such as the tagging worker keep working), while /readyz also requires
+the registry (not ready, with the reason, until it is connected and every registered
+version's store copy is usable), so operators see the degradation. The registry API
+routes exist from the start and answer 503 until the registry is connected.
 """
 from __future__ import annotations
 
@@ -16,7 +26,7 @@ from services.common.runner import serve
 
 from .grpc_api import SERVICE_NAME, ModelServingServicer
 from .http_api import build_app
-from .registry import build_registry_services
+from .registry import RegistryConnection, RegistrySettings
 from .registry_api import build_registry_router
 from .runner import ModelRunner
 from .settings import ModelServingSettings
@@ -27,14 +37,19 @@ log = logging.getLogger("services.model_serving")
 async def main(settings: ModelServingSettings | None = None) -> None:
     settings = settings or ModelServingSettings()
     configure_logging(settings.service_name, settings.log_level)
-    # Registry + resolver + inference log when the database is reachable (None otherwise).
-    registry_services = await build_registry_services(settings)
-    registry, resolver, inference_log = registry_services or (None, None, None)
-    runner = ModelRunner(settings, resolver=resolver, inference_log=inference_log)
-    app = build_app(settings, runner)
-    if registry is not None:
-        app.include_router(build_registry_router(
-            registry, TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)))
+    registry_settings = RegistrySettings()
+    connection: RegistryConnection | None = None
+    if registry_settings.model_registry:
+        connection = RegistryConnection(settings.model_dir, registry_settings)
+        await connection.start()   # one attempt now, then in the background until connected
+        runner = ModelRunner(settings, resolver=connection.resolve, inference_log=connection.inference_log)
+        connection.on_connected = runner.refresh_soon
+        app = build_app(settings, runner, readiness={"registry": connection.ready_check})
+        verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
+        app.include_router(build_registry_router(connection.current, verifier, registry_settings))
+    else:
+        runner = ModelRunner(settings)
+        app = build_app(settings, runner)
 
     grpc_server = create_server(settings.service_name)
     pb_grpc.add_ModelServingServicer_to_server(ModelServingServicer(runner), grpc_server)
@@ -66,10 +81,8 @@ async def main(settings: ModelServingSettings | None = None) -> None:
         if load_task is not None and not load_task.done():
             load_task.cancel()
         await runner.aclose()
-        if inference_log is not None:
-            await inference_log.close()
-        if registry is not None:
-            await registry.close()
+        if connection is not None:
+            await connection.close()
         log.info("model-serving stopped")
 
 

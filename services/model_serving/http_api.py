@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError
-from services.common.http import create_app
+from services.common.http import ReadinessCheck, create_app
 
 from .batcher import DeadlineExceeded, Overloaded
 from .runner import InputError, ModelNotFound, ModelNotReady, ModelRefused, ModelRunner
@@ -49,9 +49,11 @@ class PredictOut(BaseModel):
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 
-def build_app(settings: ModelServingSettings, runner: ModelRunner) -> FastAPI:
+def build_app(settings: ModelServingSettings, runner: ModelRunner,
+              readiness: dict[str, ReadinessCheck] | None = None) -> FastAPI:
+    """`readiness`: checks besides the model's (the registry's, when there is one)."""
     app = create_app(settings.service_name, title="doctag model-serving",
-                     readiness={"model": runner.ready_check})
+                     readiness={"model": runner.ready_check, **(readiness or {})})
     verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
 
     @app.post("/api/v1/predict", response_model=PredictOut, tags=["predict"])

@@ -10,17 +10,21 @@ target in `models.alias_history`, which is how a promotion is rolled back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
+from pydantic import Field
 
 from services.common.db import Database
 from services.common.settings import CommonSettings
@@ -29,14 +33,17 @@ from .archive import remove_tree
 from .models.manifest import MANIFEST_NAME, ModelIntegrityError, read_verified_manifest, sha256_file
 from .resolved import (
     DEFAULT_ALIAS,
+    RegistryUnavailable,
     ResolvedModel,
     Resolver,
+    StaticResolver,
     UnknownModel,
     parse_model_ref,
 )
 
-__all__ = ["AliasChange", "ArtifactRefused", "ModelRegistry", "Registered", "RegistryError", "RegistryNotFound",
-           "RegistrySettings", "ResolvedModel", "Resolver", "build_registry_services", "manifest_name"]
+__all__ = ["AliasChange", "ArtifactRefused", "ModelRegistry", "Registered", "RegistryConnection", "RegistryError",
+           "RegistryNotFound", "RegistrySettings", "RegistryUnavailable", "ResolvedModel", "Resolver", "StoreProblem",
+           "manifest_name", "store_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,8 @@ class RegistrySettings(CommonSettings):
     inference_log_batch: int = 5000
     inference_log_buffer: int = 100_000
     inference_log_purge_interval_s: float = 3600.0
+    # Longest wait between two attempts to reach the database when it was down at start.
+    registry_retry_max_s: float = Field(30.0, gt=0)
 
     @property
     def store_path(self) -> Path:
@@ -198,8 +207,8 @@ class ModelRegistry:
                 await asyncio.to_thread(remove_tree, staging)
             problem = await asyncio.to_thread(store_problem, target, sha, full=True)
             if problem is not None:
-                raise RegistryError(f"model {name} version {version}: its files could not be restored in the "
-                                    f"store: {problem}", field="artifact")
+                raise RegistryError(f"model {name} version {version}: its files could not be restored in "
+                                    f"{target}: {problem}", field="artifact")
             log.info("model version files restored in the store",
                      extra={"model": name, "version": version, "path": str(target)})
         self.store_problems.pop((name, str(version)), None)
@@ -305,8 +314,7 @@ class ModelRegistry:
             name, version, directory = row["model_name"], str(row["version"]), self.store / row["artifact_path"]
             problem = await asyncio.to_thread(store_problem, directory, row["manifest_sha256"], full=row["aliased"])
             if problem is not None:
-                problems[(name, version)] = (f"model {name} version {version} cannot be served from {directory}: "
-                                             f"{problem}; register the same artifact again to restore it")
+                problems[(name, version)] = f"model {name} version {version} in {directory}: {problem}"
                 log.error("registered model version is missing or damaged in the store",
                           extra={"model": name, "version": version, "path": str(directory), "error": problem})
         self.store_problems = problems
@@ -378,19 +386,19 @@ def store_problem(directory: Path, manifest_sha256: str, *, full: bool) -> str |
     """
     manifest = directory / MANIFEST_NAME
     if not directory.is_dir():
-        return f"{directory} is missing"
+        return "the directory is missing"
     if not manifest.is_file():
-        return f"{manifest} is missing"
+        return f"{MANIFEST_NAME} is missing"
     if full:
         try:
             _, actual = read_verified_manifest(directory)
         except ModelIntegrityError as exc:
-            return f"{exc}"
+            return str(exc)
     else:
         actual = sha256_file(manifest)
     expected = manifest_sha256.strip()
     if actual != expected:
-        return f"{manifest} has sha256 {actual}, registered {expected}"
+        return f"{MANIFEST_NAME} has sha256 {actual}, registered {expected}"
     return None
 
 
@@ -425,48 +433,124 @@ async def _scalar(conn: AsyncConnection, query: str, params: tuple[Any, ...]) ->
 
 # -- model-serving wiring --------------------------------------------------------------------
 
-async def build_registry_services(settings: Any, registry_settings: RegistrySettings | None = None
-                                  ) -> tuple[ModelRegistry, Resolver, Any] | None:
-    """Registry, resolver and inference log for model-serving, or None without a reachable database.
+RETRY_FIRST_S = 0.5
 
-    Registers the shipped artifact (`settings.model_dir`) under the name in its manifest
-    and points `production` at it when unset, so a fresh install serves the committed
-    model. The resolver maps "name:3", "name@alias", "3", "candidate" or None
-    (= production of the shipped model's name) to an artifact.
+
+class StoreProblem(Exception):
+    """A registered version's files are missing or damaged in the model store."""
+
+
+class RegistryConnection:
+    """The registry as model-serving uses it: connected at start or later, in the background.
+
+    `start` tries once and, when PostgreSQL does not answer, keeps trying with back-off
+    (0.5 s doubling to `registry_retry_max_s`), logging a warning at each failure. Until
+    then `resolve` serves the shipped artifact (`model_dir`) as the default model and
+    refuses named versions with RegistryUnavailable, `current` raises it (the registry API
+    answers 503), the inference log only buffers (bounded), and `ready_check` fails with
+    the reason. Once connected, the shipped artifact is registered under the name in its
+    manifest (its store files restored when needed) with `production` pointing at it
+    when unset, every version's store copy is checked (`ModelRegistry.check_store`), the
+    inference log starts writing, and `on_connected` runs.
     """
-    from .inference_log import InferenceLog
 
-    rs = registry_settings or RegistrySettings()
-    if not rs.model_registry:
-        return None
-    db = Database(rs.dsn(), min_size=1, max_size=max(2, rs.db_pool_max // 2))
-    try:
-        await db.open()
-        await db.ping()
-    except Exception as exc:  # noqa: BLE001 - no database: serve the shipped artifact without a registry
-        log.warning("model registry unavailable, serving DOCTAG_MODEL_DIR only", extra={"error": str(exc)})
-        await db.close()
-        return None
-    registry = ModelRegistry(db, rs.store_path)
-    model_dir = Path(settings.model_dir)
-    try:
-        default_name = manifest_name(model_dir)
-    except RegistryError:
-        log.exception("no default model name: serving DOCTAG_MODEL_DIR without the registry")
-        await db.close()
-        return None
-    try:
-        await registry.ensure_default(default_name, model_dir)
-    except Exception:  # noqa: BLE001 - a version registered before may still be served
-        log.exception("the shipped model could not be registered", extra={"model_dir": str(model_dir)})
+    def __init__(self, model_dir: Path, settings: RegistrySettings | None = None) -> None:
+        from .inference_log import InferenceLog
 
-    async def resolver(ref: str | None) -> ResolvedModel:
-        name, version_or_alias = parse_model_ref(ref)
-        return await registry.resolve(name or default_name, version_or_alias)
+        rs = self.settings = settings or RegistrySettings()
+        self.model_dir = Path(model_dir)
+        self.db = Database(rs.dsn(), min_size=1, max_size=max(2, rs.db_pool_max // 2))
+        self.registry = ModelRegistry(self.db, rs.store_path)
+        self.inference_log = InferenceLog(self.db, retention_days=rs.inference_log_retention_days,
+                                          flush_interval_s=rs.inference_log_flush_s,
+                                          batch_size=rs.inference_log_batch, max_buffer=rs.inference_log_buffer,
+                                          purge_interval_s=rs.inference_log_purge_interval_s)
+        self.connected = False
+        self.error = "not connected yet"
+        self.default_name: str | None = None
+        self.on_connected: Callable[[], None] | None = None
+        self._fallback = StaticResolver(self.model_dir)
+        self._pool_opened = False
+        self._task: asyncio.Task[None] | None = None
 
-    inference_log = InferenceLog(db, retention_days=rs.inference_log_retention_days,
-                                 flush_interval_s=rs.inference_log_flush_s, batch_size=rs.inference_log_batch,
-                                 max_buffer=rs.inference_log_buffer,
-                                 purge_interval_s=rs.inference_log_purge_interval_s)
-    inference_log.start()
-    return registry, resolver, inference_log
+    async def start(self) -> None:
+        """One attempt now (a healthy start serves the registry's `production` from the first load),
+        then, when it failed, attempts in the background until one succeeds."""
+        if not await self._attempt():
+            self._task = asyncio.create_task(self._retry(), name="registry-connect")
+
+    async def _retry(self) -> None:
+        delay = RETRY_FIRST_S
+        while True:
+            await asyncio.sleep(delay)
+            if await self._attempt():
+                return
+            delay = min(delay * 2, self.settings.registry_retry_max_s)
+
+    async def _attempt(self) -> bool:
+        try:
+            await self._connect()
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz and the log; tried again
+            self.error = f"{exc.__class__.__name__}: {exc}".strip()[:500]
+            log.warning("model registry not connected; serving DOCTAG_MODEL_DIR as the default model and retrying",
+                        extra={"error": self.error, "db": f"{self.settings.db_host}:{self.settings.db_port}"})
+            return False
+        self.connected = True
+        self.error = ""
+        self.inference_log.start()
+        log.info("model registry connected", extra={"model": self.default_name, "store": str(self.registry.store)})
+        if self.on_connected is not None:
+            self.on_connected()
+        return True
+
+    async def _connect(self) -> None:
+        self.default_name = manifest_name(self.model_dir)
+        # A single connection first: the pool is opened only once the server answers, since a
+        # pool opened against a dead server retries on its own schedule and cannot be reopened.
+        probe = await psycopg.AsyncConnection.connect(self.settings.dsn(), connect_timeout=3)
+        await probe.close()
+        if not self._pool_opened:
+            await self.db.open()
+            self._pool_opened = True
+        await self.db.ping()
+        try:
+            await self.registry.ensure_default(self.default_name, self.model_dir)
+        except RegistryError:  # a version registered before may still be served; check_store reports the store
+            log.exception("the shipped model could not be registered", extra={"model_dir": str(self.model_dir)})
+        await self.registry.check_store()
+
+    def current(self) -> ModelRegistry:
+        """The registry, or RegistryUnavailable while its database has not been reached (for the
+        platform_admin API: the message names the connection error)."""
+        if not self.connected:
+            raise RegistryUnavailable(f"the model registry is not connected yet ({self.error}); retrying")
+        return self.registry
+
+    async def resolve(self, ref: str | None) -> ResolvedModel:
+        """The runner's resolver: "name:3", "name@alias", "3", "candidate" or None (= `production` of
+        the shipped model's name). Before the connection only the default model is known."""
+        if not self.connected:
+            if (ref or "").strip():
+                raise RegistryUnavailable("the model registry is not connected yet; only the default model "
+                                          "is served")
+            return await self._fallback(None)
+        name, selector = parse_model_ref(ref)
+        return await self.registry.resolve(name or self.default_name or "", selector)
+
+    async def ready_check(self) -> None:
+        """Readiness: fails while the database is unreachable or a version's store copy is unusable."""
+        if not self.connected:
+            raise RegistryUnavailable(f"not connected to the registry's database ({self.error}); retrying")
+        await self.db.ping()
+        problems = list(self.registry.store_problems.values())
+        if problems:
+            more = f" (and {len(problems) - 1} more, see the log)" if len(problems) > 1 else ""
+            raise StoreProblem(problems[0] + more)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.inference_log.close()
+        await self.db.close()

@@ -4,11 +4,15 @@ GET  /api/v1/models                          models with their aliases
 GET  /api/v1/models/{name}/versions          versions of one model
 POST /api/v1/models/{name}/versions          upload an artifact archive (multipart field `file`)
 PUT  /api/v1/models/{name}/aliases/{alias}   {"version": N}: move an alias, answers the previous target
+
+The routes exist from start-up; while the registry's database has not been reached they
+answer 503 (problem+json, `Retry-After`) after the usual 401/403 checks.
 """
 from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ from .registry import (
     ModelRegistry,
     RegistryError,
     RegistrySettings,
+    RegistryUnavailable,
     check_alias,
     check_name,
 )
@@ -42,8 +47,9 @@ def _problem(exc: RegistryError, artifact_field: str = "file") -> ProblemError:
     return ProblemError(exc.status, str(exc), field=field)
 
 
-def build_registry_router(registry: ModelRegistry, verifier: TokenVerifier,
+def build_registry_router(current: Callable[[], ModelRegistry], verifier: TokenVerifier,
                           settings: RegistrySettings | None = None) -> APIRouter:
+    """`current()` returns the registry or raises RegistryUnavailable (answered 503)."""
     settings = settings or RegistrySettings()
     router = APIRouter(prefix="/api/v1", tags=["models"])
     limits = ArchiveLimits(max_bytes=settings.registry_max_unpacked_bytes, max_files=settings.registry_max_files)
@@ -56,6 +62,15 @@ def build_registry_router(registry: ModelRegistry, verifier: TokenVerifier,
 
     admin = Depends(platform_admin)
 
+    async def connected(principal: Principal = admin) -> ModelRegistry:
+        try:
+            return current()
+        except RegistryUnavailable as exc:
+            raise ProblemError(503, str(exc), slug="registry-unavailable", title="Model registry unavailable",
+                               headers={"Retry-After": "5"}) from None
+
+    registry_dep = Depends(connected)
+
     def valid_name(name: str) -> str:
         try:
             return check_name(name)
@@ -63,11 +78,11 @@ def build_registry_router(registry: ModelRegistry, verifier: TokenVerifier,
             raise _problem(exc) from None
 
     @router.get("/models", summary="Registered models with their aliases")
-    async def list_models(principal: Principal = admin) -> dict[str, Any]:
+    async def list_models(registry: ModelRegistry = registry_dep) -> dict[str, Any]:
         return {"models": await registry.list_models()}
 
     @router.get("/models/{name}/versions", summary="Versions of a model, oldest first")
-    async def list_versions(name: str, principal: Principal = admin) -> dict[str, Any]:
+    async def list_versions(name: str, registry: ModelRegistry = registry_dep) -> dict[str, Any]:
         try:
             return {"name": name, "versions": await registry.list_versions(valid_name(name))}
         except RegistryError as exc:
@@ -75,7 +90,8 @@ def build_registry_router(registry: ModelRegistry, verifier: TokenVerifier,
 
     @router.post("/models/{name}/versions", status_code=201,
                  summary="Register an artifact archive (.tar.gz or .zip, multipart field `file`) as a new version")
-    async def upload_version(name: str, request: Request, principal: Principal = admin) -> JSONResponse:
+    async def upload_version(name: str, request: Request, principal: Principal = admin,
+                             registry: ModelRegistry = registry_dep) -> JSONResponse:
         valid_name(name)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_upload + 64 * 1024:
@@ -101,7 +117,8 @@ def build_registry_router(registry: ModelRegistry, verifier: TokenVerifier,
                             headers={"Location": f"/api/v1/models/{done.name}/versions"})
 
     @router.put("/models/{name}/aliases/{alias}", summary="Point an alias (e.g. production) at a version")
-    async def set_alias(name: str, alias: str, body: AliasBody, principal: Principal = admin) -> dict[str, Any]:
+    async def set_alias(name: str, alias: str, body: AliasBody, principal: Principal = admin,
+                        registry: ModelRegistry = registry_dep) -> dict[str, Any]:
         try:
             check_alias(alias)
             change = await registry.set_alias(valid_name(name), alias, body.version,

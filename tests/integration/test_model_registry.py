@@ -17,7 +17,6 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import psycopg
@@ -33,10 +32,10 @@ from services.model_serving.models.manifest import REQUIRED_FILES, read_verified
 from services.model_serving.registry import (
     ArtifactRefused,
     ModelRegistry,
+    RegistryConnection,
     RegistryError,
     RegistryNotFound,
     RegistrySettings,
-    build_registry_services,
 )
 from services.model_serving.registry_api import build_registry_router
 from services.model_serving.resolved import UnknownModel
@@ -96,8 +95,16 @@ async def db(model_dsn: str) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-def registry(db: Database, tmp_path: Path) -> ModelRegistry:
-    return ModelRegistry(db, tmp_path / "store")
+def session_store() -> Path:
+    """The session's model store (DOCTAG_MODEL_STORE, set by conftest): every version registered in
+    the session database is kept there, so a model-serving started on that database later finds all
+    of them (its start-up check marks it not ready otherwise). Tests leave their versions intact."""
+    return RegistrySettings().store_path
+
+
+@pytest.fixture
+def registry(db: Database, session_store: Path) -> ModelRegistry:
+    return ModelRegistry(db, session_store)
 
 
 # -- registration ------------------------------------------------------------------------------
@@ -219,16 +226,17 @@ async def test_ensure_default_registers_once_and_never_moves_production(registry
     assert len(await registry.list_versions(name)) == 2
 
 
-async def test_model_serving_wiring_resolves_refs(test_db_name, tmp_path) -> None:
+async def test_model_serving_wiring_resolves_refs(test_db_name, tmp_path, session_store) -> None:
     name = model_name()
     shipped = make_artifact(tmp_path / "shipped", name)
-    rs = RegistrySettings(db_name=test_db_name, db_host=DB_HOST, db_port=DB_PORT, model_store=tmp_path / "store")
-    services = await build_registry_services(SimpleNamespace(model_dir=shipped), rs)
-    assert services is not None
-    registry, resolver, inference_log = services
+    rs = RegistrySettings(db_name=test_db_name, db_host=DB_HOST, db_port=DB_PORT, model_store=session_store)
+    connection = RegistryConnection(shipped, rs)
+    await connection.start()
     try:
-        second = await registry.register(name, make_artifact(tmp_path / "b", name), created_by="alice")
-        await registry.set_alias(name, "candidate", second.version, by="alice")
+        assert connection.connected and connection.current() is connection.registry
+        resolver = connection.resolve
+        second = await connection.registry.register(name, make_artifact(tmp_path / "b", name), created_by="alice")
+        await connection.registry.set_alias(name, "candidate", second.version, by="alice")
         assert (await resolver(None)).version == "1"
         assert (await resolver("production")).version == "1"
         assert (await resolver("candidate")).version == "2"
@@ -239,11 +247,7 @@ async def test_model_serving_wiring_resolves_refs(test_db_name, tmp_path) -> Non
         with pytest.raises(UnknownModel):
             await resolver(f"{name}:")
     finally:
-        await inference_log.close()
-        await registry.close()
-
-    off = rs.model_copy(update={"model_registry": False})
-    assert await build_registry_services(SimpleNamespace(model_dir=shipped), off) is None
+        await connection.close()
 
 
 # -- HTTP API ----------------------------------------------------------------------------------
@@ -254,7 +258,7 @@ def api(registry: ModelRegistry, key_dir: Path):  # type: ignore[no-untyped-def]
     def build(**limits: int) -> httpx.AsyncClient:
         app = create_app("model-serving-test", title="registry test")
         verifier = TokenVerifier(key_dir / "jwt_public.pem", "doctag", "doctag-api")
-        app.include_router(build_registry_router(registry, verifier, RegistrySettings(**limits)))
+        app.include_router(build_registry_router(lambda: registry, verifier, RegistrySettings(**limits)))
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model-serving")
 
     return build
@@ -408,13 +412,12 @@ async def test_inference_log_is_bounded_while_the_database_is_down(model_dsn) ->
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch, test_db_name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+def cli(monkeypatch: pytest.MonkeyPatch, test_db_name: str):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("DOCTAG_DB_NAME", test_db_name)
-    monkeypatch.setenv("DOCTAG_MODEL_STORE", str(tmp_path / "cli-store"))
     return lambda *argv: cli_main(list(argv))
 
 
-def test_cli_register_list_alias_and_purge(cli, capsys, tmp_path) -> None:
+def test_cli_register_list_alias_and_purge(cli, capsys, tmp_path, session_store) -> None:
     name = model_name()
     assert cli("model", "register", name, str(make_artifact(tmp_path / "a", name))) == 0
     assert f"registered {name} version 1" in capsys.readouterr().out
@@ -422,7 +425,7 @@ def test_cli_register_list_alias_and_purge(cli, capsys, tmp_path) -> None:
     archive.write_bytes(tar_gz(make_artifact(tmp_path / "b", name)))
     assert cli("model", "register", name, str(archive), "--by", "ops") == 0
     assert f"registered {name} version 2" in capsys.readouterr().out
-    assert (tmp_path / "cli-store" / name / "2" / "manifest.json").is_file()
+    assert (session_store / name / "2" / "manifest.json").is_file()
 
     tampered = make_artifact(tmp_path / "c", name)
     (tampered / "config.json").write_text("{}")
@@ -448,7 +451,7 @@ def test_cli_register_list_alias_and_purge(cli, capsys, tmp_path) -> None:
     assert "older than 30 days" in capsys.readouterr().out
 
 
-def test_make_up_registers_the_shipped_model_once(cli, monkeypatch, tmp_path) -> None:
+def test_make_up_registers_the_shipped_model_once(cli, monkeypatch, tmp_path, session_store) -> None:
     from services.cli.main import OpsSettings
     from services.cli.model_registry_cmds import ensure_shipped_model
 
@@ -457,7 +460,7 @@ def test_make_up_registers_the_shipped_model_once(cli, monkeypatch, tmp_path) ->
     line = ensure_shipped_model(OpsSettings())
     assert line.startswith(f"model registry: {name}@production is version 1 (")
     assert ensure_shipped_model(OpsSettings()) == line  # the next `make up` changes nothing
-    assert (tmp_path / "cli-store" / name / "1" / "manifest.json").is_file()
+    assert (session_store / name / "1" / "manifest.json").is_file()
 
 
 # -- registry and store kept in step ------------------------------------------------------------
@@ -506,9 +509,8 @@ async def test_store_check_names_each_unusable_version_and_its_path(registry, tm
         everything = await registry.check_store()   # other tests' models (other stores) are in this database
     problems = {key: why for key, why in everything.items() if key[0] == name}
     assert set(problems) == {(name, "1"), (name, "2")}, problems
-    assert problems[(name, "1")].startswith(
-        f"model {name} version 1 cannot be served from {dirs[1]}: config.json does not match the manifest")
-    assert f"model {name} version 2 cannot be served from {dirs[2]}: {dirs[2]} is missing" in problems[(name, "2")]
+    assert problems[(name, "1")].startswith(f"model {name} version 1 in {dirs[1]}: config.json does not match")
+    assert problems[(name, "2")] == f"model {name} version 2 in {dirs[2]}: the directory is missing"
     logged = {(r.model, r.version, r.path) for r in caplog.records
               if r.msg.startswith("registered model version") and r.model == name}
     assert logged == {(name, "1", str(dirs[1])), (name, "2", str(dirs[2]))}
