@@ -22,7 +22,7 @@ from services.common.db import Database
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
 from services.model_serving.inference_log import input_sha256
-from services.model_serving.registry import ModelRegistry
+from services.model_serving.registry import ModelRegistry, RegistrySettings
 from tests.conftest import DB_HOST, DB_PORT
 from tests.integration.test_model_serving import (
     Service,
@@ -43,7 +43,7 @@ def promo(tmp_path_factory: pytest.TempPathFactory, key_dir: Path, test_db_name:
     model-serving started against that database, re-resolving `production` every 0.3 s."""
     tmp = tmp_path_factory.mktemp("promotion")
     name = f"promo-{uuid.uuid4().hex[:8]}"
-    store = tmp / "store"
+    store = RegistrySettings().store_path   # the session's store (conftest), as for every version in its database
     sources = {v: make_tiny_bert(tmp / f"src{v}", name=name, version=f"build-{v}", seed=v) for v in (1, 2)}
 
     async def register() -> None:
@@ -96,7 +96,8 @@ def test_promotion_and_rollback_under_load_fail_no_request(promo: dict, make_tok
     def client() -> None:
         while not stop.is_set():
             try:
-                seen[stub.Predict(pb.PredictRequest(text=HEADLINE, tenant_id=str(uuid.uuid4())), timeout=10).version] += 1
+                request = pb.PredictRequest(text=HEADLINE, tenant_id=str(uuid.uuid4()))
+                seen[stub.Predict(request, timeout=10).version] += 1
             except grpc.RpcError as exc:  # any failure is a dropped request
                 errors.append(exc)
 
