@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -29,10 +29,11 @@ SHARED = REPO.parent / "shared"
 SAMPLES = SHARED / "samples"
 DATA = SHARED / "data"
 
-SESSION_ID = uuid.uuid4().hex[:10]
+# A process the tests start inherits the session's id (and so its names) instead of making new ones.
+SESSION_ID = os.environ.setdefault("DOCTAG_TEST_SESSION_ID", uuid.uuid4().hex[:10])
 TEST_DB_NAME = f"doctag_test_{SESSION_ID}"
 TEST_AMQP_PREFIX = f"doctag-test-{SESSION_ID}"
-TEST_STATE_DIR = Path(tempfile.mkdtemp(prefix="doctag-test-state-"))
+TEST_STATE_DIR = Path(tempfile.gettempdir()) / f"doctag-test-state-{SESSION_ID}"
 os.environ["DOCTAG_DB_NAME"] = TEST_DB_NAME
 os.environ["DOCTAG_AMQP_PREFIX"] = TEST_AMQP_PREFIX
 os.environ["DOCTAG_STATE_DIR"] = str(TEST_STATE_DIR)
@@ -45,6 +46,10 @@ DB_HOST = os.environ.get("DOCTAG_DB_HOST", "127.0.0.1")
 DB_PORT = int(os.environ.get("DOCTAG_DB_PORT", "5432"))
 DB_ADMIN = os.environ.get("DOCTAG_TEST_DB_ADMIN", "postgres")
 AMQP_URL = os.environ.get("DOCTAG_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    TEST_STATE_DIR.mkdir(parents=True, exist_ok=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from pydantic import Field
 
-from services.common.db import Database
+from services.common.db import Database, DictConnection
 from services.common.settings import CommonSettings
 
 from .archive import remove_tree
@@ -184,6 +183,7 @@ class ModelRegistry:
         log.info("model version registered", extra={"model": name, "version": version, "manifest_sha256": sha,
                                                     "created_by": created_by})
         self.store_problems.pop((name, str(version)), None)
+        assert target is not None  # set with `version` in the transaction above
         return Registered(name, version, sha, target, True)
 
     async def _restore_files(self, name: str, version: int, sha: str, source: Path) -> Registered:
@@ -241,8 +241,9 @@ class ModelRegistry:
 
     async def _version_by_sha(self, name: str, sha: str) -> int | None:
         async with self.db.transaction() as conn:
-            return await _scalar(conn, "SELECT version FROM models.versions WHERE model_name = %s "
-                                 "AND manifest_sha256 = %s ORDER BY version LIMIT 1", (name, sha))
+            version = await _scalar(conn, "SELECT version FROM models.versions WHERE model_name = %s "
+                                    "AND manifest_sha256 = %s ORDER BY version LIMIT 1", (name, sha))
+        return None if version is None else int(version)
 
     async def ensure_default(self, name: str, source_dir: Path, by: str = "system") -> ResolvedModel:
         """Registers the shipped artifact unless already there; points `production` at it when unset."""
@@ -276,7 +277,7 @@ class ModelRegistry:
         return AliasChange(name, alias, previous, version)
 
     @staticmethod
-    async def _move_alias(conn: AsyncConnection, name: str, alias: str, version: int, previous: int | None,
+    async def _move_alias(conn: DictConnection, name: str, alias: str, version: int, previous: int | None,
                           by: str) -> None:
         await conn.execute(
             "INSERT INTO models.aliases (model_name, alias, version, updated_by) VALUES (%s, %s, %s, %s) "
@@ -423,7 +424,7 @@ def _as_object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else ({} if value is None else {"value": value})
 
 
-async def _scalar(conn: AsyncConnection, query: str, params: tuple[Any, ...]) -> Any:
+async def _scalar(conn: DictConnection, query: str, params: tuple[Any, ...]) -> Any:
     cur = await conn.execute(query, params)
     row = await cur.fetchone()
     if row is None:

@@ -16,10 +16,10 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.common.context import request_id_var, tenant_id_var
 
@@ -93,7 +93,7 @@ class ModelRunner:
         self.resolver: Resolver = resolver or StaticResolver(settings.model_dir)
         self.inference_log = inference_log
         self.load_error: str | None = None
-        self.on_ready: Callable[[], Awaitable[None]] | None = None   # called when the first model is ready
+        self.on_ready: Callable[[], Coroutine[Any, Any, None]] | None = None   # called when the first model is ready
         self._default: _Loaded | None = None
         self._loaded: dict[tuple[str, str], _Loaded] = {}
         self._loading: dict[tuple[str, str, str], asyncio.Task[_Loaded]] = {}

@@ -309,10 +309,11 @@ async def test_http_upload_versions_and_aliases(api, make_token, tmp_path) -> No
         models = (await client.get("/api/v1/models", headers=auth)).json()["models"]
         assert next(m for m in models if m["name"] == name)["aliases"] == {"production": 1}
 
-        for body, field in (({"version": 0}, "version"), ({"version": 5}, "version"), ({}, "version")):
+        # Malformed input is 422; a well-formed version that does not exist is 404.
+        for body, status in (({"version": 0}, 422), ({}, 422), ({"version": "x"}, 422), ({"version": 5}, 404)):
             bad = await client.put(f"/api/v1/models/{name}/aliases/production", json=body, headers=auth)
-            assert bad.status_code in (404, 422), bad.text
-            assert bad.json()["errors"][0]["field"] == field
+            assert bad.status_code == status, (body, bad.text)
+            assert bad.json()["errors"][0]["field"] == "version"
         bad_alias = await client.put(f"/api/v1/models/{name}/aliases/9", json={"version": 1}, headers=auth)
         assert (bad_alias.status_code, bad_alias.json()["errors"][0]["field"]) == (422, "alias")
 

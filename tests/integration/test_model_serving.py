@@ -136,28 +136,33 @@ def test_health_is_serving(service: Service) -> None:
     assert httpx.get(f"{service.http}/healthz", timeout=TIMEOUT).status_code == 200
 
 
-def test_service_uses_this_sessions_database_never_the_live_one(service: Service, admin_dsn: str,
+@pytest.fixture(scope="module")
+def served_version(service: Service, admin_dsn: str) -> str:
+    """The registry version `production` points at in this session's database (the shipped model's)."""
+    with psycopg.connect(admin_dsn) as conn:
+        row = conn.execute(
+            "SELECT a.version, v.manifest_sha256 FROM models.aliases a JOIN models.versions v "
+            "ON v.model_name = a.model_name AND v.version = a.version "
+            "WHERE a.model_name = %s AND a.alias = 'production'", (MANIFEST["name"],)).fetchone()
+    assert row is not None, f"the shipped model is not registered in this session's database:\n{service.output()}"
+    assert row[1] == sha256_file(DEFAULT_MODEL_DIR / "manifest.json")
+    return str(row[0])
+
+
+def test_service_uses_this_sessions_database_never_the_live_one(service: Service, served_version: str,
                                                                 test_db_name: str) -> None:
     """With `make up` running on the same machine, the tests' model-serving must register and log into
-    the test database: the shipped model appears in this session's registry."""
+    the test database: the shipped model is `production` in this session's registry, and served as such."""
     assert test_db_name != "doctag" and os.environ["DOCTAG_DB_NAME"] == test_db_name
-    deadline = time.monotonic() + 60
-    while True:
-        with psycopg.connect(admin_dsn) as conn:
-            row = conn.execute("SELECT manifest_sha256 FROM models.versions WHERE model_name = %s",
-                               (MANIFEST["name"],)).fetchone()
-        if row is not None or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert row is not None, f"the shipped model was not registered in {test_db_name}:\n{service.output()}"
-    assert row[0] == sha256_file(DEFAULT_MODEL_DIR / "manifest.json")
+    response = pb_grpc.ModelServingStub(service.channel).Predict(pb.PredictRequest(text=SPORTS), timeout=TIMEOUT)
+    assert response.version == served_version
 
 
-def test_predict_sports_and_economy(stub: pb_grpc.ModelServingStub) -> None:
+def test_predict_sports_and_economy(stub: pb_grpc.ModelServingStub, served_version: str) -> None:
     metadata = (("x-request-id", "test-predict-1"),)
     sports = stub.Predict(pb.PredictRequest(text=SPORTS), timeout=TIMEOUT, metadata=metadata)
     economy = stub.Predict(pb.PredictRequest(text=ECONOMY, top_k=2), timeout=TIMEOUT, metadata=metadata)
-    assert sports.model == "doctag-tagger" and sports.version == MANIFEST["version"]
+    assert sports.model == "doctag-tagger" and sports.version == served_version
     # Plausibility (a decently trained model): clear headlines get their topic first.
     assert sports.prediction.tags[0].tag == "스포츠"
     assert economy.prediction.tags[0].tag == "경제"
@@ -180,10 +185,10 @@ def test_predict_batch_keeps_order_and_equals_single(stub: pb_grpc.ModelServingS
     assert batch.predictions[0].tags[0].tag == "경제"
 
 
-def test_list_models(stub: pb_grpc.ModelServingStub) -> None:
+def test_list_models(stub: pb_grpc.ModelServingStub, served_version: str) -> None:
     response = stub.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT)
     [model] = response.models
-    assert model.loaded and model.name == "doctag-tagger" and model.version == MANIFEST["version"]
+    assert model.loaded and model.name == "doctag-tagger" and model.version == served_version
     assert list(model.labels) == MANIFEST["labels"]
     assert model.manifest_sha256 == sha256_file(DEFAULT_MODEL_DIR / "manifest.json")
 
@@ -223,12 +228,12 @@ def test_long_text_is_windowed_and_answered(stub: pb_grpc.ModelServingStub, loca
     assert response.prediction.tags[0].score == pytest.approx(detail.tags[0][1], abs=1e-4)
 
 
-def test_http_predict_with_token(service: Service, make_token) -> None:  # type: ignore[no-untyped-def]
+def test_http_predict_with_token(service: Service, served_version: str, make_token) -> None:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {make_token('00000000-0000-0000-0000-000000000001')}"}
     single = httpx.post(f"{service.http}/api/v1/predict", json={"text": SPORTS}, headers=headers, timeout=TIMEOUT)
     assert single.status_code == 200, single.text
     body = single.json()
-    assert body["model"] == "doctag-tagger" and body["version"] == MANIFEST["version"]
+    assert body["model"] == "doctag-tagger" and body["version"] == served_version
     assert len(body["predictions"]) == 1 and body["predictions"][0]["tags"][0]["tag"] == "스포츠"
     assert set(body["predictions"][0]["tags"][0]) == {"tag", "score"}
     batch = httpx.post(f"{service.http}/api/v1/predict", json={"texts": [ECONOMY, SPORTS], "top_k": 1},
@@ -283,13 +288,14 @@ def test_sigterm_stops_gracefully(service: Service) -> None:
 
 
 def test_corrupted_artifact_is_never_served(tmp_path: Path, key_dir: Path) -> None:
+    """Served without a registry (DOCTAG_MODEL_DIR alone), a changed byte keeps the service not ready."""
     model_dir = tmp_path / "doctag-tagger"
     shutil.copytree(DEFAULT_MODEL_DIR, model_dir)
     weights = model_dir / "head.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 3] ^= 0xFF
     weights.write_bytes(bytes(data))
-    svc = _start(tmp_path, key_dir, model_dir)
+    svc = _start(tmp_path, key_dir, model_dir, {"DOCTAG_MODEL_REGISTRY": "false"})
     try:
         deadline = time.monotonic() + 120
         while "model could not be loaded" not in svc.output():
