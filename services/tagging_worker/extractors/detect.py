@@ -50,6 +50,7 @@ _GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream", "applic
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _HWPX_MIMETYPE = b"application/hwp+zip"
+_HWP3_SIGNATURE = b"HWP Document File"  # HWP 3.0 files start with it; HWP 5.0 files are OLE
 # Office files protected with a password are OLE containers with this stream (UTF-16 name).
 _OFFICE_ENCRYPTION_STREAM = "EncryptionInfo".encode("utf-16-le")
 
@@ -102,6 +103,9 @@ def resolve_format(data: bytes, filename: str, content_type: str) -> Format:
             raise ExtractionError("not a valid DOCX file")
         return Format.DOCX
     if declared is Format.HWP:
+        if data.startswith(_HWP3_SIGNATURE):
+            raise ExtractionError("HWP 3.0 files (한글 97 and older) are not supported; "
+                                  "save the document as HWP 5.0 or HWPX and upload it again")
         if actual != "ole":
             raise ExtractionError("not a valid HWP file: the content is not an HWP 5.0 (OLE compound) file")
         return Format.HWP

@@ -92,10 +92,7 @@ def extract_hwp(data: bytes, limits: Limits) -> str:
 
 def read_hwp(data: bytes, limits: Limits) -> HwpDocument:
     """The text and metadata of an HWP 5.0 file, or ExtractionError saying why it cannot be read."""
-    if not data.startswith(olefile.MAGIC):
-        if data.startswith(SIGNATURE):
-            raise ExtractionError("HWP 3.0 files (한글 97 and older) are not supported; "
-                                  "save the document as HWP 5.0 or HWPX and upload it again")
+    if not data.startswith(olefile.MAGIC):  # detect.py has told HWP 3.0 files apart already
         raise ExtractionError("not a valid HWP file: the content is not an HWP 5.0 (OLE compound) file")
     try:
         # DEFECT_INCORRECT: a FAT or directory that loops or points outside the file is an error.
@@ -149,7 +146,7 @@ def _read_document(ole: olefile.OleFileIO, limits: Limits) -> HwpDocument:
                 chars += len(text) + 1
                 if chars >= limits.max_chars:
                     break
-        except _TooLarge as exc:
+        except _TooLarge as exc:  # a bomb is a bomb, distribution document or not
             raise ExtractionError(str(exc)) from None
         except ExtractionError as exc:
             if distribution:
