@@ -1,8 +1,10 @@
 """Which files the platform accepts, and their canonical content types.
 
 Decided from the file name's extension and confirmed by the first bytes, so a
-mislabelled file is refused at the door instead of failing later. HWP/HWPX are
-not accepted yet (their extractors come with a later change).
+mislabelled file is refused at the door instead of failing later: a file named
+.hwp must be an OLE compound file (HWP 5.0), one named .hwpx or .docx a ZIP
+package. Which OLE or ZIP file it is exactly is checked by the tagging worker's
+extractor, which reads the whole file.
 """
 from __future__ import annotations
 
@@ -11,6 +13,10 @@ import unicodedata
 from dataclasses import dataclass
 
 DOCX_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+HWP_TYPE = "application/x-hwp"
+HWPX_TYPE = "application/hwp+zip"   # what an HWPX package's own `mimetype` entry says
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+HWP3_SIGNATURE = b"HWP Document File"  # HWP 3.0 (한글 97) files start with it; HWP 5.0 files are OLE
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,8 @@ class FileType:
 TYPES = {
     ".pdf": FileType("PDF", "application/pdf", (b"%PDF-",)),
     ".docx": FileType("DOCX", DOCX_TYPE, (b"PK\x03\x04",)),
+    ".hwp": FileType("HWP", HWP_TYPE, (OLE_MAGIC,)),
+    ".hwpx": FileType("HWPX", HWPX_TYPE, (b"PK\x03\x04",)),
     ".txt": FileType("TXT", "text/plain", ()),
 }
 SUPPORTED = ", ".join(sorted(t.name for t in TYPES.values()))
@@ -53,6 +61,9 @@ def file_type_for(filename: str) -> FileType:
 
 def check_signature(file_type: FileType, head: bytes) -> None:
     """Raises when the first bytes contradict the declared type."""
+    if file_type.name == "HWP" and head.startswith(HWP3_SIGNATURE):
+        raise UnsupportedFile("HWP 3.0 files (한글 97 and older) are not supported; "
+                              "save the document as HWP 5.0 or HWPX and upload it again")
     if file_type.magic and not any(head.startswith(m) for m in file_type.magic):
         raise UnsupportedFile(f"the file is named as {file_type.name} but its content is not a {file_type.name} file")
     if not file_type.magic and b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):

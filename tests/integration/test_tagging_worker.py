@@ -42,7 +42,7 @@ from services.tagging_worker.clients import MODEL_HEALTH_SERVICE
 from services.tagging_worker.metrics import DEFERRAL_LIMIT_FAILURES, DEFERRALS, JOBS
 from services.tagging_worker.settings import WorkerSettings
 from services.tagging_worker.worker import TaggingWorker
-from tests.conftest import AMQP_URL
+from tests.conftest import AMQP_URL, SAMPLES
 
 pytestmark = pytest.mark.integration
 
@@ -338,9 +338,29 @@ async def test_corrupt_file_fails_readably_and_the_worker_goes_on(worker, peers,
                    "all three documents to be final")
     assert docs.docs[corrupt].status == "failed"
     assert docs.docs[corrupt].error.startswith("the PDF file is damaged: ")
-    assert docs.docs[hwp].error == "unsupported file type: .hwp"
+    assert docs.docs[hwp].status == "failed"
+    assert docs.docs[hwp].error.startswith("the HWP file is damaged: ")
     assert docs.docs[good].status == "tagged"
     assert len(peers.model.texts) == 1  # failed files never reach the model
+
+
+@pytest.mark.skipif(not (SAMPLES / "hwp").is_dir(), reason="shared samples not available")
+async def test_hwp_and_hwpx_documents_are_tagged_or_fail_with_their_reason(worker, peers, broker) -> None:
+    channel, topology = broker
+    docs = peers.documents
+    hwp = SAMPLES / "hwp" / "hwplib__distribution.hwp"
+    hwpx = SAMPLES / "hwpx" / "hwpxlib__textextractor__multipara.hwpx"
+    password = SAMPLES / "hwp" / "pyhwp__password-12345.hwp"
+    ids = [docs.add(hwp.read_bytes(), hwp.name, "application/x-hwp"),
+           docs.add(hwpx.read_bytes(), hwpx.name, "application/hwp+zip"),
+           docs.add(password.read_bytes(), password.name, "application/x-hwp")]
+    for doc_id in ids:
+        await publish(channel, topology, docs, doc_id)
+
+    await wait_for(lambda: all(docs.docs[d].status in ("tagged", "failed") for d in ids), "the documents to be final")
+    assert [docs.docs[d].status for d in ids] == ["tagged", "tagged", "failed"]
+    assert "encrypted (password-protected)" in docs.docs[ids[2]].error
+    assert sorted(text[:9] for text in peers.model.texts) == ["'어썸킴' 김하성", "강남세움복지관 공"]
 
 
 async def test_document_without_text_fails(worker, peers, broker) -> None:

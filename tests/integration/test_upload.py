@@ -21,7 +21,7 @@ from services.common.pb import documents_pb2_grpc as pb_grpc
 from services.upload.app import UploadComponents, build_http_app
 from services.upload.grpc_api import DocumentsServicer
 from services.upload.settings import UploadSettings
-from tests.conftest import AMQP_URL, DB_HOST, DB_PORT, create_tenant
+from tests.conftest import AMQP_URL, DB_HOST, DB_PORT, SAMPLES, create_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -132,11 +132,30 @@ async def test_read_list_content_and_korean_filename(settings, tenants, make_tok
         assert (await client.get("/api/v1/documents", headers=auth(token_b))).json()["items"] == []
 
 
+@pytest.mark.skipif(not (SAMPLES / "hwp").is_dir(), reason="shared samples not available")
+async def test_hwp_and_hwpx_uploads_are_accepted(settings, tenants, make_token) -> None:
+    token = make_token(tenants[0])
+    async with running(settings) as (client, _, _components):
+        for path, content_type in ((SAMPLES / "hwp" / "pyhwp__sample-5017.hwp", "application/x-hwp"),
+                                   (SAMPLES / "hwpx" / "hwpxlib__20240919__테스트문서.hwpx", "application/hwp+zip")):
+            resp = await upload(client, token, path.name, path.read_bytes())
+            assert resp.status_code == 202, resp.text
+            doc = (await client.get(f"/api/v1/documents/{resp.json()['id']}", headers=auth(token))).json()
+            assert (doc["content_type"], doc["filename"], doc["status"]) == (content_type, path.name, "queued")
+        refused = await upload(client, token, "pyhwp__nonole.hwp", (SAMPLES / "hwp" / "pyhwp__nonole.hwp").read_bytes())
+        assert refused.status_code == 415
+        problem = refused.json()
+        assert problem["errors"] == [{"field": "file", "message": "the file is named as HWP but its content is "
+                                                                  "not a HWP file"}]
+
+
 async def test_bad_input_gets_problem_with_field(settings, tenants, make_token) -> None:
     token = make_token(tenants[0])
     async with running(settings) as (client, _, components):
         cases = [
             (await upload(client, token, "한글.hwp", b"HWP Document File"), 415, "file"),
+            (await upload(client, token, "pyhwp__nonole.hwp", b"non-ole file\n"), 415, "file"),
+            (await upload(client, token, "문서.hwpx", b"non-zip file\n"), 415, "file"),
             (await upload(client, token, "empty.pdf", b""), 422, "file"),
             (await upload(client, token, "fake.pdf", b"this is not a pdf"), 415, "file"),
             (await upload(client, token, "binary.txt", b"\x00\x01\x02garbage"), 415, "file"),

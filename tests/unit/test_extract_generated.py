@@ -4,10 +4,16 @@ from __future__ import annotations
 import codecs
 import io
 import os
+import shutil
+import struct
 import unicodedata
 import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
 
 import docx
+import olefile
 import pytest
 from pypdf import PdfReader, PdfWriter
 from reportlab.pdfbase import pdfmetrics
@@ -15,6 +21,9 @@ from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 from reportlab.pdfgen import canvas
 
 from services.tagging_worker.extractors import ExtractionError, Limits, extract_text
+from services.tagging_worker.extractors.hwp import MsvcRandom, paragraph_text
+from services.tagging_worker.extractors.hwpx import read_hwpx
+from tests.conftest import SAMPLES
 
 KOREAN = "대한민국 행정안전부는 공공기관의 문서를 자동으로 분류합니다."
 KOREAN_CP949_ONLY = "똠방각하 펲시콜라 뷁"  # syllables outside EUC-KR (KS X 1001), present in CP949
@@ -223,19 +232,313 @@ def test_pdf_page_and_character_limits() -> None:
     assert extract_text(data, "a.pdf", limits=Limits(max_chars=3)) == "첫째 "[:3]
 
 
+# -- HWPX --------------------------------------------------------------------------------------
+
+_HP = "http://www.hancom.co.kr/hwpml/2011/paragraph"
+_HS = "http://www.hancom.co.kr/hwpml/2011/section"
+_OPF = "http://www.idpf.org/2007/opf/"
+
+
+def _p(*runs: str) -> str:
+    """An OWPML paragraph; each argument is the content of one run (hp:t elements, tables ...)."""
+    return '<hp:p paraPrIDRef="0" styleIDRef="0">' + "".join(
+        f'<hp:run charPrIDRef="0">{run}</hp:run>' for run in runs) + "</hp:p>"
+
+
+def _t(text: str) -> str:
+    return f"<hp:t>{text}</hp:t>"
+
+
+def _table(rows: list[list[str]]) -> str:
+    cells = "".join("<hp:tr>" + "".join(f"<hp:tc><hp:subList>{_p(_t(cell))}</hp:subList></hp:tc>" for cell in row)
+                    + "</hp:tr>" for row in rows)
+    return f'<hp:tbl rowCnt="{len(rows)}" colCnt="{len(rows[0])}">{cells}</hp:tbl>'
+
+
+def _section(*paragraphs: str) -> str:
+    return (f'<?xml version="1.0" encoding="UTF-8" standalone="yes" ?>'
+            f'<hs:sec xmlns:hp="{_HP}" xmlns:hs="{_HS}">' + "".join(paragraphs) + "</hs:sec>")
+
+
+def _hwpx(sections: list[str], *, package: bool = True, spine: list[int] | None = None,
+          extra: dict[str, bytes] | None = None) -> bytes:
+    """An HWPX package laid out as 한글 writes one: mimetype first and stored, then the parts."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(zipfile.ZipInfo("mimetype"), "application/hwp+zip", zipfile.ZIP_STORED)
+        archive.writestr("version.xml", '<?xml version="1.0"?><hv:HCFVersion xmlns:hv="http://www.hancom.co.kr/'
+                                        'hwpml/2011/version" major="5" minor="1"/>')
+        archive.writestr("Contents/header.xml", f'<?xml version="1.0"?><hh:head xmlns:hh="http://www.hancom.co.kr/'
+                                                f'hwpml/2011/head" secCnt="{len(sections)}"/>')
+        for index, section in enumerate(sections):
+            archive.writestr(f"Contents/section{index}.xml", section)
+        if package:
+            order = spine if spine is not None else list(range(len(sections)))
+            items = "".join(f'<opf:item id="section{i}" href="Contents/section{i}.xml" media-type="application/xml"/>'
+                            for i in range(len(sections)))
+            refs = "".join(f'<opf:itemref idref="section{i}"/>' for i in order)
+            archive.writestr("Contents/content.hpf",
+                             f'<?xml version="1.0"?><opf:package xmlns:opf="{_OPF}"><opf:metadata>'
+                             f'<opf:title>업무 보고</opf:title></opf:metadata><opf:manifest>'
+                             f'<opf:item id="header" href="Contents/header.xml" media-type="application/xml"/>{items}'
+                             f'</opf:manifest><opf:spine><opf:itemref idref="header"/>{refs}</opf:spine>'
+                             f'</opf:package>')
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def _korean_hwpx() -> bytes:
+    body = _section(
+        _p(_t("업무 보고서")),
+        _p(_t("첫째 문단: "), _t(KOREAN)),
+        _p(_t("표 앞의 글"), _table([["부서", "담당자"], ["정보화담당관실", "홍길동"]]), _t("표 뒤의 글")),
+        _p('<hp:rect><hp:drawText><hp:subList>' + _p(_t("글상자 안의 글")) + "</hp:subList></hp:drawText>"
+           "<hp:shapeComment>사각형입니다.</hp:shapeComment></hp:rect>"),
+        _p("<hp:t>탭<hp:tab/>뒤<hp:lineBreak/>줄바꿈 뒤</hp:t>"),
+    )
+    return _hwpx([body, _section(_p(_t("둘째 구역입니다.")))])
+
+
+def test_hwpx_paragraphs_tables_and_shapes_in_document_order() -> None:
+    assert extract_text(_korean_hwpx(), "보고서.hwpx").split("\n") == [
+        "업무 보고서",
+        "첫째 문단: " + KOREAN,
+        "표 앞의 글",
+        "부서", "담당자", "정보화담당관실", "홍길동",  # one line per cell paragraph
+        "표 뒤의 글",
+        "글상자 안의 글",  # the shape's text; its comment (not hp:t) is left out
+        "탭\t뒤", "줄바꿈 뒤",
+        "둘째 구역입니다.",
+    ]
+    document = read_hwpx(_korean_hwpx(), Limits())
+    assert (document.title, document.sections) == ("업무 보고", 2)
+
+
+def test_hwpx_detected_from_bytes_and_from_its_content_type() -> None:
+    assert extract_text(_korean_hwpx(), "", "application/octet-stream").startswith("업무 보고서")
+    assert extract_text(_korean_hwpx(), "", "application/hwp+zip").startswith("업무 보고서")
+
+
+def test_hwpx_sections_follow_the_spine_or_their_numbers() -> None:
+    sections = [_section(_p(_t(f"구역 {i}"))) for i in range(11)]
+    numbered = [f"구역 {i}" for i in range(11)]  # section10 after section9, not after section1
+    assert extract_text(_hwpx(sections, package=False), "a.hwpx").split("\n") == numbered
+    spine = [1, 0, *range(2, 11)]
+    assert extract_text(_hwpx(sections, spine=spine), "a.hwpx").split("\n") == [f"구역 {i}" for i in spine]
+
+
+def test_hwpx_character_limit() -> None:
+    sections = [_section(_p(_t("가" * 1000))) for _ in range(5)]
+    assert extract_text(_hwpx(sections), "a.hwpx", limits=Limits(max_chars=1500)) == "가" * 1000 + "\n" + "가" * 499
+
+
+def test_hwpx_zip_bomb_fails_clearly() -> None:
+    # 60 MB of text packed into ~60 KB: refused by its compression ratio before anything is unpacked.
+    bomb = _hwpx([_section(_p(_t(" " * 60_000_000)))])
+    assert len(bomb) < 200_000
+    reason = _fail(bomb, "a.hwpx")
+    assert reason.startswith("the HWPX file looks like a compression bomb: Contents/section0.xml unpacks")
+    # Parts that compress less are still bounded by the unpacked size of everything read.
+    big = _hwpx([_section(_p(_t(KOREAN * 2000))) for _ in range(3)])
+    reason = _fail(big, "a.hwpx", limits=Limits(max_unpacked_bytes=300_000))
+    assert reason.startswith("the HWPX file is too large when unpacked (over 300000 bytes)")
+
+
+def test_hwpx_with_too_many_entries_fails_clearly() -> None:
+    crowded = _hwpx([_section(_p(_t("많은 항목")))], extra={f"BinData/{i}.txt": b"" for i in range(10_001)})
+    assert _fail(crowded, "a.hwpx").startswith("the HWPX file has too many parts")
+
+
+def test_hwpx_with_entity_declarations_is_refused() -> None:
+    laughs = ('<?xml version="1.0"?><!DOCTYPE hs:sec [<!ENTITY a "하하하하하하하하하하">'
+              '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;"><!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]>'
+              f'<hs:sec xmlns:hp="{_HP}" xmlns:hs="{_HS}">{_p(_t("&c;"))}</hs:sec>')
+    assert _fail(_hwpx([laughs]), "a.hwpx") == (
+        "the HWPX file is not valid: Contents/section0.xml has a document type declaration")
+    external = ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                f'<hs:sec xmlns:hp="{_HP}" xmlns:hs="{_HS}">{_p(_t("&e;"))}</hs:sec>')
+    reason = _fail(_hwpx([external]), "a.hwpx")
+    assert "document type declaration" in reason and "root:" not in reason
+
+
+def test_damaged_hwpx_files_fail_clearly() -> None:
+    data = _korean_hwpx()
+    assert _fail(data[: len(data) // 2], "a.hwpx").startswith("the HWPX file is damaged: ")
+    broken = _hwpx([_section(_p(_t("깨진"))).replace("</hs:sec>", "")])
+    assert _fail(broken, "a.hwpx").startswith("the HWPX file is damaged: invalid XML in Contents/section0.xml")
+    assert _fail(_rewrite_zip(data, {"Contents/section0.xml": None, "Contents/section1.xml": None}), "a.hwpx") == (
+        "not a valid HWPX file: the archive has no Contents/section0.xml")
+    assert _fail("그냥 텍스트".encode(), "a.hwpx") == "not a valid HWPX file: the content is not a ZIP package"
+
+
+def test_encrypted_hwpx_fails_as_encrypted() -> None:
+    """A password-protected HWPX lists its encrypted parts in META-INF/manifest.xml (ODF style)."""
+    manifest = ('<?xml version="1.0"?><odf:manifest xmlns:odf="urn:oasis:names:tc:opendocument:xmlns:manifest:1.0">'
+                '<odf:file-entry odf:full-path="Contents/section0.xml" odf:media-type="application/xml">'
+                '<odf:encryption-data odf:checksum-type="SHA1"/></odf:file-entry></odf:manifest>')
+    data = _hwpx([_section(_p(_t("비밀")))], extra={"META-INF/manifest.xml": manifest.encode()})
+    assert "encrypted (password-protected)" in _fail(data, "a.hwpx")
+
+
+# -- HWP 5.0: hostile variations of a real sample (no HWP writer exists to generate one) --------
+
+SAMPLE_HWP = SAMPLES / "hwp" / "pyhwp__sample-5017.hwp"
+DISTRIBUTION_HWP = SAMPLES / "hwp" / "hwplib__distribution.hwp"
+needs_samples = pytest.mark.skipif(not SAMPLE_HWP.is_file(), reason="shared samples not available")
+
+
+def _with_stream(source: Path, tmp_path: Path, stream: str, replace: Callable[[bytes], bytes]) -> bytes:
+    """A copy of `source` whose `stream` is replaced (olefile rewrites a stream in place, same size)."""
+    copy = tmp_path / "copy.hwp"
+    shutil.copyfile(source, copy)
+    copy.chmod(0o600)
+    with olefile.OleFileIO(str(copy), write_mode=True) as ole:
+        old = ole.openstream(stream).read()
+        new = replace(old)
+        assert len(new) == len(old)
+        ole.write_stream(stream, new)
+    return copy.read_bytes()
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+def _padded(data: bytes, size: int) -> bytes:
+    assert len(data) <= size
+    return data + b"\0" * (size - len(data))
+
+
+def _record(tag: int, payload: bytes, size: int | None = None) -> bytes:
+    return struct.pack("<I", tag | (size if size is not None else len(payload)) << 20) + payload
+
+
+@needs_samples
+def test_truncated_hwp_fails_clearly() -> None:
+    data = SAMPLE_HWP.read_bytes()
+    for cut in (len(data) // 2, 4096, 600):
+        assert _fail(data[:cut], "a.hwp").startswith("the HWP file is damaged: ")
+
+
+@needs_samples
+def test_hwp_section_that_is_not_deflate_data_fails_clearly(tmp_path: Path) -> None:
+    data = _with_stream(SAMPLE_HWP, tmp_path, "BodyText/Section0", lambda old: b"\xff" * len(old))
+    assert _fail(data, "a.hwp").startswith("the HWP file is damaged: BodyText/Section0 is not valid compressed data")
+
+
+@needs_samples
+def test_hwp_section_cut_inside_its_deflate_stream_fails_clearly(tmp_path: Path) -> None:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    unfinished = packer.compress(_record(67, "한글".encode("utf-16-le"))) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+    def replace(old: bytes) -> bytes:
+        # Fill the rest of the stream with empty non-final stored blocks: valid deflate data that
+        # runs out before its last block, as a file cut short would.
+        filler = b"\x00\x00\x00\xff\xff" * len(old)
+        return (unfinished + filler)[:len(old)]
+
+    data = _with_stream(SAMPLE_HWP, tmp_path, "BodyText/Section0", replace)
+    assert _fail(data, "a.hwp") == "the HWP file is damaged: BodyText/Section0 is truncated"
+
+
+@needs_samples
+def test_hwp_record_longer_than_its_section_fails_clearly(tmp_path: Path) -> None:
+    records = _record(67, "한글".encode("utf-16-le")) + _record(67, b"\0" * 10, size=500)
+    data = _with_stream(SAMPLE_HWP, tmp_path, "BodyText/Section0", lambda old: _padded(_raw_deflate(records), len(old)))
+    assert _fail(data, "a.hwp") == ("the HWP file is damaged: a record in BodyText/Section0 is truncated "
+                                    "(500 bytes announced, 10 left)")
+
+
+@needs_samples
+def test_hwp_decompression_bomb_fails_clearly(tmp_path: Path) -> None:
+    bomb = _raw_deflate(b"\0" * 1_000_000)  # 1 MB of records from ~1 KB (the sample's stream is 1.5 KB)
+    data = _with_stream(SAMPLE_HWP, tmp_path, "BodyText/Section0", lambda old: _padded(bomb, len(old)))
+    reason = _fail(data, "a.hwp", limits=Limits(max_unpacked_bytes=100_000))
+    assert reason.startswith("the HWP file is too large when decompressed (over 100000 bytes)")
+
+
+@needs_samples
+def test_hwp_flags_are_obeyed(tmp_path: Path) -> None:
+    def set_flag(flag: int) -> Callable[[bytes], bytes]:
+        def patch(header: bytes) -> bytes:
+            (flags,) = struct.unpack_from("<I", header, 36)
+            return header[:36] + struct.pack("<I", flags | flag) + header[40:]
+        return patch
+
+    password = _with_stream(SAMPLE_HWP, tmp_path, "FileHeader", set_flag(0x2))
+    assert "encrypted (password-protected)" in _fail(password, "a.hwp")
+    # Marked as a distribution document, but without the ViewText streams: a reason, not BodyText's text.
+    distribution = _with_stream(SAMPLE_HWP, tmp_path, "FileHeader", set_flag(0x4))
+    assert _fail(distribution, "a.hwp") == (
+        "the HWP file is distribution-protected (배포용) and its text could not be decoded: "
+        "it has no ViewText sections")
+
+
+@needs_samples
+def test_distribution_hwp_with_a_damaged_key_fails_clearly_never_garbage(tmp_path: Path) -> None:
+    def damage_key(stream: bytes) -> bytes:  # the 256 bytes after the record header hold the key
+        return stream[:4] + bytes(b ^ 0x5A for b in stream[4:260]) + stream[260:]
+
+    data = _with_stream(DISTRIBUTION_HWP, tmp_path, "ViewText/Section0", damage_key)
+    assert _fail(data, "a.hwp").startswith(
+        "the HWP file is distribution-protected (배포용) and its text could not be decoded: ")
+
+
+def test_msvc_rand_matches_the_c_runtime() -> None:
+    """srand(1) then rand() of Microsoft's C runtime gives 41, 18467, 6334, 26500, 19169."""
+    random = MsvcRandom(1)
+    assert [random.rand() for _ in range(5)] == [41, 18467, 6334, 26500, 19169]
+
+
+def test_hwp_control_characters() -> None:
+    """Extended/inline controls take 8 UTF-16 units (code, 6 units, code); char controls one."""
+    def units(*codes: int) -> bytes:
+        return struct.pack(f"<{len(codes)}H", *codes)
+
+    table = units(11) + b"tbl " + b"\0" * 8 + units(11)      # extended control: a table
+    tab = units(9) + b"\0" * 12 + units(9)                   # inline control: a tab
+    payload = ("표:".encode("utf-16-le") + table + "가".encode("utf-16-le") + tab + "나".encode("utf-16-le")
+               + units(10) + "다".encode("utf-16-le") + units(30) + "라".encode("utf-16-le") + units(13))
+    assert paragraph_text(payload) == "표:가\t나\n다\u00a0라"
+
+
+@needs_samples
+def test_corrupt_ole_structure_fails_clearly() -> None:
+    """A directory sector chain that loops back on itself, and a header pointing outside the file."""
+    data = bytearray(SAMPLE_HWP.read_bytes())
+    sector = 1 << struct.unpack_from("<H", data, 0x1E)[0]
+    first_fat_sector = struct.unpack_from("<I", data, 0x4C)[0]
+    directory = struct.unpack_from("<I", data, 0x30)[0]
+    fat_entry = (first_fat_sector + 1) * sector + 4 * directory
+    looped = bytearray(data)
+    struct.pack_into("<I", looped, fat_entry, directory)
+    assert _fail(bytes(looped), "a.hwp").startswith("the HWP file is damaged: ")
+    outside = bytearray(data)
+    struct.pack_into("<I", outside, 0x30, 0x00FFFFF0)
+    assert _fail(bytes(outside), "a.hwp").startswith("the HWP file is damaged: ")
+
+
 # -- other formats -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("filename, content_type, label", [
-    ("문서.hwp", "application/x-hwp", ".hwp"),
-    ("문서.HWPX", "", ".hwpx"),
-    ("그림.png", "image/png", ".png"),
-    ("", "application/x-hwp", "application/x-hwp"),
+@pytest.mark.parametrize("filename, content_type, reason", [
+    ("문서.hwp", "application/x-hwp", "not a valid HWP file: the content is not an HWP 5.0 (OLE compound) file"),
+    ("", "application/x-hwp", "not a valid HWP file: the content is not an HWP 5.0 (OLE compound) file"),
+    ("문서.HWPX", "", "not a valid HWPX file: the content is not a ZIP package"),
+    ("그림.png", "image/png", "unsupported file type: .png"),
+    ("", "image/png", "unsupported file type: image/png"),
 ])
-def test_unsupported_types(filename: str, content_type: str, label: str) -> None:
-    assert _fail(b"\x89PNG\r\n\x1a\n....", filename, content_type) == f"unsupported file type: {label}"
+def test_declared_types_that_do_not_match_the_bytes(filename: str, content_type: str, reason: str) -> None:
+    assert _fail(b"\x89PNG\r\n\x1a\n....", filename, content_type) == reason
+
+
+def test_hwp_3_file_is_named_as_such() -> None:
+    hwp3 = b"HWP Document File V3.00 \x1a\x01\x02\x03\x04\x05" + b"\0" * 100
+    assert _fail(hwp3, "옛날.hwp").startswith("HWP 3.0 files (한글 97 and older) are not supported")
 
 
 def test_ole_file_without_declared_type_is_unsupported() -> None:
-    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 1000
+    ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 1000
     assert _fail(ole, "").startswith("unsupported file type: OLE compound file")

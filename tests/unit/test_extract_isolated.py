@@ -105,3 +105,37 @@ async def test_child_ignores_sigterm_sent_to_the_process_group() -> None:
         assert extractor.restarts == 0
     finally:
         extractor.close()
+
+
+@pytest.mark.skipif(not (SAMPLES / "hwp").is_dir(), reason="shared samples not available")
+async def test_hwp_and_hwpx_through_the_child_with_the_default_limits() -> None:
+    """The formats' dependencies load in the spawned child, and their failures come back as reasons
+    within the worker's default memory limit, without costing the process."""
+    import io
+    import zipfile
+
+    from services.tagging_worker.settings import WorkerSettings
+
+    settings = WorkerSettings()
+    extractor = IsolatedExtractor(Limits(max_chars=settings.extract_max_chars), timeout=60,
+                                  memory_limit_mb=settings.extract_memory_limit_mb)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("mimetype", "application/hwp+zip")
+        archive.writestr("Contents/section0.xml", b"<a>" + b" " * 100_000_000 + b"</a>")
+    try:
+        distribution = SAMPLES / "hwp" / "hwplib__distribution.hwp"
+        text = await extractor.extract(distribution.read_bytes(), distribution.name, "application/x-hwp")
+        assert text.startswith("강남세움복지관 공고")
+        with pytest.raises(ExtractionError) as err:
+            password = SAMPLES / "hwp" / "pyhwp__password-12345.hwp"
+            await extractor.extract(password.read_bytes(), password.name, "application/x-hwp")
+        assert "encrypted (password-protected)" in err.value.reason
+        with pytest.raises(ExtractionError) as err:
+            await extractor.extract(bomb.getvalue(), "bomb.hwpx", "application/hwp+zip")
+        assert "compression bomb" in err.value.reason
+        hwpx = SAMPLES / "hwpx" / "hwpxlib__textextractor__multipara.hwpx"
+        assert "김하성" in await extractor.extract(hwpx.read_bytes(), hwpx.name, "")
+        assert extractor.restarts == 0
+    finally:
+        extractor.close()

@@ -4,11 +4,15 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
+import zipfile
 from pathlib import Path
 
+import olefile
 import pytest
 
-from services.tagging_worker.extractors import ExtractionError, extract_text
+from services.tagging_worker.extractors import ExtractionError, Limits, extract_text
+from services.tagging_worker.extractors.hwp import read_hwp
+from services.tagging_worker.extractors.hwpx import read_hwpx
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared samples not available")
@@ -118,9 +122,158 @@ def test_docx_with_odd_xml_does_not_break_extraction() -> None:
     assert "This text has been inserted" in text
 
 
-@pytest.mark.parametrize("path", sorted((SAMPLES / "hwp").glob("*.hwp")) + sorted((SAMPLES / "hwpx").glob("*.hwpx")),
-                         ids=lambda p: p.name)
-def test_hwp_and_hwpx_are_unsupported_for_now(path: Path) -> None:
+# -- HWP 5.0 and HWPX ---------------------------------------------------------------------------
+
+HWP = SAMPLES / "hwp"
+HWPX = SAMPLES / "hwpx"
+# Placeholders the source projects' golden files put where a table or picture stands (<표>, <그림>,
+# <사각형>, </표>): their convention, not document text.
+_PLACEHOLDER = re.compile(r"</?[^<>\s]{1,10}>")
+
+
+def _assert_golden_lines_in_order(text: str, expected_file: Path, cell_separator: str | None = None) -> None:
+    """Every line of the golden file (placeholders removed, whitespace ignored) is in the text, in order.
+
+    `cell_separator`: how the golden file joins a table row's cells (hwpxlib writes "; ");
+    each cell is then looked for on its own."""
+    expected = unicodedata.normalize("NFC", expected_file.read_text(encoding="utf-8"))
+    pieces: list[str] = []
+    for line in expected.splitlines():
+        line = _PLACEHOLDER.sub("", line)
+        pieces.extend(line.split(cell_separator) if cell_separator else [line])
+    wanted = [_compact(piece) for piece in pieces if _compact(piece)]
+    assert len(_hangul("".join(wanted))) > 0
+    got, pos = _compact(text), 0
+    for piece in wanted:
+        found = got.find(piece, pos)
+        assert found >= 0, f"{piece!r} missing (after position {pos})"
+        pos = found + len(piece)
+
+
+def _preview_words(path: Path) -> list[str]:
+    """The words of the PrvText stream: the preview text that 한글 itself writes into an HWP file
+    (its first ~1000 characters, table cells in <...>). The extractor never reads it, so it is an
+    independent golden for files that have no expected text. The last word may be cut off."""
+    with olefile.OleFileIO(str(path)) as ole:
+        preview = ole.openstream("PrvText").read().decode("utf-16-le")
+    words = re.split(r"[\s<>]+", unicodedata.normalize("NFC", preview))
+    return [word for word in words[:-1] if word]
+
+
+def test_hwp_sample_matches_golden_with_header_notes_and_metadata() -> None:
+    path = HWP / "pyhwp__sample-5017.hwp"
+    text = _extract(path)
+    _assert_golden_lines_in_order(text, _golden(path))
+    # The golden file (pyhwp's text output) leaves tables out; this extractor includes their cells.
+    for cell in ("A0", "B0", "A1", "B10", "B11", "table2", "2x2짜리표", "가나다"):
+        assert cell in text.split("\n") or cell in text
+    document = read_hwp(_read(path), Limits())
+    assert (document.title, document.sections, document.version, document.distribution) == (
+        "제목입니다.", 1, "5.0.1.7", False)
+
+
+@pytest.mark.parametrize("name", ["rhwp__biz_plan.hwp", "langchain-kr__디지털 정부혁신 추진계획.hwp",
+                                  "hwplib__distribution.hwp"])
+def test_hwp_samples_have_every_word_of_hancoms_preview(name: str) -> None:
+    text = _extract(HWP / name)
+    compact = _compact(text)
+    words = _preview_words(HWP / name)
+    assert len(_hangul("".join(words))) > 100
+    missing = [word for word in words if word not in compact]
+    assert missing == []
+
+
+def test_hwp_table_text_is_extracted() -> None:
+    """rhwp's business-plan template keeps most of its text in table cells."""
+    lines = _extract(HWP / "rhwp__biz_plan.hwp").split("\n")
+    for cell in ("구분", "분야별", "성명", "기술등급", "총괄PM", "이O수", "보안 서약", "사업수행계획서", "완료보고서"):
+        assert cell in lines, cell
+    assert any(line.endswith(" 사업자 회의록 양식") for line in lines)  # after a symbol-font bullet
+
+
+def test_hwp_table_sample_with_empty_cells_gives_no_text() -> None:
+    """pyhwp's table.hwp is a 2x2 table of empty cells (see its .expected.xhtml): no text, no error."""
+    assert _extract(HWP / "pyhwp__table.hwp") == ""
+    assert read_hwp(_read(HWP / "pyhwp__table.hwp"), Limits()).sections == 1
+
+
+def test_long_government_hwp_is_read_whole() -> None:
+    path = HWP / "langchain-kr__디지털 정부혁신 추진계획.hwp"
+    text = _extract(path)
+    assert text.startswith("디지털 정부혁신 추진계획\n2019. 10. 29.")
+    assert len(_hangul(text)) > 10_000
+    assert "\ufffd" not in text
+    # its last pages: the appendix of expected changes per service
+    assert text.endswith("□ 공공서비스 개방")
+
+
+def test_distribution_protected_hwp_is_decrypted() -> None:
+    """The 배포용 sample's body is only in its AES-encrypted ViewText stream; BodyText holds a
+    notice that a newer viewer is needed. The real text must come out, not that notice."""
+    path = HWP / "hwplib__distribution.hwp"
+    text = _extract(path)
+    assert text.startswith("강남세움복지관 공고 제 2024-08호\n2025년 강남세움센터 시설관리원 용역업체 선정 입찰공고")
+    assert "배포용 문서" not in text and "상위 버전" not in text
+    document = read_hwp(_read(path), Limits())
+    assert document.distribution and document.sections == 1
+
+
+def test_password_protected_hwp_fails_as_encrypted() -> None:
     with pytest.raises(ExtractionError) as err:
-        _extract(path)
-    assert err.value.reason.startswith("unsupported file type: ")
+        _extract(HWP / "pyhwp__password-12345.hwp")
+    assert "encrypted (password-protected)" in err.value.reason
+
+
+def test_hwp_named_file_that_is_not_ole_is_refused_not_read_as_text() -> None:
+    """pyhwp's nonole.hwp: 13 bytes of text named .hwp. Upload refuses it (415); should one get
+    here (declared by name or content type), it fails with a reason instead of becoming text."""
+    path = HWP / "pyhwp__nonole.hwp"
+    for filename, content_type in ((path.name, ""), ("", "application/x-hwp")):
+        with pytest.raises(ExtractionError) as err:
+            extract_text(_read(path), filename, content_type)
+        assert err.value.reason.startswith("not a valid HWP file")
+
+
+def test_hwp_is_detected_from_its_bytes() -> None:
+    text = extract_text(_read(HWP / "pyhwp__sample-5017.hwp"), "", "application/octet-stream")
+    assert text.startswith("한글 2005 예제 파일입니다.")
+
+
+def test_hwpx_multipara_matches_golden_exactly_but_for_whitespace() -> None:
+    path = HWPX / "hwpxlib__textextractor__multipara.hwpx"
+    text = _extract(path)
+    assert _compact(text) == _compact(unicodedata.normalize("NFC", _golden(path).read_text(encoding="utf-8")))
+
+
+def test_hwpx_table_matches_golden_cells() -> None:
+    path = HWPX / "hwpxlib__textextractor__Table.hwpx"
+    text = _extract(path)
+    _assert_golden_lines_in_order(text, _golden(path), cell_separator=";")
+    assert text.split("\n")[0] == "C반 기말고사"  # text of a rectangle shape
+
+
+@pytest.mark.parametrize("name, sections, first_line", [
+    ("hwpxlib__20240919__테스트문서.hwpx", 1, "개요"),
+    ("rhwp__hwpx-02.hwpx", 2, "2024년 해외직접투자액은 총투자액 기준 639.5억 달러로"),
+    ("hwpxlib__20240626__no_manifest.hwpx", 2, "입 법 예 고"),
+])
+def test_real_hwpx_documents_full_text(name: str, sections: int, first_line: str) -> None:
+    """Checked against the preview text (Preview/PrvText.txt) that 한글 writes into the package."""
+    path = HWPX / name
+    text = _extract(path)
+    assert text.startswith(first_line)
+    assert read_hwpx(_read(path), Limits()).sections == sections
+    with zipfile.ZipFile(path) as archive:
+        preview = archive.read("Preview/PrvText.txt").decode("utf-8")
+    words = [word for word in re.split(r"[\s<>]+", unicodedata.normalize("NFC", preview))[:-1] if word]
+    assert [word for word in words if word not in _compact(text)] == []
+
+
+def test_hwpx_without_manifest_reads_every_section() -> None:
+    """no_manifest.hwpx lacks META-INF/manifest.xml; its second section must be read too."""
+    text = _extract(HWPX / "hwpxlib__20240626__no_manifest.hwpx")
+    with zipfile.ZipFile(HWPX / "hwpxlib__20240626__no_manifest.hwpx") as archive:
+        assert "META-INF/manifest.xml" not in archive.namelist()
+    lines = text.split("\n")
+    assert "울산광역시 남구 구세 조례 일부개정조례안" in lines  # section 0
+    assert lines.index("신ㆍ구조문대비표") > lines.index("울산광역시 남구청장")  # section 1, after section 0

@@ -65,7 +65,7 @@ def test_multipart_needs_form_data_with_boundary(ctype: str | None) -> None:
 def test_file_types_by_extension_and_signature() -> None:
     assert file_type_for("보고서.PDF").content_type == "application/pdf"
     assert file_type_for("a.txt").content_type == "text/plain"
-    for bad in ("a.hwp", "a.exe", "noext"):
+    for bad in ("a.hwp3", "a.exe", "noext"):
         with pytest.raises(UnsupportedFile):
             file_type_for(bad)
     check_signature(file_type_for("a.pdf"), b"%PDF-1.7")
@@ -75,6 +75,21 @@ def test_file_types_by_extension_and_signature() -> None:
         check_signature(file_type_for("a.docx"), b"%PDF-1.7")
     with pytest.raises(UnsupportedFile):
         check_signature(file_type_for("a.txt"), b"MZ\x00\x00")
+
+
+def test_hwp_and_hwpx_are_accepted_when_their_bytes_agree() -> None:
+    hwp, hwpx = file_type_for("보고서.HWP"), file_type_for("보고서.hwpx")
+    assert (hwp.content_type, hwpx.content_type) == ("application/x-hwp", "application/hwp+zip")
+    check_signature(hwp, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 504)
+    check_signature(hwpx, b"PK\x03\x04" + b"\0" * 26 + b"mimetypeapplication/hwp+zip")
+    with pytest.raises(UnsupportedFile) as err:
+        check_signature(hwp, b"non-ole file\n")  # pyhwp's nonole.hwp
+    assert str(err.value) == "the file is named as HWP but its content is not a HWP file"
+    with pytest.raises(UnsupportedFile) as err:
+        check_signature(hwp, b"HWP Document File V3.00 \x1a\x01\x02\x03\x04\x05")
+    assert str(err.value).startswith("HWP 3.0 files (한글 97 and older) are not supported")
+    with pytest.raises(UnsupportedFile):
+        check_signature(hwpx, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
 
 
 def test_clean_filename() -> None:

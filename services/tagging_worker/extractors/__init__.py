@@ -1,5 +1,8 @@
 """Text extraction: bytes + declared filename/content type → normalised UTF-8 text.
 
+Formats: PDF (pdf.py), DOCX (docx.py), HWP 5.0 (hwp.py), HWPX (hwpx.py) and plain text
+(text.py); detect.py decides which from the bytes and the declared name/type.
+
 `extract_text` runs in-process and raises `ExtractionError(reason)`; the worker
 calls it through `IsolatedExtractor`, which runs it in a child process with a
 time limit so a crashing or hanging parser never takes the worker down.
@@ -10,6 +13,8 @@ from .cleanup import normalise_text
 from .detect import Format, resolve_format
 from .docx import extract_docx
 from .errors import ExtractionError
+from .hwp import extract_hwp
+from .hwpx import extract_hwpx
 from .limits import Limits
 from .pdf import extract_pdf
 from .text import decode_text
@@ -25,6 +30,10 @@ def extract_text(data: bytes, filename: str = "", content_type: str = "", limits
         raw = extract_pdf(data, limits)
     elif fmt is Format.DOCX:
         raw = extract_docx(data, limits)
+    elif fmt is Format.HWP:
+        raw = extract_hwp(data, limits)
+    elif fmt is Format.HWPX:
+        raw = extract_hwpx(data, limits)
     else:
         raw = decode_text(data)
     return normalise_text(raw, limits.max_chars)
