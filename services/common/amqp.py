@@ -5,6 +5,10 @@
   delivery limit; messages past it go to the dead-letter exchange.
 - `<prefix>.dlx` / `<prefix>.tagging.dead`: where jobs that keep failing end, for an
   operator to inspect. Nothing is retried forever.
+- `<prefix>.quota.warnings`: durable quorum queue bound to `quota.warning` (a tenant's storage
+  use reached the warning threshold), for whatever notifies the department. It exists so the
+  event is kept: the outbox relay publishes with confirms, and an unroutable message would be
+  confirmed and dropped.
 
 The same topology is written out for operators in infra/rabbitmq/definitions.json
 (`doctag amqp definitions` regenerates it; a test checks it is current).
@@ -18,6 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from pamqp.common import FieldTable
 
 DOCUMENT_UPLOADED = "document.uploaded"
+QUOTA_WARNING = "quota.warning"
 DEFAULT_DELIVERY_LIMIT = 5
 
 
@@ -43,6 +48,10 @@ class Topology:
         return f"{self.prefix}.tagging.dead"
 
     @property
+    def quota_warnings_queue(self) -> str:
+        return f"{self.prefix}.quota.warnings"
+
+    @property
     def jobs_queue_arguments(self) -> FieldTable:
         return {
             "x-queue-type": "quorum",
@@ -60,11 +69,14 @@ class Topology:
         await dead.bind(dlx, routing_key=self.dead_letter_queue)
         jobs = await channel.declare_queue(self.jobs_queue, durable=True, arguments=self.jobs_queue_arguments)
         await jobs.bind(events, routing_key=DOCUMENT_UPLOADED)
+        warnings = await channel.declare_queue(self.quota_warnings_queue, durable=True,
+                                               arguments={"x-queue-type": "quorum"})
+        await warnings.bind(events, routing_key=QUOTA_WARNING)
         return events, jobs
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Removes the topology (tests only)."""
-        for queue in (self.jobs_queue, self.dead_letter_queue):
+        for queue in (self.jobs_queue, self.dead_letter_queue, self.quota_warnings_queue):
             await channel.queue_delete(queue)
         for exchange in (self.events_exchange, self.dead_letter_exchange):
             await channel.exchange_delete(exchange)
@@ -84,12 +96,16 @@ class Topology:
                  "arguments": self.jobs_queue_arguments},
                 {"name": self.dead_letter_queue, "vhost": vhost, "durable": True, "auto_delete": False,
                  "arguments": {"x-queue-type": "quorum"}},
+                {"name": self.quota_warnings_queue, "vhost": vhost, "durable": True, "auto_delete": False,
+                 "arguments": {"x-queue-type": "quorum"}},
             ],
             "bindings": [
                 {"source": self.events_exchange, "vhost": vhost, "destination": self.jobs_queue,
                  "destination_type": "queue", "routing_key": DOCUMENT_UPLOADED, "arguments": {}},
                 {"source": self.dead_letter_exchange, "vhost": vhost, "destination": self.dead_letter_queue,
                  "destination_type": "queue", "routing_key": self.dead_letter_queue, "arguments": {}},
+                {"source": self.events_exchange, "vhost": vhost, "destination": self.quota_warnings_queue,
+                 "destination_type": "queue", "routing_key": QUOTA_WARNING, "arguments": {}},
             ],
         }
 
