@@ -8,13 +8,18 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError
 
 from .repository import STATUSES
 from .service import DocumentNotFound, DocumentService
+
+# Pages of extracted text, in characters: the default keeps an answer near 300 KB of UTF-8 Korean.
+TEXT_PAGE_DEFAULT_CHARS = 100_000
+TEXT_PAGE_MAX_CHARS = 1_000_000
+
 
 
 def _document_id(raw: str) -> str:
@@ -87,6 +92,25 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
                      "Content-Length": str(row["size_bytes"]), "ETag": f"\"{row['sha256']}\"",
                      "X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"},
         )
+
+    @router.get("/documents/{document_id}/text", summary="The extracted text of a tagged document, page by page",
+                response_class=PlainTextResponse)
+    async def get_text(
+        document_id: str,
+        principal: Auth,
+        offset: Annotated[int, Query(ge=0, description="first character")] = 0,
+        limit: Annotated[int, Query(ge=1, le=TEXT_PAGE_MAX_CHARS,
+                                    description="characters at most")] = TEXT_PAGE_DEFAULT_CHARS,
+    ) -> Response:
+        try:
+            page = await service.text(principal.tenant_id, _document_id(document_id), offset=offset, limit=limit)
+        except DocumentNotFound:
+            raise ProblemError(404, "no such document", field="id") from None
+        headers = {"X-Text-Length": str(page.total_chars), "X-Content-Type-Options": "nosniff",
+                   "Cache-Control": "private, no-store"}
+        if page.next_offset is not None:
+            headers["X-Next-Offset"] = str(page.next_offset)
+        return PlainTextResponse(page.text, headers=headers, media_type="text/plain; charset=utf-8")
 
     @router.delete("/documents/{document_id}", status_code=204, summary="Delete a document and its file")
     async def delete_document(document_id: str, principal: Auth) -> Response:

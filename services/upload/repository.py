@@ -62,6 +62,15 @@ async def blob_references(conn: DictConnection, sha256: str) -> int:
     return int(row["n"])
 
 
+async def text_page(conn: DictConnection, document_id: str, offset: int, limit: int) -> dict[str, Any] | None:
+    """Status, total length and characters [offset, offset + limit) of the extracted text, cut in
+    PostgreSQL (substr and char_length count characters) so a long text is never read whole."""
+    return await (await conn.execute(
+        "SELECT status, coalesce(char_length(text_content), 0) AS total_chars, "
+        "coalesce(substr(text_content, %s, %s), '') AS text FROM documents.documents WHERE id = %s",
+        (offset + 1, limit, document_id))).fetchone()
+
+
 async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str, Any]:
     row = await (await conn.execute(
         f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "

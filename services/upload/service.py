@@ -7,6 +7,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +33,20 @@ class DocumentNotFound(Exception):
 
 class StaleVersion(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class TextPage:
+    """Characters [offset, offset + len(text)) of a document's extracted text of total_chars."""
+
+    text: str
+    offset: int
+    total_chars: int
+
+    @property
+    def next_offset(self) -> int | None:
+        end = self.offset + len(self.text)
+        return end if end < self.total_chars else None
 
 
 def public_document(row: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str, Any]:
@@ -186,6 +201,24 @@ class DocumentService:
         if row is None or not self.blobs.exists(tenant_id, row["sha256"]):
             raise DocumentNotFound(document_id)
         return row
+
+    async def text(self, tenant_id: str, document_id: str, *, offset: int, limit: int) -> TextPage:
+        """A page of the extracted text (stored when the document was tagged), in characters."""
+        async with self.db.tenant_transaction(tenant_id) as conn:
+            row = await repo.text_page(conn, document_id, offset, limit)
+        if row is None:
+            raise DocumentNotFound(document_id)
+        status = row["status"]
+        if status != "tagged":
+            detail = (f"the document has no extracted text: its processing failed (status {status})"
+                      if status == "failed" else
+                      f"the document is not tagged yet (status {status}); its text is available once it is tagged")
+            raise ProblemError(409, detail, slug="document-not-tagged", extra={"document_status": status})
+        total = row["total_chars"]
+        if offset > total:
+            raise ProblemError(422, f"offset {offset} is past the end of the text ({total} characters)",
+                               field="offset", extra={"total_chars": total})
+        return TextPage(row["text"], offset, total)
 
     async def quota(self, tenant_id: str) -> dict[str, Any]:
         async with self.db.tenant_transaction(tenant_id) as conn:

@@ -132,6 +132,14 @@ def test_korean_documents_are_tagged_and_searchable_per_tenant(client, accounts)
     assert client.get("/api/v1/search", headers=bob, params={"q": "예산"}).json()["hits"] == []
     assert client.get("/api/v1/documents", headers=bob).json()["items"] == []
 
+    # The extracted text, through the gateway: CP949 decoded, paged in characters.
+    text = client.get(f"/api/v1/documents/{ids['경제_cp949.txt']}/text", headers=alice)
+    assert text.status_code == 200 and "예산" in text.text and text.headers["content-type"].endswith("utf-8")
+    assert int(text.headers["x-text-length"]) == len(text.text)
+    first = client.get(f"/api/v1/documents/{ids['경제_cp949.txt']}/text", headers=alice, params={"limit": 3})
+    assert first.text == text.text[:3] and first.headers["x-next-offset"] == "3"
+    assert client.get(f"/api/v1/documents/{ids['경제_cp949.txt']}/text", headers=bob).status_code == 404
+
     # The original bytes come back unchanged, CP949 included.
     content = client.get(f"/api/v1/documents/{ids['경제_cp949.txt']}/content", headers=alice)
     assert content.content == ECONOMY.encode("cp949")

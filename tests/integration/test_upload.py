@@ -281,3 +281,68 @@ async def test_rls_hides_rows_without_tenant(settings, tenants, make_token, test
         assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] == 0
         conn.execute("SELECT set_config('app.tenant_id', %s, false)", (tenants[0],))
         assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] >= 1
+
+
+# -- extracted text ------------------------------------------------------------------------------
+
+async def record_tagged(stub, tenant_id: str, doc: dict, text: str) -> None:  # type: ignore[no-untyped-def]
+    """What the tagging worker reports for a document it tagged."""
+    await stub.RecordTaggingResult(pb.RecordTaggingResultRequest(
+        tenant_id=tenant_id, document_id=doc["id"], content_sha256=doc["sha256"],
+        outcome=pb.TAGGING_OUTCOME_TAGGED, text=text,
+        tags=[pb.Tag(tag="경제", score=0.9, source="model", model_name="m", model_version="1")]), timeout=30)
+
+
+async def test_text_is_served_in_pages_of_characters(settings, tenants, make_token) -> None:
+    tenant_a, tenant_b = tenants
+    token_a, token_b = make_token(tenant_a), make_token(tenant_b)
+    # Hangul (3 bytes in UTF-8) and an emoji (4 bytes, one code point): offsets count characters.
+    text = "예산안 😀 " + KOREAN_TEXT * 3
+    async with running(settings) as (client, stub, _components):
+        doc = (await upload(client, token_a, "예산.txt", KOREAN_TEXT.encode())).json()
+        path = f"/api/v1/documents/{doc['id']}/text"
+
+        early = await client.get(path, headers=auth(token_a))
+        assert early.status_code == 409 and early.headers["content-type"] == "application/problem+json"
+        assert early.json()["document_status"] == "queued" and "status queued" in early.json()["detail"]
+        assert early.json()["type"] == "urn:doctag:problem:document-not-tagged"
+
+        await record_tagged(stub, tenant_a, doc, text)
+        whole = await client.get(path, headers=auth(token_a))
+        assert whole.status_code == 200 and whole.text == text
+        assert whole.headers["content-type"] == "text/plain; charset=utf-8"
+        assert whole.headers["x-text-length"] == str(len(text)) and "x-next-offset" not in whole.headers
+
+        first = await client.get(path, headers=auth(token_a), params={"limit": 5})
+        assert first.text == "예산안 😀" and first.headers["x-next-offset"] == "5"
+        pages, offset = [], 0
+        while offset is not None:
+            page = await client.get(path, headers=auth(token_a), params={"offset": offset, "limit": 40})
+            assert page.status_code == 200 and page.headers["x-text-length"] == str(len(text))
+            pages.append(page.text)
+            offset = int(page.headers["x-next-offset"]) if "x-next-offset" in page.headers else None
+        assert "".join(pages) == text and len(pages) == -(-len(text) // 40)
+
+        at_end = await client.get(path, headers=auth(token_a), params={"offset": len(text)})
+        assert at_end.status_code == 200 and at_end.text == "" and "x-next-offset" not in at_end.headers
+
+        for params, field in (({"offset": len(text) + 1}, "offset"), ({"offset": -1}, "offset"),
+                              ({"offset": "x"}, "offset"), ({"limit": 0}, "limit"), ({"limit": 1_000_001}, "limit")):
+            bad = await client.get(path, headers=auth(token_a), params=params)
+            assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json", params
+            assert [e["field"] for e in bad.json()["errors"]] == [field], bad.json()
+        assert (await client.get(path, headers=auth(token_a), params={"limit": 1_000_000})).status_code == 200
+
+        # Another tenant's document and an unknown one look the same.
+        for other in ((path, token_b), (f"/api/v1/documents/{uuid.uuid4()}/text", token_a)):
+            missing = await client.get(other[0], headers=auth(other[1]))
+            assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+        assert (await client.get("/api/v1/documents/x/text", headers=auth(token_a))).status_code == 422
+
+        failed = (await upload(client, token_a, "암호.txt", "암호 문서".encode())).json()
+        await stub.RecordTaggingResult(pb.RecordTaggingResultRequest(
+            tenant_id=tenant_a, document_id=failed["id"], content_sha256=failed["sha256"],
+            outcome=pb.TAGGING_OUTCOME_FAILED, error="encrypted"), timeout=30)
+        refused = await client.get(f"/api/v1/documents/{failed['id']}/text", headers=auth(token_a))
+        assert refused.status_code == 409 and refused.json()["document_status"] == "failed"
+

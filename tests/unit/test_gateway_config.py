@@ -18,6 +18,7 @@ from gateway.config import (
     write_config,
 )
 from gateway.plugins import AclConfig, JwtConfig, RequestSizeLimitingConfig
+from gateway.router import Router
 from gateway.settings import DEFAULT_CONFIG
 
 
@@ -48,6 +49,9 @@ def test_shipped_kong_yml_is_the_make_up_layout() -> None:
     routes = {r.name: (svc, r.paths, r.strip_path) for svc, r in config.all_routes()}
     assert routes["documents"] == ("upload", ["/api/v1/documents"], False)
     assert routes["quota"] == ("upload", ["/api/v1/quota"], False)
+    # Sub-paths of a document (content, text) need no route of their own: prefixes match whole segments.
+    text_route = Router(config).match("GET", "/api/v1/documents/0b7e5a8e-0000-4000-8000-000000000000/text")
+    assert text_route.entry.route.name == "documents"
     assert routes["search"] == ("search", ["/api/v1/search"], False)
     assert routes["predict"] == ("model-serving", ["/api/v1/predict"], False)
     documents_limit = next(p for s, r in config.all_routes() if r.name == "documents" for p in r.plugins)
