@@ -4,7 +4,7 @@ import base64
 import json
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -19,7 +19,6 @@ from .service import DocumentNotFound, DocumentService
 # Pages of extracted text, in characters: the default keeps an answer near 300 KB of UTF-8 Korean.
 TEXT_PAGE_DEFAULT_CHARS = 100_000
 TEXT_PAGE_MAX_CHARS = 1_000_000
-
 
 
 def _document_id(raw: str) -> str:
@@ -49,14 +48,34 @@ def content_disposition(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+def quota_headers(quota: dict[str, Any]) -> dict[str, str]:
+    """`X-Quota-Warning` while the tenant's usage is at or above the warning threshold."""
+    if not quota["warning"]:
+        return {}
+    percent = quota["used_bytes"] * 100 // quota["quota_bytes"]
+    return {"X-Quota-Warning": f"{percent}% of the storage quota is used"}
+
+
 def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     Auth = Annotated[Principal, Depends(verifier)]
 
-    @router.post("/documents", status_code=202, summary="Upload a document (multipart field `file`, optional `title`)")
-    async def upload(request: Request, principal: Auth) -> JSONResponse:
-        doc = await service.upload(principal, request.headers.get("content-type"), request.stream())
-        return JSONResponse(doc, status_code=202, headers={"Location": f"/api/v1/documents/{doc['id']}"})
+    @router.post("/documents", status_code=202, summary="Upload a document (multipart field `file`, optional `title`)",
+                 responses={200: {"description": "the tenant already has these bytes: the existing document, "
+                                                 "`duplicate: true`, nothing charged or queued"}})
+    async def upload(
+        request: Request,
+        principal: Auth,
+        duplicate: Annotated[Literal["existing", "allow"], Query(
+            description="`existing` (default): the same bytes answer with the tenant's existing document; "
+                        "`allow`: store a separate copy")] = "existing",
+    ) -> JSONResponse:
+        result = await service.upload(principal, request.headers.get("content-type"), request.stream(),
+                                      allow_duplicate=duplicate == "allow")
+        doc = result.document
+        return JSONResponse({**doc, "duplicate": result.duplicate, "quota": result.quota},
+                            status_code=200 if result.duplicate else 202,
+                            headers={"Location": f"/api/v1/documents/{doc['id']}", **quota_headers(result.quota)})
 
     @router.get("/documents", summary="The tenant's documents, newest first")
     async def list_documents(
@@ -121,7 +140,8 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
         return Response(status_code=204)
 
     @router.get("/quota", summary="The tenant's storage quota and usage")
-    async def get_quota(principal: Auth) -> dict[str, Any]:
-        return await service.quota(principal.tenant_id)
+    async def get_quota(principal: Auth) -> JSONResponse:
+        quota = await service.quota(principal.tenant_id)
+        return JSONResponse(quota, headers=quota_headers(quota))
 
     return router

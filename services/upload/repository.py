@@ -24,12 +24,27 @@ class NoQuota(Exception):
     """The tenant has no storage quota row (it was not created with `doctag tenant create`)."""
 
 
-async def reserve_quota(conn: DictConnection, size: int) -> dict[str, int]:
+async def lock_quota(conn: DictConnection) -> dict[str, Any]:
+    """Locks the tenant's quota row until the transaction ends, or raises NoQuota.
+
+    Every upload of a tenant takes this lock first, so uploads of one tenant are serialised
+    from here on: the duplicate check that follows sees every upload committed before it
+    (READ COMMITTED takes a new snapshot per statement), and exactly one upload sees usage
+    cross the warning threshold."""
+    row = await (await conn.execute(
+        "SELECT quota_bytes, used_bytes, warned_at FROM documents.quotas "
+        "WHERE tenant_id = public.app_tenant_id() FOR UPDATE")).fetchone()
+    if row is None:
+        raise NoQuota()
+    return row
+
+
+async def reserve_quota(conn: DictConnection, size: int) -> dict[str, Any]:
     """Adds `size` to the tenant's usage if it fits, atomically (row lock), else raises."""
     row = await (await conn.execute(
         "UPDATE documents.quotas SET used_bytes = used_bytes + %s, updated_at = now() "
         "WHERE tenant_id = public.app_tenant_id() AND used_bytes + %s <= quota_bytes "
-        "RETURNING quota_bytes, used_bytes", (size, size))).fetchone()
+        "RETURNING quota_bytes, used_bytes, warned_at", (size, size))).fetchone()
     if row:
         return row
     current = await quota(conn)
@@ -38,15 +53,24 @@ async def reserve_quota(conn: DictConnection, size: int) -> dict[str, int]:
     raise QuotaExceeded(current["quota_bytes"], current["used_bytes"], size)
 
 
-async def release_quota(conn: DictConnection, size: int) -> None:
-    await conn.execute(
+async def release_quota(conn: DictConnection, size: int) -> dict[str, Any] | None:
+    """Subtracts `size` from the tenant's usage; returns the row after (None without a quota row)."""
+    return await (await conn.execute(
         "UPDATE documents.quotas SET used_bytes = greatest(used_bytes - %s, 0), updated_at = now() "
-        "WHERE tenant_id = public.app_tenant_id()", (size,))
+        "WHERE tenant_id = public.app_tenant_id() RETURNING quota_bytes, used_bytes, warned_at",
+        (size,))).fetchone()
+
+
+async def set_quota_warned(conn: DictConnection, warned: bool) -> None:
+    """Remembers (True) or forgets (False: re-armed) that the current threshold crossing was announced."""
+    await conn.execute(
+        "UPDATE documents.quotas SET warned_at = CASE WHEN %s THEN now() END "
+        "WHERE tenant_id = public.app_tenant_id()", (warned,))
 
 
 async def quota(conn: DictConnection) -> dict[str, Any] | None:
     return await (await conn.execute(
-        "SELECT q.quota_bytes, q.used_bytes, (SELECT count(*) FROM documents.documents) AS documents "
+        "SELECT q.quota_bytes, q.used_bytes, q.warned_at, (SELECT count(*) FROM documents.documents) AS documents "
         "FROM documents.quotas q WHERE q.tenant_id = public.app_tenant_id()")).fetchone()
 
 
@@ -60,6 +84,15 @@ async def blob_references(conn: DictConnection, sha256: str) -> int:
         "SELECT count(*) AS n FROM documents.documents WHERE sha256 = %s", (sha256,))).fetchone()
     assert row is not None  # count(*) always returns a row
     return int(row["n"])
+
+
+async def find_duplicate(conn: DictConnection, sha256: str) -> dict[str, Any] | None:
+    """The tenant's oldest document with these bytes that is not `failed` (RLS keeps other tenants'
+    documents out). A failed document is no answer to an upload: the same bytes uploaded again,
+    e.g. once model-serving is back, must be processed again."""
+    return await (await conn.execute(
+        f"SELECT {DOC_COLUMNS} FROM documents.documents WHERE sha256 = %s AND status <> 'failed' "
+        f"ORDER BY created_at, id LIMIT 1", (sha256,))).fetchone()
 
 
 async def text_page(conn: DictConnection, document_id: str, offset: int, limit: int) -> dict[str, Any] | None:

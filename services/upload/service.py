@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from services.common.amqp import DOCUMENT_UPLOADED, message_id
+from services.common.amqp import DOCUMENT_UPLOADED, QUOTA_WARNING, message_id
 from services.common.auth import Principal
 from services.common.blobstore import BlobStore, BlobTooLarge
 from services.common.context import current_request_id
-from services.common.db import Database
+from services.common.db import Database, DictConnection
 from services.common.errors import ProblemError
 from services.common.korean import search_terms
 from services.common.multipart import MultipartError, MultipartUpload
@@ -36,6 +36,16 @@ class StaleVersion(Exception):
 
 
 @dataclass(frozen=True)
+class UploadResult:
+    """What an upload produced: a new document, or (`duplicate`) the tenant's existing document
+    with the same bytes; and the tenant's quota after it."""
+
+    document: dict[str, Any]
+    duplicate: bool
+    quota: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class TextPage:
     """Characters [offset, offset + len(text)) of a document's extracted text of total_chars."""
 
@@ -47,6 +57,14 @@ class TextPage:
     def next_offset(self) -> int | None:
         end = self.offset + len(self.text)
         return end if end < self.total_chars else None
+
+
+def quota_summary(quota_bytes: int, used_bytes: int, warning_percent: int) -> dict[str, Any]:
+    """The API shape of a quota: `warning` once usage reaches warning_percent of it (never for a
+    quota of 0 bytes, which holds nothing and whose uploads are refused with their own message)."""
+    return {"quota_bytes": quota_bytes, "used_bytes": used_bytes,
+            "available_bytes": max(quota_bytes - used_bytes, 0),
+            "warning": quota_bytes > 0 and used_bytes * 100 >= quota_bytes * warning_percent}
 
 
 def public_document(row: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,9 +99,12 @@ class DocumentService:
         self.on_outbox_write = on_outbox_write
 
     # -- upload ----------------------------------------------------------------
-    async def upload(self, principal: Principal, content_type: str | None,
-                     body: AsyncIterator[bytes]) -> dict[str, Any]:
-        """Streams the multipart body to the blob store, then records the document atomically."""
+    async def upload(self, principal: Principal, content_type: str | None, body: AsyncIterator[bytes], *,
+                     allow_duplicate: bool = False) -> UploadResult:
+        """Streams the multipart body to the blob store, then records the document atomically.
+
+        Bytes the tenant already has (same SHA-256, a document not `failed`) answer with that
+        document, charge nothing and queue nothing, unless `allow_duplicate` asks for a copy."""
         try:
             form = MultipartUpload(content_type)
         except MultipartError as exc:
@@ -113,9 +134,11 @@ class DocumentService:
             filename = clean_filename(form.filename)
             title = self._title(form.fields.get("title"), filename)
             terms = await asyncio.to_thread(search_terms, title)
-            doc = await self._record_upload(principal, incoming, filename, title, file_type.content_type, terms)
-            committed = True
-            return doc
+            result = await self._record_upload(principal, incoming, filename, title, file_type.content_type, terms,
+                                               allow_duplicate=allow_duplicate)
+            # A duplicate's bytes are stored already: the incoming copy is discarded below.
+            committed = not result.duplicate
+            return result
         except BlobTooLarge as exc:
             raise ProblemError(413, f"the file is larger than the upload limit of {exc.limit} bytes", field="file",
                                extra={"max_bytes": exc.limit}) from None
@@ -144,11 +167,21 @@ class DocumentService:
         return title
 
     async def _record_upload(self, principal: Principal, incoming: Any, filename: str, title: str,
-                             content_type: str, terms: str) -> dict[str, Any]:
+                             content_type: str, terms: str, *, allow_duplicate: bool) -> UploadResult:
         size, sha = incoming.size, incoming.sha256
         doc_id = str(uuid.uuid4())
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
             try:
+                # The quota row's lock serialises the tenant's uploads, so the duplicate check is exact:
+                # of two parallel uploads of the same bytes, the second sees the first's document.
+                account = await repo.lock_quota(conn)
+                if not allow_duplicate and (existing := await repo.find_duplicate(conn, sha)) is not None:
+                    existing_id = str(existing["id"])
+                    tags = await repo.tags_for(conn, [existing_id])
+                    log.info("duplicate upload answered with the existing document",
+                             extra={"document_id": existing_id, "size_bytes": size})
+                    return UploadResult(public_document(existing, tags[existing_id]), True,
+                                        self._quota_summary(account))
                 usage = await repo.reserve_quota(conn, size)
             except repo.QuotaExceeded as exc:
                 raise ProblemError(
@@ -170,12 +203,42 @@ class DocumentService:
             await repo.insert_outbox(conn, DOCUMENT_UPLOADED, message_id(doc_id, sha), payload)
             await repo.insert_audit(conn, doc_id, principal.user_id, "document.uploaded", current_request_id(),
                                     {"filename": filename, "size_bytes": size, "sha256": sha})
+            await self._track_quota_warning(conn, principal.tenant_id, usage, document_id=doc_id)
             # The blob reaches its final name before the row commits: a committed row always has its bytes.
             await asyncio.to_thread(incoming.commit, principal.tenant_id)
         log.info("document uploaded", extra={"document_id": doc_id, "size_bytes": size,
                                              "quota_used": usage["used_bytes"]})
         self.on_outbox_write()
-        return public_document(row, [])
+        return UploadResult(public_document(row, []), False, self._quota_summary(usage))
+
+    def _quota_summary(self, row: dict[str, Any]) -> dict[str, Any]:
+        return quota_summary(row["quota_bytes"], row["used_bytes"], self.settings.quota_warning_percent)
+
+    async def _track_quota_warning(self, conn: DictConnection, tenant_id: str, usage: dict[str, Any], *,
+                                   document_id: str | None) -> bool:
+        """Announces a crossing of the warning threshold once and re-arms when usage is below it again.
+
+        Runs in the transaction that changed the usage, which holds the quota row's lock, so of
+        many parallel uploads exactly one sees the crossing; the event goes through the outbox,
+        so it is published if and only if the change commits. Returns whether it wrote one."""
+        warning = self._quota_summary(usage)["warning"]
+        if warning and usage["warned_at"] is None:
+            await repo.set_quota_warned(conn, True)
+            percent = self.settings.quota_warning_percent
+            payload = {
+                "event": QUOTA_WARNING, "tenant_id": tenant_id, "quota_bytes": usage["quota_bytes"],
+                "used_bytes": usage["used_bytes"], "used_percent": usage["used_bytes"] * 100 // usage["quota_bytes"],
+                "threshold_percent": percent, "document_id": document_id,
+                "at": _iso(datetime.now(UTC)), "request_id": current_request_id(),
+            }
+            # One message id per crossing; a republished outbox row keeps it, so consumers can tell.
+            await repo.insert_outbox(conn, QUOTA_WARNING, f"{tenant_id}:{QUOTA_WARNING}:{uuid.uuid4()}", payload)
+            log.info("storage quota warning", extra={"used_bytes": usage["used_bytes"],
+                                                     "quota_bytes": usage["quota_bytes"]})
+            return True
+        if not warning and usage["warned_at"] is not None:
+            await repo.set_quota_warned(conn, False)
+        return False
 
     # -- read ------------------------------------------------------------------
     async def get(self, tenant_id: str, document_id: str) -> dict[str, Any]:
@@ -224,9 +287,8 @@ class DocumentService:
         async with self.db.tenant_transaction(tenant_id) as conn:
             row = await repo.quota(conn)
         if row is None:
-            return {"tenant_id": tenant_id, "quota_bytes": 0, "used_bytes": 0, "available_bytes": 0, "documents": 0}
-        return {"tenant_id": tenant_id, "quota_bytes": row["quota_bytes"], "used_bytes": row["used_bytes"],
-                "available_bytes": max(row["quota_bytes"] - row["used_bytes"], 0), "documents": row["documents"]}
+            return {"tenant_id": tenant_id, **quota_summary(0, 0, self.settings.quota_warning_percent), "documents": 0}
+        return {"tenant_id": tenant_id, **self._quota_summary(row), "documents": row["documents"]}
 
     # -- delete ----------------------------------------------------------------
     async def delete(self, principal: Principal, document_id: str) -> None:
@@ -234,9 +296,13 @@ class DocumentService:
             row = await repo.delete_document(conn, document_id)
             if row is None:
                 raise DocumentNotFound(document_id)
-            await repo.release_quota(conn, row["size_bytes"])
+            usage = await repo.release_quota(conn, row["size_bytes"])
+            announced = usage is not None and await self._track_quota_warning(
+                conn, principal.tenant_id, usage, document_id=None)
             await repo.insert_audit(conn, document_id, principal.user_id, "document.deleted", current_request_id(),
                                     {"filename": row["filename"], "size_bytes": row["size_bytes"]})
+        if announced:  # usage can still be above the threshold after a delete when the quota was lowered
+            self.on_outbox_write()
         await self._drop_blob_if_unused(principal.tenant_id, row["sha256"])
 
     async def _drop_blob_if_unused(self, tenant_id: str, sha: str) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from services.common.settings import CommonSettings
 
 
@@ -21,6 +23,8 @@ class UploadSettings(CommonSettings):
     max_title_chars: int = 300
     # Extracted text kept for search and display; longer text is cut (and says so in the log).
     max_text_chars: int = 5_000_000
+    # Usage at or above this share of the quota is flagged in answers and announced once per crossing.
+    quota_warning_percent: int = Field(default=80, ge=1, le=100)
 
     relay_enabled: bool = True
     relay_poll_seconds: float = 1.0

@@ -140,6 +140,10 @@ def test_korean_documents_are_tagged_and_searchable_per_tenant(client, accounts)
     assert first.text == text.text[:3] and first.headers["x-next-offset"] == "3"
     assert client.get(f"/api/v1/documents/{ids['경제_cp949.txt']}/text", headers=bob).status_code == 404
 
+    # The same bytes again answer with the existing document: nothing charged, nothing queued.
+    again = client.post("/api/v1/documents", headers=alice, files={"file": ("again.txt", SPORTS.encode("utf-8"))})
+    assert again.status_code == 200 and again.json()["duplicate"] is True and again.json()["id"] == ids["sports.txt"]
+
     # The original bytes come back unchanged, CP949 included.
     content = client.get(f"/api/v1/documents/{ids['경제_cp949.txt']}/content", headers=alice)
     assert content.content == ECONOMY.encode("cp949")

@@ -59,9 +59,19 @@ def auth(token: str) -> dict[str, str]:
 
 
 async def upload(client: httpx.AsyncClient, token: str, name: str, data: bytes, title: str | None = None,
-                 ctype: str = "application/octet-stream") -> httpx.Response:
+                 ctype: str = "application/octet-stream", duplicate: str | None = None) -> httpx.Response:
     form = {"title": title} if title is not None else None
-    return await client.post("/api/v1/documents", headers=auth(token), files={"file": (name, data, ctype)}, data=form)
+    params = {"duplicate": duplicate} if duplicate is not None else None
+    return await client.post("/api/v1/documents", headers=auth(token), files={"file": (name, data, ctype)}, data=form,
+                             params=params)
+
+
+def outbox_payloads(admin_dsn: str, tenant_id: str, event_type: str) -> list[dict]:
+    """The tenant's outbox rows of one event type, oldest first (read as the admin role)."""
+    with psycopg.connect(admin_dsn) as conn:
+        rows = conn.execute("SELECT payload FROM documents.outbox WHERE tenant_id = %s AND event_type = %s "
+                            "ORDER BY id", (tenant_id, event_type)).fetchall()
+    return [r[0] for r in rows]
 
 
 @pytest.fixture
@@ -199,18 +209,22 @@ async def test_tokens_are_checked(settings, tenants, make_token) -> None:
 
 
 async def test_quota_is_never_overshot_under_concurrency(settings, admin_dsn, make_token) -> None:
-    tenant = create_tenant(admin_dsn, f"q-{uuid.uuid4().hex[:8]}", quota_bytes=1000)
+    """50 parallel uploads of 300 distinct bytes against 10,000 bytes: 33 fit, 17 are refused, and the
+    crossing of the 80% warning threshold is announced exactly once."""
+    tenant = create_tenant(admin_dsn, f"q-{uuid.uuid4().hex[:8]}", quota_bytes=10_000)
     token = make_token(tenant)
     async with running(settings) as (client, _, _components):
         results = await asyncio.gather(*[
-            upload(client, token, f"f{i}.txt", (f"{i}" * 300).encode()[:300]) for i in range(10)])
+            upload(client, token, f"f{i}.txt", f"{i:03d}".encode() * 100) for i in range(50)])
         statuses = sorted(r.status_code for r in results)
-        assert statuses.count(202) == 3 and statuses.count(507) == 7, statuses
+        assert statuses.count(202) == 33 and statuses.count(507) == 17, statuses
         refused = next(r for r in results if r.status_code == 507).json()
-        assert refused["type"] == "urn:doctag:problem:quota-exceeded" and refused["quota_bytes"] == 1000
-        quota = (await client.get("/api/v1/quota", headers=auth(token))).json()
-        assert quota == {"tenant_id": tenant, "quota_bytes": 1000, "used_bytes": 900, "available_bytes": 100,
-                         "documents": 3}
+        assert refused["type"] == "urn:doctag:problem:quota-exceeded" and refused["quota_bytes"] == 10_000
+        resp = await client.get("/api/v1/quota", headers=auth(token))
+        assert resp.json() == {"tenant_id": tenant, "quota_bytes": 10_000, "used_bytes": 9900,
+                               "available_bytes": 100, "warning": True, "documents": 33}
+        assert resp.headers["x-quota-warning"] == "99% of the storage quota is used"
+        assert len(outbox_payloads(admin_dsn, tenant, "quota.warning")) == 1
 
 
 async def test_delete_releases_quota_and_keeps_shared_blob(settings, tenants, make_token) -> None:
@@ -218,7 +232,8 @@ async def test_delete_releases_quota_and_keeps_shared_blob(settings, tenants, ma
     token = make_token(tenant)
     async with running(settings) as (client, _, components):
         one = (await upload(client, token, "a.txt", b"same bytes")).json()
-        two = (await upload(client, token, "b.txt", b"same bytes")).json()
+        two = (await upload(client, token, "b.txt", b"same bytes", duplicate="allow")).json()
+        assert one["id"] != two["id"]
         blob = components.blobs.path(tenant, one["sha256"])
         assert blob.exists()
         assert (await client.delete(f"/api/v1/documents/{one['id']}", headers=auth(token))).status_code == 204
@@ -346,3 +361,141 @@ async def test_text_is_served_in_pages_of_characters(settings, tenants, make_tok
         refused = await client.get(f"/api/v1/documents/{failed['id']}/text", headers=auth(token_a))
         assert refused.status_code == 409 and refused.json()["document_status"] == "failed"
 
+
+# -- duplicates --------------------------------------------------------------------------------
+
+async def test_same_bytes_answer_with_the_existing_document(settings, tenants, make_token, admin_dsn) -> None:
+    tenant_a, tenant_b = tenants
+    token_a, token_b = make_token(tenant_a), make_token(tenant_b)
+    data = KOREAN_TEXT.encode()
+    async with running(settings) as (client, stub, components):
+        first = await upload(client, token_a, "원본.txt", data, title="원본")
+        assert first.status_code == 202 and first.json()["duplicate"] is False
+        doc = first.json()
+
+        again = await upload(client, token_a, "다른 이름.txt", data, title="다른 제목")
+        assert again.status_code == 200, again.text
+        body = again.json()
+        assert body["duplicate"] is True and body["id"] == doc["id"] and body["title"] == "원본"
+        assert again.headers["location"] == f"/api/v1/documents/{doc['id']}"
+        assert body["quota"]["used_bytes"] == len(data)
+        assert (await client.get("/api/v1/quota", headers=auth(token_a))).json()["used_bytes"] == len(data)
+        assert len(outbox_payloads(admin_dsn, tenant_a, "document.uploaded")) == 1
+        assert list(components.blobs.incoming.iterdir()) == []
+
+        # A separate copy when asked for: charged and queued as any upload.
+        copy = await upload(client, token_a, "사본.txt", data, duplicate="allow")
+        assert copy.status_code == 202 and copy.json()["duplicate"] is False and copy.json()["id"] != doc["id"]
+        assert (await client.get("/api/v1/quota", headers=auth(token_a))).json()["used_bytes"] == 2 * len(data)
+        assert len(outbox_payloads(admin_dsn, tenant_a, "document.uploaded")) == 2
+        bad = await upload(client, token_a, "x.txt", data, duplicate="maybe")
+        assert bad.status_code == 422 and [e["field"] for e in bad.json()["errors"]] == ["duplicate"]
+
+        # Another tenant's identical file is never revealed: a new document of its own.
+        other = await upload(client, token_b, "원본.txt", data)
+        assert other.status_code == 202 and other.json()["duplicate"] is False
+        assert other.json()["id"] not in (doc["id"], copy.json()["id"])
+
+        # Deleting the original keeps the bytes the copy still uses; the next upload finds the copy.
+        assert (await client.delete(f"/api/v1/documents/{doc['id']}", headers=auth(token_a))).status_code == 204
+        assert components.blobs.exists(tenant_a, doc["sha256"])
+        content = await client.get(f"/api/v1/documents/{copy.json()['id']}/content", headers=auth(token_a))
+        assert content.content == data
+        found = await upload(client, token_a, "또.txt", data)
+        assert found.status_code == 200 and found.json()["id"] == copy.json()["id"]
+
+        # A failed document is no answer: the same bytes are processed again.
+        await stub.RecordTaggingResult(pb.RecordTaggingResultRequest(
+            tenant_id=tenant_a, document_id=copy.json()["id"], content_sha256=doc["sha256"],
+            outcome=pb.TAGGING_OUTCOME_FAILED, error="model-serving unavailable after 10 attempts"), timeout=30)
+        retried = await upload(client, token_a, "다시.txt", data)
+        assert retried.status_code == 202 and retried.json()["id"] != copy.json()["id"]
+
+
+async def test_parallel_uploads_of_the_same_bytes_make_one_document(settings, tenants, make_token,
+                                                                    admin_dsn) -> None:
+    tenant = tenants[0]
+    token = make_token(tenant)
+    data = "동시에 올린 같은 문서".encode() * 50
+    async with running(settings) as (client, _, components):
+        results = await asyncio.gather(*[upload(client, token, f"same-{i}.txt", data) for i in range(10)])
+        assert sorted(r.status_code for r in results) == [200] * 9 + [202], [r.text for r in results]
+        assert len({r.json()["id"] for r in results}) == 1
+        listed = (await client.get("/api/v1/documents", headers=auth(token))).json()["items"]
+        assert [d["id"] for d in listed] == [results[0].json()["id"]]
+        assert (await client.get("/api/v1/quota", headers=auth(token))).json()["used_bytes"] == len(data)
+        assert len(outbox_payloads(admin_dsn, tenant, "document.uploaded")) == 1
+        assert list(components.blobs.incoming.iterdir()) == []
+
+
+# -- quota warning -----------------------------------------------------------------------------
+
+async def take_quota_warnings(channel: aio_pika.abc.AbstractChannel, queue_name: str, tenant_id: str,
+                              expected: int) -> list[dict]:
+    """The tenant's quota.warning messages in the queue, waiting up to 5 s for `expected` of them
+    (other tests' tenants publish into the same session queue: theirs are acknowledged and skipped)."""
+    queue = await channel.get_queue(queue_name)
+    found: list[dict] = []
+    for _ in range(50):
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            body = json.loads(message.body)
+            if body["tenant_id"] == tenant_id:
+                assert message.type == "quota.warning" and message.message_id
+                found.append(body)
+        if len(found) >= expected:
+            break
+        await asyncio.sleep(0.1)
+    return found
+
+
+async def test_quota_warning_once_per_crossing(settings, admin_dsn, make_token) -> None:
+    tenant = create_tenant(admin_dsn, f"w-{uuid.uuid4().hex[:8]}", quota_bytes=1000)
+    token = make_token(tenant)
+
+    def warnings() -> list[dict]:
+        return outbox_payloads(admin_dsn, tenant, "quota.warning")
+
+    async with running(settings) as (client, _, _components):
+        connection = await aio_pika.connect_robust(AMQP_URL)
+        channel = await connection.channel()
+        topology = Topology(prefix=settings.amqp_prefix)
+        await topology.declare(channel)
+
+        below = await upload(client, token, "a.txt", b"a" * 700)
+        assert below.status_code == 202 and below.json()["quota"] == {
+            "quota_bytes": 1000, "used_bytes": 700, "available_bytes": 300, "warning": False}
+        assert "x-quota-warning" not in below.headers and warnings() == []
+
+        crossing = await upload(client, token, "b.txt", b"b" * 150)
+        assert crossing.json()["quota"]["warning"] is True
+        assert crossing.headers["x-quota-warning"] == "85% of the storage quota is used"
+        [event] = warnings()
+        assert event["event"] == "quota.warning" and event["tenant_id"] == tenant
+        assert (event["used_bytes"], event["quota_bytes"], event["used_percent"], event["threshold_percent"]) == \
+            (850, 1000, 85, 80)
+        assert event["document_id"] == crossing.json()["id"]
+
+        still = await upload(client, token, "c.txt", b"c" * 50)
+        assert still.headers["x-quota-warning"] == "90% of the storage quota is used"
+        assert len(warnings()) == 1, "one event per crossing, not per upload"
+        quota = await client.get("/api/v1/quota", headers=auth(token))
+        assert quota.json()["warning"] is True and quota.headers["x-quota-warning"].startswith("90%")
+
+        # Full: refused with the quota problem, still one event.
+        full = await upload(client, token, "d.txt", b"d" * 101)
+        assert full.status_code == 507 and full.json()["type"] == "urn:doctag:problem:quota-exceeded"
+        assert len(warnings()) == 1
+
+        # Below the threshold after a delete: re-armed; the next crossing is announced again.
+        deleted = await client.delete(f"/api/v1/documents/{crossing.json()['id']}", headers=auth(token))
+        assert deleted.status_code == 204
+        quota = await client.get("/api/v1/quota", headers=auth(token))
+        assert quota.json()["warning"] is False and "x-quota-warning" not in quota.headers
+        again = await upload(client, token, "e.txt", b"e" * 100)
+        assert again.headers["x-quota-warning"] == "85% of the storage quota is used"
+        assert [e["used_bytes"] for e in warnings()] == [850, 850]
+
+        # Both crossings reach RabbitMQ through the outbox relay.
+        published = await take_quota_warnings(channel, topology.quota_warnings_queue, tenant, expected=2)
+        assert [e["document_id"] for e in published] == [crossing.json()["id"], again.json()["id"]]
+        await connection.close()
