@@ -23,6 +23,7 @@ from reportlab.pdfgen import canvas
 from services.tagging_worker.extractors import ExtractionError, Limits, extract_text
 from services.tagging_worker.extractors.hwp import MsvcRandom, paragraph_text
 from services.tagging_worker.extractors.hwpx import read_hwpx
+from services.tagging_worker.extractors.pdf import NO_TEXT_LAYER
 from tests.conftest import SAMPLES
 
 KOREAN = "대한민국 행정안전부는 공공기관의 문서를 자동으로 분류합니다."
@@ -191,7 +192,8 @@ def _encrypted(data: bytes, user_password: str) -> bytes:
 
 
 def test_reportlab_korean_pdf_reads_back() -> None:
-    """pypdf reads Korean back from reportlab's built-in CID font HYSMyeongJo-Medium."""
+    """PDFium reads Korean back from reportlab's built-in CID font HYSMyeongJo-Medium (not embedded:
+    the text comes from the font's standard CMap UniKS-UCS2-H, no Korean font is needed)."""
     text = extract_text(_korean_pdf([KOREAN, "둘째 쪽"]), "a.pdf")
     assert text.split("\n\n") == [KOREAN, "둘째 쪽"]
 
@@ -221,9 +223,32 @@ def test_declared_pdf_that_is_not_a_pdf() -> None:
     assert _fail("이것은 PDF가 아닙니다".encode(), "", "application/pdf") == "not a valid PDF file"
 
 
-def test_pdf_without_text_gives_empty_text() -> None:
-    """A page with no text layer (like a scan): no error here; the worker fails it as 'no text'."""
-    assert extract_text(_korean_pdf([""]), "scan.pdf") == ""
+def _scan_like_pdf() -> bytes:
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.rect(100, 100, 200, 200, fill=1)  # a drawing, like a scanned page: no text layer
+    pdf.showPage()
+    pdf.save()
+    return buf.getvalue()
+
+
+def test_pdf_without_a_text_layer_fails_as_such() -> None:
+    """A scan has no text layer and this platform no OCR: the reason says so."""
+    for data in (_scan_like_pdf(), _korean_pdf(["", ""])):
+        assert _fail(data, "scan.pdf") == NO_TEXT_LAYER
+    assert "no text layer (OCR not available)" in NO_TEXT_LAYER
+
+
+def test_pdf_with_text_on_a_later_page_only_is_read() -> None:
+    assert extract_text(_korean_pdf(["", "둘째 쪽"]), "a.pdf") == "둘째 쪽"
+
+
+def test_pdf_without_pages_and_garbage_pdfs_fail_clearly() -> None:
+    no_pages = io.BytesIO()
+    PdfWriter().write(no_pages)
+    assert _fail(no_pages.getvalue(), "a.pdf") == "the PDF file has no pages"
+    for data in (b"%PDF-1.7\n", b"%PDF-1.4\n" + bytes(range(256)) * 10):
+        assert _fail(data, "a.pdf").startswith("the PDF file is damaged: ")
 
 
 def test_pdf_page_and_character_limits() -> None:
