@@ -24,6 +24,8 @@ async def test_text_and_errors_come_back_from_the_child() -> None:
     extractor = IsolatedExtractor(Limits(), timeout=30)
     try:
         assert await extractor.extract("한글 문서\r\n".encode("cp949"), "a.txt", "text/plain") == "한글 문서"
+        page = "<p>보도<script>x()</script>자료</p>".encode("euc-kr")
+        assert await extractor.extract(page, "a.html", "text/html") == "보도자료"
         with pytest.raises(ExtractionError) as err:
             await extractor.extract(b"", "a.pdf", "application/pdf")
         assert err.value.reason == "the file is empty"
