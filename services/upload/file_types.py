@@ -5,6 +5,10 @@ mislabelled file is refused at the door instead of failing later: a file named
 .hwp must be an OLE compound file (HWP 5.0), one named .hwpx or .docx a ZIP
 package. Which OLE or ZIP file it is exactly is checked by the tagging worker's
 extractor, which reads the whole file.
+
+Text formats (.txt, .csv, .md, .html/.htm, .xml) have no signature: their first bytes must
+hold no NUL (UTF-16/32 with a byte order mark aside) and must not be a PDF, ZIP or OLE
+file's, so a document renamed to .txt is refused here rather than failing later.
 """
 from __future__ import annotations
 
@@ -32,8 +36,16 @@ TYPES = {
     ".hwp": FileType("HWP", HWP_TYPE, (OLE_MAGIC,)),
     ".hwpx": FileType("HWPX", HWPX_TYPE, (b"PK\x03\x04",)),
     ".txt": FileType("TXT", "text/plain", ()),
+    ".csv": FileType("CSV", "text/csv", ()),
+    ".md": FileType("Markdown", "text/markdown", ()),
+    ".html": FileType("HTML", "text/html", ()),
+    ".htm": FileType("HTML", "text/html", ()),
+    ".xml": FileType("XML", "application/xml", ()),
 }
-SUPPORTED = ", ".join(sorted(t.name for t in TYPES.values()))
+SUPPORTED = ", ".join(sorted({t.name for t in TYPES.values()}))
+# What a text file must not start with: the signatures of the binary formats above.
+_BINARY_SIGNATURES = {b"%PDF-": "PDF", b"PK\x03\x04": "ZIP (DOCX, HWPX or other)", OLE_MAGIC: "OLE (HWP, DOC or other)"}
+_UNICODE_BOMS = (b"\xff\xfe", b"\xfe\xff")  # UTF-16/32 text holds NUL bytes
 
 
 class UnsupportedFile(ValueError):
@@ -66,5 +78,10 @@ def check_signature(file_type: FileType, head: bytes) -> None:
                               "save the document as HWP 5.0 or HWPX and upload it again")
     if file_type.magic and not any(head.startswith(m) for m in file_type.magic):
         raise UnsupportedFile(f"the file is named as {file_type.name} but its content is not a {file_type.name} file")
-    if not file_type.magic and b"\x00" in head and not head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UnsupportedFile("the file is named as TXT but contains binary data")
+    if file_type.magic:
+        return
+    for signature, kind in _BINARY_SIGNATURES.items():
+        if head.startswith(signature):
+            raise UnsupportedFile(f"the file is named as {file_type.name} but its content is a {kind} file")
+    if b"\x00" in head and not head.startswith(_UNICODE_BOMS):
+        raise UnsupportedFile(f"the file is named as {file_type.name} but contains binary data")

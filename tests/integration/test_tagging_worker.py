@@ -39,6 +39,7 @@ from services.common.pb import (
 )
 from services.tagging_worker.app import build_http_app
 from services.tagging_worker.clients import MODEL_HEALTH_SERVICE
+from services.tagging_worker.extractors.pdf import NO_TEXT_LAYER
 from services.tagging_worker.metrics import DEFERRAL_LIMIT_FAILURES, DEFERRALS, JOBS
 from services.tagging_worker.settings import WorkerSettings
 from services.tagging_worker.worker import TaggingWorker
@@ -364,12 +365,17 @@ async def test_hwp_and_hwpx_documents_are_tagged_or_fail_with_their_reason(worke
 
 
 async def test_document_without_text_fails(worker, peers, broker) -> None:
+    """A scan-like PDF fails because it has no text layer; a text file of blanks because it has no text."""
     channel, topology = broker
     docs = peers.documents
-    doc_id = docs.add(_pdf_without_text(), "scan.pdf", "application/pdf")
-    await publish(channel, topology, docs, doc_id)
-    await wait_for(lambda: docs.docs[doc_id].status == "failed", "the document to be failed")
-    assert docs.docs[doc_id].error == "no text could be extracted"
+    scan_id = docs.add(_pdf_without_text(), "scan.pdf", "application/pdf")
+    blank_id = docs.add(b" \r\n\t\n", "blank.txt", "text/plain")
+    for doc_id in (scan_id, blank_id):
+        await publish(channel, topology, docs, doc_id)
+    await wait_for(lambda: docs.docs[scan_id].status == docs.docs[blank_id].status == "failed",
+                   "the documents to be failed")
+    assert docs.docs[scan_id].error == NO_TEXT_LAYER
+    assert docs.docs[blank_id].error == "no text could be extracted"
 
 
 async def test_model_unavailable_for_a_while_is_retried(worker, peers, broker) -> None:

@@ -159,6 +159,26 @@ async def test_hwp_and_hwpx_uploads_are_accepted(settings, tenants, make_token) 
                                                                   "not a HWP file"}]
 
 
+async def test_text_format_uploads_are_accepted_and_disguised_documents_refused(settings, tenants,
+                                                                                 make_token) -> None:
+    token = make_token(tenants[0])
+    async with running(settings) as (client, _, _components):
+        for name, data, content_type in (
+            ("보도자료.html", "<p>보도자료 &amp; 예산</p>".encode("euc-kr"), "text/html"),
+            ("목록.xml", '<?xml version="1.0"?><목록>예산</목록>'.encode(), "application/xml"),
+            ("예산.csv", "부서,예산\r\n".encode("cp949"), "text/csv"),
+            ("회의록.md", "# 회의록".encode("utf-16"), "text/markdown"),
+        ):
+            resp = await upload(client, token, name, data)
+            assert resp.status_code == 202, resp.text
+            doc = (await client.get(f"/api/v1/documents/{resp.json()['id']}", headers=auth(token))).json()
+            assert (doc["content_type"], doc["filename"]) == (content_type, name)
+        refused = await upload(client, token, "보고서.txt", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
+        assert refused.status_code == 415
+        assert refused.json()["errors"] == [{"field": "file",
+                                             "message": "the file is named as TXT but its content is a PDF file"}]
+
+
 async def test_bad_input_gets_problem_with_field(settings, tenants, make_token) -> None:
     token = make_token(tenants[0])
     async with running(settings) as (client, _, components):

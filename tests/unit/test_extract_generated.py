@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import struct
+import time
 import unicodedata
 import zipfile
 import zlib
@@ -23,6 +24,8 @@ from reportlab.pdfgen import canvas
 from services.tagging_worker.extractors import ExtractionError, Limits, extract_text
 from services.tagging_worker.extractors.hwp import MsvcRandom, paragraph_text
 from services.tagging_worker.extractors.hwpx import read_hwpx
+from services.tagging_worker.extractors.pdf import NO_TEXT_LAYER
+from services.tagging_worker.extractors.text import compose_makeup_sequences
 from tests.conftest import SAMPLES
 
 KOREAN = "대한민국 행정안전부는 공공기관의 문서를 자동으로 분류합니다."
@@ -166,6 +169,151 @@ def test_empty_file() -> None:
         assert _fail(b"", name) == "the file is empty"
 
 
+@pytest.mark.parametrize("bom, codec", [(codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+                                        (codecs.BOM_UTF8, "utf-8")])
+def test_unicode_with_each_byte_order_mark(bom: bytes, codec: str) -> None:
+    data = bom + (KOREAN + "\r\n둘째 줄\r\n").encode(codec)
+    assert extract_text(data, "a.txt") == KOREAN + "\n둘째 줄"
+
+
+# KS X 1001 make-up sequences, written byte by byte: 0xA4D4 is the Hangul filler, row 0xA4 the jamo.
+FILLER = b"\xa4\xd4"
+SSANGSIOS, YU = b"\xa4\xb6", b"\xa4\xd0"                 # ㅆ ㅠ
+SSANGTIKEUT, O_, MIEUM = b"\xa4\xa8", b"\xa4\xc7", b"\xa4\xb1"  # ㄸ ㅗ ㅁ
+PIEUP, WE, RIEUL_KIYEOK = b"\xa4\xb2", b"\xa4\xce", b"\xa4\xaa"  # ㅂ ㅞ ㄺ
+
+
+def test_euc_kr_make_up_sequences_are_composed() -> None:
+    """쓔, 똠 and 뷁 are not among EUC-KR's 2,350 syllables: an EUC-KR file writes them as
+    filler + initial + medial + final (filler for no final)."""
+    ssyu = FILLER + SSANGSIOS + YU + FILLER
+    ttom = FILLER + SSANGTIKEUT + O_ + MIEUM
+    bwelg = FILLER + PIEUP + WE + RIEUL_KIYEOK
+    jamo = SSANGSIOS + YU + SSANGTIKEUT + O_ + MIEUM + PIEUP + WE + RIEUL_KIYEOK
+    assert jamo.decode("euc-kr") == "ㅆㅠㄸㅗㅁㅂㅞㄺ"  # the hand-written bytes are the intended jamo
+    assert ssyu.decode("cp949") == "ㅤㅆㅠㅤ"  # what the codec alone gives
+    data = "민원: ".encode("euc-kr") + ssyu + b" " + ttom + "방각하 ".encode("euc-kr") + bwelg + b"\r\n"
+    assert extract_text(data, "a.txt") == "민원: 쓔 똠방각하 뷁"
+    assert extract_text(data, "a.txt", "text/plain; charset=euc-kr") == "민원: 쓔 똠방각하 뷁"
+    # A lone initial or medial is that letter; a sequence that makes no syllable is left alone.
+    kiyeok, a, kiyeok_sios = b"\xa4\xa1", b"\xa4\xbf", b"\xa4\xa3"  # ㄱ ㅏ ㄳ
+    assert (kiyeok + a + kiyeok_sios).decode("euc-kr") == "ㄱㅏㄳ"
+    lone = FILLER + kiyeok + FILLER + FILLER + b" " + FILLER + FILLER + a + FILLER
+    odd = FILLER + kiyeok_sios + a + FILLER  # ㄳ cannot begin a syllable
+    assert extract_text("자모 ".encode("euc-kr") + lone + b" " + odd, "a.txt") == "자모 ㄱ ㅏ ㅤㄳㅏㅤ"
+
+
+def test_make_up_composition_gives_every_modern_syllable() -> None:
+    """Checked against the Unicode character names: each syllable's conjoining jamo (NFD) are
+    named like the compatibility jamo that a make-up sequence holds."""
+    def compatibility(jamo: str) -> str:
+        name = unicodedata.name(jamo)
+        for kind in ("CHOSEONG", "JUNGSEONG", "JONGSEONG"):
+            name = name.replace(f"HANGUL {kind} ", "HANGUL LETTER ")
+        return unicodedata.lookup(name)
+
+    syllables = [chr(code) for code in range(0xAC00, 0xD7A4)]
+    sequences = []
+    for syllable in syllables:
+        jamo = [compatibility(j) for j in unicodedata.normalize("NFD", syllable)]
+        sequences.append("\u3164" + "".join(jamo) + ("\u3164" if len(jamo) == 2 else ""))
+    assert compose_makeup_sequences("".join(sequences)) == "".join(syllables)
+
+
+# -- HTML, XML, CSV, Markdown ------------------------------------------------------------------
+
+KOREAN_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="euc-kr"><title>보도자료 - 행정안전부</title>
+<style>p { color: red } /* 스타일은 보이지 않음 */</style>
+<script>document.write("<p>스크립트 문장</p>"); var x = 1 < 2;</script></head>
+<body><h1>2027년   예산안
+ 발표</h1><!-- 주석: 보이지 않음 -->
+<p>정부는 &ldquo;디지털 정부&rdquo; &amp; 지역&middot;균형 &#54620;&#44544; 예산을<br>늘립니다.</p>
+<table><tr><th>부서</th><th>예산</th></tr><tr><td>정보화담당관실</td><td>12억</td></tr></table>
+<ul><li>첫째</li><li>둘째</li></ul><template><p>템플릿</p></template>
+</body></html>"""
+KOREAN_PAGE_TEXT = ("보도자료 - 행정안전부\n\n2027년 예산안 발표\n\n"
+                    "정부는 “디지털 정부” & 지역·균형 한글 예산을\n늘립니다.\n\n"
+                    "부서\t예산\n정보화담당관실\t12억\n\n첫째\n둘째")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "euc-kr", "utf-16"])
+def test_html_visible_text_without_script_style_or_comments(encoding: str) -> None:
+    assert extract_text(KOREAN_PAGE.encode(encoding), "보도자료.html") == KOREAN_PAGE_TEXT
+
+
+def test_html_by_content_type_and_htm_extension() -> None:
+    data = KOREAN_PAGE.encode("utf-8")
+    assert extract_text(data, "", "text/html; charset=utf-8") == KOREAN_PAGE_TEXT
+    assert extract_text(data, "a.htm") == KOREAN_PAGE_TEXT
+
+
+def test_xhtml_with_xml_declaration_reads_as_html() -> None:
+    page = ('<?xml version="1.0" encoding="euc-kr"?>'
+            '<html xmlns="http://www.w3.org/1999/xhtml"><body><p>공지 사항</p></body></html>')
+    assert extract_text(page.encode("euc-kr"), "a.html") == "공지 사항"
+
+
+def test_html_nested_too_deeply_fails_clearly() -> None:
+    deep = ("<div>" * 10_000 + "깊은 글" + "</div>" * 10_000).encode()
+    assert _fail(deep, "a.html").startswith("the HTML file is too deeply nested or too large to read")
+
+
+def test_xml_text_keeps_words_whole_and_expands_no_entities() -> None:
+    document = """<?xml version="1.0" encoding="euc-kr"?>
+<!DOCTYPE 문서 [<!ENTITY a "하하하하하하하하하하"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">
+<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">
+<!ENTITY 비밀 SYSTEM "file:///etc/passwd">]>
+<문서><제목>예산 &amp; 결산</제목><!-- 주석 --><?처리 지시?>
+  <본문>행정<강조>안전</강조>부 &d; &비밀; 끝 &#54620;&#44544;</본문>
+  <목록><항목>첫째</항목><항목>둘째</항목></목록></문서>"""
+    text = extract_text(document.encode("euc-kr"), "a.xml")
+    assert text == "예산 & 결산\n행정안전부 끝 한글\n첫째\n둘째"
+
+
+def test_broken_and_deep_xml_fail_clearly() -> None:
+    assert _fail("<문서><제목>끝나지 않음</문서>".encode(), "a.xml").startswith("not a well-formed XML file: ")
+    deep = ("<a>" * 1000 + "글" + "</a>" * 1000).encode()
+    assert _fail(deep, "", "application/xml").startswith("the XML file is too deeply nested or too large to read")
+
+
+def test_csv_and_markdown_are_read_as_text() -> None:
+    csv = "부서,예산\r\n정보화담당관실,12억\r\n".encode("cp949")
+    assert extract_text(csv, "예산.csv") == "부서,예산\n정보화담당관실,12억"
+    assert extract_text(csv, "", "text/csv") == "부서,예산\n정보화담당관실,12억"
+    markdown = "# 회의록\n\n- **안건**: 예산 <b>검토</b>\n".encode()
+    assert extract_text(markdown, "회의록.md") == "# 회의록\n\n- **안건**: 예산 <b>검토</b>"
+
+
+@pytest.mark.parametrize("filename", ["a.txt", "a.html", "a.xml", "a.csv", "a.md"])
+def test_text_formats_that_are_really_documents_or_binary(filename: str) -> None:
+    assert _fail(_korean_pdf(["한글"]), filename) == "not a text file: the content is a PDF document"
+    assert _fail(_korean_docx(), filename) == "not a text file: the content is a DOCX document"
+    assert _fail(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), filename) == (
+        "not a text file: it contains NUL bytes (binary data)")
+
+
+# -- hostile text ------------------------------------------------------------------------------
+
+
+def test_nul_bytes_anywhere_mean_binary() -> None:
+    assert _fail("한글\x00문서".encode(), "a.txt") == "not a text file: it contains NUL bytes (binary data)"
+    late = "한글 문서 ".encode() * 20_000 + b"\x00"  # after the first 64 KiB
+    assert _fail(late, "a.txt") == "not a text file: it contains NUL bytes (binary data)"
+
+
+def test_huge_single_line_is_cut_at_the_character_limit() -> None:
+    line = ("가나다라 " * 2_000_000).encode()  # 26 MB, no newline
+    assert extract_text(line, "a.txt", limits=Limits(max_chars=1000)) == ("가나다라 " * 200)[:1000]
+
+
+def test_long_run_of_blanks_is_handled_in_linear_time() -> None:
+    """A regular expression for trailing blanks once took quadratic time here (minutes for 1 MB)."""
+    start = time.monotonic()
+    assert extract_text(b" " * 1_000_000 + "끝".encode() + b"\t" * 1_000_000, "a.txt") == "끝"
+    assert time.monotonic() - start < 10
+
+
 # -- PDF ---------------------------------------------------------------------------------------
 
 
@@ -191,7 +339,8 @@ def _encrypted(data: bytes, user_password: str) -> bytes:
 
 
 def test_reportlab_korean_pdf_reads_back() -> None:
-    """pypdf reads Korean back from reportlab's built-in CID font HYSMyeongJo-Medium."""
+    """PDFium reads Korean back from reportlab's built-in CID font HYSMyeongJo-Medium (not embedded:
+    the text comes from the font's standard CMap UniKS-UCS2-H, no Korean font is needed)."""
     text = extract_text(_korean_pdf([KOREAN, "둘째 쪽"]), "a.pdf")
     assert text.split("\n\n") == [KOREAN, "둘째 쪽"]
 
@@ -221,9 +370,32 @@ def test_declared_pdf_that_is_not_a_pdf() -> None:
     assert _fail("이것은 PDF가 아닙니다".encode(), "", "application/pdf") == "not a valid PDF file"
 
 
-def test_pdf_without_text_gives_empty_text() -> None:
-    """A page with no text layer (like a scan): no error here; the worker fails it as 'no text'."""
-    assert extract_text(_korean_pdf([""]), "scan.pdf") == ""
+def _scan_like_pdf() -> bytes:
+    buf = io.BytesIO()
+    pdf = canvas.Canvas(buf)
+    pdf.rect(100, 100, 200, 200, fill=1)  # a drawing, like a scanned page: no text layer
+    pdf.showPage()
+    pdf.save()
+    return buf.getvalue()
+
+
+def test_pdf_without_a_text_layer_fails_as_such() -> None:
+    """A scan has no text layer and this platform no OCR: the reason says so."""
+    for data in (_scan_like_pdf(), _korean_pdf(["", ""])):
+        assert _fail(data, "scan.pdf") == NO_TEXT_LAYER
+    assert "no text layer (OCR not available)" in NO_TEXT_LAYER
+
+
+def test_pdf_with_text_on_a_later_page_only_is_read() -> None:
+    assert extract_text(_korean_pdf(["", "둘째 쪽"]), "a.pdf") == "둘째 쪽"
+
+
+def test_pdf_without_pages_and_garbage_pdfs_fail_clearly() -> None:
+    no_pages = io.BytesIO()
+    PdfWriter().write(no_pages)
+    assert _fail(no_pages.getvalue(), "a.pdf") == "the PDF file has no pages"
+    for data in (b"%PDF-1.7\n", b"%PDF-1.4\n" + bytes(range(256)) * 10):
+        assert _fail(data, "a.pdf").startswith("the PDF file is damaged: ")
 
 
 def test_pdf_page_and_character_limits() -> None:

@@ -24,6 +24,8 @@ async def test_text_and_errors_come_back_from_the_child() -> None:
     extractor = IsolatedExtractor(Limits(), timeout=30)
     try:
         assert await extractor.extract("한글 문서\r\n".encode("cp949"), "a.txt", "text/plain") == "한글 문서"
+        page = "<p>보도<script>x()</script>자료</p>".encode("euc-kr")
+        assert await extractor.extract(page, "a.html", "text/html") == "보도자료"
         with pytest.raises(ExtractionError) as err:
             await extractor.extract(b"", "a.pdf", "application/pdf")
         assert err.value.reason == "the file is empty"
@@ -32,14 +34,22 @@ async def test_text_and_errors_come_back_from_the_child() -> None:
         extractor.close()
 
 
-@pytest.mark.skipif(not BIG_PDF.is_file(), reason="shared samples not available")
+def hang_on_purpose(data: bytes, filename: str, content_type: str, limits: Limits) -> str:
+    """Stands in for a parser stuck on a pathological file (the real PDFs now take 0.1 s, too
+    little to overrun a time limit reliably)."""
+    if data == b"hang":
+        time.sleep(60)
+    return data.decode()
+
+
 async def test_overrunning_extraction_times_out_and_the_next_file_works() -> None:
-    extractor = IsolatedExtractor(Limits(), timeout=0.3)
+    extractor = IsolatedExtractor(Limits(), timeout=30, extract=hang_on_purpose)
     try:
         await extractor.extract(b"warm", "a.txt", "")  # the child is started and has imported the parsers
+        extractor.timeout = 0.3
         start = time.monotonic()
         with pytest.raises(ExtractionError) as err:
-            await extractor.extract(BIG_PDF.read_bytes(), BIG_PDF.name, "application/pdf")  # ~2 s of work
+            await extractor.extract(b"hang", "a.txt", "")
         assert err.value.reason == TIMED_OUT
         assert time.monotonic() - start < 5
         assert extractor.restarts == 1
@@ -137,5 +147,50 @@ async def test_hwp_and_hwpx_through_the_child_with_the_default_limits() -> None:
         hwpx = SAMPLES / "hwpx" / "hwpxlib__textextractor__multipara.hwpx"
         assert "김하성" in await extractor.extract(hwpx.read_bytes(), hwpx.name, "")
         assert extractor.restarts == 0
+    finally:
+        extractor.close()
+
+
+def _pdf(objects: list[bytes]) -> bytes:
+    """A minimal PDF file with these objects (1 is the catalog) and a correct cross-reference table."""
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    return out + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+
+
+def _hostile_pdfs() -> dict[str, bytes]:
+    """PDFium is C: files built to stress its parser (deep nesting, a cut file, a page tree loop)."""
+    depth = 100_000
+    content = b"q " * depth + b"BT /F1 12 Tf 72 720 Td (deep) Tj ET " + b"Q " * depth
+    deep = _pdf([
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> /Nested " + b"[" * depth + b"]" * depth + b" >>",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ])
+    loop = _pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [2 0 R] /Count 1 >>"])
+    return {"deep": deep, "truncated": deep[: len(deep) // 2], "loop": loop}
+
+
+async def test_hostile_pdfs_come_back_as_text_or_reasons_without_killing_the_child() -> None:
+    from services.tagging_worker.settings import WorkerSettings
+
+    extractor = IsolatedExtractor(Limits(), timeout=60, memory_limit_mb=WorkerSettings().extract_memory_limit_mb)
+    try:
+        hostile = _hostile_pdfs()
+        assert await extractor.extract(hostile["deep"], "deep.pdf", "application/pdf") == "deep"
+        for name in ("truncated", "loop"):
+            with pytest.raises(ExtractionError) as err:
+                await extractor.extract(hostile[name], f"{name}.pdf", "application/pdf")
+            assert err.value.reason.startswith("the PDF file is damaged: ")
+        assert extractor.restarts == 0
+        assert await extractor.extract("다음 파일".encode(), "b.txt", "") == "다음 파일"
     finally:
         extractor.close()

@@ -92,6 +92,39 @@ def test_hwp_and_hwpx_are_accepted_when_their_bytes_agree() -> None:
         check_signature(hwpx, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
 
 
+@pytest.mark.parametrize("name, content_type", [
+    ("보고서.csv", "text/csv"), ("회의록.MD", "text/markdown"), ("보도.html", "text/html"),
+    ("보도.htm", "text/html"), ("목록.xml", "application/xml"),
+])
+def test_text_formats_are_accepted_when_their_content_is_text(name: str, content_type: str) -> None:
+    file_type = file_type_for(name)
+    assert file_type.content_type == content_type
+    check_signature(file_type, "<p>한글</p>".encode("cp949"))
+    check_signature(file_type, "\ufeff<p>한글</p>".encode("utf-16"))
+    with pytest.raises(UnsupportedFile) as err:
+        check_signature(file_type, b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    assert str(err.value) == f"the file is named as {file_type.name} but contains binary data"
+
+
+@pytest.mark.parametrize("head, kind", [
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3", "PDF"),
+    (b"PK\x03\x04\x14\x00", "ZIP (DOCX, HWPX or other)"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "OLE (HWP, DOC or other)"),
+])
+def test_documents_renamed_to_a_text_format_are_refused(head: bytes, kind: str) -> None:
+    for name, shown in (("a.txt", "TXT"), ("a.html", "HTML"), ("a.md", "Markdown")):
+        with pytest.raises(UnsupportedFile) as err:
+            check_signature(file_type_for(name), head)
+        assert str(err.value) == f"the file is named as {shown} but its content is a {kind} file"
+
+
+def test_unsupported_type_lists_each_supported_one_once() -> None:
+    with pytest.raises(UnsupportedFile) as err:
+        file_type_for("a.exe")
+    assert str(err.value) == ("file type .exe is not supported; supported types: "
+                              "CSV, DOCX, HTML, HWP, HWPX, Markdown, PDF, TXT, XML")
+
+
 def test_clean_filename() -> None:
     assert clean_filename("C:\\Users\\kim\\예산.pdf") == "예산.pdf"
     assert clean_filename("../../etc/passwd") == "passwd"

@@ -10,6 +10,10 @@ whose `mimetype` entry says "application/hwp+zip" or that hold `Contents/section
 file declared as HWP whose bytes are not an OLE file (a renamed text file, an HWP 3.0 file)
 fails with a reason; it is never read as text. Upload already refuses such files (415), so
 only files declared by content type alone get here.
+
+HTML and XML are text formats with markup (their visible text is extracted, markup.py);
+CSV and Markdown are read as plain text. Like a .txt file, they must not be a PDF, ZIP or
+OLE file in disguise.
 """
 from __future__ import annotations
 
@@ -29,10 +33,14 @@ class Format(StrEnum):
     HWP = "hwp"
     HWPX = "hwpx"
     TEXT = "txt"
+    HTML = "html"
+    XML = "xml"
 
 
 _EXTENSIONS = {".pdf": Format.PDF, ".docx": Format.DOCX, ".hwp": Format.HWP, ".hwpx": Format.HWPX,
-               ".txt": Format.TEXT, ".text": Format.TEXT}
+               ".txt": Format.TEXT, ".text": Format.TEXT, ".csv": Format.TEXT, ".md": Format.TEXT,
+               ".markdown": Format.TEXT, ".html": Format.HTML, ".htm": Format.HTML, ".xhtml": Format.HTML,
+               ".xml": Format.XML}
 _CONTENT_TYPES = {
     "application/pdf": Format.PDF,
     "application/x-pdf": Format.PDF,
@@ -45,6 +53,10 @@ _CONTENT_TYPES = {
     "application/haansofthwpx": Format.HWPX,
     "application/vnd.hancom.hwpx": Format.HWPX,
     "text/plain": Format.TEXT,
+    "text/html": Format.HTML,
+    "application/xhtml+xml": Format.HTML,
+    "text/xml": Format.XML,
+    "application/xml": Format.XML,
 }
 _GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream", "application/unknown"}
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
@@ -63,9 +75,11 @@ def declared_format(filename: str, content_type: str) -> Format | str | None:
     media = content_type.split(";", 1)[0].strip().lower()
     if media in _GENERIC_TYPES:
         return None
-    if media.startswith("text/"):
+    if media in _CONTENT_TYPES:
+        return _CONTENT_TYPES[media]
+    if media.startswith("text/"):  # text/csv, text/markdown, ...
         return Format.TEXT
-    return _CONTENT_TYPES.get(media, media)
+    return media
 
 
 def sniff(data: bytes) -> str:
@@ -113,10 +127,10 @@ def resolve_format(data: bytes, filename: str, content_type: str) -> Format:
         if actual != "zip":
             raise ExtractionError("not a valid HWPX file: the content is not a ZIP package")
         return Format.HWPX
-    if declared is Format.TEXT:
+    if declared in (Format.TEXT, Format.HTML, Format.XML):
         if actual in ("pdf", "zip", "ole"):
             raise ExtractionError(f"not a text file: the content is a {_describe(actual, data)}")
-        return Format.TEXT
+        return declared
     # Nothing useful declared: trust the bytes.
     if actual == "pdf":
         return Format.PDF

@@ -38,7 +38,6 @@ def _child_main(conn: Connection, extract: Extract, memory_limit_mb: int) -> Non
     from services.common.logging import configure_logging
 
     configure_logging("tagging-worker-extractor", "WARNING")
-    logging.getLogger("pypdf").setLevel(logging.ERROR)  # it warns about every quirk of real-world PDFs
     if memory_limit_mb > 0:
         try:
             import resource

@@ -1,11 +1,19 @@
 """Plain text: BOM-aware, strict UTF-8 first, then Korean legacy encodings, then detection.
 
 EUC-KR input is decoded as CP949 (a superset), so files that a Korean Windows
-editor saved with extended Hangul syllables decode too.
+editor saved with extended Hangul syllables decode too. EUC-KR (KS X 1001) can only
+write the 2,350 most common syllables; others are written as a make-up sequence of
+four characters: the Hangul filler, an initial, a medial and a final jamo (filler for
+none), e.g. ㅤㅆㅠㅤ for 쓔. Python's CP949 codec keeps the four jamo, so they are
+composed into the syllable here (KS X 1001:2004 annex 3), for every decoded text.
+
+A file with NUL bytes is not text (NUL never occurs in text in these encodings; UTF-16
+and UTF-32 are recognised by their byte order mark).
 """
 from __future__ import annotations
 
 import codecs
+import re
 
 from charset_normalizer import from_bytes
 
@@ -32,8 +40,14 @@ def decode_text(data: bytes) -> str:
                 return data[len(bom):].decode(encoding)
             except UnicodeDecodeError as exc:
                 raise ExtractionError(f"not a text file: invalid {encoding.upper()} after its byte order mark") from exc
+    if b"\x00" in data:
+        raise ExtractionError("not a text file: it contains NUL bytes (binary data)")
     if _looks_binary(data):
         raise ExtractionError("not a text file")
+    return compose_makeup_sequences(_decode_without_bom(data))
+
+
+def _decode_without_bom(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -49,6 +63,41 @@ def decode_text(data: bytes) -> str:
         return data.decode(encoding)
     except (UnicodeDecodeError, LookupError) as exc:
         raise ExtractionError("not a text file: the character encoding could not be recognised") from exc
+
+
+# -- KS X 1001 make-up sequences ---------------------------------------------------------------
+
+FILLER = "\u3164"  # HANGUL FILLER, KS X 1001 0xA4D4
+# Compatibility jamo (KS X 1001 row 4) in the order of the Unicode syllable arithmetic.
+_INITIALS = "ㄱㄲㄴㄷㄸㄹㅁㅂㅃㅅㅆㅇㅈㅉㅊㅋㅌㅍㅎ"
+_MEDIALS = "ㅏㅐㅑㅒㅓㅔㅕㅖㅗㅘㅙㅚㅛㅜㅝㅞㅟㅠㅡㅢㅣ"
+_FINALS = "ㄱㄲㄳㄴㄵㄶㄷㄹㄺㄻㄼㄽㄾㄿㅀㅁㅂㅄㅅㅆㅇㅈㅊㅋㅌㅍㅎ"  # index + 1; 0 = no final
+_MAKEUP = re.compile(FILLER + "([\u3131-\u314e\u3164])([\u314f-\u3163\u3164])([\u3131-\u314e\u3164])")
+
+
+def compose_makeup_sequences(text: str) -> str:
+    """Filler + initial + medial + final (each part a jamo or the filler) → the syllable.
+
+    Initial + medial (+ final) compose by the Unicode arithmetic
+    0xAC00 + (initial × 21 + medial) × 28 + final. A lone initial (ㅤㄱㅤㅤ) or a lone medial
+    (ㅤㅤㅏㅤ) stands for that letter. Anything else (a final without a syllable, a
+    consonant that cannot begin one) is left as it is rather than guessed.
+    """
+    if FILLER not in text:
+        return text
+    return _MAKEUP.sub(_compose, text)
+
+
+def _compose(match: re.Match[str]) -> str:
+    initial, medial, final = match.groups()
+    if initial in _INITIALS and medial in _MEDIALS and (final == FILLER or final in _FINALS):
+        final_index = 0 if final == FILLER else _FINALS.index(final) + 1
+        return chr(0xAC00 + (_INITIALS.index(initial) * 21 + _MEDIALS.index(medial)) * 28 + final_index)
+    if initial in _INITIALS and medial == FILLER and final == FILLER:
+        return initial
+    if initial == FILLER and medial in _MEDIALS and final == FILLER:
+        return medial
+    return match.group(0)
 
 
 def _looks_binary(data: bytes) -> bool:
