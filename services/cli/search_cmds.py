@@ -1,4 +1,5 @@
-"""`doctag search eval`: retrieval quality of the search service on a judged collection.
+"""`doctag search eval`: retrieval quality of the search service on a judged collection;
+`doctag search reindex`: rebuild the search index (documents.document_terms) of existing documents.
 
 The corpus goes into a fresh tenant through the same repository functions and analyser
 the upload service uses (title at upload, text at tagging time); each query goes
@@ -122,7 +123,7 @@ def summarise(runs: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> d
 async def _index(admin_dsn: str, tenant: str, corpus: list[CorpusDoc]) -> dict[str, str]:
     """Loads the corpus as upload + tagging would; returns platform id -> corpus id."""
     from services.common.db import Database
-    from services.common.korean import search_terms
+    from services.common.korean import analyze
     from services.upload import repository as repo
 
     ids: dict[str, str] = {}
@@ -132,14 +133,15 @@ async def _index(admin_dsn: str, tenant: str, corpus: list[CorpusDoc]) -> dict[s
         for doc in corpus:
             doc_id = str(uuid.uuid4())
             body = doc.text.encode("utf-8")
-            title_terms = await asyncio.to_thread(search_terms, doc.title)
-            text_terms = await asyncio.to_thread(search_terms, f"{doc.title}\n{doc.text}")
+            title_terms = await asyncio.to_thread(analyze, doc.title)
+            text_terms = await asyncio.to_thread(analyze, doc.text)
             async with db.tenant_transaction(tenant) as conn:
                 await repo.insert_document(conn, {
                     "id": doc_id, "title": doc.title, "filename": f"{doc.id}.txt", "content_type": "text/plain",
                     "size_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
-                    "search_terms": title_terms, "created_by": None})
-                await repo.store_tagging_result(conn, doc_id, doc.text, text_terms, [])
+                    "title_terms": title_terms, "created_by": None})
+                await repo.store_tagging_result(conn, doc_id, doc.text, [],
+                                                title_terms=title_terms, text_terms=text_terms)
             ids[doc_id] = doc.id
     finally:
         await db.close()
@@ -172,6 +174,7 @@ def _drop_tenant(admin_dsn: str, tenant: str) -> None:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM documents.documents WHERE tenant_id = %s", (tenant,))
         conn.execute("DELETE FROM documents.quotas WHERE tenant_id = %s", (tenant,))
+        conn.execute("DELETE FROM documents.search_stats WHERE tenant_id = %s", (tenant,))
         conn.execute("DELETE FROM identity.tenants WHERE id = %s", (tenant,))
 
 
@@ -205,6 +208,61 @@ def cmd_eval(settings: Any, args: argparse.Namespace) -> None:
     print(json.dumps(result, ensure_ascii=False))
 
 
+# ------------------------------------------------------------------ reindex
+
+REINDEX_BATCH = 100
+
+
+async def reindex(admin_dsn: str, tenant_slug: str | None = None) -> dict[str, int]:
+    """Re-analyses every document (title and extracted text) of one tenant or all tenants and
+    rewrites its postings: after migration 0004 (documents uploaded before it have none), or
+    after the analyser changed. Batches of REINDEX_BATCH documents, one transaction each, in
+    the document's tenant (the same repository function upload uses)."""
+    from services.common.db import Database
+    from services.common.korean import analyze
+    from services.upload import repository as repo
+
+    with psycopg.connect(admin_dsn) as conn:
+        if tenant_slug:
+            rows = conn.execute("SELECT id FROM identity.tenants WHERE slug = %s", (tenant_slug,)).fetchall()
+            if not rows:
+                raise AdminError(f"no tenant {tenant_slug}")
+        else:
+            rows = conn.execute("SELECT DISTINCT tenant_id FROM documents.documents ORDER BY 1").fetchall()
+    tenants = [str(r[0]) for r in rows]
+    done: dict[str, int] = {}
+    db = Database(admin_dsn, max_size=1)
+    await db.open()
+    try:
+        for tenant in tenants:
+            after = "00000000-0000-0000-0000-000000000000"
+            count = 0
+            while True:
+                async with db.tenant_transaction(tenant) as conn:
+                    batch = await (await conn.execute(
+                        "SELECT id, title, text_content FROM documents.documents "
+                        "WHERE tenant_id = %s AND id > %s ORDER BY id LIMIT %s",
+                        (tenant, after, REINDEX_BATCH))).fetchall()
+                    for doc in batch:
+                        title_terms = await asyncio.to_thread(analyze, doc["title"])
+                        text_terms = await asyncio.to_thread(analyze, doc["text_content"] or "")
+                        await repo.index_field(conn, str(doc["id"]), "title", title_terms)
+                        await repo.index_field(conn, str(doc["id"]), "text", text_terms)
+                if not batch:
+                    break
+                count += len(batch)
+                after = str(batch[-1]["id"])
+            done[tenant] = count
+    finally:
+        await db.close()
+    return done
+
+
+def cmd_reindex(settings: Any, args: argparse.Namespace) -> None:
+    done = asyncio.run(reindex(settings.admin_dsn(), args.tenant))
+    print(json.dumps({"tenants": len(done), "documents": sum(done.values())}))
+
+
 def add_commands(search: Any) -> None:
     ev = search.add_parser("eval", help="nDCG@10, recall@10, MRR@10 and zero-hit share on a judged collection")
     ev.add_argument("--corpus", required=True, help='JSON lines {"id","title","text"}')
@@ -212,3 +270,7 @@ def add_commands(search: Any) -> None:
     ev.add_argument("--qrels", required=True, help="query_id<TAB>doc_id<TAB>relevance")
     ev.add_argument("--keep-tenant", action="store_true", help="keep the evaluation tenant (for inspection)")
     ev.set_defaults(func=cmd_eval)
+    ri = search.add_parser("reindex", help="re-analyse existing documents into the search index (after "
+                                           "migration 0004 or an analyser change)")
+    ri.add_argument("--tenant", metavar="SLUG", help="only this tenant (default: every tenant)")
+    ri.set_defaults(func=cmd_reindex)
