@@ -10,7 +10,7 @@ from typing import Any
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
-from . import admin, model_quality_cmds, model_registry_cmds
+from . import admin, model_quality_cmds, model_registry_cmds, search_cmds
 
 
 class OpsSettings(CommonSettings):
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     model_registry_cmds.add_commands(model)
     model_quality_cmds.add_commands(model)
+
+    search = sub.add_parser("search", help="search quality and index").add_subparsers(dest="action", required=True)
+    search_cmds.add_commands(search)
 
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)

@@ -96,11 +96,12 @@ def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
     app.state.analyser = analyser
 
     @app.get("/api/v1/search", response_model=SearchOut, tags=["search"],
-             summary="Korean full-text and tag search in the caller's department")
+             summary="Ranked Korean full-text and tag search in the caller's department; snippets are HTML "
+                     "with <mark> around matched words")
     async def search(
         q: str | None = Query(None, description=f"search text, up to {query.MAX_QUERY_CHARS} characters; "
-                                                "words are matched by their morphemes (AND), and the whole "
-                                                "text also as a substring"),
+                                                "ranked by BM25 over Korean morphemes, any word may match; "
+                                                "\"exact phrase\", -word to exclude, OR accepted"),
         tag: list[str] = Query([], description="documents must carry every given tag"),
         limit: int = Query(query.DEFAULT_LIMIT, description=f"hits per page, 1..{query.MAX_LIMIT}"),
         cursor: str | None = Query(None, description="next_cursor of the previous page of the same query"),

@@ -53,10 +53,17 @@ def parse_tenant_id(tenant_id: str) -> str:
 
 
 async def search(db: Database, tenant_id: str, params: query.SearchParams) -> SearchResult:
-    """Matching documents of `tenant_id` only (row-level security does the scoping)."""
+    """Matching documents of `tenant_id` only (row-level security does the scoping).
+
+    One statement gives the page, the total and the facets (see `query.build_plan`); a
+    second runs only when the ranked query found nothing and partial words may still match.
+    """
     tenant = parse_tenant_id(tenant_id)
     analyzed = await asyncio.to_thread(morph.analyze_query, params.q) if params.q else None
-    plan = query.build_plan(params, analyzed.terms if analyzed else (), analyzed.surfaces if analyzed else ())
+    if analyzed is not None:
+        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases)
+    else:
+        plan = query.build_plan(params)
     values: dict[str, Any] = {
         **plan.params,
         "text_chars": SNIPPET_SCAN_CHARS,
@@ -65,35 +72,32 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams) -> Se
         "facet_limit": query.FACET_LIMIT,
     }
     async with db.tenant_transaction(tenant) as conn:
-        rows = await (await conn.execute(query.page_sql(plan), values)).fetchall()
-        total_row = await (await conn.execute(query.count_sql(plan), values)).fetchone()
-        facet_rows = await (await conn.execute(query.facets_sql(plan), values)).fetchall()
-        page = rows[: params.limit]
-        tag_rows = []
-        if page:
-            tag_rows = await (await conn.execute(query.HIT_TAGS_SQL, {"ids": [r["id"] for r in page]})).fetchall()
-    tags_by_doc: dict[Any, list[TagScore]] = {}
-    for row in tag_rows:
-        tags_by_doc.setdefault(row["document_id"], []).append(TagScore(row["tag"], round(float(row["score"]), 4)))
-    hits = await asyncio.to_thread(_build_hits, page, tags_by_doc, analyzed)
-    more = len(rows) > params.limit
+        rows = await (await conn.execute(plan.sql, values)).fetchall()
+        if plan.fallback_sql and rows and rows[0]["total"] == 0:
+            rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
+    total = int(rows[0]["total"]) if rows else 0
+    facets = rows[0]["facets"] if rows else []
+    found = [r for r in rows if r["id"] is not None]
+    page = found[: params.limit]
+    hits = await asyncio.to_thread(_build_hits, page, analyzed)
+    more = len(found) > params.limit
     next_cursor = query.encode_cursor(params.offset + params.limit, params.q, params.tags) if more else None
     return SearchResult(
         hits=tuple(hits),
-        total=int(total_row["total"]) if total_row else 0,
+        total=total,
         next_cursor=next_cursor,
-        facets=tuple(Facet(r["tag"], int(r["count"])) for r in facet_rows),
+        facets=tuple(Facet(f["tag"], int(f["count"])) for f in facets),
     )
 
 
-def _build_hits(rows: list[dict[str, Any]], tags_by_doc: dict[Any, list[TagScore]],
-                analyzed: morph.AnalyzedQuery | None) -> list[Hit]:
-    """Snippets need the analyser for inflected forms: runs in a worker thread."""
+def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None) -> list[Hit]:
+    """Snippets need the analyser (inflected forms, highlights): runs in a worker thread."""
     needles: list[str] = []
     locate = None
+    marks = None
     if analyzed is not None:
-        needles = [analyzed.text, *analyzed.text.split(), *analyzed.surfaces, *analyzed.terms]
-        wanted = set(query.clean_terms(analyzed.terms))
+        wanted = set(analyzed.terms)
+        needles = [*analyzed.phrases, *analyzed.terms]
 
         def locate(text: str) -> tuple[int, int] | None:
             for m in morph.morphemes(text):
@@ -101,13 +105,16 @@ def _build_hits(rows: list[dict[str, Any]], tags_by_doc: dict[Any, list[TagScore
                     return m.start, m.end
             return None
 
+        def marks(text: str) -> list[tuple[int, int]]:
+            return [(m.start, m.end) for m in morph.morphemes(text) if m.term in wanted]
+
     return [
         Hit(
             id=str(row["id"]),
             title=row["title"],
-            snippet=make_snippet(row["text_head"], row["title"], needles, locate=locate),
+            snippet=make_snippet(row["text_head"], row["title"], needles, locate=locate, marks=marks),
             score=round(float(row["score"]), 6),
-            tags=tuple(tags_by_doc.get(row["id"], ())),
+            tags=tuple(TagScore(t["tag"], round(float(t["score"]), 4)) for t in row["tags"]),
             status=row["status"],
             created_at=row["created_at"],
         )

@@ -1,9 +1,8 @@
 """Morphemes with their position in the text, for snippets and title boosts.
 
-`services.common.korean.analyze` gives the terms the index is built from; here the
-same Kiwi instance (and its lock) is asked for where each content morpheme stands,
-so a query for 늘리다 can point at 늘렸다 in a document. Uses the analyser's own
-part-of-speech rules so both agree on what a term is. CPU work: call it from a
+`services.common.korean` is the analyser the index is built with; here it also analyses
+queries and tells where each term stands in a snippet's text, so a query for 늘리다 can
+highlight 늘렸다. CPU work: call it from a
 worker thread (`asyncio.to_thread`), never on the event loop.
 """
 from __future__ import annotations
@@ -19,6 +18,8 @@ from prometheus_client import Gauge
 from services.common import korean
 from services.common.korean import Morpheme
 
+from . import query
+
 log = logging.getLogger(__name__)
 ANALYSER_LOAD_SECONDS = Gauge("doctag_search_analyser_load_seconds",
                               "Time the Korean analyser took to load and analyse its first text (0 until loaded)")
@@ -30,23 +31,23 @@ MAX_SPAN_CHARS = 5000
 @dataclass(frozen=True)
 class AnalyzedQuery:
     text: str
-    terms: tuple[str, ...]     # what the index holds (korean.analyze)
-    surfaces: tuple[str, ...]  # how the terms are spelled in the query (예산, 늘렸 ...)
+    terms: tuple[str, ...]     # ranked terms: free words and phrase words (korean.analyze)
+    excluded: tuple[str, ...]  # terms of -words
+    phrases: tuple[str, ...]   # "quoted" phrases as written
 
 
 def morphemes(text: str, max_chars: int = MAX_SPAN_CHARS) -> list[Morpheme]:
-    """Content morphemes of the first `max_chars` characters of `text`, with offsets."""
+    """Terms of the first `max_chars` characters of `text`, with offsets."""
     return korean.morphemes(text[:max_chars])
 
 
 def analyze_query(text: str) -> AnalyzedQuery:
-    terms = tuple(korean.analyze(text))
-    surfaces: list[str] = []
-    for m in morphemes(text):
-        surface = text[m.start:m.end].strip().lower()
-        if surface and surface not in surfaces:
-            surfaces.append(surface)
-    return AnalyzedQuery(text=text, terms=terms, surfaces=tuple(surfaces))
+    """The query's operators, its words analysed exactly as documents are at upload."""
+    parts = query.parse_operators(text)
+    terms = dict.fromkeys(korean.analyze(" ".join((*parts.words, *parts.phrases))))
+    excluded = dict.fromkeys(korean.analyze(" ".join(parts.excluded)))
+    return AnalyzedQuery(text=text, terms=tuple(t for t in terms if t not in excluded),
+                         excluded=tuple(excluded), phrases=parts.phrases)
 
 
 # Warm-up text: one analysis loads Kiwi's model and runs its first (slowest) tokenisation.

@@ -1,14 +1,20 @@
-"""Search query semantics as pure logic: validation, full-text terms, LIKE patterns,
-cursors, and the SQL that combines them.
+"""Search query semantics as pure logic: validation, operators, cursors, and the one SQL
+statement that ranks, counts and facets a search.
 
-No user input is ever put into SQL text. The SQL is assembled only from the fixed
-fragments below (which ones depends on whether there are terms, a substring and
-tags); every value travels as a bound parameter. The full-text part goes through
-`plainto_tsquery('simple', ...)`, which treats its input as plain words (tsquery
-operators have no meaning there), and the terms are stripped of tsquery syntax
-characters before that as a second line of defence. Using the same 'simple'
-parser on the same analyser output as the indexed `search_vector` gives identical
-lexemes on both sides.
+Ranking is BM25 over the Korean analyser's terms (`services.common.korean`), the same
+analyser the upload service indexes documents with, so query and document terms meet
+exactly. Any query term may match (ranked OR): documents with more of the query's terms,
+rarer terms (higher idf) and matches in the title rank higher. BM25F: each field's term
+frequency is normalised by its length (b) and weighted (title x TITLE_WEIGHT) before the
+usual saturation (k1), so a title match counts more without counting the term twice.
+
+Operators: "exact phrase" (the title or text must contain it, whitespace-insensitive;
+its words also rank), -word (no document with that word's terms), OR (accepted: every
+query is OR already). Tag filters AND as before.
+
+No user input is ever put into SQL text. The statement is assembled only from the fixed
+fragments below (which ones depends on the shape of the query); every value travels as
+a bound parameter.
 """
 from __future__ import annotations
 
@@ -24,20 +30,12 @@ from typing import Any
 MAX_QUERY_CHARS = 500
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
-# A raw query this long or longer is also matched as a substring (parts of compound words).
+# Hangul query terms this long or longer may match inside words (the partial-word fallback).
 MIN_SUBSTRING_CHARS = 2
 MAX_TAGS = 20
 MAX_TAG_CHARS = 100
 MAX_CURSOR_CHARS = 512
 FACET_LIMIT = 50
-
-# Scores: a full-text match always ranks above a substring-only match.
-FTS_BASE = 1.0
-TITLE_BOOST = 0.5
-SUBSTRING_ONLY = 0.2
-
-# Characters with a meaning in tsquery syntax (and quotes/backslash), removed from terms.
-_TSQUERY_SYNTAX = re.compile(r"[&|!:()<>*'\"\\\s\x00-\x1f]+")
 
 
 class QueryError(ValueError):
@@ -88,21 +86,45 @@ def validate(q: str | None, tags: Iterable[str] | None, limit: int | None, curso
     return SearchParams(q=normalized_q, tags=tuple(clean_tags), limit=limit, offset=offset)
 
 
-# ------------------------------------------------------------------ terms and patterns
+# ------------------------------------------------------------------ operators and patterns
 
-def clean_terms(terms: Iterable[str]) -> list[str]:
-    """Lower-cased terms without tsquery syntax characters, de-duplicated, in order."""
-    out: list[str] = []
-    for term in terms:
-        for piece in _TSQUERY_SYNTAX.split(term.lower()):
-            if piece and piece not in out:
-                out.append(piece)
-    return out
+@dataclass(frozen=True)
+class QueryParts:
+    """A query split into its operators (still raw text: the analyser runs later)."""
+
+    words: tuple[str, ...]     # free words: ranked
+    phrases: tuple[str, ...]   # "quoted": must occur, and ranked
+    excluded: tuple[str, ...]  # -word: documents with its terms are left out
 
 
-def tsquery_text(terms: Iterable[str]) -> str:
-    """The text for `plainto_tsquery('simple', %s)`: the terms, space-joined (AND)."""
-    return " ".join(clean_terms(terms))
+_QUERY_TOKEN = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def parse_operators(q: str) -> QueryParts:
+    """Splits `q` into free words, "phrases" and -exclusions; `OR` is dropped (OR is the default)."""
+    words: list[str] = []
+    phrases: list[str] = []
+    excluded: list[str] = []
+    for m in _QUERY_TOKEN.finditer(q):
+        phrase, word = m.group(1), m.group(2)
+        if phrase is not None:
+            if phrase.split():
+                phrases.append(" ".join(phrase.split()))
+        elif word == "OR":
+            continue
+        elif word.startswith("-") and len(word) > 1:
+            excluded.append(word[1:])
+        else:
+            words.append(word)
+    return QueryParts(tuple(words), tuple(phrases), tuple(excluded))
+
+
+def phrase_regex(phrase: str) -> str:
+    """A PostgreSQL regular expression (for ~*) matching `phrase` literally, any whitespace between words.
+
+    Every character that is not a letter, digit or underscore is backslash-escaped, which makes it
+    literal in PostgreSQL's ARE syntax, so the pattern has no operators but `\\s+` between words."""
+    return r"\s+".join(re.sub(r"([^\w])", r"\\\1", word) for word in phrase.split())
 
 
 def escape_like(text: str) -> str:
@@ -111,8 +133,18 @@ def escape_like(text: str) -> str:
 
 
 def contains_pattern(text: str) -> str:
-    """An ILIKE pattern (ESCAPE '\\') matching `text` anywhere."""
+    """An ILIKE pattern (backslash escapes) matching `text` anywhere."""
     return f"%{escape_like(text)}%"
+
+
+def fallback_patterns(terms: Iterable[str]) -> list[str]:
+    """Substring patterns for the partial-word fallback: Hangul terms of two or more syllables.
+
+    Latin words and codes must match whole (`tax` must not find "taxonomy"); a Hangul
+    term that is not in the index may be the start or middle of a word Kiwi analysed
+    differently (디지 in 디지털정부혁신)."""
+    return _unique(contains_pattern(t) for t in terms
+                   if len(t) >= MIN_SUBSTRING_CHARS and any("\uac00" <= c <= "\ud7a3" for c in t))
 
 
 # ------------------------------------------------------------------ cursors
@@ -149,11 +181,57 @@ def decode_cursor(cursor: str, q: str | None, tags: Sequence[str]) -> int:
 
 # ------------------------------------------------------------------ SQL
 
-_FTS = "d.search_vector @@ plainto_tsquery('simple', %(tsq)s)"
-_FTS_RANK = "ts_rank_cd(d.search_vector, plainto_tsquery('simple', %(tsq)s), 32)"
-_SUBSTRING = "(d.title ILIKE %(pattern)s ESCAPE '\\' OR d.text_content ILIKE %(pattern)s ESCAPE '\\')"
-# LIKE ... ANY takes no ESCAPE clause; backslash is LIKE's default escape character anyway.
-_TITLE_HIT = "d.title ILIKE ANY(%(title_patterns)s)"
+# BM25 parameters and the title's weight (BM25F).
+K1 = 1.2
+B = 0.75
+TITLE_WEIGHT = 2.0
+# Partial-word (substring) matches, tried only when nothing matched by terms, score this.
+SUBSTRING_SCORE = 0.01
+
+# Per tenant: N and the average field lengths (kept by a trigger, see migration 0004).
+_STATS = (
+    "stats AS (SELECT greatest(coalesce(s.documents, 0), 1)::float8 AS n, "
+    "greatest(coalesce(s.title_terms, 0)::float8 / greatest(coalesce(s.documents, 0), 1), 1) AS avg_title, "
+    "greatest(coalesce(s.text_terms, 0)::float8 / greatest(coalesce(s.documents, 0), 1), 1) AS avg_text "
+    "FROM (SELECT 1) one LEFT JOIN documents.search_stats s ON s.tenant_id = public.app_tenant_id())"
+)
+# The query terms' postings in this tenant: the (tenant_id, term) index, nothing else.
+_POSTINGS = (
+    "postings AS (SELECT p.document_id, p.term, p.field, p.tf, p.field_length FROM documents.document_terms p "
+    "WHERE p.tenant_id = public.app_tenant_id() AND p.term = ANY(%(terms)s))"
+)
+_DF = "df AS (SELECT term, count(DISTINCT document_id)::float8 AS df FROM postings GROUP BY term)"
+# Length-normalised, title-weighted term frequency per document and term (BM25F).
+_WEIGHTED_TF = (
+    "wtf AS (SELECT p.document_id, p.term, sum(CASE WHEN p.field = 'title' "
+    "THEN %(title_weight)s * p.tf / (1 - %(b)s + %(b)s * p.field_length / st.avg_title) "
+    "ELSE p.tf / (1 - %(b)s + %(b)s * p.field_length / st.avg_text) END) AS w "
+    "FROM postings p CROSS JOIN stats st GROUP BY p.document_id, p.term)"
+)
+_BM25 = (
+    "scored AS (SELECT w.document_id AS id, sum(ln(1 + (st.n - df.df + 0.5) / (df.df + 0.5)) "
+    "* w.w * (%(k1)s + 1) / (w.w + %(k1)s)) AS score "
+    "FROM wtf w JOIN df ON df.term = w.term CROSS JOIN stats st GROUP BY w.document_id)"
+)
+_RANKED_CANDIDATES = (
+    "candidates AS (SELECT d.id, d.created_at, s.score FROM scored s "
+    "JOIN documents.documents d ON d.id = s.id WHERE {where})"
+)
+_SUBSTRING_CANDIDATES = (
+    "candidates AS (SELECT d.id, d.created_at, %(substring_score)s::float8 AS score FROM documents.documents d "
+    "WHERE (d.title ILIKE ANY(%(patterns)s) OR d.text_content ILIKE ANY(%(patterns)s)) AND {where})"
+)
+_TAG_CANDIDATES = "candidates AS (SELECT d.id, d.created_at, {score} AS score FROM documents.documents d WHERE {where})"
+
+_EXCLUDED = (
+    "NOT EXISTS (SELECT 1 FROM documents.document_terms x "
+    "WHERE x.document_id = d.id AND x.term = ANY(%(excluded)s))"
+)
+# Every phrase must occur in the title or the text.
+_PHRASES = (
+    "NOT EXISTS (SELECT 1 FROM unnest(%(phrases)s::text[]) ph(re) "
+    "WHERE NOT (d.title ~* ph.re OR coalesce(d.text_content, '') ~* ph.re))"
+)
 _TAG_FILTER = (
     "d.id IN (SELECT t.document_id FROM documents.document_tags t WHERE t.tag = ANY(%(tags)s) "
     "GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
@@ -161,86 +239,81 @@ _TAG_FILTER = (
 # Without a text query, rank by the model's confidence in the requested tags.
 _TAG_SCORE = (
     "coalesce((SELECT avg(s.best) FROM (SELECT max(t.score) AS best FROM documents.document_tags t "
-    "WHERE t.document_id = d.id AND t.tag = ANY(%(tags)s) GROUP BY t.tag) s), 0)"
+    "WHERE t.document_id = d.id AND t.tag = ANY(%(tags)s) GROUP BY t.tag) s), 0)::float8"
+)
+# The page, the total and the facets from one pass over the candidates (a CTE referenced
+# more than once is computed once). A row comes back even when the page is empty, so the
+# total and facets are always there; its hit columns are then NULL.
+_RESULT = (
+    ", page AS (SELECT c.id, c.score, c.created_at FROM candidates c "
+    "ORDER BY c.score DESC, c.created_at DESC, c.id DESC LIMIT %(fetch)s OFFSET %(offset)s)"
+    ", facets AS (SELECT t.tag, count(DISTINCT t.document_id) AS count FROM documents.document_tags t "
+    "JOIN candidates c ON c.id = t.document_id GROUP BY t.tag ORDER BY count DESC, t.tag LIMIT %(facet_limit)s) "
+    "SELECT (SELECT count(*) FROM candidates) AS total, "
+    "(SELECT coalesce(json_agg(json_build_object('tag', f.tag, 'count', f.count) ORDER BY f.count DESC, f.tag), "
+    "'[]'::json) FROM facets f) AS facets, "
+    "p.id, p.score, d.title, d.status, d.created_at, left(d.text_content, %(text_chars)s) AS text_head, "
+    "(SELECT coalesce(json_agg(json_build_object('tag', x.tag, 'score', x.score) ORDER BY x.score DESC, x.tag), "
+    "'[]'::json) FROM (SELECT t.tag, max(t.score) AS score FROM documents.document_tags t "
+    "WHERE t.document_id = p.id GROUP BY t.tag) x) AS tags "
+    "FROM (SELECT 1) one LEFT JOIN (page p JOIN documents.documents d ON d.id = p.id) ON true "
+    "ORDER BY p.score DESC, p.created_at DESC, p.id DESC"
 )
 
 
 @dataclass(frozen=True)
-class SqlPlan:
-    """WHERE condition and score expression over `documents.documents d`, with their parameters."""
+class SearchPlan:
+    """The statement(s) of one search with their parameters.
 
-    where: str
-    score: str
+    `sql` ranks by BM25 (or by tag confidence without a query); `fallback_sql`, when set, is
+    run only if `sql` found nothing: partial-word matches of the query's Hangul terms."""
+
+    sql: str
     params: dict[str, Any] = field(default_factory=dict)
+    fallback_sql: str | None = None
 
 
-def build_plan(params: SearchParams, terms: Sequence[str], surfaces: Sequence[str] = ()) -> SqlPlan:
-    """Combines full text (AND of the analysed terms), substring and tag filters.
-
-    `terms` are the query's morphemes (`services.common.korean.analyze`); `surfaces`
-    are spellings of them as written in the query, used for the title boost.
-    """
-    values: dict[str, Any] = {}
-    match: list[str] = []
-    score = "0"
-    if params.q is not None:
-        tsq = tsquery_text(terms)
-        has_fts = bool(tsq)
-        has_sub = len(params.q) >= MIN_SUBSTRING_CHARS
-        if has_fts:
-            values["tsq"] = tsq
-            match.append(_FTS)
-        if has_sub:
-            values["pattern"] = contains_pattern(params.q)
-            match.append(_SUBSTRING)
-        title_words = [params.q, *surfaces, *clean_terms(terms)]
-        values["title_patterns"] = _unique(contains_pattern(w) for w in title_words if w.strip())
-        parts = [f"CASE WHEN {_TITLE_HIT} THEN {TITLE_BOOST} ELSE 0 END"]
-        if has_fts:
-            parts.append(f"CASE WHEN {_FTS} THEN {FTS_BASE} + {_FTS_RANK} ELSE 0 END")
-        if has_sub:
-            not_fts = f"NOT ({_FTS}) AND " if has_fts else ""
-            parts.append(f"CASE WHEN {not_fts}{_SUBSTRING} THEN {SUBSTRING_ONLY} ELSE 0 END")
-        score = " + ".join(parts)
-    conditions: list[str] = []
-    if params.q is not None:
-        # A query with nothing searchable in it (e.g. a lone particle) matches nothing.
-        conditions.append("(" + " OR ".join(match) + ")" if match else "false")
+def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[str],
+             phrases: Sequence[str]) -> str:
+    conditions = ["true"]
+    if excluded:
+        values["excluded"] = list(excluded)
+        conditions.append(_EXCLUDED)
+    if phrases:
+        values["phrases"] = [phrase_regex(p) for p in phrases]
+        conditions.append(_PHRASES)
     if params.tags:
         values["tags"] = list(params.tags)
         values["tag_count"] = len(params.tags)
         conditions.append(_TAG_FILTER)
-        if params.q is None:
-            score = _TAG_SCORE
-    return SqlPlan(where=" AND ".join(conditions), score=f"({score})::float8", params=values)
+    return " AND ".join(conditions)
 
 
-def page_sql(plan: SqlPlan) -> str:
-    """One page of hits (`limit` + 1 rows, so the caller knows whether another page follows)."""
-    return (
-        f"SELECT d.id, d.title, d.status, d.created_at, left(d.text_content, %(text_chars)s) AS text_head, "
-        f"{plan.score} AS score FROM documents.documents d WHERE {plan.where} "
-        "ORDER BY score DESC, d.created_at DESC, d.id DESC LIMIT %(fetch)s OFFSET %(offset)s"
-    )
+def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequence[str] = (),
+               phrases: Sequence[str] = ()) -> SearchPlan:
+    """The statement for a validated request.
 
-
-def count_sql(plan: SqlPlan) -> str:
-    return f"SELECT count(*) AS total FROM documents.documents d WHERE {plan.where}"
-
-
-def facets_sql(plan: SqlPlan) -> str:
-    """Tag counts over every matching document (not just the page)."""
-    return (
-        "SELECT t.tag, count(DISTINCT t.document_id) AS count FROM documents.document_tags t "
-        f"JOIN documents.documents d ON d.id = t.document_id WHERE {plan.where} "
-        "GROUP BY t.tag ORDER BY count DESC, t.tag LIMIT %(facet_limit)s"
-    )
-
-
-HIT_TAGS_SQL = (
-    "SELECT document_id, tag, max(score) AS score FROM documents.document_tags "
-    "WHERE document_id = ANY(%(ids)s) GROUP BY document_id, tag ORDER BY document_id, score DESC, tag"
-)
+    `terms` are the analysed query terms to rank by (free words and phrase words),
+    `excluded` the analysed terms of -words, `phrases` the raw "quoted" phrases. A query
+    with no term left (only stop words, particles or punctuation) matches nothing.
+    """
+    values: dict[str, Any] = {}
+    where = _filters(values, params, excluded, phrases)
+    if params.q is None:
+        sql = "WITH " + _TAG_CANDIDATES.format(score=_TAG_SCORE, where=where) + _RESULT
+        return SearchPlan(sql=sql, params=values)
+    positive = _unique(t for t in terms if t not in set(excluded))
+    values.update(terms=positive, k1=K1, b=B, title_weight=TITLE_WEIGHT)
+    if not positive:
+        where = "false"
+    ctes = [_STATS, _POSTINGS, _DF, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=where)]
+    sql = "WITH " + ", ".join(ctes) + _RESULT
+    fallback = None
+    patterns = fallback_patterns(positive)
+    if patterns and not phrases:
+        values.update(patterns=patterns, substring_score=SUBSTRING_SCORE)
+        fallback = "WITH " + _SUBSTRING_CANDIDATES.format(where=where) + _RESULT
+    return SearchPlan(sql=sql, params=values, fallback_sql=fallback)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

@@ -1,12 +1,17 @@
-"""Plain-text snippets around the first place a query term occurs.
+"""HTML snippets around the first place a query term occurs, with the matches marked.
 
-Pure logic. Cuts only at character boundaries that keep Korean intact: never
-between a decomposed Hangul leading consonant and its vowel or final consonant
-(text extracted from some files is in NFD), never before a combining mark, and
-preferably at a space so no word is cut in half.
+The snippet is HTML: every character of the document is escaped, and the only markup is
+`<mark>` around each word that matched a query term, the word as written (`<mark>예산을</mark>`
+for the query 예산). Pure logic: the caller passes the analyser (`marks`).
+
+Cuts only at character boundaries that keep Korean intact: never between a decomposed
+Hangul leading consonant and its vowel or final consonant (text extracted from some files
+is in NFD), never before a combining mark, and preferably at a space so no word is cut
+in half.
 """
 from __future__ import annotations
 
+import html
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -18,6 +23,8 @@ ELLIPSIS = "…"
 
 # (start, end) of the first occurrence of a query term in the given text, or None.
 Locator = Callable[[str], "tuple[int, int] | None"]
+# (start, end) of every occurrence of a query term in the given text.
+Marker = Callable[[str], "list[tuple[int, int]]"]
 
 
 def collapse_whitespace(text: str) -> str:
@@ -53,10 +60,10 @@ def first_occurrence(text: str, needles: Sequence[str]) -> tuple[int, int] | Non
     return (match.start(), match.end()) if match else None
 
 
-def window(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> str:
-    """About `width` characters of `text` around [start, end), with … where cut."""
+def bounds(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> tuple[int, int]:
+    """[lo, hi) of about `width` characters of `text` around [start, end), cut at safe places."""
     if len(text) <= width:
-        return text
+        return 0, len(text)
     lo = max(0, start - LEAD_CHARS)
     hi = min(len(text), lo + width)
     lo = max(0, hi - width)
@@ -71,8 +78,53 @@ def window(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> str:
     hi = safe_cut(text, hi)
     if hi <= lo:
         hi = safe_cut(text, min(len(text), lo + width))
-    piece = text[lo:hi].strip()
-    return (ELLIPSIS if lo > 0 else "") + piece + (ELLIPSIS if hi < len(text) else "")
+    return lo, hi
+
+
+def window(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> str:
+    """About `width` characters of `text` around [start, end), with … where cut (plain text)."""
+    lo, hi = bounds(text, start, end, width)
+    return (ELLIPSIS if lo > 0 else "") + text[lo:hi].strip() + (ELLIPSIS if hi < len(text) else "")
+
+
+def word_spans(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each span widened to the whole word around it (the letters and digits written together:
+    예산 -> 예산을, not the punctuation or markup next to it), overlapping words merged, in order."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        lo, hi = start, end
+        while lo > 0 and text[lo - 1].isalnum():
+            lo -= 1
+        while hi < len(text) and text[hi].isalnum():
+            hi += 1
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def highlight(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """`text` HTML-escaped, with `<mark>` around each of the (non-overlapping, ordered) spans."""
+    parts: list[str] = []
+    pos = 0
+    for start, end in spans:
+        parts.append(html.escape(text[pos:start]))
+        parts.append(f"<mark>{html.escape(text[start:end])}</mark>")
+        pos = end
+    parts.append(html.escape(text[pos:]))
+    return "".join(parts)
+
+
+def _render(text: str, start: int, end: int, width: int, marks: Marker | None) -> str:
+    lo, hi = bounds(text, start, end, width)
+    raw = text[lo:hi]
+    piece = raw.strip()
+    lead = len(raw) - len(raw.lstrip())
+    spans = [(s - lead, e - lead) for s, e in (marks(raw) if marks else [])]
+    spans = [(s, e) for s, e in spans if 0 <= s < e <= len(piece)]
+    body = highlight(piece, word_spans(piece, spans))
+    return (ELLIPSIS if lo > 0 else "") + body + (ELLIPSIS if hi < len(text) else "")
 
 
 def make_snippet(
@@ -81,22 +133,24 @@ def make_snippet(
     needles: Sequence[str],
     *,
     locate: Locator | None = None,
+    marks: Marker | None = None,
     width: int = SNIPPET_CHARS,
 ) -> str:
-    """Snippet from the text around the first needle; else from the title; else the start.
+    """HTML snippet from the text around the first needle; else from the title; else the start.
 
-    `needles` are literal spellings (the raw query, its words and terms); `locate`
-    is asked only when none of them occurs literally in the text (an inflected
-    form such as 늘렸다 for 늘리다), and finds the term by analysis.
+    `needles` are literal spellings (the query's terms and phrases); `locate` is asked only
+    when none of them occurs literally in the text (an inflected form such as 늘렸다 for
+    늘리다), and finds the term by analysis. `marks` gives the spans to highlight in the
+    chosen piece of text (matched query terms); without it nothing is marked.
     """
     body = collapse_whitespace(text or "")
     head = collapse_whitespace(title or "")
     if body:
         found = first_occurrence(body, needles) or (locate(body) if locate else None)
         if found:
-            return window(body, *found, width=width)
+            return _render(body, *found, width=width, marks=marks)
     found_in_title = first_occurrence(head, needles)
     if found_in_title:
-        return window(head, *found_in_title, width=width)
+        return _render(head, *found_in_title, width=width, marks=marks)
     source = body or head
-    return window(source, 0, 0, width=width)
+    return _render(source, 0, 0, width=width, marks=marks)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -105,13 +107,46 @@ async def text_page(conn: DictConnection, document_id: str, offset: int, limit: 
 
 
 async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str, Any]:
+    """Inserts a queued document and indexes its title (`doc["title_terms"]`, the analyser's terms)."""
     row = await (await conn.execute(
         f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "
         f"status, search_terms, created_by) VALUES (%(id)s, public.app_tenant_id(), %(title)s, %(filename)s, "
         f"%(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(search_terms)s, %(created_by)s) "
-        f"RETURNING {DOC_COLUMNS}", doc)).fetchone()
+        f"RETURNING {DOC_COLUMNS}", {**doc, "search_terms": " ".join(doc["title_terms"])})).fetchone()
     assert row is not None  # INSERT ... RETURNING returns the inserted row
+    await index_field(conn, doc["id"], "title", doc["title_terms"])
     return row
+
+
+# ------------------------------------------------------------------ search index (BM25 postings)
+# One row per (document, field, term) with the term's frequency and the field's length; the
+# length also goes to documents.{title,text}_length, from which a trigger keeps the tenant's
+# totals (documents.search_stats). Written in the same transaction as the document.
+
+DELETE_TERMS_SQL = "DELETE FROM documents.document_terms WHERE document_id = %s AND field = %s"
+INSERT_TERMS_SQL = (
+    "INSERT INTO documents.document_terms (tenant_id, document_id, field, term, tf, field_length) "
+    "SELECT public.app_tenant_id(), %s, %s, t.term, t.tf, %s FROM unnest(%s::text[], %s::int[]) AS t(term, tf)"
+)
+FIELD_LENGTH_SQL = {
+    "title": "UPDATE documents.documents SET title_length = %s WHERE id = %s",
+    "text": "UPDATE documents.documents SET text_length = %s WHERE id = %s",
+}
+
+
+def term_frequencies(terms: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Distinct terms and how often each occurs, as two parallel lists (for unnest)."""
+    counts = Counter(terms)
+    return list(counts), list(counts.values())
+
+
+async def index_field(conn: DictConnection, document_id: str, field: str, terms: Sequence[str]) -> None:
+    """Replaces the document's postings for `field` ('title' or 'text') with `terms`."""
+    await conn.execute(DELETE_TERMS_SQL, (document_id, field))
+    distinct, tfs = term_frequencies(terms)
+    if distinct:
+        await conn.execute(INSERT_TERMS_SQL, (document_id, field, len(terms), distinct, tfs))
+    await conn.execute(FIELD_LENGTH_SQL[field], (len(terms), document_id))
 
 
 async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any]) -> None:
@@ -183,11 +218,15 @@ async def set_status(conn: DictConnection, document_id: str, status: str, error:
         (status, error, final, document_id))
 
 
-async def store_tagging_result(conn: DictConnection, document_id: str, text: str, search_terms: str,
-                               tags: list[dict[str, Any]]) -> None:
+async def store_tagging_result(conn: DictConnection, document_id: str, text: str, tags: list[dict[str, Any]], *,
+                               title_terms: Sequence[str], text_terms: Sequence[str]) -> None:
+    """Text, search index (title again, so documents indexed before migration 0004 heal) and model tags."""
     await conn.execute(
         "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, search_terms = %s, "
-        "updated_at = now(), processed_at = now() WHERE id = %s", (text, search_terms, document_id))
+        "updated_at = now(), processed_at = now() WHERE id = %s",
+        (text, " ".join([*title_terms, *text_terms]), document_id))
+    await index_field(conn, document_id, "title", title_terms)
+    await index_field(conn, document_id, "text", text_terms)
     await conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'model'",
                        (document_id,))
     for t in tags:

@@ -17,7 +17,7 @@ from services.common.blobstore import BlobStore, BlobTooLarge
 from services.common.context import current_request_id
 from services.common.db import Database, DictConnection
 from services.common.errors import ProblemError
-from services.common.korean import search_terms
+from services.common.korean import analyze
 from services.common.multipart import MultipartError, MultipartUpload
 
 from . import repository as repo
@@ -133,9 +133,9 @@ class DocumentService:
             await asyncio.to_thread(incoming.finish)
             filename = clean_filename(form.filename)
             title = self._title(form.fields.get("title"), filename)
-            terms = await asyncio.to_thread(search_terms, title)
-            result = await self._record_upload(principal, incoming, filename, title, file_type.content_type, terms,
-                                               allow_duplicate=allow_duplicate)
+            title_terms = await asyncio.to_thread(analyze, title)
+            result = await self._record_upload(principal, incoming, filename, title, file_type.content_type,
+                                               title_terms, allow_duplicate=allow_duplicate)
             # A duplicate's bytes are stored already: the incoming copy is discarded below.
             committed = not result.duplicate
             return result
@@ -167,7 +167,7 @@ class DocumentService:
         return title
 
     async def _record_upload(self, principal: Principal, incoming: Any, filename: str, title: str,
-                             content_type: str, terms: str, *, allow_duplicate: bool) -> UploadResult:
+                             content_type: str, title_terms: list[str], *, allow_duplicate: bool) -> UploadResult:
         size, sha = incoming.size, incoming.sha256
         doc_id = str(uuid.uuid4())
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
@@ -194,7 +194,7 @@ class DocumentService:
             await repo.lock_blob(conn, principal.tenant_id, sha)
             row = await repo.insert_document(conn, {
                 "id": doc_id, "title": title, "filename": filename, "content_type": content_type,
-                "size_bytes": size, "sha256": sha, "search_terms": terms, "created_by": principal.user_id})
+                "size_bytes": size, "sha256": sha, "title_terms": title_terms, "created_by": principal.user_id})
             payload = {
                 "event": DOCUMENT_UPLOADED, "document_id": doc_id, "tenant_id": principal.tenant_id, "sha256": sha,
                 "filename": filename, "content_type": content_type, "size_bytes": size,
@@ -318,7 +318,8 @@ class DocumentService:
     async def record_result(self, tenant_id: str, document_id: str, sha: str, outcome: str, *, text: str = "",
                             tags: builtins.list[dict[str, Any]] | None = None, error: str = "") -> tuple[str, bool]:
         """Applies a worker's report; returns (status after, whether anything changed). Idempotent."""
-        terms = ""
+        title_terms: list[str] = []
+        text_terms: list[str] = []
         if outcome == "tagged" and len(text) > self.settings.max_text_chars:
             log.warning("extracted text cut", extra={"document_id": document_id, "chars": len(text)})
             text = text[: self.settings.max_text_chars]
@@ -332,7 +333,8 @@ class DocumentService:
         if status in repo.FINAL_STATUSES or (outcome == "processing" and status == "processing"):
             return status, False
         if outcome == "tagged":
-            terms = await asyncio.to_thread(search_terms, f"{row['title']}\n{text}")
+            title_terms = await asyncio.to_thread(analyze, row["title"])
+            text_terms = await asyncio.to_thread(analyze, text)
         async with self.db.tenant_transaction(tenant_id) as conn:
             row = await repo.get_document(conn, document_id, for_update=True)
             if row is None:
@@ -344,7 +346,8 @@ class DocumentService:
             if outcome == "processing":
                 await repo.set_status(conn, document_id, "processing")
             elif outcome == "tagged":
-                await repo.store_tagging_result(conn, document_id, text, terms, tags or [])
+                await repo.store_tagging_result(conn, document_id, text, tags or [],
+                                                title_terms=title_terms, text_terms=text_terms)
             else:
                 await repo.set_status(conn, document_id, "failed", error[:2000] or "processing failed")
             await repo.insert_audit(conn, document_id, None, f"document.{outcome}", current_request_id(),

@@ -1,7 +1,8 @@
 """Search service against the real PostgreSQL: HTTP API, gRPC, tenant isolation, RLS.
 
-Documents are inserted as the admin (as the upload service would leave them), with
-`search_terms` from the same Korean analyser; the service reads as doctag_search.
+Documents are inserted as the admin (as the upload service would leave them), indexed
+with the same Korean analyser and repository SQL (tests/search_index.py); the service
+reads as doctag_search.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from services.search.grpc_service import SERVICE_NAME, add_to_server
 from services.search.morph import Analyser
 from services.search.settings import SearchSettings
 from tests.conftest import DATA, create_tenant
+from tests.search_index import index_document
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,7 @@ def _insert(conn: psycopg.Connection, tenant: str, title: str, text: str | None,
         " text_content, search_terms) VALUES (%s, %s, %s, %s, 'text/plain', %s, %s, %s, %s, %s)",
         (doc_id, tenant, title, f"{title}.txt", len(body), hashlib.sha256(body).hexdigest(), status, text, terms),
     )
+    index_document(conn, tenant, doc_id, title, text)
     for tag, score in tags.items():
         conn.execute(
             "INSERT INTO documents.document_tags (tenant_id, document_id, tag, score, model_version)"
@@ -80,6 +83,15 @@ def seed(admin_dsn: str) -> Seed:
                                     {"교통/건축/국토": 0.95, "행정": 0.31})
         s.docs["queued"] = _insert(conn, a, "예산 요청서", None, {}, status="queued")
         s.docs["percent"] = _insert(conn, a, "성과 보고_2024", "목표 달성률 100%를 기록했다.", {"행정": 0.5})
+        s.docs["license"] = _insert(conn, a, "운전면허 갱신 안내", "운전면허 적성검사 기간을 확인하세요.",
+                                    {"교통/건축/국토": 0.6})
+        s.docs["exam"] = _insert(conn, a, "면허 시험 일정", "운전 면허 시험은 매월 둘째 주에 열린다.",
+                                 {"교통/건축/국토": 0.5})
+        s.docs["w2"] = _insert(conn, a, "연말정산 서류", "미국 근무자는 W-2 양식과 401(k) 명세서를 낸다.",
+                               {"경제": 0.4})
+        s.docs["taxonomy"] = _insert(conn, a, "taxonomy 분류 체계", "문서 taxonomy를 정비한다.", {"행정": 0.3})
+        s.docs["html"] = _insert(conn, a, "웹 공지", '<script>alert("x")</script> 보육 <b>지원금</b> 안내',
+                                 {"행정": 0.2})
         rows = [json.loads(line) for line in (DATA / "petitions_train.jsonl").open(encoding="utf-8")][:N_PETITIONS]
         for row in rows:
             doc_id = _insert(conn, a, row["title"], row["text"], {row["label"]: 0.88, "청원": 0.99})
@@ -141,7 +153,8 @@ async def test_noun_matches_other_inflection(client, seed, make_token) -> None: 
     assert hit["tags"] == [{"tag": "경제", "score": 0.91}, {"tag": "정치", "score": 0.42}]
     assert hit["status"] == "tagged" and hit["title"] == "2025년 재정 운용 방향"
     queued = next(x for x in body["hits"] if x["id"] == seed.docs["queued"])
-    assert queued["snippet"] == "예산 요청서" and queued["status"] == "queued" and queued["tags"] == []
+    assert queued["snippet"] == "<mark>예산</mark> 요청서" and queued["status"] == "queued" and queued["tags"] == []
+    assert "<mark>예산을</mark>" in hit["snippet"]
     # The query's own inflection does not matter either.
     assert set(_ids(await _search(client, h, q="예산을"))) >= {seed.docs["budget"], seed.docs["traffic"]}
 
@@ -149,27 +162,104 @@ async def test_noun_matches_other_inflection(client, seed, make_token) -> None: 
 async def test_verb_stem_matches_past_tense(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
     body = await _search(client, _auth(make_token, seed.tenant_a), q="늘리다")
     hit = next(x for x in body["hits"] if x["id"] == seed.docs["budget"])
-    assert "늘렸다" in hit["snippet"]
-    assert hit["score"] >= query.FTS_BASE
+    assert "<mark>늘렸다</mark>" in hit["snippet"]
+    assert hit["score"] > 0
 
 
-async def test_terms_are_anded(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+async def test_any_term_matches_and_more_matched_terms_rank_higher(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
     h = _auth(make_token, seed.tenant_a)
-    assert _ids(await _search(client, h, q="예산 교통사고")) == [seed.docs["traffic"]]
-    body = await _search(client, h, q="예산 디지털")
+    body = await _search(client, h, q="예산 교통사고")
+    ids = _ids(body)
+    # traffic has both words; budget only one of them: still a hit, ranked lower.
+    assert ids[0] == seed.docs["traffic"]
+    assert seed.docs["budget"] in ids
+    either = set(_ids(await _search(client, h, q="예산 디지털", limit=100)))
+    assert {seed.docs["budget"], seed.docs["traffic"], seed.docs["digital"]} <= either
+    # A word no document has does not empty the result.
+    assert seed.docs["budget"] in _ids(await _search(client, h, q="예산 우주정거장"))
+    # OR is accepted and changes nothing: every query is OR already.
+    assert _ids(await _search(client, h, q="예산 OR 디지털", limit=100)) == \
+        _ids(await _search(client, h, q="예산 디지털", limit=100))
+
+
+async def test_rarer_terms_weigh_more(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    # 국민 is in many petitions, 적성검사 in one document: that document comes first.
+    body = await _search(client, h, q="국민 적성검사")
+    assert body["hits"][0]["id"] == seed.docs["license"]
+
+
+@pytest.mark.parametrize("q", ["무엇인가요", "을", "를", "어디에 있나요?", "정의는 무엇이야", "누가"])
+async def test_stop_words_and_particles_alone_match_nothing(client, seed, make_token, q) -> None:  # type: ignore[no-untyped-def]
+    body = await _search(client, _auth(make_token, seed.tenant_a), q=q)
     assert body == {"hits": [], "total": 0, "next_cursor": None, "facets": {"tags": []}}
 
 
-async def test_partial_word_matches_by_substring_with_lower_score(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+async def test_questions_find_their_content_words(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
     h = _auth(make_token, seed.tenant_a)
-    body = await _search(client, h, q="디지")
+    assert _ids(await _search(client, h, q="디지털정부혁신이란 무엇인가요?"))[0] == seed.docs["digital"]
+    assert seed.docs["license"] in _ids(await _search(client, h, q="운전면허 적성검사는 어디서 하나요"))
+
+
+async def test_compounds_meet_written_together_or_apart(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    apart = _ids(await _search(client, h, q="운전 면허"))
+    together = _ids(await _search(client, h, q="운전면허"))
+    assert {seed.docs["license"], seed.docs["exam"]} <= set(apart)
+    assert {seed.docs["license"], seed.docs["exam"]} <= set(together)
+    # Written as the query writes it ranks first.
+    assert together[0] == seed.docs["license"]
+
+
+async def test_codes_match_whole(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    for q in ("W2", "w-2", "401(k)", "401k"):
+        body = await _search(client, h, q=q)
+        assert _ids(body) == [seed.docs["w2"]], q
+    hit = (await _search(client, h, q="W2"))["hits"][0]
+    assert "<mark>W-2</mark>" in hit["snippet"]
+    # A Latin word matches words, not the inside of longer words.
+    assert seed.docs["taxonomy"] not in _ids(await _search(client, h, q="tax"))
+    assert _ids(await _search(client, h, q="taxonomy")) == [seed.docs["taxonomy"]]
+
+
+async def test_phrase_must_occur(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    assert _ids(await _search(client, h, q='"교통 안전"')) == [seed.docs["traffic"]]
+    # The same words in another order are not the phrase.
+    assert (await _search(client, h, q='"안전 교통"'))["total"] == 0
+    # A phrase and a free word: the phrase filters, the word ranks.
+    assert _ids(await _search(client, h, q='"내년도 예산" 복지')) == [seed.docs["budget"]]
+
+
+async def test_minus_excludes(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    ids = _ids(await _search(client, h, q="예산 -교통"))
+    assert seed.docs["budget"] in ids and seed.docs["traffic"] not in ids
+    # Exclusion is by analysed term: -교통사고 also drops documents with 교통사고 in any inflection.
+    assert seed.docs["traffic"] not in _ids(await _search(client, h, q="예산 -교통사고를"))
+    # Only exclusions: nothing to rank by, nothing found.
+    assert (await _search(client, h, q="-예산"))["total"] == 0
+
+
+async def test_snippets_are_escaped_html_with_marks(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    hit = (await _search(client, _auth(make_token, seed.tenant_a), q="지원금"))["hits"][0]
+    assert hit["id"] == seed.docs["html"]
+    assert "&lt;script&gt;" in hit["snippet"] and "<script>" not in hit["snippet"]
+    assert "&lt;b&gt;<mark>지원금</mark>&lt;/b&gt;" in hit["snippet"]
+    assert hit["snippet"].replace("<mark>", "").replace("</mark>", "").count("<") == 0
+
+
+async def test_partial_word_matches_by_substring_with_lower_score(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
+    """When no term matches, a Hangul term may still occur inside a word (a fallback, scored low).
+    (A fragment Kiwi reads as a word, such as 디지 -> 디다, is searched as that word instead.)"""
+    h = _auth(make_token, seed.tenant_a)
+    body = await _search(client, h, q="정부혁")  # the middle of 디지털정부혁신
     assert _ids(body) == [seed.docs["digital"]]
-    assert 0 < body["hits"][0]["score"] < query.FTS_BASE
+    assert 0 < body["hits"][0]["score"] <= query.SUBSTRING_SCORE
     assert "디지털정부혁신" in body["hits"][0]["snippet"]
-    full = await _search(client, h, q="디지털")
+    full = await _search(client, h, q="정부혁신")
     assert full["hits"][0]["id"] == seed.docs["digital"] and full["hits"][0]["score"] > body["hits"][0]["score"]
-    # Inside a compound in the middle of a word.
-    assert seed.docs["digital"] in _ids(await _search(client, h, q="정부혁"))
 
 
 async def test_title_match_ranks_above_text_only_match(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
@@ -180,8 +270,8 @@ async def test_title_match_ranks_above_text_only_match(client, seed, make_token)
 
 async def test_like_wildcards_are_literal(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
     h = _auth(make_token, seed.tenant_a)
-    assert _ids(await _search(client, h, q="달성률 100%")) == [seed.docs["percent"]]
-    assert _ids(await _search(client, h, q="보고_2024")) == [seed.docs["percent"]]
+    assert _ids(await _search(client, h, q="달성률 100%"))[0] == seed.docs["percent"]
+    assert _ids(await _search(client, h, q="보고_2024"))[0] == seed.docs["percent"]
     # Unescaped, these would be wildcards matching every document.
     assert (await _search(client, h, q="%%"))["total"] == 0
     assert (await _search(client, h, q="__"))["total"] == 0
@@ -189,16 +279,18 @@ async def test_like_wildcards_are_literal(client, seed, make_token) -> None:  # 
 
 @pytest.mark.parametrize("hostile", [
     "예산' & !( | :*", "예산 | 교통", "!예산", "예산:*", "'; DROP TABLE documents.documents; --", "\\", "((",
+    '"예산\\s*.*" 예산', "예산 -.*",
 ])
-async def test_tsquery_and_sql_syntax_is_inert(client, seed, make_token, hostile: str) -> None:  # type: ignore[no-untyped-def]
+async def test_query_syntax_and_sql_is_inert(client, seed, make_token, hostile: str) -> None:  # type: ignore[no-untyped-def]
     h = _auth(make_token, seed.tenant_a)
     body = await _search(client, h, q=hostile)
-    ids = set(_ids(body))
+    ids = _ids(body)
     if "예산" in hostile and "교통" in hostile:
-        # Operators are not OR: both words are required.
-        assert ids == {seed.docs["traffic"]}
-    elif "예산" in hostile:
+        assert ids[0] == seed.docs["traffic"]  # both words
+    elif "예산" in hostile and '"' not in hostile:
         assert seed.docs["budget"] in ids  # '!' did not negate, ':*' did not widen
+    elif '"' in hostile:
+        assert body["total"] == 0  # the phrase is literal: no document contains it
     assert seed.b_budget_id not in ids
     # The table is still there.
     assert (await _search(client, h, q="예산"))["total"] >= 3
@@ -294,17 +386,36 @@ async def test_other_tenant_sees_only_its_own_documents(client, seed, make_token
 def test_search_role_without_tenant_sees_no_rows(seed, settings: SearchSettings) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(settings.dsn(), autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone()[0] == "doctag_search"
-        assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] == 0
-        assert conn.execute("SELECT count(*) FROM documents.document_tags").fetchone()[0] == 0
-        # The same query the service runs, without the tenant set.
-        plan = query.build_plan(query.validate("예산", [], 20, None), ["예산"], ["예산"])
-        rows = conn.execute(query.count_sql(plan), plan.params).fetchone()
-        assert rows[0] == 0
+        for table in ("documents", "document_tags", "document_terms", "search_stats"):
+            assert conn.execute(f"SELECT count(*) FROM documents.{table}").fetchone()[0] == 0
+        # The same statement the service runs, without the tenant set.
+        plan = query.build_plan(query.validate("예산", [], 20, None), ["예산"])
+        values = {**plan.params, "text_chars": 100, "fetch": 21, "offset": 0, "facet_limit": 50}
+        rows = conn.execute(plan.sql, values).fetchall()
+        assert len(rows) == 1 and rows[0][0] == 0 and rows[0][2] is None
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT count(*) FROM documents.outbox")
     # The admin (superuser) sees the rows: they exist, RLS hides them.
     with psycopg.connect(settings.dsn(user="postgres"), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM documents.documents").fetchone()[0] > N_PETITIONS
+        assert conn.execute("SELECT count(*) FROM documents.document_terms").fetchone()[0] > 0
+
+
+async def test_deleted_documents_leave_the_index(client, seed, make_token, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+    h = _auth(make_token, seed.tenant_a)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        before = conn.execute("SELECT documents, title_terms, text_terms FROM documents.search_stats "
+                              "WHERE tenant_id = %s", (seed.tenant_a,)).fetchone()
+        doc_id = _insert(conn, seed.tenant_a, "폐기 예정 문서", "곧 삭제될 고유어휘 흑요석 문서다.", {"행정": 0.9})
+    assert _ids(await _search(client, h, q="흑요석")) == [doc_id]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM documents.documents WHERE id = %s", (doc_id,))
+        assert conn.execute("SELECT count(*) FROM documents.document_terms WHERE document_id = %s",
+                            (doc_id,)).fetchone()[0] == 0
+        after = conn.execute("SELECT documents, title_terms, text_terms FROM documents.search_stats "
+                             "WHERE tenant_id = %s", (seed.tenant_a,)).fetchone()
+    assert after == before  # N and the lengths BM25 uses are exact again
+    assert (await _search(client, h, q="흑요석"))["total"] == 0
 
 
 async def test_search_role_cannot_write(seed, db: Database) -> None:  # type: ignore[no-untyped-def]

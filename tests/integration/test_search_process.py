@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.korean import search_terms
 from services.common.pb import search_pb2, search_pb2_grpc
 from tests.conftest import create_tenant
+from tests.search_index import index_document
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +58,7 @@ def _insert_document(admin_dsn: str) -> tuple[str, str]:
             "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256,"
             " status, text_content, search_terms) VALUES (%s, %s, %s, 'a.txt', 'text/plain', 1, %s, 'tagged', %s, %s)",
             (doc_id, tenant, title, hashlib.sha256(b"x").hexdigest(), text, search_terms(title + "\n" + text)))
+        index_document(conn, tenant, doc_id, title, text)
     return tenant, doc_id
 
 
@@ -125,12 +127,15 @@ def test_not_ready_until_the_korean_analyser_has_loaded(test_db_name: str, admin
             while True:
                 if proc.poll() is not None:
                     raise AssertionError(f"search exited early with {proc.returncode}: {proc.stdout.read()}")  # type: ignore[union-attr]
+                # Health first, then readiness: when /readyz still says not ready, the health read
+                # before it was certainly taken before the warm-up finished.
+                sample = [_health(health, ""), _health(health, "doctag.v1.Search")]
                 try:
                     if httpx.get(f"{base}/readyz", timeout=10).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass
-                health_before_ready += [_health(health, ""), _health(health, "doctag.v1.Search")]
+                health_before_ready += sample
                 if time.monotonic() > end:
                     raise AssertionError("search did not answer /readyz with 200 within 90 s")
                 time.sleep(0.05)  # poll interval

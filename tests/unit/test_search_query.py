@@ -59,25 +59,24 @@ def test_validate_rejects_nul() -> None:
     assert err.value.field == "q"
 
 
-# ------------------------------------------------------------------ terms and escaping
+# ------------------------------------------------------------------ operators and escaping
 
-def test_terms_are_deduplicated_lowercased_and_anded_by_plain_words() -> None:
-    assert query.clean_terms(["예산", "AI", "예산", "ai", "늘리다"]) == ["예산", "ai", "늘리다"]
-    assert query.tsquery_text(["예산", "늘리다"]) == "예산 늘리다"
-
-
-@pytest.mark.parametrize("hostile", [
-    "a' | b", "x:*", "a & !b", "(a|b)", "a <-> b", "a<2>b", "'; DROP TABLE documents.documents; --", "a\\'b", '"q"',
-])
-def test_tsquery_text_has_no_tsquery_syntax(hostile: str) -> None:
-    text = query.tsquery_text([hostile, "예산"])
-    for ch in "&|!:()<>*'\"\\":
-        assert ch not in text
-    assert text.endswith("예산")
+def test_operators_are_split_out() -> None:
+    parts = query.parse_operators('예산  "교통 안전   대책" -복지 OR W-2 -')
+    assert parts.words == ("예산", "W-2", "-")
+    assert parts.phrases == ("교통 안전 대책",)
+    assert parts.excluded == ("복지",)
 
 
-def test_tsquery_text_empty_when_only_syntax() -> None:
-    assert query.tsquery_text(["&|!", ":*", "''"]) == ""
+def test_unbalanced_quote_and_empty_phrase_are_plain() -> None:
+    assert query.parse_operators('"예산').words == ('"예산',)
+    assert query.parse_operators('"" 예산') == query.QueryParts(("예산",), (), ())
+
+
+def test_phrase_regex_is_literal_with_flexible_spaces() -> None:
+    assert query.phrase_regex("예산 증액") == r"예산\s+증액"
+    # Every regex operator is escaped: only \s+ remains as syntax.
+    assert query.phrase_regex("a.b* (c)|[d]") == r"a\.b\*\s+\(c\)\|\[d\]"
 
 
 @pytest.mark.parametrize("raw,escaped", [
@@ -92,68 +91,67 @@ def test_escape_like(raw: str, escaped: str) -> None:
     assert query.contains_pattern(raw) == f"%{escaped}%"
 
 
+def test_fallback_patterns_only_for_hangul_terms() -> None:
+    # `tax` must not find "taxonomy"; 디지 may find 디지털.
+    assert query.fallback_patterns(["tax", "w2", "디지", "법", "100%"]) == ["%디지%"]
+
+
 # ------------------------------------------------------------------ SQL assembly
 
 HOSTILE = "예산' OR 1=1 -- %_ & | ! :* \\"
 
 
 def test_plan_never_contains_user_input() -> None:
-    plan = query.build_plan(_params(q=HOSTILE, tags=("x' OR '1'='1",)), ["예산", "1"], ["예산"])
-    sql_texts = [plan.where, plan.score, query.page_sql(plan), query.count_sql(plan), query.facets_sql(plan)]
-    for text in sql_texts:
-        assert "OR 1=1" not in text
-        assert "'1'='1" not in text
-        assert "예산" not in text
-    assert plan.params["pattern"] == "%" + query.escape_like(HOSTILE) + "%"
+    plan = query.build_plan(_params(q=HOSTILE, tags=("x' OR '1'='1",)), ["예산", "1=1"], ["--"], ["예산' OR"])
+    for text in (plan.sql, plan.fallback_sql or ""):
+        assert "OR 1=1" not in text and "'1'='1" not in text and "예산" not in text
+    assert plan.params["terms"] == ["예산", "1=1"]
+    assert plan.params["excluded"] == ["--"]
+    assert plan.params["phrases"] == [query.phrase_regex("예산' OR")]
     assert plan.params["tags"] == ["x' OR '1'='1"]
-    assert plan.params["tsq"] == "예산 1"
 
 
-def test_plan_full_text_and_substring() -> None:
-    plan = query.build_plan(_params(q="예산을"), ["예산"], ["예산"])
-    assert "plainto_tsquery('simple', %(tsq)s)" in plan.where
-    assert "ILIKE %(pattern)s" in plan.where
-    assert " OR " in plan.where
-    assert plan.params["tsq"] == "예산"
-    assert plan.params["pattern"] == "%예산을%"
-    assert "%예산%" in plan.params["title_patterns"]
-    assert "tags" not in plan.params
+def test_plan_ranks_any_term_by_bm25() -> None:
+    plan = query.build_plan(_params(q="예산 교통"), ["예산", "교통"])
+    assert "p.term = ANY(%(terms)s)" in plan.sql and "ln(1 + (st.n - df.df + 0.5)" in plan.sql
+    assert plan.params["terms"] == ["예산", "교통"]
+    assert (plan.params["k1"], plan.params["b"]) == (query.K1, query.B)
+    assert "excluded" not in plan.params and "phrases" not in plan.params and "tags" not in plan.params
+    # Partial words are a fallback for Hangul terms only, run when nothing matched.
+    assert plan.fallback_sql is not None and plan.params["patterns"] == ["%예산%", "%교통%"]
 
 
-def test_plan_single_character_query_has_no_substring_match() -> None:
-    plan = query.build_plan(_params(q="법"), ["법"], ["법"])
-    assert "pattern" not in plan.params
-    assert "%(tsq)s" in plan.where
+def test_excluded_terms_leave_the_ranking() -> None:
+    plan = query.build_plan(_params(q="예산 -복지"), ["예산", "복지"], ["복지"])
+    assert plan.params["terms"] == ["예산"] and plan.params["excluded"] == ["복지"]
+    assert "x.term = ANY(%(excluded)s)" in plan.sql
 
 
-def test_plan_query_without_terms_or_substring_matches_nothing() -> None:
-    plan = query.build_plan(_params(q="!"), [], [])
-    assert plan.where == "false"
+def test_query_without_terms_matches_nothing() -> None:
+    plan = query.build_plan(_params(q="무엇"), [])
+    assert "WHERE false)" in plan.sql
+    assert plan.fallback_sql is None
 
 
-def test_plan_substring_only_when_no_terms() -> None:
-    plan = query.build_plan(_params(q="%%"), [], [])
-    assert "tsq" not in plan.params
-    assert plan.params["pattern"] == "%\\%\\%%"
+def test_phrase_query_has_no_substring_fallback() -> None:
+    plan = query.build_plan(_params(q='"예산 증액"'), ["예산", "증액"], [], ["예산 증액"])
+    assert plan.fallback_sql is None and "~* ph.re" in plan.sql
 
 
 def test_plan_tags_only_ranks_by_tag_score() -> None:
-    plan = query.build_plan(_params(q=None, tags=("정치", "경제")), [], [])
+    plan = query.build_plan(_params(q=None, tags=("정치", "경제")))
     assert plan.params["tags"] == ["정치", "경제"]
     assert plan.params["tag_count"] == 2
-    assert "HAVING count(DISTINCT t.tag) = %(tag_count)s" in plan.where
-    assert "max(t.score)" in plan.score
-    assert "tsq" not in plan.params and "pattern" not in plan.params
+    assert "HAVING count(DISTINCT t.tag) = %(tag_count)s" in plan.sql
+    assert "max(t.score)" in plan.sql
+    assert "terms" not in plan.params and plan.fallback_sql is None
 
 
-def test_plan_query_and_tags_combined_with_and() -> None:
-    plan = query.build_plan(_params(q="예산", tags=("정치",)), ["예산"], ["예산"])
-    assert plan.where.startswith("(") and ") AND d.id IN (" in plan.where
-
-
-def test_fts_matches_score_above_substring_only() -> None:
-    # The best substring-only score (title boost + substring) stays below the lowest full-text score.
-    assert query.TITLE_BOOST + query.SUBSTRING_ONLY < query.FTS_BASE
+def test_page_total_and_facets_come_from_one_statement() -> None:
+    plan = query.build_plan(_params(q="예산", tags=("정치",)), ["예산"])
+    assert plan.sql.count("SELECT (SELECT count(*) FROM candidates) AS total") == 1
+    assert "facets AS (" in plan.sql and "LIMIT %(fetch)s OFFSET %(offset)s" in plan.sql
+    assert "d.id IN (SELECT t.document_id FROM documents.document_tags t" in plan.sql
 
 
 # ------------------------------------------------------------------ cursors

@@ -1,4 +1,4 @@
-"""Snippet extraction: position, length, ellipses, Korean-safe cuts."""
+"""Snippet extraction: position, length, ellipses, Korean-safe cuts, HTML-safe highlights."""
 from __future__ import annotations
 
 import unicodedata
@@ -8,9 +8,11 @@ from services.search.snippet import (
     ELLIPSIS,
     SNIPPET_CHARS,
     first_occurrence,
+    highlight,
     make_snippet,
     safe_cut,
     window,
+    word_spans,
 )
 
 LONG = (
@@ -112,3 +114,49 @@ def test_no_space_text_still_cut_to_width() -> None:
     s = make_snippet(text, "제목", ["예산"])
     assert "예산" in s and s.startswith(ELLIPSIS) and s.endswith(ELLIPSIS)
     assert len(_body(s)) == SNIPPET_CHARS
+
+
+# ------------------------------------------------------------------ highlights (HTML)
+
+def _marks_for(*terms: str):  # type: ignore[no-untyped-def]
+    wanted = set(terms)
+
+    def marks(text: str) -> list[tuple[int, int]]:
+        return [(m.start, m.end) for m in morph.morphemes(text) if m.term in wanted]
+
+    return marks
+
+
+def test_matched_words_are_marked_as_written() -> None:
+    s = make_snippet(LONG, "제목", ["예산"], marks=_marks_for("예산"))
+    assert "<mark>예산을</mark>" in s
+    assert s.count("<mark>") == 1
+    # An inflected verb: the word as written is marked.
+    s = make_snippet("정부는 지원을 크게 늘렸다.", "제목", ["늘리다"], marks=_marks_for("늘리다"))
+    assert s == "정부는 지원을 크게 <mark>늘렸다</mark>."
+
+
+def test_html_in_documents_is_escaped_and_only_marks_are_markup() -> None:
+    text = '<script>alert("예산")</script> 예산을 & <b>복지</b> 늘렸다'
+    s = make_snippet(text, "<i>제목</i>", ["예산"], marks=_marks_for("예산"))
+    assert "<script>" not in s and "<b>" not in s
+    assert "&lt;script&gt;" in s and "&amp;" in s and "&lt;b&gt;" in s
+    stripped = s.replace("<mark>", "").replace("</mark>", "")
+    assert "<" not in stripped and ">" not in stripped
+    assert "<mark>예산을</mark>" in s
+    # A title with markup, used when the text has no match, is escaped too.
+    s = make_snippet(None, "<i>예산</i> 요청서", ["예산"], marks=_marks_for("예산"))
+    assert s == "&lt;i&gt;<mark>예산</mark>&lt;/i&gt; 요청서"
+
+
+def test_without_matches_nothing_is_marked() -> None:
+    s = make_snippet("교통 안전 대책", "제목", ["없는말"], marks=_marks_for("없는말"))
+    assert s == "교통 안전 대책"
+
+
+def test_word_spans_widen_and_merge() -> None:
+    text = "(예산을) 정부혁신을"
+    assert word_spans(text, [(1, 3)]) == [(1, 4)]
+    assert word_spans(text, [(6, 8), (8, 10)]) == [(6, 11)]
+    assert word_spans("alert(\"예산\")", [(7, 9)]) == [(7, 9)]
+    assert highlight("a<b c", [(0, 3)]) == "<mark>a&lt;b</mark> c"

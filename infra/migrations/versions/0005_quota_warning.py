@@ -10,13 +10,13 @@ No new policy or grant: the column belongs to a table that already has row-level
 and doctag_upload may already update it.
 
 Revision ID: 0005
-Revises: 0003 (temporarily: 0004 is being written on another branch; the merge sets 0004 here)
+Revises: 0004
 Create Date: 2026-11-24
 """
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
