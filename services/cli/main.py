@@ -105,6 +105,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     _require_model()
     upgrade(settings, user=settings.db_admin_user, password=settings.db_admin_password)
     print(f"database {settings.db_name} migrated")
+    _index_unindexed_documents(settings)
     print(model_registry_cmds.ensure_shipped_model(settings))
     layout = _layout(settings)
     layout.start()
@@ -124,6 +125,17 @@ To log in, create a department (tenant) and a user, then ask the gateway for a t
   curl -s -X POST {layout.gateway_url}/api/v1/auth/token -H 'Content-Type: application/json' \\
        -d '{{"tenant": "demo", "username": "alice", "password": "choose-a-password"}}'
 """)
+
+
+def _index_unindexed_documents(settings: OpsSettings) -> None:
+    """Documents stored before ranked search (migration 0004) have no postings: index them once."""
+    import asyncio
+
+    from .search_cmds import reindex
+
+    done = asyncio.run(reindex(settings.admin_dsn(), only_missing=True))
+    if sum(done.values()):
+        print(f"search index: {sum(done.values())} documents indexed")
 
 
 def _require_model() -> None:

@@ -213,11 +213,12 @@ def cmd_eval(settings: Any, args: argparse.Namespace) -> None:
 REINDEX_BATCH = 100
 
 
-async def reindex(admin_dsn: str, tenant_slug: str | None = None) -> dict[str, int]:
+async def reindex(admin_dsn: str, tenant_slug: str | None = None, *, only_missing: bool = False) -> dict[str, int]:
     """Re-analyses every document (title and extracted text) of one tenant or all tenants and
     rewrites its postings: after migration 0004 (documents uploaded before it have none), or
     after the analyser changed. Batches of REINDEX_BATCH documents, one transaction each, in
-    the document's tenant (the same repository function upload uses)."""
+    the document's tenant (the same repository function upload uses). `only_missing`: only
+    documents without any posting (what `doctag stack up` does after an upgrade)."""
     from services.common.db import Database
     from services.common.korean import analyze
     from services.upload import repository as repo
@@ -240,9 +241,11 @@ async def reindex(admin_dsn: str, tenant_slug: str | None = None) -> dict[str, i
             while True:
                 async with db.tenant_transaction(tenant) as conn:
                     batch = await (await conn.execute(
-                        "SELECT id, title, text_content FROM documents.documents "
-                        "WHERE tenant_id = %s AND id > %s ORDER BY id LIMIT %s",
-                        (tenant, after, REINDEX_BATCH))).fetchall()
+                        "SELECT d.id, d.title, d.text_content FROM documents.documents d "
+                        "WHERE d.tenant_id = %s AND d.id > %s AND (NOT %s OR NOT EXISTS "
+                        "(SELECT 1 FROM documents.document_terms t WHERE t.document_id = d.id)) "
+                        "ORDER BY d.id LIMIT %s",
+                        (tenant, after, only_missing, REINDEX_BATCH))).fetchall()
                     for doc in batch:
                         title_terms = await asyncio.to_thread(analyze, doc["title"])
                         text_terms = await asyncio.to_thread(analyze, doc["text_content"] or "")
@@ -259,7 +262,7 @@ async def reindex(admin_dsn: str, tenant_slug: str | None = None) -> dict[str, i
 
 
 def cmd_reindex(settings: Any, args: argparse.Namespace) -> None:
-    done = asyncio.run(reindex(settings.admin_dsn(), args.tenant))
+    done = asyncio.run(reindex(settings.admin_dsn(), args.tenant, only_missing=args.missing_only))
     print(json.dumps({"tenants": len(done), "documents": sum(done.values())}))
 
 
@@ -273,4 +276,5 @@ def add_commands(search: Any) -> None:
     ri = search.add_parser("reindex", help="re-analyse existing documents into the search index (after "
                                            "migration 0004 or an analyser change)")
     ri.add_argument("--tenant", metavar="SLUG", help="only this tenant (default: every tenant)")
+    ri.add_argument("--missing-only", action="store_true", help="only documents that have no postings yet")
     ri.set_defaults(func=cmd_reindex)

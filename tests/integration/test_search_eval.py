@@ -99,3 +99,19 @@ def test_reindex_indexes_documents_written_before_the_index(cli, capsys, admin_d
     assert {"청사", "이전", "세종", "옮기다"} <= terms
     assert stats == (1, True, True)
     assert cli("search", "reindex", "--tenant", "no-such-tenant") == 1
+
+
+def test_reindex_missing_only_leaves_indexed_documents_alone(cli, capsys, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+    """What `doctag stack up` runs after an upgrade: only documents without postings are analysed."""
+    slug = f"reidx-{uuid.uuid4().hex[:6]}"
+    tenant = create_tenant(admin_dsn, slug)
+    old_id = str(uuid.uuid4())
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256,"
+            " status, text_content) VALUES (%s, %s, '예산 편성', 'a.txt', 'text/plain', 1, %s, 'tagged', %s)",
+            (old_id, tenant, "1" * 64, "내년 예산을 편성한다."))
+    assert cli("search", "reindex", "--tenant", slug, "--missing-only") == 0
+    assert json.loads(capsys.readouterr().out) == {"tenants": 1, "documents": 1}
+    assert cli("search", "reindex", "--tenant", slug, "--missing-only") == 0
+    assert json.loads(capsys.readouterr().out) == {"tenants": 1, "documents": 0}, "indexed documents are skipped"
