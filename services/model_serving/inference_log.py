@@ -4,7 +4,8 @@
 background task writes with COPY in batches. When the database is down the buffer
 keeps what fits and drops (and counts) the rest rather than growing without bound.
 A periodic purge removes rows older than the retention period. Only a SHA-256 of
-each input is stored, never the text.
+each input is stored, never the text; should any text (or part of it) ever be logged here,
+it must go through `services.common.pii.mask_pii`, the platform's one masking rule.
 """
 from __future__ import annotations
 

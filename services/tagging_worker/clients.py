@@ -106,11 +106,11 @@ class DocumentsClient:
         self._retrier = retrier
 
     async def record(self, job: Job, outcome: documents_pb2.TaggingOutcome, *, text: str = "",
-                     tags: list[documents_pb2.Tag] | None = None,
-                     error: str = "") -> documents_pb2.RecordTaggingResultResponse:
+                     tags: list[documents_pb2.Tag] | None = None, error: str = "",
+                     pii_counts: dict[str, int] | None = None) -> documents_pb2.RecordTaggingResultResponse:
         request = documents_pb2.RecordTaggingResultRequest(
             tenant_id=job.tenant_id, document_id=job.document_id, content_sha256=job.sha256,
-            outcome=outcome, text=text, tags=tags or [], error=error[:1000])
+            outcome=outcome, text=text, tags=tags or [], error=error[:1000], pii_counts=pii_counts or {})
         return await self._retrier.call("RecordTaggingResult", lambda: self._stub.RecordTaggingResult(
             request, timeout=self._settings.documents_timeout_seconds, metadata=grpc_metadata()))
 

@@ -1,8 +1,8 @@
 """The job consumer: one `document.uploaded` message → text + tags recorded with upload.
 
 Per job: RecordTaggingResult(PROCESSING) → ReadContent → extract (child process)
-→ Predict → RecordTaggingResult(TAGGED | FAILED) → ack. The message is acked only
-after upload confirmed the final write, so a crash anywhere means redelivery, and
+→ Predict → personal-data counts (services.common.pii) → RecordTaggingResult(TAGGED | FAILED)
+→ ack. The message is acked only after upload confirmed the final write, so a crash anywhere means redelivery, and
 every step is idempotent on upload's side (same content version → same state).
 
 Failure handling:
@@ -40,6 +40,7 @@ from services.common.amqp import Topology
 from services.common.context import request_id_var, tenant_id_var
 from services.common.grpc_utils import client_channel
 from services.common.pb import documents_pb2
+from services.common.pii import count_pii
 
 from .clients import (
     Content,
@@ -311,7 +312,11 @@ class TaggingWorker:
         prediction = await self.model.predict(text, job.tenant_id)
         tags = [documents_pb2.Tag(tag=label, score=score, source="model", model_name=prediction.model,
                                   model_version=prediction.version) for label, score in prediction.tags]
-        await self.documents.record(job, Outcome.TAGGING_OUTCOME_TAGGED, text=text, tags=tags)
+        # Counts only (never the values) travel with the result; a thread keeps long texts off the loop.
+        pii_counts = await asyncio.to_thread(count_pii, text)
+        if pii_counts:
+            log.info("personal data found", extra={"document_id": job.document_id, "pii": pii_counts})
+        await self.documents.record(job, Outcome.TAGGING_OUTCOME_TAGGED, text=text, tags=tags, pii_counts=pii_counts)
         return "tagged"
 
     async def _extract(self, job: Job, content: Content) -> str | ExtractionError:

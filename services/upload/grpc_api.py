@@ -1,6 +1,7 @@
 """gRPC `doctag.v1.Documents`: how the tagging worker reads files and reports results."""
 from __future__ import annotations
 
+import re
 import uuid
 
 import grpc
@@ -11,6 +12,10 @@ from services.common.pb import documents_pb2 as pb
 from services.common.pb import documents_pb2_grpc as pb_grpc
 
 from .service import DocumentNotFound, DocumentService, StaleVersion
+
+# A kind is a short snake_case name (services/common/pii.py KINDS); unknown kinds are kept, so a
+# newer worker's kinds are stored before upload knows them.
+_PII_KIND = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 _OUTCOMES = {
     pb.TAGGING_OUTCOME_PROCESSING: "processing",
@@ -59,12 +64,20 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid tag {t.tag!r} / score {t.score}")
             tags.append({"tag": t.tag, "score": float(t.score), "model_name": t.model_name or None,
                          "model_version": t.model_version or None})
+        pii: dict[str, int] = {}
+        if len(request.pii_counts) > 32:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at most 32 pii kinds")
+        for kind, count in request.pii_counts.items():
+            if not _PII_KIND.fullmatch(kind) or count < 0:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid pii count {kind!r}: {count}")
+            if count:
+                pii[kind] = int(count)
         if outcome == "failed" and not request.error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a failed outcome needs an error reason")
         try:
             status, applied = await self.service.record_result(
                 tenant_id, document_id, request.content_sha256, outcome, text=request.text, tags=tags,
-                error=request.error)
+                error=request.error, pii=pii)
         except DocumentNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
         except StaleVersion as exc:
@@ -83,4 +96,4 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
             status=doc["status"], error=doc["error"] or "",
             tags=[pb.Tag(tag=t["tag"], score=t["score"], source=t["source"], model_version=t["model_version"] or "")
                   for t in doc["tags"]],
-            created_at=doc["created_at"] or "", updated_at=doc["updated_at"] or "")
+            created_at=doc["created_at"] or "", updated_at=doc["updated_at"] or "", pii_counts=doc["pii"])

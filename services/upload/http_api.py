@@ -84,11 +84,15 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
         cursor: str | None = None,
         status: str | None = None,
         tag: Annotated[str | None, Query(max_length=100)] = None,
+        pii: Annotated[bool | None, Query(
+            description="`true`: only documents with personal data found in their text; `false`: only those "
+                        "without (documents not tagged yet count as without)")] = None,
     ) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise ProblemError(422, f"status must be one of {', '.join(STATUSES)}", field="status")
         after = decode_cursor(cursor) if cursor else None
-        items, next_key = await service.list(principal.tenant_id, limit=limit, after=after, status=status, tag=tag)
+        items, next_key = await service.list(principal.tenant_id, limit=limit, after=after, status=status, tag=tag,
+                                               pii=pii)
         return {"items": items, "next_cursor": encode_cursor(next_key) if next_key else None}
 
     @router.get("/documents/{document_id}", summary="One document with its status and tags")

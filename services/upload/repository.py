@@ -11,7 +11,7 @@ from typing import Any
 from services.common.db import DictConnection
 
 DOC_COLUMNS = ("id, tenant_id, title, filename, content_type, size_bytes, sha256, status, error, "
-               "created_at, updated_at, processed_at")
+               "created_at, updated_at, processed_at, pii")
 STATUSES = ("queued", "processing", "tagged", "failed")
 FINAL_STATUSES = ("tagged", "failed")
 
@@ -186,8 +186,9 @@ async def tags_for(conn: DictConnection, document_ids: list[str]) -> dict[str, l
 
 
 async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datetime, str] | None,
-                         status: str | None, tag: str | None) -> list[dict[str, Any]]:
-    """Newest first; keyset pagination on (created_at, id)."""
+                         status: str | None, tag: str | None, pii: bool | None = None) -> list[dict[str, Any]]:
+    """Newest first; keyset pagination on (created_at, id). `pii`: only documents with (True) or
+    without (False) personal data found."""
     where, params = [], []
     if after is not None:
         where.append("(created_at, id) < (%s, %s)")
@@ -198,6 +199,8 @@ async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datet
     if tag:
         where.append("EXISTS (SELECT 1 FROM documents.document_tags t WHERE t.document_id = d.id AND t.tag = %s)")
         params.append(tag)
+    if pii is not None:
+        where.append("pii <> '{}'::jsonb" if pii else "pii = '{}'::jsonb")
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     params.append(limit)
     return await (await conn.execute(
@@ -219,12 +222,14 @@ async def set_status(conn: DictConnection, document_id: str, status: str, error:
 
 
 async def store_tagging_result(conn: DictConnection, document_id: str, text: str, tags: list[dict[str, Any]], *,
-                               title_terms: Sequence[str], text_terms: Sequence[str]) -> None:
-    """Text, search index (title again, so documents indexed before migration 0004 heal) and model tags."""
+                               title_terms: Sequence[str], text_terms: Sequence[str],
+                               pii: dict[str, int] | None = None) -> None:
+    """Text, personal-data counts, search index (title again, so documents indexed before migration
+    0004 heal) and model tags."""
     await conn.execute(
         "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, search_terms = %s, "
-        "updated_at = now(), processed_at = now() WHERE id = %s",
-        (text, " ".join([*title_terms, *text_terms]), document_id))
+        "pii = %s, updated_at = now(), processed_at = now() WHERE id = %s",
+        (text, " ".join([*title_terms, *text_terms]), json.dumps(pii or {}), document_id))
     await index_field(conn, document_id, "title", title_terms)
     await index_field(conn, document_id, "text", text_terms)
     await conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'model'",

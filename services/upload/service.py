@@ -83,6 +83,9 @@ def public_document(row: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
         "processed_at": _iso(row["processed_at"]),
+        # Personal data found in the extracted text (matches per kind) and whether there is any.
+        "pii": dict(row["pii"]),
+        "has_pii": bool(row["pii"]),
     }
 
 
@@ -250,9 +253,10 @@ class DocumentService:
         return public_document(row, tags[document_id])
 
     async def list(self, tenant_id: str, *, limit: int, after: tuple[datetime, str] | None, status: str | None,
-                   tag: str | None) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+                   tag: str | None, pii: bool | None = None
+                   ) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
         async with self.db.tenant_transaction(tenant_id) as conn:
-            rows = await repo.list_documents(conn, limit=limit + 1, after=after, status=status, tag=tag)
+            rows = await repo.list_documents(conn, limit=limit + 1, after=after, status=status, tag=tag, pii=pii)
             page = rows[:limit]
             tags = await repo.tags_for(conn, [str(r["id"]) for r in page])
         next_key = (page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None
@@ -316,8 +320,10 @@ class DocumentService:
 
     # -- tagging results (gRPC) ------------------------------------------------
     async def record_result(self, tenant_id: str, document_id: str, sha: str, outcome: str, *, text: str = "",
-                            tags: builtins.list[dict[str, Any]] | None = None, error: str = "") -> tuple[str, bool]:
-        """Applies a worker's report; returns (status after, whether anything changed). Idempotent."""
+                            tags: builtins.list[dict[str, Any]] | None = None, error: str = "",
+                            pii: dict[str, int] | None = None) -> tuple[str, bool]:
+        """Applies a worker's report; returns (status after, whether anything changed). Idempotent.
+        `pii`: personal-data matches per kind in the text (tagged only), stored with it."""
         title_terms: list[str] = []
         text_terms: list[str] = []
         if outcome == "tagged" and len(text) > self.settings.max_text_chars:
@@ -347,10 +353,11 @@ class DocumentService:
                 await repo.set_status(conn, document_id, "processing")
             elif outcome == "tagged":
                 await repo.store_tagging_result(conn, document_id, text, tags or [],
-                                                title_terms=title_terms, text_terms=text_terms)
+                                                title_terms=title_terms, text_terms=text_terms, pii=pii)
             else:
                 await repo.set_status(conn, document_id, "failed", error[:2000] or "processing failed")
             await repo.insert_audit(conn, document_id, None, f"document.{outcome}", current_request_id(),
                                     {"error": error} if outcome == "failed" else
-                                    {"tags": [t["tag"] for t in (tags or [])]} if outcome == "tagged" else {})
+                                    {"tags": [t["tag"] for t in (tags or [])], "pii": pii or {}}
+                                    if outcome == "tagged" else {})
         return outcome, True
