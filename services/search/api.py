@@ -103,12 +103,14 @@ def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
                                                 "ranked by BM25 over Korean morphemes, any word may match; "
                                                 "\"exact phrase\", -word to exclude, OR accepted"),
         tag: list[str] = Query([], description="documents must carry every given tag"),
+        pii: bool | None = Query(None, description="true: only documents in which personal data was found; "
+                                                   "false: only documents without"),
         limit: int = Query(query.DEFAULT_LIMIT, description=f"hits per page, 1..{query.MAX_LIMIT}"),
         cursor: str | None = Query(None, description="next_cursor of the previous page of the same query"),
         principal: Principal = Depends(verifier),
     ) -> SearchOut:
         try:
-            params = query.validate(q, tag, limit, cursor)
+            params = query.validate(q, tag, limit, cursor, pii)
         except query.QueryError as exc:
             raise ProblemError(422, exc.message, field=exc.field) from None
         try:

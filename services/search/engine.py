@@ -81,7 +81,7 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams) -> Se
     page = found[: params.limit]
     hits = await asyncio.to_thread(_build_hits, page, analyzed)
     more = len(found) > params.limit
-    next_cursor = query.encode_cursor(params.offset + params.limit, params.q, params.tags) if more else None
+    next_cursor = query.encode_cursor(params.offset + params.limit, params.q, params.tags, params.pii) if more else None
     return SearchResult(
         hits=tuple(hits),
         total=total,

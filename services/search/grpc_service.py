@@ -36,7 +36,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         tenant_id_var.set(tenant)
         try:
             params = query.validate(request.query, list(request.tags), request.limit or None,
-                                    request.cursor or None)
+                                    request.cursor or None, request.pii if request.HasField("pii") else None)
         except query.QueryError as exc:
             field = _PROTO_FIELDS.get(exc.field, exc.field)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {exc.message}")

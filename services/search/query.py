@@ -55,9 +55,11 @@ class SearchParams:
     tags: tuple[str, ...]
     limit: int
     offset: int
+    pii: bool | None = None   # True: only documents with personal data found; False: only without
 
 
-def validate(q: str | None, tags: Iterable[str] | None, limit: int | None, cursor: str | None) -> SearchParams:
+def validate(q: str | None, tags: Iterable[str] | None, limit: int | None, cursor: str | None,
+             pii: bool | None = None) -> SearchParams:
     """Checks and normalises the request parameters; raises QueryError naming the field."""
     text = (q or "").strip()
     if len(text) > MAX_QUERY_CHARS:
@@ -75,15 +77,15 @@ def validate(q: str | None, tags: Iterable[str] | None, limit: int | None, curso
             clean_tags.append(tag)
     if len(clean_tags) > MAX_TAGS:
         raise QueryError("tag", f"at most {MAX_TAGS} tags may be given")
-    if not text and not clean_tags:
-        raise QueryError("q", "give a query q, one or more tag filters, or both")
+    if not text and not clean_tags and pii is None:
+        raise QueryError("q", "give a query q, tag or pii filters, or both")
     if limit is None:
         limit = DEFAULT_LIMIT
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise QueryError("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     normalized_q = text or None
-    offset = decode_cursor(cursor, normalized_q, clean_tags) if cursor else 0
-    return SearchParams(q=normalized_q, tags=tuple(clean_tags), limit=limit, offset=offset)
+    offset = decode_cursor(cursor, normalized_q, clean_tags, pii) if cursor else 0
+    return SearchParams(q=normalized_q, tags=tuple(clean_tags), limit=limit, offset=offset, pii=pii)
 
 
 # ------------------------------------------------------------------ operators and patterns
@@ -149,18 +151,21 @@ def fallback_patterns(terms: Iterable[str]) -> list[str]:
 
 # ------------------------------------------------------------------ cursors
 
-def query_hash(q: str | None, tags: Sequence[str]) -> str:
+def query_hash(q: str | None, tags: Sequence[str], pii: bool | None = None) -> str:
     """Identifies the query a cursor belongs to (the order of tags does not matter)."""
-    canonical = json.dumps({"q": q or "", "tags": sorted(set(tags))}, ensure_ascii=False, separators=(",", ":"))
+    query: dict[str, Any] = {"q": q or "", "tags": sorted(set(tags))}
+    if pii is not None:
+        query["pii"] = pii
+    canonical = json.dumps(query, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def encode_cursor(offset: int, q: str | None, tags: Sequence[str]) -> str:
-    payload = json.dumps({"o": offset, "h": query_hash(q, tags)}, separators=(",", ":")).encode("ascii")
+def encode_cursor(offset: int, q: str | None, tags: Sequence[str], pii: bool | None = None) -> str:
+    payload = json.dumps({"o": offset, "h": query_hash(q, tags, pii)}, separators=(",", ":")).encode("ascii")
     return base64.urlsafe_b64encode(payload).decode("ascii").rstrip("=")
 
 
-def decode_cursor(cursor: str, q: str | None, tags: Sequence[str]) -> int:
+def decode_cursor(cursor: str, q: str | None, tags: Sequence[str], pii: bool | None = None) -> int:
     """The offset in `cursor`; QueryError(field="cursor") when malformed or made for another query."""
     if len(cursor) > MAX_CURSOR_CHARS:
         raise QueryError("cursor", "the cursor is not valid")
@@ -174,7 +179,7 @@ def decode_cursor(cursor: str, q: str | None, tags: Sequence[str]) -> int:
     offset, digest = data["o"], data["h"]
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
         raise QueryError("cursor", "the cursor is not valid")
-    if digest != query_hash(q, tags):
+    if digest != query_hash(q, tags, pii):
         raise QueryError("cursor", "the cursor belongs to a different query")
     return offset
 
@@ -236,6 +241,9 @@ _TAG_FILTER = (
     "d.id IN (SELECT t.document_id FROM documents.document_tags t WHERE t.tag = ANY(%(tags)s) "
     "GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
 )
+# Personal data found in the text (migration 0006: counts per kind, '{}' when none).
+_HAS_PII = "d.pii <> '{}'::jsonb"
+_NO_PII = "d.pii = '{}'::jsonb"
 # Without a text query, rank by the model's confidence in the requested tags.
 _TAG_SCORE = (
     "coalesce((SELECT avg(s.best) FROM (SELECT max(t.score) AS best FROM documents.document_tags t "
@@ -286,6 +294,8 @@ def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[st
         values["tags"] = list(params.tags)
         values["tag_count"] = len(params.tags)
         conditions.append(_TAG_FILTER)
+    if params.pii is not None:
+        conditions.append(_HAS_PII if params.pii else _NO_PII)
     return " AND ".join(conditions)
 
 
@@ -300,7 +310,9 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
     values: dict[str, Any] = {}
     where = _filters(values, params, excluded, phrases)
     if params.q is None:
-        sql = "WITH " + _TAG_CANDIDATES.format(score=_TAG_SCORE, where=where) + _RESULT
+        # Filters only: by the confidence of the requested tags, else (a pii filter alone) newest first.
+        score = _TAG_SCORE if params.tags else "0::float8"
+        sql = "WITH " + _TAG_CANDIDATES.format(score=score, where=where) + _RESULT
         return SearchPlan(sql=sql, params=values)
     positive = _unique(t for t in terms if t not in set(excluded))
     values.update(terms=positive, k1=K1, b=B, title_weight=TITLE_WEIGHT)

@@ -311,6 +311,31 @@ async def test_tag_filters_require_every_tag(client, seed, make_token) -> None: 
     assert (await _search(client, h, tag=["행정", "경제"]))["total"] == 0
 
 
+async def test_pii_filter_keeps_documents_with_or_without_personal_data(  # type: ignore[no-untyped-def]
+        client, seed, make_token, admin_dsn) -> None:
+    """`pii=true` finds the documents in which personal data was found (migration 0006's counts), `false`
+    the others; the filter combines with the query, works alone, and its cursor is its own."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE documents.documents SET pii = '{\"mobile\": 1}' WHERE id = %s",
+                     (seed.docs["traffic"],))
+    try:
+        h = _auth(make_token, seed.tenant_a)
+        assert _ids(await _search(client, h, q="예산", pii="true")) == [seed.docs["traffic"]]
+        without = _ids(await _search(client, h, q="예산", pii="false"))
+        assert seed.docs["budget"] in without and seed.docs["traffic"] not in without
+        assert _ids(await _search(client, h, pii="true")) == [seed.docs["traffic"]]
+        page = await _search(client, h, q="예산", pii="false", limit=1)
+        assert page["next_cursor"]
+        other = await client.get("/api/v1/search", headers=h,
+                                 params={"q": "예산", "pii": "true", "cursor": page["next_cursor"]})
+        assert other.status_code == 422 and other.json()["errors"][0]["field"] == "cursor"
+        bad = await client.get("/api/v1/search", headers=h, params={"q": "예산", "pii": "maybe"})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "pii"
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE documents.documents SET pii = '{}' WHERE id = %s", (seed.docs["traffic"],))
+
+
 async def test_facets_count_all_matches_not_just_the_page(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
     h = _auth(make_token, seed.tenant_a)
     body = await _search(client, h, q="예산", limit=1)
