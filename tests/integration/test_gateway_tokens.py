@@ -190,3 +190,4 @@ def test_logins_are_audited_without_secrets(client: httpx.Client, identities: di
     assert ghost["details"]["reason"] == "unknown tenant"
     everything = repr(rows)
     assert PASSWORD not in everything and wrong not in everything and token not in everything
+
