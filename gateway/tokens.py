@@ -2,8 +2,16 @@
 and password into an RS256 access token.
 
 Unknown tenant, unknown user, disabled user and wrong password all answer the same
-401 after the same amount of work (one argon2 verification), so the endpoint does not
-reveal which tenants or users exist.
+401 after the same amount of work (one argon2 verification and one audit entry), so the
+endpoint does not reveal which tenants or users exist.
+
+Every attempt is recorded in the audit log (`auth.login`, outcome success or failed). The
+gateway writes into upload's `documents.audit_log` rather than a table of its own schema
+`identity`, so that administrators read one trail through one endpoint (`GET /api/v1/audit`,
+served by upload, which cannot read `identity`). The grant is narrow (migration 0006): INSERT
+only, no SELECT, only `auth.login` rows, only for the tenant of the transaction (NULL for an
+unknown tenant slug: only platform administrators see those). An entry holds the tenant slug and
+username that were tried and, for a failure, the reason; never the password or the token.
 """
 from __future__ import annotations
 
@@ -18,8 +26,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from services.common import audit
 from services.common.auth import sign_token
-from services.common.context import tenant_id_var
+from services.common.context import current_request_id, tenant_id_var
 from services.common.db import Database
 from services.common.errors import ProblemError
 from services.common.passwords import MAX_PASSWORD_CHARS, check_password
@@ -79,6 +88,9 @@ class TokenIssuer:
             reason = ("unknown tenant" if tenant is None else "unknown user" if user is None
                       else "wrong password" if not check.ok else "disabled user")
             log.info("token refused", extra={"tenant_slug": req.tenant, "username": req.username, "reason": reason})
+            await self._record_login(
+                str(tenant["id"]) if tenant else None, str(user["id"]) if user else None, req.username,
+                audit.FAILED, {"tenant_slug": req.tenant, "reason": reason})
             raise _invalid_credentials()
         tenant_id = str(tenant["id"])
         tenant_id_var.set(tenant_id)
@@ -90,7 +102,22 @@ class TokenIssuer:
             issuer=self.issuer, audience=self.audience, ttl_seconds=self.ttl_seconds,
         )
         log.info("token issued", extra={"user_id": str(user["id"]), "roles": list(user["roles"])})
+        await self._record_login(tenant_id, str(user["id"]), user["username"], audit.SUCCESS,
+                                 {"tenant_slug": tenant["slug"], "roles": list(user["roles"])})
         return TokenResponse(access_token=token, expires_in=self.ttl_seconds)
+
+    async def _record_login(self, tenant_id: str | None, user_id: str | None, username: str, outcome: str,
+                            details: dict[str, Any]) -> None:
+        """Appends the `auth.login` audit entry. Best effort: a login must not fail because the audit
+        log cannot be written (the JSON log line above records the attempt too), but it is logged as
+        an error for operators to see."""
+        try:
+            transaction = self.db.tenant_transaction(tenant_id) if tenant_id else self.db.transaction()
+            async with transaction as conn:
+                await audit.record(conn, action=audit.AUTH_LOGIN, outcome=outcome, actor_id=user_id,
+                                   actor_name=username, request_id=current_request_id(), details=details)
+        except Exception:
+            log.exception("could not record the login in the audit log", extra={"outcome": outcome})
 
     async def _store_rehash(self, tenant_id: str, user_id: str, new_hash: str) -> None:
         """Upgrades an outdated hash; a failure here must not refuse a correct login."""

@@ -1,4 +1,4 @@
-"""Wiring of the upload service: HTTP app, gRPC server, outbox relay."""
+"""Wiring of the upload service: HTTP app, gRPC server, outbox relay, purge job."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -13,6 +13,7 @@ from services.common.db import Database
 from services.common.http import create_app
 
 from .http_api import build_router
+from .purge import PurgeJob
 from .relay import OutboxRelay
 from .service import DocumentService
 from .settings import UploadSettings
@@ -33,6 +34,10 @@ class UploadComponents:
                                      poll_seconds=settings.relay_poll_seconds, batch_size=settings.relay_batch_size)
         self.service = DocumentService(settings, self.db, self.blobs,
                                        on_outbox_write=self.relay.wake if self.relay else (lambda: None))
+        self.purge_job: PurgeJob | None = None
+        if settings.purge_enabled:
+            self.purge_job = PurgeJob(self.service, interval_seconds=settings.purge_interval_seconds,
+                                      batch_size=settings.purge_batch_size)
         self.verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
 
     async def start(self) -> None:
@@ -40,8 +45,12 @@ class UploadComponents:
         if self.relay:
             await self.relay.db.open()
             await self.relay.start()
+        if self.purge_job:
+            await self.purge_job.start()
 
     async def stop(self) -> None:
+        if self.purge_job:
+            await self.purge_job.stop()
         if self.relay:
             await self.relay.stop()
             await self.relay.db.close()

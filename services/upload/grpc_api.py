@@ -40,7 +40,8 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
     async def ReadContent(self, request, context):  # type: ignore[no-untyped-def]
         tenant_id, document_id = await _ids(request, context)
         try:
-            row = await self.service.content_info(tenant_id, document_id)
+            # A document deleted while queued is still read and tagged, so a restore brings it back whole.
+            row = await self.service.content_info(tenant_id, document_id, include_deleted=True)
         except DocumentNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
         first = True

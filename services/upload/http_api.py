@@ -3,13 +3,14 @@
 import base64
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from services.common import audit
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError
 
@@ -40,6 +41,32 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     except (ValueError, KeyError, TypeError):
         raise ProblemError(422, "the cursor is not valid; use next_cursor from a previous page",
                            field="cursor") from None
+
+
+def encode_audit_cursor(key: tuple[datetime, int]) -> str:
+    raw = json.dumps({"a": key[0].isoformat(), "i": key[1]}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_audit_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(data["a"]), int(data["i"])
+    except (ValueError, KeyError, TypeError):
+        raise ProblemError(422, "the cursor is not valid; use next_cursor from a previous page",
+                           field="cursor") from None
+
+
+def parse_time(raw: str | None, field: str) -> datetime | None:
+    """An ISO 8601 time (`2026-11-25T09:00:00Z`, `2026-11-25`); without a zone it is UTC."""
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ProblemError(422, f"{field} must be an ISO 8601 time such as 2026-11-25T09:00:00Z",
+                           field=field) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def content_disposition(filename: str) -> str:
@@ -135,13 +162,55 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
             headers["X-Next-Offset"] = str(page.next_offset)
         return PlainTextResponse(page.text, headers=headers, media_type="text/plain; charset=utf-8")
 
-    @router.delete("/documents/{document_id}", status_code=204, summary="Delete a document and its file")
-    async def delete_document(document_id: str, principal: Auth) -> Response:
+    @router.delete("/documents/{document_id}", status_code=204,
+                   summary="Delete a document (restorable during the retention period), or purge it at once")
+    async def delete_document(
+        document_id: str,
+        principal: Auth,
+        purge: Annotated[bool, Query(description="remove the document, its text, tags and (unless another "
+                                                 "document has the same bytes) its file at once, and free its "
+                                                 "quota; tenant_admin or platform_admin only")] = False,
+    ) -> Response:
+        doc_id = _document_id(document_id)
         try:
-            await service.delete(principal, _document_id(document_id))
+            if purge:
+                await service.purge(principal, doc_id)
+            else:
+                await service.delete(principal, doc_id)
         except DocumentNotFound:
             raise ProblemError(404, "no such document", field="id") from None
         return Response(status_code=204)
+
+    @router.post("/documents/{document_id}/restore",
+                 summary="Bring back a deleted document within the retention period",
+                 responses={409: {"description": "the document is not deleted"},
+                            410: {"description": "deleted longer ago than the retention period"}})
+    async def restore_document(document_id: str, principal: Auth) -> dict[str, Any]:
+        try:
+            return await service.restore(principal, _document_id(document_id))
+        except DocumentNotFound:
+            raise ProblemError(404, "no such document", field="id") from None
+
+    @router.get("/audit", summary="Audit log, newest first: tenant_admin (own tenant), platform_admin (all)")
+    async def audit_log(
+        principal: Auth,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: str | None = None,
+        actor: Annotated[str | None, Query(max_length=200, description="user id or username; `system` for "
+                                                                        "the purge job")] = None,
+        action: str | None = None,
+        since: Annotated[str | None, Query(description="ISO 8601 time, inclusive")] = None,
+        until: Annotated[str | None, Query(description="ISO 8601 time, exclusive")] = None,
+    ) -> dict[str, Any]:
+        if action is not None and action not in audit.ACTIONS:
+            raise ProblemError(422, f"action must be one of {', '.join(audit.ACTIONS)}", field="action")
+        since_at, until_at = parse_time(since, "since"), parse_time(until, "until")
+        if since_at is not None and until_at is not None and since_at > until_at:
+            raise ProblemError(422, "until must not be before since", field="until")
+        after = decode_audit_cursor(cursor) if cursor else None
+        items, next_key = await service.audit_log(principal, limit=limit, after=after, actor=actor, action=action,
+                                                  since=since_at, until=until_at)
+        return {"items": items, "next_cursor": encode_audit_cursor(next_key) if next_key else None}
 
     @router.get("/quota", summary="The tenant's storage quota and usage")
     async def get_quota(principal: Auth) -> JSONResponse:

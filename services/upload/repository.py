@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.common.db import DictConnection
 
 DOC_COLUMNS = ("id, tenant_id, title, filename, content_type, size_bytes, sha256, status, error, "
-               "created_at, updated_at, processed_at, pii")
+               "created_at, updated_at, processed_at, pii, deleted_at, deleted_by")
 STATUSES = ("queued", "processing", "tagged", "failed")
 FINAL_STATUSES = ("tagged", "failed")
 
@@ -72,8 +72,10 @@ async def set_quota_warned(conn: DictConnection, warned: bool) -> None:
 
 async def quota(conn: DictConnection) -> dict[str, Any] | None:
     return await (await conn.execute(
-        "SELECT q.quota_bytes, q.used_bytes, q.warned_at, (SELECT count(*) FROM documents.documents) AS documents "
-        "FROM documents.quotas q WHERE q.tenant_id = public.app_tenant_id()")).fetchone()
+        "SELECT q.quota_bytes, q.used_bytes, q.warned_at, "
+        "(SELECT count(*) FROM documents.documents WHERE deleted_at IS NULL) AS documents, "
+        "(SELECT coalesce(sum(size_bytes), 0) FROM documents.documents WHERE deleted_at IS NOT NULL) "
+        "AS deleted_bytes FROM documents.quotas q WHERE q.tenant_id = public.app_tenant_id()")).fetchone()
 
 
 async def lock_blob(conn: DictConnection, tenant_id: str, sha256: str) -> None:
@@ -82,6 +84,7 @@ async def lock_blob(conn: DictConnection, tenant_id: str, sha256: str) -> None:
 
 
 async def blob_references(conn: DictConnection, sha256: str) -> int:
+    """Documents of the tenant with these bytes, soft-deleted ones included (they may be restored)."""
     row = await (await conn.execute(
         "SELECT count(*) AS n FROM documents.documents WHERE sha256 = %s", (sha256,))).fetchone()
     assert row is not None  # count(*) always returns a row
@@ -89,12 +92,13 @@ async def blob_references(conn: DictConnection, sha256: str) -> int:
 
 
 async def find_duplicate(conn: DictConnection, sha256: str) -> dict[str, Any] | None:
-    """The tenant's oldest document with these bytes that is not `failed` (RLS keeps other tenants'
+    """The tenant's oldest live document with these bytes that is not `failed` (RLS keeps other tenants'
     documents out). A failed document is no answer to an upload: the same bytes uploaded again,
-    e.g. once model-serving is back, must be processed again."""
+    e.g. once model-serving is back, must be processed again. Nor is a deleted one: the uploader
+    could not see it."""
     return await (await conn.execute(
         f"SELECT {DOC_COLUMNS} FROM documents.documents WHERE sha256 = %s AND status <> 'failed' "
-        f"ORDER BY created_at, id LIMIT 1", (sha256,))).fetchone()
+        f"AND deleted_at IS NULL ORDER BY created_at, id LIMIT 1", (sha256,))).fetchone()
 
 
 async def text_page(conn: DictConnection, document_id: str, offset: int, limit: int) -> dict[str, Any] | None:
@@ -102,7 +106,8 @@ async def text_page(conn: DictConnection, document_id: str, offset: int, limit: 
     PostgreSQL (substr and char_length count characters) so a long text is never read whole."""
     return await (await conn.execute(
         "SELECT status, coalesce(char_length(text_content), 0) AS total_chars, "
-        "coalesce(substr(text_content, %s, %s), '') AS text FROM documents.documents WHERE id = %s",
+        "coalesce(substr(text_content, %s, %s), '') AS text FROM documents.documents "
+        "WHERE id = %s AND deleted_at IS NULL",
         (offset + 1, limit, document_id))).fetchone()
 
 
@@ -156,18 +161,14 @@ async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, 
         (event_type, message_id, json.dumps(payload, ensure_ascii=False)))
 
 
-async def insert_audit(conn: DictConnection, document_id: str | None, actor_id: str | None, action: str,
-                       request_id: str | None, details: dict[str, Any] | None = None) -> None:
-    await conn.execute(
-        "INSERT INTO documents.audit_log (tenant_id, document_id, actor_id, action, request_id, details) "
-        "VALUES (public.app_tenant_id(), %s, %s, %s, %s, %s)",
-        (document_id, actor_id, action, request_id, json.dumps(details or {}, ensure_ascii=False)))
-
-
-async def get_document(conn: DictConnection, document_id: str, *, for_update: bool = False) -> dict[str, Any] | None:
+async def get_document(conn: DictConnection, document_id: str, *, for_update: bool = False,
+                       include_deleted: bool = False) -> dict[str, Any] | None:
+    """The document, or None; a soft-deleted one only with `include_deleted` (the tagging worker's
+    paths, so that a document deleted while queued is still tagged and comes back whole if restored)."""
     lock = " FOR UPDATE" if for_update else ""
+    live = "" if include_deleted else " AND deleted_at IS NULL"
     return await (await conn.execute(
-        f"SELECT {DOC_COLUMNS} FROM documents.documents WHERE id = %s{lock}",
+        f"SELECT {DOC_COLUMNS} FROM documents.documents WHERE id = %s{live}{lock}",
         (document_id,))).fetchone()
 
 
@@ -187,9 +188,9 @@ async def tags_for(conn: DictConnection, document_ids: list[str]) -> dict[str, l
 
 async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datetime, str] | None,
                          status: str | None, tag: str | None, pii: bool | None = None) -> list[dict[str, Any]]:
-    """Newest first; keyset pagination on (created_at, id). `pii`: only documents with (True) or
-    without (False) personal data found."""
-    where, params = [], []
+    """Live documents, newest first; keyset pagination on (created_at, id). `pii`: only documents
+    with (True) or without (False) personal data found."""
+    where, params = ["deleted_at IS NULL"], []
     if after is not None:
         where.append("(created_at, id) < (%s, %s)")
         params += [after[0], after[1]]
@@ -201,16 +202,89 @@ async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datet
         params.append(tag)
     if pii is not None:
         where.append("pii <> '{}'::jsonb" if pii else "pii = '{}'::jsonb")
-    clause = ("WHERE " + " AND ".join(where)) if where else ""
     params.append(limit)
     return await (await conn.execute(
-        f"SELECT {DOC_COLUMNS} FROM documents.documents d {clause} ORDER BY created_at DESC, id DESC LIMIT %s",
+        f"SELECT {DOC_COLUMNS} FROM documents.documents d WHERE {' AND '.join(where)} "
+        f"ORDER BY created_at DESC, id DESC LIMIT %s",
         params)).fetchall()
 
 
-async def delete_document(conn: DictConnection, document_id: str) -> dict[str, Any] | None:
+async def soft_delete(conn: DictConnection, document_id: str, user_id: str) -> dict[str, Any] | None:
+    """Marks a live document deleted; None when there is none (never existed, deleted, purged)."""
     return await (await conn.execute(
-        f"DELETE FROM documents.documents WHERE id = %s RETURNING {DOC_COLUMNS}", (document_id,))).fetchone()
+        f"UPDATE documents.documents SET deleted_at = now(), deleted_by = %s "
+        f"WHERE id = %s AND deleted_at IS NULL RETURNING {DOC_COLUMNS}", (user_id, document_id))).fetchone()
+
+
+async def restore(conn: DictConnection, document_id: str, retention: timedelta) -> dict[str, Any] | None:
+    """Brings back a document deleted less than `retention` ago; None otherwise. The row lock of
+    UPDATE orders it against a purge of the same row: whichever comes second finds nothing to do."""
+    return await (await conn.execute(
+        f"UPDATE documents.documents SET deleted_at = NULL, deleted_by = NULL "
+        f"WHERE id = %s AND deleted_at IS NOT NULL AND deleted_at >= now() - %s RETURNING {DOC_COLUMNS}",
+        (document_id, retention))).fetchone()
+
+
+async def lock_for_purge(conn: DictConnection, document_id: str, *, expired_before: timedelta | None,
+                         wait: bool = False) -> dict[str, Any] | None:
+    """Locks the row to purge (deleted or not). The purge job skips a row another transaction holds
+    (SKIP LOCKED: a purge on another replica, a restore), so two jobs never wait on or double-free
+    the same row; an administrator's purge (`wait`) waits for it instead, then finds the row or
+    nothing. With `expired_before` only a document deleted longer ago than that qualifies (checked
+    again here: it may have been restored since it was listed)."""
+    expired = "" if expired_before is None else " AND deleted_at IS NOT NULL AND deleted_at < now() - %s"
+    params: tuple[Any, ...] = (document_id,) if expired_before is None else (document_id, expired_before)
+    lock = "FOR UPDATE" if wait else "FOR UPDATE SKIP LOCKED"
+    return await (await conn.execute(
+        f"SELECT {DOC_COLUMNS} FROM documents.documents WHERE id = %s{expired} {lock}", params)).fetchone()
+
+
+async def purge_document(conn: DictConnection, document_id: str) -> None:
+    """Removes the row with its text; its tags go with it (ON DELETE CASCADE)."""
+    await conn.execute("DELETE FROM documents.documents WHERE id = %s", (document_id,))
+
+
+async def expired_deletions(conn: DictConnection, retention: timedelta, limit: int) -> list[dict[str, Any]]:
+    """(tenant_id, document_id) of documents of every tenant deleted longer ago than `retention`
+    (SECURITY DEFINER function of migration 0007: ids only, nothing else crosses tenants)."""
+    return await (await conn.execute(
+        "SELECT tenant_id, document_id FROM documents.expired_deletions(%s, %s)", (retention, limit))).fetchall()
+
+
+async def enable_all_tenants_audit(conn: DictConnection) -> None:
+    """Lets this transaction read every tenant's audit entries (policy `platform_admin_reads_all`,
+    SELECT on audit_log only). Call only for a verified platform administrator."""
+    await conn.execute("SELECT set_config('app.audit_all_tenants', 'on', true)")
+
+
+async def audit_entries(conn: DictConnection, *, limit: int, after: tuple[datetime, int] | None, actor_id: str | None,
+                        actor_name: str | None, action: str | None, since: datetime | None,
+                        until: datetime | None) -> list[dict[str, Any]]:
+    """Audit entries visible to the transaction (RLS), newest first; keyset pagination on (at, id)."""
+    where, params = ["true"], []
+    if after is not None:
+        where.append("(at, id) < (%s, %s)")
+        params += [after[0], after[1]]
+    if actor_id is not None:
+        where.append("actor_id = %s")
+        params.append(actor_id)
+    if actor_name is not None:
+        where.append("actor_name = %s")
+        params.append(actor_name)
+    if action is not None:
+        where.append("action = %s")
+        params.append(action)
+    if since is not None:
+        where.append("at >= %s")
+        params.append(since)
+    if until is not None:
+        where.append("at < %s")
+        params.append(until)
+    params.append(limit)
+    return await (await conn.execute(
+        "SELECT id, at, tenant_id, actor_id, actor_name, action, document_id, request_id, outcome, details "
+        f"FROM documents.audit_log WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC LIMIT %s",
+        params)).fetchall()
 
 
 async def set_status(conn: DictConnection, document_id: str, status: str, error: str | None = None) -> None:

@@ -8,9 +8,10 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.common import audit
 from services.common.amqp import DOCUMENT_UPLOADED, QUOTA_WARNING, message_id
 from services.common.auth import Principal
 from services.common.blobstore import BlobStore, BlobTooLarge
@@ -33,6 +34,14 @@ class DocumentNotFound(Exception):
 
 class StaleVersion(Exception):
     pass
+
+
+# Roles that may purge documents at once and read the audit log.
+ADMIN_ROLES = ("tenant_admin", "platform_admin")
+
+
+def is_admin(principal: Principal) -> bool:
+    return any(role in ADMIN_ROLES for role in principal.roles)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,21 @@ def public_document(row: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str
         # Personal data found in the extracted text (matches per kind) and whether there is any.
         "pii": dict(row["pii"]),
         "has_pii": bool(row["pii"]),
+    }
+
+
+def public_audit_entry(row: dict[str, Any]) -> dict[str, Any]:
+    """The API shape of an audit entry."""
+    return {
+        "id": str(row["id"]),
+        "at": _iso(row["at"]),
+        "tenant_id": str(row["tenant_id"]) if row["tenant_id"] else None,
+        "actor": {"id": str(row["actor_id"]) if row["actor_id"] else None, "username": row["actor_name"]},
+        "action": row["action"],
+        "outcome": row["outcome"],
+        "document_id": str(row["document_id"]) if row["document_id"] else None,
+        "request_id": row["request_id"],
+        "details": row["details"],
     }
 
 
@@ -183,6 +207,8 @@ class DocumentService:
                     tags = await repo.tags_for(conn, [existing_id])
                     log.info("duplicate upload answered with the existing document",
                              extra={"document_id": existing_id, "size_bytes": size})
+                    await self._audit(conn, principal, audit.DOCUMENT_DUPLICATE, existing_id,
+                                      {"filename": filename, "size_bytes": size, "sha256": sha})
                     return UploadResult(public_document(existing, tags[existing_id]), True,
                                         self._quota_summary(account))
                 usage = await repo.reserve_quota(conn, size)
@@ -204,8 +230,8 @@ class DocumentService:
                 "uploaded_at": _iso(row["created_at"]), "request_id": current_request_id(),
             }
             await repo.insert_outbox(conn, DOCUMENT_UPLOADED, message_id(doc_id, sha), payload)
-            await repo.insert_audit(conn, doc_id, principal.user_id, "document.uploaded", current_request_id(),
-                                    {"filename": filename, "size_bytes": size, "sha256": sha})
+            await self._audit(conn, principal, audit.DOCUMENT_UPLOADED, doc_id,
+                              {"filename": filename, "size_bytes": size, "sha256": sha})
             await self._track_quota_warning(conn, principal.tenant_id, usage, document_id=doc_id)
             # The blob reaches its final name before the row commits: a committed row always has its bytes.
             await asyncio.to_thread(incoming.commit, principal.tenant_id)
@@ -262,9 +288,10 @@ class DocumentService:
         next_key = (page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None
         return [public_document(r, tags[str(r["id"])]) for r in page], next_key
 
-    async def content_info(self, tenant_id: str, document_id: str) -> dict[str, Any]:
+    async def content_info(self, tenant_id: str, document_id: str, *, include_deleted: bool = False) -> dict[str, Any]:
+        """The row of a document whose bytes are stored. `include_deleted` for the tagging worker only."""
         async with self.db.tenant_transaction(tenant_id) as conn:
-            row = await repo.get_document(conn, document_id)
+            row = await repo.get_document(conn, document_id, include_deleted=include_deleted)
         if row is None or not self.blobs.exists(tenant_id, row["sha256"]):
             raise DocumentNotFound(document_id)
         return row
@@ -291,23 +318,97 @@ class DocumentService:
         async with self.db.tenant_transaction(tenant_id) as conn:
             row = await repo.quota(conn)
         if row is None:
-            return {"tenant_id": tenant_id, **quota_summary(0, 0, self.settings.quota_warning_percent), "documents": 0}
-        return {"tenant_id": tenant_id, **self._quota_summary(row), "documents": row["documents"]}
+            return {"tenant_id": tenant_id, **quota_summary(0, 0, self.settings.quota_warning_percent), "documents": 0,
+                    "deleted_bytes": 0}
+        return {"tenant_id": tenant_id, **self._quota_summary(row), "documents": row["documents"],
+                "deleted_bytes": int(row["deleted_bytes"])}
 
-    # -- delete ----------------------------------------------------------------
+    # -- delete, restore, purge ---------------------------------------------------
+    @property
+    def retention(self) -> timedelta:
+        return timedelta(days=self.settings.deleted_retention_days)
+
     async def delete(self, principal: Principal, document_id: str) -> None:
+        """Soft delete: hidden at once from every read path and from search (row-level security of
+        the search role), restorable for the retention period. The bytes stay charged to the quota
+        until the purge, so a restore never needs space that may have been taken meanwhile."""
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            row = await repo.delete_document(conn, document_id)
+            row = await repo.soft_delete(conn, document_id, principal.user_id)
             if row is None:
                 raise DocumentNotFound(document_id)
-            usage = await repo.release_quota(conn, row["size_bytes"])
-            announced = usage is not None and await self._track_quota_warning(
-                conn, principal.tenant_id, usage, document_id=None)
-            await repo.insert_audit(conn, document_id, principal.user_id, "document.deleted", current_request_id(),
-                                    {"filename": row["filename"], "size_bytes": row["size_bytes"]})
-        if announced:  # usage can still be above the threshold after a delete when the quota was lowered
+            await self._audit(conn, principal, audit.DOCUMENT_DELETED, document_id,
+                              {"filename": row["filename"], "size_bytes": row["size_bytes"],
+                               "purge_after": _iso(row["deleted_at"] + self.retention)})
+
+    async def restore(self, principal: Principal, document_id: str) -> dict[str, Any]:
+        """Undoes a soft delete within the retention period. A document deleted longer ago (purge
+        pending) raises 410; one that was never deleted 409; an unknown or purged one DocumentNotFound."""
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await repo.restore(conn, document_id, self.retention)
+            if row is not None:
+                await self._audit(conn, principal, audit.DOCUMENT_RESTORED, document_id, {"filename": row["filename"]})
+                tags = await repo.tags_for(conn, [document_id])
+                return public_document(row, tags[document_id])
+            current = await repo.get_document(conn, document_id, include_deleted=True)
+        if current is None:
+            raise DocumentNotFound(document_id)
+        if current["deleted_at"] is None:
+            raise ProblemError(409, "the document is not deleted", slug="document-not-deleted", field="id")
+        raise ProblemError(410, f"the document was deleted more than {self.settings.deleted_retention_days} days "
+                           "ago and can no longer be restored", slug="retention-expired", field="id")
+
+    async def purge(self, principal: Principal, document_id: str) -> None:
+        """Removes a document for good at once, deleted or not: tenant and platform admins only."""
+        if not is_admin(principal):
+            await self.record_denied(principal, audit.DOCUMENT_PURGED, document_id)
+            raise ProblemError(403, "only a tenant or platform administrator may purge a document; "
+                               "delete it without purge=true to move it to the deleted documents", field="purge")
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            # Waits for a concurrent restore or purge of the row; after a purge there is nothing left.
+            row = await repo.lock_for_purge(conn, document_id, expired_before=None, wait=True)
+            if row is None:
+                raise DocumentNotFound(document_id)
+            announced = await self._purge_locked(conn, principal.tenant_id, row)
+            await self._audit(conn, principal, audit.DOCUMENT_PURGED, document_id,
+                              {"filename": row["filename"], "size_bytes": row["size_bytes"],
+                               "was_deleted": row["deleted_at"] is not None})
+        if announced:
             self.on_outbox_write()
         await self._drop_blob_if_unused(principal.tenant_id, row["sha256"])
+
+    async def purge_expired(self, *, limit: int) -> int:
+        """One pass of the purge job: documents deleted longer ago than the retention, of every
+        tenant. Safe with several replicas at once: each row is purged in its tenant's transaction
+        under FOR UPDATE SKIP LOCKED, and the quota is freed in that same transaction, so exactly
+        once. Returns how many documents this pass purged."""
+        async with self.db.transaction() as conn:
+            candidates = await repo.expired_deletions(conn, self.retention, limit)
+        purged = 0
+        for candidate in candidates:
+            tenant_id, document_id = str(candidate["tenant_id"]), str(candidate["document_id"])
+            async with self.db.tenant_transaction(tenant_id) as conn:
+                row = await repo.lock_for_purge(conn, document_id, expired_before=self.retention)
+                if row is None:  # purged by another replica, being purged, or restored meanwhile
+                    continue
+                announced = await self._purge_locked(conn, tenant_id, row)
+                await audit.record(conn, action=audit.DOCUMENT_PURGED, actor_id=None, actor_name=audit.SYSTEM_ACTOR,
+                                   document_id=document_id, request_id=current_request_id(),
+                                   details={"filename": row["filename"], "size_bytes": row["size_bytes"],
+                                            "deleted_at": _iso(row["deleted_at"]),
+                                            "retention_days": self.settings.deleted_retention_days})
+            purged += 1
+            if announced:
+                self.on_outbox_write()
+            await self._drop_blob_if_unused(tenant_id, row["sha256"])
+        return purged
+
+    async def _purge_locked(self, conn: DictConnection, tenant_id: str, row: dict[str, Any]) -> bool:
+        """Deletes the locked row (text and tags with it) and frees its quota, in the caller's
+        transaction; the bytes are removed after commit. Returns whether a quota event was written."""
+        await repo.purge_document(conn, str(row["id"]))
+        usage = await repo.release_quota(conn, row["size_bytes"])
+        # Usage can still be above the threshold after a purge when the quota was lowered.
+        return usage is not None and await self._track_quota_warning(conn, tenant_id, usage, document_id=None)
 
     async def _drop_blob_if_unused(self, tenant_id: str, sha: str) -> None:
         """After the delete committed: remove the bytes unless another document of the tenant shares them.
@@ -330,7 +431,7 @@ class DocumentService:
             log.warning("extracted text cut", extra={"document_id": document_id, "chars": len(text)})
             text = text[: self.settings.max_text_chars]
         async with self.db.tenant_transaction(tenant_id) as conn:
-            row = await repo.get_document(conn, document_id)
+            row = await repo.get_document(conn, document_id, include_deleted=True)
             if row is None:
                 raise DocumentNotFound(document_id)
             if row["sha256"] != sha:
@@ -342,7 +443,7 @@ class DocumentService:
             title_terms = await asyncio.to_thread(analyze, row["title"])
             text_terms = await asyncio.to_thread(analyze, text)
         async with self.db.tenant_transaction(tenant_id) as conn:
-            row = await repo.get_document(conn, document_id, for_update=True)
+            row = await repo.get_document(conn, document_id, for_update=True, include_deleted=True)
             if row is None:
                 raise DocumentNotFound(document_id)
             if row["sha256"] != sha:
@@ -356,8 +457,48 @@ class DocumentService:
                                                 title_terms=title_terms, text_terms=text_terms, pii=pii)
             else:
                 await repo.set_status(conn, document_id, "failed", error[:2000] or "processing failed")
-            await repo.insert_audit(conn, document_id, None, f"document.{outcome}", current_request_id(),
-                                    {"error": error} if outcome == "failed" else
-                                    {"tags": [t["tag"] for t in (tags or [])], "pii": pii or {}}
-                                    if outcome == "tagged" else {})
+            action = {"processing": audit.DOCUMENT_PROCESSING, "tagged": audit.DOCUMENT_TAGGED,
+                      "failed": audit.DOCUMENT_FAILED}[outcome]
+            await audit.record(
+                conn, action=action, outcome=audit.FAILED if outcome == "failed" else audit.SUCCESS,
+                actor_id=None, actor_name=audit.WORKER_ACTOR, document_id=document_id, request_id=current_request_id(),
+                details={"error": error[:2000]} if outcome == "failed" else
+                {"tags": [{"tag": t["tag"], "score": t["score"], "model_version": t.get("model_version")}
+                          for t in (tags or [])], "pii": pii or {}} if outcome == "tagged" else {})
         return outcome, True
+
+    # -- audit log ----------------------------------------------------------------
+    async def _audit(self, conn: DictConnection, principal: Principal, action: str, document_id: str | None,
+                     details: dict[str, Any] | None = None, *, outcome: str = audit.SUCCESS) -> None:
+        await audit.record(conn, action=action, outcome=outcome, actor_id=principal.user_id,
+                           actor_name=principal.username or None, document_id=document_id,
+                           request_id=current_request_id(), details=details)
+
+    async def record_denied(self, principal: Principal, action: str, document_id: str | None = None) -> None:
+        """Records a refused request (403) in its own transaction, which commits although the request fails."""
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            await self._audit(conn, principal, action, document_id, {"roles": list(principal.roles)},
+                              outcome=audit.DENIED)
+
+    async def audit_log(self, principal: Principal, *, limit: int, after: tuple[datetime, int] | None,
+                        actor: str | None, action: str | None, since: datetime | None,
+                        until: datetime | None) -> tuple[builtins.list[dict[str, Any]], tuple[datetime, int] | None]:
+        """Entries newest first: a tenant admin's own tenant (RLS), every tenant for a platform admin."""
+        if not is_admin(principal):
+            await self.record_denied(principal, audit.AUDIT_READ)
+            raise ProblemError(403, "only a tenant or platform administrator may read the audit log")
+        actor_id = actor_name = None
+        if actor is not None:
+            try:
+                actor_id = str(uuid.UUID(actor))
+            except ValueError:
+                actor_name = actor
+        all_tenants = "platform_admin" in principal.roles
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            if all_tenants:
+                await repo.enable_all_tenants_audit(conn)
+            rows = await repo.audit_entries(conn, limit=limit + 1, after=after, actor_id=actor_id,
+                                            actor_name=actor_name, action=action, since=since, until=until)
+        page = rows[:limit]
+        next_key = (page[-1]["at"], int(page[-1]["id"])) if len(rows) > limit else None
+        return [public_audit_entry(r) for r in page], next_key

@@ -26,6 +26,12 @@ class UploadSettings(CommonSettings):
     # Usage at or above this share of the quota is flagged in answers and announced once per crossing.
     quota_warning_percent: int = Field(default=80, ge=1, le=100)
 
+    # Soft-deleted documents can be restored for this many days; the purge job then removes them.
+    deleted_retention_days: int = Field(default=90, ge=0)
+    purge_enabled: bool = True
+    purge_interval_seconds: float = Field(default=3600.0, gt=0)
+    purge_batch_size: int = Field(default=100, ge=1)
+
     relay_enabled: bool = True
     relay_poll_seconds: float = 1.0
     relay_batch_size: int = 100

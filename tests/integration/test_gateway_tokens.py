@@ -161,3 +161,33 @@ def test_outdated_hash_is_upgraded_on_login(client: httpx.Client, identities: di
                               (identities["weak_id"],)).fetchone()[0]
     assert "m=65536,t=3,p=4" in stored
     assert verify_password(stored, PASSWORD)
+
+
+def test_logins_are_audited_without_secrets(client: httpx.Client, identities: dict[str, str],
+                                            admin_dsn: str) -> None:
+    rid = f"login-{uuid.uuid4()}"
+    ok = client.post("/api/v1/auth/token", headers={"X-Request-ID": rid},
+                     json={"tenant": identities["slug"], "username": "kim.minsu", "password": PASSWORD})
+    token = ok.json()["access_token"]
+    wrong = "wrong-" + uuid.uuid4().hex
+    client.post("/api/v1/auth/token", json={"tenant": identities["slug"], "username": "kim.minsu",
+                                            "password": wrong})
+    ghost_slug = f"ghost-{uuid.uuid4().hex[:8]}"
+    client.post("/api/v1/auth/token", json={"tenant": ghost_slug, "username": "kim.minsu", "password": wrong})
+    with psycopg.connect(admin_dsn, row_factory=psycopg.rows.dict_row) as conn:
+        rows = conn.execute(
+            "SELECT * FROM documents.audit_log WHERE action = 'auth.login' AND "
+            "(tenant_id = %s OR details->>'tenant_slug' = %s) ORDER BY id",
+            (identities["tenant_id"], ghost_slug)).fetchall()
+    success = next(r for r in rows if r["request_id"] == rid)
+    assert (success["outcome"], str(success["actor_id"]), success["actor_name"]) == \
+        ("success", identities["user_id"], "kim.minsu")
+    assert str(success["tenant_id"]) == identities["tenant_id"]
+    failure = next(r for r in rows if r["outcome"] == "failed" and r["details"]["reason"] == "wrong password")
+    assert str(failure["actor_id"]) == identities["user_id"] and failure["actor_name"] == "kim.minsu"
+    ghost = next(r for r in rows if r["details"].get("tenant_slug") == ghost_slug)
+    assert ghost["tenant_id"] is None and ghost["actor_id"] is None and ghost["outcome"] == "failed"
+    assert ghost["details"]["reason"] == "unknown tenant"
+    everything = repr(rows)
+    assert PASSWORD not in everything and wrong not in everything and token not in everything
+

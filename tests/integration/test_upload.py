@@ -242,14 +242,16 @@ async def test_quota_is_never_overshot_under_concurrency(settings, admin_dsn, ma
         assert refused["type"] == "urn:doctag:problem:quota-exceeded" and refused["quota_bytes"] == 10_000
         resp = await client.get("/api/v1/quota", headers=auth(token))
         assert resp.json() == {"tenant_id": tenant, "quota_bytes": 10_000, "used_bytes": 9900,
-                               "available_bytes": 100, "warning": True, "documents": 33}
+                               "available_bytes": 100, "warning": True, "documents": 33, "deleted_bytes": 0}
         assert resp.headers["x-quota-warning"] == "99% of the storage quota is used"
         assert len(outbox_payloads(admin_dsn, tenant, "quota.warning")) == 1
 
 
-async def test_delete_releases_quota_and_keeps_shared_blob(settings, tenants, make_token) -> None:
+async def test_purge_releases_quota_and_keeps_shared_blob(settings, tenants, make_token) -> None:
+    """A soft delete keeps the bytes and the charge; an administrator's purge frees both, the
+    bytes only once no other document (deleted ones included) has them."""
     tenant = tenants[0]
-    token = make_token(tenant)
+    token, admin = make_token(tenant), make_token(tenant, roles=("tenant_admin",))
     async with running(settings) as (client, _, components):
         one = (await upload(client, token, "a.txt", b"same bytes")).json()
         two = (await upload(client, token, "b.txt", b"same bytes", duplicate="allow")).json()
@@ -257,11 +259,21 @@ async def test_delete_releases_quota_and_keeps_shared_blob(settings, tenants, ma
         blob = components.blobs.path(tenant, one["sha256"])
         assert blob.exists()
         assert (await client.delete(f"/api/v1/documents/{one['id']}", headers=auth(token))).status_code == 204
-        assert blob.exists(), "the blob is still used by the second document"
         assert (await client.get(f"/api/v1/documents/{one['id']}", headers=auth(token))).status_code == 404
-        assert (await client.delete(f"/api/v1/documents/{two['id']}", headers=auth(token))).status_code == 204
+        quota = (await client.get("/api/v1/quota", headers=auth(token))).json()
+        assert (quota["used_bytes"], quota["documents"], quota["deleted_bytes"]) == (20, 1, 10)
+        purge = {"purge": "true"}
+        assert (await client.delete(f"/api/v1/documents/{one['id']}", headers=auth(admin),
+                                    params=purge)).status_code == 204
+        assert blob.exists(), "the blob is still used by the second document"
+        assert (await client.get("/api/v1/quota", headers=auth(token))).json()["used_bytes"] == 10
+        # A live document is purged at once too.
+        assert (await client.delete(f"/api/v1/documents/{two['id']}", headers=auth(admin),
+                                    params=purge)).status_code == 204
         assert not blob.exists()
         assert (await client.get("/api/v1/quota", headers=auth(token))).json()["used_bytes"] == 0
+        again = await client.delete(f"/api/v1/documents/{two['id']}", headers=auth(admin), params=purge)
+        assert again.status_code == 404
 
 
 async def test_grpc_documents_flow_is_idempotent(settings, tenants, make_token) -> None:
@@ -416,7 +428,7 @@ async def test_same_bytes_answer_with_the_existing_document(settings, tenants, m
         assert other.status_code == 202 and other.json()["duplicate"] is False
         assert other.json()["id"] not in (doc["id"], copy.json()["id"])
 
-        # Deleting the original keeps the bytes the copy still uses; the next upload finds the copy.
+        # Deleting the original keeps the bytes; the next upload finds the copy, not the deleted original.
         assert (await client.delete(f"/api/v1/documents/{doc['id']}", headers=auth(token_a))).status_code == 204
         assert components.blobs.exists(tenant_a, doc["sha256"])
         content = await client.get(f"/api/v1/documents/{copy.json()['id']}/content", headers=auth(token_a))
@@ -506,9 +518,15 @@ async def test_quota_warning_once_per_crossing(settings, admin_dsn, make_token) 
         assert full.status_code == 507 and full.json()["type"] == "urn:doctag:problem:quota-exceeded"
         assert len(warnings()) == 1
 
-        # Below the threshold after a delete: re-armed; the next crossing is announced again.
+        # A soft delete keeps the space charged (a restore must fit): still warning.
         deleted = await client.delete(f"/api/v1/documents/{crossing.json()['id']}", headers=auth(token))
         assert deleted.status_code == 204
+        assert (await client.get("/api/v1/quota", headers=auth(token))).json()["warning"] is True
+        # Below the threshold after a purge: re-armed; the next crossing is announced again.
+        admin = make_token(tenant, roles=("tenant_admin",))
+        purged = await client.delete(f"/api/v1/documents/{crossing.json()['id']}", headers=auth(admin),
+                                     params={"purge": "true"})
+        assert purged.status_code == 204
         quota = await client.get("/api/v1/quota", headers=auth(token))
         assert quota.json()["warning"] is False and "x-quota-warning" not in quota.headers
         again = await upload(client, token, "e.txt", b"e" * 100)

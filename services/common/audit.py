@@ -1,0 +1,50 @@
+"""Writing to the audit log (`documents.audit_log`, migration 0007), shared by upload and the gateway.
+
+The table is append-only for the services' roles (INSERT and SELECT only) and scoped by
+row-level security: a row is written for the tenant of the transaction (`app.tenant_id`), or for
+no tenant when none is set (a login attempt naming an unknown tenant). Callers pass only what is
+safe to keep for years: never a password, a token or document text.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+from .db import DictConnection
+
+SUCCESS: Final = "success"
+DENIED: Final = "denied"    # an authenticated caller whose roles do not allow the request
+FAILED: Final = "failed"    # attempted and did not succeed (wrong credentials, processing failure)
+OUTCOMES: Final = (SUCCESS, DENIED, FAILED)
+
+# Every action that is recorded; `GET /api/v1/audit?action=` accepts exactly these.
+DOCUMENT_UPLOADED: Final = "document.uploaded"
+DOCUMENT_DUPLICATE: Final = "document.duplicate"   # an upload answered with the existing document
+DOCUMENT_DELETED: Final = "document.deleted"       # soft delete: hidden, restorable within retention
+DOCUMENT_RESTORED: Final = "document.restored"
+DOCUMENT_PURGED: Final = "document.purged"         # rows, text, tags and (when unshared) bytes removed
+DOCUMENT_PROCESSING: Final = "document.processing"
+DOCUMENT_TAGGED: Final = "document.tagged"
+DOCUMENT_FAILED: Final = "document.failed"
+AUDIT_READ: Final = "audit.read"                   # recorded when denied
+AUTH_LOGIN: Final = "auth.login"
+ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
+                  DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, AUDIT_READ, AUTH_LOGIN)
+
+# Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.
+SYSTEM_ACTOR: Final = "system"
+WORKER_ACTOR: Final = "tagging-worker"
+
+
+async def record(conn: DictConnection, *, action: str, outcome: str = SUCCESS, actor_id: str | None,
+                 actor_name: str | None, document_id: str | None = None, request_id: str | None,
+                 details: dict[str, Any] | None = None) -> None:
+    """Appends one entry for the transaction's tenant (NULL when none is set)."""
+    if action not in ACTIONS or outcome not in OUTCOMES:
+        raise ValueError(f"unknown audit action/outcome {action!r}/{outcome!r}")
+    await conn.execute(
+        "INSERT INTO documents.audit_log "
+        "(tenant_id, actor_id, actor_name, action, document_id, request_id, outcome, details) "
+        "VALUES (public.app_tenant_id(), %s, %s, %s, %s, %s, %s, %s)",
+        (actor_id, actor_name, action, document_id, request_id, outcome,
+         json.dumps(details or {}, ensure_ascii=False)))
