@@ -114,11 +114,13 @@ async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str
     return row
 
 
-async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any]) -> None:
+async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any], *,
+                       document_id: str | None = None) -> None:
+    """`document_id` marks a tagging job: the relay counts it in flight until that document is final."""
     await conn.execute(
-        "INSERT INTO documents.outbox (tenant_id, event_type, message_id, payload) "
-        "VALUES (public.app_tenant_id(), %s, %s, %s)",
-        (event_type, message_id, json.dumps(payload, ensure_ascii=False)))
+        "INSERT INTO documents.outbox (tenant_id, event_type, message_id, payload, document_id) "
+        "VALUES (public.app_tenant_id(), %s, %s, %s, %s)",
+        (event_type, message_id, json.dumps(payload, ensure_ascii=False), document_id))
 
 
 async def insert_audit(conn: DictConnection, document_id: str | None, actor_id: str | None, action: str,

@@ -341,7 +341,7 @@ class DocumentService:
                 "filename": filename, "content_type": content_type, "size_bytes": size,
                 "uploaded_at": _iso(row["created_at"]), "request_id": current_request_id(),
             }
-            await repo.insert_outbox(conn, DOCUMENT_UPLOADED, message_id(doc_id, sha), payload)
+            await repo.insert_outbox(conn, DOCUMENT_UPLOADED, message_id(doc_id, sha), payload, document_id=doc_id)
             await repo.insert_audit(conn, doc_id, principal.user_id, "document.uploaded", current_request_id(),
                                     {"filename": filename, "size_bytes": size, "sha256": sha})
             await self._track_quota_warning(conn, principal.tenant_id, usage, document_id=doc_id)
@@ -491,4 +491,6 @@ class DocumentService:
             await repo.insert_audit(conn, document_id, None, f"document.{outcome}", current_request_id(),
                                     {"error": error} if outcome == "failed" else
                                     {"tags": [t["tag"] for t in (tags or [])]} if outcome == "tagged" else {})
+        if outcome in repo.FINAL_STATUSES:
+            self.on_outbox_write()  # the job's tenant has a free dispatch slot: the relay publishes its next job
         return outcome, True
