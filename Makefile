@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
 .PHONY: help setup protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
-        bench bench-model
+        bench bench-model bench-ingest
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -59,7 +59,10 @@ BENCH_ARGS ?=
 bench-model: setup ## benchmark model-serving (gRPC, HTTP) vs a naive server and the bare model; BENCH_ARGS=--quick
 	$(PY) -m tests.bench.bench_model $(BENCH_ARGS)
 
-bench: bench-model ## every benchmark (never part of `make test`)
+bench-ingest: setup ## uploads (c=1, c=16), upload->tagged vs model-serving, extraction per format, RSS with a 1 GB file; BENCH_ARGS=--quick
+	$(PY) -m tests.bench.bench_ingest $(BENCH_ARGS)
+
+bench: bench-model bench-ingest ## every benchmark (never part of `make test`)
 
 lint: setup ## ruff, mypy and the import contracts between services (part of `make test`)
 	$(VENV)/bin/ruff check .

@@ -46,6 +46,8 @@ class StackLayout:
     # Extra DOCTAG_* variables for every process (database name, AMQP prefix, ...).
     env: dict[str, str] = field(default_factory=dict)
     python: str = sys.executable
+    # The gateway configuration this layout's kong.yml is made from (benchmarks raise its size limits).
+    gateway_template: Path = DEFAULT_GATEWAY_CONFIG
 
     @classmethod
     def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> StackLayout:
@@ -118,8 +120,9 @@ class StackLayout:
         return env
 
     # -- config files ------------------------------------------------------------
-    def write_gateway_config(self, template: Path = DEFAULT_GATEWAY_CONFIG) -> Path:
+    def write_gateway_config(self, template: Path | None = None) -> Path:
         """kong.yml with this layout's upstream targets."""
+        template = template or self.gateway_template
         config = yaml.safe_load(template.read_text(encoding="utf-8"))
         targets = {
             "upload-upstream": [f"{self.host}:{p}" for p, _ in self.upload_ports],

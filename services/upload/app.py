@@ -31,7 +31,9 @@ class UploadComponents:
             relay_db = Database(settings.dsn(user=settings.relay_db_user, password=settings.relay_db_password),
                                 min_size=1, max_size=2)
             self.relay = OutboxRelay(relay_db, settings.amqp_url, Topology(prefix=settings.amqp_prefix),
-                                     poll_seconds=settings.relay_poll_seconds, batch_size=settings.relay_batch_size)
+                                     poll_seconds=settings.relay_poll_seconds, batch_size=settings.relay_batch_size,
+                                     max_in_flight=settings.relay_tenant_max_in_flight,
+                                     in_flight_timeout=settings.relay_in_flight_timeout_seconds)
         self.service = DocumentService(settings, self.db, self.blobs,
                                        on_outbox_write=self.relay.wake if self.relay else (lambda: None))
         self.purge_job: PurgeJob | None = None

@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 
 from services.common import audit
 from services.common.auth import Principal, TokenVerifier
-from services.common.errors import ProblemError
+from services.common.errors import ProblemError, problem_body
 
 from .repository import STATUSES
-from .service import DocumentNotFound, DocumentService
+from .service import BulkUploadResult, DocumentNotFound, DocumentService, FileOutcome
 
 # Pages of extracted text, in characters: the default keeps an answer near 300 KB of UTF-8 Korean.
 TEXT_PAGE_DEFAULT_CHARS = 100_000
@@ -83,13 +83,41 @@ def quota_headers(quota: dict[str, Any]) -> dict[str, str]:
     return {"X-Quota-Warning": f"{percent}% of the storage quota is used"}
 
 
+def file_result(outcome: FileOutcome) -> dict[str, Any]:
+    """One file of a bulk upload: `status` is what a single-file upload of it would have answered."""
+    if outcome.result is not None:
+        result = outcome.result
+        return {"filename": outcome.filename, "status": 200 if result.duplicate else 202,
+                "document": {**result.document, "duplicate": result.duplicate}}
+    problem = outcome.problem
+    assert problem is not None  # an outcome has a result or a problem
+    errors = [{"field": problem.field, "message": problem.detail}] if problem.field else None
+    return {"filename": outcome.filename, "status": problem.status,
+            "problem": problem_body(problem.status, problem.detail, slug=problem.slug, title=problem.title,
+                                    errors=errors, extra=problem.extra)}
+
+
+def bulk_body(result: BulkUploadResult, quota: dict[str, Any]) -> dict[str, Any]:
+    results = [file_result(o) for o in result.outcomes]
+    statuses = [r["status"] for r in results]
+    queued, duplicates = statuses.count(202), statuses.count(200)
+    return {"results": results,
+            "summary": {"files": result.files, "queued": queued, "duplicates": duplicates,
+                        "refused": result.files - queued - duplicates},
+            "quota": {k: quota[k] for k in ("quota_bytes", "used_bytes", "available_bytes", "warning")}}
+
+
 def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter:
     router = APIRouter(prefix="/api/v1")
     Auth = Annotated[Principal, Depends(verifier)]
 
-    @router.post("/documents", status_code=202, summary="Upload a document (multipart field `file`, optional `title`)",
+    @router.post("/documents", status_code=202,
+                 summary="Upload a document (multipart field `file`, optional `title`), or several (`file` repeated)",
                  responses={200: {"description": "the tenant already has these bytes: the existing document, "
-                                                 "`duplicate: true`, nothing charged or queued"}})
+                                                 "`duplicate: true`, nothing charged or queued"},
+                            207: {"description": "several `file` parts: `results` has one entry per file, in order, "
+                                                 "`{filename, status, document | problem}`; each file stored or "
+                                                 "refused on its own"}})
     async def upload(
         request: Request,
         principal: Auth,
@@ -99,6 +127,9 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
     ) -> JSONResponse:
         result = await service.upload(principal, request.headers.get("content-type"), request.stream(),
                                       allow_duplicate=duplicate == "allow")
+        if isinstance(result, BulkUploadResult):
+            quota = await service.quota(principal.tenant_id)
+            return JSONResponse(bulk_body(result, quota), status_code=207, headers=quota_headers(quota))
         doc = result.document
         return JSONResponse({**doc, "duplicate": result.duplicate, "quota": result.quota},
                             status_code=200 if result.duplicate else 202,

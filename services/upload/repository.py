@@ -154,11 +154,13 @@ async def index_field(conn: DictConnection, document_id: str, field: str, terms:
     await conn.execute(FIELD_LENGTH_SQL[field], (len(terms), document_id))
 
 
-async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any]) -> None:
+async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any], *,
+                       document_id: str | None = None) -> None:
+    """`document_id` marks a tagging job: the relay counts it in flight until that document is final."""
     await conn.execute(
-        "INSERT INTO documents.outbox (tenant_id, event_type, message_id, payload) "
-        "VALUES (public.app_tenant_id(), %s, %s, %s)",
-        (event_type, message_id, json.dumps(payload, ensure_ascii=False)))
+        "INSERT INTO documents.outbox (tenant_id, event_type, message_id, payload, document_id) "
+        "VALUES (public.app_tenant_id(), %s, %s, %s, %s)",
+        (event_type, message_id, json.dumps(payload, ensure_ascii=False), document_id))
 
 
 async def get_document(conn: DictConnection, document_id: str, *, for_update: bool = False,

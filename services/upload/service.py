@@ -14,15 +14,15 @@ from typing import Any
 from services.common import audit
 from services.common.amqp import DOCUMENT_UPLOADED, QUOTA_WARNING, message_id
 from services.common.auth import Principal
-from services.common.blobstore import BlobStore, BlobTooLarge
+from services.common.blobstore import BlobStore, BlobTooLarge, IncomingBlob
 from services.common.context import current_request_id
 from services.common.db import Database, DictConnection
 from services.common.errors import ProblemError
 from services.common.korean import analyze
-from services.common.multipart import MultipartError, MultipartUpload
+from services.common.multipart import FileEnd, FileStart, MultipartError, MultipartUpload
 
 from . import repository as repo
-from .file_types import UnsupportedFile, check_signature, clean_filename, file_type_for
+from .file_types import FileType, UnsupportedFile, check_signature, clean_filename, file_type_for
 from .settings import UploadSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,79 @@ class UploadResult:
     document: dict[str, Any]
     duplicate: bool
     quota: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """One file of a bulk upload: what it produced, or the problem that refused it (nothing stored)."""
+
+    filename: str | None
+    result: UploadResult | None = None
+    problem: ProblemError | None = None
+
+
+@dataclass(frozen=True)
+class BulkUploadResult:
+    """A request with several files: one outcome per file part, in body order (the files past the
+    per-request cap share one last outcome, `files_not_stored` of them)."""
+
+    outcomes: list[FileOutcome]
+    files: int  # file parts in the request, those past the cap included
+
+
+class _IncomingFile:
+    """A file part being streamed: its blob, first bytes and type, or the problem that refused it.
+
+    After a problem the rest of the part is read and dropped, so the next file parts still count."""
+
+    def __init__(self, filename: str | None, title_part: str | None) -> None:
+        self.filename = filename
+        self.title_part = title_part
+        self.file_type: FileType | None = None
+        self.blob: IncomingBlob | None = None
+        self.head = b""
+        self.problem: ProblemError | None = None
+        self.recorded = False
+        self.committed = False
+
+    async def write(self, piece: bytes) -> None:
+        if self.problem is not None or self.blob is None:
+            return
+        if len(self.head) < 8192:
+            self.head += piece[: 8192 - len(self.head)]
+        try:
+            await asyncio.to_thread(self.blob.write, piece)
+        except BlobTooLarge as exc:
+            self.problem = ProblemError(413, f"the file is larger than the upload limit of {exc.limit} bytes",
+                                        field="file", extra={"max_bytes": exc.limit})
+            await self.discard()
+
+    async def finish(self) -> None:
+        """The part ended: checks size and signature, then flushes the blob to disk."""
+        if self.problem is not None or self.blob is None or self.file_type is None:
+            return
+        if self.blob.size == 0:
+            self.problem = ProblemError(422, "the file is empty", field="file")
+        else:
+            try:
+                check_signature(self.file_type, self.head)
+            except UnsupportedFile as exc:
+                self.problem = ProblemError(415, str(exc), field="file")
+        if self.problem is not None:
+            await self.discard()
+            return
+        await asyncio.to_thread(self.blob.finish)
+
+    async def discard(self) -> None:
+        if self.blob is not None:
+            blob, self.blob = self.blob, None
+            await asyncio.to_thread(blob.discard)
+
+
+async def _discard(*files: _IncomingFile | None) -> None:
+    for incoming in files:
+        if incoming is not None and not incoming.recorded:
+            await incoming.discard()
 
 
 @dataclass(frozen=True)
@@ -127,55 +200,123 @@ class DocumentService:
 
     # -- upload ----------------------------------------------------------------
     async def upload(self, principal: Principal, content_type: str | None, body: AsyncIterator[bytes], *,
-                     allow_duplicate: bool = False) -> UploadResult:
-        """Streams the multipart body to the blob store, then records the document atomically.
+                     allow_duplicate: bool = False) -> UploadResult | BulkUploadResult:
+        """Streams the multipart body to the blob store, then records each file atomically.
+
+        One `file` part answers as it always did (an `UploadResult`, or a ProblemError for the
+        whole request). Several `file` parts make a bulk upload (`BulkUploadResult`): each file is
+        streamed, checked and committed on its own as soon as the next file part begins or the
+        body ends, so a refused file costs nothing (no blob, row or quota) and does not undo the
+        files before it; a `title` part applies to the file part after it. Only one file is held
+        at a time (its blob on disk); files past `max_files_per_request` are read and discarded.
 
         Bytes the tenant already has (same SHA-256, a document not `failed`) answer with that
         document, charge nothing and queue nothing, unless `allow_duplicate` asks for a copy."""
         try:
-            form = MultipartUpload(content_type)
+            form = MultipartUpload(content_type, multiple_files=True)
         except MultipartError as exc:
             raise ProblemError(415 if exc.field == "Content-Type" else 400, str(exc), field=exc.field) from None
-        incoming = self.blobs.begin(max_bytes=self.settings.max_upload_bytes)
-        committed = False
+        cap = self.settings.max_files_per_request
+        outcomes: builtins.list[FileOutcome] = []
+        current: _IncomingFile | None = None  # the file part being streamed
+        # The last file part that ended, not recorded yet: whether the request is a single upload
+        # (title anywhere in the body, problems answer the request) is known only at the next file part.
+        ended: _IncomingFile | None = None
+        title_before: str | None = None  # a `title` part seen since the last file part began
+        over_cap, over_cap_name = 0, None
         try:
-            file_type, head = None, b""
             async for chunk in body:
-                for piece in form.feed(chunk):
-                    if file_type is None:
-                        file_type = self._file_type(form.filename)
-                    if len(head) < 8192:
-                        head += piece[: 8192 - len(head)]
-                    await asyncio.to_thread(incoming.write, piece)
+                for event in form.feed_events(chunk):
+                    if isinstance(event, bytes):
+                        if current is not None:
+                            await current.write(event)
+                    elif isinstance(event, FileStart):
+                        if ended is not None:  # a second file: bulk, the previous one is recorded now
+                            outcomes.append(await self._record_file(principal, ended, ended.title_part,
+                                                                    allow_duplicate=allow_duplicate))
+                            ended = None
+                        if form.files_seen > cap:
+                            over_cap += 1
+                            over_cap_name = over_cap_name or event.filename
+                        else:
+                            current = self._begin_file(event.filename, title_before)
+                        title_before = None
+                    elif isinstance(event, FileEnd):
+                        if current is not None:
+                            await current.finish()
+                        ended, current = current, None
+                    elif event.name == "title":
+                        title_before = event.value
             form.finish()
-            if not form.file_seen:
-                raise ProblemError(422, "a file is required in the multipart field 'file'", field="file")
-            file_type = file_type or self._file_type(form.filename)
-            if incoming.size == 0:
-                raise ProblemError(422, "the file is empty", field="file")
-            try:
-                check_signature(file_type, head)
-            except UnsupportedFile as exc:
-                raise ProblemError(415, str(exc), field="file") from None
-            await asyncio.to_thread(incoming.finish)
-            filename = clean_filename(form.filename)
-            title = self._title(form.fields.get("title"), filename)
-            title_terms = await asyncio.to_thread(analyze, title)
-            result = await self._record_upload(principal, incoming, filename, title, file_type.content_type,
-                                               title_terms, allow_duplicate=allow_duplicate)
-            # A duplicate's bytes are stored already: the incoming copy is discarded below.
-            committed = not result.duplicate
-            return result
-        except BlobTooLarge as exc:
-            raise ProblemError(413, f"the file is larger than the upload limit of {exc.limit} bytes", field="file",
-                               extra={"max_bytes": exc.limit}) from None
         except MultipartError as exc:
-            raise ProblemError(400, str(exc), field=exc.field) from None
-        finally:
-            if not committed:
-                await asyncio.to_thread(incoming.discard)
+            await _discard(current, ended)
+            problem = ProblemError(400, str(exc), field=exc.field)
+            if not outcomes:  # nothing stored: the request as a whole is refused, as before
+                raise problem from None
+            broken = current or ended
+            outcomes.append(FileOutcome(broken.filename if broken else None, problem=problem))
+            return BulkUploadResult(outcomes, form.files_seen)
+        except BaseException:  # a client that went away, a database error: no blob stays behind
+            await _discard(current, ended)
+            raise
+        if not form.file_seen:
+            raise ProblemError(422, "a file is required in the multipart field 'file'", field="file")
+        if form.files_seen == 1:
+            assert ended is not None  # form.finish() checked that the body (and so the part) ended
+            outcome = await self._record_file(principal, ended, form.fields.get("title"),
+                                              allow_duplicate=allow_duplicate)
+            if outcome.problem is not None:
+                raise outcome.problem
+            assert outcome.result is not None
+            return outcome.result
+        if ended is not None:
+            if title_before is not None and ended.problem is None:
+                ended.problem = ProblemError(
+                    422, "in an upload of several files a title part must come before its file part", field="title")
+            outcomes.append(await self._record_file(principal, ended, ended.title_part,
+                                                    allow_duplicate=allow_duplicate))
+        if over_cap:
+            outcomes.append(FileOutcome(over_cap_name, problem=ProblemError(
+                413, f"at most {cap} files are stored per request: this file and the {over_cap - 1} after it were "
+                f"not stored; send them in another request", field="file", slug="too-many-files",
+                extra={"max_files": cap, "files_not_stored": over_cap})))
+        return BulkUploadResult(outcomes, form.files_seen)
 
-    def _file_type(self, filename: str | None):  # type: ignore[no-untyped-def]
+    def _begin_file(self, filename: str | None, title_part: str | None) -> _IncomingFile:
+        incoming = _IncomingFile(filename, title_part)
+        try:
+            incoming.file_type = self._file_type(filename)
+        except ProblemError as exc:
+            incoming.problem = exc  # its bytes are read and dropped
+        else:
+            incoming.blob = self.blobs.begin(max_bytes=self.settings.max_upload_bytes)
+        return incoming
+
+    async def _record_file(self, principal: Principal, incoming: _IncomingFile, raw_title: str | None, *,
+                           allow_duplicate: bool) -> FileOutcome:
+        """Records one complete file, or says why not; its blob is committed or discarded either way."""
+        incoming.recorded = True
+        try:
+            if incoming.problem is not None:
+                return FileOutcome(incoming.filename, problem=incoming.problem)
+            assert incoming.blob is not None and incoming.file_type is not None
+            filename = clean_filename(incoming.filename)
+            try:
+                title = self._title(raw_title, filename)
+                title_terms = await asyncio.to_thread(analyze, title)
+                result = await self._record_upload(principal, incoming.blob, filename, title,
+                                                   incoming.file_type.content_type, title_terms,
+                                                   allow_duplicate=allow_duplicate)
+            except ProblemError as exc:
+                return FileOutcome(incoming.filename, problem=exc)
+            # A duplicate's bytes are stored already: the incoming copy is discarded below.
+            incoming.committed = not result.duplicate
+            return FileOutcome(incoming.filename, result=result)
+        finally:
+            if not incoming.committed:
+                await incoming.discard()
+
+    def _file_type(self, filename: str | None) -> FileType:
         name = clean_filename(filename)
         if not name:
             raise ProblemError(422, "the file part needs a file name (filename=...)", field="file")
@@ -193,7 +334,7 @@ class DocumentService:
             raise ProblemError(422, "the title contains control characters", field="title")
         return title
 
-    async def _record_upload(self, principal: Principal, incoming: Any, filename: str, title: str,
+    async def _record_upload(self, principal: Principal, incoming: IncomingBlob, filename: str, title: str,
                              content_type: str, title_terms: list[str], *, allow_duplicate: bool) -> UploadResult:
         size, sha = incoming.size, incoming.sha256
         doc_id = str(uuid.uuid4())
@@ -229,7 +370,7 @@ class DocumentService:
                 "filename": filename, "content_type": content_type, "size_bytes": size,
                 "uploaded_at": _iso(row["created_at"]), "request_id": current_request_id(),
             }
-            await repo.insert_outbox(conn, DOCUMENT_UPLOADED, message_id(doc_id, sha), payload)
+            await repo.insert_outbox(conn, DOCUMENT_UPLOADED, message_id(doc_id, sha), payload, document_id=doc_id)
             await self._audit(conn, principal, audit.DOCUMENT_UPLOADED, doc_id,
                               {"filename": filename, "size_bytes": size, "sha256": sha})
             await self._track_quota_warning(conn, principal.tenant_id, usage, document_id=doc_id)
@@ -465,6 +606,8 @@ class DocumentService:
                 details={"error": error[:2000]} if outcome == "failed" else
                 {"tags": [{"tag": t["tag"], "score": t["score"], "model_version": t.get("model_version")}
                           for t in (tags or [])], "pii": pii or {}} if outcome == "tagged" else {})
+        if outcome in repo.FINAL_STATUSES:
+            self.on_outbox_write()  # the job's tenant has a free dispatch slot: the relay publishes its next job
         return outcome, True
 
     # -- audit log ----------------------------------------------------------------

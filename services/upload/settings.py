@@ -20,6 +20,8 @@ class UploadSettings(CommonSettings):
 
     blob_dir: Path | None = None
     max_upload_bytes: int = 100 * 1024 * 1024
+    # Files stored from one multipart request (bulk upload); later files answer 413 `too-many-files`.
+    max_files_per_request: int = Field(default=100, ge=1, le=10_000)
     max_title_chars: int = 300
     # Extracted text kept for search and display; longer text is cut (and says so in the log).
     max_text_chars: int = 5_000_000
@@ -35,6 +37,11 @@ class UploadSettings(CommonSettings):
     relay_enabled: bool = True
     relay_poll_seconds: float = 1.0
     relay_batch_size: int = 100
+    # Fair dispatch (relay.py): tagging jobs of one tenant published and not finished at most. At least
+    # workers x prefetch, so one tenant alone keeps every worker busy; 8 = 2 x (2 workers x prefetch 2).
+    relay_tenant_max_in_flight: int = Field(default=8, ge=1)
+    # A job still unfinished this long (dead-lettered, lost) stops holding its tenant's slot.
+    relay_in_flight_timeout_seconds: float = Field(default=900.0, gt=0)
 
     @property
     def blob_root(self) -> Path:

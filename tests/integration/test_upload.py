@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -96,15 +97,19 @@ async def test_upload_queues_document_and_publishes_event(settings, tenants, mak
         assert doc["sha256"] == hashlib.sha256(data).hexdigest() and doc["size_bytes"] == len(data)
         assert resp.headers["location"] == f"/api/v1/documents/{doc['id']}"
 
+        # The session's queue may still hold other tests' jobs: wait for this upload's own message.
+        expected_id = message_id(doc["id"], doc["sha256"])
         message = None
-        for _ in range(50):
-            message = await jobs.get(no_ack=True, fail=False)
-            if message:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            got = await jobs.get(no_ack=True, fail=False)
+            if got is not None and got.message_id == expected_id:
+                message = got
                 break
-            await asyncio.sleep(0.1)
+            if got is None:
+                await asyncio.sleep(0.1)  # poll interval
         assert message is not None, "the outbox relay did not publish the upload"
         body = json.loads(message.body)
-        assert message.message_id == message_id(doc["id"], doc["sha256"])
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
         assert body["document_id"] == doc["id"] and body["tenant_id"] == tenant_a
         await connection.close()
