@@ -30,6 +30,7 @@ from services.common.pb import (
     model_serving_pb2_grpc,
 )
 
+from .extractors import Extracted, ExtractionError
 from .job import Job
 from .metrics import GRPC_RETRIES
 from .settings import WorkerSettings
@@ -107,10 +108,21 @@ class DocumentsClient:
 
     async def record(self, job: Job, outcome: documents_pb2.TaggingOutcome, *, text: str = "",
                      tags: list[documents_pb2.Tag] | None = None, error: str = "",
-                     pii_counts: dict[str, int] | None = None) -> documents_pb2.RecordTaggingResultResponse:
+                     pii_counts: dict[str, int] | None = None,
+                     extraction: Extracted | ExtractionError | None = None,
+                     ) -> documents_pb2.RecordTaggingResultResponse:
+        """Reports the job's outcome; `pii_counts` the personal data found per kind (tagged only);
+        `extraction` adds what the extractor learnt about the file (a failed extraction knows the
+        format and extractor once the format was decided)."""
         request = documents_pb2.RecordTaggingResultRequest(
             tenant_id=job.tenant_id, document_id=job.document_id, content_sha256=job.sha256,
             outcome=outcome, text=text, tags=tags or [], error=error[:1000], pii_counts=pii_counts or {})
+        if extraction is not None:
+            request.detected_format = extraction.format or ""
+            request.extractor = extraction.extractor or ""
+        if isinstance(extraction, Extracted):
+            request.page_count = extraction.pages or 0
+            request.section_count = extraction.sections or 0
         return await self._retrier.call("RecordTaggingResult", lambda: self._stub.RecordTaggingResult(
             request, timeout=self._settings.documents_timeout_seconds, metadata=grpc_metadata()))
 

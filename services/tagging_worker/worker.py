@@ -1,8 +1,9 @@
 """The job consumer: one `document.uploaded` message → text + tags recorded with upload.
 
 Per job: RecordTaggingResult(PROCESSING) → ReadContent → extract (child process)
-→ Predict → personal-data counts (services.common.pii) → RecordTaggingResult(TAGGED | FAILED)
-→ ack. The message is acked only after upload confirmed the final write, so a crash anywhere means redelivery, and
+→ Predict → personal-data counts (services.common.pii) → RecordTaggingResult(TAGGED | FAILED,
+with the extraction metadata: format, extractor, page/section count) → ack. The message is acked only
+after upload confirmed the final write, so a crash anywhere means redelivery, and
 every step is idempotent on upload's side (same content version → same state).
 
 Failure handling:
@@ -51,7 +52,7 @@ from .clients import (
     Retrier,
     describe_error,
 )
-from .extractors import ExtractionError, Limits
+from .extractors import Extracted, ExtractionError, Limits
 from .extractors.isolated import IsolatedExtractor
 from .job import (
     DEFERRALS_HEADER,
@@ -301,34 +302,36 @@ class TaggingWorker:
             log.info("the document has newer content; this job is stale", extra={"document_id": job.document_id})
             return "skipped"
 
-        text = await self._extract(job, content)
-        if isinstance(text, ExtractionError):
-            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=text.reason)
+        extracted = await self._extract(job, content)
+        if isinstance(extracted, ExtractionError):
+            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=extracted.reason,
+                                        extraction=extracted)
             return "failed"
-        if not text.strip():
-            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=NO_TEXT)
+        if not extracted.text.strip():
+            await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=NO_TEXT, extraction=extracted)
             return "failed"
 
-        prediction = await self.model.predict(text, job.tenant_id)
+        prediction = await self.model.predict(extracted.text, job.tenant_id)
         tags = [documents_pb2.Tag(tag=label, score=score, source="model", model_name=prediction.model,
                                   model_version=prediction.version) for label, score in prediction.tags]
         # Counts only (never the values) travel with the result; a thread keeps long texts off the loop.
-        pii_counts = await asyncio.to_thread(count_pii, text)
+        pii_counts = await asyncio.to_thread(count_pii, extracted.text)
         if pii_counts:
             log.info("personal data found", extra={"document_id": job.document_id, "pii": pii_counts})
-        await self.documents.record(job, Outcome.TAGGING_OUTCOME_TAGGED, text=text, tags=tags, pii_counts=pii_counts)
+        await self.documents.record(job, Outcome.TAGGING_OUTCOME_TAGGED, text=extracted.text, tags=tags,
+                                    pii_counts=pii_counts, extraction=extracted)
         return "tagged"
 
-    async def _extract(self, job: Job, content: Content) -> str | ExtractionError:
+    async def _extract(self, job: Job, content: Content) -> Extracted | ExtractionError:
         start = time.perf_counter()
         try:
-            text = await self.extractor.extract(content.data, content.filename, content.content_type)
+            extracted = await self.extractor.extract(content.data, content.filename, content.content_type)
         except ExtractionError as exc:
             EXTRACTION_DURATION.labels("error").observe(time.perf_counter() - start)
             log.info("text extraction failed", extra={"document_id": job.document_id, "reason": exc.reason})
             return exc
         EXTRACTION_DURATION.labels("ok").observe(time.perf_counter() - start)
-        return text
+        return extracted
 
 
 def _expected(exc: BaseException) -> bool:

@@ -11,7 +11,7 @@ from services.common.context import tenant_id_var
 from services.common.pb import documents_pb2 as pb
 from services.common.pb import documents_pb2_grpc as pb_grpc
 
-from .service import DocumentNotFound, DocumentService, StaleVersion
+from .service import DocumentNotFound, DocumentService, Extraction, StaleVersion
 
 # A kind is a short snake_case name (services/common/pii.py KINDS); unknown kinds are kept, so a
 # newer worker's kinds are stored before upload knows them.
@@ -31,6 +31,16 @@ async def _ids(request, context: grpc.aio.ServicerContext) -> tuple[str, str]:  
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id and document_id must be UUIDs")
     tenant_id_var.set(tenant_id)
     return tenant_id, document_id
+
+
+async def _extraction(request, context: grpc.aio.ServicerContext) -> Extraction:  # type: ignore[no-untyped-def]
+    """The request's extraction fields ("" and 0 mean not known → None), checked."""
+    if len(request.detected_format) > 20 or len(request.extractor) > 200:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "detected_format or extractor is too long")
+    if request.page_count < 0 or request.section_count < 0:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_count and section_count cannot be negative")
+    return Extraction(format=request.detected_format or None, extractor=request.extractor or None,
+                      pages=request.page_count or None, sections=request.section_count or None)
 
 
 class DocumentsServicer(pb_grpc.DocumentsServicer):
@@ -75,10 +85,11 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
                 pii[kind] = int(count)
         if outcome == "failed" and not request.error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a failed outcome needs an error reason")
+        extraction = await _extraction(request, context)
         try:
             status, applied = await self.service.record_result(
                 tenant_id, document_id, request.content_sha256, outcome, text=request.text, tags=tags,
-                error=request.error, pii=pii)
+                error=request.error, pii=pii, extraction=extraction)
         except DocumentNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
         except StaleVersion as exc:

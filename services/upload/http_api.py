@@ -153,7 +153,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
                                                pii=pii)
         return {"items": items, "next_cursor": encode_cursor(next_key) if next_key else None}
 
-    @router.get("/documents/{document_id}", summary="One document with its status and tags")
+    @router.get("/documents/{document_id}", summary="One document with its status, tags and extraction metadata")
     async def get_document(document_id: str, principal: Auth) -> dict[str, Any]:
         try:
             return await service.get(principal.tenant_id, _document_id(document_id))

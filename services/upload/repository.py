@@ -11,7 +11,8 @@ from typing import Any
 from services.common.db import DictConnection
 
 DOC_COLUMNS = ("id, tenant_id, title, filename, content_type, size_bytes, sha256, status, error, "
-               "created_at, updated_at, processed_at, pii, deleted_at, deleted_by")
+               "created_at, updated_at, processed_at, pii, deleted_at, deleted_by, "
+               "detected_format, extractor, page_count, section_count")
 STATUSES = ("queued", "processing", "tagged", "failed")
 FINAL_STATUSES = ("tagged", "failed")
 
@@ -295,6 +296,14 @@ async def set_status(conn: DictConnection, document_id: str, status: str, error:
         "UPDATE documents.documents SET status = %s, error = %s, updated_at = now(), "
         "processed_at = CASE WHEN %s THEN now() ELSE processed_at END WHERE id = %s",
         (status, error, final, document_id))
+
+
+async def set_extraction(conn: DictConnection, document_id: str, *, detected_format: str | None,
+                         extractor: str | None, page_count: int | None, section_count: int | None) -> None:
+    """What the worker's extractor reported about the file (None: not known)."""
+    await conn.execute(
+        "UPDATE documents.documents SET detected_format = %s, extractor = %s, page_count = %s, section_count = %s "
+        "WHERE id = %s", (detected_format, extractor, page_count, section_count, document_id))
 
 
 async def store_tagging_result(conn: DictConnection, document_id: str, text: str, tags: list[dict[str, Any]], *,

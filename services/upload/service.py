@@ -141,6 +141,16 @@ class TextPage:
         return end if end < self.total_chars else None
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """What the tagging worker's extractor reported about a document's file; None: not known."""
+
+    format: str | None = None       # the format it was read as: "pdf", "hwp", "txt" ...
+    extractor: str | None = None    # module and library version: "pdf/pypdfium2 5.15.2"
+    pages: int | None = None        # PDF pages
+    sections: int | None = None     # HWP/HWPX sections
+
+
 def quota_summary(quota_bytes: int, used_bytes: int, warning_percent: int) -> dict[str, Any]:
     """The API shape of a quota: `warning` once usage reaches warning_percent of it (never for a
     quota of 0 bytes, which holds nothing and whose uploads are refused with their own message)."""
@@ -168,6 +178,7 @@ def public_document(row: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str
         # Personal data found in the extracted text (matches per kind) and whether there is any.
         "pii": dict(row["pii"]),
         "has_pii": bool(row["pii"]),
+        "extraction": _extraction(row),
     }
 
 
@@ -184,6 +195,13 @@ def public_audit_entry(row: dict[str, Any]) -> dict[str, Any]:
         "request_id": row["request_id"],
         "details": row["details"],
     }
+
+
+def _extraction(row: dict[str, Any]) -> dict[str, Any] | None:
+    """{"format", "extractor", "pages", "sections"}, or None while nothing is known (not processed yet)."""
+    values = {"format": row["detected_format"], "extractor": row["extractor"], "pages": row["page_count"],
+              "sections": row["section_count"]}
+    return values if any(v is not None for v in values.values()) else None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -563,9 +581,12 @@ class DocumentService:
     # -- tagging results (gRPC) ------------------------------------------------
     async def record_result(self, tenant_id: str, document_id: str, sha: str, outcome: str, *, text: str = "",
                             tags: builtins.list[dict[str, Any]] | None = None, error: str = "",
-                            pii: dict[str, int] | None = None) -> tuple[str, bool]:
+                            pii: dict[str, int] | None = None,
+                            extraction: Extraction | None = None) -> tuple[str, bool]:
         """Applies a worker's report; returns (status after, whether anything changed). Idempotent.
-        `pii`: personal-data matches per kind in the text (tagged only), stored with it."""
+
+        `pii`: personal-data matches per kind in the text (tagged only), stored with it; `extraction`
+        is stored with a tagged or failed outcome (a processing one ignores it)."""
         title_terms: list[str] = []
         text_terms: list[str] = []
         if outcome == "tagged" and len(text) > self.settings.max_text_chars:
@@ -598,6 +619,10 @@ class DocumentService:
                                                 title_terms=title_terms, text_terms=text_terms, pii=pii)
             else:
                 await repo.set_status(conn, document_id, "failed", error[:2000] or "processing failed")
+            if outcome != "processing" and extraction is not None:
+                await repo.set_extraction(conn, document_id, detected_format=extraction.format,
+                                          extractor=extraction.extractor, page_count=extraction.pages,
+                                          section_count=extraction.sections)
             action = {"processing": audit.DOCUMENT_PROCESSING, "tagged": audit.DOCUMENT_TAGGED,
                       "failed": audit.DOCUMENT_FAILED}[outcome]
             await audit.record(

@@ -19,6 +19,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ class StoredDocument:
     error: str = ""
     text: str = ""
     tags: list[documents_pb2.Tag] = field(default_factory=list)
+    # (detected_format, extractor, page_count, section_count) of the final RecordTaggingResult
+    extraction: tuple[str, str, int, int] = ("", "", 0, 0)
 
     @property
     def sha256(self) -> str:
@@ -118,6 +121,8 @@ class ControlledDocuments(documents_pb2_grpc.DocumentsServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not the current content version")
         if doc.status in ("tagged", "failed"):
             return documents_pb2.RecordTaggingResultResponse(status=doc.status, applied=False)
+        if request.outcome in (Outcome.TAGGING_OUTCOME_TAGGED, Outcome.TAGGING_OUTCOME_FAILED):
+            doc.extraction = (request.detected_format, request.extractor, request.page_count, request.section_count)
         if request.outcome == Outcome.TAGGING_OUTCOME_PROCESSING:
             applied = doc.status != "processing"
             doc.status = "processing"
@@ -296,6 +301,7 @@ async def test_job_is_tagged_then_acked(worker, peers, broker) -> None:
     await wait_idle(worker)
     doc = docs.docs[doc_id]
     assert doc.text == KOREAN
+    assert doc.extraction == ("txt", "text", 0, 0)
     assert [(t.tag, round(t.score, 2), t.source, t.model_name, t.model_version) for t in doc.tags] == [
         ("행정", 0.9, "model", "kobert-doctag", "3"), ("예산", 0.6, "model", "kobert-doctag", "3")]
     assert [(m, o) for m, _, o in docs.calls] == [
@@ -361,6 +367,9 @@ async def test_hwp_and_hwpx_documents_are_tagged_or_fail_with_their_reason(worke
     await wait_for(lambda: all(docs.docs[d].status in ("tagged", "failed") for d in ids), "the documents to be final")
     assert [docs.docs[d].status for d in ids] == ["tagged", "tagged", "failed"]
     assert "encrypted (password-protected)" in docs.docs[ids[2]].error
+    olefile = f"hwp/olefile {version('olefile')}"
+    assert [docs.docs[d].extraction for d in ids] == [
+        ("hwp", olefile, 0, 1), ("hwpx", f"hwpx/lxml {version('lxml')}", 0, 1), ("hwp", olefile, 0, 0)]
     assert sorted(text[:9] for text in peers.model.texts) == ["'어썸킴' 김하성", "강남세움복지관 공"]
 
 
@@ -376,6 +385,8 @@ async def test_document_without_text_fails(worker, peers, broker) -> None:
                    "the documents to be failed")
     assert docs.docs[scan_id].error == NO_TEXT_LAYER
     assert docs.docs[blank_id].error == "no text could be extracted"
+    assert docs.docs[scan_id].extraction == ("pdf", f"pdf/pypdfium2 {version('pypdfium2')}", 0, 0)
+    assert docs.docs[blank_id].extraction == ("txt", "text", 0, 0)
 
 
 async def test_model_unavailable_for_a_while_is_retried(worker, peers, broker) -> None:

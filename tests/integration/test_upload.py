@@ -323,6 +323,40 @@ async def test_grpc_documents_flow_is_idempotent(settings, tenants, make_token) 
         assert [d["id"] for d in tagged["items"]] == [doc["id"]]
 
 
+async def test_extraction_metadata_is_stored_and_returned(settings, tenants, make_token) -> None:
+    """RecordTaggingResult's extractor, detected_format, page_count and section_count (0 / "": not
+    known) are stored with a tagged or failed outcome and returned as the document's `extraction`."""
+    token = make_token(tenants[0])
+    async with running(settings) as (client, stub, _components):
+        tagged = (await upload(client, token, "보고서.txt", "정부 예산 보고서".encode())).json()
+        failed = (await upload(client, token, "암호.txt", "암호가 걸린 파일".encode())).json()
+        assert tagged["extraction"] is None
+
+        def record(doc, outcome, **kw):  # type: ignore[no-untyped-def]
+            return stub.RecordTaggingResult(pb.RecordTaggingResultRequest(
+                tenant_id=tenants[0], document_id=doc["id"], content_sha256=doc["sha256"], outcome=outcome, **kw),
+                timeout=30)
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await record(tagged, pb.TAGGING_OUTCOME_TAGGED, text="x", page_count=-1)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        await record(tagged, pb.TAGGING_OUTCOME_PROCESSING, detected_format="pdf")  # ignored: not final
+        assert (await client.get(f"/api/v1/documents/{tagged['id']}", headers=auth(token))).json()["extraction"] is None
+        await record(tagged, pb.TAGGING_OUTCOME_TAGGED, text="정부 예산 보고서", detected_format="pdf",
+                     extractor="pdf/pypdfium2 5.15.2", page_count=68)
+        await record(failed, pb.TAGGING_OUTCOME_FAILED, error="the PDF file is encrypted", detected_format="pdf",
+                     extractor="pdf/pypdfium2 5.15.2")
+
+        got = (await client.get(f"/api/v1/documents/{tagged['id']}", headers=auth(token))).json()
+        assert got["status"] == "tagged"
+        assert got["extraction"] == {"format": "pdf", "extractor": "pdf/pypdfium2 5.15.2", "pages": 68,
+                                     "sections": None}
+        listed = (await client.get("/api/v1/documents", headers=auth(token))).json()["items"]
+        assert {d["id"]: d["extraction"] for d in listed} == {
+            tagged["id"]: got["extraction"],
+            failed["id"]: {"format": "pdf", "extractor": "pdf/pypdfium2 5.15.2", "pages": None, "sections": None}}
+
+
 async def test_rls_hides_rows_without_tenant(settings, tenants, make_token, test_db_name) -> None:
     token = make_token(tenants[0])
     async with running(settings) as (client, _, _components):

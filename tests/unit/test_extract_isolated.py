@@ -3,43 +3,50 @@ from __future__ import annotations
 
 import os
 import time
+from importlib.metadata import version
 
 import pytest
 
-from services.tagging_worker.extractors import ExtractionError, Limits
+from services.tagging_worker.extractors import Extracted, ExtractionError, Limits
 from services.tagging_worker.extractors.isolated import TIMED_OUT, IsolatedExtractor
 from tests.conftest import SAMPLES
 
 BIG_PDF = SAMPLES / "pdf" / "odl__제안요청서(수정)_230524 (1).pdf"
 
 
-def crash_on_purpose(data: bytes, filename: str, content_type: str, limits: Limits) -> str:
+def _plain(data: bytes) -> Extracted:
+    """What the stand-in parsers below return: the bytes as text."""
+    return Extracted(text=data.decode(), format="txt", extractor="test", pages=None, sections=None)
+
+
+def crash_on_purpose(data: bytes, filename: str, content_type: str, limits: Limits) -> Extracted:
     """Stands in for a parser that takes the interpreter down (segfault, abort)."""
     if data == b"crash":
         os._exit(70)
-    return data.decode()
+    return _plain(data)
 
 
 async def test_text_and_errors_come_back_from_the_child() -> None:
     extractor = IsolatedExtractor(Limits(), timeout=30)
     try:
-        assert await extractor.extract("한글 문서\r\n".encode("cp949"), "a.txt", "text/plain") == "한글 문서"
+        assert (await extractor.extract("한글 문서\r\n".encode("cp949"), "a.txt", "text/plain")).text == "한글 문서"
         page = "<p>보도<script>x()</script>자료</p>".encode("euc-kr")
-        assert await extractor.extract(page, "a.html", "text/html") == "보도자료"
+        assert await extractor.extract(page, "a.html", "text/html") == Extracted(
+            text="보도자료", format="html", extractor=f"html/lxml {version('lxml')}", pages=None, sections=None)
         with pytest.raises(ExtractionError) as err:
             await extractor.extract(b"", "a.pdf", "application/pdf")
-        assert err.value.reason == "the file is empty"
+        assert (err.value.reason, err.value.format, err.value.extractor) == ("the file is empty", None, None)
         assert extractor.restarts == 0  # an extraction error does not cost the process
     finally:
         extractor.close()
 
 
-def hang_on_purpose(data: bytes, filename: str, content_type: str, limits: Limits) -> str:
+def hang_on_purpose(data: bytes, filename: str, content_type: str, limits: Limits) -> Extracted:
     """Stands in for a parser stuck on a pathological file (the real PDFs now take 0.1 s, too
     little to overrun a time limit reliably)."""
     if data == b"hang":
         time.sleep(60)
-    return data.decode()
+    return _plain(data)
 
 
 async def test_overrunning_extraction_times_out_and_the_next_file_works() -> None:
@@ -56,7 +63,7 @@ async def test_overrunning_extraction_times_out_and_the_next_file_works() -> Non
         # The replacement child still has to start and import the parsers: give it room, so a
         # busy machine cannot turn "the next file works" into a second time-out.
         extractor.timeout = 30
-        assert await extractor.extract("다음 파일".encode(), "b.txt", "") == "다음 파일"
+        assert (await extractor.extract("다음 파일".encode(), "b.txt", "")).text == "다음 파일"
     finally:
         extractor.close()
 
@@ -67,16 +74,16 @@ async def test_crashing_parser_is_reported_and_replaced() -> None:
         with pytest.raises(ExtractionError) as err:
             await extractor.extract(b"crash", "a.txt", "")
         assert "crashed" in err.value.reason and "70" in err.value.reason
-        assert await extractor.extract(b"fine", "a.txt", "") == "fine"
+        assert (await extractor.extract(b"fine", "a.txt", "")).text == "fine"
     finally:
         extractor.close()
 
 
-def allocate_a_lot(data: bytes, filename: str, content_type: str, limits: Limits) -> str:
+def allocate_a_lot(data: bytes, filename: str, content_type: str, limits: Limits) -> Extracted:
     """Stands in for a parser that blows up in memory on a hostile file."""
     if data == b"big":
-        return str(len(bytearray(4 * 1024 * 1024 * 1024)))
-    return data.decode()
+        return _plain(bytes(bytearray(4 * 1024 * 1024 * 1024)))
+    return _plain(data)
 
 
 async def test_memory_limit_turns_runaway_parsing_into_a_readable_failure() -> None:
@@ -85,7 +92,7 @@ async def test_memory_limit_turns_runaway_parsing_into_a_readable_failure() -> N
         with pytest.raises(ExtractionError) as err:
             await extractor.extract(b"big", "a.txt", "")
         assert "out of memory" in err.value.reason
-        assert await extractor.extract(b"small", "a.txt", "") == "small"
+        assert (await extractor.extract(b"small", "a.txt", "")).text == "small"
     finally:
         extractor.close()
 
@@ -96,8 +103,10 @@ async def test_default_memory_limit_leaves_room_for_real_documents() -> None:
 
     extractor = IsolatedExtractor(Limits(), timeout=60, memory_limit_mb=WorkerSettings().extract_memory_limit_mb)
     try:
-        text = await extractor.extract(BIG_PDF.read_bytes(), BIG_PDF.name, "application/pdf")
-        assert "온나라 웹기안기" in text
+        extracted = await extractor.extract(BIG_PDF.read_bytes(), BIG_PDF.name, "application/pdf")
+        assert "온나라 웹기안기" in extracted.text
+        assert (extracted.format, extracted.extractor, extracted.pages, extracted.sections) == (
+            "pdf", f"pdf/pypdfium2 {version('pypdfium2')}", 68, None)
     finally:
         extractor.close()
 
@@ -108,10 +117,10 @@ async def test_child_ignores_sigterm_sent_to_the_process_group() -> None:
 
     extractor = IsolatedExtractor(Limits(), timeout=30)
     try:
-        assert await extractor.extract(b"one", "a.txt", "") == "one"
+        assert (await extractor.extract(b"one", "a.txt", "")).text == "one"
         os.kill(extractor._process.pid, signal.SIGTERM)
         time.sleep(0.2)
-        assert await extractor.extract(b"two", "a.txt", "") == "two"
+        assert (await extractor.extract(b"two", "a.txt", "")).text == "two"
         assert extractor.restarts == 0
     finally:
         extractor.close()
@@ -135,17 +144,20 @@ async def test_hwp_and_hwpx_through_the_child_with_the_default_limits() -> None:
         archive.writestr("Contents/section0.xml", b"<a>" + b" " * 100_000_000 + b"</a>")
     try:
         distribution = SAMPLES / "hwp" / "hwplib__distribution.hwp"
-        text = await extractor.extract(distribution.read_bytes(), distribution.name, "application/x-hwp")
-        assert text.startswith("강남세움복지관 공고")
+        extracted = await extractor.extract(distribution.read_bytes(), distribution.name, "application/x-hwp")
+        assert extracted.text.startswith("강남세움복지관 공고")
+        assert (extracted.format, extracted.sections, extracted.pages) == ("hwp", 1, None)
         with pytest.raises(ExtractionError) as err:
             password = SAMPLES / "hwp" / "pyhwp__password-12345.hwp"
             await extractor.extract(password.read_bytes(), password.name, "application/x-hwp")
         assert "encrypted (password-protected)" in err.value.reason
+        assert (err.value.format, err.value.extractor) == ("hwp", f"hwp/olefile {version('olefile')}")
         with pytest.raises(ExtractionError) as err:
             await extractor.extract(bomb.getvalue(), "bomb.hwpx", "application/hwp+zip")
         assert "compression bomb" in err.value.reason
         hwpx = SAMPLES / "hwpx" / "hwpxlib__textextractor__multipara.hwpx"
-        assert "김하성" in await extractor.extract(hwpx.read_bytes(), hwpx.name, "")
+        extracted = await extractor.extract(hwpx.read_bytes(), hwpx.name, "")
+        assert "김하성" in extracted.text and (extracted.format, extracted.sections) == ("hwpx", 1)
         assert extractor.restarts == 0
     finally:
         extractor.close()
@@ -185,12 +197,12 @@ async def test_hostile_pdfs_come_back_as_text_or_reasons_without_killing_the_chi
     extractor = IsolatedExtractor(Limits(), timeout=60, memory_limit_mb=WorkerSettings().extract_memory_limit_mb)
     try:
         hostile = _hostile_pdfs()
-        assert await extractor.extract(hostile["deep"], "deep.pdf", "application/pdf") == "deep"
+        assert (await extractor.extract(hostile["deep"], "deep.pdf", "application/pdf")).text == "deep"
         for name in ("truncated", "loop"):
             with pytest.raises(ExtractionError) as err:
                 await extractor.extract(hostile[name], f"{name}.pdf", "application/pdf")
             assert err.value.reason.startswith("the PDF file is damaged: ")
         assert extractor.restarts == 0
-        assert await extractor.extract("다음 파일".encode(), "b.txt", "") == "다음 파일"
+        assert (await extractor.extract("다음 파일".encode(), "b.txt", "")).text == "다음 파일"
     finally:
         extractor.close()

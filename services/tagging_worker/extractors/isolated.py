@@ -5,6 +5,9 @@ the interpreter. The worker therefore hands each file to one long-lived child
 process (started with "spawn": forking a process that runs gRPC threads is
 unsafe) and waits at most `timeout` seconds. A child that overruns is killed and
 a fresh one is started for the next file; one that dies is replaced the same way.
+
+Results cross the pipe as plain values: ("ok", `Extracted.to_dict()`) or ("error", {"reason",
+"format", "extractor"}).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from . import extract_text
+from . import Extracted, extract_document
 from .errors import ExtractionError
 from .limits import Limits
 
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 
 TIMED_OUT = "text extraction timed out"
 
-Extract = Callable[[bytes, str, str, Limits], str]
+Extract = Callable[[bytes, str, str, Limits], Extracted]
 
 
 def _child_main(conn: Connection, extract: Extract, memory_limit_mb: int) -> None:
@@ -52,15 +55,15 @@ def _child_main(conn: Connection, extract: Extract, memory_limit_mb: int) -> Non
         except (EOFError, OSError):
             return
         try:
-            result: tuple[str, str] = ("ok", extract(data, filename, content_type, limits))
+            result: tuple[str, dict[str, Any]] = ("ok", extract(data, filename, content_type, limits).to_dict())
         except ExtractionError as exc:
-            result = ("error", exc.reason)
+            result = ("error", {"reason": exc.reason, "format": exc.format, "extractor": exc.extractor})
         except MemoryError:
-            result = ("error", "the file is too large or complex to extract text from (out of memory)")
+            result = _error("the file is too large or complex to extract text from (out of memory)")
         except RecursionError:
-            result = ("error", "the file is too deeply nested to extract text from")
+            result = _error("the file is too deeply nested to extract text from")
         except Exception as exc:  # noqa: BLE001 - report, never die on one file
-            result = ("error", f"text extraction failed: {exc.__class__.__name__}: {exc}"[:400])
+            result = _error(f"text extraction failed: {exc.__class__.__name__}: {exc}"[:400])
         del data
         try:
             conn.send(result)
@@ -68,11 +71,15 @@ def _child_main(conn: Connection, extract: Extract, memory_limit_mb: int) -> Non
             return
 
 
+def _error(reason: str) -> tuple[str, dict[str, Any]]:
+    return "error", {"reason": reason, "format": None, "extractor": None}
+
+
 class IsolatedExtractor:
-    """`await extractor.extract(data, filename, content_type)` → text, or ExtractionError."""
+    """`await extractor.extract(data, filename, content_type)` → `Extracted`, or ExtractionError."""
 
     def __init__(self, limits: Limits, timeout: float, *, memory_limit_mb: int = 0,
-                 extract: Extract = extract_text) -> None:
+                 extract: Extract = extract_document) -> None:
         self.limits = limits
         self.timeout = timeout
         self.memory_limit_mb = memory_limit_mb
@@ -84,11 +91,11 @@ class IsolatedExtractor:
         self._thread_lock = threading.Lock()
         self.restarts = 0
 
-    async def extract(self, data: bytes, filename: str, content_type: str) -> str:
+    async def extract(self, data: bytes, filename: str, content_type: str) -> Extracted:
         async with self._lock:  # one file at a time per child process
             return await asyncio.to_thread(self._run, data, filename, content_type)
 
-    def _run(self, data: bytes, filename: str, content_type: str) -> str:
+    def _run(self, data: bytes, filename: str, content_type: str) -> Extracted:
         with self._thread_lock:
             conn = self._ensure_child()
             try:
@@ -105,8 +112,8 @@ class IsolatedExtractor:
                 raise ExtractionError(
                     f"text extraction failed: the parser crashed on this file (exit code {exitcode})") from exc
         if status == "ok":
-            return str(value)
-        raise ExtractionError(str(value))
+            return Extracted.from_dict(value)
+        raise ExtractionError(str(value["reason"]), format=value["format"], extractor=value["extractor"])
 
     def _ensure_child(self) -> Connection:
         if self._process is not None and self._process.is_alive() and self._conn is not None:

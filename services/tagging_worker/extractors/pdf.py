@@ -14,6 +14,7 @@ platform has no OCR, and saying so is more useful than an empty document.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -34,13 +35,23 @@ _LOAD_ERRORS = {
 }
 
 
+@dataclass(frozen=True)
+class PdfText:
+    text: str             # pages separated by a blank line (not yet normalised)
+    pages: int            # pages in the file (also those beyond `limits.max_pages`, which are not read)
+
+
 def extract_pdf(data: bytes, limits: Limits) -> str:
-    """The text of the first `limits.max_pages` pages, pages separated by a blank line."""
+    return read_pdf(data, limits).text
+
+
+def read_pdf(data: bytes, limits: Limits) -> PdfText:
+    """The text of the first `limits.max_pages` pages and the file's page count."""
     if not data:
         raise ExtractionError("the file is empty")
     document = _open(data)  # PDFium reads `data` in place: it stays referenced until the document is closed
     try:
-        return _read_pages(document, limits)
+        return PdfText(text=_read_pages(document, limits), pages=len(document))
     finally:
         document.close()
 
