@@ -17,7 +17,7 @@ from services.common.roles import ROLES
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
-DEFAULT_QUOTA_BYTES = 10 * 1024**3
+DEFAULT_QUOTA_BYTES = 100 * 1024**3   # 100 GiB per department unless set (the seed design's default)
 
 
 class AdminError(Exception):

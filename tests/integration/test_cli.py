@@ -57,3 +57,14 @@ def test_clear_errors(cli, capsys) -> None:  # type: ignore[no-untyped-def]
     assert "--password-stdin" in capsys.readouterr().err
     assert cli("user", "create", slug, "lee", "--password-stdin", stdin="short\n") == 1
     assert "at least 8" in capsys.readouterr().err
+
+
+def test_a_new_department_gets_the_default_quota_of_100_gib(admin_dsn: str) -> None:
+    from services.cli import admin
+
+    slug = f"dq-{uuid.uuid4().hex[:6]}"
+    admin.create_tenant(admin_dsn, slug, "기본 할당 부서", None)
+    with psycopg.connect(admin_dsn) as conn:
+        row = conn.execute("SELECT q.quota_bytes FROM documents.quotas q JOIN identity.tenants t "
+                           "ON t.id = q.tenant_id WHERE t.slug = %s", (slug,)).fetchone()
+    assert row is not None and row[0] == 100 * 1024**3
