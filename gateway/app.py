@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
+from services.common import audit
 from services.common.auth import ensure_keypair
 from services.common.context import current_request_id, tenant_id_var
 from services.common.db import Database
@@ -110,6 +111,20 @@ def build_app(settings: GatewaySettings, config: KongConfig) -> FastAPI:
     app.state.proxy = proxy
     app.include_router(token_router(issuer))
 
+    async def record_denial(auth: Authenticated, request: Request, match: RouteMatch) -> None:
+        """Appends `access.denied` to the caller's tenant's audit log. Best effort, like logins: a
+        failure to write it is logged as an error and the caller still gets the 403."""
+        principal = auth.principal
+        try:
+            async with db.tenant_transaction(principal.tenant_id) as conn:
+                await audit.record(conn, action=audit.ACCESS_DENIED, outcome=audit.DENIED,
+                                   actor_id=principal.user_id, actor_name=principal.username or None,
+                                   request_id=current_request_id(),
+                                   details={"method": request.method, "path": request.url.path,
+                                            "route": match.entry.route.name, "roles": list(principal.roles)})
+        except Exception:
+            log.exception("could not record the refused request in the audit log")
+
     async def run_plugins(request: Request, match: RouteMatch) -> ForwardedRequest:
         plugins = match.entry.plugins
         extra: list[tuple[str, str]] = []
@@ -133,7 +148,12 @@ def build_app(settings: GatewaySettings, config: KongConfig) -> FastAPI:
         acl_config = plugins.get("acl")
         if acl_config is not None:
             groups = list(auth.principal.roles) if auth else None
-            acl.enforce(groups, acl_config)
+            try:
+                acl.enforce(groups, acl_config)
+            except ProblemError as exc:
+                if exc.status == 403 and auth is not None:
+                    await record_denial(auth, request, match)
+                raise
             if groups is not None and not acl_config.hide_groups_header:
                 extra.append(("X-Consumer-Groups", ", ".join(groups)))
 

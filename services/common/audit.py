@@ -28,8 +28,9 @@ DOCUMENT_TAGGED: Final = "document.tagged"
 DOCUMENT_FAILED: Final = "document.failed"
 AUDIT_READ: Final = "audit.read"                   # recorded when denied
 AUTH_LOGIN: Final = "auth.login"
+ACCESS_DENIED: Final = "access.denied"             # the gateway's acl refused the caller's roles (403)
 ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
-                  DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, AUDIT_READ, AUTH_LOGIN)
+                  DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, AUDIT_READ, AUTH_LOGIN, ACCESS_DENIED)
 
 # Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.
 SYSTEM_ACTOR: Final = "system"

@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from services.common.auth import ensure_keypair, sign_token
+from tests.conftest import create_tenant
 
 from .test_gateway_support import (
     ServerThread,
@@ -290,6 +292,23 @@ def test_role_not_allowed_is_403(client: httpx.Client, make_token) -> None:  # t
     # The admin route's own ACL (route scope wins over global) needs tenant_admin.
     user = {"Authorization": f"Bearer {make_token(TENANT, roles=('user',))}"}
     assert_problem(client.get("/api/v1/documents/admin/stats", headers=user), 403)
+
+
+def test_refused_roles_are_recorded_in_the_audit_log(client: httpx.Client, make_token,  # type: ignore[no-untyped-def]
+                                                     admin_dsn: str) -> None:
+    """A 403 from the gateway's acl is an `access.denied` entry of the caller's department."""
+    tenant = create_tenant(admin_dsn, f"acl-{uuid.uuid4().hex[:6]}")
+    user_id = str(uuid.uuid4())
+    headers = {"Authorization": f"Bearer {make_token(tenant, roles=('user',), user_id=user_id, username='lee')}",
+               "X-Request-ID": "acl-denied-1"}
+    assert_problem(client.get("/api/v1/documents/admin/stats", headers=headers), 403)
+    with psycopg.connect(admin_dsn) as conn:
+        rows = conn.execute("SELECT actor_id, actor_name, outcome, request_id, details FROM documents.audit_log "
+                            "WHERE tenant_id = %s AND action = 'access.denied'", (tenant,)).fetchall()
+    assert len(rows) == 1
+    actor_id, actor_name, outcome, request_id, details = rows[0]
+    assert (str(actor_id), actor_name, outcome, request_id) == (user_id, "lee", "denied", "acl-denied-1")
+    assert details["path"] == "/api/v1/documents/admin/stats" and details["roles"] == ["user"]
 
 
 def test_operational_endpoints(client: httpx.Client, auth: dict[str, str]) -> None:
