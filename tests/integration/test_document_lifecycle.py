@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import psycopg
@@ -17,7 +16,7 @@ from services.search import engine, query
 from services.search.settings import SearchSettings
 from services.upload.purge import PurgeJob
 from services.upload.settings import UploadSettings
-from tests.conftest import AMQP_URL, DB_HOST, DB_PORT, create_tenant
+from tests.conftest import DB_HOST, DB_PORT, create_tenant
 
 from .test_upload import KOREAN_TEXT, auth, record_tagged, running, upload
 
@@ -25,12 +24,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(test_db_name: str, amqp_prefix: str, key_dir: Path, tmp_path: Path) -> UploadSettings:
+def settings(upload_settings: UploadSettings) -> UploadSettings:
     """As test_upload's; the purge job runs only when a test calls it."""
-    return UploadSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=test_db_name, amqp_url=AMQP_URL,
-                          amqp_prefix=amqp_prefix, jwt_public_key_file=key_dir / "jwt_public.pem",
-                          blob_dir=tmp_path / "blobs", max_upload_bytes=1024 * 1024, relay_poll_seconds=0.2,
-                          purge_enabled=False)
+    return upload_settings.model_copy(update={"purge_enabled": False})
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -25,7 +24,7 @@ from services.tagging_worker.worker import TaggingWorker
 from services.upload.app import UploadComponents, build_http_app
 from services.upload.grpc_api import DocumentsServicer
 from services.upload.settings import UploadSettings
-from tests.conftest import AMQP_URL, DB_HOST, DB_PORT, create_tenant
+from tests.conftest import AMQP_URL, create_tenant
 from tests.integration.test_tagging_worker import ControlledModel
 
 pytestmark = pytest.mark.integration
@@ -37,10 +36,8 @@ WITHOUT_PII = "2027년 예산안 보도자료: 주문번호 2024011512345678, �
 
 
 @pytest.fixture
-def settings(test_db_name: str, amqp_prefix: str, key_dir: Path, tmp_path: Path) -> UploadSettings:
-    return UploadSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=test_db_name, amqp_url=AMQP_URL,
-                          amqp_prefix=amqp_prefix, jwt_public_key_file=key_dir / "jwt_public.pem",
-                          blob_dir=tmp_path / "blobs", max_upload_bytes=1024 * 1024, relay_poll_seconds=0.2)
+def settings(upload_settings: UploadSettings) -> UploadSettings:
+    return upload_settings
 
 
 @asynccontextmanager

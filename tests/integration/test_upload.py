@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import aio_pika
 import grpc
@@ -30,10 +29,8 @@ KOREAN_TEXT = "정부는 내년 예산을 12조 원 늘리기로 했다. 지방�
 
 
 @pytest.fixture
-def settings(test_db_name: str, amqp_prefix: str, key_dir: Path, tmp_path: Path) -> UploadSettings:
-    return UploadSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=test_db_name, amqp_url=AMQP_URL,
-                          amqp_prefix=amqp_prefix, jwt_public_key_file=key_dir / "jwt_public.pem",
-                          blob_dir=tmp_path / "blobs", max_upload_bytes=1024 * 1024, relay_poll_seconds=0.2)
+def settings(upload_settings: UploadSettings) -> UploadSettings:
+    return upload_settings
 
 
 @asynccontextmanager
