@@ -42,7 +42,7 @@ def _run(settings: Any, action: Callable[[Any], Awaitable[T]]) -> T:
         try:
             try:
                 await db.ping()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any failure to connect is the operator's to read
                 raise AdminError(f"cannot reach the database {settings.db_name} at "
                                  f"{settings.db_host}:{settings.db_port}: {exc}") from None
             return await action(ModelRegistry(db, _registry_settings().store_path))
