@@ -12,8 +12,9 @@ import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK_SIZE = 256 * 1024
 
@@ -32,8 +33,8 @@ class IncomingBlob:
     tmp_path: Path
     max_bytes: int | None
     size: int = 0
-    _hash: hashlib._Hash | None = None
-    _fh: object = None
+    _hash: hashlib._Hash = field(init=False, repr=False)
+    _fh: BinaryIO = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._hash = hashlib.sha256()
@@ -43,18 +44,17 @@ class IncomingBlob:
         self.size += len(data)
         if self.max_bytes is not None and self.size > self.max_bytes:
             raise BlobTooLarge(self.max_bytes)
-        self._hash.update(data)  # type: ignore[union-attr]
-        self._fh.write(data)  # type: ignore[attr-defined]
+        self._hash.update(data)
+        self._fh.write(data)
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()  # type: ignore[union-attr]
+        return self._hash.hexdigest()
 
     def finish(self) -> None:
-        fh = self._fh
-        fh.flush()  # type: ignore[attr-defined]
-        os.fsync(fh.fileno())  # type: ignore[attr-defined]
-        fh.close()  # type: ignore[attr-defined]
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
 
     def commit(self, tenant_id: str) -> Path:
         """Moves the finished blob to its content address (keeps an existing identical blob)."""
@@ -65,8 +65,8 @@ class IncomingBlob:
 
     def discard(self) -> None:
         try:
-            if not self._fh.closed:  # type: ignore[attr-defined]
-                self._fh.close()  # type: ignore[attr-defined]
+            if not self._fh.closed:
+                self._fh.close()
         finally:
             self.tmp_path.unlink(missing_ok=True)
 
