@@ -140,8 +140,7 @@ async def _index(admin_dsn: str, tenant: str, corpus: list[CorpusDoc]) -> dict[s
                     "id": doc_id, "title": doc.title, "filename": f"{doc.id}.txt", "content_type": "text/plain",
                     "size_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
                     "title_terms": title_terms, "created_by": None})
-                await repo.store_tagging_result(conn, doc_id, doc.text, [],
-                                                title_terms=title_terms, text_terms=text_terms)
+                await repo.store_tagging_result(conn, doc_id, doc.text, [], text_terms=text_terms)
             ids[doc_id] = doc.id
     finally:
         await db.close()
@@ -184,10 +183,8 @@ def evaluate(admin_dsn: str, corpus: list[CorpusDoc], queries: list[tuple[str, s
 
     slug = f"search-eval-{uuid.uuid4().hex[:8]}"
     admin.create_tenant(admin_dsn, slug, "search evaluation", None)
-    with psycopg.connect(admin_dsn) as conn:
-        row = conn.execute("SELECT id FROM identity.tenants WHERE slug = %s", (slug,)).fetchone()
-    assert row is not None  # created just above
-    tenant = str(row[0])
+    with admin._connect(admin_dsn) as conn:
+        tenant = admin._tenant_id(conn, slug)
     try:
         ids = asyncio.run(_index(admin_dsn, tenant, corpus))
         runs = asyncio.run(_run_queries(tenant, queries, ids))
@@ -214,46 +211,53 @@ REINDEX_BATCH = 100
 
 
 async def reindex(admin_dsn: str, tenant_slug: str | None = None, *, only_missing: bool = False) -> dict[str, int]:
-    """Re-analyses every document (title and extracted text) of one tenant or all tenants and
-    rewrites its postings: after migration 0004 (documents uploaded before it have none), or
-    after the analyser changed. Batches of REINDEX_BATCH documents, one transaction each, in
-    the document's tenant (the same repository function upload uses). `only_missing`: only
-    documents without any posting (what `doctag stack up` does after an upgrade)."""
+    """Re-analyses documents (title and extracted text) of one tenant or all tenants and rewrites
+    their postings: after an analyser change, or with `only_missing` the documents never indexed
+    (`indexed_at IS NULL`: stored before migration 0004; what `doctag stack up` runs).
+
+    Two phases per document, as tagging does: the text is read and analysed outside any
+    transaction, then written in a short one that locks the row and skips the document when its
+    text changed meanwhile (a tagging result wrote fresher postings)."""
     from services.common.db import Database
     from services.common.korean import analyze
     from services.upload import repository as repo
 
-    with psycopg.connect(admin_dsn) as conn:
+    from . import admin
+
+    missing = " AND indexed_at IS NULL" if only_missing else ""
+    with admin._connect(admin_dsn) as conn:
         if tenant_slug:
-            rows = conn.execute("SELECT id FROM identity.tenants WHERE slug = %s", (tenant_slug,)).fetchall()
-            if not rows:
-                raise AdminError(f"no tenant {tenant_slug}")
-        else:
-            rows = conn.execute("SELECT DISTINCT tenant_id FROM documents.documents ORDER BY 1").fetchall()
-    tenants = [str(r[0]) for r in rows]
+            tenants = [admin._tenant_id(conn, tenant_slug)]
+        else:  # with only_missing: a probe of the partial index documents_not_indexed
+            rows = conn.execute("SELECT DISTINCT tenant_id FROM documents.documents "
+                                f"WHERE true{missing} ORDER BY 1").fetchall()
+            tenants = [str(r["tenant_id"]) for r in rows]
     done: dict[str, int] = {}
     db = Database(admin_dsn, max_size=1)
     await db.open()
     try:
         for tenant in tenants:
-            after = "00000000-0000-0000-0000-000000000000"
-            count = 0
+            after, count = "00000000-0000-0000-0000-000000000000", 0
             while True:
                 async with db.tenant_transaction(tenant) as conn:
+                    # The admin role is not subject to row-level security: filter the tenant explicitly.
                     batch = await (await conn.execute(
-                        "SELECT d.id, d.title, d.text_content FROM documents.documents d "
-                        "WHERE d.tenant_id = %s AND d.id > %s AND (NOT %s OR NOT EXISTS "
-                        "(SELECT 1 FROM documents.document_terms t WHERE t.document_id = d.id)) "
-                        "ORDER BY d.id LIMIT %s",
-                        (tenant, after, only_missing, REINDEX_BATCH))).fetchall()
-                    for doc in batch:
-                        title_terms = await asyncio.to_thread(analyze, doc["title"])
-                        text_terms = await asyncio.to_thread(analyze, doc["text_content"] or "")
-                        await repo.index_field(conn, str(doc["id"]), "title", title_terms)
-                        await repo.index_field(conn, str(doc["id"]), "text", text_terms)
+                        "SELECT id, title, text_content FROM documents.documents "
+                        f"WHERE tenant_id = %s AND id > %s{missing} ORDER BY id LIMIT %s",
+                        (tenant, after, REINDEX_BATCH))).fetchall()
                 if not batch:
                     break
-                count += len(batch)
+                for doc in batch:
+                    title_terms = await asyncio.to_thread(analyze, doc["title"])
+                    text_terms = await asyncio.to_thread(analyze, doc["text_content"] or "")
+                    async with db.tenant_transaction(tenant) as conn:
+                        current = await (await conn.execute(
+                            "SELECT text_content FROM documents.documents WHERE id = %s AND tenant_id = %s "
+                            "FOR NO KEY UPDATE", (doc["id"], tenant))).fetchone()
+                        if current is None or current["text_content"] != doc["text_content"]:
+                            continue   # purged, or tagged meanwhile: its postings are fresher
+                        await repo.reindex_document(conn, str(doc["id"]), title_terms, text_terms)
+                        count += 1
                 after = str(batch[-1]["id"])
             done[tenant] = count
     finally:

@@ -151,7 +151,7 @@ def _is_code(raw: str) -> bool:
 def _code_terms(raw: str, start: int, end: int) -> list[Morpheme]:
     low = raw.lower()
     whole = _CODE_JOINERS.sub("", low)
-    out = [Morpheme(whole, start, end)] if len(whole) <= MAX_TERM_CHARS else []
+    out = [Morpheme(whole, start, end)]
     for part in dict.fromkeys(_CODE_PARTS.findall(low)):
         if part != whole and len(part) >= MIN_CODE_PART_CHARS:
             out.append(Morpheme(part, start, end))
@@ -164,9 +164,7 @@ def _compounds(run: list[Morpheme]) -> list[Morpheme]:
     for n in range(2, min(len(run), MAX_COMPOUND_PARTS) + 1):
         for i in range(len(run) - n + 1):
             parts = run[i:i + n]
-            term = "".join(p.term for p in parts)
-            if len(term) <= MAX_TERM_CHARS:
-                out.append(Morpheme(term, parts[0].start, parts[-1].end))
+            out.append(Morpheme("".join(p.term for p in parts), parts[0].start, parts[-1].end))
     return out
 
 
@@ -176,13 +174,15 @@ def _analyse_chunk(chunk: str, offset: int) -> list[Morpheme]:
         tokens = kiwi.tokenize(chunk)
     out: list[Morpheme] = []
     codes = [(m.start(), m.end()) for m in _CODE.finditer(chunk) if _is_code(m.group())]
+    in_codes = bytearray(len(chunk))  # 1 where a character belongs to a code
     for start, end in codes:
         out.extend(_code_terms(chunk[start:end], offset + start, offset + end))
+        in_codes[start:end] = b"\x01" * (end - start)
     run: list[Morpheme] = []  # adjacent nouns so far
     for i, tok in enumerate(tokens):
         start, end = tok.start, tok.start + tok.len
         # Inside a code the code's own terms stand for it.
-        in_code = any(cs < end and start < ce for cs, ce in codes)
+        in_code = any(in_codes[start:end])
         term = None if in_code or _lone_particle(chunk, start, end) else _term(tok.form, tok.tag)
         here = Morpheme(term, offset + start, offset + end) if term else None
         is_noun = here is not None and tok.tag.startswith(_NOUN_TAGS)
@@ -193,8 +193,7 @@ def _analyse_chunk(chunk: str, offset: int) -> list[Morpheme]:
             run = [here] if here is not None and is_noun else []
         if here is None:
             continue
-        if _indexable(here.term):
-            out.append(here)
+        out.append(here)
         if is_noun:
             parts = _compound_parts(here.term)
             exact = chunk[start:end].lower() == here.term
@@ -213,13 +212,15 @@ def _analyse_chunk(chunk: str, offset: int) -> list[Morpheme]:
 def morphemes(text: str) -> list[Morpheme]:
     """The terms of `text` with their offsets, ordered by position (duplicates kept).
 
-    The one analyser behind the index (upload) and queries and highlights (search)."""
+    The one analyser behind the index (upload) and queries and highlights (search). Every term,
+    whatever produced it (a token, a compound, a part, a code, a number with its unit), passes
+    the one filter `_indexable`: no stop word, no particle, none longer than MAX_TERM_CHARS."""
     if not text or not text.strip():
         return []
     out: list[Morpheme] = []
     offset = 0
     for chunk in _chunks(text):
-        out.extend(_analyse_chunk(chunk, offset))
+        out.extend(m for m in _analyse_chunk(chunk, offset) if _indexable(m.term))
         offset += len(chunk)
     out.sort(key=lambda m: (m.start, m.end))
     return out
@@ -229,7 +230,3 @@ def analyze(text: str) -> list[str]:
     """The terms of `text`, in order (duplicates kept)."""
     return [m.term for m in morphemes(text)]
 
-
-def search_terms(text: str) -> str:
-    """The terms of `text`, space-separated (kept in documents.search_terms for inspection)."""
-    return " ".join(analyze(text))

@@ -116,28 +116,27 @@ async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str
     """Inserts a queued document and indexes its title (`doc["title_terms"]`, the analyser's terms)."""
     row = await (await conn.execute(
         f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "
-        f"status, search_terms, created_by) VALUES (%(id)s, public.app_tenant_id(), %(title)s, %(filename)s, "
-        f"%(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(search_terms)s, %(created_by)s) "
-        f"RETURNING {DOC_COLUMNS}", {**doc, "search_terms": " ".join(doc["title_terms"])})).fetchone()
+        f"status, title_length, indexed_at, created_by) VALUES (%(id)s, public.app_tenant_id(), %(title)s, "
+        f"%(filename)s, %(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(title_length)s, now(), "
+        f"%(created_by)s) RETURNING {DOC_COLUMNS}", {**doc, "title_length": len(doc["title_terms"])})).fetchone()
     assert row is not None  # INSERT ... RETURNING returns the inserted row
-    await index_field(conn, doc["id"], "title", doc["title_terms"])
+    await write_postings(conn, doc["id"], "title", doc["title_terms"], replace=False)
     return row
 
 
 # ------------------------------------------------------------------ search index (BM25 postings)
 # One row per (document, field, term) with the term's frequency and the field's length; the
-# length also goes to documents.{title,text}_length, from which a trigger keeps the tenant's
-# totals (documents.search_stats). Written in the same transaction as the document.
+# length also goes to documents.{title,text}_length (set by the statement that writes the
+# document), from which a trigger keeps the tenant's totals (documents.search_stats). Written
+# in the same transaction as the document.
 
 DELETE_TERMS_SQL = "DELETE FROM documents.document_terms WHERE document_id = %s AND field = %s"
 INSERT_TERMS_SQL = (
     "INSERT INTO documents.document_terms (tenant_id, document_id, field, term, tf, field_length) "
     "SELECT public.app_tenant_id(), %s, %s, t.term, t.tf, %s FROM unnest(%s::text[], %s::int[]) AS t(term, tf)"
 )
-FIELD_LENGTH_SQL = {
-    "title": "UPDATE documents.documents SET title_length = %s WHERE id = %s",
-    "text": "UPDATE documents.documents SET text_length = %s WHERE id = %s",
-}
+REINDEXED_SQL = ("UPDATE documents.documents SET title_length = %s, text_length = %s, indexed_at = now() "
+                 "WHERE id = %s")
 
 
 def term_frequencies(terms: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -146,13 +145,22 @@ def term_frequencies(terms: Sequence[str]) -> tuple[list[str], list[int]]:
     return list(counts), list(counts.values())
 
 
-async def index_field(conn: DictConnection, document_id: str, field: str, terms: Sequence[str]) -> None:
-    """Replaces the document's postings for `field` ('title' or 'text') with `terms`."""
-    await conn.execute(DELETE_TERMS_SQL, (document_id, field))
+async def write_postings(conn: DictConnection, document_id: str, field: str, terms: Sequence[str], *,
+                         replace: bool) -> None:
+    """The document's postings for `field` ('title' or 'text'); `replace` removes the old ones first."""
+    if replace:
+        await conn.execute(DELETE_TERMS_SQL, (document_id, field))
     distinct, tfs = term_frequencies(terms)
     if distinct:
         await conn.execute(INSERT_TERMS_SQL, (document_id, field, len(terms), distinct, tfs))
-    await conn.execute(FIELD_LENGTH_SQL[field], (len(terms), document_id))
+
+
+async def reindex_document(conn: DictConnection, document_id: str, title_terms: Sequence[str],
+                           text_terms: Sequence[str]) -> None:
+    """Rewrites both fields' postings and lengths (`doctag search reindex`)."""
+    await write_postings(conn, document_id, "title", title_terms, replace=True)
+    await write_postings(conn, document_id, "text", text_terms, replace=True)
+    await conn.execute(REINDEXED_SQL, (len(title_terms), len(text_terms), document_id))
 
 
 async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any], *,
@@ -307,21 +315,22 @@ async def set_extraction(conn: DictConnection, document_id: str, *, detected_for
 
 
 async def store_tagging_result(conn: DictConnection, document_id: str, text: str, tags: list[dict[str, Any]], *,
-                               title_terms: Sequence[str], text_terms: Sequence[str],
-                               pii: dict[str, int] | None = None) -> None:
-    """Text, personal-data counts, search index (title again, so documents indexed before migration
-    0004 heal) and model tags."""
+                               text_terms: Sequence[str], pii: dict[str, int] | None = None) -> None:
+    """Text with its length in terms, personal-data counts, the text's postings (the title's were
+    written at upload) and the model's tags."""
     await conn.execute(
-        "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, search_terms = %s, "
-        "pii = %s, updated_at = now(), processed_at = now() WHERE id = %s",
-        (text, " ".join([*title_terms, *text_terms]), json.dumps(pii or {}), document_id))
-    await index_field(conn, document_id, "title", title_terms)
-    await index_field(conn, document_id, "text", text_terms)
+        "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, text_length = %s, "
+        "indexed_at = now(), pii = %s, updated_at = now(), processed_at = now() WHERE id = %s",
+        (text, len(text_terms), json.dumps(pii or {}), document_id))
+    await write_postings(conn, document_id, "text", text_terms, replace=True)
     await conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'model'",
                        (document_id,))
-    for t in tags:
+    if tags:
         await conn.execute(
             "INSERT INTO documents.document_tags "
             "(tenant_id, document_id, tag, score, source, model_name, model_version) "
-            "VALUES (public.app_tenant_id(), %s, %s, %s, 'model', %s, %s)",
-            (document_id, t["tag"], t["score"], t.get("model_name"), t.get("model_version")))
+            "SELECT public.app_tenant_id(), %s, t.tag, t.score, 'model', t.model_name, t.model_version "
+            "FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[]) "
+            "AS t(tag, score, model_name, model_version)",
+            (document_id, [t["tag"] for t in tags], [t["score"] for t in tags],
+             [t.get("model_name") for t in tags], [t.get("model_version") for t in tags]))

@@ -563,9 +563,12 @@ class DocumentService:
 
     async def _purge_locked(self, conn: DictConnection, tenant_id: str, row: dict[str, Any]) -> bool:
         """Deletes the locked row (text and tags with it) and frees its quota, in the caller's
-        transaction; the bytes are removed after commit. Returns whether a quota event was written."""
-        await repo.purge_document(conn, str(row["id"]))
+        transaction; the bytes are removed after commit. Returns whether a quota event was written.
+
+        The quota row is locked before the DELETE (whose trigger locks the tenant's search_stats row):
+        uploads take them in that order too, so the two never deadlock."""
         usage = await repo.release_quota(conn, row["size_bytes"])
+        await repo.purge_document(conn, str(row["id"]))
         # Usage can still be above the threshold after a purge when the quota was lowered.
         return usage is not None and await self._track_quota_warning(conn, tenant_id, usage, document_id=None)
 
@@ -587,7 +590,6 @@ class DocumentService:
 
         `pii`: personal-data matches per kind in the text (tagged only), stored with it; `extraction`
         is stored with a tagged or failed outcome (a processing one ignores it)."""
-        title_terms: list[str] = []
         text_terms: list[str] = []
         if outcome == "tagged" and len(text) > self.settings.max_text_chars:
             log.warning("extracted text cut", extra={"document_id": document_id, "chars": len(text)})
@@ -602,7 +604,6 @@ class DocumentService:
         if status in repo.FINAL_STATUSES or (outcome == "processing" and status == "processing"):
             return status, False
         if outcome == "tagged":
-            title_terms = await asyncio.to_thread(analyze, row["title"])
             text_terms = await asyncio.to_thread(analyze, text)
         async with self.db.tenant_transaction(tenant_id) as conn:
             row = await repo.get_document(conn, document_id, for_update=True, include_deleted=True)
@@ -615,8 +616,7 @@ class DocumentService:
             if outcome == "processing":
                 await repo.set_status(conn, document_id, "processing")
             elif outcome == "tagged":
-                await repo.store_tagging_result(conn, document_id, text, tags or [],
-                                                title_terms=title_terms, text_terms=text_terms, pii=pii)
+                await repo.store_tagging_result(conn, document_id, text, tags or [], text_terms=text_terms, pii=pii)
             else:
                 await repo.set_status(conn, document_id, "failed", error[:2000] or "processing failed")
             if outcome != "processing" and extraction is not None:

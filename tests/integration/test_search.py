@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.db import Database
 from services.common.grpc_utils import add_health, create_server, set_serving
-from services.common.korean import analyze, search_terms
+from services.common.korean import analyze
 from services.common.pb import search_pb2, search_pb2_grpc
 from services.search import engine, query
 from services.search.api import build_app
@@ -50,11 +50,10 @@ def _insert(conn: psycopg.Connection, tenant: str, title: str, text: str | None,
             tags: dict[str, float], status: str = "tagged") -> str:
     doc_id = str(uuid.uuid4())
     body = (text or "").encode()
-    terms = search_terms(title + "\n" + text) if text else search_terms(title)
     conn.execute(
         "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, status,"
-        " text_content, search_terms) VALUES (%s, %s, %s, %s, 'text/plain', %s, %s, %s, %s, %s)",
-        (doc_id, tenant, title, f"{title}.txt", len(body), hashlib.sha256(body).hexdigest(), status, text, terms),
+        " text_content) VALUES (%s, %s, %s, %s, 'text/plain', %s, %s, %s, %s)",
+        (doc_id, tenant, title, f"{title}.txt", len(body), hashlib.sha256(body).hexdigest(), status, text),
     )
     index_document(conn, tenant, doc_id, title, text)
     for tag, score in tags.items():

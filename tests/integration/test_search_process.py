@@ -19,7 +19,6 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.korean import search_terms
 from services.common.pb import search_pb2, search_pb2_grpc
 from tests.conftest import create_tenant
 from tests.search_index import index_document
@@ -56,8 +55,8 @@ def _insert_document(admin_dsn: str) -> tuple[str, str]:
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256,"
-            " status, text_content, search_terms) VALUES (%s, %s, %s, 'a.txt', 'text/plain', 1, %s, 'tagged', %s, %s)",
-            (doc_id, tenant, title, hashlib.sha256(b"x").hexdigest(), text, search_terms(title + "\n" + text)))
+            " status, text_content) VALUES (%s, %s, %s, 'a.txt', 'text/plain', 1, %s, 'tagged', %s)",
+            (doc_id, tenant, title, hashlib.sha256(b"x").hexdigest(), text))
         index_document(conn, tenant, doc_id, title, text)
     return tenant, doc_id
 
