@@ -7,6 +7,7 @@ then jwt (1450), request-size-limiting (951), acl (950).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ from .settings import GatewaySettings
 from .tokens import TokenIssuer, token_router
 
 log = logging.getLogger("gateway")
+DENIAL_AUDIT_TIMEOUT_S = 1.0
 
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -113,10 +115,12 @@ def build_app(settings: GatewaySettings, config: KongConfig) -> FastAPI:
 
     async def record_denial(auth: Authenticated, request: Request, match: RouteMatch) -> None:
         """Appends `access.denied` to the caller's tenant's audit log. Best effort, like logins: a
-        failure to write it is logged as an error and the caller still gets the 403."""
+        failure to write it is logged as an error and the caller still gets the 403, after at
+        most DENIAL_AUDIT_TIMEOUT_S (a slow database must not hold every refusal for the pool's
+        30 s connection timeout)."""
         principal = auth.principal
         try:
-            async with db.tenant_transaction(principal.tenant_id) as conn:
+            async with asyncio.timeout(DENIAL_AUDIT_TIMEOUT_S), db.tenant_transaction(principal.tenant_id) as conn:
                 await audit.record(conn, action=audit.ACCESS_DENIED, outcome=audit.DENIED,
                                    actor_id=principal.user_id, actor_name=principal.username or None,
                                    request_id=current_request_id(),

@@ -236,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "accepts_unknown_flags", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     settings = OpsSettings()
     try:
         args.func(settings, args)

@@ -93,5 +93,7 @@ def add_commands(model: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         from services.model_training.config import add_arguments
 
         add_arguments(tr)
+    else:  # its flags are unknown here: accept any, so that the command itself says what is missing
+        tr.set_defaults(accepts_unknown_flags=True)
     tr.add_argument("--register", action="store_true", help="register the result in the model registry")
     tr.set_defaults(func=cmd_train)

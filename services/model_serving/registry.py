@@ -132,7 +132,7 @@ class ModelRegistry:
         self.db = db
         self.store = Path(store)
         # (name, version) -> why its store copy cannot be served; found by check_store, cleared by register.
-        self.store_problems: dict[tuple[str, str], str] = {}
+        self.store_problems: dict[tuple[str, str], StoreCopyProblem] = {}
 
     # -- registration ----------------------------------------------------------------------
     async def register(self, name: str, source_dir: Path, created_by: str) -> Registered:
@@ -295,7 +295,7 @@ class ModelRegistry:
                 "WHERE model_name = %s AND (%s::text IS NULL OR alias = %s) ORDER BY id DESC", (name, alias, alias))
             return list(await cur.fetchall())
 
-    async def check_store(self) -> dict[tuple[str, str], str]:
+    async def check_store(self) -> dict[tuple[str, str], StoreCopyProblem]:
         """Checks the store copy of every registered version; logs an error for each unusable one.
 
         A version an alias points at (what is served without naming a number) is verified
@@ -310,16 +310,27 @@ class ModelRegistry:
                 "        AND a.version = v.version) AS aliased "
                 "FROM models.versions v ORDER BY v.model_name, v.version")
             rows = list(await cur.fetchall())
-        problems: dict[tuple[str, str], str] = {}
+        problems: dict[tuple[str, str], StoreCopyProblem] = {}
         for row in rows:
             name, version, directory = row["model_name"], str(row["version"]), self.store / row["artifact_path"]
             problem = await asyncio.to_thread(store_problem, directory, row["manifest_sha256"], full=row["aliased"])
             if problem is not None:
-                problems[(name, version)] = f"model {name} version {version} in {directory}: {problem}"
+                problems[(name, version)] = StoreCopyProblem(
+                    f"model {name} version {version} in {directory}: {problem}", directory,
+                    row["manifest_sha256"], row["aliased"])
                 log.error("registered model version is missing or damaged in the store",
                           extra={"model": name, "version": version, "path": str(directory), "error": problem})
         self.store_problems = problems
         return problems
+
+    async def unresolved_store_problems(self) -> list[StoreCopyProblem]:
+        """The recorded problems that still hold: each is checked again (only these versions), so a
+        copy restored by another process (`doctag model register`, another replica) is noticed."""
+        for key, problem in list(self.store_problems.items()):
+            if await asyncio.to_thread(store_problem, problem.directory, problem.manifest_sha256,
+                                       full=problem.aliased) is None:
+                self.store_problems.pop(key, None)
+        return list(self.store_problems.values())
 
     async def close(self) -> None:
         await self.db.close()
@@ -378,6 +389,16 @@ def _verify(directory: Path) -> tuple[dict[str, Any], str]:
         return read_verified_manifest(directory)
     except ModelIntegrityError as exc:
         raise ArtifactRefused(f"the version is refused: {exc}", field="artifact") from None
+
+
+@dataclass(frozen=True)
+class StoreCopyProblem:
+    """A registered version whose store copy cannot be served, and what is needed to check it again."""
+
+    message: str
+    directory: Path
+    manifest_sha256: str
+    aliased: bool   # an alias points at it: served without naming a number
 
 
 def store_problem(directory: Path, manifest_sha256: str, *, full: bool) -> str | None:
@@ -539,11 +560,12 @@ class RegistryConnection:
         return await self.registry.resolve(name or self.default_name or "", selector)
 
     async def ready_check(self) -> None:
-        """Readiness: fails while the database is unreachable or a version's store copy is unusable."""
+        """Readiness: fails while the database is unreachable or the store copy of a version an
+        alias points at is unusable (other unusable versions are logged; they fail when named)."""
         if not self.connected:
             raise RegistryUnavailable(f"not connected to the registry's database ({self.error}); retrying")
         await self.db.ping()
-        problems = list(self.registry.store_problems.values())
+        problems = [p.message for p in await self.registry.unresolved_store_problems() if p.aliased]
         if problems:
             more = f" (and {len(problems) - 1} more, see the log)" if len(problems) > 1 else ""
             raise StoreProblem(problems[0] + more)

@@ -57,7 +57,6 @@ class ModelServingSettings(CommonSettings):
         from .models.base import InferenceOptions
 
         return InferenceOptions(max_windows=self.max_windows, overlap=self.window_overlap,
-                                batch_max_windows=self.batch_max_windows, min_score=self.min_score,
                                 window_tokens=self.window_tokens, quantize=self.quantize, onnx=self.onnx,
                                 onnx_cache_dir=self.onnx_cache_dir or self.state_dir / "onnx-cache",
                                 threads=self.torch_threads)

@@ -74,7 +74,7 @@ def test_cli_on_a_serving_host_refuses_training_commands_clearly(serving_copy: P
     assert probe.returncode != 0, "the copy must not reach the checkout's training package"
     listed = _doctag(serving_copy, "model", "--help")
     assert listed.returncode == 0, listed.stderr[-3000:]
-    train = _doctag(serving_copy, "model", "train")
+    train = _doctag(serving_copy, "model", "train", "--data-dir", "d", "--out", "o")
     assert train.returncode == 1, train.stderr[-3000:]
     assert "needs the training code" in train.stderr
     evaluate = _doctag(serving_copy, "model", "eval", "--model", "x", "--data", "y")

@@ -25,8 +25,6 @@ class InferenceOptions:
 
     max_windows: int = 16      # windows per document at most, spread over the whole text
     overlap: int = 32          # tokens shared by consecutive windows
-    batch_max_windows: int = 16  # windows per forward pass at most (DOCTAG_BATCH_MAX_WINDOWS)
-    min_score: float = 0.05    # tags below this are dropped, except the best one
     window_tokens: int = 0     # window length with special tokens; 0 = the model's maximum
     quantize: bool = False     # dynamic int8 quantisation of nn.Linear: faster, but batch-dependent (batcher.py)
     onnx: bool = False         # e5-hybrid: run the encoder with ONNX Runtime (see onnx_encoder.py)

@@ -23,9 +23,6 @@ from .windowing import split_windows
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURE = "bert-sequence-classification"
-
-
 def encode_windows(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
