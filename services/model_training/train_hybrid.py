@@ -22,7 +22,7 @@
    1-2-grams | scale × embedding]. The embedding scale and class balancing are chosen on the
    selection split (fitted on the rest), and so is the softmax temperature (by log-loss);
    the chosen head is then refitted on all training data (fitting part + selection split).
-6. The artifact is written, loaded back through `inference.load_model` and measured with
+6. The artifact is written, loaded back through `models.loader.load_model` and measured with
    `evaluation.evaluate` — the serving inference path — on each untouched validation split;
    the numbers, with each branch alone, go into the manifest.
 
@@ -32,6 +32,7 @@ threaded-deterministic CPU kernels; liblinear seeded.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -334,7 +335,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def choose_temperature(scores: np.ndarray, gold: np.ndarray) -> float:
-    """The factor T minimising the validation log-loss of softmax(scores × T)."""
+    """The factor T minimising the log-loss of softmax(scores × T) on the split the scores are of."""
     best_t, best_loss = 1.0, float("inf")
     for t in np.geomspace(0.5, 50, 60):
         p = softmax(scores * t)
@@ -485,7 +486,7 @@ def choose_head(split: Split, emb_train: np.ndarray, labels: list[str], y_train:
     gold_sel = [split.train_items[i].label for i in split.select]
     datasets_sel = [split.dataset_of[i] for i in split.select]
     candidates: list[dict[str, Any]] = []
-    best: tuple[float, float, str | None, Any] | None = None
+    best: tuple[float, float, str | None, Any, dict[str, dict[str, float]]] | None = None
     for scale in cfg.emb_scales:
         for class_weight in (None, "balanced"):
             clf = fit_svm(Features.joined(lex_fit, emb_train[split.fit], scale), y_train[split.fit],
@@ -496,13 +497,12 @@ def choose_head(split: Split, emb_train: np.ndarray, labels: list[str], y_train:
             candidates.append({"emb_scale": scale, "class_weight": class_weight, "selection": report})
             log.info("head candidate", extra=candidates[-1])
             if best is None or score > best[0]:
-                best = (score, scale, class_weight, clf)
+                best = (score, scale, class_weight, clf, report)
     assert best is not None
-    _, scale, class_weight, clf = best
+    _, scale, class_weight, clf, report = best
     scores = clf.decision_function(Features.joined(lex_sel, emb_train[split.select], scale))
     temperature = choose_temperature(scores, y_train[split.select])
-    chosen = next(c for c in candidates if c["emb_scale"] == scale and c["class_weight"] == class_weight)
-    return HeadChoice(scale, class_weight, temperature, candidates, chosen["selection"])
+    return HeadChoice(scale, class_weight, temperature, candidates, report)
 
 
 def fit_final_head(split: Split, emb: dict[str, np.ndarray], labels: list[str], y_train: np.ndarray,
@@ -514,21 +514,15 @@ def fit_final_head(split: Split, emb: dict[str, np.ndarray], labels: list[str], 
     lex_train = features.lexical(texts)
     svm = fit_svm(Features.joined(lex_train, emb["train"], choice.emb_scale), y_train, cfg.svm_c, cfg.seed,
                   choice.class_weight)
-    val_lex = {name: features.lexical([x.text for x in d["val"]]) for name, d in split.by_dataset.items()}
-
-    def val_report(clf: Any, rows_of: Any) -> dict[str, dict[str, float]]:
-        result = {}
-        for name, d in split.by_dataset.items():
-            predicted = [labels[i] for i in clf.predict(rows_of(name))]
-            report = classification_report([x.label for x in d["val"]], predicted)
-            result[name] = {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
-        return result
-
+    val_items = [(name, x) for name, d in split.by_dataset.items() for x in d["val"]]
+    val_sets, val_gold = [name for name, _ in val_items], [x.label for _, x in val_items]
+    val_lex = features.lexical([x.text for _, x in val_items])
+    val_emb = np.vstack([emb[f"val-{name}"] for name in split.by_dataset])
     ablation = {
-        "lexical_only": val_report(fit_svm(lex_train, y_train, cfg.svm_c, cfg.seed, choice.class_weight),
-                                   lambda name: val_lex[name]),
-        "encoder_only": val_report(fit_svm(emb["train"], y_train, cfg.svm_c, cfg.seed, choice.class_weight),
-                                   lambda name: emb[f"val-{name}"]),
+        "lexical_only": macro_f1_by_dataset(fit_svm(lex_train, y_train, cfg.svm_c, cfg.seed, choice.class_weight),
+                                            val_lex, val_gold, val_sets, labels),
+        "encoder_only": macro_f1_by_dataset(fit_svm(emb["train"], y_train, cfg.svm_c, cfg.seed, choice.class_weight),
+                                            val_emb, val_gold, val_sets, labels),
     }
     return svm, features, ablation
 
@@ -588,8 +582,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
     # 5. the head: settings chosen on the selection split, then refitted on all training data
     choice = choose_head(split, emb["train"], labels, y_train, cfg)
     svm, features, ablation = fit_final_head(split, emb, labels, y_train, choice, cfg)
-    hybrid = HybridConfig(**{**plan.hybrid.as_dict(), "pool_layers": cfg.pool_layers,
-                             "temperature": choice.temperature})
+    hybrid = dataclasses.replace(plan.hybrid, temperature=choice.temperature)
 
     # 6. the artifact, then its numbers measured through the serving path on the untouched split
     staging = out.with_name(out.name + ".staging")
