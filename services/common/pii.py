@@ -53,6 +53,7 @@ masked there today; any future export of document text must go through `mask_pii
 """
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -277,13 +278,20 @@ _DETECTORS = (_registration_numbers, _cards, _phones, _bank_accounts, _emails)
 
 
 def find_pii(text: str) -> list[PiiMatch]:
-    """Every personal-data match in `text`, non-overlapping, in text order."""
+    """Every personal-data match in `text`, non-overlapping, in text order.
+
+    `taken` is kept sorted by start and never overlaps itself, so a new match can only overlap
+    its neighbours at the insertion point: linear work per match, not a scan of all of them."""
     taken: list[PiiMatch] = []
+    starts: list[int] = []
     for detector in _DETECTORS:
         for match in detector(text):
-            if not any(match.start < t.end and t.start < match.end for t in taken):
-                taken.append(match)
-    return sorted(taken, key=lambda m: m.start)
+            i = bisect.bisect_left(starts, match.start)
+            if (i > 0 and taken[i - 1].end > match.start) or (i < len(taken) and taken[i].start < match.end):
+                continue
+            taken.insert(i, match)
+            starts.insert(i, match.start)
+    return taken
 
 
 def count_pii(text: str) -> dict[str, int]:

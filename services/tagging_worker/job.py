@@ -62,13 +62,18 @@ def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
-def delivery_count(headers: dict[str, Any] | None) -> int:
-    """How often the broker delivered this message before (quorum queues set x-delivery-count)."""
-    value = (headers or {}).get("x-delivery-count", 0)
+def _header_count(headers: dict[str, Any] | None, name: str) -> int:
+    """A non-negative count from a message header (0 when absent or not a number)."""
+    value = (headers or {}).get(name, 0)
     try:
         return max(0, int(value))
     except (TypeError, ValueError):
         return 0
+
+
+def delivery_count(headers: dict[str, Any] | None) -> int:
+    """How often the broker delivered this message before (quorum queues set x-delivery-count)."""
+    return _header_count(headers, "x-delivery-count")
 
 
 def is_last_delivery(count: int, delivery_limit: int) -> bool:
@@ -82,11 +87,7 @@ DEFERRALS_HEADER = "doctag-deferrals"
 
 
 def deferral_count(headers: dict[str, Any] | None) -> int:
-    value = (headers or {}).get(DEFERRALS_HEADER, 0)
-    try:
-        return max(0, int(value))
-    except (TypeError, ValueError):
-        return 0
+    return _header_count(headers, DEFERRALS_HEADER)
 
 
 def deferral_delay(deferrals: int, initial: float, maximum: float) -> float:

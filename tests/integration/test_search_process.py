@@ -157,6 +157,7 @@ def test_not_ready_until_the_korean_analyser_has_loaded(test_db_name: str, admin
             proc.kill()
             proc.wait()
 
+    assert "NOT_SERVING" in health_before_ready, "the not-ready state was never observed"
     assert "SERVING" not in health_before_ready, health_before_ready
     load = [line for line in metrics.splitlines() if line.startswith("doctag_search_analyser_load_seconds ")]
     assert load and float(load[0].split()[1]) > 0, load
@@ -164,7 +165,8 @@ def test_not_ready_until_the_korean_analyser_has_loaded(test_db_name: str, admin
     loaded = [i for i, r in enumerate(records) if r["message"] == "Korean analyser loaded"]
     assert len(loaded) == 1, out  # loaded once, during the warm-up
     readyz = [(i, r["status"]) for i, r in enumerate(records) if r.get("path") == "/readyz"]
-    assert all(status == 503 for i, status in readyz if i < loaded[0]), readyz
+    before = [status for i, status in readyz if i < loaded[0]]
+    assert before and all(status == 503 for status in before), readyz
     assert min(i for i, status in readyz if status == 200) > loaded[0], readyz
     # A first query that had to load the analyser would take at least as long as the load did.
     search = next(r for r in records if r.get("path") == "/api/v1/search")

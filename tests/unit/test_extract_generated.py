@@ -517,6 +517,27 @@ def test_hwpx_zip_bomb_fails_clearly() -> None:
     assert reason.startswith("the HWPX file is too large when unpacked (over 300000 bytes)")
 
 
+def test_docx_zip_bomb_fails_clearly() -> None:
+    """python-docx unpacks every part: a tightly packed one is refused from the archive's directory,
+    and so is a package whose parts together declare more than the budget."""
+    def with_part(name: str, data: bytes) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(io.BytesIO(_korean_docx())) as src, \
+                zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+            for item in src.infolist():
+                dst.writestr(item, src.read(item))
+            dst.writestr(name, data)
+        return out.getvalue()
+
+    bomb = with_part("word/media/padding.bin", b"\0" * 60_000_000)
+    assert len(bomb) < 200_000
+    assert _fail(bomb, "a.docx").startswith(
+        "the DOCX file looks like a compression bomb: word/media/padding.bin unpacks")
+    reason = _fail(with_part("word/media/photo.bin", os.urandom(400_000)), "a.docx",
+                   limits=Limits(max_unpacked_bytes=300_000))
+    assert reason.startswith("the DOCX file is too large when unpacked (over 300000 bytes)")
+
+
 def test_hwpx_with_too_many_entries_fails_clearly() -> None:
     crowded = _hwpx([_section(_p(_t("많은 항목")))], extra={f"BinData/{i}.txt": b"" for i in range(10_001)})
     assert _fail(crowded, "a.hwpx").startswith("the HWPX file has too many parts")

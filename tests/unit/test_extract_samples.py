@@ -181,8 +181,10 @@ def test_hwp_sample_matches_golden_with_header_notes_and_metadata() -> None:
     text = _extract(path)
     _assert_golden_lines_in_order(text, _golden(path))
     # The golden file (pyhwp's text output) leaves tables out; this extractor includes their cells.
-    for cell in ("A0", "B0", "A1", "B10", "B11", "table2", "2x2짜리표", "가나다"):
-        assert cell in text.split("\n") or cell in text
+    lines = text.split("\n")
+    # Each cell paragraph is a line of its own ("표  2x2짜리표": a cell whose paragraph holds a nested table).
+    for cell in ("A0", "B0", "A1", "B10", "B11", "table2", "표  2x2짜리표", "가나다"):
+        assert cell in lines, cell
     document = read_hwp(_read(path), Limits())
     assert (document.title, document.sections, document.version, document.distribution) == (
         "제목입니다.", 1, "5.0.1.7", False)

@@ -16,6 +16,7 @@ from lxml import etree
 
 from .errors import ExtractionError
 from .limits import Limits
+from .zip_package import check_package
 
 _W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 _MC = "http://schemas.openxmlformats.org/markup-compatibility/2006"
@@ -29,10 +30,11 @@ _SKIP = {f"{{{_MC}}}Fallback", f"{{{_W}}}del", f"{{{_W}}}delText", f"{{{_W}}}ins
 def extract_docx(data: bytes, limits: Limits) -> str:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            names = set(archive.namelist())
+            entries = archive.infolist()
     except (zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise ExtractionError(f"the DOCX file is damaged: not a complete ZIP archive ({exc})") from exc
-    if "word/document.xml" not in names:
+    check_package(entries, limits.max_unpacked_bytes, "DOCX")   # python-docx unpacks every part
+    if "word/document.xml" not in {info.filename for info in entries}:
         raise ExtractionError("not a valid DOCX file: the archive has no word/document.xml")
     try:
         document = docx.Document(io.BytesIO(data))

@@ -60,6 +60,7 @@ FLAG_PASSWORD = 1 << 1
 FLAG_DISTRIBUTION = 1 << 2
 FLAG_DRM = 1 << 4
 FLAG_CERTIFICATE_ENCRYPTION = 1 << 8
+FLAG_CERTIFICATE_DRM = 1 << 10
 
 HWPTAG_BEGIN = 0x10
 HWPTAG_DISTRIBUTE_DOC_DATA = HWPTAG_BEGIN + 12
@@ -84,10 +85,6 @@ class HwpDocument:
     sections: int         # section streams in the file
     version: str          # "5.0.1.7"
     distribution: bool    # read from the encrypted ViewText streams
-
-
-def extract_hwp(data: bytes, limits: Limits) -> str:
-    return read_hwp(data, limits).text
 
 
 def read_hwp(data: bytes, limits: Limits) -> HwpDocument:
@@ -118,7 +115,7 @@ def _read_document(ole: olefile.OleFileIO, limits: Limits) -> HwpDocument:
         raise ExtractionError(f"unsupported HWP version {version}: only HWP 5.x files can be read")
     if flags & FLAG_PASSWORD:
         raise ExtractionError(ENCRYPTED)
-    if flags & FLAG_DRM:
+    if flags & (FLAG_DRM | FLAG_CERTIFICATE_DRM):
         raise ExtractionError("the HWP file is protected by DRM; upload an unprotected copy")
     if flags & FLAG_CERTIFICATE_ENCRYPTION:
         raise ExtractionError("the HWP file is encrypted with a certificate; upload an unprotected copy")

@@ -28,13 +28,12 @@ from lxml import etree
 
 from .errors import ExtractionError
 from .limits import Limits
+from .markup import SAFE_XML_PARSER
+from .zip_package import MAX_ENTRIES, ratio_problem
 
 MIMETYPE = "application/hwp+zip"
 PACKAGE = "Contents/content.hpf"
 MANIFEST = "META-INF/manifest.xml"
-MAX_ENTRIES = 10_000
-MAX_RATIO = 200                 # unpacked / packed size of one part ...
-RATIO_MIN_SIZE = 1024 * 1024    # ... checked for parts that unpack to more than this
 
 ENCRYPTED = "the HWPX file is encrypted (password-protected); remove the password and upload it again"
 
@@ -43,8 +42,6 @@ _SECTION = re.compile(r"Contents/section(\d+)\.xml")
 _PARAGRAPH_TAG = re.compile(r"\{http://www\.hancom\.co\.kr/hwpml/\d{4}/paragraph\}(\w+)")
 _OPF = "{http://www.idpf.org/2007/opf/}"
 _INLINE_TEXT = {"tab": "\t", "lineBreak": "\n", "hyphen": "-", "nbSpace": "\u00a0", "fwSpace": " "}
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-                          huge_tree=False, remove_comments=True, remove_pis=True)
 
 
 @dataclass(frozen=True)
@@ -52,10 +49,6 @@ class HwpxDocument:
     text: str             # paragraphs separated by "\n" (not yet normalised)
     title: str | None     # the package's opf:title, when it has one
     sections: int         # section parts read
-
-
-def extract_hwpx(data: bytes, limits: Limits) -> str:
-    return read_hwpx(data, limits).text
 
 
 def read_hwpx(data: bytes, limits: Limits) -> HwpxDocument:
@@ -69,7 +62,7 @@ def read_hwpx(data: bytes, limits: Limits) -> HwpxDocument:
 
 def _read_package(archive: zipfile.ZipFile, limits: Limits) -> HwpxDocument:
     entries = archive.infolist()
-    if len(entries) > MAX_ENTRIES:
+    if len(entries) > MAX_ENTRIES:  # parts are read one by one against a shared byte budget
         raise ExtractionError(f"the HWPX file has too many parts ({len(entries)}; at most {MAX_ENTRIES})")
     by_name = {info.filename: info for info in entries}
     if MANIFEST in by_name and b"encryption-data" in _read_part(archive, by_name[MANIFEST], _Budget(1024 * 1024)):
@@ -122,9 +115,8 @@ def _read_part(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget)
                  "it may be a compression bomb")
     if info.file_size > budget.left:
         raise ExtractionError(too_large)
-    if info.file_size > RATIO_MIN_SIZE and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-        raise ExtractionError(f"the HWPX file looks like a compression bomb: {info.filename} unpacks "
-                              f"{info.file_size // max(info.compress_size, 1)} times its packed size")
+    if (problem := ratio_problem(info, "HWPX")) is not None:
+        raise ExtractionError(problem)
     try:
         with archive.open(info) as part:
             data = part.read(budget.left + 1)  # never more than the budget, whatever the header says
@@ -139,7 +131,7 @@ def _read_part(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget)
 
 def _parse(data: bytes, name: str) -> etree._Element:
     try:
-        root = etree.fromstring(data, _PARSER)
+        root = etree.fromstring(data, SAFE_XML_PARSER)
     except etree.XMLSyntaxError as exc:
         raise ExtractionError(f"the HWPX file is damaged: invalid XML in {name} ({exc})"[:400]) from exc
     if root.getroottree().docinfo.doctype:

@@ -38,8 +38,9 @@ _LINES = frozenset({"br", "dd", "dt", "li", "tr"})  # a line of their own, no bl
 _CELLS = frozenset({"td", "th"})
 
 _HTML_PARSER = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, no_network=True)
-_XML_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-                              huge_tree=False, remove_comments=True, remove_pis=True)
+# For XML from uploads (here and in hwpx.py): no DTD, no entity expansion, no network, no huge trees.
+SAFE_XML_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+                                  huge_tree=False, remove_comments=True, remove_pis=True)
 
 
 def extract_html(data: bytes) -> str:
@@ -66,7 +67,7 @@ def extract_xml(data: bytes) -> str:
     if not source.strip():
         return ""
     try:
-        root = etree.fromstring(source.encode("utf-8"), parser=_XML_PARSER)
+        root = etree.fromstring(source.encode("utf-8"), parser=SAFE_XML_PARSER)
     except etree.XMLSyntaxError as exc:
         raise ExtractionError(_failure("XML", str(exc))) from exc
     return _xml_text(root)
@@ -80,7 +81,9 @@ def _xml_text(root: etree._Element) -> str:
     mixed: dict[etree._Element, bool] = {}
     for event, element in etree.iterwalk(root, events=("start", "end")):
         parent = element.getparent()
-        inline = parent is not None and mixed.setdefault(parent, _has_own_text(parent))
+        if parent is not None and parent not in mixed:   # once per parent: its children are many
+            mixed[parent] = _has_own_text(parent)
+        inline = parent is not None and mixed[parent]
         if not inline and not isinstance(element, etree._Entity):
             parts.append("\n")
         if event == "start" and element.text and not isinstance(element, etree._Entity):

@@ -41,10 +41,6 @@ class PdfText:
     pages: int            # pages in the file (also those beyond `limits.max_pages`, which are not read)
 
 
-def extract_pdf(data: bytes, limits: Limits) -> str:
-    return read_pdf(data, limits).text
-
-
 def read_pdf(data: bytes, limits: Limits) -> PdfText:
     """The text of the first `limits.max_pages` pages and the file's page count."""
     if not data:
