@@ -41,6 +41,7 @@ from psycopg import sql
 from services.cli import admin
 from services.cli.stack import DEFAULT_GATEWAY_CONFIG, StackLayout
 from tests.bench.stats import Check, fmt, format_checks, format_table
+from tests.support import delete_topology
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
@@ -383,21 +384,9 @@ def run(args: argparse.Namespace, on_stack: Callable[[StackLayout, str], dict[st
         return on_stack(layout, admin_dsn)
     finally:
         layout.stop()
-        asyncio.run(_delete_topology(f"doctag-bench-{run_id}"))
+        delete_topology(AMQP_URL, f"doctag-bench-{run_id}")
         drop_database(db_name)
         shutil.rmtree(state, ignore_errors=True)
-
-
-async def _delete_topology(prefix: str) -> None:
-    import aio_pika
-
-    from services.common.amqp import Topology
-
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        await Topology(prefix=prefix).delete(await connection.channel())
-    finally:
-        await connection.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

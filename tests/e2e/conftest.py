@@ -2,7 +2,6 @@
 AMQP prefix and state dir), exactly as `make up` starts it."""
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,8 +11,8 @@ import pytest
 
 from services.cli import admin
 from services.cli.stack import StackLayout
-from services.common.amqp import Topology
 from tests.conftest import AMQP_URL, DB_HOST, DB_PORT
+from tests.support import delete_topology
 
 
 @pytest.fixture(scope="session")
@@ -31,18 +30,8 @@ def stack(test_db_name: str, admin_dsn: str, amqp_prefix: str) -> Iterator[Stack
         yield layout
     finally:
         layout.stop()
-        asyncio.run(_delete_topology(amqp_prefix))
+        delete_topology(AMQP_URL, amqp_prefix)
         shutil.rmtree(state, ignore_errors=True)
-
-
-async def _delete_topology(prefix: str) -> None:
-    import aio_pika
-
-    connection = await aio_pika.connect(AMQP_URL)
-    try:
-        await Topology(prefix=prefix).delete(await connection.channel())
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="session")

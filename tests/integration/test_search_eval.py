@@ -79,16 +79,22 @@ def test_metrics() -> None:
     assert search_cmds.mrr_at_k([], rels) == 0.0
 
 
-def test_reindex_indexes_documents_written_before_the_index(cli, capsys, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+def _unindexed_tenant(admin_dsn: str, title: str, text: str) -> tuple[str, str, str]:
+    """(slug, tenant id, document id) of a new tenant holding one document as a document stored
+    before migration 0004 looks: no postings, lengths 0, indexed_at NULL."""
     slug = f"reidx-{uuid.uuid4().hex[:6]}"
     tenant = create_tenant(admin_dsn, slug)
     doc_id = str(uuid.uuid4())
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        # As a document uploaded before migration 0004 looks: no postings, lengths 0.
         conn.execute(
             "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256,"
-            " status, text_content) VALUES (%s, %s, '청사 이전', 'a.txt', 'text/plain', 1, %s, 'tagged', %s)",
-            (doc_id, tenant, "0" * 64, "세종 청사로 옮긴다."))
+            " status, text_content) VALUES (%s, %s, %s, 'a.txt', 'text/plain', 1, %s, 'tagged', %s)",
+            (doc_id, tenant, title, uuid.uuid4().hex * 2, text))
+    return slug, tenant, doc_id
+
+
+def test_reindex_indexes_documents_written_before_the_index(cli, capsys, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+    slug, tenant, doc_id = _unindexed_tenant(admin_dsn, "청사 이전", "세종 청사로 옮긴다.")
     assert cli("search", "reindex", "--tenant", slug) == 0
     assert json.loads(capsys.readouterr().out) == {"tenants": 1, "documents": 1}
     with psycopg.connect(admin_dsn) as conn:
@@ -102,15 +108,8 @@ def test_reindex_indexes_documents_written_before_the_index(cli, capsys, admin_d
 
 
 def test_reindex_missing_only_leaves_indexed_documents_alone(cli, capsys, admin_dsn) -> None:  # type: ignore[no-untyped-def]
-    """What `doctag stack up` runs after an upgrade: only documents without postings are analysed."""
-    slug = f"reidx-{uuid.uuid4().hex[:6]}"
-    tenant = create_tenant(admin_dsn, slug)
-    old_id = str(uuid.uuid4())
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256,"
-            " status, text_content) VALUES (%s, %s, '예산 편성', 'a.txt', 'text/plain', 1, %s, 'tagged', %s)",
-            (old_id, tenant, "1" * 64, "내년 예산을 편성한다."))
+    """What `doctag stack up` runs after an upgrade: only documents never indexed are analysed."""
+    slug, _, _ = _unindexed_tenant(admin_dsn, "예산 편성", "내년 예산을 편성한다.")
     assert cli("search", "reindex", "--tenant", slug, "--missing-only") == 0
     assert json.loads(capsys.readouterr().out) == {"tenants": 1, "documents": 1}
     assert cli("search", "reindex", "--tenant", slug, "--missing-only") == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import io
 import json
 import os
 import signal
@@ -27,7 +26,6 @@ import aio_pika
 import grpc
 import httpx
 import pytest
-from reportlab.pdfgen import canvas
 
 from services.common.amqp import DOCUMENT_UPLOADED, Topology, message_id
 from services.common.context import GRPC_REQUEST_ID_KEY
@@ -45,6 +43,7 @@ from services.tagging_worker.metrics import DEFERRAL_LIMIT_FAILURES, DEFERRALS, 
 from services.tagging_worker.settings import WorkerSettings
 from services.tagging_worker.worker import TaggingWorker
 from tests.conftest import AMQP_URL, SAMPLES
+from tests.support import pdf_without_text
 
 pytestmark = pytest.mark.integration
 
@@ -279,15 +278,6 @@ async def wait_idle(worker: TaggingWorker) -> None:
     await wait_for(lambda: worker.in_flight == 0, "the worker to settle every delivery it holds")
 
 
-def _pdf_without_text() -> bytes:
-    buf = io.BytesIO()
-    pdf = canvas.Canvas(buf)
-    pdf.rect(100, 100, 200, 200, fill=1)  # a drawing, like a scanned page: no text layer
-    pdf.showPage()
-    pdf.save()
-    return buf.getvalue()
-
-
 # -- tests -------------------------------------------------------------------------------------
 
 
@@ -377,7 +367,7 @@ async def test_document_without_text_fails(worker, peers, broker) -> None:
     """A scan-like PDF fails because it has no text layer; a text file of blanks because it has no text."""
     channel, topology = broker
     docs = peers.documents
-    scan_id = docs.add(_pdf_without_text(), "scan.pdf", "application/pdf")
+    scan_id = docs.add(pdf_without_text(), "scan.pdf", "application/pdf")
     blank_id = docs.add(b" \r\n\t\n", "blank.txt", "text/plain")
     for doc_id in (scan_id, blank_id):
         await publish(channel, topology, docs, doc_id)
@@ -504,8 +494,8 @@ async def test_model_back_before_the_deferral_limit_tags_the_document(settings, 
     docs = peers.documents
     await set_serving(peers.model_health, [MODEL_HEALTH_SERVICE], False)
     tagging_worker = TaggingWorker(settings.model_copy(update={
-        "model_unavailable_max_deferrals": 2, "model_unavailable_retry_seconds": 0.5,
-        "model_unavailable_retry_max_seconds": 1.0}))  # the second wait (1 s) leaves time to switch
+        "model_unavailable_max_deferrals": 2, "model_unavailable_retry_seconds": 1.5,
+        "model_unavailable_retry_max_seconds": 10.0}))  # the second wait (3 s) leaves time to switch
     await tagging_worker.start()
     deferrals, failures = DEFERRALS._value.get(), DEFERRAL_LIMIT_FAILURES._value.get()
 

@@ -27,6 +27,7 @@ from services.tagging_worker.extractors.hwpx import read_hwpx
 from services.tagging_worker.extractors.pdf import NO_TEXT_LAYER
 from services.tagging_worker.extractors.text import compose_makeup_sequences
 from tests.conftest import SAMPLES
+from tests.support import pdf_without_text
 
 KOREAN = "대한민국 행정안전부는 공공기관의 문서를 자동으로 분류합니다."
 KOREAN_CP949_ONLY = "똠방각하 펲시콜라 뷁"  # syllables outside EUC-KR (KS X 1001), present in CP949
@@ -370,18 +371,9 @@ def test_declared_pdf_that_is_not_a_pdf() -> None:
     assert _fail("이것은 PDF가 아닙니다".encode(), "", "application/pdf") == "not a valid PDF file"
 
 
-def _scan_like_pdf() -> bytes:
-    buf = io.BytesIO()
-    pdf = canvas.Canvas(buf)
-    pdf.rect(100, 100, 200, 200, fill=1)  # a drawing, like a scanned page: no text layer
-    pdf.showPage()
-    pdf.save()
-    return buf.getvalue()
-
-
 def test_pdf_without_a_text_layer_fails_as_such() -> None:
     """A scan has no text layer and this platform no OCR: the reason says so."""
-    for data in (_scan_like_pdf(), _korean_pdf(["", ""])):
+    for data in (pdf_without_text(), _korean_pdf(["", ""])):
         assert _fail(data, "scan.pdf") == NO_TEXT_LAYER
     assert "no text layer (OCR not available)" in NO_TEXT_LAYER
 
