@@ -17,8 +17,10 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "artifacts" / "doctag-tagg
 
 
 def _default_inference_threads() -> int:
-    """One inference thread per core, each with one torch thread (see batcher.py for the measurements)."""
-    return max(1, os.cpu_count() or 1)
+    """One inference thread per core this process may run on (its CPU affinity, which a container's
+    or `taskset`'s CPU set narrows; not the machine's count), each with one torch thread (see
+    batcher.py for the measurements)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 class ModelServingSettings(CommonSettings):
