@@ -10,6 +10,7 @@ The end-to-end tests use the same code with free ports and their own state dir.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,6 +49,9 @@ class StackLayout:
     python: str = sys.executable
     # The gateway configuration this layout's kong.yml is made from (benchmarks raise its size limits).
     gateway_template: Path = DEFAULT_GATEWAY_CONFIG
+    # Program name -> CPU list (`taskset -c` syntax, e.g. "1" or "0-3"); programs not named run
+    # anywhere. Benchmarks use it to give model-serving its own CPUs, as its own host would.
+    cpu_affinity: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> StackLayout:
@@ -155,7 +159,7 @@ class StackLayout:
             env_line = ",".join(f'{k}="{_supervisor_escape(v)}"' for k, v in env.items())
             lines += [
                 f"[program:{prog.name}]",
-                f"command={self.python} -m {prog.module}",
+                f"command={self._command(prog)}",
                 f"environment={env_line}",
                 f"priority={prog.priority}",
                 "autostart=true", "autorestart=true", "startsecs=3", "startretries=5",
@@ -165,6 +169,11 @@ class StackLayout:
             ]
         self.supervisor_conf.write_text("\n".join(lines), encoding="utf-8")
         return self.supervisor_conf
+
+    def _command(self, prog: Program) -> str:
+        command = f"{self.python} -m {prog.module}"
+        cpus = self.cpu_affinity.get(prog.name)
+        return f"{shutil.which('taskset') or 'taskset'} -c {cpus} {command}" if cpus else command
 
     # -- process control -------------------------------------------------------
     def _bin(self, name: str) -> str:
