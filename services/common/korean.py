@@ -57,6 +57,19 @@ _CODE_PARTS = re.compile(r"[a-z]+|[0-9]+")
 
 _lock = threading.Lock()
 
+# The analyser's version, stored with each document's postings (documents.analyser_version).
+# Bump the rule revision whenever a change here (or a new kiwipiepy) can give other terms for the
+# same text: `doctag search reindex` then re-analyses every document indexed with another version.
+ANALYSER_RULES = 1
+
+
+@lru_cache(maxsize=1)
+def analyser_version() -> str:
+    """`kiwi-<kiwipiepy version>/rules-<ANALYSER_RULES>`."""
+    from importlib.metadata import version
+
+    return f"kiwi-{version('kiwipiepy')}/rules-{ANALYSER_RULES}"
+
 
 @lru_cache(maxsize=1)
 def _kiwi():  # type: ignore[no-untyped-def]
