@@ -316,3 +316,25 @@ def test_eval_reports_hybrid_lexical_and_baselines(world: World, cli, tmp_path: 
     assert set(result["baselines"]) == {"bm25_kiwi", "tantivy_hangul_bigrams"}
     for metrics in (result, result["lexical_only"], *result["baselines"].values()):
         assert {"ndcg@10", "recall@10", "mrr@10", "zero_hit_share", "queries"} <= set(metrics)
+
+
+def test_embed_batches_like_the_reference_path_and_refuses_bad_requests(world: World) -> None:
+    from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
+    from services.model_serving.models.base import InferenceOptions, _probabilities
+    from services.model_serving.models.embedder import E5Embedder
+
+    texts = [passage_text(t, x) for t, x, _, _ in DOCS.values()]
+    served = np.stack([as_array(e) for e in embed(world.model_serving, texts)])
+    reference_model = E5Embedder.load(InferenceOptions(onnx=False))
+    reference = _probabilities(reference_model, reference_model.prepare_mode(texts, "passage"), 16)
+    assert np.allclose(served, reference, atol=1e-4), "batched ONNX serving equals the unbatched torch path"
+    with grpc.insecure_channel(world.model_serving) as channel:
+        stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
+        query_mode = model_serving_pb2.EMBED_MODE_QUERY
+        for request, field_name in ((model_serving_pb2.EmbedRequest(texts=["예산"]), "mode"),
+                                    (model_serving_pb2.EmbedRequest(mode=query_mode), "texts"),
+                                    (model_serving_pb2.EmbedRequest(texts=[" "], mode=query_mode), "texts.0")):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Embed(request, timeout=60)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details().startswith(field_name)
