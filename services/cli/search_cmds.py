@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
 
 from .admin import AdminError
@@ -328,6 +327,8 @@ async def _embedding_target(target: str | None, channel_holder: list[Any]) -> tu
     model-serving cannot be asked (then only postings are brought up to date)."""
     if target is None:
         return None, "no model-serving given"
+    import grpc
+
     from services.common.grpc_utils import client_channel
     from services.tagging_worker.clients import ModelClient, ModelUnavailable, Retrier
     from services.tagging_worker.settings import WorkerSettings
