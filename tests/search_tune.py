@@ -20,11 +20,13 @@ from services.search.query import Fusion
 from tests.embedding_server import embedding_server
 from tests.search_devset import QRELS, QUERIES
 
+# The first grid (w_sem 0.5-2.0, rrf_k 10/30/60, sem_add 0/5/10/20, min_sim 0.80-0.87) found sem_add and
+# min_sim without effect beyond sem_add >= 5 and the best w_sem at its edge; this is the second one.
 GRID = {
-    "w_sem": (0.5, 0.75, 1.0, 1.5, 2.0),
-    "rrf_k": (10, 30, 60),
-    "sem_add": (0, 5, 10, 20),
-    "min_sim": (0.80, 0.83, 0.85, 0.87),
+    "w_sem": (1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
+    "rrf_k": (10, 60),
+    "sem_add": (10,),
+    "min_sim": (0.85,),
 }
 
 
