@@ -99,7 +99,8 @@ class StackLayout:
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_GRPC_PORT": str(grpc_port)}, http, 20))
         for i, (http, grpc_port) in enumerate(self.search_ports, 1):
             progs.append(Program(f"search-{i}", "services.search", {
-                "DOCTAG_HTTP_PORT": str(http), "DOCTAG_GRPC_PORT": str(grpc_port)}, http, 20))
+                "DOCTAG_HTTP_PORT": str(http), "DOCTAG_GRPC_PORT": str(grpc_port),
+                "DOCTAG_MODEL_GRPC_TARGET": model_grpc}, http, 20))
         for i, http in enumerate(self.worker_ports, 1):
             progs.append(Program(f"tagging-worker-{i}", "services.tagging_worker", {
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_DOCUMENTS_GRPC_TARGET": upload_grpc,

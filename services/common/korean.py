@@ -66,6 +66,19 @@ def _kiwi() -> Any:  # kiwipiepy.Kiwi (the module is imported lazily)
     with _load_lock:
         return _build_kiwi()
 
+# The analyser's version, stored with each document's postings (documents.analyser_version).
+# Bump the rule revision whenever a change here (or a new kiwipiepy) can give other terms for the
+# same text: `doctag search reindex` then re-analyses every document indexed with another version.
+ANALYSER_RULES = 1
+
+
+@lru_cache(maxsize=1)
+def analyser_version() -> str:
+    """`kiwi-<kiwipiepy version>/rules-<ANALYSER_RULES>`."""
+    from importlib.metadata import version
+
+    return f"kiwi-{version('kiwipiepy')}/rules-{ANALYSER_RULES}"
+
 
 @lru_cache(maxsize=1)
 def _build_kiwi():  # type: ignore[no-untyped-def]

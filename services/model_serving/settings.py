@@ -53,6 +53,11 @@ class ModelServingSettings(CommonSettings):
     min_score: float = Field(0.05, ge=0.0, le=1.0)
     max_texts: int = Field(64, ge=1, description="texts per request at most")
     max_text_chars: int = Field(1_000_000, ge=1, description="characters per text at most")
+    embeddings: bool = Field(True, description="serve Embed (retrieval vectors from the base multilingual-e5-small)")
+    embed_preload: bool = Field(True, description="load the embedding model at start, after the tagging model "
+                                                  "(else on the first Embed call)")
+    embed_passage_windows: int = Field(2, ge=1, le=8, description="windows read from the start of a document")
+    embed_window_tokens: int = Field(256, ge=16, le=512, description="tokens per window, special tokens included")
 
     def inference_options(self) -> InferenceOptions:
         """How the model reads texts: the same for serving, `doctag model eval` and the benchmarks."""
