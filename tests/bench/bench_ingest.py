@@ -16,8 +16,9 @@ Phases, in this order so they do not compete for the CPUs:
 1. extraction per format on ../shared/samples, in process (the worker's `extract_text`);
 2. end to end: a mixed batch of real Korean documents from ../shared/data (TXT, Markdown, HTML,
    CSV) uploaded in bulk requests; documents/s from the first upload to the last `tagged`,
-   compared with model-serving's own throughput (gRPC Predict on the same texts at the
-   concurrency the workers offer, workers x prefetch); target >= 80%; with the CPU time each
+   compared with model-serving's own throughput on the same documents (gRPC Predict on the
+   text and Embed on the passage, as a worker calls them, at the concurrency the workers offer,
+   workers x prefetch); target >= 80%; with the CPU time each
    service (and PostgreSQL, RabbitMQ) spent per document in both runs;
 3. the tagging workers are stopped, then upload throughput for small documents at concurrency
    1 and 16 (single-file requests, documents/s);
@@ -298,25 +299,32 @@ async def bench_end_to_end(client: httpx.AsyncClient, headers: dict[str, str], a
             "docs_per_s": done / seconds if seconds else 0.0}
 
 
-async def bench_model_serving(target: str, texts: list[str], tenant_id: str, concurrency: int) -> dict[str, Any]:
+async def bench_model_serving(target: str, files: list[tuple[str, bytes, str]], tenant_id: str,
+                              concurrency: int) -> dict[str, Any]:
+    """What model-serving does per document when nothing else runs: Predict on the text, then Embed
+    on the passage (title and text), the two calls a tagging worker makes, at the workers' concurrency."""
     import grpc
 
     from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
+    from services.tagging_worker.worker import passage_text
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
-        queue = list(texts)
+        queue = [(Path(name).stem, text) for name, _, text in files]
         started = time.perf_counter()
 
         async def worker() -> None:
             while queue:
-                text = queue.pop()
+                title, text = queue.pop()
                 await stub.Predict(model_serving_pb2.PredictRequest(text=text, tenant_id=tenant_id), timeout=120)
+                await stub.Embed(model_serving_pb2.EmbedRequest(
+                    texts=[passage_text(title, text)], mode=model_serving_pb2.EMBED_MODE_PASSAGE,
+                    tenant_id=tenant_id), timeout=120)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
-    return {"documents": len(texts), "concurrency": concurrency, "seconds": seconds,
-            "docs_per_s": len(texts) / seconds}
+    return {"documents": len(files), "concurrency": concurrency, "seconds": seconds,
+            "docs_per_s": len(files) / seconds}
 
 
 async def bench_uploads(client: httpx.AsyncClient, headers: dict[str, str], count: int,
@@ -408,10 +416,10 @@ async def bench_stack(args: argparse.Namespace, layout: StackLayout, admin_dsn: 
         from services.tagging_worker.settings import WorkerSettings
 
         concurrency = WorkerSettings().prefetch * len(layout.worker_ports)
-        log(f"model-serving alone: gRPC Predict on the same texts, concurrency {concurrency} ...")
+        log(f"model-serving alone: gRPC Predict + Embed on the same texts, concurrency {concurrency} ...")
         before = cpu_seconds(layout)
         results["model_serving"] = await bench_model_serving(
-            f"{layout.host}:{layout.model_ports[1]}", [text for _, _, text in files], tenant_id, concurrency)
+            f"{layout.host}:{layout.model_ports[1]}", files, tenant_id, concurrency)
         results["model_serving"]["cpu_ms_per_document"] = cpu_per_document(
             before, cpu_seconds(layout), results["model_serving"]["documents"])
         for i in range(len(layout.worker_ports)):
@@ -436,7 +444,7 @@ def report(results: dict[str, Any]) -> tuple[str, list[Check]]:
     rows.append(["upload -> tagged (mixed batch)", fmt(e2e["docs_per_s"]),
                  f"{e2e['finished']}/{e2e['documents']} finished ({e2e['failed']} failed) in {fmt(e2e['seconds'])} s"])
     rows.append(["model-serving alone, same texts", fmt(model["docs_per_s"]),
-                 f"gRPC Predict, concurrency {model['concurrency']}"])
+                 f"gRPC Predict + Embed, concurrency {model['concurrency']}"])
     alone = model["cpu_ms_per_document"]
     for kind, ms in e2e["cpu_ms_per_document"].items():
         if ms >= 0.5 or alone.get(kind, 0.0) >= 0.5:
