@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.common.pki import SERVICE_ROLES
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
@@ -49,6 +50,33 @@ def cmd_keys_ensure(settings: OpsSettings, args: argparse.Namespace) -> None:
 
     private, public = ensure_keypair(settings.state_dir / "keys")
     print(f"signing keys: {private} (private, keep secret), {public} (public)")
+
+
+def cmd_pki_init(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from services.common import pki
+
+    pki_dir = args.dir or settings.pki_dir
+    try:
+        cert, created = pki.init_ca(pki_dir)
+    except pki.PkiError as exc:
+        raise admin.AdminError(str(exc)) from None
+    if created:
+        print(f"platform CA created: {cert} (distribute), {pki.ca_paths(pki_dir)[1]} (0600; keep it offline "
+              "once the certificates are issued)")
+    else:
+        print(f"the platform CA exists already: {cert} (unchanged)")
+
+
+def cmd_pki_issue(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from services.common import pki
+
+    try:
+        issued = pki.issue(args.dir or settings.pki_dir, args.role, hosts=args.host or ["localhost"],
+                           ips=args.ip or [], days=args.days, out_dir=args.out)
+    except pki.PkiError as exc:
+        raise admin.AdminError(str(exc)) from None
+    print(f"{issued.cert_path} and {issued.key_path} (0600): role {issued.role} "
+          f"({pki.role_uri(issued.role)}), valid until {issued.not_after:%Y-%m-%d %H:%M} UTC")
 
 
 def cmd_tenant_create(settings: OpsSettings, args: argparse.Namespace) -> None:
@@ -180,6 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="token signing keys").add_subparsers(dest="action", required=True)
     keys.add_parser("ensure", help="create the RS256 key pair under the state dir if missing").set_defaults(
         func=cmd_keys_ensure)
+
+    pki_cmd = sub.add_parser("pki", help="the platform CA and service certificates (mutual TLS)").add_subparsers(
+        dest="action", required=True)
+    pi = pki_cmd.add_parser("init", help="create the platform CA (ca.crt, ca.key 0600) unless it exists")
+    pi.add_argument("--dir", type=Path, default=None, help="default: DOCTAG_TLS_DIR or <state dir>/pki")
+    pi.set_defaults(func=cmd_pki_init)
+    pis = pki_cmd.add_parser("issue", help="issue a certificate naming a role (spiffe://doctag/role/ROLE) and host")
+    pis.add_argument("role", choices=SERVICE_ROLES)
+    pis.add_argument("--host", action="append", help="DNS name of the host (repeatable; default localhost)")
+    pis.add_argument("--ip", action="append", help="IP address of the host (repeatable)")
+    pis.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
+    pis.add_argument("--dir", type=Path, default=None, help="where the CA is (default: as for init)")
+    pis.add_argument("--out", type=Path, default=None, help="where to write ROLE.crt, ROLE.key and ca.crt "
+                                                            "(default: the CA's directory)")
+    pis.set_defaults(func=cmd_pki_issue)
 
     tenant = sub.add_parser("tenant", help="departments").add_subparsers(dest="action", required=True)
     tc = tenant.add_parser("create", help="create a tenant (idempotent; updates name/quota when it exists)")

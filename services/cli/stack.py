@@ -79,6 +79,10 @@ class StackLayout:
         return self.run_dir / "supervisord.pid"
 
     @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
 
@@ -112,6 +116,9 @@ class StackLayout:
             "DOCTAG_JWT_PUBLIC_KEY_FILE": str(state / "keys" / "jwt_public.pem"),
             "DOCTAG_JWT_PRIVATE_KEY_FILE": str(state / "keys" / "jwt_private.pem"),
             "DOCTAG_BLOB_DIR": str(state / "blobs"),
+            "DOCTAG_TLS_DIR": str(self.pki_dir.resolve()),
+            "DOCTAG_JOB_CAPABILITY_PRIVATE_KEY_FILE": str(state / "keys" / "job_capability_ed25519.pem"),
+            "DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE": str(state / "keys" / "job_capability_ed25519.pub.pem"),
             "DOCTAG_HTTP_HOST": self.host,
             "DOCTAG_GRPC_HOST": self.host,
             "PYTHONUNBUFFERED": "1",
@@ -184,9 +191,14 @@ class StackLayout:
 
     def start(self) -> None:
         """Starts supervisord, or (when it already runs) applies config changes and starts what is stopped."""
+        from services.common import capability, pki
         from services.common.auth import ensure_keypair
 
         ensure_keypair(self.state_dir / "keys")
+        capability.ensure_keypair(self.state_dir / "keys")
+        # The platform CA and one certificate per role for this host (renewed when close to expiry;
+        # running services pick renewed ones up by themselves).
+        pki.ensure_local(self.pki_dir, host="localhost", ip=self.host)
         (self.state_dir / "blobs").mkdir(parents=True, exist_ok=True)
         self.write_gateway_config()
         self.write_supervisor_config()

@@ -12,6 +12,8 @@ import grpc
 import uvicorn
 from fastapi import FastAPI
 
+from .grpc_utils import GrpcSecurity, bind
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,7 @@ class QuietSignalsServer(uvicorn.Server):
 
 async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Server | None = None,
                 grpc_address: str | None = None, on_grpc_started: Callable[[], Awaitable[None]] | None = None,
-                grace_seconds: float = 10.0) -> None:
+                grace_seconds: float = 10.0, grpc_security: GrpcSecurity | None = None) -> None:
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=int(grace_seconds))
     server = QuietSignalsServer(config)
@@ -44,7 +46,7 @@ async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Ser
         if http_task.done():
             await http_task
             return
-        grpc_server.add_insecure_port(grpc_address)
+        bind(grpc_server, grpc_address, grpc_security)
         await grpc_server.start()
         log.info("grpc listening", extra={"address": grpc_address})
         if on_grpc_started:

@@ -40,6 +40,19 @@ class CommonSettings(BaseSettings):
     jwt_issuer: str = "doctag"
     jwt_audience: str = "doctag-api"
 
+    # Mutual TLS between services (services/common/tls.py). The certificate names this process's
+    # role (default: the service name); files default to <tls_dir>/ca.crt, <role>.crt, <role>.key.
+    grpc_tls: bool = True
+    service_role: str | None = None
+    tls_dir: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Job capabilities (services/common/capability.py): upload signs with the private key; upload and
+    # model-serving verify with the public key. Default: <state_dir>/keys/job_capability_ed25519[.pub].pem
+    job_capability_private_key_file: Path | None = None
+    job_capability_public_key_file: Path | None = None
+
     def dsn(self, user: str | None = None, password: str | None = None) -> str:
         """A libpq connection string for `user` (default: this service's role)."""
         parts = {
@@ -53,6 +66,27 @@ class CommonSettings(BaseSettings):
         if pw:
             parts["password"] = pw
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
+
+    @property
+    def role(self) -> str:
+        return self.service_role or self.service_name
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.tls_dir or self.state_dir / "pki"
+
+    def tls_paths(self) -> tuple[Path, Path, Path]:
+        """(CA certificate, this role's certificate, its key)."""
+        return (self.tls_ca_file or self.pki_dir / "ca.crt", self.tls_cert_file or self.pki_dir / f"{self.role}.crt",
+                self.tls_key_file or self.pki_dir / f"{self.role}.key")
+
+    @property
+    def capability_private_key_path(self) -> Path:
+        return self.job_capability_private_key_file or self.state_dir / "keys" / "job_capability_ed25519.pem"
+
+    @property
+    def capability_public_key_path(self) -> Path:
+        return self.job_capability_public_key_file or self.state_dir / "keys" / "job_capability_ed25519.pub.pem"
 
     @property
     def public_key_path(self) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from services.common.db import Database
-from services.common.grpc_utils import add_health, create_server, set_serving
+from services.common.grpc_utils import GrpcSecurity, add_health, create_server, set_serving
 from services.common.logging import configure_logging
 from services.common.runner import serve
 
@@ -22,7 +22,8 @@ async def main(settings: SearchSettings | None = None) -> None:
     # it also starts loading the Korean analyser, and /readyz answers 503 until that is done.
     analyser = Analyser()
     app = build_app(settings, db, manage_db=True, analyser=analyser)
-    grpc_server = create_server(settings.service_name)
+    security = GrpcSecurity.from_settings(settings)
+    grpc_server = create_server(settings.service_name, security)
     add_to_server(grpc_server, db)
     health = add_health(grpc_server, [SERVICE_NAME])
     # grpcio's health servicer reports the server ("") SERVING from the start: not before warm-up.
@@ -34,7 +35,7 @@ async def main(settings: SearchSettings | None = None) -> None:
 
     await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
                 grpc_address=f"{settings.grpc_host}:{settings.grpc_port}", on_grpc_started=mark_serving,
-                grace_seconds=settings.shutdown_grace_s)
+                grace_seconds=settings.shutdown_grace_s, grpc_security=security)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from services.common.amqp import Topology
 from services.common.auth import TokenVerifier
 from services.common.blobstore import BlobStore
+from services.common.capability import CapabilitySigner
 from services.common.db import Database
 from services.common.http import create_app
 
@@ -33,7 +34,9 @@ class UploadComponents:
             self.relay = OutboxRelay(relay_db, settings.amqp_url, Topology(prefix=settings.amqp_prefix),
                                      poll_seconds=settings.relay_poll_seconds, batch_size=settings.relay_batch_size,
                                      max_in_flight=settings.relay_tenant_max_in_flight,
-                                     in_flight_timeout=settings.relay_in_flight_timeout_seconds)
+                                     in_flight_timeout=settings.relay_in_flight_timeout_seconds,
+                                     signer=CapabilitySigner(settings.capability_private_key_path,
+                                                             settings.job_capability_ttl_seconds))
         self.service = DocumentService(settings, self.db, self.blobs,
                                        on_outbox_write=self.relay.wake if self.relay else (lambda: None))
         self.purge_job: PurgeJob | None = None

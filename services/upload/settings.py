@@ -34,6 +34,11 @@ class UploadSettings(CommonSettings):
     purge_interval_seconds: float = Field(default=3600.0, gt=0)
     purge_batch_size: int = Field(default=100, ge=1)
 
+    # How long a tagging job's capability (signed when the relay publishes the job) lets the worker read
+    # the document and record its result. Covers queueing, deferrals while model-serving is away and
+    # redeliveries; a job older than this can no longer touch its document (it ends dead-lettered).
+    job_capability_ttl_seconds: int = Field(default=86400, ge=60)
+
     relay_enabled: bool = True
     relay_poll_seconds: float = 1.0
     relay_batch_size: int = 100
