@@ -124,7 +124,7 @@ class ReloadingChannel:
         self._stamp = files.stamp() if files else ()
         self._next_check = time.monotonic() + check_seconds
         self._channel = self._build()
-        self._retired: set[asyncio.Task[None]] = set()
+        self._retired: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self.rebuilds = 0
 
     def _build(self) -> grpc.aio.Channel:
@@ -154,10 +154,12 @@ class ReloadingChannel:
         self.rebuilds += 1
         log.info("TLS certificate changed: new channel", extra={"target": self.target})
         task = asyncio.get_running_loop().create_task(old.close(grace=OLD_CHANNEL_GRACE_SECONDS))
-        self._retired.add(task)
-        task.add_done_callback(self._retired.discard)
+        self._retired[task] = old
+        task.add_done_callback(lambda done: self._retired.pop(done, None))
 
     async def close(self) -> None:
-        for task in list(self._retired):
+        """Closes the channel, and at once the replaced ones still waiting for their calls."""
+        for task, old in list(self._retired.items()):
             task.cancel()
+            await old.close()
         await self._channel.close()
