@@ -46,10 +46,13 @@ def cmd_db_upgrade(settings: OpsSettings, args: argparse.Namespace) -> None:
 
 
 def cmd_keys_ensure(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from services.common import capability
     from services.common.auth import ensure_keypair
 
     private, public = ensure_keypair(settings.state_dir / "keys")
     print(f"signing keys: {private} (private, keep secret), {public} (public)")
+    cap_private, cap_public = capability.ensure_keypair(settings.capability_private_key_path.parent)
+    print(f"job capability keys: {cap_private} (upload only), {cap_public} (upload, model-serving)")
 
 
 def cmd_pki_init(settings: OpsSettings, args: argparse.Namespace) -> None:
@@ -206,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_db_upgrade)
 
     keys = sub.add_parser("keys", help="token signing keys").add_subparsers(dest="action", required=True)
-    keys.add_parser("ensure", help="create the RS256 key pair under the state dir if missing").set_defaults(
+    keys.add_parser("ensure", help="create the token (RS256) and job capability (Ed25519) key pairs if missing"
+                    ).set_defaults(
         func=cmd_keys_ensure)
 
     pki_cmd = sub.add_parser("pki", help="the platform CA and service certificates (mutual TLS)").add_subparsers(

@@ -19,6 +19,11 @@ class CommonSettings(BaseSettings):
     # Listening addresses; each service sets its own default ports (DOCTAG_HTTP_PORT, DOCTAG_GRPC_PORT).
     http_host: str = "127.0.0.1"
     grpc_host: str = "127.0.0.1"
+    # Request bodies on the service's own HTTP port, as the gateway limits them (its global
+    # request-size-limiting: 8 MB; routes with larger limits say so in their service's settings).
+    max_request_bytes: int = 8 * 1024 * 1024
+    # /docs and /openapi.json on the service's own port.
+    api_docs: bool = True
     # Where keys, blobs, logs and process state live when no other path is given.
     state_dir: Path = Path("var")
 

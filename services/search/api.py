@@ -92,7 +92,8 @@ def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
             await analyser.close()
 
     app = create_app(settings.service_name, title="doctag search",
-                     readiness={"database": db.ping, "analyser": analyser.check}, lifespan=lifespan)
+                     readiness={"database": db.ping, "analyser": analyser.check}, lifespan=lifespan,
+                     max_body_bytes=settings.max_request_bytes, api_docs=settings.api_docs)
     app.state.analyser = analyser
 
     @app.get("/api/v1/search", response_model=SearchOut, tags=["search"],

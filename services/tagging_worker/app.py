@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 def build_http_app(worker: TaggingWorker) -> FastAPI:
     return create_app(worker.settings.service_name, title="Tagging worker",
-                      readiness={"amqp": worker.check_amqp, "grpc": worker.check_grpc})
+                      readiness={"amqp": worker.check_amqp, "grpc": worker.check_grpc},
+                      max_body_bytes=worker.settings.max_request_bytes, api_docs=worker.settings.api_docs)
 
 
 async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = None) -> None:

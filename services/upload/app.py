@@ -85,8 +85,10 @@ def build_http_app(components: UploadComponents, *, manage_lifecycle: bool = Tru
             if manage_lifecycle:
                 await components.stop()
 
+    settings = components.settings
     app = create_app("upload", title="doctag upload", lifespan=lifespan, readiness={
         "database": components.check_database, "blob_store": components.check_blob_store,
-        "rabbitmq": components.check_broker})
+        "rabbitmq": components.check_broker}, max_body_bytes=settings.max_request_bytes,
+        body_limits={"/api/v1/documents": settings.documents_max_request_bytes}, api_docs=settings.api_docs)
     app.include_router(build_router(components.service, components.verifier))
     return app

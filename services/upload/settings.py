@@ -20,6 +20,8 @@ class UploadSettings(CommonSettings):
 
     blob_dir: Path | None = None
     max_upload_bytes: int = 100 * 1024 * 1024
+    # A whole request under /api/v1/documents on upload's own port, as the gateway's documents route allows.
+    documents_max_request_bytes: int = 100 * 1024 * 1024
     # Files stored from one multipart request (bulk upload); later files answer 413 `too-many-files`.
     max_files_per_request: int = Field(default=100, ge=1, le=10_000)
     max_title_chars: int = 300

@@ -419,3 +419,18 @@ def test_another_tenants_user_cannot_read_the_victim_on_the_service_port(stack: 
     for path in (f"/api/v1/documents/{victims.tagged}", f"/api/v1/documents/{victims.queued}/content"):
         assert httpx.get(base + path, headers=headers, timeout=10).status_code == 404
 
+
+
+@pytest.mark.parametrize("service,path", [("model-serving", "/api/v1/predict"), ("upload", "/api/v1/quota"),
+                                          ("search", "/api/v1/search")])
+def test_service_ports_enforce_the_gateways_size_limit(stack: StackLayout, victims: Victims, keys: Keys,
+                                                       service: str, path: str) -> None:
+    """A 9.5 MB body straight to a service port is refused as the gateway refuses it (413), even
+    with a valid token, before anything is processed."""
+    headers = {"Authorization": f"Bearer {_user_token(keys.jwt_private, victims.tenant)}",
+               "Content-Type": "application/json"}
+    body = b'{"text": "' + "가".encode() * (9_500_000 // 3) + b'"}'
+    resp = httpx.post(f"http://{stack.host}:{_http_ports(stack)[service]}{path}", headers=headers, content=body,
+                      timeout=60)
+    assert resp.status_code == 413, resp.text[:300]
+    assert resp.json()["max_bytes"] == 8 * 1024 * 1024
