@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.common.pki import SERVICE_ROLES
 from services.common.roles import ROLES
@@ -13,12 +13,17 @@ from services.common.settings import CommonSettings
 
 from . import admin, model_quality_cmds, model_registry_cmds, search_cmds
 
+if TYPE_CHECKING:
+    from .stack import ServiceAccounts
+
 
 class OpsSettings(CommonSettings):
     service_name: str = "doctag-cli"
     # Migrations and tenant/user administration run as a role that owns the schemas.
     db_admin_user: str = "postgres"
     db_admin_password: str = ""
+    # The RabbitMQ vhost `make up` gives the services (their own users, guest not allowed).
+    amqp_vhost: str = "doctag"
 
     def admin_dsn(self) -> str:
         return self.dsn(user=self.db_admin_user, password=self.db_admin_password)
@@ -43,6 +48,22 @@ def cmd_db_upgrade(settings: OpsSettings, args: argparse.Namespace) -> None:
 
     upgrade(settings, user=settings.db_admin_user, password=settings.db_admin_password, revision=args.revision)
     print(f"database {settings.db_name} is at migration {args.revision}")
+
+
+def cmd_db_hba(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from .db_accounts import render_pg_hba
+
+    hosts = {"api-gw": args.api_gw or [], "web": args.web or [], "model": args.model or []}
+    sys.stdout.write(render_pg_hba(hosts, args.admin or [], database=args.database or settings.db_name,
+                                   connection="host" if args.no_ssl else "hostssl"))
+
+
+def cmd_db_passwords(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from .db_accounts import ensure_passwords
+
+    directory = args.dir or settings.state_dir / "secrets" / "db"
+    for role, path in ensure_passwords(settings.admin_dsn(), directory).items():
+        print(f"{role}: {path} (0600)")
 
 
 def cmd_keys_ensure(settings: OpsSettings, args: argparse.Namespace) -> None:
@@ -118,10 +139,43 @@ def cmd_amqp_definitions(settings: OpsSettings, args: argparse.Namespace) -> Non
         print(f"wrote {args.output}")
 
 
-def _layout(settings: OpsSettings):  # type: ignore[no-untyped-def]
+def _layout(settings: OpsSettings, accounts=None):  # type: ignore[no-untyped-def]
     from .stack import StackLayout
 
-    return StackLayout(state_dir=settings.state_dir)
+    return StackLayout(state_dir=settings.state_dir, accounts=accounts)
+
+
+def _service_accounts(settings: OpsSettings) -> ServiceAccounts:
+    """Each service's own PostgreSQL password, and (with rabbitmqctl on this host) its own RabbitMQ
+    user in the vhost `DOCTAG_AMQP_VHOST`, the topology declared once by that vhost's administrator."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from services.common.amqp import Topology
+
+    from . import amqp_accounts, db_accounts
+    from .stack import ServiceAccounts
+
+    secrets = settings.state_dir / "secrets"
+    db_files = db_accounts.ensure_passwords(settings.admin_dsn(), secrets / "db")
+    print(f"PostgreSQL: a password per service role (scram-sha-256), in {secrets / 'db'} (0600)")
+    topology = Topology(prefix=settings.amqp_prefix)
+    parts = urlsplit(settings.amqp_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    try:
+        amqp_files = amqp_accounts.ensure(settings.amqp_vhost, settings.amqp_prefix, topology, secrets / "amqp")
+    except amqp_accounts.AmqpAccountsError as exc:
+        print(f"RabbitMQ users not set up ({exc}); the services use DOCTAG_AMQP_URL as it is")
+        return ServiceAccounts(db_files)
+    names = amqp_accounts.users(settings.amqp_prefix, topology)
+    admin_url = amqp_accounts.url(host, port, settings.amqp_vhost, names["admin"].name,
+                                  amqp_files["admin"].read_text(encoding="utf-8").strip())
+    asyncio.run(amqp_accounts.declare_topology(admin_url, topology))
+    print(f"RabbitMQ: vhost {settings.amqp_vhost}, users {', '.join(u.name for u in names.values())} "
+          f"(passwords in {secrets / 'amqp'}, 0600); guest has no access to it")
+    urls = {role: amqp_accounts.url(host, port, settings.amqp_vhost, names[role].name)
+            for role in ("upload", "tagging-worker")}
+    return ServiceAccounts(db_files, urls, {role: amqp_files[role] for role in urls})
 
 
 def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
@@ -138,7 +192,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"database {settings.db_name} migrated")
     _index_unindexed_documents(settings)
     print(model_registry_cmds.ensure_shipped_model(settings))
-    layout = _layout(settings)
+    layout = _layout(settings, _service_accounts(settings))
     layout.start()
     print("services started under supervisor; waiting until every one is ready ...")
     layout.wait_ready(timeout=args.timeout)
@@ -207,6 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     up = db.add_parser("upgrade", help="apply migrations (creates the database if missing)")
     up.add_argument("--revision", default="head")
     up.set_defaults(func=cmd_db_upgrade)
+    hba = db.add_parser("hba", help="print pg_hba.conf for the db host: each service role from its VM role's hosts")
+    hba.add_argument("--api-gw", action="append", metavar="ADDR", help="gateway host address (repeatable)")
+    hba.add_argument("--web", action="append", metavar="ADDR", help="web host address (upload, search; repeatable)")
+    hba.add_argument("--model", action="append", metavar="ADDR", help="model-serving host address (repeatable)")
+    hba.add_argument("--admin", action="append", metavar="ADDR", help="operator host for migrations (repeatable)")
+    hba.add_argument("--database", default=None, help="default: DOCTAG_DB_NAME")
+    hba.add_argument("--no-ssl", action="store_true", help="`host` lines instead of `hostssl` (no TLS to PostgreSQL)")
+    hba.set_defaults(func=cmd_db_hba)
+    pw = db.add_parser("passwords", help="give each service role its own password (scram-sha-256; files 0600)")
+    pw.add_argument("--dir", type=Path, default=None, help="default: <state dir>/secrets/db")
+    pw.set_defaults(func=cmd_db_passwords)
 
     keys = sub.add_parser("keys", help="token signing keys").add_subparsers(dest="action", required=True)
     keys.add_parser("ensure", help="create the token (RS256) and job capability (Ed25519) key pairs if missing"

@@ -33,6 +33,35 @@ class Program:
     ready_port: int  # HTTP port answering /readyz
     priority: int
 
+    @property
+    def role(self) -> str:
+        """The service role (and certificate) of the program: its name without the replica number."""
+        return self.name.rstrip("0123456789").rstrip("-")
+
+
+@dataclass(frozen=True)
+class ServiceAccounts:
+    """Each service's own database and broker credentials (files, 0600), set up by `make up`."""
+
+    db_password_files: dict[str, Path]            # PostgreSQL role -> password file
+    amqp_urls: dict[str, str] | None = None       # service role -> URL without its password
+    amqp_password_files: dict[str, Path] | None = None
+
+    def env(self, role: str) -> dict[str, str]:
+        """The DOCTAG_* variables that give one service (by role) its own credentials."""
+        db_roles = {"gateway": "doctag_gateway", "upload": "doctag_upload", "search": "doctag_search",
+                    "model-serving": "doctag_model"}
+        env: dict[str, str] = {}
+        if role in db_roles and db_roles[role] in self.db_password_files:
+            env["DOCTAG_DB_PASSWORD_FILE"] = str(self.db_password_files[db_roles[role]].resolve())
+        if role == "upload" and "doctag_relay" in self.db_password_files:
+            env["DOCTAG_RELAY_DB_PASSWORD_FILE"] = str(self.db_password_files["doctag_relay"].resolve())
+        if self.amqp_urls and self.amqp_password_files and role in self.amqp_urls:
+            env.update({"DOCTAG_AMQP_URL": self.amqp_urls[role],
+                        "DOCTAG_AMQP_PASSWORD_FILE": str(self.amqp_password_files[role].resolve()),
+                        "DOCTAG_AMQP_DECLARE_TOPOLOGY": "false"})
+        return env
+
 
 @dataclass
 class StackLayout:
@@ -48,6 +77,9 @@ class StackLayout:
     python: str = sys.executable
     # The gateway configuration this layout's kong.yml is made from (benchmarks raise its size limits).
     gateway_template: Path = DEFAULT_GATEWAY_CONFIG
+    # Per-service database and broker credentials (`make up`); None: every service uses the
+    # environment's DOCTAG_DB_* and DOCTAG_AMQP_URL (tests, benchmarks).
+    accounts: ServiceAccounts | None = None
 
     @classmethod
     def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> StackLayout:
@@ -158,7 +190,8 @@ class StackLayout:
             "", "[supervisorctl]", f"serverurl=unix://{run / 'supervisor.sock'}", "",
         ]
         for prog in self.programs():
-            env = {**common, **prog.env, "DOCTAG_SERVICE_INSTANCE": prog.name}
+            accounts = self.accounts.env(prog.role) if self.accounts else {}
+            env = {**common, **accounts, **prog.env, "DOCTAG_SERVICE_INSTANCE": prog.name}
             env_line = ",".join(f'{k}="{_supervisor_escape(v)}"' for k, v in env.items())
             lines += [
                 f"[program:{prog.name}]",
@@ -170,7 +203,11 @@ class StackLayout:
                 f"stdout_logfile={log / (prog.name + '.log')}", "redirect_stderr=true",
                 "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=3", "",
             ]
-        self.supervisor_conf.write_text("\n".join(lines), encoding="utf-8")
+        # Only paths to secrets are in it, but the file says which accounts exist: the owner's only.
+        fd = os.open(self.supervisor_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines))
+        os.chmod(self.supervisor_conf, 0o600)
         return self.supervisor_conf
 
     # -- process control -------------------------------------------------------

@@ -7,6 +7,7 @@ its own fields; a process reads only the variables of its own service.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,10 +34,20 @@ class CommonSettings(BaseSettings):
     # Each service connects as its own role (see infra/migrations); set by the subclass.
     db_user: str = "postgres"
     db_password: str = ""
+    # A file holding the password (what `make up` writes: var/secrets/db/<role>, 0600); used when
+    # DOCTAG_DB_PASSWORD is empty.
+    db_password_file: Path | None = None
     db_pool_min: int = 1
     db_pool_max: int = 10
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # A file holding the AMQP password, which replaces the one in DOCTAG_AMQP_URL (what `make up`
+    # writes: var/secrets/amqp/<user>, 0600).
+    amqp_password_file: Path | None = None
+    # Declare the exchanges and queues at start-up (needs the `configure` permission). `make up`
+    # declares them once as the vhost's administrator and runs the services with this off, so
+    # their users hold no `configure` permission; they then only check that the topology exists.
+    amqp_declare_topology: bool = True
     # Prefix of exchange and queue names, so test runs never touch the real topology.
     amqp_prefix: str = "doctag"
 
@@ -68,9 +79,24 @@ class CommonSettings(BaseSettings):
             "application_name": self.service_name,
         }
         pw = self.db_password if password is None else password
+        if password is None and not pw and self.db_password_file is not None:
+            pw = read_secret(self.db_password_file)
         if pw:
             parts["password"] = pw
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
+
+    @property
+    def amqp_connection_url(self) -> str:
+        """DOCTAG_AMQP_URL with the password of DOCTAG_AMQP_PASSWORD_FILE, when one is given."""
+        if self.amqp_password_file is None:
+            return self.amqp_url
+        parts = urlsplit(self.amqp_url)
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{quote(unquote(user), safe='')}:{quote(read_secret(self.amqp_password_file), safe='')}@{host}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
     @property
     def role(self) -> str:
@@ -96,6 +122,11 @@ class CommonSettings(BaseSettings):
     @property
     def public_key_path(self) -> Path:
         return self.jwt_public_key_file or self.state_dir / "keys" / "jwt_public.pem"
+
+
+def read_secret(path: Path) -> str:
+    """A password file's content without the trailing newline."""
+    return path.read_text(encoding="utf-8").strip()
 
 
 def _quote(value: str) -> str:

@@ -106,10 +106,10 @@ class TaggingWorker:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.extractor.warm_up)
-        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self.connection = await aio_pika.connect_robust(self.settings.amqp_connection_url)
         self.channel = await self.connection.channel()
         await self.channel.set_qos(prefetch_count=self.settings.prefetch)
-        _, self.queue = await self.topology.declare(self.channel)
+        _, self.queue = await self.topology.open(self.channel, declare=self.settings.amqp_declare_topology)
         self._consumer_tag = await self.queue.consume(self._on_message, no_ack=False)
         log.info("consuming", extra={"queue": self.topology.jobs_queue, "prefetch": self.settings.prefetch})
 

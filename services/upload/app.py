@@ -29,12 +29,13 @@ class UploadComponents:
         self.blobs = BlobStore(settings.blob_root)
         self.relay: OutboxRelay | None = None
         if settings.relay_enabled:
-            relay_db = Database(settings.dsn(user=settings.relay_db_user, password=settings.relay_db_password),
+            relay_db = Database(settings.dsn(user=settings.relay_db_user, password=settings.relay_password()),
                                 min_size=1, max_size=2)
-            self.relay = OutboxRelay(relay_db, settings.amqp_url, Topology(prefix=settings.amqp_prefix),
+            self.relay = OutboxRelay(relay_db, settings.amqp_connection_url, Topology(prefix=settings.amqp_prefix),
                                      poll_seconds=settings.relay_poll_seconds, batch_size=settings.relay_batch_size,
                                      max_in_flight=settings.relay_tenant_max_in_flight,
                                      in_flight_timeout=settings.relay_in_flight_timeout_seconds,
+                                     declare_topology=settings.amqp_declare_topology,
                                      signer=CapabilitySigner(settings.capability_private_key_path,
                                                              settings.job_capability_ttl_seconds))
         self.service = DocumentService(settings, self.db, self.blobs,

@@ -95,7 +95,7 @@ _CLAIM_EVENTS = (
 class OutboxRelay:
     def __init__(self, db: Database, amqp_url: str, topology: Topology, *, poll_seconds: float = 1.0,
                  batch_size: int = 100, max_in_flight: int = 8, in_flight_timeout: float = 900.0,
-                 signer: CapabilitySigner | None = None) -> None:
+                 signer: CapabilitySigner | None = None, declare_topology: bool = True) -> None:
         self.db = db
         self.amqp_url = amqp_url
         self.topology = topology
@@ -104,6 +104,7 @@ class OutboxRelay:
         self.max_in_flight = max_in_flight
         self.in_flight_timeout = in_flight_timeout
         self.signer = signer
+        self.declare_topology = declare_topology
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._connection: AbstractRobustConnection | None = None
@@ -131,7 +132,7 @@ class OutboxRelay:
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self.amqp_url, timeout=10)
         channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange, _ = await self.topology.declare(channel)
+        self._exchange, _ = await self.topology.open(channel, declare=self.declare_topology)
 
     async def _run(self) -> None:
         backoff = 0.5

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, read_secret
 
 
 class UploadSettings(CommonSettings):
@@ -14,6 +14,12 @@ class UploadSettings(CommonSettings):
     # The outbox relay connects as its own role, which may read every tenant's outbox rows only.
     relay_db_user: str = "doctag_relay"
     relay_db_password: str = ""
+    relay_db_password_file: Path | None = None
+
+    def relay_password(self) -> str:
+        if not self.relay_db_password and self.relay_db_password_file is not None:
+            return read_secret(self.relay_db_password_file)
+        return self.relay_db_password
 
     http_port: int = 8101
     grpc_port: int = 9101

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli import admin
 from services.cli.stack import StackLayout
 from services.common import capability, pki
 from services.common.access import ACCESS, ANY_PLATFORM_ROLE, CAPABILITY_KEY
@@ -86,10 +87,14 @@ def keys(stack: StackLayout, tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 @pytest.fixture(scope="module")
-def victims(stack: StackLayout, admin_dsn: str, accounts: dict[str, tuple[str, str, str]]) -> Victims:
+def victims(stack: StackLayout, admin_dsn: str) -> Victims:
+    # Departments of their own (the other end-to-end tests count their departments' quota).
+    for slug, name in (("e2e-victim", "피해부서"), ("e2e-mallory", "공격부서")):
+        admin.create_tenant(admin_dsn, slug, name, 50 * 1024 * 1024)
+        admin.create_user(admin_dsn, slug, "user1", "correct horse battery", "user")
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        tenant, other = (str(conn.execute("SELECT id FROM identity.tenants WHERE slug = %s", (accounts[k][0],))
-                             .fetchone()[0]) for k in ("a", "b"))  # type: ignore[index]
+        tenant, other = (str(conn.execute("SELECT id FROM identity.tenants WHERE slug = %s", (slug,))
+                             .fetchone()[0]) for slug in ("e2e-victim", "e2e-mallory"))  # type: ignore[index]
     # A queued document: its row and bytes, no outbox row, so no job will ever be published for it.
     queued, sha = str(uuid.uuid4()), hashlib.sha256(TEXT).hexdigest()
     blob = BlobStore(stack.state_dir / "blobs").path(tenant, sha)
@@ -101,8 +106,8 @@ def victims(stack: StackLayout, admin_dsn: str, accounts: dict[str, tuple[str, s
                      (queued, tenant, len(TEXT), sha))
     # A tagged document, through the gateway and the real pipeline.
     with httpx.Client(base_url=stack.gateway_url, timeout=60) as client:
-        slug, user, password = accounts["a"]
-        token = client.post("/api/v1/auth/token", json={"tenant": slug, "username": user, "password": password})
+        token = client.post("/api/v1/auth/token", json={"tenant": "e2e-victim", "username": "user1",
+                                                        "password": "correct horse battery"})
         headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
         body = "2027년 예산안 보도자료. 경제 성장률 전망.".encode()
         up = client.post("/api/v1/documents", headers=headers, files={"file": ("victim.txt", body, "text/plain")})
