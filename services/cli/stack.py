@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -77,6 +78,9 @@ class StackLayout:
     python: str = sys.executable
     # The gateway configuration this layout's kong.yml is made from (benchmarks raise its size limits).
     gateway_template: Path = DEFAULT_GATEWAY_CONFIG
+    # HTTP between the gateway and the services over mutual TLS (the services' ports need a client
+    # certificate of the platform CA; the gateway's own port stays plain HTTP for API clients).
+    http_tls: bool = True
     # Per-service database and broker credentials (`make up`); None: every service uses the
     # environment's DOCTAG_DB_* and DOCTAG_AMQP_URL (tests, benchmarks).
     accounts: ServiceAccounts | None = None
@@ -171,6 +175,10 @@ class StackLayout:
         for upstream in config.get("upstreams", []):
             if upstream["name"] in targets:
                 upstream["targets"] = [{"target": t, "weight": 100} for t in targets[upstream["name"]]]
+        if self.http_tls:
+            for service in config.get("services", []):
+                if service.get("host") in targets:
+                    service["protocol"] = "https"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.gateway_conf.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
         return self.gateway_conf
@@ -191,7 +199,9 @@ class StackLayout:
         ]
         for prog in self.programs():
             accounts = self.accounts.env(prog.role) if self.accounts else {}
-            env = {**common, **accounts, **prog.env, "DOCTAG_SERVICE_INSTANCE": prog.name}
+            tls_switch = "DOCTAG_UPSTREAM_TLS" if prog.role == "gateway" else "DOCTAG_HTTP_TLS"
+            tls = {tls_switch: "true"} if self.http_tls else {}
+            env = {**common, **accounts, **tls, **prog.env, "DOCTAG_SERVICE_INSTANCE": prog.name}
             env_line = ",".join(f'{k}="{_supervisor_escape(v)}"' for k, v in env.items())
             lines += [
                 f"[program:{prog.name}]",
@@ -251,11 +261,11 @@ class StackLayout:
         """Waits until every program answers /readyz with 200; raises with the failing log tails otherwise."""
         deadline = time.monotonic() + timeout
         pending = {p.name: p for p in self.programs()}
-        with httpx.Client(timeout=3) as client:
+        with self.client(timeout=3) as client:
             while pending and time.monotonic() < deadline:
                 for name, prog in list(pending.items()):
                     try:
-                        if client.get(f"http://{self.host}:{prog.ready_port}/readyz").status_code == 200:
+                        if client.get(f"{self.service_url(prog)}/readyz").status_code == 200:
                             del pending[name]
                     except httpx.HTTPError:
                         pass
@@ -267,6 +277,23 @@ class StackLayout:
         if pending:
             details = "\n".join(f"--- {n} ({self._state(n)}):\n{self.log_tail(n)}" for n in pending)
             raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(pending)}\n{details}")
+
+    def service_url(self, prog: Program) -> str:
+        """The base URL of a program's own HTTP port (https when the services use mutual TLS)."""
+        scheme = "https" if self.http_tls and prog.role != "gateway" else "http"
+        return f"{scheme}://{self.host}:{prog.ready_port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client that can reach the services' own ports: with mutual TLS, the gateway's
+        certificate (the operator's tools act as the gateway here)."""
+        if not self.http_tls:
+            return httpx.Client(**kwargs)
+        from services.common.pki import cert_paths
+        from services.common.tls import ReloadingSSLContext, TlsFiles
+
+        cert, key = cert_paths(self.pki_dir, "gateway")
+        tls = ReloadingSSLContext(TlsFiles(self.pki_dir / "ca.crt", cert, key), server=False)
+        return httpx.Client(verify=tls.context, **kwargs)
 
     def _state(self, name: str) -> str:
         out = self.supervisorctl("status", name).stdout.split()

@@ -7,9 +7,13 @@ its own fields; a process reads only the variables of its own service.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from .tls import ReloadingSSLContext
 
 
 class CommonSettings(BaseSettings):
@@ -59,6 +63,10 @@ class CommonSettings(BaseSettings):
     # Mutual TLS between services (services/common/tls.py). The certificate names this process's
     # role (default: the service name); files default to <tls_dir>/ca.crt, <role>.crt, <role>.key.
     grpc_tls: bool = True
+    # The service's own HTTP port over mutual TLS too (client certificates of the platform CA
+    # required): what `make up` turns on, the gateway then reaching services over https. Off for
+    # a service started alone (its HTTP port then answers plain HTTP, tokens still required).
+    http_tls: bool = False
     service_role: str | None = None
     tls_dir: Path | None = None
     tls_ca_file: Path | None = None
@@ -105,6 +113,14 @@ class CommonSettings(BaseSettings):
     @property
     def pki_dir(self) -> Path:
         return self.tls_dir or self.state_dir / "pki"
+
+    def http_ssl(self, *, server: bool = True) -> ReloadingSSLContext | None:
+        """The TLS context of this process's HTTP side when DOCTAG_HTTP_TLS is on (else None)."""
+        if not self.http_tls:
+            return None
+        from .tls import ReloadingSSLContext, TlsFiles
+
+        return ReloadingSSLContext(TlsFiles(*self.tls_paths()), server=server)
 
     def tls_paths(self) -> tuple[Path, Path, Path]:
         """(CA certificate, this role's certificate, its key)."""

@@ -10,12 +10,16 @@ long-lived channel (the handshake is paid once per connection, not per call) and
 when the files changed; the old channel gets a grace period for calls still in flight. Each
 client also pins the role of the server it calls: it checks the `<role>.role.doctag` DNS name
 that only certificates of that role carry (services/common/pki.py).
+
+HTTP between the gateway and the services (`DOCTAG_HTTP_TLS`): `ReloadingSSLContext`, the same
+files, for uvicorn and httpx.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,3 +167,44 @@ class ReloadingChannel:
             task.cancel()
             await old.close()
         await self._channel.close()
+
+
+class ReloadingSSLContext:
+    """An `ssl.SSLContext` for HTTP over mutual TLS (uvicorn's server side, httpx's client side)
+    whose certificate, key and CA are loaded again when the files change: OpenSSL applies a
+    context's new certificate to the handshakes that follow, so renewal needs no restart.
+    `watch()` checks the files every `interval` seconds (run it as a task)."""
+
+    def __init__(self, files: TlsFiles, *, server: bool) -> None:
+        self.files = files
+        self.server = server
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        if not server:
+            self.context.check_hostname = True
+        self._stamp = files.stamp()
+        self._load()
+
+    def _load(self) -> None:
+        self.files.read()  # checks that the certificate and the key belong together
+        self.context.load_cert_chain(self.files.cert, self.files.key)
+        self.context.load_verify_locations(cafile=str(self.files.ca))
+
+    def reload_if_changed(self) -> bool:
+        stamp = self.files.stamp()
+        if stamp == self._stamp:
+            return False
+        try:
+            self._load()
+        except (TlsFilesError, ssl.SSLError, OSError) as exc:
+            log.warning("renewed TLS files not usable yet; keeping the current ones", extra={"error": str(exc)})
+            return False
+        self._stamp = stamp
+        log.info("TLS certificate reloaded", extra={"cert": str(self.files.cert)})
+        return True
+
+    async def watch(self, interval: float = CLIENT_CHECK_SECONDS) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.reload_if_changed()

@@ -35,7 +35,8 @@ async def main(settings: SearchSettings | None = None) -> None:
 
     await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
                 grpc_address=f"{settings.grpc_host}:{settings.grpc_port}", on_grpc_started=mark_serving,
-                grace_seconds=settings.shutdown_grace_s, grpc_security=security)
+                grace_seconds=settings.shutdown_grace_s, grpc_security=security,
+                http_ssl=settings.http_ssl())
 
 
 if __name__ == "__main__":

@@ -196,12 +196,18 @@ async def bench_end_to_end(client: httpx.AsyncClient, headers: dict[str, str], a
             "docs_per_s": done / seconds if seconds else 0.0}
 
 
-async def bench_model_serving(target: str, texts: list[str], tenant_id: str, concurrency: int) -> dict[str, Any]:
+async def bench_model_serving(target: str, texts: list[str], tenant_id: str, concurrency: int,
+                              pki_dir: Path) -> dict[str, Any]:
+    """model-serving alone over gRPC, called as the workers call it (mutual TLS, one channel)."""
     import grpc
 
     from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
+    from services.common.pki import role_dns_name
+    from services.common.tls import TlsFiles, channel_credentials
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    files = TlsFiles(pki_dir / "ca.crt", pki_dir / "tagging-worker.crt", pki_dir / "tagging-worker.key")
+    async with grpc.aio.secure_channel(target, channel_credentials(files), options=[
+            ("grpc.ssl_target_name_override", role_dns_name("model-serving"))]) as channel:
         stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
         queue = list(texts)
         started = time.perf_counter()
@@ -305,7 +311,8 @@ async def bench_stack(args: argparse.Namespace, layout: StackLayout, admin_dsn: 
         concurrency = WorkerSettings().prefetch * len(layout.worker_ports)
         log(f"model-serving alone: gRPC Predict on the same texts, concurrency {concurrency} ...")
         results["model_serving"] = await bench_model_serving(
-            f"{layout.host}:{layout.model_ports[1]}", [text for _, _, text in files], tenant_id, concurrency)
+            f"{layout.host}:{layout.model_ports[1]}", [text for _, _, text in files], tenant_id, concurrency,
+            layout.pki_dir)
         for i in range(len(layout.worker_ports)):
             layout.supervisorctl("stop", f"tagging-worker-{i + 1}")
         for concurrency in (1, 16):

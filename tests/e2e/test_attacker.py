@@ -12,6 +12,7 @@ shows that the refusals come from the attack, not from a broken set-up.
 from __future__ import annotations
 
 import hashlib
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -374,7 +375,8 @@ async def test_the_same_calls_with_proper_credentials_work(stack: StackLayout, v
 
 def test_refusals_are_counted(stack: StackLayout, victims: Victims) -> None:
     """upload's /metrics (on its own port, never through the gateway) counts the refused calls."""
-    metrics = httpx.get(f"http://{stack.host}:{stack.upload_ports[0][0]}/metrics", timeout=10).text
+    with stack.client(timeout=10) as client:
+        metrics = client.get(f"https://{stack.host}:{stack.upload_ports[0][0]}/metrics").text
     denied = [line for line in metrics.splitlines() if line.startswith("doctag_grpc_denied_total{")]
     assert any('reason="capability"' in line for line in denied), denied
     assert any('reason="role"' in line for line in denied), denied
@@ -385,7 +387,39 @@ def test_refusals_are_counted(stack: StackLayout, victims: Victims) -> None:
 
 def _http_ports(stack: StackLayout) -> dict[str, int]:
     return {"upload": stack.upload_ports[0][0], "search": stack.search_ports[0][0], "model-serving":
-            stack.model_ports[0]}
+            stack.model_ports[0], "tagging-worker": stack.worker_ports[0]}
+
+
+def _https(stack: StackLayout, service: str, path: str = "") -> str:
+    return f"https://{stack.host}:{_http_ports(stack)[service]}{path}"
+
+
+def _tls_client(keys: Keys, how: str) -> httpx.Client:
+    """A client that trusts the platform CA and presents no certificate, or one of another CA."""
+    context = ssl.create_default_context(cafile=str(keys.pki_dir / "ca.crt"))
+    if how == "other-ca":
+        foreign = _files(keys.foreign_dir, "tagging-worker")
+        context.load_cert_chain(foreign.cert, foreign.key)
+    return httpx.Client(verify=context, timeout=10)
+
+
+@pytest.mark.parametrize("how", ["plaintext", "no-certificate", "other-ca"])
+@pytest.mark.parametrize("service", ["upload", "search", "model-serving", "tagging-worker"])
+def test_service_http_ports_refuse_hosts_without_a_platform_certificate(stack: StackLayout, victims: Victims,
+                                                                        keys: Keys, admin_dsn: str, how: str,
+                                                                        service: str) -> None:
+    """Without a certificate of the platform CA nothing is answered, not even /metrics or /readyz,
+    and nothing changes, even with a valid user token."""
+    before = [snapshot(admin_dsn, d) for d in (victims.queued, victims.tagged)]
+    headers = {"Authorization": f"Bearer {_user_token(keys.jwt_private, victims.tenant)}"}
+    for path in ("/metrics", "/readyz", f"/api/v1/documents/{victims.tagged}"):
+        with pytest.raises(httpx.TransportError):
+            if how == "plaintext":
+                httpx.get(_https(stack, service, path).replace("https://", "http://"), headers=headers, timeout=10)
+            else:
+                with _tls_client(keys, how) as client:
+                    client.get(_https(stack, service, path), headers=headers)
+    assert [snapshot(admin_dsn, d) for d in (victims.queued, victims.tagged)] == before
 
 
 HTTP_CALLS = [
@@ -403,6 +437,7 @@ HTTP_CALLS = [
 def test_service_http_ports_refuse_without_a_valid_token(stack: StackLayout, victims: Victims, keys: Keys,
                                                          admin_dsn: str, service: str, method: str, path: str,
                                                          token_kind: str, expected: int) -> None:
+    """With a platform certificate (a host of ours) but no valid user token: 401, nothing changes."""
     before = [snapshot(admin_dsn, d) for d in (victims.queued, victims.tagged)]
     headers = {}
     if token_kind == "another-key":
@@ -410,9 +445,9 @@ def test_service_http_ports_refuse_without_a_valid_token(stack: StackLayout, vic
     elif token_kind == "expired":
         now = int(time.time())
         headers["Authorization"] = f"Bearer {_user_token(keys.jwt_private, victims.tenant, 60, now - 3600)}"
-    url = f"http://{stack.host}:{_http_ports(stack)[service]}" + path.format(tagged=victims.tagged,
-                                                                             queued=victims.queued)
-    resp = httpx.request(method, url, headers=headers, json={"text": "예산"} if method == "POST" else None, timeout=30)
+    url = _https(stack, service, path.format(tagged=victims.tagged, queued=victims.queued))
+    with stack.client(timeout=30) as client:
+        resp = client.request(method, url, headers=headers, json={"text": "예산"} if method == "POST" else None)
     assert resp.status_code == expected, resp.text
     assert [snapshot(admin_dsn, d) for d in (victims.queued, victims.tagged)] == before
 
@@ -420,10 +455,9 @@ def test_service_http_ports_refuse_without_a_valid_token(stack: StackLayout, vic
 def test_another_tenants_user_cannot_read_the_victim_on_the_service_port(stack: StackLayout, victims: Victims,
                                                                         keys: Keys) -> None:
     headers = {"Authorization": f"Bearer {_user_token(keys.jwt_private, victims.other_tenant)}"}
-    base = f"http://{stack.host}:{stack.upload_ports[0][0]}"
-    for path in (f"/api/v1/documents/{victims.tagged}", f"/api/v1/documents/{victims.queued}/content"):
-        assert httpx.get(base + path, headers=headers, timeout=10).status_code == 404
-
+    with stack.client(timeout=10) as client:
+        for path in (f"/api/v1/documents/{victims.tagged}", f"/api/v1/documents/{victims.queued}/content"):
+            assert client.get(_https(stack, "upload", path), headers=headers).status_code == 404
 
 
 @pytest.mark.parametrize("service,path", [("model-serving", "/api/v1/predict"), ("upload", "/api/v1/quota"),
@@ -435,7 +469,7 @@ def test_service_ports_enforce_the_gateways_size_limit(stack: StackLayout, victi
     headers = {"Authorization": f"Bearer {_user_token(keys.jwt_private, victims.tenant)}",
                "Content-Type": "application/json"}
     body = b'{"text": "' + "가".encode() * (9_500_000 // 3) + b'"}'
-    resp = httpx.post(f"http://{stack.host}:{_http_ports(stack)[service]}{path}", headers=headers, content=body,
-                      timeout=60)
+    with stack.client(timeout=60) as client:
+        resp = client.post(_https(stack, service, path), headers=headers, content=body)
     assert resp.status_code == 413, resp.text[:300]
     assert resp.json()["max_bytes"] == 8 * 1024 * 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ssl
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from services.cli.main import main as doctag
 from services.common import pki
 from services.common.access import ANY_PLATFORM_ROLE, AccessInterceptor, Rule
 from services.common.grpc_utils import GrpcSecurity, bind
-from services.common.tls import ReloadingChannel, TlsFiles
+from services.common.tls import ReloadingChannel, ReloadingSSLContext, TlsFiles
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +176,43 @@ async def test_renewed_certificates_are_used_without_dropping_calls(server: Serv
     new_serial = _serial(files.cert)
     assert server.servicer.serials[0] == old_serial and server.servicer.serials[-1] == new_serial
     await channel.close()
+
+
+async def test_http_tls_context_requires_client_certificates_and_reloads(tmp_path: Path) -> None:
+    """The HTTP side (uvicorn's and the gateway's contexts): a client without a certificate of the
+    platform CA is refused; a renewed server certificate is presented to the next handshake."""
+    pki.ensure_local(tmp_path)
+    server_tls = ReloadingSSLContext(_files(tmp_path, "upload"), server=True)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"ok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_tls.context)
+    port = server.sockets[0].getsockname()[1]
+
+    async def handshake(context: ssl.SSLContext) -> tuple[bytes, int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        data = await reader.read()
+        writer.close()
+        return data, x509.load_der_x509_certificate(der).serial_number
+
+    client = ReloadingSSLContext(_files(tmp_path, "gateway"), server=False).context
+    data, serial = await handshake(client)
+    assert data == b"ok" and serial == _serial(tmp_path / "upload.crt")
+
+    anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    try:  # TLS 1.3: the client's side of the handshake may finish before the server refuses it
+        data, _ = await handshake(anonymous)
+    except (ssl.SSLError, ConnectionError):
+        data = b""
+    assert data == b"", "answered a client without a certificate"
+
+    pki.issue(tmp_path, "upload")
+    assert server_tls.reload_if_changed()
+    _, serial = await handshake(client)
+    assert serial == _serial(tmp_path / "upload.crt")
+    server.close()
+    await server.wait_closed()
