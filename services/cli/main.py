@@ -103,6 +103,26 @@ def cmd_pki_issue(settings: OpsSettings, args: argparse.Namespace) -> None:
           f"({pki.role_uri(issued.role)}), valid until {issued.not_after:%Y-%m-%d %H:%M} UTC")
 
 
+def cmd_probe(settings: OpsSettings, args: argparse.Namespace) -> None:
+    """GET a service's URL (health checks): https with the certificate of `--role`."""
+    import httpx
+
+    from services.common.tls import ReloadingSSLContext, TlsFiles
+
+    ca, _, _ = settings.tls_paths()
+    verify: Any = True
+    if args.url.startswith("https://"):
+        cert, key = settings.pki_dir / f"{args.role}.crt", settings.pki_dir / f"{args.role}.key"
+        verify = ReloadingSSLContext(TlsFiles(ca, cert, key), server=False).context
+    try:
+        status = httpx.get(args.url, verify=verify, timeout=args.timeout).status_code
+    except httpx.HTTPError as exc:
+        raise admin.AdminError(f"{args.url}: {exc.__class__.__name__}: {exc}") from None
+    if status != 200:
+        raise admin.AdminError(f"{args.url} answered {status}")
+    print(f"{args.url}: 200")
+
+
 def cmd_tenant_create(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(admin.create_tenant(settings.admin_dsn(), args.slug, args.name, args.storage_quota).message)
 
@@ -199,7 +219,8 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(layout.status())
     print(f"""The platform is running.
 
-  Gateway:   {layout.gateway_url}   (API under /api/v1, OpenAPI of each service at its /openapi.json)
+  Gateway:   {layout.gateway_url}   (API under /api/v1)
+  Services:  https with a platform certificate only (mutual TLS; CA and certificates in {layout.pki_dir})
   Logs:      make logs   (files in {layout.log_dir})
   Stop:      make down
 
@@ -336,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="search quality and index").add_subparsers(dest="action", required=True)
     search_cmds.add_commands(search)
+
+    probe = sub.add_parser("probe", help="GET a service URL, with a platform certificate for https (health checks)")
+    probe.add_argument("url")
+    probe.add_argument("--role", default="gateway", choices=SERVICE_ROLES, help="whose certificate to present")
+    probe.add_argument("--timeout", type=float, default=5.0)
+    probe.set_defaults(func=cmd_probe)
 
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)

@@ -9,7 +9,7 @@ token's. Methods marked `job_capability` need the job capability upload signed f
 (services/common/capability.py). Every refusal is PERMISSION_DENIED, logged and counted in
 `doctag_grpc_denied_total`.
 
-Keep the README's table ("Calls between services") in step with ACCESS.
+Keep the README's table ("Who may call what", under "Trust between services") in step with ACCESS.
 """
 from __future__ import annotations
 

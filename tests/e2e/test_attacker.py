@@ -473,3 +473,14 @@ def test_service_ports_enforce_the_gateways_size_limit(stack: StackLayout, victi
         resp = client.post(_https(stack, service, path), headers=headers, content=body)
     assert resp.status_code == 413, resp.text[:300]
     assert resp.json()["max_bytes"] == 8 * 1024 * 1024
+
+
+def test_doctag_probe_reaches_a_service_port_only_with_a_certificate(stack: StackLayout,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`doctag probe` (compose's health checks): with the platform's certificates it gets 200 from a
+    service's /readyz; the same port over plain HTTP answers nothing."""
+    from services.cli.main import main as doctag
+
+    monkeypatch.setenv("DOCTAG_TLS_DIR", str(stack.pki_dir))
+    assert doctag(["probe", _https(stack, "upload", "/readyz"), "--role", "upload"]) == 0
+    assert doctag(["probe", _https(stack, "upload", "/readyz").replace("https:", "http:")]) == 1
