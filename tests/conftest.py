@@ -46,6 +46,10 @@ os.environ["DOCTAG_JOB_CAPABILITY_PRIVATE_KEY_FILE"] = str(TEST_STATE_DIR / "key
 os.environ["DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE"] = str(TEST_STATE_DIR / "keys" / capability.PUBLIC_NAME)
 pki.ensure_local(TEST_STATE_DIR / "pki")
 capability.ensure_keypair(TEST_STATE_DIR / "keys")
+# In-process services and commands that call model-serving (search's query embeddings, reindex)
+# reach none unless a test starts one and names it: never the platform's model-serving on 9121.
+# Port 1 on loopback refuses at once.
+os.environ["DOCTAG_MODEL_GRPC_TARGET"] = "127.0.0.1:1"
 # The ONNX export of the e5-hybrid encoder is made once per machine, not per test process
 # (onnx_encoder.py keys the cache by everything the export depends on, so sharing it is safe).
 os.environ.setdefault("DOCTAG_ONNX_CACHE_DIR", str(REPO / "var" / "onnx-cache"))

@@ -56,6 +56,9 @@ ACCESS: dict[str, Rule] = {
     "/doctag.v1.ModelServing/Predict": Rule(frozenset({"tagging-worker", "gateway"})),
     "/doctag.v1.ModelServing/PredictBatch": Rule(frozenset({"tagging-worker", "gateway"})),
     "/doctag.v1.ModelServing/ListModels": Rule(frozenset({"tagging-worker", "gateway"})),
+    # embeddings: passages at tagging time (and `doctag search reindex`, with the worker's certificate),
+    # queries for search's hybrid ranking
+    "/doctag.v1.ModelServing/Embed": Rule(frozenset({"tagging-worker", "search"})),
     # health of every server: any of the platform's services (readiness checks)
     "/grpc.health.v1.Health/Check": Rule(ANY_PLATFORM_ROLE),
     "/grpc.health.v1.Health/Watch": Rule(ANY_PLATFORM_ROLE),

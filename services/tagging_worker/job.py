@@ -25,6 +25,7 @@ class Job:
     size_bytes: int
     # Signed by upload for this document, tenant and content version; presented with every call about it.
     capability: str = ""
+    title: str = ""   # the document's title at upload (read by its embedding); "" in older messages
 
     @classmethod
     def from_body(cls, body: bytes) -> Job:
@@ -53,7 +54,7 @@ class Job:
             raise InvalidJob("size_bytes is not a non-negative integer")
         return cls(document_id=document_id, tenant_id=tenant_id, sha256=sha256,
                    filename=_str(payload.get("filename")), content_type=_str(payload.get("content_type")),
-                   size_bytes=size, capability=capability)
+                   size_bytes=size, title=_str(payload.get("title"))[:1000], capability=capability)
 
 
 def _uuid(value: Any, field: str) -> str:

@@ -12,6 +12,7 @@ import uuid
 
 import grpc
 
+from services.common import embeddings
 from services.common.access import CAPABILITY_KEY, current_user, deny, metadata_value
 from services.common.blobstore import CHUNK_SIZE
 from services.common.capability import CapabilityVerifier, InvalidCapability, JobCapability
@@ -124,10 +125,16 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         if outcome == "failed" and not request.error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a failed outcome needs an error reason")
         extraction = await _extraction(request, context)
+        embedding = None
+        if outcome == "tagged" and request.embedding:
+            try:
+                embedding = embeddings.checked(request.embedding_model, request.embedding_version, request.embedding)
+            except embeddings.InvalidEmbedding as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"embedding: {exc}")
         try:
             status, applied = await self.service.record_result(
                 tenant_id, document_id, cap.sha256, outcome, text=request.text, tags=tags,
-                error=request.error, pii=pii, extraction=extraction)
+                error=request.error, pii=pii, extraction=extraction, embedding=embedding)
         except DocumentNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
         except StaleVersion as exc:

@@ -223,6 +223,12 @@ async def _predict_batch(channel: grpc.aio.Channel, v: Victims, meta: tuple[tupl
         model_serving_pb2.PredictBatchRequest(texts=["예산"], tenant_id=v.tenant), timeout=30, metadata=meta)
 
 
+async def _embed(channel: grpc.aio.Channel, v: Victims, meta: tuple[tuple[str, str], ...]) -> Any:
+    return await model_serving_pb2_grpc.ModelServingStub(channel).Embed(
+        model_serving_pb2.EmbedRequest(texts=["예산"], mode=model_serving_pb2.EMBED_MODE_PASSAGE, tenant_id=v.tenant),
+        timeout=60, metadata=meta)
+
+
 async def _list_models(channel: grpc.aio.Channel, v: Victims, meta: tuple[tuple[str, str], ...]) -> Any:
     return await model_serving_pb2_grpc.ModelServingStub(channel).ListModels(
         model_serving_pb2.ListModelsRequest(), timeout=TIMEOUT, metadata=meta)
@@ -241,6 +247,7 @@ CALLS = [
     Call("model-serving", "/doctag.v1.ModelServing/Predict", _predict),
     Call("model-serving", "/doctag.v1.ModelServing/PredictBatch", _predict_batch),
     Call("model-serving", "/doctag.v1.ModelServing/ListModels", _list_models),
+    Call("model-serving", "/doctag.v1.ModelServing/Embed", _embed),
     *(Call(role, "/grpc.health.v1.Health/Check", _health) for role in ("upload", "search", "model-serving")),
 ]
 
@@ -330,7 +337,7 @@ def _cells() -> Iterator[Cell]:
         for forged in ("no-user-token", "token-of-another-tenant", "token-signed-by-another-key",
                        "expired-user-token"):
             yield Cell(call, "role", "gateway", forged)
-    for call in (CALLS[4], CALLS[5]):
+    for call in (*CALLS[4:6], next(c for c in CALLS if c.method.endswith("/Embed"))):
         yield Cell(call, "role", "tagging-worker", "forged-capability")
 
 
