@@ -92,6 +92,14 @@ _CLAIM_EVENTS = (
     "WHERE sent_at IS NULL AND event_type <> %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED")
 
 
+def job_message(payload: dict[str, Any], signer: CapabilitySigner) -> dict[str, Any]:
+    """A tagging job as published: the outbox payload with a capability signed now (a republished row
+    gets a fresh one), the only way its worker can read the document and record the result
+    (services/common/capability.py)."""
+    capability = signer.sign(str(payload["document_id"]), str(payload["tenant_id"]), str(payload["sha256"]))
+    return {**payload, "capability": capability}
+
+
 class OutboxRelay:
     def __init__(self, db: Database, amqp_url: str, topology: Topology, *, poll_seconds: float = 1.0,
                  batch_size: int = 100, max_in_flight: int = 8, in_flight_timeout: float = 900.0,
@@ -207,13 +215,10 @@ class OutboxRelay:
         return sent
 
     def _body(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A tagging job carries a capability signed now (a republished row gets a fresh one): the only
-        way its worker can read the document and record the result (services/common/capability.py)."""
         payload: dict[str, Any] = row["payload"]
         if row["event_type"] != DOCUMENT_UPLOADED or self.signer is None:
             return payload
-        capability = self.signer.sign(str(payload["document_id"]), str(payload["tenant_id"]), str(payload["sha256"]))
-        return {**payload, "capability": capability}
+        return job_message(payload, self.signer)
 
     async def _publish_rows(self, conn: DictConnection,
                             rows: list[dict[str, Any]]) -> tuple[int, Exception | None]:

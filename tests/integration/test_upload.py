@@ -135,6 +135,10 @@ async def test_upload_queues_document_and_publishes_event(settings, tenants, mak
         body = json.loads(message.body)
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
         assert body["document_id"] == doc["id"] and body["tenant_id"] == tenant_a
+        # The job carries upload's signed capability for exactly this document, tenant and content.
+        cap = CapabilityVerifier(settings.capability_public_key_path).verify_for(
+            body["capability"], doc["id"], sha256=doc["sha256"])
+        assert cap.tenant_id == tenant_a and cap.expires_at > time.time() + 3600
         await connection.close()
 
 
