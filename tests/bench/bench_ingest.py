@@ -299,17 +299,22 @@ async def bench_end_to_end(client: httpx.AsyncClient, headers: dict[str, str], a
 
 
 async def bench_model_serving(target: str, texts: list[str], tenant_id: str, concurrency: int,
-                              pki_dir: Path) -> dict[str, Any]:
-    """model-serving alone over gRPC, called as the workers call it (mutual TLS, one channel)."""
+                              pki_dir: Path | None) -> dict[str, Any]:
+    """model-serving alone over gRPC, called as the workers call it (mutual TLS unless `pki_dir` is
+    None, one channel)."""
     import grpc
 
     from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
     from services.common.pki import role_dns_name
     from services.common.tls import TlsFiles, channel_credentials
 
-    files = TlsFiles(pki_dir / "ca.crt", pki_dir / "tagging-worker.crt", pki_dir / "tagging-worker.key")
-    async with grpc.aio.secure_channel(target, channel_credentials(files), options=[
-            ("grpc.ssl_target_name_override", role_dns_name("model-serving"))]) as channel:
+    if pki_dir is None:
+        channel_cm = grpc.aio.insecure_channel(target)
+    else:
+        files = TlsFiles(pki_dir / "ca.crt", pki_dir / "tagging-worker.crt", pki_dir / "tagging-worker.key")
+        channel_cm = grpc.aio.secure_channel(target, channel_credentials(files), options=[
+            ("grpc.ssl_target_name_override", role_dns_name("model-serving"))])
+    async with channel_cm as channel:
         stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
         queue = list(texts)
         started = time.perf_counter()
@@ -418,7 +423,7 @@ async def bench_stack(args: argparse.Namespace, layout: StackLayout, admin_dsn: 
         before = cpu_seconds(layout)
         results["model_serving"] = await bench_model_serving(
             f"{layout.host}:{layout.model_ports[1]}", [text for _, _, text in files], tenant_id, concurrency,
-            layout.pki_dir)
+            layout.pki_dir if layout.http_tls else None)
         results["model_serving"]["cpu_ms_per_document"] = cpu_per_document(
             before, cpu_seconds(layout), results["model_serving"]["documents"])
         for i in range(len(layout.worker_ports)):
@@ -478,6 +483,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--placement", choices=("split", "shared"),
                         help="CPU placement (module docstring); default split on 2+ CPUs, else shared")
+    parser.add_argument("--no-tls", action="store_true",
+                        help="gRPC and gateway->service HTTP without TLS (DOCTAG_GRPC_TLS=false): the cost of "
+                             "mutual TLS is the difference to a run without this flag")
     parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "ingest.json")
     args = parser.parse_args(argv)
     args.documents = args.documents or (100 if args.quick else 1000)
@@ -498,7 +506,9 @@ def run(args: argparse.Namespace, on_stack: Callable[[StackLayout, str], dict[st
         "DOCTAG_AMQP_URL": AMQP_URL, "DOCTAG_AMQP_PREFIX": f"doctag-bench-{run_id}",
         "DOCTAG_RELAY_POLL_SECONDS": "0.2", "DOCTAG_MAX_UPLOAD_BYTES": str((args.large_mb + 16) * MB),
         "DOCTAG_MODEL_STORE": str(state / "models"),
+        **({"DOCTAG_GRPC_TLS": "false"} if args.no_tls else {}),
     })
+    layout.http_tls = not args.no_tls
     layout.gateway_template = gateway_template(state, args.large_mb + 64)
     pinned: dict[int, set[int]] = {}
     placement = split_cpus() if args.placement == "split" else None
