@@ -85,7 +85,7 @@ def _reject_dot_segments(path: str) -> None:
 def build_app(settings: GatewaySettings, config: KongConfig) -> FastAPI:
     private_key, _ = prepare_keys(settings)
     router = Router(config)
-    proxy = Proxy(config, cooldown_seconds=settings.gateway_unhealthy_cooldown_seconds)
+    proxy = Proxy(config, cooldown_seconds=settings.gateway_unhealthy_cooldown_seconds, tls=settings.upstream_ssl())
     verifier = JwtVerifier(resolve_credentials(config, settings), audience=settings.jwt_audience)
     db = Database(settings.dsn(), min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     issuer = TokenIssuer(db, private_key_file=private_key, issuer=settings.jwt_issuer,

@@ -8,6 +8,7 @@ is idempotent and none of its body has been read yet. A read/write timeout answe
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -23,6 +24,7 @@ from starlette.responses import StreamingResponse
 
 from services.common.context import REQUEST_ID_HEADER
 from services.common.errors import ProblemError
+from services.common.tls import ReloadingSSLContext
 
 from .balancer import TargetState, UpstreamBalancer
 from .config import KongConfig, Service, Upstream
@@ -100,7 +102,7 @@ class ForwardedRequest:
 
 
 class Proxy:
-    def __init__(self, config: KongConfig, *, cooldown_seconds: float) -> None:
+    def __init__(self, config: KongConfig, *, cooldown_seconds: float, tls: ReloadingSSLContext | None = None) -> None:
         self.balancers: dict[str, UpstreamBalancer] = {
             u.name: UpstreamBalancer(u, cooldown_seconds=cooldown_seconds) for u in config.upstreams
         }
@@ -111,15 +113,22 @@ class Proxy:
                                     targets=[{"target": f"{service.host}:{service.port}"}])
                 self.balancers[implicit.name] = UpstreamBalancer(implicit, cooldown_seconds=cooldown_seconds)
         self.client: httpx.AsyncClient | None = None
+        # Mutual TLS to upstreams (the gateway's certificate; renewed ones picked up by the watcher).
+        self.tls = tls
+        self._tls_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         # No client-level headers or env proxies: requests are built by hand and sent as they are.
         self.client = httpx.AsyncClient(
-            trust_env=False, follow_redirects=False,
+            trust_env=False, follow_redirects=False, verify=self.tls.context if self.tls else True,
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0),
         )
+        if self.tls is not None:
+            self._tls_watch = asyncio.get_running_loop().create_task(self.tls.watch(), name="upstream-tls-watch")
 
     async def close(self) -> None:
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
         if self.client is not None:
             await self.client.aclose()
             self.client = None

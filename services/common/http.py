@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import REQUEST_ID_HEADER, new_request_id, request_id_var, tenant_id_var
-from .errors import install_problem_handlers
+from .errors import ProblemError, install_problem_handlers, problem_response
 from .metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -69,6 +69,60 @@ class RequestContextMiddleware:
             tenant_id_var.reset(tenant_token)
 
 
+class BodyLimitMiddleware:
+    """The gateway's `request-size-limiting` on a service's own port, so that a caller who reaches
+    the port directly gets no more than through the gateway: a declared Content-Length over the
+    limit answers 413 at once; a body without one is counted as it is read and refused (413) as
+    soon as it passes the limit. The limit is the one of the longest matching path prefix in
+    `limits`, else `default`."""
+
+    def __init__(self, app: ASGIApp, default: int, limits: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.default = default
+        self.limits = sorted((limits or {}).items(), key=lambda item: -len(item[0]))
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.limits:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return limit
+        return self.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        declared = [v for k, v in scope.get("headers", []) if k.lower() == b"content-length"]
+        if declared:
+            value = declared[0].decode("latin-1").strip()
+            if not value.isascii() or not value.isdigit():
+                detail = "Content-Length must be a non-negative integer"
+                await problem_response(400, detail, errors=[{"field": "Content-Length", "message": detail}])(
+                    scope, receive, send)
+                return
+            if int(value) > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ProblemError(413, f"the request body is larger than the allowed {limit} bytes",
+                                       extra={"max_bytes": limit})
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return problem_response(413, f"the request body is larger than the allowed {limit} bytes",
+                            extra={"max_bytes": limit})
+
+
 def create_app(
     service: str,
     *,
@@ -76,13 +130,21 @@ def create_app(
     readiness: dict[str, ReadinessCheck] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     version: str = "1",
+    max_body_bytes: int | None = None,
+    body_limits: dict[str, int] | None = None,
+    api_docs: bool = True,
 ) -> FastAPI:
     """An app with the shared middleware and the /healthz, /readyz and /metrics routes.
 
     `readiness` maps a dependency name to an async check that raises when it is unreachable.
+    `max_body_bytes` (with per-path-prefix `body_limits`) limits request bodies as the gateway does;
+    `api_docs=False` serves neither /docs nor /openapi.json.
     """
     app = FastAPI(title=title, version=version, lifespan=lifespan,
-                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+                  openapi_url="/openapi.json" if api_docs else None, docs_url="/docs" if api_docs else None,
+                  redoc_url=None)
+    if max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, default=max_body_bytes, limits=body_limits)
     app.add_middleware(RequestContextMiddleware, service=service)
     install_problem_handlers(app)
     checks = dict(readiness or {})
