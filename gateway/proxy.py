@@ -27,7 +27,7 @@ from services.common.errors import ProblemError
 from .balancer import TargetState, UpstreamBalancer
 from .config import KongConfig, Service, Upstream
 from .metrics import RETRIES, UPSTREAM_LATENCY
-from .plugins.size_limit import PayloadTooLarge, too_large
+from .plugins.request_size_limiting.handler import PayloadTooLarge, too_large
 from .router import RouteMatch, prefix_matches
 
 log = logging.getLogger("gateway.proxy")
@@ -101,16 +101,23 @@ class ForwardedRequest:
 
 class Proxy:
     def __init__(self, config: KongConfig, *, cooldown_seconds: float) -> None:
-        self.balancers: dict[str, UpstreamBalancer] = {
-            u.name: UpstreamBalancer(u, cooldown_seconds=cooldown_seconds) for u in config.upstreams
-        }
+        self.cooldown_seconds = cooldown_seconds
+        self.balancers = self._balancers(config)
+        self.client: httpx.AsyncClient | None = None
+
+    def _balancers(self, config: KongConfig) -> dict[str, UpstreamBalancer]:
+        balancers = {u.name: UpstreamBalancer(u, cooldown_seconds=self.cooldown_seconds) for u in config.upstreams}
         # A service whose host is not an upstream goes straight to host:port (as in Kong).
         for service in config.services:
-            if service.host not in self.balancers:
+            if service.host not in balancers:
                 implicit = Upstream(name=f"{service.name}.direct",
                                     targets=[{"target": f"{service.host}:{service.port}"}])
-                self.balancers[implicit.name] = UpstreamBalancer(implicit, cooldown_seconds=cooldown_seconds)
-        self.client: httpx.AsyncClient | None = None
+                balancers[implicit.name] = UpstreamBalancer(implicit, cooldown_seconds=self.cooldown_seconds)
+        return balancers
+
+    def reconfigure(self, config: KongConfig) -> None:
+        """New balancers for a reloaded configuration; the client and its connections stay."""
+        self.balancers = self._balancers(config)
 
     async def start(self) -> None:
         # No client-level headers or env proxies: requests are built by hand and sent as they are.
@@ -125,7 +132,10 @@ class Proxy:
             self.client = None
 
     def balancer_for(self, service: Service) -> UpstreamBalancer:
-        return self.balancers.get(service.host) or self.balancers[f"{service.name}.direct"]
+        balancer = self.balancers.get(service.host) or self.balancers.get(f"{service.name}.direct")
+        if balancer is None:  # the service went away in a reload while this request was routed
+            raise ProblemError(502, f"the {service.name} service is no longer configured")
+        return balancer
 
     def _build(self, request: Request, match: RouteMatch, target: TargetState, balancer: UpstreamBalancer,
                fwd: ForwardedRequest, content: AsyncIterator[bytes] | None) -> httpx.Request:

@@ -16,6 +16,9 @@ class GatewaySettings(CommonSettings):
     db_user: str = "doctag_gateway"
 
     http_port: int = 8080
+    # Kong's status_listen: /healthz, /readyz and /metrics are served here, never on the proxy port.
+    gateway_status_port: int = Field(8100, ge=1, le=65535)
+    gateway_status_host: str | None = None
     # DOCTAG_GATEWAY_CONFIG: the kong.yml to load.
     gateway_config: Path = DEFAULT_CONFIG
     # DOCTAG_JWT_PRIVATE_KEY_FILE: signs the tokens the gateway issues.

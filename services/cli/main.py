@@ -115,6 +115,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"""The platform is running.
 
   Gateway:   {layout.gateway_url}   (API under /api/v1, OpenAPI of each service at its /openapi.json)
+  Status:    {layout.gateway_status_url}   (the gateway's /healthz, /readyz, /metrics)
   Logs:      make logs   (files in {layout.log_dir})
   Stop:      make down
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import load_config
-from gateway.plugins import AclConfig, acl
+from gateway.plugins.acl import handler as acl
+from gateway.plugins.acl.schema import AclConfig
 from gateway.router import Router
 from gateway.settings import DEFAULT_CONFIG
 from services.common.errors import ProblemError

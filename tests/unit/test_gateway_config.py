@@ -17,7 +17,9 @@ from gateway.config import (
     with_targets,
     write_config,
 )
-from gateway.plugins import AclConfig, JwtConfig, RequestSizeLimitingConfig
+from gateway.plugins.acl.schema import AclConfig
+from gateway.plugins.jwt.schema import JwtConfig
+from gateway.plugins.request_size_limiting.schema import RequestSizeLimitingConfig
 from gateway.router import Router
 from gateway.settings import DEFAULT_CONFIG
 
@@ -125,8 +127,10 @@ def test_targets_default_port_and_ipv6() -> None:
     (minimal(plugins=[{"name": "rate-limiting"}]), "plugin 'rate-limiting' is not implemented"),
     (minimal(plugins=[{"name": "jwt", "config": {"claims_to_verify": ["iat"]}}]),
      "plugins[0].config.claims_to_verify[0]"),
-    (minimal(plugins=[{"name": "jwt", "config": {"uri_param_names": ["jwt"]}}]),
-     "plugins[0].config.uri_param_names: Extra inputs are not permitted"),
+    (minimal(plugins=[{"name": "jwt", "config": {"anonymous": "guest"}}]),
+     "plugins[0].config.anonymous: anonymous consumers are not supported"),
+    (minimal(plugins=[{"name": "jwt", "config": {"not_a_key": 1}}]),
+     "plugins[0].config.not_a_key: Extra inputs are not permitted"),
     (minimal(plugins=[{"name": "acl", "config": {"allow": ["a"], "deny": ["b"]}}]),
      "exactly one of 'allow' and 'deny'"),
     (minimal(plugins=[{"name": "acl", "config": {}}]), "exactly one of 'allow' and 'deny'"),

@@ -1,0 +1,66 @@
+"""The proxy endpoint: route the request, run the access phase of its plugins, forward it."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request
+from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
+
+from services.common.context import current_request_id
+from services.common.errors import ProblemError
+
+from .metrics import PROXY_LATENCY, PROXY_REQUESTS
+from .pipeline import RUNTIME_KEY, context_of
+from .plugins.request_size_limiting.handler import has_body, limited, parse_content_length
+from .proxy import ForwardedRequest, Proxy
+from .router import MethodNotAllowed, NoRoute
+
+log = logging.getLogger("gateway")
+
+
+def reject_dot_segments(path: str) -> None:
+    """'.' and '..' segments could make a path look like one route and act as another."""
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ProblemError(400, "the path must not contain '.' or '..' segments", field="path")
+
+
+def proxy_endpoint(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        ctx = context_of(request.scope)
+        runtime = request.scope["state"][RUNTIME_KEY]
+        ctx.request = request
+        started = time.perf_counter()
+        status = 500
+        try:
+            reject_dot_segments(request.url.path)
+            try:
+                ctx.match = runtime.router.match(request.method, request.url.path)
+            except NoRoute:
+                raise ProblemError(404, f"no route matches {request.url.path}") from None
+            except MethodNotAllowed as exc:
+                raise ProblemError(405, f"{request.method} is not allowed here",
+                                   headers={"Allow": ", ".join(exc.allowed)}) from None
+            parse_content_length(request.headers.get("content-length"))  # 400 for a malformed one
+            await runtime.pipeline.access(ctx)
+            body = limited(request.stream(), ctx.body_limit) if has_body(request.headers) else None
+            forwarded = ForwardedRequest(body=body, extra_headers=ctx.upstream_headers,
+                                         request_id=current_request_id())
+            response = await proxy.forward(request, ctx.match, forwarded)
+            ctx.upstream_latency_s = time.perf_counter() - started
+            status = response.status_code
+            return response
+        except ProblemError as exc:
+            status = exc.status
+            raise
+        except ClientDisconnect:
+            status = 499  # nginx's "client closed request"
+            log.info("client went away during the request", extra={"route": ctx.route_name})
+            return Response(status_code=400)
+        finally:
+            PROXY_REQUESTS.labels(ctx.route_name, ctx.service_name, str(status)).inc()
+            PROXY_LATENCY.labels(ctx.route_name, ctx.service_name).observe(time.perf_counter() - started)
+
+    return endpoint

@@ -1,0 +1,176 @@
+"""Kong's `jwt` plugin (PRIORITY 1450), RS256 only: find the token, pick the consumer's jwt_secret by
+the claim named in `key_claim_name` (default `iss`), verify signature, the claims in
+`claims_to_verify`, and the audience.
+
+Deviations from Kong (see gateway/README.md): the audience (`DOCTAG_JWT_AUDIENCE`) is
+verified too; the token must carry the platform claims `tenant` and `roles`. A token
+found in a query parameter or cookie is passed upstream in `Authorization` as well,
+because the services behind the gateway verify it again.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+
+from gateway.config import ConfigError, KongConfig, resolve_secret_value
+from services.common.auth import Principal, principal_from_claims
+from services.common.context import tenant_id_var
+from services.common.errors import ProblemError
+
+from ..base import Dependencies, PluginHandler, RequestContext
+from .schema import Config
+
+JwtConfig = Config
+_LEEWAY_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class RsaCredential:
+    """A consumer's jwt_secret with its public key resolved to PEM text."""
+
+    consumer: str
+    key: str
+    public_key_pem: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    principal: Principal
+    claims: dict[str, Any]
+    credential: RsaCredential
+
+
+def _unauthorized(detail: str, *, slug: str = "invalid-token", error: str | None = "invalid_token",
+                  realm: str | None = None) -> ProblemError:
+    challenge = f'Bearer realm="{realm or "doctag"}"' + (f', error="{error}"' if error else "")
+    return ProblemError(401, detail, slug=slug, field="Authorization", headers={"WWW-Authenticate": challenge})
+
+
+def find_token(headers: Any, config: Config, query_string: bytes = b"") -> str | None:
+    """The token from the first configured query parameter, cookie or header that has one
+    (Kong's order)."""
+    if config.uri_param_names and query_string:
+        params = parse_qs(query_string.decode("latin-1"), keep_blank_values=False)
+        for name in config.uri_param_names:
+            if params.get(name):
+                return params[name][0].strip() or None
+    if config.cookie_names and headers.get("cookie"):
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get("cookie"))
+        except CookieError:
+            cookies = SimpleCookie()
+        for name in config.cookie_names:
+            if name in cookies and cookies[name].value:
+                return cookies[name].value
+    for name in config.header_names:
+        value: str | None = headers.get(name)
+        if not value:
+            continue
+        scheme, sep, token = value.strip().partition(" ")
+        if sep and scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+        if not sep and name.lower() != "authorization":
+            return value.strip()  # a custom header may carry the bare token, as in Kong
+    return None
+
+
+class JwtVerifier:
+    """Verifies tokens against the consumers' RS256 public keys."""
+
+    def __init__(self, credentials: list[RsaCredential], *, audience: str) -> None:
+        self.by_key = {c.key: c for c in credentials}
+        self.audience = audience
+
+    def authenticate(self, headers: Any, config: Config, *, now: float | None = None,
+                     query_string: bytes = b"") -> Authenticated:
+        token = find_token(headers, config, query_string)
+        if token is None:
+            raise _unauthorized("a bearer token is required in the Authorization header", slug="unauthorized",
+                                error=None, realm=config.realm)
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise _unauthorized("the token is not a well-formed JWT") from None
+        if header.get("alg") != "RS256":
+            raise _unauthorized("the token must be signed with RS256")
+        key = unverified.get(config.key_claim_name)
+        credential = self.by_key.get(key) if isinstance(key, str) else None
+        if credential is None:
+            raise _unauthorized(f"no credentials found for the token's '{config.key_claim_name}' claim")
+        to_verify = config.claims_to_verify or []
+        required = ["sub", *to_verify]
+        try:
+            claims = jwt.decode(
+                token, credential.public_key_pem, algorithms=["RS256"], audience=self.audience,
+                options={"require": required, "verify_exp": "exp" in to_verify,
+                         "verify_nbf": "nbf" in to_verify, "verify_iat": False},
+                leeway=_LEEWAY_SECONDS,
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("the token has expired", slug="token-expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"the token is not valid: {exc}") from None
+        if config.maximum_expiration:
+            exp = claims.get("exp")
+            current = time.time() if now is None else now
+            if not isinstance(exp, int | float) or exp - current > config.maximum_expiration:
+                raise _unauthorized("the token's expiry is too far in the future")
+        try:
+            principal = principal_from_claims(claims)
+        except (jwt.InvalidTokenError, KeyError) as exc:
+            raise _unauthorized(f"the token is not valid: {exc}") from None
+        return Authenticated(principal=principal, claims=claims, credential=credential)
+
+
+def resolve_credentials(config: KongConfig, public_key_path: str) -> list[RsaCredential]:
+    """The consumers' jwt_secrets with `{file:...}` references read.
+    `${DOCTAG_JWT_PUBLIC_KEY_FILE}` defaults to the gateway's own public key file."""
+    env = {**os.environ, "DOCTAG_JWT_PUBLIC_KEY_FILE": public_key_path}
+    credentials = []
+    for consumer in config.consumers:
+        for secret in consumer.jwt_secrets:
+            pem = resolve_secret_value(secret.rsa_public_key, env)
+            try:
+                serialization.load_pem_public_key(pem.encode())
+            except ValueError:
+                raise ConfigError(f"consumer {consumer.username}: jwt_secret '{secret.key}' has no valid "
+                                  "PEM public key in rsa_public_key") from None
+            credentials.append(RsaCredential(consumer=consumer.username, key=secret.key, public_key_pem=pem))
+    return credentials
+
+
+class Handler(PluginHandler[Config]):
+    PRIORITY = 1450
+
+    def __init__(self, deps: Dependencies) -> None:
+        super().__init__(deps)
+        credentials = resolve_credentials(deps.config, str(deps.settings.public_key_path))
+        self.verifier = JwtVerifier(credentials, audience=deps.settings.jwt_audience)
+
+    async def access(self, conf: Config, ctx: RequestContext) -> None:
+        request = ctx.request
+        assert request is not None
+        if request.method == "OPTIONS" and not conf.run_on_preflight:
+            return
+        if ctx.principal is not None:  # already authenticated by a plugin of higher priority
+            return
+        auth = self.verifier.authenticate(request.headers, conf, query_string=ctx.scope.get("query_string", b""))
+        principal = auth.principal
+        ctx.principal = principal
+        ctx.credential = auth.credential.key
+        tenant_id_var.set(principal.tenant_id)
+        ctx.upstream_headers += [
+            ("X-Consumer-ID", principal.user_id), ("X-Consumer-Username", principal.username),
+            ("X-Credential-Identifier", auth.credential.key), ("X-Tenant-ID", principal.tenant_id)]
+        if "authorization" not in request.headers:
+            token = find_token(request.headers, conf, ctx.scope.get("query_string", b""))
+            ctx.upstream_headers.append(("Authorization", f"Bearer {token}"))
