@@ -47,6 +47,7 @@ class UpstreamBalancer:
         self.thresholds = {"tcp": unhealthy.tcp_failures, "timeout": unhealthy.timeouts,
                            "http": unhealthy.http_failures}
         self.unhealthy_statuses = frozenset(unhealthy.http_statuses)
+        self.healthy_statuses = frozenset(upstream.healthchecks.passive.healthy.http_statuses)
         self.successes_needed = max(1, upstream.healthchecks.passive.healthy.successes)
         self.cooldown = cooldown_seconds
         self.clock = clock
@@ -119,9 +120,11 @@ class UpstreamBalancer:
             self._mark_unhealthy(target)
 
     def report_status(self, target: TargetState, status: int) -> None:
+        """A status in `unhealthy.http_statuses` is a failure, one in `healthy.http_statuses` a
+        success; any other (a 404, say) counts as neither, as in Kong."""
         if status in self.unhealthy_statuses:
             self.report_failure(target, "http")
-        else:
+        elif status in self.healthy_statuses:
             self.report_success(target)
 
     def _mark_unhealthy(self, target: TargetState) -> None:

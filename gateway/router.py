@@ -88,6 +88,8 @@ class Router:
         services = {s.name: s for s in config.services}
         self._table: list[tuple[str, int, RouteEntry]] = []
         for order, (service_name, route) in enumerate(config.all_routes()):
+            if not services[service_name].enabled:
+                continue  # Kong: the routes of a disabled service do not match
             plugins = MappingProxyType(effective_plugins(config, service_name, route.name))
             entry = RouteEntry(route=route, service=services[service_name], plugins=plugins)
             for prefix in route.paths:

@@ -16,11 +16,12 @@ Phases, in the order Kong runs them (each optional):
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from services.common.auth import Principal
 
@@ -120,3 +121,20 @@ class PluginHandler(Generic[ConfigT]):
 
     def log(self, conf: ConfigT, ctx: RequestContext) -> None:
         return None
+
+
+def kong_default_only(default: Any, why: str = "not supported by this gateway") -> AfterValidator:
+    """Validator for a Kong key this gateway accepts but does not implement: the value must be
+    Kong's default (so a `deck dump` loads); anything else is refused, naming the key (pydantic
+    puts the key's path in front of the message). Lists compare as sets."""
+
+    def check(value: Any) -> Any:
+        if default is None and value in ([], {}):
+            return None
+        same = (sorted(map(str, value)) == sorted(map(str, default))
+                if isinstance(value, list) and isinstance(default, list) else value == default)
+        if not same:
+            raise ValueError(f"{why}; only Kong's default {json.dumps(default)} is accepted")
+        return value
+
+    return AfterValidator(check)

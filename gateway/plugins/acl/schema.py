@@ -2,9 +2,11 @@
 include_consumer_groups and always_use_authenticated_groups (false)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, model_validator
 
-from ..base import PluginConfig
+from ..base import PluginConfig, kong_default_only
 
 NAME = "acl"
 
@@ -14,8 +16,8 @@ class Config(PluginConfig):
     deny: list[str] | None = Field(None, min_length=1)
     # Kong passes the groups upstream in X-Consumer-Groups unless this is set.
     hide_groups_header: bool = False
-    # Consumer groups are an Enterprise feature; the platform's groups are the token's roles anyway.
-    include_consumer_groups: bool = False
+    # The groups are always the authenticated caller's roles; consumer groups do not exist here.
+    include_consumer_groups: Annotated[bool, kong_default_only(False, "consumer groups are not supported")] = False
     always_use_authenticated_groups: bool = False
 
     @model_validator(mode="after")
