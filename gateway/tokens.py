@@ -16,7 +16,6 @@ username that were tried and, for a failure, the reason; never the password or t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from services.common.auth import sign_token
 from services.common.context import current_request_id, tenant_id_var
 from services.common.db import Database
 from services.common.errors import ProblemError
+from services.common.jsonbody import JsonInvalid, JsonTooLarge, loads_bounded
 from services.common.passwords import MAX_PASSWORD_CHARS, check_password
 
 log = logging.getLogger("gateway.tokens")
@@ -143,10 +143,13 @@ async def _read_body(request: Request) -> bytes:
 
 
 def parse_token_request(raw: bytes) -> TokenRequest:
-    """422 naming the field for anything but a valid JSON object with the three fields."""
+    """422 naming the field for anything but a valid JSON object with the three fields
+    (a flat object: nesting is bounded before the parser runs)."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = loads_bounded(raw, max_bytes=MAX_BODY_BYTES, max_depth=4)
+    except JsonTooLarge as exc:
+        raise ProblemError(413, str(exc), extra={"max_bytes": exc.limit}) from None
+    except JsonInvalid:
         raise ProblemError(422, "the body must be a JSON object", field="body") from None
     if not isinstance(data, dict):
         raise ProblemError(422, "the body must be a JSON object", field="body")

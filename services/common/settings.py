@@ -37,6 +37,8 @@ class CommonSettings(BaseSettings):
 
     # The gateway signs tokens with the private key; every service verifies with the public key.
     jwt_public_key_file: Path | None = None
+    # Signs page cursors (services/common/cursors.py); shared by every service like the state dir.
+    cursor_key_file: Path | None = None
     jwt_issuer: str = "doctag"
     jwt_audience: str = "doctag-api"
 
@@ -53,6 +55,10 @@ class CommonSettings(BaseSettings):
         if pw:
             parts["password"] = pw
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
+
+    @property
+    def cursor_key_path(self) -> Path:
+        return self.cursor_key_file or self.state_dir / "keys" / "cursor_hmac.key"
 
     @property
     def public_key_path(self) -> Path:

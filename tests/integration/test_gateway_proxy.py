@@ -347,3 +347,10 @@ def test_root_route_proxies_every_path_even_operational_ones(tmp_path: Path, tes
         assert httpx.get(f"{server.status.url}/readyz", timeout=10).status_code == 200
     finally:
         server.stop()
+
+
+def test_security_headers_on_proxied_and_gateway_answers(client: httpx.Client, auth: dict[str, str]) -> None:
+    for r in (client.get("/api/v1/search", headers=auth), client.get("/api/v1/search"),
+              client.get("/nowhere", headers=auth), client.post("/api/v1/auth/token", json={})):
+        assert r.headers["x-content-type-options"] == "nosniff", r.request.url
+        assert r.headers.get_list("cache-control") == ["no-store"], r.request.url

@@ -131,6 +131,8 @@ def gateway_config_data(targets: dict[str, list[str]], *, upload_limit_bytes: in
             {"name": "jwt", "config": {"claims_to_verify": ["exp"]}},
             {"name": "acl", "config": {"allow": ["user", "tenant_admin"]}},
             {"name": "request-size-limiting", "config": {"allowed_payload_size": 1, "size_unit": "megabytes"}},
+            {"name": "response-transformer", "config": {"add": {"headers": [
+                "X-Content-Type-Options:nosniff", "Cache-Control:no-store"]}}},
         ],
         "consumers": [{"username": "doctag-platform", "jwt_secrets": [
             {"key": "doctag", "algorithm": "RS256", "rsa_public_key": "{file:${DOCTAG_JWT_PUBLIC_KEY_FILE}}"}]}],

@@ -183,3 +183,24 @@ def test_find_token_in_custom_header() -> None:
     assert find_token({"x-token": "abc.def.ghi"}, config) == "abc.def.ghi"
     assert find_token({"authorization": "Bearer t.t.t"}, config) == "t.t.t"
     assert find_token({"authorization": "Bearer "}, config) is None
+
+
+# ----------------------------------------------------------------- response-transformer
+
+def test_response_transformer_header_operations_in_kong_order() -> None:
+    from gateway.plugins.response_transformer.handler import Handler
+    from gateway.plugins.response_transformer.schema import Config
+
+    conf = Config.model_validate({
+        "remove": {"headers": ["X-Powered-By"]},
+        "rename": {"headers": ["X-Old:X-New"]},
+        "replace": {"headers": ["Cache-Control:private", "X-Absent:never"]},
+        "add": {"headers": ["X-Content-Type-Options:nosniff", "X-New:not-added"]},
+        "append": {"headers": ["Vary:Origin"]},
+    })
+    headers = [(b"x-powered-by", b"php"), (b"x-old", b"1"), (b"cache-control", b"max-age=60"), (b"vary", b"Accept")]
+    Handler.header_filter(Handler.__new__(Handler), conf, None, headers)  # type: ignore[arg-type]
+    assert headers == [(b"X-New", b"1"), (b"vary", b"Accept"), (b"Cache-Control", b"private"),
+                       (b"X-Content-Type-Options", b"nosniff"), (b"Vary", b"Origin")]
+    with pytest.raises(ValueError, match="name:value"):
+        Config.model_validate({"add": {"headers": ["no-colon"]}})
