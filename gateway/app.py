@@ -16,7 +16,9 @@ from services.common.auth import ensure_keypair
 from services.common.http import create_app
 
 from .config import ConfigError, KongConfig
+from .counters import Counters, LocalCounters, RedisCounters
 from .dispatch import proxy_endpoint
+from .login_throttle import LoginThrottle, ThrottlePolicy
 from .pipeline import PhasesMiddleware
 from .runtime import Gateway
 from .settings import GatewaySettings
@@ -49,8 +51,15 @@ class GatewayApps:
 def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
     private_key, _ = prepare_keys(settings)
     gateway = Gateway(settings, config)
+    throttle_store: Counters = (RedisCounters.from_url(settings.gateway_redis_url)
+                                if settings.login_throttle_store == "redis" else LocalCounters())
+    throttle = LoginThrottle(throttle_store, settings.gateway_redis_prefix, ThrottlePolicy(
+        user_free=settings.login_free_failures_per_user, address_free=settings.login_free_failures_per_address,
+        base_s=settings.login_backoff_base_seconds, max_s=settings.login_backoff_max_seconds,
+        window_s=settings.login_failure_window_seconds))
     issuer = TokenIssuer(gateway.db, private_key_file=private_key, issuer=settings.jwt_issuer,
-                         audience=settings.jwt_audience, ttl_seconds=settings.token_ttl_seconds)
+                         audience=settings.jwt_audience, ttl_seconds=settings.token_ttl_seconds, throttle=throttle,
+                         max_concurrent_verifications=settings.login_max_concurrent_verifications)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -62,6 +71,7 @@ def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
             yield
         finally:
             await gateway.close()
+            await throttle_store.close()
 
     async def config_loaded() -> None:
         if not gateway.runtime.router.entries:

@@ -32,6 +32,7 @@ class Step:
     name: str
     handler: PluginHandler[Any]
     conf: PluginConfig
+    scope: str = "global"
 
 
 class Pipeline:
@@ -40,10 +41,11 @@ class Pipeline:
         used = sorted({p.name for _, p in deps.config.all_plugins() if p.enabled})
         self.handlers: dict[str, PluginHandler[Any]] = {name: classes[name](deps) for name in used}
         self.globals = self._steps(global_plugins(deps.config))
-        self.by_route = {entry.route.name: self._steps(entry.plugins) for entry in router.entries}
+        self.by_route = {entry.route.name: self._steps(entry.plugins, entry.scopes) for entry in router.entries}
 
-    def _steps(self, plugins: Mapping[str, Any]) -> tuple[Step, ...]:
-        steps = [Step(name, self.handlers[name], conf) for name, conf in plugins.items()]
+    def _steps(self, plugins: Mapping[str, Any], scopes: Mapping[str, str] | None = None) -> tuple[Step, ...]:
+        steps = [Step(name, self.handlers[name], conf, (scopes or {}).get(name, "global"))
+                 for name, conf in plugins.items()]
         steps.sort(key=lambda s: (-s.handler.PRIORITY, s.name))
         return tuple(steps)
 
@@ -71,6 +73,7 @@ class Pipeline:
 
     async def access(self, ctx: RequestContext) -> None:
         for step in self.steps_for(ctx):
+            ctx.plugin_scope = step.scope
             await step.handler.access(step.conf, ctx)
 
     def header_filter(self, ctx: RequestContext, headers: RawHeaders) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,6 +27,18 @@ class GatewaySettings(CommonSettings):
     token_ttl_seconds: int = Field(3600, ge=60, le=7 * 86400)
     # How long a passively-unhealthy target is left out before it is tried again.
     gateway_unhealthy_cooldown_seconds: float = Field(10.0, gt=0)
+    # Prefix of every Redis key the gateway writes (rate-limit and login-throttle counters).
+    gateway_redis_prefix: str = "doctag"
+    # Login throttling: counters in Redis (shared by every gateway process) or in the process.
+    gateway_redis_url: str = "redis://127.0.0.1:6379/0"
+    login_throttle_store: Literal["redis", "local"] = "redis"
+    login_free_failures_per_user: int = Field(5, ge=1)
+    login_free_failures_per_address: int = Field(20, ge=1)
+    login_backoff_base_seconds: float = Field(1.0, gt=0)
+    login_backoff_max_seconds: float = Field(900.0, gt=0)
+    login_failure_window_seconds: int = Field(900, ge=1)
+    # argon2 verifications at once (each takes tens of MB and ~50 ms of a core).
+    login_max_concurrent_verifications: int = Field(4, ge=1)
     # In-flight requests get this long to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(15.0, ge=0)
 

@@ -38,6 +38,7 @@ os.environ["DOCTAG_DB_NAME"] = TEST_DB_NAME
 os.environ["DOCTAG_AMQP_PREFIX"] = TEST_AMQP_PREFIX
 os.environ["DOCTAG_STATE_DIR"] = str(TEST_STATE_DIR)
 os.environ["DOCTAG_MODEL_STORE"] = str(TEST_STATE_DIR / "models")
+os.environ["DOCTAG_GATEWAY_REDIS_PREFIX"] = f"doctag-test-{SESSION_ID}"
 # The ONNX export of the e5-hybrid encoder is made once per machine, not per test process
 # (onnx_encoder.py keys the cache by everything the export depends on, so sharing it is safe).
 os.environ.setdefault("DOCTAG_ONNX_CACHE_DIR", str(REPO / "var" / "onnx-cache"))

@@ -62,6 +62,8 @@ class RequestContext:
     # request-size-limiting's limit for the streamed body.
     body_limit: int | None = None
     status: int = 0
+    # The scope of the plugin whose access phase is running ("global", "service:x", "route:y").
+    plugin_scope: str = "global"
     upstream_latency_s: float | None = None
     response_bytes: int = 0
     request_bytes: int = 0

@@ -126,7 +126,8 @@ def test_targets_default_port_and_ipv6() -> None:
     (minimal(upstreams=[{"name": "up", "healthchecks": {"active": {"healthy": {"interval": 5}}}}]),
      "upstreams[0].healthchecks.active: healthy.interval / unhealthy.interval: active health checks are not "
      "supported yet"),
-    (minimal(plugins=[{"name": "rate-limiting"}]), "plugin 'rate-limiting' is not implemented"),
+    (minimal(plugins=[{"name": "oauth2"}]), "plugin 'oauth2' is not implemented"),
+    (minimal(plugins=[{"name": "rate-limiting"}]), "at least one of these fields must be non-empty: second, minute"),
     (minimal(plugins=[{"name": "jwt", "config": {"claims_to_verify": ["iat"]}}]),
      "plugins[0].config.claims_to_verify[0]"),
     (minimal(plugins=[{"name": "jwt", "config": {"anonymous": "guest"}}]),

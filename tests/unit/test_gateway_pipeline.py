@@ -67,7 +67,7 @@ def test_shipped_config_compiles(tmp_path: Path) -> None:
 
     apps = build_apps(_settings(tmp_path, DEFAULT_CONFIG), load_config(DEFAULT_CONFIG))
     assert apps.gateway.runtime.pipeline.names("models") == [
-        "correlation-id", "jwt", "request-size-limiting", "acl", "response-transformer"]
+        "correlation-id", "jwt", "request-size-limiting", "acl", "rate-limiting", "response-transformer"]
 
 
 async def test_proxy_port_has_no_operational_routes(tmp_path: Path) -> None:
