@@ -18,6 +18,7 @@ from services.common.http import create_app
 from .config import ConfigError, KongConfig
 from .counters import Counters, LocalCounters, RedisCounters
 from .dispatch import proxy_endpoint
+from .fairness import TenantFairness
 from .login_throttle import LoginThrottle, ThrottlePolicy
 from .pipeline import PhasesMiddleware
 from .runtime import Gateway
@@ -80,7 +81,10 @@ def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
     proxy = create_app("gateway", title="doctag API gateway", lifespan=lifespan, operational_routes=False)
     proxy.state.gateway = gateway
     proxy.include_router(token_router(issuer))
-    proxy.add_api_route("/{path:path}", proxy_endpoint(gateway.proxy), methods=PROXY_METHODS,
+    fairness = TenantFairness(settings.gateway_tenant_max_in_flight,
+                              max_waiting=settings.gateway_tenant_max_waiting,
+                              wait_s=settings.gateway_tenant_wait_seconds)
+    proxy.add_api_route("/{path:path}", proxy_endpoint(gateway.proxy, fairness), methods=PROXY_METHODS,
                         include_in_schema=False)
     proxy.add_middleware(PhasesMiddleware, current=gateway.current)
 

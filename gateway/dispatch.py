@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 from services.common.context import current_request_id
 from services.common.errors import ProblemError
 
+from .fairness import TenantFairness
 from .metrics import PROXY_LATENCY, PROXY_REQUESTS
 from .pipeline import RUNTIME_KEY, context_of
 from .plugins.request_size_limiting.handler import has_body, limited, parse_content_length
@@ -27,7 +28,7 @@ def reject_dot_segments(path: str) -> None:
         raise ProblemError(400, "the path must not contain '.' or '..' segments", field="path")
 
 
-def proxy_endpoint(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
+def proxy_endpoint(proxy: Proxy, fairness: TenantFairness) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         ctx = context_of(request.scope)
         runtime = request.scope["state"][RUNTIME_KEY]
@@ -48,8 +49,11 @@ def proxy_endpoint(proxy: Proxy) -> Callable[[Request], Awaitable[Response]]:
             body = limited(request.stream(), ctx.body_limit) if has_body(request.headers) else None
             forwarded = ForwardedRequest(body=body, extra_headers=ctx.upstream_headers,
                                          request_id=current_request_id())
-            response = await proxy.forward(request, ctx.match, forwarded)
-            ctx.upstream_latency_s = time.perf_counter() - started
+            tenant = ctx.principal.tenant_id if ctx.principal is not None else None
+            async with fairness.slot(ctx.match.entry.service.host, tenant):
+                sent = time.perf_counter()
+                response = await proxy.forward(request, ctx.match, forwarded)
+                ctx.upstream_latency_s = time.perf_counter() - sent
             status = response.status_code
             return response
         except ProblemError as exc:

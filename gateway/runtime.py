@@ -44,7 +44,8 @@ class Gateway:
     def compile(self, config: KongConfig) -> Runtime:
         """Router and pipeline for `config`; raises ConfigError (or ValueError) when unusable."""
         router = Router(config)
-        deps = Dependencies(settings=self.settings, config=config, db=self.db)
+        deps = Dependencies(settings=self.settings, config=config, db=self.db,
+                            extra={"balancers": lambda: self.proxy.balancers})
         return Runtime(config=config, router=router, pipeline=Pipeline(deps, router))
 
     def current(self) -> Runtime:

@@ -39,6 +39,11 @@ class GatewaySettings(CommonSettings):
     login_failure_window_seconds: int = Field(900, ge=1)
     # argon2 verifications at once (each takes tens of MB and ~50 ms of a core).
     login_max_concurrent_verifications: int = Field(4, ge=1)
+    # Fairness: each tenant's concurrent requests per upstream (0: no cap), how many may wait
+    # for a turn, and for how long (gateway/fairness.py).
+    gateway_tenant_max_in_flight: int = Field(4, ge=0)
+    gateway_tenant_max_waiting: int = Field(500, ge=0)
+    gateway_tenant_wait_seconds: float = Field(30.0, gt=0)
     # In-flight requests get this long to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(15.0, ge=0)
 

@@ -321,14 +321,26 @@ def test_refused_roles_are_recorded_in_the_audit_log(client: httpx.Client, make_
 
 
 def test_operational_endpoints_on_the_status_port_only(client: httpx.Client, status: httpx.Client,
-                                                       auth: dict[str, str]) -> None:
+                                                       gateway: GatewayServer, auth: dict[str, str]) -> None:
     assert status.get("/healthz").json()["status"] == "ok"
     ready = status.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "config": "ok"}
     client.get("/api/v1/search", headers=auth)
+    client.get("/api/v1/search")  # 401 from the gateway itself
     assert (metric_value(status, "doctag_gateway_requests_total", route="search", service="search",
                          status="200") or 0) >= 1
+    # Kong's names (prometheus plugin).
+    assert (metric_value(status, "kong_http_requests_total", service="search", route="search", code="200",
+                         source="service") or 0) >= 1
+    assert (metric_value(status, "kong_http_requests_total", service="search", route="search", code="401",
+                         source="kong") or 0) >= 1
+    for name in ("kong_request_latency_ms_count", "kong_upstream_latency_ms_count", "kong_kong_latency_ms_count"):
+        assert (metric_value(status, name, service="search", route="search") or 0) >= 1, name
+    assert (metric_value(status, "kong_bandwidth_bytes", service="search", direction="egress") or 0) > 0
+    se_a = f"127.0.0.1:{gateway.apps.gateway.proxy.balancers['search-upstream'].targets[0].port}"
+    assert metric_value(status, "kong_upstream_target_health", upstream="search-upstream", target=se_a,
+                        state="healthy") == 1.0
 
 
 def test_root_route_proxies_every_path_even_operational_ones(tmp_path: Path, test_db_name: str, key_dir: Path,

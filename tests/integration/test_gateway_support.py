@@ -131,6 +131,8 @@ def gateway_config_data(targets: dict[str, list[str]], *, upload_limit_bytes: in
             {"name": "jwt", "config": {"claims_to_verify": ["exp"]}},
             {"name": "acl", "config": {"allow": ["user", "tenant_admin"]}},
             {"name": "request-size-limiting", "config": {"allowed_payload_size": 1, "size_unit": "megabytes"}},
+            {"name": "prometheus", "config": {"status_code_metrics": True, "latency_metrics": True,
+                                              "bandwidth_metrics": True, "upstream_health_metrics": True}},
             {"name": "response-transformer", "config": {"add": {"headers": [
                 "X-Content-Type-Options:nosniff", "Cache-Control:no-store"]}}},
         ],
