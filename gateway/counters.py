@@ -1,6 +1,6 @@
 """Counters with an expiry, in this process (`LocalCounters`) or in Redis (`RedisCounters`,
 shared by every gateway process that uses the same server: exact, since every change is
-one atomic Redis command inside a MULTI/EXEC).
+one Lua script, which Redis runs atomically).
 
 Used by `rate-limiting` (a counter per identifier and window) and by the login throttle
 (failures per user and per address, and the time a lock-out ends).
@@ -93,6 +93,17 @@ class LocalCounters:
         self._values.clear()
 
 
+# INCR each key, giving a new key its TTL: one atomic round trip (a script runs alone in Redis).
+_INCR_WITH_TTL = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.call('INCR', key)
+  if value == 1 then redis.call('EXPIRE', key, ARGV[i]) end
+  out[i] = value
+end
+return out
+"""
+
 # DECR only keys that still exist: a key that expired in between must not come back without a TTL.
 _DECR_EXISTING = """
 for _, key in ipairs(KEYS) do
@@ -105,6 +116,7 @@ return 0
 class RedisCounters:
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
+        self._incr = client.register_script(_INCR_WITH_TTL)
         self._decr = client.register_script(_DECR_EXISTING)
 
     @classmethod
@@ -113,14 +125,10 @@ class RedisCounters:
 
     async def incr(self, keys: Sequence[tuple[str, int]]) -> list[int]:
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for key, ttl in keys:
-                    pipe.set(key, 0, ex=ttl, nx=True)
-                    pipe.incr(key)
-                results = await pipe.execute()
+            results = await self._incr(keys=[k for k, _ in keys], args=[ttl for _, ttl in keys])
         except aioredis.RedisError as exc:
             raise CounterStoreError(str(exc)) from exc
-        return [int(v) for v in results[1::2]]
+        return [int(v) for v in results]
 
     async def decr(self, keys: Sequence[str]) -> None:
         if not keys:

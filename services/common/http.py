@@ -96,7 +96,10 @@ def create_app(
     `operational_routes=False` leaves out those three routes and the API docs (the gateway's
     proxy port, where every path belongs to the upstreams; it serves them on its status port).
     """
+    # FastAPI's built-in OpenTelemetry is off: the platform's metrics are Prometheus, and with no
+    # OTel provider configured, FastAPI looked one up (entry points, imports) on every request.
     app = FastAPI(title=title, version=version, lifespan=lifespan, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   openapi_url="/openapi.json" if operational_routes else None,
                   docs_url="/docs" if operational_routes else None)
     app.add_middleware(RequestContextMiddleware, service=service)

@@ -204,3 +204,19 @@ def test_response_transformer_header_operations_in_kong_order() -> None:
                        (b"X-Content-Type-Options", b"nosniff"), (b"Vary", b"Origin")]
     with pytest.raises(ValueError, match="name:value"):
         Config.model_validate({"add": {"headers": ["no-colon"]}})
+
+
+def test_jwt_verified_tokens_are_cached_but_still_expire(keys: tuple[Path, Path, Path]) -> None:
+    private, public, other = keys
+    verifier = _verifier(public)
+    config = JwtConfig(claims_to_verify=["exp"])
+    headers = {"authorization": f"Bearer {_token(private, ttl_seconds=60)}"}
+    first = verifier.authenticate(headers, config)
+    assert verifier.authenticate(headers, config) == first and len(verifier._verified) == 1
+    with pytest.raises(ProblemError) as info:
+        verifier.authenticate(headers, config, now=time.time() + 120)
+    assert info.value.slug == "token-expired"
+    # A forged token is never cached.
+    with pytest.raises(ProblemError):
+        verifier.authenticate({"authorization": f"Bearer {_token(other)}"}, config)
+    assert len(verifier._verified) == 1

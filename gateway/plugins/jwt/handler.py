@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs
 
 import jwt
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.config import ConfigError, KongConfig, resolve_secret_value
 from services.common.auth import Principal, principal_from_claims
@@ -85,9 +87,14 @@ def find_token(headers: Any, config: Config, query_string: bytes = b"") -> str |
 class JwtVerifier:
     """Verifies tokens against the consumers' RS256 public keys."""
 
-    def __init__(self, credentials: list[RsaCredential], *, audience: str) -> None:
+    def __init__(self, credentials: list[RsaCredential], *, audience: str, cache_size: int = 4096) -> None:
         self.by_key = {c.key: c for c in credentials}
+        self.public_keys = {c.key: _rsa_key(c) for c in credentials}
         self.audience = audience
+        # Tokens whose signature, audience and platform claims were verified, by (token, key claim):
+        # the same bytes verify the same way, so only the time claims are checked again on a hit.
+        self._verified: OrderedDict[tuple[str, str], tuple[dict[str, Any], RsaCredential, Principal]] = OrderedDict()
+        self._cache_size = cache_size
 
     def authenticate(self, headers: Any, config: Config, *, now: float | None = None,
                      query_string: bytes = b"") -> Authenticated:
@@ -95,6 +102,21 @@ class JwtVerifier:
         if token is None:
             raise _unauthorized("a bearer token is required in the Authorization header", slug="unauthorized",
                                 error=None, realm=config.realm)
+        cache_key = (token, config.key_claim_name)
+        verified = self._verified.get(cache_key)
+        if verified is None:
+            verified = self._verify(token, config)
+            self._verified[cache_key] = verified
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        else:
+            self._verified.move_to_end(cache_key)
+        claims, credential, principal = verified
+        _check_times(claims, config, time.time() if now is None else now)
+        return Authenticated(principal=principal, claims=claims, credential=credential)
+
+    def _verify(self, token: str, config: Config) -> tuple[dict[str, Any], RsaCredential, Principal]:
+        """Signature, algorithm, credential, audience and the platform claims (not the times)."""
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -106,29 +128,38 @@ class JwtVerifier:
         credential = self.by_key.get(key) if isinstance(key, str) else None
         if credential is None:
             raise _unauthorized(f"no credentials found for the token's '{config.key_claim_name}' claim")
-        to_verify = config.claims_to_verify or []
-        required = ["sub", *to_verify]
         try:
-            claims = jwt.decode(
-                token, credential.public_key_pem, algorithms=["RS256"], audience=self.audience,
-                options={"require": required, "verify_exp": "exp" in to_verify,
-                         "verify_nbf": "nbf" in to_verify, "verify_iat": False},
-                leeway=_LEEWAY_SECONDS,
+            claims: dict[str, Any] = jwt.decode(
+                token, self.public_keys[credential.key], algorithms=["RS256"], audience=self.audience,
+                options={"require": ["sub"], "verify_exp": False, "verify_nbf": False, "verify_iat": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise _unauthorized("the token has expired", slug="token-expired") from None
-        except jwt.InvalidTokenError as exc:
-            raise _unauthorized(f"the token is not valid: {exc}") from None
-        if config.maximum_expiration:
-            exp = claims.get("exp")
-            current = time.time() if now is None else now
-            if not isinstance(exp, int | float) or exp - current > config.maximum_expiration:
-                raise _unauthorized("the token's expiry is too far in the future")
-        try:
             principal = principal_from_claims(claims)
         except (jwt.InvalidTokenError, KeyError) as exc:
             raise _unauthorized(f"the token is not valid: {exc}") from None
-        return Authenticated(principal=principal, claims=claims, credential=credential)
+        return claims, credential, principal
+
+
+def _rsa_key(credential: RsaCredential) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_public_key(credential.public_key_pem.encode())
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ConfigError(f"jwt_secret '{credential.key}': rsa_public_key is not an RSA key")
+    return key
+
+
+def _check_times(claims: dict[str, Any], config: Config, now: float) -> None:
+    """Kong's `claims_to_verify` (exp, nbf, with a small leeway) and `maximum_expiration`."""
+    to_verify = config.claims_to_verify or []
+    for name in to_verify:
+        if not isinstance(claims.get(name), int | float) or isinstance(claims.get(name), bool):
+            raise _unauthorized(f"the token is not valid: the '{name}' claim must be a number")
+    if "exp" in to_verify and claims["exp"] <= now - _LEEWAY_SECONDS:
+        raise _unauthorized("the token has expired", slug="token-expired")
+    if "nbf" in to_verify and claims["nbf"] > now + _LEEWAY_SECONDS:
+        raise _unauthorized("the token is not valid yet (nbf)")
+    if config.maximum_expiration:
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp - now > config.maximum_expiration:
+            raise _unauthorized("the token's expiry is too far in the future")
 
 
 def resolve_credentials(config: KongConfig, public_key_path: str) -> list[RsaCredential]:

@@ -2,7 +2,7 @@
 
 Each configured window is a fixed window (the second, minute, hour, day, calendar month
 or year, UTC) with a counter per identifier. A request adds 1 to the counter of every
-window atomically (policy `local`: in this process; `redis`: in Redis, shared and exact
+window atomically (policy `local`: in this process; `redis`: one Lua script in Redis, shared and exact
 across gateway processes); if any counter passes its limit the request is refused with
 `error_code` (429) and `Retry-After`, and its additions are taken back, so refused requests
 do not use up the allowance (as in Kong, which does not count them).
