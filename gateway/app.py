@@ -21,6 +21,7 @@ from .dispatch import proxy_endpoint
 from .fairness import TenantFairness
 from .login_throttle import LoginThrottle, ThrottlePolicy
 from .pipeline import PhasesMiddleware
+from .quotas import DailyQuotas
 from .runtime import Gateway
 from .settings import GatewaySettings
 from .tokens import TokenIssuer, token_router
@@ -84,8 +85,11 @@ def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
     fairness = TenantFairness(settings.gateway_tenant_max_in_flight,
                               max_waiting=settings.gateway_tenant_max_waiting,
                               wait_s=settings.gateway_tenant_wait_seconds)
-    proxy.add_api_route("/{path:path}", proxy_endpoint(gateway.proxy, fairness), methods=PROXY_METHODS,
-                        include_in_schema=False)
+    quotas = DailyQuotas(gateway.db, default_quota=settings.api_daily_quota_default,
+                         timezone=settings.api_quota_timezone, warning_percent=settings.api_quota_warning_percent)
+    proxy.add_api_route("/{path:path}", proxy_endpoint(gateway.proxy, fairness,
+                                                      quotas if settings.gateway_api_quotas else None),
+                        methods=PROXY_METHODS, include_in_schema=False)
     proxy.add_middleware(PhasesMiddleware, current=gateway.current)
 
     status = create_app("gateway-status", title="doctag API gateway status",

@@ -1,9 +1,11 @@
-"""The proxy endpoint: route the request, run the access phase of its plugins, forward it."""
+"""The proxy endpoint: route the request, run the access phase of its plugins, count the call
+towards the tenant's daily API quota, wait for the tenant's turn at the upstream, forward it."""
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -17,6 +19,7 @@ from .metrics import PROXY_LATENCY, PROXY_REQUESTS
 from .pipeline import RUNTIME_KEY, context_of
 from .plugins.request_size_limiting.handler import has_body, limited, parse_content_length
 from .proxy import ForwardedRequest, Proxy
+from .quotas import DailyQuotas
 from .router import MethodNotAllowed, NoRoute
 
 log = logging.getLogger("gateway")
@@ -28,7 +31,8 @@ def reject_dot_segments(path: str) -> None:
         raise ProblemError(400, "the path must not contain '.' or '..' segments", field="path")
 
 
-def proxy_endpoint(proxy: Proxy, fairness: TenantFairness) -> Callable[[Request], Awaitable[Response]]:
+def proxy_endpoint(proxy: Proxy, fairness: TenantFairness,
+                   quotas: DailyQuotas | None) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         ctx = context_of(request.scope)
         runtime = request.scope["state"][RUNTIME_KEY]
@@ -46,10 +50,14 @@ def proxy_endpoint(proxy: Proxy, fairness: TenantFairness) -> Callable[[Request]
                                    headers={"Allow": ", ".join(exc.allowed)}) from None
             parse_content_length(request.headers.get("content-length"))  # 400 for a malformed one
             await runtime.pipeline.access(ctx)
+            tenant = ctx.principal.tenant_id if ctx.principal is not None else None
+            if quotas is not None and tenant is not None:
+                usage = await quotas.consume(tenant)
+                if usage is not None:
+                    ctx.response_headers += usage.headers(datetime.now(UTC), quotas.warning_percent)
             body = limited(request.stream(), ctx.body_limit) if has_body(request.headers) else None
             forwarded = ForwardedRequest(body=body, extra_headers=ctx.upstream_headers,
                                          request_id=current_request_id())
-            tenant = ctx.principal.tenant_id if ctx.principal is not None else None
             async with fairness.slot(ctx.match.entry.service.host, tenant):
                 sent = time.perf_counter()
                 response = await proxy.forward(request, ctx.match, forwarded)

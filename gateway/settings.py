@@ -44,6 +44,8 @@ class GatewaySettings(CommonSettings):
     gateway_tenant_max_in_flight: int = Field(4, ge=0)
     gateway_tenant_max_waiting: int = Field(500, ge=0)
     gateway_tenant_wait_seconds: float = Field(30.0, gt=0)
+    # Daily API quotas per tenant (gateway/quotas.py; limits and day in the common settings).
+    gateway_api_quotas: bool = True
     # In-flight requests get this long to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(15.0, ge=0)
 

@@ -34,13 +34,16 @@ def _connect(dsn: str) -> psycopg.Connection[DictRow]:
     return psycopg.connect(dsn, row_factory=dict_row)
 
 
-def create_tenant(dsn: str, slug: str, name: str, storage_quota: int | None) -> Result:
+def create_tenant(dsn: str, slug: str, name: str, storage_quota: int | None,
+                  api_daily_quota: int | None = None) -> Result:
     if not SLUG_RE.match(slug):
         raise AdminError("tenant SLUG must be 2-63 characters of a-z, 0-9 and '-', starting with a letter or digit")
     if not name.strip() or len(name) > 200:
         raise AdminError("--name must be 1-200 characters")
     if storage_quota is not None and storage_quota < 0:
         raise AdminError("--storage-quota must be a number of bytes >= 0")
+    if api_daily_quota is not None and not 0 <= api_daily_quota <= 2**31 - 1:
+        raise AdminError("--api-daily-quota must be a number of calls a day >= 0")
     with _connect(dsn) as conn, conn.transaction():
         row = conn.execute("SELECT id, name FROM identity.tenants WHERE slug = %s", (slug,)).fetchone()
         if row:
@@ -54,10 +57,15 @@ def create_tenant(dsn: str, slug: str, name: str, storage_quota: int | None) -> 
                     "ON CONFLICT (tenant_id) DO UPDATE SET quota_bytes = EXCLUDED.quota_bytes, updated_at = now()",
                     (row["id"], storage_quota))
                 changes.append("storage quota")
+            if api_daily_quota is not None:
+                conn.execute("UPDATE identity.tenants SET api_daily_quota = %s WHERE id = %s",
+                             (api_daily_quota, row["id"]))
+                changes.append("daily API quota")
             what = f"updated {', '.join(changes)}" if changes else "unchanged"
             return Result(False, f"tenant {slug} already exists ({row['id']}); {what}")
         tenant_id = str(uuid.uuid4())
-        conn.execute("INSERT INTO identity.tenants (id, slug, name) VALUES (%s, %s, %s)", (tenant_id, slug, name))
+        conn.execute("INSERT INTO identity.tenants (id, slug, name, api_daily_quota) VALUES (%s, %s, %s, %s)",
+                     (tenant_id, slug, name, api_daily_quota))
         conn.execute("INSERT INTO documents.quotas (tenant_id, quota_bytes) VALUES (%s, %s)",
                      (tenant_id, DEFAULT_QUOTA_BYTES if storage_quota is None else storage_quota))
     return Result(True, f"tenant {slug} created ({tenant_id})")
@@ -66,7 +74,7 @@ def create_tenant(dsn: str, slug: str, name: str, storage_quota: int | None) -> 
 def list_tenants(dsn: str) -> list[DictRow]:
     with _connect(dsn) as conn:
         return conn.execute(
-            "SELECT t.id, t.slug, t.name, q.quota_bytes, q.used_bytes, "
+            "SELECT t.id, t.slug, t.name, q.quota_bytes, q.used_bytes, t.api_daily_quota, "
             "(SELECT count(*) FROM identity.users u WHERE u.tenant_id = t.id) AS users "
             "FROM identity.tenants t LEFT JOIN documents.quotas q ON q.tenant_id = t.id ORDER BY t.slug").fetchall()
 

@@ -52,7 +52,8 @@ def cmd_keys_ensure(settings: OpsSettings, args: argparse.Namespace) -> None:
 
 
 def cmd_tenant_create(settings: OpsSettings, args: argparse.Namespace) -> None:
-    print(admin.create_tenant(settings.admin_dsn(), args.slug, args.name, args.storage_quota).message)
+    print(admin.create_tenant(settings.admin_dsn(), args.slug, args.name, args.storage_quota,
+                              args.api_daily_quota).message)
 
 
 def cmd_tenant_list(settings: OpsSettings, args: argparse.Namespace) -> None:
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--name", required=True)
     tc.add_argument("--storage-quota", type=int, default=None, metavar="BYTES",
                     help=f"storage quota in bytes (default {admin.DEFAULT_QUOTA_BYTES})")
+    tc.add_argument("--api-daily-quota", type=int, default=None, metavar="CALLS",
+                    help="calls a day through the gateway (default: DOCTAG_API_DAILY_QUOTA_DEFAULT, 10000)")
     tc.set_defaults(func=cmd_tenant_create)
     tenant.add_parser("list", help="list tenants with quota usage").set_defaults(func=cmd_tenant_list)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.common import audit
+from services.common import api_quota, audit
 from services.common.amqp import DOCUMENT_UPLOADED, QUOTA_WARNING, message_id
 from services.common.auth import Principal
 from services.common.blobstore import BlobStore, BlobTooLarge, IncomingBlob
@@ -474,13 +474,22 @@ class DocumentService:
         return TextPage(row["text"], offset, total)
 
     async def quota(self, tenant_id: str) -> dict[str, Any]:
+        """Storage, and next to it the daily API usage counted by the gateway (`api`, null for a
+        tenant the identity schema does not know)."""
+        now = datetime.now(UTC)
+        settings = self.settings
         async with self.db.tenant_transaction(tenant_id) as conn:
             row = await repo.quota(conn)
+            calls = await repo.api_usage(conn, tenant_id, api_quota.quota_day(now, settings.api_quota_timezone),
+                                         settings.api_daily_quota_default)
+        api = None if calls is None else api_quota.usage_summary(
+            int(calls["quota"]), int(calls["calls"]), now, settings.api_quota_timezone,
+            settings.api_quota_warning_percent)
         if row is None:
-            return {"tenant_id": tenant_id, **quota_summary(0, 0, self.settings.quota_warning_percent), "documents": 0,
-                    "deleted_bytes": 0}
+            return {"tenant_id": tenant_id, **quota_summary(0, 0, settings.quota_warning_percent), "documents": 0,
+                    "deleted_bytes": 0, "api": api}
         return {"tenant_id": tenant_id, **self._quota_summary(row), "documents": row["documents"],
-                "deleted_bytes": int(row["deleted_bytes"])}
+                "deleted_bytes": int(row["deleted_bytes"]), "api": api}
 
     # -- delete, restore, purge ---------------------------------------------------
     @property

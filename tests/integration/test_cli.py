@@ -68,3 +68,14 @@ def test_a_new_department_gets_the_default_quota_of_100_gib(admin_dsn: str) -> N
         row = conn.execute("SELECT q.quota_bytes FROM documents.quotas q JOIN identity.tenants t "
                            "ON t.id = q.tenant_id WHERE t.slug = %s", (slug,)).fetchone()
     assert row is not None and row[0] == 100 * 1024**3
+
+
+def test_tenant_daily_api_quota_set_at_creation_and_changed(cli, admin_dsn, capsys) -> None:  # type: ignore[no-untyped-def]
+    slug = f"api-{uuid.uuid4().hex[:6]}"
+    assert cli("tenant", "create", slug, "--name", "소규모 부서", "--api-daily-quota", "5000") == 0
+    assert cli("tenant", "create", slug, "--name", "소규모 부서", "--api-daily-quota", "7000") == 0
+    assert "daily API quota" in capsys.readouterr().out
+    assert cli("tenant", "create", slug, "--name", "x", "--api-daily-quota", "-1") == 1
+    with psycopg.connect(admin_dsn) as conn:
+        quota = conn.execute("SELECT api_daily_quota FROM identity.tenants WHERE slug = %s", (slug,)).fetchone()
+    assert quota == (7000,)

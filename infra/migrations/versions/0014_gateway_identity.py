@@ -1,0 +1,74 @@
+"""The gateway's identity additions: daily API quotas per tenant and revocable tokens.
+
+- `identity.tenants.api_daily_quota`: calls a day the tenant may make through the gateway
+  (NULL: the platform default, DOCTAG_API_DAILY_QUOTA_DEFAULT).
+- `identity.api_usage`: calls per tenant and day (the day of DOCTAG_API_QUOTA_TIMEZONE),
+  counted by the gateway in one statement per call, so the count is exact across gateway
+  processes and restarts; `warned_at` marks the once-a-day crossing of the warning threshold.
+  Row-level security by tenant, like the other tenant tables. Upload reads it for
+  GET /api/v1/quota (API usage next to storage).
+- The gateway may INSERT `quota.warning` rows into `documents.outbox` for its tenant (the
+  upload relay publishes them with confirms), so the warning is published exactly when the
+  crossing commits.
+- `identity.users.token_generation`: raised when a user's password, roles or disabled flag
+  change; tokens carry the generation they were issued with and older ones are refused.
+
+Revision ID: 0014_gateway_identity
+Revises: 0011
+Create Date: 2026-11-30
+"""
+from alembic import op
+
+revision = "0014_gateway_identity"
+down_revision = "0011"
+branch_labels = None
+depends_on = None
+
+UPGRADE = r"""
+ALTER TABLE identity.tenants ADD COLUMN api_daily_quota integer
+  CHECK (api_daily_quota IS NULL OR api_daily_quota >= 0);
+
+CREATE TABLE identity.api_usage (
+  tenant_id  uuid NOT NULL REFERENCES identity.tenants(id) ON DELETE CASCADE,
+  day        date NOT NULL,
+  calls      bigint NOT NULL DEFAULT 0 CHECK (calls >= 0),
+  warned_at  timestamptz,
+  PRIMARY KEY (tenant_id, day)
+);
+ALTER TABLE identity.api_usage ENABLE ROW LEVEL SECURITY;
+ALTER TABLE identity.api_usage FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON identity.api_usage
+  USING (tenant_id = public.app_tenant_id()) WITH CHECK (tenant_id = public.app_tenant_id());
+GRANT SELECT, INSERT, UPDATE ON identity.api_usage TO doctag_gateway;
+
+GRANT USAGE ON SCHEMA identity TO doctag_upload;
+GRANT SELECT ON identity.api_usage TO doctag_upload;
+GRANT SELECT (id, api_daily_quota) ON identity.tenants TO doctag_upload;
+
+GRANT INSERT ON documents.outbox TO doctag_gateway;
+GRANT USAGE ON SEQUENCE documents.outbox_id_seq TO doctag_gateway;
+CREATE POLICY gateway_only_quota_warnings ON documents.outbox AS RESTRICTIVE FOR INSERT TO doctag_gateway
+  WITH CHECK (event_type = 'quota.warning');
+
+ALTER TABLE identity.users ADD COLUMN token_generation integer NOT NULL DEFAULT 0;
+"""
+
+DOWNGRADE = r"""
+ALTER TABLE identity.users DROP COLUMN token_generation;
+DROP POLICY gateway_only_quota_warnings ON documents.outbox;
+REVOKE USAGE ON SEQUENCE documents.outbox_id_seq FROM doctag_gateway;
+REVOKE INSERT ON documents.outbox FROM doctag_gateway;
+REVOKE SELECT (id, api_daily_quota) ON identity.tenants FROM doctag_upload;
+REVOKE SELECT ON identity.api_usage FROM doctag_upload;
+REVOKE USAGE ON SCHEMA identity FROM doctag_upload;
+DROP TABLE identity.api_usage;
+ALTER TABLE identity.tenants DROP COLUMN api_daily_quota;
+"""
+
+
+def upgrade() -> None:
+    op.execute(UPGRADE)
+
+
+def downgrade() -> None:
+    op.execute(DOWNGRADE)
