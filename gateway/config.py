@@ -568,6 +568,21 @@ _REF = re.compile(r"^\{file:(?P<path>.+)\}$")
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def secret_file(value: str, env: Mapping[str, str]) -> Path | None:
+    """The file of a `{file:PATH}` reference (None for inline text)."""
+    match = _REF.match(value.strip())
+    if match is None:
+        return None
+
+    def expand(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in env:
+            raise ConfigError(f"{value}: environment variable {name} is not set")
+        return env[name]
+
+    return Path(_VAR.sub(expand, match.group("path")))
+
+
 def resolve_secret_value(value: str, env: Mapping[str, str]) -> str:
     """PEM text as is; `{file:PATH}` replaced by the file's content, `${VAR}` in PATH
     expanded from `env` (deviation from Kong, which has vault references instead)."""

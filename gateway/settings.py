@@ -46,6 +46,9 @@ class GatewaySettings(CommonSettings):
     gateway_tenant_wait_seconds: float = Field(30.0, gt=0)
     # Daily API quotas per tenant (gateway/quotas.py; limits and day in the common settings).
     gateway_api_quotas: bool = True
+    # Token revocation (gateway/revocation.py): check each token's generation against its user's.
+    gateway_token_revocation: bool = True
+    gateway_revocation_cache_seconds: float = Field(5.0, ge=0)
     # In-flight requests get this long to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(15.0, ge=0)
 

@@ -83,7 +83,8 @@ class TokenIssuer:
             return None, None
         async with self.db.tenant_transaction(str(tenant["id"])) as conn:
             cur = await conn.execute(
-                "SELECT id, username, password_hash, roles, disabled FROM identity.users WHERE username = %s",
+                "SELECT id, username, password_hash, roles, disabled, token_generation FROM identity.users "
+                "WHERE username = %s",
                 (username,),
             )
             user = await cur.fetchone()
@@ -112,6 +113,7 @@ class TokenIssuer:
             private_key_file=self.private_key_file, user_id=str(user["id"]), tenant_id=tenant_id,
             tenant_slug=tenant["slug"], username=user["username"], roles=list(user["roles"]),
             issuer=self.issuer, audience=self.audience, ttl_seconds=self.ttl_seconds,
+            generation=int(user["token_generation"]),
         )
         log.info("token issued", extra={"user_id": str(user["id"]), "roles": list(user["roles"])})
         await self._record_login(tenant_id, str(user["id"]), user["username"], audit.SUCCESS,

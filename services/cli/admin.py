@@ -123,8 +123,10 @@ def set_password(dsn: str, slug: str, username: str, password: str) -> Result:
     _check_password(password)
     with _connect(dsn) as conn, conn.transaction():
         tenant_id = _tenant_id(conn, slug)
-        cur = conn.execute("UPDATE identity.users SET password_hash = %s, updated_at = now() "
-                           "WHERE tenant_id = %s AND username = %s", (hash_password(password), tenant_id, username))
+        # A new password ends every session: tokens of the old generation are refused by the gateway.
+        cur = conn.execute("UPDATE identity.users SET password_hash = %s, token_generation = token_generation + 1, "
+                           "updated_at = now() WHERE tenant_id = %s AND username = %s",
+                           (hash_password(password), tenant_id, username))
         if cur.rowcount == 0:
             raise AdminError(f"no user {username!r} in tenant {slug!r}")
     return Result(False, f"password of {username} in {slug} changed")

@@ -51,6 +51,14 @@ def cmd_keys_ensure(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"signing keys: {private} (private, keep secret), {public} (public)")
 
 
+def cmd_keys_rotate(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from services.common.auth import rotate_keypair
+
+    kid, kept = rotate_keypair(settings.state_dir / "keys")
+    print(f"new signing key {kid}; tokens signed with any of {', '.join(kept)} are accepted "
+          "(the gateway and the services pick the change up without a restart)")
+
+
 def cmd_tenant_create(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(admin.create_tenant(settings.admin_dsn(), args.slug, args.name, args.storage_quota,
                               args.api_daily_quota).message)
@@ -182,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="token signing keys").add_subparsers(dest="action", required=True)
     keys.add_parser("ensure", help="create the RS256 key pair under the state dir if missing").set_defaults(
         func=cmd_keys_ensure)
+    keys.add_parser("rotate", help="new signing key; the last 3 public keys stay valid").set_defaults(
+        func=cmd_keys_rotate)
 
     tenant = sub.add_parser("tenant", help="departments").add_subparsers(dest="action", required=True)
     tc = tenant.add_parser("create", help="create a tenant (idempotent; updates name/quota when it exists)")

@@ -209,7 +209,9 @@ def start_gateway(state: Path, config: dict[str, Any], *, tenant_cap: int,
                 "DOCTAG_GATEWAY_STATUS_PORT": str(status), "DOCTAG_STATE_DIR": str(state),
                 "DOCTAG_DB_NAME": "postgres", "DOCTAG_DB_USER": "postgres", "DOCTAG_LOG_LEVEL": "WARNING",
                 "DOCTAG_GATEWAY_REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}",
-                "DOCTAG_GATEWAY_TENANT_MAX_IN_FLIGHT": str(tenant_cap)})
+                "DOCTAG_GATEWAY_TENANT_MAX_IN_FLIGHT": str(tenant_cap),
+                # The plugin set; the bench's users and tenants exist only in their tokens.
+                "DOCTAG_GATEWAY_TOKEN_REVOCATION": "false", "DOCTAG_GATEWAY_API_QUOTAS": "false"})
     command = [sys.executable, "-m", "gateway"]
     if profile is not None:
         command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "gateway"]

@@ -79,3 +79,12 @@ def test_tenant_daily_api_quota_set_at_creation_and_changed(cli, admin_dsn, caps
     with psycopg.connect(admin_dsn) as conn:
         quota = conn.execute("SELECT api_daily_quota FROM identity.tenants WHERE slug = %s", (slug,)).fetchone()
     assert quota == (7000,)
+
+
+def test_keys_rotate(cli, capsys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DOCTAG_STATE_DIR", str(tmp_path))
+    assert cli("keys", "ensure") == 0
+    assert cli("keys", "rotate") == 0
+    out = capsys.readouterr().out
+    assert "new signing key" in out
+    assert (tmp_path / "keys" / "jwt_public.pem").read_text().count("BEGIN PUBLIC KEY") == 2

@@ -34,6 +34,8 @@ def _env(tmp_path: Path, config: Path, port: int, db_name: str, status_port: int
         "DOCTAG_GATEWAY_CONFIG": str(config), "DOCTAG_HTTP_PORT": str(port), "DOCTAG_DB_NAME": db_name,
         "DOCTAG_GATEWAY_STATUS_PORT": str(status_port or free_port()),
         "DOCTAG_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1",
+        # The tokens here are for users that exist only in the token (revocation has its own tests).
+        "DOCTAG_GATEWAY_TOKEN_REVOCATION": "false",
     })
     return env
 

@@ -171,7 +171,12 @@ def gateway_settings(tmp_path: Path, config_path: Path, *, db_name: str, key_dir
 
 def start_gateway(tmp_path: Path, data: dict[str, Any], *, db_name: str, key_dir: Path,
                   cooldown: float = 30.0, **overrides: Any) -> GatewayServer:
-    """Writes `data` as kong.yml under tmp_path and serves a gateway for it on free ports."""
+    """Writes `data` as kong.yml under tmp_path and serves a gateway for it on free ports.
+
+    Token revocation is off unless asked for (`gateway_token_revocation=True`): most of these
+    tests sign tokens for users that exist only in the token; the revocation tests and the
+    security table create real users and turn it on."""
+    overrides.setdefault("gateway_token_revocation", False)
     config_path = write_config(parse_config(data, "test"), tmp_path / "kong.yml")
     settings = gateway_settings(tmp_path, config_path, db_name=db_name, key_dir=key_dir, cooldown=cooldown,
                                 **overrides)

@@ -88,7 +88,8 @@ def _spawn(config: Path, db_name: str, key_dir: Path, state: Path, prefix: str) 
                 "DOCTAG_GATEWAY_STATUS_PORT": str(status), "DOCTAG_DB_NAME": db_name,
                 "DOCTAG_STATE_DIR": str(state), "DOCTAG_JWT_PUBLIC_KEY_FILE": str(key_dir / "jwt_public.pem"),
                 "DOCTAG_JWT_PRIVATE_KEY_FILE": str(key_dir / "jwt_private.pem"),
-                "DOCTAG_GATEWAY_REDIS_PREFIX": prefix, "DOCTAG_LOG_LEVEL": "WARNING"})
+                "DOCTAG_GATEWAY_REDIS_PREFIX": prefix, "DOCTAG_LOG_LEVEL": "WARNING",
+                "DOCTAG_GATEWAY_TOKEN_REVOCATION": "false"})
     proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30

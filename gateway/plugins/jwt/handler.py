@@ -3,7 +3,9 @@ the claim named in `key_claim_name` (default `iss`), verify signature, the claim
 `claims_to_verify`, and the audience.
 
 Deviations from Kong (see gateway/README.md): the audience (`DOCTAG_JWT_AUDIENCE`) is
-verified too; the token must carry the platform claims `tenant` and `roles`. A token
+verified too; the token must carry the platform claims `tenant` and `roles`; a token of an
+older generation than its user's (gateway/revocation.py) is refused; a credential's
+`rsa_public_key` may hold several keys (rotation), the token's `kid` picks one. A token
 found in a query parameter or cookie is passed upstream in `Authorization` as well,
 because the services behind the gateway verify it again.
 """
@@ -14,18 +16,19 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.config import ConfigError, KongConfig, resolve_secret_value
-from services.common.auth import Principal, principal_from_claims
+from gateway.config import ConfigError, KongConfig, resolve_secret_value, secret_file
+from services.common.auth import KeySet, Principal, key_id, parse_public_keys, principal_from_claims
 from services.common.context import tenant_id_var
 from services.common.errors import ProblemError
 
+from ...revocation import TokenGenerations
 from ..base import Dependencies, PluginHandler, RequestContext
 from .schema import Config
 
@@ -35,11 +38,13 @@ _LEEWAY_SECONDS = 5
 
 @dataclass(frozen=True)
 class RsaCredential:
-    """A consumer's jwt_secret with its public key resolved to PEM text."""
+    """A consumer's jwt_secret with its public key(s) resolved to PEM text; `source` is the file
+    of a `{file:...}` reference, read again when it changes (key rotation)."""
 
     consumer: str
     key: str
     public_key_pem: str
+    source: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,12 @@ class JwtVerifier:
 
     def __init__(self, credentials: list[RsaCredential], *, audience: str, cache_size: int = 4096) -> None:
         self.by_key = {c.key: c for c in credentials}
-        self.public_keys = {c.key: _rsa_key(c) for c in credentials}
+        self.key_sets = {c.key: _key_set(c) for c in credentials}
         self.audience = audience
         # Tokens whose signature, audience and platform claims were verified, by (token, key claim):
         # the same bytes verify the same way, so only the time claims are checked again on a hit.
-        self._verified: OrderedDict[tuple[str, str], tuple[dict[str, Any], RsaCredential, Principal]] = OrderedDict()
+        self._verified: OrderedDict[tuple[str, str], tuple[dict[str, Any], RsaCredential, Principal, str]] = \
+            OrderedDict()
         self._cache_size = cache_size
 
     def authenticate(self, headers: Any, config: Config, *, now: float | None = None,
@@ -104,6 +110,9 @@ class JwtVerifier:
                                 error=None, realm=config.realm)
         cache_key = (token, config.key_claim_name)
         verified = self._verified.get(cache_key)
+        if verified is not None and verified[3] not in self.key_sets[verified[1].key].current():
+            del self._verified[cache_key]  # its key was retired since (rotation)
+            verified = None
         if verified is None:
             verified = self._verify(token, config)
             self._verified[cache_key] = verified
@@ -111,11 +120,11 @@ class JwtVerifier:
                 self._verified.popitem(last=False)
         else:
             self._verified.move_to_end(cache_key)
-        claims, credential, principal = verified
+        claims, credential, principal, _ = verified
         _check_times(claims, config, time.time() if now is None else now)
         return Authenticated(principal=principal, claims=claims, credential=credential)
 
-    def _verify(self, token: str, config: Config) -> tuple[dict[str, Any], RsaCredential, Principal]:
+    def _verify(self, token: str, config: Config) -> tuple[dict[str, Any], RsaCredential, Principal, str]:
         """Signature, algorithm, credential, audience and the platform claims (not the times)."""
         try:
             header = jwt.get_unverified_header(token)
@@ -129,21 +138,33 @@ class JwtVerifier:
         if credential is None:
             raise _unauthorized(f"no credentials found for the token's '{config.key_claim_name}' claim")
         try:
+            public_key = self.key_sets[credential.key].key_for(token)
             claims: dict[str, Any] = jwt.decode(
-                token, self.public_keys[credential.key], algorithms=["RS256"], audience=self.audience,
+                token, public_key, algorithms=["RS256"], audience=self.audience,
                 options={"require": ["sub"], "verify_exp": False, "verify_nbf": False, "verify_iat": False},
             )
             principal = principal_from_claims(claims)
         except (jwt.InvalidTokenError, KeyError) as exc:
             raise _unauthorized(f"the token is not valid: {exc}") from None
-        return claims, credential, principal
+        return claims, credential, principal, key_id(public_key)
 
 
-def _rsa_key(credential: RsaCredential) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(credential.public_key_pem.encode())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ConfigError(f"jwt_secret '{credential.key}': rsa_public_key is not an RSA key")
-    return key
+class _InlineKeys(KeySet):
+    """The keys of a PEM bundle written in kong.yml itself."""
+
+    def __init__(self, pem: str) -> None:
+        super().__init__(Path("-"))
+        self._inline = parse_public_keys(pem)
+
+    def current(self) -> dict[str, rsa.RSAPublicKey]:
+        return self._inline
+
+
+def _key_set(credential: RsaCredential) -> KeySet:
+    try:
+        return KeySet(credential.source) if credential.source else _InlineKeys(credential.public_key_pem)
+    except ValueError as exc:
+        raise ConfigError(f"jwt_secret '{credential.key}': rsa_public_key: {exc}") from None
 
 
 def _check_times(claims: dict[str, Any], config: Config, now: float) -> None:
@@ -171,11 +192,12 @@ def resolve_credentials(config: KongConfig, public_key_path: str) -> list[RsaCre
         for secret in consumer.jwt_secrets:
             pem = resolve_secret_value(secret.rsa_public_key, env)
             try:
-                serialization.load_pem_public_key(pem.encode())
+                parse_public_keys(pem)
             except ValueError:
                 raise ConfigError(f"consumer {consumer.username}: jwt_secret '{secret.key}' has no valid "
                                   "PEM public key in rsa_public_key") from None
-            credentials.append(RsaCredential(consumer=consumer.username, key=secret.key, public_key_pem=pem))
+            credentials.append(RsaCredential(consumer=consumer.username, key=secret.key, public_key_pem=pem,
+                                             source=secret_file(secret.rsa_public_key, env)))
     return credentials
 
 
@@ -186,6 +208,8 @@ class Handler(PluginHandler[Config]):
         super().__init__(deps)
         credentials = resolve_credentials(deps.config, str(deps.settings.public_key_path))
         self.verifier = JwtVerifier(credentials, audience=deps.settings.jwt_audience)
+        self.generations = (TokenGenerations(deps.db, deps.settings.gateway_revocation_cache_seconds)
+                            if deps.settings.gateway_token_revocation else None)
 
     async def access(self, conf: Config, ctx: RequestContext) -> None:
         request = ctx.request
@@ -196,6 +220,8 @@ class Handler(PluginHandler[Config]):
             return
         auth = self.verifier.authenticate(request.headers, conf, query_string=ctx.scope.get("query_string", b""))
         principal = auth.principal
+        if self.generations is not None:
+            await self.generations.check(principal, auth.claims)
         ctx.principal = principal
         ctx.credential = auth.credential.key
         tenant_id_var.set(principal.tenant_id)

@@ -11,7 +11,10 @@
   upload relay publishes them with confirms), so the warning is published exactly when the
   crossing commits.
 - `identity.users.token_generation`: raised when a user's password, roles or disabled flag
-  change; tokens carry the generation they were issued with and older ones are refused.
+  change (roles and disabled by a trigger, so no path can forget it; the password by whoever
+  sets it, since a transparent rehash must not log anyone out); tokens carry the generation
+  they were issued with and the gateway refuses older ones.
+- The role `analyst`: read-only access across tenants to the audit data.
 
 Revision ID: 0014_gateway_identity
 Revises: 0011
@@ -51,9 +54,27 @@ CREATE POLICY gateway_only_quota_warnings ON documents.outbox AS RESTRICTIVE FOR
   WITH CHECK (event_type = 'quota.warning');
 
 ALTER TABLE identity.users ADD COLUMN token_generation integer NOT NULL DEFAULT 0;
+CREATE FUNCTION identity.bump_token_generation() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+  IF NEW.roles IS DISTINCT FROM OLD.roles OR NEW.disabled IS DISTINCT FROM OLD.disabled THEN
+    NEW.token_generation := OLD.token_generation + 1;
+  END IF;
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER users_token_generation BEFORE UPDATE ON identity.users
+  FOR EACH ROW EXECUTE FUNCTION identity.bump_token_generation();
+
+ALTER TABLE identity.users DROP CONSTRAINT users_roles_check;
+ALTER TABLE identity.users ADD CONSTRAINT users_roles_check CHECK (
+  roles <@ ARRAY['user','tenant_admin','platform_admin','analyst']::text[] AND cardinality(roles) > 0);
 """
 
 DOWNGRADE = r"""
+ALTER TABLE identity.users DROP CONSTRAINT users_roles_check;
+ALTER TABLE identity.users ADD CONSTRAINT users_roles_check CHECK (
+  roles <@ ARRAY['user','tenant_admin','platform_admin']::text[] AND cardinality(roles) > 0);
+DROP TRIGGER users_token_generation ON identity.users;
+DROP FUNCTION identity.bump_token_generation();
 ALTER TABLE identity.users DROP COLUMN token_generation;
 DROP POLICY gateway_only_quota_warnings ON documents.outbox;
 REVOKE USAGE ON SEQUENCE documents.outbox_id_seq FROM doctag_gateway;
