@@ -225,7 +225,8 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
         except DocumentNotFound:
             raise ProblemError(404, "no such document", field="id") from None
 
-    @router.get("/audit", summary="Audit log, newest first: tenant_admin (own tenant), platform_admin (all)")
+    @router.get("/audit", summary="Audit log, newest first: tenant_admin (own tenant), platform_admin and "
+                                  "analyst (all)")
     async def audit_log(
         principal: Auth,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -38,6 +38,8 @@ class StaleVersion(Exception):
 
 # Roles that may purge documents at once and read the audit log.
 ADMIN_ROLES = ("tenant_admin", "platform_admin")
+# Reads the audit data of every tenant; administers nothing.
+ANALYST_ROLE = "analyst"
 
 
 def is_admin(principal: Principal) -> bool:
@@ -660,17 +662,19 @@ class DocumentService:
     async def audit_log(self, principal: Principal, *, limit: int, after: tuple[datetime, int] | None,
                         actor: str | None, action: str | None, since: datetime | None,
                         until: datetime | None) -> tuple[builtins.list[dict[str, Any]], tuple[datetime, int] | None]:
-        """Entries newest first: a tenant admin's own tenant (RLS), every tenant for a platform admin."""
-        if not is_admin(principal):
+        """Entries newest first: a tenant admin's own tenant (RLS), every tenant for a platform admin
+        and for an analyst (read-only across tenants)."""
+        analyst = ANALYST_ROLE in principal.roles
+        if not (is_admin(principal) or analyst):
             await self.record_denied(principal, audit.AUDIT_READ)
-            raise ProblemError(403, "only a tenant or platform administrator may read the audit log")
+            raise ProblemError(403, "only a tenant or platform administrator or an analyst may read the audit log")
         actor_id = actor_name = None
         if actor is not None:
             try:
                 actor_id = str(uuid.UUID(actor))
             except ValueError:
                 actor_name = actor
-        all_tenants = "platform_admin" in principal.roles
+        all_tenants = "platform_admin" in principal.roles or analyst
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
             if all_tenants:
                 await repo.enable_all_tenants_audit(conn)
