@@ -1,5 +1,5 @@
-"""Wiring only: the proxy app (token endpoint, then every other path proxied through the
-plugin pipeline) and the status app (Kong's `status_listen`: /healthz, /readyz,
+"""Wiring only: the proxy app (token endpoint, the admin endpoints, then every other path
+proxied through the plugin pipeline) and the status app (Kong's `status_listen`: /healthz, /readyz,
 /metrics on their own port), over one `Gateway` (gateway/runtime.py).
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from services.common.auth import ensure_keypair
 from services.common.http import create_app
 
+from .admin_api import admin_router
 from .config import ConfigError, KongConfig
 from .counters import Counters, LocalCounters, RedisCounters
 from .dispatch import proxy_endpoint
@@ -82,6 +83,7 @@ def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
     proxy = create_app("gateway", title="doctag API gateway", lifespan=lifespan, operational_routes=False)
     proxy.state.gateway = gateway
     proxy.include_router(token_router(issuer))
+    proxy.include_router(admin_router(gateway))
     fairness = TenantFairness(settings.gateway_tenant_max_in_flight,
                               max_waiting=settings.gateway_tenant_max_waiting,
                               wait_s=settings.gateway_tenant_wait_seconds)

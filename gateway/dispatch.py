@@ -57,7 +57,8 @@ def proxy_endpoint(proxy: Proxy, fairness: TenantFairness,
                     ctx.response_headers += usage.headers(datetime.now(UTC), quotas.warning_percent)
             body = limited(request.stream(), ctx.body_limit) if has_body(request.headers) else None
             forwarded = ForwardedRequest(body=body, extra_headers=ctx.upstream_headers,
-                                         request_id=current_request_id())
+                                         request_id=current_request_id(),
+                                         drop_headers=frozenset(ctx.shared.get("drop_headers", ())))
             async with fairness.slot(ctx.match.entry.service.host, tenant):
                 sent = time.perf_counter()
                 response = await proxy.forward(request, ctx.match, forwarded)

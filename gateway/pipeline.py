@@ -72,7 +72,9 @@ class Pipeline:
             step.handler.rewrite(step.conf, ctx)
 
     async def access(self, ctx: RequestContext) -> None:
-        for step in self.steps_for(ctx):
+        steps = self.steps_for(ctx)
+        ctx.shared["plugins"] = frozenset(step.name for step in steps)
+        for step in steps:
             ctx.plugin_scope = step.scope
             await step.handler.access(step.conf, ctx)
 

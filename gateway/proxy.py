@@ -97,6 +97,8 @@ class ForwardedRequest:
     body: AsyncIterator[bytes] | None
     extra_headers: list[tuple[str, str]]
     request_id: str
+    # Incoming headers not to pass on (key-auth's hide_credentials), lower case.
+    drop_headers: frozenset[str] = frozenset()
 
 
 class Proxy:
@@ -152,7 +154,7 @@ class Proxy:
                         raw_path=path + (b"?" + query if query else b""))
 
         incoming = request.headers.raw
-        headers = filter_headers(incoming, GATEWAY_OWNED | {"x-forwarded-for"})
+        headers = filter_headers(incoming, GATEWAY_OWNED | {"x-forwarded-for"} | fwd.drop_headers)
         client_ip = request.client.host if request.client else ""
         previous = ", ".join(v.decode("latin-1") for k, v in incoming if k.lower() == b"x-forwarded-for")
         host_in = request.headers.get("host", "")

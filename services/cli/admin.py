@@ -149,3 +149,41 @@ def list_users(dsn: str, slug: str) -> list[DictRow]:
         tenant_id = _tenant_id(conn, slug)
         return conn.execute("SELECT id, username, roles, disabled, created_at FROM identity.users "
                             "WHERE tenant_id = %s ORDER BY username", (tenant_id,)).fetchall()
+
+
+def create_api_key(dsn: str, slug: str, name: str, roles: list[str]) -> Result:
+    """A new API key for the tenant; the key is in the message only (stored as its SHA-256)."""
+    from services.common.api_keys import KEY_ROLES, key_hash, new_key
+
+    if not 1 <= len(name) <= 100:
+        raise AdminError("NAME must be 1-100 characters")
+    if not roles or any(r not in KEY_ROLES for r in roles):
+        raise AdminError(f"--role must be one of {', '.join(KEY_ROLES)}")
+    key = new_key()
+    key_id = str(uuid.uuid4())
+    with _connect(dsn) as conn, conn.transaction():
+        tenant_id = _tenant_id(conn, slug)
+        conn.execute("INSERT INTO identity.api_keys (id, tenant_id, name, key_hash, roles) VALUES (%s, %s, %s, %s, %s)",
+                     (key_id, tenant_id, name, key_hash(key), sorted(set(roles))))
+    return Result(True, f"API key {name} ({key_id}) for {slug}; keep it now, it is not shown again:\n{key}")
+
+
+def list_api_keys(dsn: str, slug: str) -> list[DictRow]:
+    with _connect(dsn) as conn:
+        tenant_id = _tenant_id(conn, slug)
+        return conn.execute("SELECT id, name, roles, created_at, revoked_at FROM identity.api_keys "
+                            "WHERE tenant_id = %s ORDER BY created_at", (tenant_id,)).fetchall()
+
+
+def revoke_api_key(dsn: str, slug: str, key_id: str) -> Result:
+    try:
+        key_id = str(uuid.UUID(key_id))
+    except ValueError:
+        raise AdminError("ID must be a UUID") from None
+    with _connect(dsn) as conn, conn.transaction():
+        tenant_id = _tenant_id(conn, slug)
+        row = conn.execute("UPDATE identity.api_keys SET revoked_at = coalesce(revoked_at, now()) "
+                           "WHERE id = %s AND tenant_id = %s RETURNING id", (key_id, tenant_id)).fetchone()
+    if row is None:
+        raise AdminError(f"no API key {key_id} in tenant {slug!r}")
+    return Result(False, f"API key {key_id} revoked")

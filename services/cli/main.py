@@ -59,6 +59,18 @@ def cmd_keys_rotate(settings: OpsSettings, args: argparse.Namespace) -> None:
           "(the gateway and the services pick the change up without a restart)")
 
 
+def cmd_apikey_create(settings: OpsSettings, args: argparse.Namespace) -> None:
+    print(admin.create_api_key(settings.admin_dsn(), args.slug, args.name, args.role or ["user"]).message)
+
+
+def cmd_apikey_list(settings: OpsSettings, args: argparse.Namespace) -> None:
+    _print_rows(admin.list_api_keys(settings.admin_dsn(), args.slug))
+
+
+def cmd_apikey_revoke(settings: OpsSettings, args: argparse.Namespace) -> None:
+    print(admin.revoke_api_key(settings.admin_dsn(), args.slug, args.id).message)
+
+
 def cmd_tenant_create(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(admin.create_tenant(settings.admin_dsn(), args.slug, args.name, args.storage_quota,
                               args.api_daily_quota).message)
@@ -203,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="calls a day through the gateway (default: DOCTAG_API_DAILY_QUOTA_DEFAULT, 10000)")
     tc.set_defaults(func=cmd_tenant_create)
     tenant.add_parser("list", help="list tenants with quota usage").set_defaults(func=cmd_tenant_list)
+
+    apikey = sub.add_parser("apikey", help="API keys of a tenant (the gateway's key-auth)").add_subparsers(
+        dest="action", required=True)
+    ac = apikey.add_parser("create", help="create a key; it is printed once and stored only as a hash")
+    ac.add_argument("slug")
+    ac.add_argument("name")
+    ac.add_argument("--role", action="append", choices=("user", "tenant_admin"),
+                    help="a role of the key (repeatable; default user)")
+    ac.set_defaults(func=cmd_apikey_create)
+    al = apikey.add_parser("list", help="list a tenant's keys (never the keys themselves)")
+    al.add_argument("slug")
+    al.set_defaults(func=cmd_apikey_list)
+    ar = apikey.add_parser("revoke", help="revoke a key")
+    ar.add_argument("slug")
+    ar.add_argument("id")
+    ar.set_defaults(func=cmd_apikey_revoke)
 
     user = sub.add_parser("user", help="users of a tenant").add_subparsers(dest="action", required=True)
     uc = user.add_parser("create", help="create a user (idempotent with the same password and role)")

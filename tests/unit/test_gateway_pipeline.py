@@ -67,8 +67,8 @@ def test_shipped_config_compiles(tmp_path: Path) -> None:
 
     apps = build_apps(_settings(tmp_path, DEFAULT_CONFIG), load_config(DEFAULT_CONFIG))
     assert apps.gateway.runtime.pipeline.names("models") == [
-        "correlation-id", "jwt", "request-size-limiting", "acl", "rate-limiting", "response-transformer",
-        "prometheus"]
+        "correlation-id", "jwt", "key-auth", "request-size-limiting", "acl", "rate-limiting",
+        "response-transformer", "prometheus"]
 
 
 async def test_proxy_port_has_no_operational_routes(tmp_path: Path) -> None:

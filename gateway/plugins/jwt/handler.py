@@ -218,6 +218,9 @@ class Handler(PluginHandler[Config]):
             return
         if ctx.principal is not None:  # already authenticated by a plugin of higher priority
             return
+        query = ctx.scope.get("query_string", b"")
+        if find_token(request.headers, conf, query) is None and "key-auth" in ctx.shared.get("plugins", ()):
+            return  # no token: key-auth (next) authenticates the request or refuses it
         auth = self.verifier.authenticate(request.headers, conf, query_string=ctx.scope.get("query_string", b""))
         principal = auth.principal
         if self.generations is not None:

@@ -15,6 +15,10 @@
   sets it, since a transparent rehash must not log anyone out); tokens carry the generation
   they were issued with and the gateway refuses older ones.
 - The role `analyst`: read-only access across tenants to the audit data.
+- `identity.api_keys`: per-tenant API keys for machine clients (`key-auth`), stored as the
+  SHA-256 of the key (the key itself is shown once, at creation). The gateway looks a key
+  up before it knows the tenant, so it may read every tenant's keys; it writes only its
+  transaction's tenant's.
 
 Revision ID: 0014_gateway_identity
 Revises: 0011
@@ -43,6 +47,8 @@ ALTER TABLE identity.api_usage FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON identity.api_usage
   USING (tenant_id = public.app_tenant_id()) WITH CHECK (tenant_id = public.app_tenant_id());
 GRANT SELECT, INSERT, UPDATE ON identity.api_usage TO doctag_gateway;
+-- Platform administrators list every tenant's usage through the gateway.
+CREATE POLICY gateway_reads_all_usage ON identity.api_usage FOR SELECT TO doctag_gateway USING (true);
 
 GRANT USAGE ON SCHEMA identity TO doctag_upload;
 GRANT SELECT ON identity.api_usage TO doctag_upload;
@@ -67,9 +73,32 @@ CREATE TRIGGER users_token_generation BEFORE UPDATE ON identity.users
 ALTER TABLE identity.users DROP CONSTRAINT users_roles_check;
 ALTER TABLE identity.users ADD CONSTRAINT users_roles_check CHECK (
   roles <@ ARRAY['user','tenant_admin','platform_admin','analyst']::text[] AND cardinality(roles) > 0);
+
+CREATE TABLE identity.api_keys (
+  id          uuid PRIMARY KEY,
+  tenant_id   uuid NOT NULL REFERENCES identity.tenants(id) ON DELETE CASCADE,
+  name        text NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+  key_hash    char(64) NOT NULL UNIQUE,
+  roles       text[] NOT NULL CHECK (roles <@ ARRAY['user','tenant_admin']::text[] AND cardinality(roles) > 0),
+  created_by  uuid,
+  created_at  timestamptz NOT NULL DEFAULT now(),
+  revoked_at  timestamptz
+);
+CREATE INDEX api_keys_tenant ON identity.api_keys (tenant_id, created_at);
+ALTER TABLE identity.api_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE identity.api_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON identity.api_keys
+  USING (tenant_id = public.app_tenant_id()) WITH CHECK (tenant_id = public.app_tenant_id());
+CREATE POLICY gateway_finds_keys ON identity.api_keys FOR SELECT TO doctag_gateway USING (true);
+GRANT SELECT, INSERT, UPDATE ON identity.api_keys TO doctag_gateway;
+GRANT INSERT, UPDATE ON identity.users TO doctag_gateway;
+GRANT UPDATE (api_daily_quota, name) ON identity.tenants TO doctag_gateway;
 """
 
 DOWNGRADE = r"""
+REVOKE UPDATE (api_daily_quota, name) ON identity.tenants FROM doctag_gateway;
+REVOKE INSERT ON identity.users FROM doctag_gateway;
+DROP TABLE identity.api_keys;
 ALTER TABLE identity.users DROP CONSTRAINT users_roles_check;
 ALTER TABLE identity.users ADD CONSTRAINT users_roles_check CHECK (
   roles <@ ARRAY['user','tenant_admin','platform_admin']::text[] AND cardinality(roles) > 0);
