@@ -298,12 +298,19 @@ class ActiveHealthcheck(_Entity):
     def enabled(self) -> bool:
         return self.healthy.interval > 0 or self.unhealthy.interval > 0
 
-    @model_validator(mode="after")
-    def _not_yet(self) -> ActiveHealthcheck:
-        if self.enabled:
-            raise ValueError("healthy.interval / unhealthy.interval: active health checks are not supported "
-                             "yet; only Kong's default 0 (disabled) is accepted")
-        return self
+    @field_validator("type")
+    @classmethod
+    def _http_only(cls, kind: str) -> str:
+        if kind not in ("http", "https"):
+            raise ValueError(f"active checks of type {kind!r} are not supported (http, https)")
+        return kind
+
+    @field_validator("https_sni")
+    @classmethod
+    def _no_sni(cls, sni: str | None) -> str | None:
+        if sni:
+            raise ValueError("https_sni is not supported")
+        return sni
 
 
 class Healthchecks(_Entity):
@@ -314,25 +321,26 @@ class Healthchecks(_Entity):
 
 
 
-def _no_hash(why: str = "hashing is not supported") -> Any:
+def _no_hash(why: str) -> Any:
     return kong_default_only(None, why)
+
+
+HashOn = Literal["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"]
 
 
 class Upstream(_Identified):
     name: str = Field(pattern=_NAME)
-    algorithm: Annotated[Literal["round-robin", "consistent-hashing", "least-connections", "latency"],
-                         kong_default_only("round-robin", "only the round-robin algorithm is implemented")
-                         ] = "round-robin"
-    hash_on: Annotated[str, kong_default_only("none", "hashing is not supported")] = "none"
-    hash_fallback: Annotated[str, kong_default_only("none", "hashing is not supported")] = "none"
-    hash_on_header: Annotated[str | None, _no_hash()] = None
-    hash_fallback_header: Annotated[str | None, _no_hash()] = None
-    hash_on_cookie: Annotated[str | None, _no_hash()] = None
-    hash_on_cookie_path: Annotated[str, kong_default_only("/", "hashing is not supported")] = "/"
-    hash_on_query_arg: Annotated[str | None, _no_hash()] = None
-    hash_fallback_query_arg: Annotated[str | None, _no_hash()] = None
-    hash_on_uri_capture: Annotated[str | None, _no_hash()] = None
-    hash_fallback_uri_capture: Annotated[str | None, _no_hash()] = None
+    algorithm: Literal["round-robin", "consistent-hashing", "least-connections", "latency"] = "round-robin"
+    hash_on: HashOn = "none"
+    hash_fallback: HashOn = "none"
+    hash_on_header: str | None = None
+    hash_fallback_header: str | None = None
+    hash_on_cookie: Annotated[str | None, _no_hash("hashing on a cookie is not supported")] = None
+    hash_on_cookie_path: Annotated[str, kong_default_only("/", "hashing on a cookie is not supported")] = "/"
+    hash_on_query_arg: Annotated[str | None, _no_hash("hashing on a query argument is not supported")] = None
+    hash_fallback_query_arg: Annotated[str | None, _no_hash("hashing on a query argument is not supported")] = None
+    hash_on_uri_capture: Annotated[str | None, _no_hash("hashing on a URI capture is not supported")] = None
+    hash_fallback_uri_capture: Annotated[str | None, _no_hash("hashing on a URI capture is not supported")] = None
     # Only shapes Kong's hashing ring; accepted in Kong's range, no effect on round-robin.
     slots: int = Field(10000, ge=10, le=65536)
     host_header: str | None = None
@@ -340,6 +348,36 @@ class Upstream(_Identified):
     use_srv_name: Annotated[bool, kong_default_only(False, "SRV names are not resolved here")] = False
     targets: list[Target] = Field(default_factory=list)
     healthchecks: Healthchecks = Field(default_factory=Healthchecks)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, algorithm: str) -> str:
+        if algorithm == "latency":
+            raise ValueError("the latency algorithm is not supported (round-robin, least-connections, "
+                             "consistent-hashing)")
+        return algorithm
+
+    @field_validator("hash_on", "hash_fallback")
+    @classmethod
+    def _hash_on(cls, value: str) -> str:
+        if value in ("cookie", "path", "query_arg", "uri_capture"):
+            raise ValueError(f"hashing on {value} is not supported (none, consumer, ip, header)")
+        return value
+
+    @model_validator(mode="after")
+    def _hash_entity_checks(self) -> Upstream:
+        """Kong's entity checks for hashing."""
+        if self.hash_on == "header" and not self.hash_on_header:
+            raise ValueError("hash_on_header: required when hash_on is header")
+        if self.hash_fallback == "header" and not self.hash_fallback_header:
+            raise ValueError("hash_fallback_header: required when hash_fallback is header")
+        if self.hash_on == "none" and self.hash_fallback != "none":
+            raise ValueError("hash_fallback: must be none when hash_on is none")
+        if self.hash_on != "none" and self.hash_fallback == self.hash_on and self.hash_on != "header":
+            raise ValueError("hash_fallback: must differ from hash_on")
+        if self.algorithm == "consistent-hashing" and self.hash_on == "none":
+            raise ValueError("hash_on: consistent-hashing needs something to hash on")
+        return self
 
     @field_validator("targets")
     @classmethod

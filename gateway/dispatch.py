@@ -50,15 +50,21 @@ def proxy_endpoint(proxy: Proxy, fairness: TenantFairness,
                                    headers={"Allow": ", ".join(exc.allowed)}) from None
             parse_content_length(request.headers.get("content-length"))  # 400 for a malformed one
             await runtime.pipeline.access(ctx)
+            if ctx.exit_response is not None:
+                status = ctx.exit_response.status_code
+                return ctx.exit_response
             tenant = ctx.principal.tenant_id if ctx.principal is not None else None
             if quotas is not None and tenant is not None:
                 usage = await quotas.consume(tenant)
                 if usage is not None:
                     ctx.response_headers += usage.headers(datetime.now(UTC), quotas.warning_percent)
             body = limited(request.stream(), ctx.body_limit) if has_body(request.headers) else None
+            balancer = proxy.balancer_for(ctx.match.entry.service)
+            hash_key = balancer.hash_key(ctx.principal.user_id if ctx.principal else None, ctx.client_ip,
+                                         request.headers) if balancer.algorithm == "consistent-hashing" else None
             forwarded = ForwardedRequest(body=body, extra_headers=ctx.upstream_headers,
                                          request_id=current_request_id(),
-                                         drop_headers=frozenset(ctx.shared.get("drop_headers", ())))
+                                         drop_headers=frozenset(ctx.shared.get("drop_headers", ())), hash_key=hash_key)
             async with fairness.slot(ctx.match.entry.service.host, tenant):
                 sent = time.perf_counter()
                 response = await proxy.forward(request, ctx.match, forwarded)

@@ -77,6 +77,8 @@ class Pipeline:
         for step in steps:
             ctx.plugin_scope = step.scope
             await step.handler.access(step.conf, ctx)
+            if ctx.exit_response is not None:
+                return
 
     def header_filter(self, ctx: RequestContext, headers: RawHeaders) -> None:
         for step in self.steps_for(ctx):

@@ -26,6 +26,7 @@ from services.common.errors import ProblemError
 
 from .balancer import TargetState, UpstreamBalancer
 from .config import KongConfig, Service, Upstream
+from .healthcheck import HealthChecks
 from .metrics import RETRIES, UPSTREAM_LATENCY
 from .plugins.request_size_limiting.handler import PayloadTooLarge, too_large
 from .router import RouteMatch, prefix_matches
@@ -99,13 +100,17 @@ class ForwardedRequest:
     request_id: str
     # Incoming headers not to pass on (key-auth's hide_credentials), lower case.
     drop_headers: frozenset[str] = frozenset()
+    # What consistent-hashing hashes (UpstreamBalancer.hash_key); None: nothing.
+    hash_key: str | None = None
 
 
 class Proxy:
     def __init__(self, config: KongConfig, *, cooldown_seconds: float) -> None:
         self.cooldown_seconds = cooldown_seconds
+        self.config = config
         self.balancers = self._balancers(config)
         self.client: httpx.AsyncClient | None = None
+        self.health_checks = HealthChecks()
 
     def _balancers(self, config: KongConfig) -> dict[str, UpstreamBalancer]:
         balancers = {u.name: UpstreamBalancer(u, cooldown_seconds=self.cooldown_seconds) for u in config.upstreams}
@@ -117,9 +122,19 @@ class Proxy:
                 balancers[implicit.name] = UpstreamBalancer(implicit, cooldown_seconds=self.cooldown_seconds)
         return balancers
 
-    def reconfigure(self, config: KongConfig) -> None:
-        """New balancers for a reloaded configuration; the client and its connections stay."""
+    def _start_checks(self) -> None:
+        assert self.client is not None
+        self.health_checks.start([(self.balancers[u.name], u.healthchecks.active) for u in self.config.upstreams],
+                                 self.client)
+
+    async def reconfigure(self, config: KongConfig) -> None:
+        """New balancers (and active checks) for a reloaded configuration; the client and its
+        connections stay."""
+        await self.health_checks.stop()
+        self.config = config
         self.balancers = self._balancers(config)
+        if self.client is not None:
+            self._start_checks()
 
     async def start(self) -> None:
         # No client-level headers or env proxies: requests are built by hand and sent as they are.
@@ -127,8 +142,10 @@ class Proxy:
             trust_env=False, follow_redirects=False,
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0),
         )
+        self._start_checks()
 
     async def close(self) -> None:
+        await self.health_checks.stop()
         if self.client is not None:
             await self.client.aclose()
             self.client = None
@@ -195,7 +212,7 @@ class Proxy:
         guard = _ReplayGuard(fwd.body)
         attempts, max_attempts = 0, service.retries + 1
         failure = "the upstream has no targets"
-        for target in balancer.candidates():
+        for target in balancer.candidates(fwd.hash_key):
             if attempts >= max_attempts:
                 break
             if attempts:
@@ -204,6 +221,7 @@ class Proxy:
             upstream_request = self._build(request, match, target, balancer, fwd, guard.content())
             started = time.perf_counter()
             where = {"upstream_service": service.name, "target": target.address}
+            target.in_flight += 1  # least-connections counts requests until their response headers
             try:
                 response = await self.client.send(upstream_request, stream=True)
             except PayloadTooLarge as exc:
@@ -233,6 +251,8 @@ class Proxy:
                 if request.method in IDEMPOTENT and not guard.started:
                     continue
                 raise ProblemError(502, f"the {service.name} service failed while handling the request") from None
+            finally:
+                target.in_flight -= 1
             UPSTREAM_LATENCY.labels(service.name, target.address).observe(time.perf_counter() - started)
             balancer.report_status(target, response.status_code)
             return self._stream_back(response, service.name, target.address)

@@ -76,7 +76,7 @@ class Gateway:
                       extra={"config": str(source)})
             return False
         old, self.runtime = self.runtime, runtime
-        self.proxy.reconfigure(config)
+        await self.proxy.reconfigure(config)
         task = asyncio.create_task(self._retire(old))
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)

@@ -27,6 +27,7 @@ from services.common.auth import Principal
 
 if TYPE_CHECKING:
     from starlette.requests import Request
+    from starlette.responses import Response
     from starlette.types import Scope
 
     from gateway.config import KongConfig
@@ -68,6 +69,9 @@ class RequestContext:
     response_bytes: int = 0
     request_bytes: int = 0
     shared: dict[str, Any] = field(default_factory=dict)
+    # Set by a plugin that answers the request itself (Kong's kong.response.exit); the
+    # remaining access phases are skipped and this is sent.
+    exit_response: Response | None = None
 
     @property
     def groups(self) -> tuple[str, ...] | None:

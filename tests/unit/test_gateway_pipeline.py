@@ -146,3 +146,30 @@ async def test_unhandled_error_is_a_500_with_one_request_id() -> None:
     access = [rec for rec in handler.records if rec.getMessage() == "request"]
     assert [(rec.request_id, rec.status) for rec in access] == [  # type: ignore[attr-defined]
         ("boom-1", 500), (other.json()["request_id"], 500)]
+
+
+async def test_cors_preflight_answered_and_headers_only_for_configured_origins(tmp_path: Path) -> None:
+    data = _data()
+    data["plugins"].append({"name": "cors", "config": {  # type: ignore[attr-defined]
+        "origins": ["https://doc.example.go.kr", r"https://[a-z]+\.dept\.go\.kr"], "credentials": True,
+        "max_age": 600, "exposed_headers": ["X-Request-ID"]}})
+    path = write_config(parse_config(data, "t"), tmp_path / "kong.yml")
+    apps = build_apps(_settings(tmp_path, path), parse_config(data, "t"))
+    assert apps.gateway.runtime.pipeline.names("open")[:2] == ["correlation-id", "cors"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=apps.proxy), base_url="http://gw") as proxy:
+        preflight = {"Origin": "https://hr.dept.go.kr", "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization,content-type"}
+        r = await proxy.options("/open", headers=preflight)  # answered before jwt: no token needed
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://hr.dept.go.kr"
+        assert r.headers["access-control-allow-credentials"] == "true"
+        assert r.headers["access-control-max-age"] == "600"
+        assert r.headers["access-control-allow-headers"] == "authorization,content-type"
+        r = await proxy.options("/open", headers={**preflight, "Origin": "https://evil.example.com"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+        r = await proxy.get("/open", headers={"Origin": "https://doc.example.go.kr"})
+        assert r.status_code == 401  # the actual request still needs its token
+        assert r.headers["access-control-allow-origin"] == "https://doc.example.go.kr"
+        assert r.headers["access-control-expose-headers"] == "X-Request-ID"
+        r = await proxy.get("/open", headers={"Origin": "https://evil.example.com"})
+        assert "access-control-allow-origin" not in r.headers
