@@ -141,7 +141,7 @@ def test_active_checks_take_targets_out_and_bring_them_back_only_when_healthy() 
     checker.record(a, "http")
     assert a.state == UNHEALTHY
     clock.now += 3600  # no cool-down with active checks: only probes bring it back
-    assert [t.address for t in balancer.candidates()][0] == "b:1"
+    assert next(t.address for t in balancer.candidates()) == "b:1"
     checker.record(a, "success")
     assert a.state == UNHEALTHY
     checker.record(a, "success")
