@@ -79,7 +79,9 @@ def main() -> int:
                              settings.gateway_status_port, settings, "off"))
     log.info("listening", extra={"host": settings.http_host, "port": settings.http_port,
                                  "status_port": settings.gateway_status_port})
-    asyncio.run(serve(apps.gateway, proxy, status))
+    # uvicorn's own loop choice (uvloop when installed), as `uvicorn.run` would make.
+    with asyncio.Runner(loop_factory=proxy.config.get_loop_factory()) as runner:
+        runner.run(serve(apps.gateway, proxy, status))
     return 0
 
 
