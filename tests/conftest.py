@@ -39,6 +39,10 @@ os.environ["DOCTAG_AMQP_PREFIX"] = TEST_AMQP_PREFIX
 os.environ["DOCTAG_STATE_DIR"] = str(TEST_STATE_DIR)
 os.environ["DOCTAG_MODEL_STORE"] = str(TEST_STATE_DIR / "models")
 os.environ["DOCTAG_GATEWAY_REDIS_PREFIX"] = f"doctag-test-{SESSION_ID}"
+# In-process services and commands that call model-serving (search's query embeddings, reindex)
+# reach none unless a test starts one and names it: never the platform's model-serving on 9121.
+# Port 1 on loopback refuses at once.
+os.environ["DOCTAG_MODEL_GRPC_TARGET"] = "127.0.0.1:1"
 # The ONNX export of the e5-hybrid encoder is made once per machine, not per test process
 # (onnx_encoder.py keys the cache by everything the export depends on, so sharing it is safe).
 os.environ.setdefault("DOCTAG_ONNX_CACHE_DIR", str(REPO / "var" / "onnx-cache"))

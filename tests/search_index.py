@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from services.common.korean import analyze
+from services.common.korean import analyser_version, analyze
 from services.upload import repository as repo
 
 
@@ -17,4 +17,4 @@ def index_document(conn: psycopg.Connection, tenant: str, doc_id: str, title: st
         distinct, tfs = repo.term_frequencies(terms)
         if distinct:
             conn.execute(repo.INSERT_TERMS_SQL, (doc_id, field, len(terms), distinct, tfs))
-    conn.execute(repo.REINDEXED_SQL, (len(title_terms), len(text_terms), doc_id))
+    conn.execute(repo.REINDEXED_SQL, (len(title_terms), len(text_terms), analyser_version(), doc_id))

@@ -10,6 +10,7 @@ The end-to-end tests use the same code with free ports and their own state dir.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,9 @@ class StackLayout:
     python: str = sys.executable
     # The gateway configuration this layout's kong.yml is made from (benchmarks raise its size limits).
     gateway_template: Path = DEFAULT_GATEWAY_CONFIG
+    # Program name -> CPU list (`taskset -c` syntax, e.g. "1" or "0-3"); programs not named run
+    # anywhere. Benchmarks use it to give model-serving its own CPUs, as its own host would.
+    cpu_affinity: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> StackLayout:
@@ -102,7 +106,8 @@ class StackLayout:
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_GRPC_PORT": str(grpc_port)}, http, 20))
         for i, (http, grpc_port) in enumerate(self.search_ports, 1):
             progs.append(Program(f"search-{i}", "services.search", {
-                "DOCTAG_HTTP_PORT": str(http), "DOCTAG_GRPC_PORT": str(grpc_port)}, http, 20))
+                "DOCTAG_HTTP_PORT": str(http), "DOCTAG_GRPC_PORT": str(grpc_port),
+                "DOCTAG_MODEL_GRPC_TARGET": model_grpc}, http, 20))
         for i, http in enumerate(self.worker_ports, 1):
             progs.append(Program(f"tagging-worker-{i}", "services.tagging_worker", {
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_DOCUMENTS_GRPC_TARGET": upload_grpc,
@@ -163,7 +168,7 @@ class StackLayout:
             env_line = ",".join(f'{k}="{_supervisor_escape(v)}"' for k, v in env.items())
             lines += [
                 f"[program:{prog.name}]",
-                f"command={self.python} -m {prog.module}",
+                f"command={self._command(prog)}",
                 f"environment={env_line}",
                 f"priority={prog.priority}",
                 "autostart=true", "autorestart=true", "startsecs=3", "startretries=5",
@@ -173,6 +178,11 @@ class StackLayout:
             ]
         self.supervisor_conf.write_text("\n".join(lines), encoding="utf-8")
         return self.supervisor_conf
+
+    def _command(self, prog: Program) -> str:
+        command = f"{self.python} -m {prog.module}"
+        cpus = self.cpu_affinity.get(prog.name)
+        return f"{shutil.which('taskset') or 'taskset'} -c {cpus} {command}" if cpus else command
 
     # -- process control -------------------------------------------------------
     def _bin(self, name: str) -> str:

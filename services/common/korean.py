@@ -27,6 +27,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 _NOUN_TAGS = ("NNG", "NNP")
 _KEEP_TAGS = ("NNG", "NNP", "SL", "SH", "SN", "XR")
@@ -56,10 +57,31 @@ _CODE_JOINERS = re.compile(r"[-_()]")
 _CODE_PARTS = re.compile(r"[a-z]+|[0-9]+")
 
 _lock = threading.Lock()
+_load_lock = threading.Lock()
+
+
+def _kiwi() -> Any:  # kiwipiepy.Kiwi (the module is imported lazily)
+    """The process's one Kiwi, built on first use (threads arriving meanwhile wait for it
+    rather than each building their own, which costs a second and 100s of MB apiece)."""
+    with _load_lock:
+        return _build_kiwi()
+
+# The analyser's version, stored with each document's postings (documents.analyser_version).
+# Bump the rule revision whenever a change here (or a new kiwipiepy) can give other terms for the
+# same text: `doctag search reindex` then re-analyses every document indexed with another version.
+ANALYSER_RULES = 1
 
 
 @lru_cache(maxsize=1)
-def _kiwi():  # type: ignore[no-untyped-def]
+def analyser_version() -> str:
+    """`kiwi-<kiwipiepy version>/rules-<ANALYSER_RULES>`."""
+    from importlib.metadata import version
+
+    return f"kiwi-{version('kiwipiepy')}/rules-{ANALYSER_RULES}"
+
+
+@lru_cache(maxsize=1)
+def _build_kiwi():  # type: ignore[no-untyped-def]
     from kiwipiepy import Kiwi
 
     # num_workers=0: analyse in the calling thread (the services run one analysis per request thread).

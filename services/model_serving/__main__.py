@@ -60,6 +60,8 @@ async def main(settings: ModelServingSettings | None = None) -> None:
 
     async def model_ready() -> None:
         await set_serving(health, [SERVICE_NAME], True)
+        if settings.embeddings and settings.embed_preload:
+            runner.start_embedder()   # in the background: Embed waits for it (within its deadline)
         info = runner.info
         log.info("model serving", extra={"model": info.name if info else None,
                                          "version": info.version if info else None,

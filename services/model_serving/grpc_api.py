@@ -13,6 +13,7 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from services.common.context import tenant_id_var
+from services.common.embeddings import pack
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
 
@@ -20,6 +21,7 @@ from .batcher import DeadlineExceeded, Overloaded
 from .runner import InputError, ModelNotFound, ModelNotReady, ModelRefused, ModelRunner
 
 SERVICE_NAME = "doctag.v1.ModelServing"
+_EMBED_MODES = {pb.EMBED_MODE_QUERY: "query", pb.EMBED_MODE_PASSAGE: "passage"}
 T = TypeVar("T")
 
 
@@ -80,6 +82,23 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
                                                    deadline=deadline, tenant_id=request.tenant_id or None)
             return pb.PredictBatchResponse(model=info.name, version=info.version,
                                            predictions=[_prediction(t) for t in tags])
+
+        return await self._answer(context, run)
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        """Unit vectors for retrieval (base multilingual-e5-small, "query: " / "passage: " prefixes)."""
+        tenant_id_var.set(request.tenant_id or None)
+        deadline = self.runner.deadline_from(context.time_remaining())
+
+        async def run() -> pb.EmbedResponse:
+            mode = _EMBED_MODES.get(request.mode)
+            if mode is None:
+                raise InputError("mode", "must be EMBED_MODE_QUERY or EMBED_MODE_PASSAGE")
+            texts = list(request.texts)
+            self.runner.validate(texts, "texts", batch=True)
+            name, version, vectors = await self.runner.embed(texts, mode, deadline=deadline)
+            return pb.EmbedResponse(model=name, version=version, dim=int(vectors.shape[1]),
+                                    embeddings=[pb.Embedding(vector=pack(v)) for v in vectors])
 
         return await self._answer(context, run)
 

@@ -7,6 +7,7 @@ a deadline that passes before the model ran the texts gives 504.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from fastapi import Depends, FastAPI, Header
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,7 +47,41 @@ class PredictOut(BaseModel):
     predictions: list[PredictionOut]
 
 
+class EmbedBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(..., description="texts to embed, answered in order")
+    mode: Literal["query", "passage"] = Field(..., description='"query" for search queries, "passage" for documents')
+
+
+class EmbedOut(BaseModel):
+    model: str
+    version: str
+    dim: int
+    embeddings: list[list[float]]
+
+
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+
+
+_RUNNER_ERRORS = (InputError, Overloaded, DeadlineExceeded, ModelNotFound, ModelRefused, ModelNotReady)
+
+
+def _problem(exc: Exception) -> ProblemError:
+    """The problem+json answer for what the runner raised."""
+    if isinstance(exc, InputError):
+        return ProblemError(422, exc.message, field=exc.field)
+    if isinstance(exc, Overloaded):
+        return ProblemError(503, str(exc), slug="overloaded", title="Overloaded",
+                            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))})
+    if isinstance(exc, DeadlineExceeded):
+        return ProblemError(504, str(exc), slug="deadline-exceeded", title="Deadline exceeded")
+    if isinstance(exc, ModelNotFound):
+        return ProblemError(404, str(exc), field="model")
+    if isinstance(exc, ModelRefused):
+        return ProblemError(409, str(exc), field="model")
+    if isinstance(exc, ModelNotReady):
+        return ProblemError(503, str(exc), headers={"Retry-After": "5"})
+    raise AssertionError(f"not a runner error: {exc!r}")
 
 
 def build_app(settings: ModelServingSettings, runner: ModelRunner,
@@ -55,6 +90,19 @@ def build_app(settings: ModelServingSettings, runner: ModelRunner,
     app = create_app(settings.service_name, title="doctag model-serving",
                      readiness={"model": runner.ready_check, **(readiness or {})})
     verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
+
+    @app.post("/api/v1/embed", response_model=EmbedOut, tags=["embed"])
+    async def embed(body: EmbedBody, principal: Principal = Depends(verifier),
+                    timeout_ms: int | None = Header(None, alias=TIMEOUT_HEADER, ge=1, le=600_000)) -> EmbedOut:
+        """L2-normalised retrieval vectors from the base multilingual-e5-small ("query: " / "passage: ")."""
+        deadline = runner.deadline_from(None if timeout_ms is None else timeout_ms / 1000)
+        try:
+            runner.validate(body.texts, "texts", batch=True)
+            name, version, vectors = await runner.embed(body.texts, body.mode, deadline=deadline)
+        except _RUNNER_ERRORS as exc:
+            raise _problem(exc) from None
+        return EmbedOut(model=name, version=version, dim=int(vectors.shape[1]),
+                        embeddings=[[float(x) for x in v] for v in vectors])
 
     @app.post("/api/v1/predict", response_model=PredictOut, tags=["predict"])
     async def predict(body: PredictBody, principal: Principal = Depends(verifier),
@@ -70,19 +118,8 @@ def build_app(settings: ModelServingSettings, runner: ModelRunner,
             top_k = runner.resolve_top_k(body.top_k)
             info, tags = await runner.predict(texts, top_k, model=body.model, deadline=deadline,
                                               tenant_id=principal.tenant_id)
-        except InputError as exc:
-            raise ProblemError(422, exc.message, field=exc.field) from None
-        except Overloaded as exc:
-            raise ProblemError(503, str(exc), slug="overloaded", title="Overloaded",
-                               headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))}) from None
-        except DeadlineExceeded as exc:
-            raise ProblemError(504, str(exc), slug="deadline-exceeded", title="Deadline exceeded") from None
-        except ModelNotFound as exc:
-            raise ProblemError(404, str(exc), field="model") from None
-        except ModelRefused as exc:
-            raise ProblemError(409, str(exc), field="model") from None
-        except ModelNotReady as exc:
-            raise ProblemError(503, str(exc), headers={"Retry-After": "5"}) from None
+        except _RUNNER_ERRORS as exc:
+            raise _problem(exc) from None
         return PredictOut(model=info.name, version=info.version, predictions=[
             PredictionOut(tags=[TagOut(tag=t, score=s) for t, s in doc]) for doc in tags])
 

@@ -21,11 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from services.common.context import request_id_var, tenant_id_var
 
 from .batcher import BatcherConfig, DynamicBatcher
 from .metrics import INFERENCE_LATENCY, INFERENCE_WINDOWS_PER_TEXT
 from .models.base import PreparedText, WindowModel, top_tags
+from .models.embedder import E5Embedder, EmbedConfig
 from .models.loader import load_model
 from .models.manifest import ModelIntegrityError
 from .resolved import RegistryUnavailable, ResolvedModel, Resolver, StaticResolver, UnknownModel
@@ -105,6 +108,10 @@ class ModelRunner:
         # Loading (checksums, weights) and tokenising long texts, off the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self._prepare_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
+        # The retrieval embedder (base e5, models/embedder.py), loaded once, on first use or by start_embedder.
+        self._embedder: tuple[E5Embedder, DynamicBatcher] | None = None
+        self._embedder_task: asyncio.Task[tuple[E5Embedder, DynamicBatcher]] | None = None
+        self.embedder_error: str | None = None
 
     # -- models ------------------------------------------------------------------------------
     @property
@@ -376,6 +383,53 @@ class ModelRunner:
         except Exception:  # logging must never fail a prediction
             log.exception("inference log record failed")
 
+    # -- embeddings --------------------------------------------------------------------------
+    def start_embedder(self) -> asyncio.Task[tuple[E5Embedder, DynamicBatcher]]:
+        """Starts loading the embedding model in the background (once); Embed waits for it."""
+        if self._embedder_task is None:
+            task = asyncio.create_task(self._load_embedder(), name="load-embedder")
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())   # logged in _load_embedder
+            self._embedder_task = task
+        return self._embedder_task
+
+    async def _load_embedder(self) -> tuple[E5Embedder, DynamicBatcher]:
+        s = self.settings
+        config = EmbedConfig(passage_windows=s.embed_passage_windows, window_tokens=s.embed_window_tokens)
+        loop = asyncio.get_running_loop()
+        try:
+            embedder = await loop.run_in_executor(self._executor, E5Embedder.load, s.inference_options(), config)
+        except Exception as exc:
+            self.embedder_error = f"{exc.__class__.__name__}: {exc}"
+            log.error("embedding model refused", extra={"error": self.embedder_error})
+            raise
+        batcher = DynamicBatcher(embedder, self._batcher_config(), label=f"{embedder.name}:embed")
+        self._embedder = (embedder, batcher)
+        return self._embedder
+
+    async def embed(self, texts: Sequence[str], mode: str, *,
+                    deadline: float | None = None) -> tuple[str, str, np.ndarray]:
+        """(model, version, (len(texts), dim) float32 unit vectors) for `mode` "query" or "passage".
+
+        Raises ModelRefused when embeddings are off or the model failed to load, ModelNotReady while
+        it loads past the deadline, and the batcher's Overloaded / DeadlineExceeded."""
+        if not self.settings.embeddings:
+            raise ModelRefused("embeddings are disabled here (DOCTAG_EMBEDDINGS=false)")
+        deadline = deadline if deadline is not None else self.deadline_from(None)
+        loaded = self._embedder
+        if loaded is None:
+            task = self.start_embedder()
+            try:
+                loaded = await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ModelNotReady("the embedding model is loading") from None
+            except Exception as exc:  # noqa: BLE001 - any load failure: recorded in embedder_error
+                raise ModelRefused(f"the embedding model failed to load: {self.embedder_error or exc}") from None
+        embedder, batcher = loaded
+        prepared = await asyncio.get_running_loop().run_in_executor(
+            self._prepare_executor, embedder.prepare_mode, list(texts), mode)
+        vectors = await batcher.submit(prepared, deadline)
+        return embedder.name, embedder.config.version(mode), vectors.astype(np.float32)
+
     async def aclose(self) -> None:
         """Stops refreshing, then closes every batcher (what is queued fails) and the executors."""
         if self._refresh_task is not None:
@@ -384,11 +438,18 @@ class ModelRunner:
                 await self._refresh_task
         for task in [*self._loading.values(), *self._retiring]:
             task.cancel()
+        if self._embedder_task is not None and not self._embedder_task.done():
+            self._embedder_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._embedder_task
         self.close()
 
     def close(self) -> None:
         for loaded in list(self._loaded.values()):
             loaded.batcher.close()
+        if self._embedder is not None:
+            self._embedder[1].close()
+            self._embedder = None
         self._loaded.clear()
         self._default = None
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -17,8 +17,10 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "artifacts" / "doctag-tagg
 
 
 def _default_inference_threads() -> int:
-    """One inference thread per core, each with one torch thread (see batcher.py for the measurements)."""
-    return max(1, os.cpu_count() or 1)
+    """One inference thread per core this process may run on (its CPU affinity, which a container's
+    or `taskset`'s CPU set narrows; not the machine's count), each with one torch thread (see
+    batcher.py for the measurements)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 class ModelServingSettings(CommonSettings):
@@ -51,6 +53,11 @@ class ModelServingSettings(CommonSettings):
     min_score: float = Field(0.05, ge=0.0, le=1.0)
     max_texts: int = Field(64, ge=1, description="texts per request at most")
     max_text_chars: int = Field(1_000_000, ge=1, description="characters per text at most")
+    embeddings: bool = Field(True, description="serve Embed (retrieval vectors from the base multilingual-e5-small)")
+    embed_preload: bool = Field(True, description="load the embedding model at start, after the tagging model "
+                                                  "(else on the first Embed call)")
+    embed_passage_windows: int = Field(2, ge=1, le=8, description="windows read from the start of a document")
+    embed_window_tokens: int = Field(256, ge=16, le=512, description="tokens per window, special tokens included")
 
     def inference_options(self) -> InferenceOptions:
         """How the model reads texts: the same for serving, `doctag model eval` and the benchmarks."""

@@ -8,7 +8,7 @@ from services.common.grpc_utils import add_health, create_server, set_serving
 from services.common.logging import configure_logging
 from services.common.runner import serve
 
-from .api import build_app
+from .api import build_app, make_cache, make_semantic
 from .grpc_service import SERVICE_NAME, add_to_server
 from .morph import Analyser
 from .settings import SearchSettings
@@ -21,9 +21,11 @@ async def main(settings: SearchSettings | None = None) -> None:
     # The HTTP lifespan opens the pool before gRPC starts and closes it after gRPC has stopped;
     # it also starts loading the Korean analyser, and /readyz answers 503 until that is done.
     analyser = Analyser()
-    app = build_app(settings, db, manage_db=True, analyser=analyser)
+    cache = make_cache(settings)
+    semantic = make_semantic(settings, cache) if settings.semantic_search else None
+    app = build_app(settings, db, manage_db=True, analyser=analyser, semantic=semantic, cache=cache)
     grpc_server = create_server(settings.service_name)
-    add_to_server(grpc_server, db)
+    add_to_server(grpc_server, db, semantic)
     health = add_health(grpc_server, [SERVICE_NAME])
     # grpcio's health servicer reports the server ("") SERVING from the start: not before warm-up.
     await set_serving(health, [SERVICE_NAME], False)
@@ -32,9 +34,13 @@ async def main(settings: SearchSettings | None = None) -> None:
         await analyser.wait()  # raises when the analyser cannot load: the replica exits, loudly
         await set_serving(health, [SERVICE_NAME], True)
 
-    await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
-                grpc_address=f"{settings.grpc_host}:{settings.grpc_port}", on_grpc_started=mark_serving,
-                grace_seconds=settings.shutdown_grace_s)
+    try:
+        await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
+                    grpc_address=f"{settings.grpc_host}:{settings.grpc_port}", on_grpc_started=mark_serving,
+                    grace_seconds=settings.shutdown_grace_s)
+    finally:
+        if semantic is not None:
+            await semantic.close()
 
 
 if __name__ == "__main__":

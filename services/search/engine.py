@@ -8,8 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from services.common.db import Database
+from services.common.embeddings import unpack
 
 from . import morph, query
+from .semantic import SemanticSearch, SemanticUnavailable, VectorCache, top_similar
 from .snippet import make_snippet
 
 # Characters of a document's text fetched to build its snippet.
@@ -45,6 +47,8 @@ class SearchResult:
     total: int
     next_cursor: str | None
     facets: tuple[Facet, ...]
+    retrieval: str = "lexical"              # "hybrid": words and meaning; "lexical": words only
+    degraded_reason: str | None = None      # why a text query was answered by words only
 
 
 def parse_tenant_id(tenant_id: str) -> str:
@@ -52,16 +56,30 @@ def parse_tenant_id(tenant_id: str) -> str:
     return str(uuid.UUID(str(tenant_id)))
 
 
-async def search(db: Database, tenant_id: str, params: query.SearchParams) -> SearchResult:
+async def search(db: Database, tenant_id: str, params: query.SearchParams,
+                 semantic_search: SemanticSearch | None = None) -> SearchResult:
     """Matching documents of `tenant_id` only (row-level security does the scoping).
 
     One statement gives the page, the total and the facets (see `query.build_plan`); a
-    second runs only when the ranked query found nothing and partial words may still match.
+    second runs only when the ranked query found nothing by words and partial words may still
+    match. With `semantic_search` a text query is hybrid (BM25 fused with the semantic ranking);
+    when no query vector can be had it is answered by words alone, and the result says why.
     """
     tenant = parse_tenant_id(tenant_id)
     analyzed = await asyncio.to_thread(morph.analyze_query, params.q) if params.q else None
+    semantic: query.Semantic | None = None
+    retrieval, reason = "lexical", None
     if analyzed is not None:
-        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases)
+        wanted = " ".join((*query.parse_operators(analyzed.text).words, *analyzed.phrases)).strip()
+        if semantic_search is None:
+            reason = "semantic search is not configured"
+        elif wanted:
+            try:
+                semantic = await semantic_search.ranking(db, tenant, wanted)
+                retrieval = "hybrid"
+            except SemanticUnavailable as exc:
+                reason = str(exc)
+        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic)
     else:
         plan = query.build_plan(params)
     values: dict[str, Any] = {
@@ -73,7 +91,7 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams) -> Se
     }
     async with db.tenant_transaction(tenant) as conn:
         rows = await (await conn.execute(plan.sql, values)).fetchall()
-        if plan.fallback_sql and rows and rows[0]["total"] == 0:
+        if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
             rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
     total = int(rows[0]["total"]) if rows else 0
     facets = rows[0]["facets"] if rows else []
@@ -81,12 +99,15 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams) -> Se
     page = found[: params.limit]
     hits = await asyncio.to_thread(_build_hits, page, analyzed)
     more = len(found) > params.limit
-    next_cursor = query.encode_cursor(params.offset + params.limit, params.q, params.tags, params.pii) if more else None
+    next_cursor = query.encode_cursor(params.offset + params.limit, params.q, params.tags, params.pii,
+                                      params.cursor_filters()) if more else None
     return SearchResult(
         hits=tuple(hits),
         total=total,
         next_cursor=next_cursor,
         facets=tuple(Facet(f["tag"], int(f["count"])) for f in facets),
+        retrieval=retrieval,
+        degraded_reason=reason,
     )
 
 
@@ -120,3 +141,53 @@ def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None
         )
         for row in rows
     ]
+
+
+class DocumentNotFound(LookupError):
+    """No live document with this id in the caller's tenant."""
+
+
+@dataclass(frozen=True)
+class SimilarResult:
+    document_id: str
+    hits: tuple[Hit, ...]
+    model: str | None            # the embedding model compared; None when the document has no embedding
+    reason: str | None = None    # why there are no hits (no embedding yet)
+
+
+_SIMILAR_SQL = (
+    "SELECT d.id, u.sim AS score, d.title, d.status, d.created_at, left(d.text_content, %(text_chars)s) AS text_head, "
+    "(SELECT coalesce(json_agg(json_build_object('tag', x.tag, 'score', x.score) ORDER BY x.score DESC, x.tag), "
+    "'[]'::json) FROM (SELECT t.tag, max(t.score) AS score FROM documents.document_tags t "
+    "WHERE t.document_id = d.id GROUP BY t.tag) x) AS tags "
+    "FROM unnest(%(ids)s::uuid[], %(sims)s::float8[]) WITH ORDINALITY AS u(id, sim, ord) "
+    "JOIN documents.documents d ON d.id = u.id WHERE d.id <> %(self)s ORDER BY u.ord LIMIT %(limit)s"
+)
+# Candidates read beyond `limit`: the cache may still hold documents deleted since it was read.
+SIMILAR_SLACK = 20
+
+
+async def similar(db: Database, tenant_id: str, document_id: str, limit: int, cache: VectorCache) -> SimilarResult:
+    """The live documents of the tenant whose embeddings are closest to the document's, itself excluded.
+
+    DocumentNotFound for an unknown, deleted or other tenant's document (row-level security and
+    the search role's policies hide those)."""
+    tenant = parse_tenant_id(tenant_id)
+    doc = str(uuid.UUID(document_id))
+    async with db.tenant_transaction(tenant) as conn:
+        row = await (await conn.execute(
+            "SELECT d.id, e.model, e.vector FROM documents.documents d "
+            "LEFT JOIN documents.document_embeddings e ON e.document_id = d.id WHERE d.id = %s", (doc,))).fetchone()
+    if row is None:
+        raise DocumentNotFound(doc)
+    if row["model"] is None:
+        return SimilarResult(doc, (), None, "the document has no embedding yet (not tagged, or tagged "
+                                            "while model-serving served no embeddings)")
+    vectors = await cache.vectors(db, tenant, row["model"])
+    own = unpack(row["vector"])
+    ids, sims = await asyncio.to_thread(top_similar, vectors, own, limit + SIMILAR_SLACK, doc)
+    async with db.tenant_transaction(tenant) as conn:
+        rows = await (await conn.execute(_SIMILAR_SQL, {
+            "ids": ids, "sims": sims, "self": doc, "limit": limit, "text_chars": SNIPPET_SCAN_CHARS})).fetchall()
+    hits = await asyncio.to_thread(_build_hits, rows, None)
+    return SimilarResult(doc, tuple(hits), row["model"])

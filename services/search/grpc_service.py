@@ -16,16 +16,18 @@ from services.common.db import Database
 from services.common.pb import search_pb2, search_pb2_grpc
 
 from . import engine, query
+from .semantic import SemanticSearch
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "doctag.v1.Search"
 # Validation names HTTP parameters; gRPC callers know the proto field names.
-_PROTO_FIELDS = {"q": "query", "tag": "tags"}
+_PROTO_FIELDS = {"q": "query", "tag": "tags", "from": "uploaded_from", "to": "uploaded_to", "type": "file_types"}
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, semantic: SemanticSearch | None = None) -> None:
         self.db = db
+        self.semantic = semantic
 
     async def Search(self, request: search_pb2.SearchRequest,
                      context: grpc.aio.ServicerContext) -> search_pb2.SearchResponse:
@@ -36,12 +38,15 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         tenant_id_var.set(tenant)
         try:
             params = query.validate(request.query, list(request.tags), request.limit or None,
-                                    request.cursor or None, request.pii if request.HasField("pii") else None)
+                                    request.cursor or None, request.pii if request.HasField("pii") else None,
+                                    uploaded_from=request.uploaded_from or None,
+                                    uploaded_to=request.uploaded_to or None,
+                                    types=list(request.file_types), sort=request.sort or None)
         except query.QueryError as exc:
             field = _PROTO_FIELDS.get(exc.field, exc.field)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {exc.message}")
         try:
-            result = await engine.search(self.db, tenant, params)
+            result = await engine.search(self.db, tenant, params, self.semantic)
         except (psycopg.OperationalError, PoolTimeout) as exc:
             log.warning("database unavailable: %s", exc)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the search database is unavailable")
@@ -53,8 +58,11 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             ],
             total=result.total,
             next_cursor=result.next_cursor or "",
+            retrieval=result.retrieval,
+            degraded_reason=result.degraded_reason or "",
         )
 
 
-def add_to_server(server: grpc.aio.Server, db: Database) -> None:
-    search_pb2_grpc.add_SearchServicer_to_server(SearchServicer(db), server)  # type: ignore[no-untyped-call]
+def add_to_server(server: grpc.aio.Server, db: Database, semantic: SemanticSearch | None = None) -> None:
+    search_pb2_grpc.add_SearchServicer_to_server(  # type: ignore[no-untyped-call]
+        SearchServicer(db, semantic), server)

@@ -23,6 +23,7 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from services.common import cursors
@@ -38,6 +39,10 @@ MAX_TAG_CHARS = 100
 # Deepest page a cursor may point at (a signed cursor never exceeds it; this bounds the SQL OFFSET).
 MAX_OFFSET = 1_000_000
 FACET_LIMIT = 50
+# File types a search can be limited to (`type=`): the upload formats, by file name extension.
+FILE_TYPES = ("pdf", "docx", "hwp", "hwpx", "txt", "csv", "md", "html", "xml")
+_TYPE_EXTENSIONS = {"html": ("html", "htm")}
+SORTS = ("relevance", "date")
 
 
 class QueryError(ValueError):
@@ -58,11 +63,63 @@ class SearchParams:
     limit: int
     offset: int
     pii: bool | None = None   # True: only documents with personal data found; False: only without
+    uploaded_from: datetime | None = None   # created_at >= this (UTC)
+    uploaded_to: datetime | None = None     # created_at < this (UTC)
+    types: tuple[str, ...] = ()             # any of FILE_TYPES
+    sort: str = "relevance"                 # or "date": newest first
+
+    def cursor_filters(self) -> dict[str, Any]:
+        """The filters besides q, tags and pii that a cursor is bound to (only those set)."""
+        return _filters_key(self.uploaded_from, self.uploaded_to, self.types, self.sort)
+
+
+def _filters_key(uploaded_from: datetime | None, uploaded_to: datetime | None, types: Sequence[str],
+                 sort: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if uploaded_from is not None:
+        out["from"] = uploaded_from.isoformat()
+    if uploaded_to is not None:
+        out["to"] = uploaded_to.isoformat()
+    if types:
+        out["types"] = sorted(types)
+    if sort != "relevance":
+        out["sort"] = sort
+    return out
+
+
+def parse_time(value: str, field: str, *, end_of_day: bool = False) -> datetime:
+    """An ISO 8601 date or date-time as an aware UTC datetime; a bare date is its start, or with
+    `end_of_day` the start of the next day (so `to=2026-11-30` includes that whole day)."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start + timedelta(days=1) if end_of_day else start
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(field, f"{field} must be an ISO 8601 date (2026-11-30) or time (2026-11-30T09:00:00Z)") \
+            from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _validate_types(types: Iterable[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for raw in types or ():
+        kind = raw.strip().lower().lstrip(".")
+        kind = "html" if kind == "htm" else kind
+        if kind not in FILE_TYPES:
+            raise QueryError("type", f"type must be one of {', '.join(FILE_TYPES)}")
+        if kind not in out:
+            out.append(kind)
+    return tuple(out)
 
 
 def validate(q: str | None, tags: Iterable[str] | None, limit: int | None, cursor: str | None,
-             pii: bool | None = None) -> SearchParams:
-    """Checks and normalises the request parameters; raises QueryError naming the field."""
+             pii: bool | None = None, *, uploaded_from: str | None = None, uploaded_to: str | None = None,
+             types: Iterable[str] | None = None, sort: str | None = None) -> SearchParams:
+    """Checks and normalises the request parameters; raises QueryError naming the field
+    (q, tag, limit, cursor, from, to, type, sort)."""
     text = (q or "").strip()
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError("q", f"q must be at most {MAX_QUERY_CHARS} characters")
@@ -79,15 +136,25 @@ def validate(q: str | None, tags: Iterable[str] | None, limit: int | None, curso
             clean_tags.append(tag)
     if len(clean_tags) > MAX_TAGS:
         raise QueryError("tag", f"at most {MAX_TAGS} tags may be given")
-    if not text and not clean_tags and pii is None:
-        raise QueryError("q", "give a query q, tag or pii filters, or both")
+    start = parse_time(uploaded_from, "from") if uploaded_from else None
+    end = parse_time(uploaded_to, "to", end_of_day=True) if uploaded_to else None
+    if start is not None and end is not None and end <= start:
+        raise QueryError("to", "to must be later than from")
+    kinds = _validate_types(types)
+    order = (sort or "relevance").strip().lower()
+    if order not in SORTS:
+        raise QueryError("sort", f"sort must be one of {', '.join(SORTS)}")
+    if not text and not clean_tags and pii is None and start is None and end is None and not kinds:
+        raise QueryError("q", "give a query q, filters (tag, pii, from, to, type), or both")
     if limit is None:
         limit = DEFAULT_LIMIT
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise QueryError("limit", f"limit must be an integer from 1 to {MAX_LIMIT}")
     normalized_q = text or None
-    offset = decode_cursor(cursor, normalized_q, clean_tags, pii) if cursor else 0
-    return SearchParams(q=normalized_q, tags=tuple(clean_tags), limit=limit, offset=offset, pii=pii)
+    filters = _filters_key(start, end, kinds, order)
+    offset = decode_cursor(cursor, normalized_q, clean_tags, pii, filters) if cursor else 0
+    return SearchParams(q=normalized_q, tags=tuple(clean_tags), limit=limit, offset=offset, pii=pii,
+                        uploaded_from=start, uploaded_to=end, types=kinds, sort=order)
 
 
 # ------------------------------------------------------------------ operators and patterns
@@ -153,25 +220,32 @@ def fallback_patterns(terms: Iterable[str]) -> list[str]:
 
 # ------------------------------------------------------------------ cursors
 
-def query_hash(q: str | None, tags: Sequence[str], pii: bool | None = None) -> str:
-    """Identifies the query a cursor belongs to (the order of tags does not matter)."""
+def query_hash(q: str | None, tags: Sequence[str], pii: bool | None = None,
+               filters: dict[str, Any] | None = None) -> str:
+    """Identifies the query a cursor belongs to (the order of tags does not matter); `filters`:
+    `SearchParams.cursor_filters()`."""
     query: dict[str, Any] = {"q": q or "", "tags": sorted(set(tags))}
     if pii is not None:
         query["pii"] = pii
+    if filters:
+        query["filters"] = filters
     canonical = json.dumps(query, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def encode_cursor(offset: int, q: str | None, tags: Sequence[str], pii: bool | None = None) -> str:
+def encode_cursor(offset: int, q: str | None, tags: Sequence[str], pii: bool | None = None,
+                  filters: dict[str, Any] | None = None) -> str:
     """Signed and bound to the tenant (of this request's context) and the query (services/common/cursors.py)."""
-    return cursors.seal({"o": offset}, tenant=tenant_id_var.get() or "", binding=query_hash(q, tags, pii))
+    return cursors.seal({"o": offset}, tenant=tenant_id_var.get() or "",
+                        binding=query_hash(q, tags, pii, filters))
 
 
-def decode_cursor(cursor: str, q: str | None, tags: Sequence[str], pii: bool | None = None) -> int:
+def decode_cursor(cursor: str, q: str | None, tags: Sequence[str], pii: bool | None = None,
+                  filters: dict[str, Any] | None = None) -> int:
     """The offset in `cursor`; QueryError(field="cursor") when malformed, altered or made for another
     tenant or query."""
     try:
-        data = cursors.unseal(cursor, tenant=tenant_id_var.get() or "", binding=query_hash(q, tags, pii))
+        data = cursors.unseal(cursor, tenant=tenant_id_var.get() or "", binding=query_hash(q, tags, pii, filters))
     except cursors.CursorError as exc:
         raise QueryError("cursor", str(exc)) from None
     offset = data.get("o")
@@ -215,14 +289,34 @@ _BM25 = (
     "FROM wtf w JOIN df ON df.term = w.term CROSS JOIN stats st GROUP BY w.document_id)"
 )
 _RANKED_CANDIDATES = (
-    "candidates AS (SELECT d.id, d.created_at, s.score FROM scored s "
+    "lexical AS (SELECT d.id, d.created_at, s.score FROM scored s "
     "JOIN documents.documents d ON d.id = s.id WHERE {where})"
 )
 _SUBSTRING_CANDIDATES = (
-    "candidates AS (SELECT d.id, d.created_at, %(substring_score)s::float8 AS score FROM documents.documents d "
+    "lexical AS (SELECT d.id, d.created_at, %(substring_score)s::float8 AS score FROM documents.documents d "
     "WHERE (d.title ILIKE ANY(%(patterns)s) OR d.text_content ILIKE ANY(%(patterns)s)) AND {where})"
 )
-_TAG_CANDIDATES = "candidates AS (SELECT d.id, d.created_at, {score} AS score FROM documents.documents d WHERE {where})"
+_TAG_CANDIDATES = "lexical AS (SELECT d.id, d.created_at, {score} AS score FROM documents.documents d WHERE {where})"
+# Words only: the lexical matches are the candidates.
+_LEXICAL_ONLY = ", candidates AS (SELECT id, created_at, score FROM lexical)"
+# Hybrid: reciprocal rank fusion of the lexical ranking and the semantic one. The semantic ranking
+# comes in as the tenant's most similar documents (ids with their cosine similarity, best first,
+# computed exactly by the search service over the tenant's stored vectors); both rankings are
+# taken after the filters, so ranks count only documents the caller may get. A document scores
+# w_lex / (k + lexical rank) + w_sem / (k + semantic rank) (a missing rank adds nothing). The
+# candidates are the lexical matches plus the first `sem_add` semantic ones at least `min_sim`
+# similar: documents that share no word with the query but mean the same.
+_HYBRID = (
+    ", lex_ranked AS (SELECT id, created_at, row_number() OVER (ORDER BY score DESC, created_at DESC, id DESC) AS r "
+    "FROM lexical)"
+    ", semantic AS (SELECT d.id, d.created_at, u.sim, row_number() OVER (ORDER BY u.sim DESC, u.ord) AS r "
+    "FROM unnest(%(sem_ids)s::uuid[], %(sem_sims)s::float8[]) WITH ORDINALITY AS u(id, sim, ord) "
+    "JOIN documents.documents d ON d.id = u.id WHERE {where})"
+    ", candidates AS (SELECT coalesce(l.id, s.id) AS id, coalesce(l.created_at, s.created_at) AS created_at, "
+    "(coalesce(%(w_lex)s::float8 / (%(rrf_k)s + l.r), 0) + coalesce(%(w_sem)s::float8 / (%(rrf_k)s + s.r), 0))"
+    "::float8 AS score FROM lex_ranked l FULL JOIN semantic s ON s.id = l.id "
+    "WHERE l.id IS NOT NULL OR (s.r <= %(sem_add)s AND s.sim >= %(min_sim)s))"
+)
 
 _EXCLUDED = (
     "NOT EXISTS (SELECT 1 FROM documents.document_terms x "
@@ -237,6 +331,10 @@ _TAG_FILTER = (
     "d.id IN (SELECT t.document_id FROM documents.document_tags t WHERE t.tag = ANY(%(tags)s) "
     "GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
 )
+# Upload time range and file type (by the file name's extension, as upload accepted it).
+_FROM = "d.created_at >= %(uploaded_from)s"
+_TO = "d.created_at < %(uploaded_to)s"
+_TYPES = "lower(substring(d.filename from '\\.([^.]*)$')) = ANY(%(extensions)s)"
 # Personal data found in the text (migration 0006: counts per kind, '{}' when none).
 _HAS_PII = "d.pii <> '{}'::jsonb"
 _NO_PII = "d.pii = '{}'::jsonb"
@@ -248,9 +346,11 @@ _TAG_SCORE = (
 # The page, the total and the facets from one pass over the candidates (a CTE referenced
 # more than once is computed once). A row comes back even when the page is empty, so the
 # total and facets are always there; its hit columns are then NULL.
+_BY_RELEVANCE = "score DESC, created_at DESC, id DESC"
+_BY_DATE = "created_at DESC, id DESC"
 _RESULT = (
     ", page AS (SELECT c.id, c.score, c.created_at FROM candidates c "
-    "ORDER BY c.score DESC, c.created_at DESC, c.id DESC LIMIT %(fetch)s OFFSET %(offset)s)"
+    "ORDER BY {order} LIMIT %(fetch)s OFFSET %(offset)s)"
     ", facets AS (SELECT t.tag, count(DISTINCT t.document_id) AS count FROM documents.document_tags t "
     "JOIN candidates c ON c.id = t.document_id GROUP BY t.tag ORDER BY count DESC, t.tag LIMIT %(facet_limit)s) "
     "SELECT (SELECT count(*) FROM candidates) AS total, "
@@ -259,9 +359,9 @@ _RESULT = (
     "p.id, p.score, d.title, d.status, d.created_at, left(d.text_content, %(text_chars)s) AS text_head, "
     "(SELECT coalesce(json_agg(json_build_object('tag', x.tag, 'score', x.score) ORDER BY x.score DESC, x.tag), "
     "'[]'::json) FROM (SELECT t.tag, max(t.score) AS score FROM documents.document_tags t "
-    "WHERE t.document_id = p.id GROUP BY t.tag) x) AS tags "
+    "WHERE t.document_id = p.id GROUP BY t.tag) x) AS tags, (SELECT count(*) FROM lexical) AS lexical_total "
     "FROM (SELECT 1) one LEFT JOIN (page p JOIN documents.documents d ON d.id = p.id) ON true "
-    "ORDER BY p.score DESC, p.created_at DESC, p.id DESC"
+    "ORDER BY {page_order}"
 )
 
 
@@ -292,35 +392,74 @@ def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[st
         conditions.append(_TAG_FILTER)
     if params.pii is not None:
         conditions.append(_HAS_PII if params.pii else _NO_PII)
+    if params.uploaded_from is not None:
+        values["uploaded_from"] = params.uploaded_from
+        conditions.append(_FROM)
+    if params.uploaded_to is not None:
+        values["uploaded_to"] = params.uploaded_to
+        conditions.append(_TO)
+    if params.types:
+        values["extensions"] = [ext for kind in params.types for ext in _TYPE_EXTENSIONS.get(kind, (kind,))]
+        conditions.append(_TYPES)
     return " AND ".join(conditions)
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """How the lexical and the semantic rankings are fused (reciprocal rank fusion), tuned on the
+    development set (README, "Search"): the weights, RRF's k, and how many semantic-only documents
+    (at least `min_sim` similar to the query) join the lexical matches."""
+
+    w_lex: float = 1.0
+    w_sem: float = 2.0
+    rrf_k: int = 60
+    sem_add: int = 10
+    min_sim: float = 0.85
+
+
+@dataclass(frozen=True)
+class Semantic:
+    """The tenant's documents most similar to the query: ids and cosine similarities, best first."""
+
+    ids: tuple[str, ...]
+    sims: tuple[float, ...]
+    fusion: Fusion = Fusion()
+
+
 def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequence[str] = (),
-               phrases: Sequence[str] = ()) -> SearchPlan:
+               phrases: Sequence[str] = (), semantic: Semantic | None = None) -> SearchPlan:
     """The statement for a validated request.
 
     `terms` are the analysed query terms to rank by (free words and phrase words),
     `excluded` the analysed terms of -words, `phrases` the raw "quoted" phrases. A query
-    with no term left (only stop words, particles or punctuation) matches nothing.
+    with no term left (only stop words, particles or punctuation) matches nothing by words.
+    `semantic` (hybrid search) fuses the semantic ranking in; without it the ranking is BM25 alone.
     """
     values: dict[str, Any] = {}
     where = _filters(values, params, excluded, phrases)
+    order = _BY_DATE if params.sort == "date" else _BY_RELEVANCE
+    result = _RESULT.format(order=order, page_order=", ".join(f"p.{part}" for part in order.split(", ")))
     if params.q is None:
-        # Filters only: by the confidence of the requested tags, else (a pii filter alone) newest first.
+        # Filters only: by the confidence of the requested tags, else (other filters alone) newest first.
         score = _TAG_SCORE if params.tags else "0::float8"
-        sql = "WITH " + _TAG_CANDIDATES.format(score=score, where=where) + _RESULT
+        sql = "WITH " + _TAG_CANDIDATES.format(score=score, where=where) + _LEXICAL_ONLY + result
         return SearchPlan(sql=sql, params=values)
     positive = _unique(t for t in terms if t not in set(excluded))
     values.update(terms=positive, k1=K1, b=B, title_weight=TITLE_WEIGHT)
-    if not positive:
-        where = "false"
-    ctes = [_STATS, _POSTINGS, _DF, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=where)]
-    sql = "WITH " + ", ".join(ctes) + _RESULT
+    lexical_where = where if positive else "false"
+    fuse = _LEXICAL_ONLY
+    if semantic is not None:
+        f = semantic.fusion
+        values.update(sem_ids=list(semantic.ids), sem_sims=list(semantic.sims), w_lex=f.w_lex, w_sem=f.w_sem,
+                      rrf_k=f.rrf_k, sem_add=f.sem_add, min_sim=f.min_sim)
+        fuse = _HYBRID.format(where=where)
+    ctes = [_STATS, _POSTINGS, _DF, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=lexical_where)]
+    sql = "WITH " + ", ".join(ctes) + fuse + result
     fallback = None
     patterns = fallback_patterns(positive)
     if patterns and not phrases:
         values.update(patterns=patterns, substring_score=SUBSTRING_SCORE)
-        fallback = "WITH " + _SUBSTRING_CANDIDATES.format(where=where) + _RESULT
+        fallback = "WITH " + _SUBSTRING_CANDIDATES.format(where=where) + fuse + result
     return SearchPlan(sql=sql, params=values, fallback_sql=fallback)
 
 

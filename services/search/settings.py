@@ -1,7 +1,11 @@
 """Search service settings (environment variables with the `DOCTAG_` prefix)."""
 from __future__ import annotations
 
+from pydantic import Field
+
 from services.common.settings import CommonSettings
+
+from .query import Fusion
 
 
 class SearchSettings(CommonSettings):
@@ -13,3 +17,25 @@ class SearchSettings(CommonSettings):
     grpc_port: int = 9111
     # Seconds in-flight gRPC calls get to finish on shutdown.
     shutdown_grace_s: float = 5.0
+
+    # Hybrid search (services/search/semantic.py). Query vectors come from model-serving's Embed.
+    semantic_search: bool = Field(True, description="fuse semantic similarity (e5 embeddings) into text queries")
+    model_grpc_target: str = Field("127.0.0.1:9121", description="model-serving's gRPC address (Embed)")
+    embed_timeout_ms: int = Field(300, ge=1, description="deadline of a query's Embed call; past it: words only")
+    embed_retry_s: float = Field(5.0, ge=0, description="after a failed Embed, search by words only this long "
+                                                        "before asking model-serving again")
+    vector_refresh_s: float = Field(2.0, ge=0, description="how often a tenant's cached vectors are brought up "
+                                                           "to date (newly tagged documents)")
+    vector_full_reload_s: float = Field(600.0, gt=0, description="how often a tenant's cache is rebuilt whole")
+    semantic_candidates: int = Field(100, ge=1, le=10_000, description="semantic ranking length fused with BM25")
+    # Reciprocal rank fusion, tuned on tests/data/search_dev (README, "Search").
+    fusion_w_lex: float = Field(1.0, ge=0)
+    fusion_w_sem: float = Field(2.0, ge=0)
+    fusion_rrf_k: int = Field(60, ge=1)
+    fusion_sem_add: int = Field(10, ge=0, description="semantic-only documents added to the word matches at most")
+    fusion_min_sim: float = Field(0.85, ge=-1, le=1, description="cosine similarity a semantic-only document needs")
+    similar_max_limit: int = 50
+
+    def fusion(self) -> Fusion:
+        return Fusion(w_lex=self.fusion_w_lex, w_sem=self.fusion_w_sem, rrf_k=self.fusion_rrf_k,
+                      sem_add=self.fusion_sem_add, min_sim=self.fusion_min_sim)

@@ -22,7 +22,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from services.common import embeddings
 from services.common.context import grpc_metadata
+from services.common.embeddings import Embedding
 from services.common.pb import (
     documents_pb2,
     documents_pb2_grpc,
@@ -110,6 +112,7 @@ class DocumentsClient:
                      tags: list[documents_pb2.Tag] | None = None, error: str = "",
                      pii_counts: dict[str, int] | None = None,
                      extraction: Extracted | ExtractionError | None = None,
+                     embedding: Embedding | None = None,
                      ) -> documents_pb2.RecordTaggingResultResponse:
         """Reports the job's outcome; `pii_counts` the personal data found per kind (tagged only);
         `extraction` adds what the extractor learnt about the file (a failed extraction knows the
@@ -120,6 +123,10 @@ class DocumentsClient:
         if extraction is not None:
             request.detected_format = extraction.format or ""
             request.extractor = extraction.extractor or ""
+        if embedding is not None:
+            request.embedding = embedding.vector
+            request.embedding_model = embedding.model
+            request.embedding_version = embedding.version
         if isinstance(extraction, Extracted):
             request.page_count = extraction.pages or 0
             request.section_count = extraction.sections or 0
@@ -177,6 +184,8 @@ class ModelUnavailable(Exception):
 # What model-serving's health service reports as serving once a model is loaded.
 MODEL_HEALTH_SERVICE = model_serving_pb2.DESCRIPTOR.services_by_name["ModelServing"].full_name
 MODEL_WAIT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# Embed is not served by this model-serving: tag without an embedding.
+EMBED_OFF_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED})
 
 
 class ModelClient:
@@ -215,3 +224,22 @@ class ModelClient:
             raise
         return Prediction(model=response.model, version=response.version,
                           tags=[(t.tag, t.score) for t in response.prediction.tags])
+
+    async def embed_passage(self, text: str, tenant_id: str) -> Embedding | None:
+        """The document's passage embedding for semantic search, or None when this model-serving does
+        not serve embeddings (switched off, failed to load, or older): the document is then tagged
+        and searchable by its words, and `doctag search reindex` adds the embedding later. While
+        model-serving is down or overloaded the job waits (ModelUnavailable), as for Predict."""
+        request = model_serving_pb2.EmbedRequest(texts=[text[: self._settings.model_max_chars]],
+                                                 mode=model_serving_pb2.EMBED_MODE_PASSAGE, tenant_id=tenant_id)
+        try:
+            response = await self._retrier.call("Embed", lambda: self._stub.Embed(
+                request, timeout=self._settings.model_timeout_seconds, metadata=grpc_metadata()))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in MODEL_WAIT_CODES:
+                raise ModelUnavailable(describe_error(exc)) from exc
+            if exc.code() in EMBED_OFF_CODES:
+                log.warning("no embedding for the document", extra={"error": describe_error(exc)})
+                return None
+            raise
+        return embeddings.checked(response.model, response.version, response.embeddings[0].vector)

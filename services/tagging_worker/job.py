@@ -23,6 +23,7 @@ class Job:
     filename: str
     content_type: str
     size_bytes: int
+    title: str = ""   # the document's title at upload (read by its embedding); "" in older messages
 
     @classmethod
     def from_body(cls, body: bytes) -> Job:
@@ -48,7 +49,7 @@ class Job:
             raise InvalidJob("size_bytes is not a non-negative integer")
         return cls(document_id=document_id, tenant_id=tenant_id, sha256=sha256,
                    filename=_str(payload.get("filename")), content_type=_str(payload.get("content_type")),
-                   size_bytes=size)
+                   size_bytes=size, title=_str(payload.get("title"))[:1000])
 
 
 def _uuid(value: Any, field: str) -> str:

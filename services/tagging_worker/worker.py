@@ -312,6 +312,8 @@ class TaggingWorker:
             return "failed"
 
         prediction = await self.model.predict(extracted.text, job.tenant_id)
+        # The passage embedding for semantic search (None when model-serving does not serve Embed).
+        embedding = await self.model.embed_passage(passage_text(job.title, extracted.text), job.tenant_id)
         tags = [documents_pb2.Tag(tag=label, score=score, source="model", model_name=prediction.model,
                                   model_version=prediction.version) for label, score in prediction.tags]
         # Counts only (never the values) travel with the result; a thread keeps long texts off the loop.
@@ -319,7 +321,7 @@ class TaggingWorker:
         if pii_counts:
             log.info("personal data found", extra={"document_id": job.document_id, "pii": pii_counts})
         await self.documents.record(job, Outcome.TAGGING_OUTCOME_TAGGED, text=extracted.text, tags=tags,
-                                    pii_counts=pii_counts, extraction=extracted)
+                                    pii_counts=pii_counts, extraction=extracted, embedding=embedding)
         return "tagged"
 
     async def _extract(self, job: Job, content: Content) -> Extracted | ExtractionError:
@@ -332,6 +334,11 @@ class TaggingWorker:
             return exc
         EXTRACTION_DURATION.labels("ok").observe(time.perf_counter() - start)
         return extracted
+
+
+def passage_text(title: str, text: str) -> str:
+    """What a document's embedding reads: its title, then its text (the embedder reads the start)."""
+    return f"{title}\n{text}" if title.strip() else text
 
 
 def _expected(exc: BaseException) -> bool:

@@ -25,6 +25,9 @@ async def main() -> None:
     health = add_health(grpc_server, ["doctag.v1.Documents"])
 
     async def mark_serving() -> None:
+        # Not before the analyser has loaded (the HTTP /readyz waits for it too): the workers'
+        # tagging results are indexed with it. A failed load ends the replica, loudly.
+        await components.analyser.wait()
         await set_serving(health, ["doctag.v1.Documents"], True)
 
     await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,

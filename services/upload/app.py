@@ -5,8 +5,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from services.common.amqp import Topology
+from services.common.analyser_warmup import AnalyserWarmUp
 from services.common.auth import TokenVerifier
 from services.common.blobstore import BlobStore
 from services.common.db import Database
@@ -17,6 +19,9 @@ from .purge import PurgeJob
 from .relay import OutboxRelay
 from .service import DocumentService
 from .settings import UploadSettings
+
+ANALYSER_LOAD_SECONDS = Gauge("doctag_upload_analyser_load_seconds",
+                              "Time the Korean analyser (indexing) took to load and analyse its first text")
 
 
 class UploadComponents:
@@ -41,8 +46,12 @@ class UploadComponents:
             self.purge_job = PurgeJob(self.service, interval_seconds=settings.purge_interval_seconds,
                                       batch_size=settings.purge_batch_size)
         self.verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
+        # Titles are indexed at upload and texts when a tagging result comes in: the analyser
+        # is loaded before the replica says it is ready, not by the first upload.
+        self.analyser = AnalyserWarmUp(on_loaded=ANALYSER_LOAD_SECONDS.set)
 
     async def start(self) -> None:
+        self.analyser.start()
         await self.db.open()
         if self.relay:
             await self.relay.db.open()
@@ -57,6 +66,7 @@ class UploadComponents:
             await self.relay.stop()
             await self.relay.db.close()
         await self.db.close()
+        await self.analyser.close()
 
     async def check_database(self) -> None:
         await self.db.ping()
@@ -84,6 +94,6 @@ def build_http_app(components: UploadComponents, *, manage_lifecycle: bool = Tru
 
     app = create_app("upload", title="doctag upload", lifespan=lifespan, readiness={
         "database": components.check_database, "blob_store": components.check_blob_store,
-        "rabbitmq": components.check_broker})
+        "rabbitmq": components.check_broker, "analyser": components.analyser.check})
     app.include_router(build_router(components.service, components.verifier))
     return app

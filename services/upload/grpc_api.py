@@ -6,6 +6,7 @@ import uuid
 
 import grpc
 
+from services.common import embeddings
 from services.common.blobstore import CHUNK_SIZE
 from services.common.context import tenant_id_var
 from services.common.pb import documents_pb2 as pb
@@ -86,10 +87,16 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         if outcome == "failed" and not request.error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a failed outcome needs an error reason")
         extraction = await _extraction(request, context)
+        embedding = None
+        if outcome == "tagged" and request.embedding:
+            try:
+                embedding = embeddings.checked(request.embedding_model, request.embedding_version, request.embedding)
+            except embeddings.InvalidEmbedding as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"embedding: {exc}")
         try:
             status, applied = await self.service.record_result(
                 tenant_id, document_id, request.content_sha256, outcome, text=request.text, tags=tags,
-                error=request.error, pii=pii, extraction=extraction)
+                error=request.error, pii=pii, extraction=extraction, embedding=embedding)
         except DocumentNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
         except StaleVersion as exc:

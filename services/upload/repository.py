@@ -10,6 +10,8 @@ from typing import Any
 
 from services.common import api_quota
 from services.common.db import DictConnection
+from services.common.embeddings import Embedding
+from services.common.korean import analyser_version
 
 DOC_COLUMNS = ("id, tenant_id, title, filename, content_type, size_bytes, sha256, status, error, "
                "created_at, updated_at, processed_at, pii, deleted_at, deleted_by, "
@@ -124,9 +126,10 @@ async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str
     """Inserts a queued document and indexes its title (`doc["title_terms"]`, the analyser's terms)."""
     row = await (await conn.execute(
         f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "
-        f"status, title_length, indexed_at, created_by) VALUES (%(id)s, public.app_tenant_id(), %(title)s, "
-        f"%(filename)s, %(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(title_length)s, now(), "
-        f"%(created_by)s) RETURNING {DOC_COLUMNS}", {**doc, "title_length": len(doc["title_terms"])})).fetchone()
+        f"status, title_length, indexed_at, analyser_version, created_by) VALUES (%(id)s, public.app_tenant_id(), "
+        f"%(title)s, %(filename)s, %(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(title_length)s, now(), "
+        f"%(analyser_version)s, %(created_by)s) RETURNING {DOC_COLUMNS}",
+        {**doc, "title_length": len(doc["title_terms"]), "analyser_version": analyser_version()})).fetchone()
     assert row is not None  # INSERT ... RETURNING returns the inserted row
     await write_postings(conn, doc["id"], "title", doc["title_terms"], replace=False)
     return row
@@ -143,8 +146,14 @@ INSERT_TERMS_SQL = (
     "INSERT INTO documents.document_terms (tenant_id, document_id, field, term, tf, field_length) "
     "SELECT public.app_tenant_id(), %s, %s, t.term, t.tf, %s FROM unnest(%s::text[], %s::int[]) AS t(term, tf)"
 )
-REINDEXED_SQL = ("UPDATE documents.documents SET title_length = %s, text_length = %s, indexed_at = now() "
-                 "WHERE id = %s")
+REINDEXED_SQL = ("UPDATE documents.documents SET title_length = %s, text_length = %s, indexed_at = now(), "
+                 "analyser_version = %s WHERE id = %s")
+UPSERT_EMBEDDING_SQL = (
+    "INSERT INTO documents.document_embeddings (document_id, tenant_id, model, version, dim, vector) "
+    "VALUES (%s, public.app_tenant_id(), %s, %s, %s, %s) ON CONFLICT (document_id) DO UPDATE SET "
+    "model = EXCLUDED.model, version = EXCLUDED.version, dim = EXCLUDED.dim, vector = EXCLUDED.vector, "
+    "updated_at = now()"
+)
 
 
 def term_frequencies(terms: Sequence[str]) -> tuple[list[str], list[int]]:
@@ -168,7 +177,13 @@ async def reindex_document(conn: DictConnection, document_id: str, title_terms: 
     """Rewrites both fields' postings and lengths (`doctag search reindex`)."""
     await write_postings(conn, document_id, "title", title_terms, replace=True)
     await write_postings(conn, document_id, "text", text_terms, replace=True)
-    await conn.execute(REINDEXED_SQL, (len(title_terms), len(text_terms), document_id))
+    await conn.execute(REINDEXED_SQL, (len(title_terms), len(text_terms), analyser_version(), document_id))
+
+
+async def write_embedding(conn: DictConnection, document_id: str, embedding: Embedding) -> None:
+    """The document's passage embedding (replaces the one it had)."""
+    await conn.execute(UPSERT_EMBEDDING_SQL, (document_id, embedding.model, embedding.version, embedding.dim,
+                                              embedding.vector))
 
 
 async def insert_outbox(conn: DictConnection, event_type: str, message_id: str, payload: dict[str, Any], *,
@@ -323,14 +338,18 @@ async def set_extraction(conn: DictConnection, document_id: str, *, detected_for
 
 
 async def store_tagging_result(conn: DictConnection, document_id: str, text: str, tags: list[dict[str, Any]], *,
-                               text_terms: Sequence[str], pii: dict[str, int] | None = None) -> None:
+                               text_terms: Sequence[str], pii: dict[str, int] | None = None,
+                               embedding: Embedding | None = None) -> None:
     """Text with its length in terms, personal-data counts, the text's postings (the title's were
-    written at upload) and the model's tags."""
+    written at upload), the passage embedding (when the worker brought one) and the model's tags."""
     await conn.execute(
         "UPDATE documents.documents SET status = 'tagged', error = NULL, text_content = %s, text_length = %s, "
-        "indexed_at = now(), pii = %s, updated_at = now(), processed_at = now() WHERE id = %s",
-        (text, len(text_terms), json.dumps(pii or {}), document_id))
+        "indexed_at = now(), analyser_version = %s, pii = %s, updated_at = now(), processed_at = now() "
+        "WHERE id = %s",
+        (text, len(text_terms), analyser_version(), json.dumps(pii or {}), document_id))
     await write_postings(conn, document_id, "text", text_terms, replace=True)
+    if embedding is not None:
+        await write_embedding(conn, document_id, embedding)
     await conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'model'",
                        (document_id,))
     if tags:

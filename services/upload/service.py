@@ -17,6 +17,7 @@ from services.common.auth import Principal
 from services.common.blobstore import BlobStore, BlobTooLarge, IncomingBlob
 from services.common.context import current_request_id
 from services.common.db import Database, DictConnection
+from services.common.embeddings import Embedding
 from services.common.errors import ProblemError
 from services.common.korean import analyze
 from services.common.multipart import FileEnd, FileStart, MultipartError, MultipartUpload
@@ -387,7 +388,7 @@ class DocumentService:
                 "size_bytes": size, "sha256": sha, "title_terms": title_terms, "created_by": principal.user_id})
             payload = {
                 "event": DOCUMENT_UPLOADED, "document_id": doc_id, "tenant_id": principal.tenant_id, "sha256": sha,
-                "filename": filename, "content_type": content_type, "size_bytes": size,
+                "filename": filename, "content_type": content_type, "size_bytes": size, "title": title,
                 "uploaded_at": _iso(row["created_at"]), "request_id": current_request_id(),
             }
             await repo.insert_outbox(conn, DOCUMENT_UPLOADED, message_id(doc_id, sha), payload, document_id=doc_id)
@@ -596,8 +597,11 @@ class DocumentService:
     async def record_result(self, tenant_id: str, document_id: str, sha: str, outcome: str, *, text: str = "",
                             tags: builtins.list[dict[str, Any]] | None = None, error: str = "",
                             pii: dict[str, int] | None = None,
-                            extraction: Extraction | None = None) -> tuple[str, bool]:
+                            extraction: Extraction | None = None,
+                            embedding: Embedding | None = None) -> tuple[str, bool]:
         """Applies a worker's report; returns (status after, whether anything changed). Idempotent.
+
+        `embedding`: the text's passage embedding (tagged only, optional), stored for semantic search.
 
         `pii`: personal-data matches per kind in the text (tagged only), stored with it; `extraction`
         is stored with a tagged or failed outcome (a processing one ignores it)."""
@@ -627,7 +631,8 @@ class DocumentService:
             if outcome == "processing":
                 await repo.set_status(conn, document_id, "processing")
             elif outcome == "tagged":
-                await repo.store_tagging_result(conn, document_id, text, tags or [], text_terms=text_terms, pii=pii)
+                await repo.store_tagging_result(conn, document_id, text, tags or [], text_terms=text_terms, pii=pii,
+                                                embedding=embedding)
             else:
                 await repo.set_status(conn, document_id, "failed", error[:2000] or "processing failed")
             if outcome != "processing" and extraction is not None:

@@ -5,12 +5,21 @@ format, and the memory of upload and gateway while a large file streams through.
 its own stack (StackLayout.with_free_ports, a temporary state directory, its own database and
 AMQP prefix, all removed afterwards), prints a table and writes JSON to var/bench/ingest.json.
 
+CPU placement (`--placement`): `split` (the default on two or more CPUs) gives model-serving the
+upper half of the CPUs and everything else, PostgreSQL and RabbitMQ included, the lower half,
+as the deployment's separate model host would (their CPU sets are restored afterwards);
+model-serving alone is measured on the same CPUs, so the ratio says how well the pipeline keeps
+the model busy. `shared` lets every process run anywhere: on a small machine the ratio then
+also counts the CPU the pipeline takes away from the model.
+
 Phases, in this order so they do not compete for the CPUs:
 1. extraction per format on ../shared/samples, in process (the worker's `extract_text`);
 2. end to end: a mixed batch of real Korean documents from ../shared/data (TXT, Markdown, HTML,
    CSV) uploaded in bulk requests; documents/s from the first upload to the last `tagged`,
-   compared with model-serving's own throughput (gRPC Predict on the same texts at the
-   concurrency the workers offer, workers x prefetch); target >= 80%;
+   compared with model-serving's own throughput on the same documents (gRPC Predict on the
+   text and Embed on the passage, as a worker calls them, at the concurrency the workers offer,
+   workers x prefetch); target >= 80%; with the CPU time each
+   service (and PostgreSQL, RabbitMQ) spent per document in both runs;
 3. the tagging workers are stopped, then upload throughput for small documents at concurrency
    1 and 16 (single-file requests, documents/s);
 4. one large generated file (never stored here) streamed through gateway and upload while the
@@ -152,6 +161,100 @@ def program_pid(layout: StackLayout, name: str) -> int:
     return int(layout.supervisorctl("pid", name).stdout.strip())
 
 
+def _process_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds used so far) for every process readable in /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # after the command: state ppid ... utime (14th field overall) stime (15th)
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    return table
+
+
+def cpu_seconds(layout: StackLayout) -> dict[str, float]:
+    """CPU seconds used so far by each program of the stack, its child processes (the worker's
+    extractor) included, and by all PostgreSQL and RabbitMQ server processes on the machine."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+
+    def tree(pid: int) -> float:
+        return table.get(pid, (0, 0.0))[1] + sum(tree(child) for child in children.get(pid, []))
+
+    used = {program.name: tree(program_pid(layout, program.name)) for program in layout.programs()}
+    for server, names in (("postgresql", ("postgres",)), ("rabbitmq", ("beam.smp", "erl_child_setup"))):
+        total = 0.0
+        for pid in table:
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in names:
+                total += table[pid][1]
+        used[server] = total
+    return used
+
+
+def cpu_per_document(before: dict[str, float], after: dict[str, float], documents: int) -> dict[str, float]:
+    """Milliseconds of CPU per document by service (programs of one kind summed: upload-1 + upload-2)."""
+    per_kind: dict[str, float] = {}
+    for name, seconds in after.items():
+        kind = name.rstrip("0123456789").rstrip("-")
+        per_kind[kind] = per_kind.get(kind, 0.0) + seconds - before.get(name, 0.0)
+    return {kind: 1000 * seconds / max(documents, 1) for kind, seconds in sorted(per_kind.items())}
+
+
+SERVER_PROCESS_NAMES = ("postgres", "beam.smp", "erl_child_setup", "epmd", "inet_gethost")
+
+
+def split_cpus() -> tuple[str, str] | None:
+    """(CPU list for everything else, CPU list for model-serving), or None on one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return ",".join(map(str, cpus[:half])), ",".join(map(str, cpus[half:]))
+
+
+def _set_affinity_all_threads(pid: int, cpus: set[int]) -> None:
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def pin_servers(cpus: set[int]) -> dict[int, set[int]]:
+    """Moves the PostgreSQL and RabbitMQ server processes (every thread) onto `cpus`; returns their
+    previous CPU sets for `restore_servers`. Processes it may not move (not root) are left alone."""
+    previous: dict[int, set[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() not in SERVER_PROCESS_NAMES:
+                continue
+            pid = int(entry.name)
+            before = os.sched_getaffinity(pid)
+            _set_affinity_all_threads(pid, cpus)
+            previous[pid] = before
+        except (OSError, PermissionError):
+            continue
+    return previous
+
+
+def restore_servers(previous: dict[int, set[int]]) -> None:
+    for pid, cpus in previous.items():
+        try:
+            _set_affinity_all_threads(pid, cpus)
+        except OSError:
+            continue
+
+
 # -- phases 2-4 ----------------------------------------------------------------------------------
 async def token_for(client: httpx.AsyncClient, tenant: str) -> dict[str, str]:
     resp = await client.post("/api/v1/auth/token", json={"tenant": tenant, "username": "bench",
@@ -196,25 +299,32 @@ async def bench_end_to_end(client: httpx.AsyncClient, headers: dict[str, str], a
             "docs_per_s": done / seconds if seconds else 0.0}
 
 
-async def bench_model_serving(target: str, texts: list[str], tenant_id: str, concurrency: int) -> dict[str, Any]:
+async def bench_model_serving(target: str, files: list[tuple[str, bytes, str]], tenant_id: str,
+                              concurrency: int) -> dict[str, Any]:
+    """What model-serving does per document when nothing else runs: Predict on the text, then Embed
+    on the passage (title and text), the two calls a tagging worker makes, at the workers' concurrency."""
     import grpc
 
     from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
+    from services.tagging_worker.worker import passage_text
 
     async with grpc.aio.insecure_channel(target) as channel:
         stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
-        queue = list(texts)
+        queue = [(Path(name).stem, text) for name, _, text in files]
         started = time.perf_counter()
 
         async def worker() -> None:
             while queue:
-                text = queue.pop()
+                title, text = queue.pop()
                 await stub.Predict(model_serving_pb2.PredictRequest(text=text, tenant_id=tenant_id), timeout=120)
+                await stub.Embed(model_serving_pb2.EmbedRequest(
+                    texts=[passage_text(title, text)], mode=model_serving_pb2.EMBED_MODE_PASSAGE,
+                    tenant_id=tenant_id), timeout=120)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
-    return {"documents": len(texts), "concurrency": concurrency, "seconds": seconds,
-            "docs_per_s": len(texts) / seconds}
+    return {"documents": len(files), "concurrency": concurrency, "seconds": seconds,
+            "docs_per_s": len(files) / seconds}
 
 
 async def bench_uploads(client: httpx.AsyncClient, headers: dict[str, str], count: int,
@@ -298,14 +408,20 @@ async def bench_stack(args: argparse.Namespace, layout: StackLayout, admin_dsn: 
     async with httpx.AsyncClient(base_url=layout.gateway_url, timeout=120, limits=limits) as client:
         headers = await token_for(client, slug)
         log(f"end to end: {len(files)} documents in bulk requests of {args.bulk_size} ...")
+        before = cpu_seconds(layout)
         results["end_to_end"] = await bench_end_to_end(client, headers, admin_dsn, tenant_id, files,
                                                        args.bulk_size, args.e2e_timeout)
+        results["end_to_end"]["cpu_ms_per_document"] = cpu_per_document(
+            before, cpu_seconds(layout), results["end_to_end"]["finished"])
         from services.tagging_worker.settings import WorkerSettings
 
         concurrency = WorkerSettings().prefetch * len(layout.worker_ports)
-        log(f"model-serving alone: gRPC Predict on the same texts, concurrency {concurrency} ...")
+        log(f"model-serving alone: gRPC Predict + Embed on the same texts, concurrency {concurrency} ...")
+        before = cpu_seconds(layout)
         results["model_serving"] = await bench_model_serving(
-            f"{layout.host}:{layout.model_ports[1]}", [text for _, _, text in files], tenant_id, concurrency)
+            f"{layout.host}:{layout.model_ports[1]}", files, tenant_id, concurrency)
+        results["model_serving"]["cpu_ms_per_document"] = cpu_per_document(
+            before, cpu_seconds(layout), results["model_serving"]["documents"])
         for i in range(len(layout.worker_ports)):
             layout.supervisorctl("stop", f"tagging-worker-{i + 1}")
         for concurrency in (1, 16):
@@ -328,7 +444,12 @@ def report(results: dict[str, Any]) -> tuple[str, list[Check]]:
     rows.append(["upload -> tagged (mixed batch)", fmt(e2e["docs_per_s"]),
                  f"{e2e['finished']}/{e2e['documents']} finished ({e2e['failed']} failed) in {fmt(e2e['seconds'])} s"])
     rows.append(["model-serving alone, same texts", fmt(model["docs_per_s"]),
-                 f"gRPC Predict, concurrency {model['concurrency']}"])
+                 f"gRPC Predict + Embed, concurrency {model['concurrency']}"])
+    alone = model["cpu_ms_per_document"]
+    for kind, ms in e2e["cpu_ms_per_document"].items():
+        if ms >= 0.5 or alone.get(kind, 0.0) >= 0.5:
+            rows.append([f"CPU ms/document: {kind}", "",
+                         f"end to end {fmt(ms)}, model-serving alone {fmt(alone.get(kind, 0.0))}"])
     for name, r in results["extraction"].items():
         rows.append([f"extract .{name}", "", f"{r['files']} files, median {fmt(r['median_ms'])} ms, "
                                              f"max {fmt(r['max_ms'])} ms, {fmt(r['mb_per_s'])} MB/s"])
@@ -356,11 +477,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=SHARED / "data")
     parser.add_argument("--samples", type=Path, default=SHARED / "samples")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--placement", choices=("split", "shared"),
+                        help="CPU placement (module docstring); default split on 2+ CPUs, else shared")
     parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "ingest.json")
     args = parser.parse_args(argv)
     args.documents = args.documents or (100 if args.quick else 1000)
     args.upload_count = args.upload_count or (100 if args.quick else 500)
     args.large_mb = args.large_mb or (64 if args.quick else 1024)
+    args.placement = args.placement or ("split" if split_cpus() else "shared")
     return args
 
 
@@ -377,12 +501,22 @@ def run(args: argparse.Namespace, on_stack: Callable[[StackLayout, str], dict[st
         "DOCTAG_MODEL_STORE": str(state / "models"),
     })
     layout.gateway_template = gateway_template(state, args.large_mb + 64)
+    pinned: dict[int, set[int]] = {}
+    placement = split_cpus() if args.placement == "split" else None
+    if placement is not None:
+        rest, model = placement
+        layout.cpu_affinity = {p.name: (model if p.name == "model-serving" else rest) for p in layout.programs()}
+        rest_set = {int(c) for c in rest.split(",")}
+        os.sched_setaffinity(0, rest_set)
+        pinned = pin_servers(rest_set)
+        log(f"CPU placement: model-serving on CPU {model}; the rest, PostgreSQL and RabbitMQ on CPU {rest}")
     try:
         log("starting the stack ...")
         layout.start()
         layout.wait_ready(timeout=600)
         return on_stack(layout, admin_dsn)
     finally:
+        restore_servers(pinned)
         layout.stop()
         delete_topology(AMQP_URL, f"doctag-bench-{run_id}")
         drop_database(db_name)
@@ -398,12 +532,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run(args, lambda layout, dsn: asyncio.run(bench_stack(args, layout, dsn, files)))
     results["extraction"] = extraction
     table, checks = report(results)
+    print(f"CPU placement: {args.placement}")
     print(table)
     print()
     print(format_checks(checks))
     passed = all(c.passed for c in checks)
     print(f"\noverall: {'PASS' if passed else 'FAIL'}")
-    meta = {"quick": args.quick, "documents": args.documents, "upload_count": args.upload_count,
+    meta = {"quick": args.quick, "placement": args.placement, "documents": args.documents,
+            "upload_count": args.upload_count,
             "large_mb": args.large_mb, "bulk_size": args.bulk_size, "cpu_count": os.cpu_count(),
             "started_at": started, "wall_seconds": time.time() - started}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -125,6 +125,15 @@ def test_korean_documents_are_tagged_and_searchable_per_tenant(client, accounts)
     assert ids["정치.pdf"] in [h["id"] for h in client.get(
         "/api/v1/search", headers=alice, params={"q": "선거법"}).json()["hits"]]
 
+    # More like this, through the gateway, from the embeddings the worker stored at tagging time:
+    # the department's other documents, never the document itself; 404 for the other department.
+    similar = client.get(f"/api/v1/search/documents/{ids['sports.txt']}/similar", headers=alice)
+    assert similar.status_code == 200, similar.text
+    assert similar.json()["model"].startswith("multilingual-e5-small@")
+    similar_ids = {h["id"] for h in similar.json()["hits"]}
+    assert ids["sports.txt"] not in similar_ids and set(ids.values()) - {ids["sports.txt"]} <= similar_ids
+    assert client.get(f"/api/v1/search/documents/{ids['sports.txt']}/similar", headers=bob).status_code == 404
+
     # The other department sees none of it.
     for doc_id in ids.values():
         assert client.get(f"/api/v1/documents/{doc_id}", headers=bob).status_code == 404

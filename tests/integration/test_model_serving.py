@@ -280,6 +280,25 @@ def test_http_bad_body_is_422_naming_the_field(service: Service, make_token, bod
     assert field in fields, fields
 
 
+def test_http_and_grpc_embed(service: Service, make_token) -> None:  # type: ignore[no-untyped-def]
+    """Retrieval vectors from the base e5 (loaded in the background after the tagging model)."""
+    headers = {"Authorization": f"Bearer {make_token('00000000-0000-0000-0000-000000000001')}",
+               "X-Request-Timeout-Ms": "180000"}
+    response = httpx.post(f"{service.http}/api/v1/embed", json={"texts": [SPORTS, "축구 경기 결과"], "mode": "query"},
+                          headers=headers, timeout=200)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"].startswith("multilingual-e5-small@") and body["version"] == "query/1x128/mean"
+    assert body["dim"] == 384 and len(body["embeddings"]) == 2
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in body["embeddings"])
+    bad = httpx.post(f"{service.http}/api/v1/embed", json={"texts": [SPORTS], "mode": "document"},
+                     headers=headers, timeout=TIMEOUT)
+    assert bad.status_code == 422 and [e["field"] for e in bad.json()["errors"]] == ["mode"]
+    passage = pb_grpc.ModelServingStub(service.channel).Embed(
+        pb.EmbedRequest(texts=[SPORTS], mode=pb.EMBED_MODE_PASSAGE), timeout=TIMEOUT)
+    assert passage.version == "passage/2x256/mean" and len(passage.embeddings[0].vector) == 4 * 384
+
+
 def test_sigterm_stops_gracefully(service: Service) -> None:
     """Last in this module: the process ends with status 0 on SIGTERM."""
     assert _stop(service) == 0, service.output()

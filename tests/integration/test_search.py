@@ -191,7 +191,8 @@ async def test_rarer_terms_weigh_more(client, seed, make_token) -> None:  # type
 @pytest.mark.parametrize("q", ["무엇인가요", "을", "를", "어디에 있나요?", "정의는 무엇이야", "누가"])
 async def test_stop_words_and_particles_alone_match_nothing(client, seed, make_token, q) -> None:  # type: ignore[no-untyped-def]
     body = await _search(client, _auth(make_token, seed.tenant_a), q=q)
-    assert body == {"hits": [], "total": 0, "next_cursor": None, "facets": {"tags": []}}
+    assert {k: body[k] for k in ("hits", "total", "next_cursor", "facets")} == {
+        "hits": [], "total": 0, "next_cursor": None, "facets": {"tags": []}}
 
 
 async def test_questions_find_their_content_words(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]

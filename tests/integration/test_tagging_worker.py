@@ -25,10 +25,12 @@ from typing import Any
 import aio_pika
 import grpc
 import httpx
+import numpy as np
 import pytest
 
 from services.common.amqp import DOCUMENT_UPLOADED, Topology, message_id
 from services.common.context import GRPC_REQUEST_ID_KEY
+from services.common.embeddings import pack
 from services.common.grpc_utils import add_health, create_server, set_serving
 from services.common.pb import (
     documents_pb2,
@@ -142,6 +144,7 @@ class ControlledModel(model_serving_pb2_grpc.ModelServingServicer):
 
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.embedded: list[tuple[int, str]] = []   # (mode, text) of Embed calls
         self.unavailable_next = 0
         self.always: grpc.StatusCode | None = None
         self.hold: asyncio.Event | None = None
@@ -160,6 +163,22 @@ class ControlledModel(model_serving_pb2_grpc.ModelServingServicer):
             tags.append(model_serving_pb2.TagScore(tag="예산", score=0.6))
         return model_serving_pb2.PredictResponse(model="kobert-doctag", version="3",
                                                  prediction=model_serving_pb2.Prediction(tags=tags))
+
+    async def Embed(self, request, context):
+        """A unit vector per text, derived from the text (the same text, the same vector)."""
+        self.embedded.extend((request.mode, t) for t in request.texts)
+        return model_serving_pb2.EmbedResponse(model="test-e5@0", version="passage/test", dim=EMBED_DIM,
+                                               embeddings=[model_serving_pb2.Embedding(vector=pack(keyed_vector(t)))
+                                                           for t in request.texts])
+
+
+EMBED_DIM = 8
+
+
+def keyed_vector(text: str) -> np.ndarray:
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big"))
+    v = rng.standard_normal(EMBED_DIM).astype(np.float32)
+    return v / np.linalg.norm(v)
 
 
 @dataclass

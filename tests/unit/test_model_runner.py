@@ -303,3 +303,14 @@ async def test_refresh_soon_re_resolves_without_waiting_the_interval(tiny_versio
         assert runner.info.version == "2"
     finally:
         await runner.aclose()
+
+
+async def test_embed_refused_when_embeddings_are_switched_off() -> None:
+    from services.model_serving.runner import ModelRefused
+
+    runner = ModelRunner(ModelServingSettings(embeddings=False, model_dir=DEFAULT_MODEL_DIR))
+    try:
+        with pytest.raises(ModelRefused, match="disabled"):
+            await runner.embed(["예산"], "query")
+    finally:
+        runner.close()

@@ -19,7 +19,7 @@ async def test_not_ready_before_start_ready_after_the_load() -> None:
     await analyser.wait()  # starts the load when nothing else did
     await analyser.check()
     assert analyser.loaded
-    assert korean._kiwi.cache_info().currsize == 1  # the Kiwi instance every query uses exists now
+    assert korean._build_kiwi.cache_info().currsize == 1  # the Kiwi instance every query uses exists now
     assert morph.ANALYSER_LOAD_SECONDS._value.get() > 0
 
 

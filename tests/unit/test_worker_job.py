@@ -33,6 +33,15 @@ def test_valid_job() -> None:
     job = Job.from_body(_body(sha256=SHA.upper()))
     assert (job.document_id, job.tenant_id, job.sha256) == (DOC, TENANT, SHA)
     assert (job.filename, job.content_type, job.size_bytes) == ("보고서.pdf", "application/pdf", 123)
+    assert job.title == "", "messages published before titles travelled with jobs still parse"
+    assert Job.from_body(_body(title="2027년 예산안")).title == "2027년 예산안"
+
+
+def test_passage_text_puts_the_title_first() -> None:
+    from services.tagging_worker.worker import passage_text
+
+    assert passage_text("예산안", "본문") == "예산안\n본문"
+    assert passage_text("  ", "본문") == "본문"
 
 
 @pytest.mark.parametrize("body, why", [

@@ -21,13 +21,13 @@
   transaction's tenant's.
 
 Revision ID: 0014_gateway_identity
-Revises: 0011
+Revises: 0012_search_embeddings
 Create Date: 2026-11-30
 """
 from alembic import op
 
 revision = "0014_gateway_identity"
-down_revision = "0011"
+down_revision = "0012_search_embeddings"
 branch_labels = None
 depends_on = None
 

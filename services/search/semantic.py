@@ -1,0 +1,228 @@
+"""The semantic half of hybrid search: query vectors from model-serving, document vectors from PostgreSQL.
+
+Query vectors: model-serving's `Embed` ("query: " + the query's words, base multilingual-e5-small),
+with a short deadline. When model-serving is down, slow or does not serve Embed, search answers by
+words alone and says why (`SemanticUnavailable`); after a failure it does not ask again for
+`embed_retry_s`, so an outage costs each query nothing. Recent query vectors are cached (a next
+page or a repeated query costs no model call).
+
+Document vectors: PostgreSQL (`documents.document_embeddings`, written at tagging time) is the
+source of truth; each replica keeps the vectors of the tenants it serves in memory
+(`VectorCache`) and scores a query against all of them exactly (one matrix-vector product).
+The cache reads only what changed since its last look (`updated_at`), at most every
+`vector_refresh_s`, and is rebuilt whole every `vector_full_reload_s` (which drops purged
+documents); documents deleted meanwhile are never returned, because every semantic candidate
+is checked again by the SQL statement (row-level security, deleted documents hidden from the
+search role, the request's filters).
+
+Why exact scoring instead of an ANN index: exact is simple, needs no index to keep in step with
+PostgreSQL, and is fast enough for a department's documents: 384 float32 values per document,
+so 100,000 documents are 154 MB and one product over them takes milliseconds. Far larger tenants
+would want an ANN index (hnswlib or usearch, rebuilt from the same table): not built here.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import grpc
+import numpy as np
+
+from services.common.context import grpc_metadata
+from services.common.db import Database
+from services.common.embeddings import DTYPE, unpack
+from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
+
+from .query import Fusion, Semantic
+
+log = logging.getLogger(__name__)
+
+QUERY_CACHE_SIZE = 1024
+# Rows whose updated_at is this close to the last one seen are read again (a transaction that
+# started earlier may commit later), so none is missed.
+WATERMARK_MARGIN = timedelta(seconds=60)
+
+
+class SemanticUnavailable(Exception):
+    """No query vector now; the message says why (shown to the caller as the degraded reason)."""
+
+
+@dataclass(frozen=True)
+class QueryVector:
+    model: str
+    vector: np.ndarray
+
+
+class QueryEncoder:
+    """Query vectors from model-serving's Embed, with a deadline, a cache and a pause after failures."""
+
+    def __init__(self, target: str, *, timeout_s: float, retry_after_s: float) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = model_serving_pb2_grpc.ModelServingStub(self._channel)  # type: ignore[no-untyped-call]
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self._cache: OrderedDict[str, QueryVector] = OrderedDict()
+        self._paused_until = 0.0
+        self._reason = ""
+
+    async def encode(self, text: str, tenant_id: str) -> QueryVector:
+        cached = self._cache.get(text)
+        if cached is not None:
+            self._cache.move_to_end(text)
+            return cached
+        if time.monotonic() < self._paused_until:
+            raise SemanticUnavailable(self._reason)
+        request = model_serving_pb2.EmbedRequest(texts=[text], mode=model_serving_pb2.EMBED_MODE_QUERY,
+                                                 tenant_id=tenant_id)
+        try:
+            response = await self._stub.Embed(request, timeout=self.timeout_s, metadata=grpc_metadata())
+        except grpc.aio.AioRpcError as exc:
+            self._reason = _reason(exc)
+            self._paused_until = time.monotonic() + self.retry_after_s
+            log.warning("query embedding unavailable; searching by words only",
+                        extra={"error": f"{exc.code().name}: {exc.details()}", "pause_s": self.retry_after_s})
+            raise SemanticUnavailable(self._reason) from None
+        result = QueryVector(response.model, unpack(response.embeddings[0].vector).copy())
+        self._cache[text] = result
+        if len(self._cache) > QUERY_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return result
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def _reason(exc: grpc.aio.AioRpcError) -> str:
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "model-serving did not embed the query in time"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "model-serving is overloaded"
+    if code in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED):
+        return "model-serving does not serve query embeddings"
+    return "model-serving is unavailable"
+
+
+@dataclass
+class TenantVectors:
+    """One tenant's live document vectors of one model: row i of `matrix` is document `ids[i]`."""
+
+    model: str
+    dim: int
+    ids: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+    buffer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    watermark: datetime | None = None
+    checked: float = 0.0
+    built: float = 0.0
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self.buffer[: len(self.ids)]
+
+    def put(self, doc_id: str, vector: np.ndarray) -> None:
+        row = self.rows.get(doc_id)
+        if row is None:
+            row = len(self.ids)
+            if row >= self.buffer.shape[0]:   # grow by doubling: appending stays cheap
+                grown = np.zeros((max(64, 2 * self.buffer.shape[0]), self.dim), dtype=np.float32)
+                grown[:row] = self.buffer[:row]
+                self.buffer = grown
+            self.ids.append(doc_id)
+            self.rows[doc_id] = row
+        self.buffer[row] = vector
+
+    def vector_of(self, doc_id: str) -> np.ndarray | None:
+        row = self.rows.get(doc_id)
+        return None if row is None else self.buffer[row]
+
+
+def top_similar(vectors: TenantVectors, query: np.ndarray, k: int,
+                exclude: str | None = None) -> tuple[list[str], list[float]]:
+    """The `k` documents most similar to `query` (cosine: the vectors are unit length), best first."""
+    matrix = vectors.matrix
+    if not len(matrix) or k <= 0:
+        return [], []
+    sims = matrix @ query.astype(np.float32)
+    if exclude is not None and exclude in vectors.rows:
+        sims[vectors.rows[exclude]] = -np.inf
+    k = min(k, len(sims))
+    best = np.argpartition(-sims, k - 1)[:k]
+    best = best[np.argsort(-sims[best], kind="stable")]
+    pairs = [(vectors.ids[i], float(sims[i])) for i in best if np.isfinite(sims[i])]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+class VectorCache:
+    """Per tenant, the vectors of its live documents for one embedding model, read from PostgreSQL."""
+
+    def __init__(self, *, refresh_s: float, full_reload_s: float) -> None:
+        self.refresh_s = refresh_s
+        self.full_reload_s = full_reload_s
+        self._tenants: dict[str, TenantVectors] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def vectors(self, db: Database, tenant: str, model: str) -> TenantVectors:
+        current = self._tenants.get(tenant)
+        now = time.monotonic()
+        if current is not None and current.model == model and now - current.checked < self.refresh_s:
+            return current
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
+            current = self._tenants.get(tenant)
+            now = time.monotonic()
+            if current is not None and current.model == model and now - current.checked < self.refresh_s:
+                return current
+            if current is None or current.model != model or now - current.built >= self.full_reload_s:
+                current = TenantVectors(model=model, dim=0, built=now)
+                since = None
+            else:
+                since = current.watermark - WATERMARK_MARGIN if current.watermark else None
+            await self._read(db, tenant, current, since)
+            current.checked = now
+            self._tenants[tenant] = current
+            return current
+
+    async def _read(self, db: Database, tenant: str, target: TenantVectors, since: datetime | None) -> None:
+        newer = "" if since is None else " AND updated_at > %(since)s"
+        async with db.tenant_transaction(tenant) as conn:
+            rows = await (await conn.execute(
+                "SELECT document_id, dim, vector, updated_at FROM documents.document_embeddings "
+                f"WHERE model = %(model)s{newer}", {"model": target.model, "since": since})).fetchall()
+        for row in rows:
+            if target.dim == 0:
+                target.dim = int(row["dim"])
+                target.buffer = np.zeros((max(64, len(rows)), target.dim), dtype=DTYPE)
+            if int(row["dim"]) != target.dim:
+                continue   # another shape under the same model name: not comparable
+            target.put(str(row["document_id"]), unpack(row["vector"]))
+            if target.watermark is None or row["updated_at"] > target.watermark:
+                target.watermark = row["updated_at"]
+
+
+@dataclass
+class SemanticSearch:
+    """Query vector + the tenant's vectors -> the semantic ranking a hybrid search fuses in."""
+
+    encoder: QueryEncoder
+    cache: VectorCache
+    candidates: int
+    fusion: Fusion
+
+    async def ranking(self, db: Database, tenant: str, text: str) -> Semantic:
+        """The tenant's `candidates` documents most similar to `text`; SemanticUnavailable when there
+        is no query vector or no document vector to compare it with."""
+        query_vector = await self.encoder.encode(text, tenant)
+        vectors = await self.cache.vectors(db, tenant, query_vector.model)
+        if not vectors.ids:
+            raise SemanticUnavailable("no document of this department has an embedding yet")
+        if vectors.dim != len(query_vector.vector):
+            raise SemanticUnavailable("the stored document embeddings do not match the query model")
+        ids, sims = await asyncio.to_thread(top_similar, vectors, query_vector.vector, self.candidates)
+        return Semantic(tuple(ids), tuple(sims), self.fusion)
+
+    async def close(self) -> None:
+        await self.encoder.close()

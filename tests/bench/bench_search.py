@@ -1,0 +1,560 @@
+"""Search at scale: 1,000,000 documents over three tenants, p50/p95 through the search service.
+
+`make bench-search` (`BENCH_ARGS=--quick` for 100,000 documents); never part of `make test`.
+
+1. Corpus (built once, then reused): the real Korean text in ../shared/data, namely 693,644 movie
+   reviews, 36,527 news headlines and 2,751 petitions, and, to reach the requested size,
+   documents made of two reviews joined. Tenants hold 50% / 30% / 20% of it. Every document
+   is analysed by the platform's analyser (`services.common.korean.analyze`, in one process
+   per CPU) and loaded with COPY into the platform's own tables (documents, document_terms,
+   document_tags) in a database of its own (`doctag_bench_search`, kept for the next run; a
+   different size or data rebuilds it). Tags are the source's labels (a headline's topic, a
+   petition's category, `영화리뷰` for reviews): the model is not run on a million documents here.
+   Indexing throughput is reported for this bulk path and, on a sample, for the path upload
+   and tagging take (one transaction per document).
+2. Queries: a fixed mix drawn from the corpus's own vocabulary with a fixed seed: one, two and
+   three terms of mixed document frequency and question-style sentences, each with and
+   without a tag filter; through a search replica's HTTP API (a real `python -m services.search`
+   process on a free port), at concurrency 1 and 8. Next to it the naive query a user of plain
+   PostgreSQL would write (`ILIKE '%term%'`, every term required) on the same data, concurrency 1.
+3. Index size on disk and the query plans relied on (EXPLAIN ANALYZE) go to the JSON.
+
+Target on a 2-core machine: p95 <= 50 ms for the mix at concurrency 1.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from tests.bench.stats import Check, fmt, format_checks, format_table, percentile
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"
+DB_HOST = os.environ.get("DOCTAG_DB_HOST", "127.0.0.1")
+DB_PORT = int(os.environ.get("DOCTAG_DB_PORT", "5432"))
+DB_NAME = "doctag_bench_search"
+TENANT_SHARES = (0.5, 0.3, 0.2)
+CORPUS_VERSION = "1"  # bump when the corpus recipe changes: the stored corpus is then rebuilt
+REVIEW_TAG = "영화리뷰"
+QUESTION_TEMPLATES = ("{a}은 무엇인가요", "{a} {b}에 대해 알려주세요", "{a}의 {b} 기준은 어디에 있나요")
+# Per query class (1, 2, 3 terms, question) this many queries; each runs with and without a tag.
+QUERIES_PER_CLASS = 25
+
+
+def log(message: str) -> None:
+    print(f"[bench-search] {message}", file=sys.stderr, flush=True)
+
+
+def admin_dsn(dbname: str = DB_NAME) -> str:
+    return f"host={DB_HOST} port={DB_PORT} user=postgres dbname={dbname}"
+
+
+# -- corpus ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Doc:
+    title: str
+    text: str
+    tag: str
+
+
+def real_documents(data_dir: Path) -> list[Doc]:
+    docs: list[Doc] = []
+    for line in (data_dir / "headlines_train.jsonl").open(encoding="utf-8"):
+        row = json.loads(line)
+        docs.append(Doc(row["text"], row["text"], row["label"]))
+    for line in (data_dir / "petitions_train.jsonl").open(encoding="utf-8"):
+        row = json.loads(line)
+        docs.append(Doc(row["title"], row["text"], row.get("label") or row.get("category") or "청원"))
+    with gzip.open(data_dir / "nsmc_reviews_unlabeled.txt.gz", "rt", encoding="utf-8") as reviews:
+        for line in reviews:
+            review = line.strip()
+            if review:
+                docs.append(Doc(review[:40], review, REVIEW_TAG))
+    return docs
+
+
+def corpus(data_dir: Path, size: int, seed: int) -> list[Doc]:
+    """`size` documents: the real ones (shuffled), then two reviews joined until the size is reached."""
+    docs = real_documents(data_dir)
+    rng = random.Random(seed)
+    rng.shuffle(docs)
+    if size <= len(docs):
+        return docs[:size]
+    reviews = [d for d in docs if d.tag == REVIEW_TAG]
+    out = list(docs)
+    while len(out) < size:
+        a, b = rng.sample(reviews, 2)
+        out.append(Doc(a.title, f"{a.text} {b.text}", REVIEW_TAG))
+    return out
+
+
+def corpus_spec(data_dir: Path, size: int, seed: int) -> str:
+    files = sorted(p for p in data_dir.iterdir() if p.suffix in (".jsonl", ".gz"))
+    sizes = ",".join(f"{p.name}:{p.stat().st_size}" for p in files)
+    return f"v{CORPUS_VERSION};size={size};seed={seed};shares={TENANT_SHARES};{sizes}"
+
+
+def _analyse(batch: list[tuple[str, str]]) -> list[tuple[list[str], list[str]]]:
+    from services.common.korean import analyze
+
+    return [(analyze(title), analyze(text)) for title, text in batch]
+
+
+def analysed(docs: Sequence[Doc], processes: int, chunk: int = 2000) -> Iterator[tuple[list[str], list[str]]]:
+    """(title terms, text terms) per document, in order, analysed in `processes` processes."""
+    batches = [[(d.title, d.text) for d in docs[i:i + chunk]] for i in range(0, len(docs), chunk)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        for result in pool.imap(_analyse, batches):
+            yield from result
+
+
+# -- building the database -------------------------------------------------------------------------
+def stored_spec() -> str | None:
+    try:
+        with psycopg.connect(admin_dsn()) as conn:
+            row = conn.execute("SELECT spec FROM public.bench_corpus").fetchone()
+            return str(row[0]) if row else None
+    except psycopg.Error:
+        return None
+
+
+def recreate_database() -> None:
+    from services.common.migrate import upgrade
+    from services.common.settings import CommonSettings
+
+    with psycopg.connect(admin_dsn("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB_NAME)))
+    upgrade(CommonSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=DB_NAME), user="postgres")
+
+
+def tenant_ids() -> list[str]:
+    with psycopg.connect(admin_dsn()) as conn:
+        rows = conn.execute("SELECT id FROM identity.tenants WHERE slug LIKE 'bench-search-%%' "
+                            "ORDER BY slug").fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def build(docs: list[Doc], spec: str, processes: int) -> dict[str, Any]:
+    """Loads the corpus; returns throughput figures."""
+    from services.cli import admin
+
+    recreate_database()
+    for i in range(len(TENANT_SHARES)):
+        admin.create_tenant(admin_dsn(), f"bench-search-{'abc'[i]}", f"검색벤치 {i + 1}과", None)
+    tenants = tenant_ids()
+    bounds, start = [], 0
+    for share in TENANT_SHARES:
+        end = start + round(share * len(docs))
+        bounds.append((start, min(end, len(docs))))
+        start = end
+    now = datetime.now(UTC)
+    rng = random.Random(11)
+    started = time.perf_counter()
+    analysis_seconds = 0.0
+    with psycopg.connect(admin_dsn()) as conn:
+        for tenant, (lo, hi) in zip(tenants, bounds, strict=True):
+            log(f"tenant {tenant}: documents {lo}..{hi}")
+            part = docs[lo:hi]
+            documents, terms, tags = io.StringIO(), io.StringIO(), io.StringIO()
+            with conn.cursor() as cur:
+                t0 = time.perf_counter()
+                for n, (doc, (title_terms, text_terms)) in enumerate(zip(part, analysed(part, processes),
+                                                                         strict=True)):
+                    doc_id = str(uuid.uuid4())
+                    created = now - timedelta(seconds=rng.randrange(2 * 365 * 86400))
+                    body = doc.text.encode("utf-8")
+                    documents.write("\t".join((
+                        doc_id, tenant, _copy_text(doc.title), f"{n}.txt", "text/plain", str(len(body)),
+                        hashlib.sha256(body).hexdigest(), "tagged", _copy_text(doc.text),
+                        str(len(title_terms)), str(len(text_terms)), created.isoformat(), created.isoformat(),
+                        created.isoformat())) + "\n")
+                    for field, field_terms in (("title", title_terms), ("text", text_terms)):
+                        for term, tf in Counter(field_terms).items():
+                            terms.write(f"{tenant}\t{doc_id}\t{field}\t{_copy_text(term)}\t{tf}\t"
+                                        f"{len(field_terms)}\n")
+                    tags.write(f"{tenant}\t{doc_id}\t{doc.tag}\t{round(rng.uniform(0.5, 1.0), 3)}\tmodel\n")
+                    if (n + 1) % 50_000 == 0 or n + 1 == len(part):
+                        analysis_seconds += time.perf_counter() - t0
+                        _copy(cur, documents, terms, tags)
+                        documents, terms, tags = io.StringIO(), io.StringIO(), io.StringIO()
+                        log(f"  {n + 1} / {len(part)} loaded")
+                        t0 = time.perf_counter()
+            conn.commit()
+        conn.execute("CREATE TABLE public.bench_corpus (spec text NOT NULL)")
+        conn.execute("INSERT INTO public.bench_corpus (spec) VALUES (%s)", (spec,))
+        conn.commit()
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) documents.documents")
+        conn.execute("VACUUM (ANALYZE) documents.document_terms")
+        conn.execute("VACUUM (ANALYZE) documents.document_tags")
+    seconds = time.perf_counter() - started
+    return {"documents": len(docs), "seconds": seconds, "docs_per_s": len(docs) / seconds,
+            "processes": processes}
+
+
+def _copy_text(value: str) -> str:
+    """A value for COPY's text format (backslash, tab, newline and carriage return escaped)."""
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+            .replace("\x00", ""))
+
+
+def _copy(cur: psycopg.Cursor[Any], documents: io.StringIO, terms: io.StringIO, tags: io.StringIO) -> None:
+    for statement, buffer in (
+        ("COPY documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, status, "
+         "text_content, title_length, text_length, created_at, processed_at, indexed_at) FROM STDIN", documents),
+        ("COPY documents.document_terms (tenant_id, document_id, field, term, tf, field_length) FROM STDIN", terms),
+        ("COPY documents.document_tags (tenant_id, document_id, tag, score, source) FROM STDIN", tags),
+    ):
+        with cur.copy(statement) as copy:
+            copy.write(buffer.getvalue())
+
+
+async def upload_path_throughput(docs: Sequence[Doc], tenant: str) -> dict[str, Any]:
+    """Documents/s through what upload and tagging run per document (analysis, one transaction
+    for the upload, one for the tagging result), into `tenant`; the sample is removed afterwards."""
+    from services.common.db import Database
+    from services.common.korean import analyze
+    from services.upload import repository as repo
+
+    db = Database(admin_dsn(), max_size=1)
+    await db.open()
+    ids = []
+    started = time.perf_counter()
+    try:
+        for n, doc in enumerate(docs):
+            doc_id = str(uuid.uuid4())
+            body = doc.text.encode("utf-8")
+            title_terms = await asyncio.to_thread(analyze, doc.title)
+            async with db.tenant_transaction(tenant) as conn:
+                await repo.insert_document(conn, {
+                    "id": doc_id, "title": doc.title, "filename": f"sample-{n}.txt", "content_type": "text/plain",
+                    "size_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(),
+                    "title_terms": title_terms, "created_by": None})
+            text_terms = await asyncio.to_thread(analyze, doc.text)
+            async with db.tenant_transaction(tenant) as conn:
+                await repo.store_tagging_result(conn, doc_id, doc.text, [], text_terms=text_terms)
+            ids.append(doc_id)
+        seconds = time.perf_counter() - started
+    finally:
+        await db.close()
+        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+            conn.execute("DELETE FROM documents.documents WHERE id = ANY(%s::uuid[])", (ids,))
+    return {"documents": len(docs), "seconds": seconds, "docs_per_s": len(docs) / seconds}
+
+
+# -- queries ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BenchQuery:
+    kind: str          # "1 term", "2 terms", "3 terms", "question"
+    text: str
+    tag: str | None
+
+
+def document_frequencies(tenant: str, sample: int = 20_000) -> list[tuple[str, int]]:
+    """Hangul terms of the tenant with their document frequency, from a sample of its documents."""
+    with psycopg.connect(admin_dsn()) as conn:
+        rows = conn.execute(
+            "SELECT term, count(*) FROM documents.document_terms WHERE tenant_id = %s AND field = 'text' "
+            "AND document_id IN (SELECT id FROM documents.documents WHERE tenant_id = %s ORDER BY id LIMIT %s) "
+            "AND term ~ '^[가-힣]{2,}$' GROUP BY term HAVING count(*) >= 3 ORDER BY count(*) DESC",
+            (tenant, tenant, sample)).fetchall()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def query_mix(frequencies: list[tuple[str, int]], tags: dict[str, int], seed: int) -> list[BenchQuery]:
+    """Terms drawn from three frequency bands (the top 1% of terms, the next 9%, the rest), so the
+    mix holds very common words as well as rare ones; each query with and without a tag filter
+    (a tag drawn in proportion to how many documents carry it, as users filter by common tags)."""
+    rng = random.Random(seed)
+    terms = [t for t, _ in frequencies]
+    top, mid = max(1, len(terms) // 100), max(2, len(terms) // 10)
+    bands = (terms[:top], terms[top:mid], terms[mid:])
+
+    def term() -> str:
+        return rng.choice(rng.choice(bands))
+
+    texts: list[tuple[str, str]] = []
+    for _ in range(QUERIES_PER_CLASS):
+        texts.append(("1 term", term()))
+        texts.append(("2 terms", f"{term()} {term()}"))
+        texts.append(("3 terms", f"{term()} {term()} {term()}"))
+        texts.append(("question", rng.choice(QUESTION_TEMPLATES).format(a=term(), b=term())))
+    names, weights = list(tags), list(tags.values())
+    return [BenchQuery(kind, text, tag) for kind, text in texts
+            for tag in (None, rng.choices(names, weights=weights)[0])]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SearchReplica:
+    """A real search replica (`python -m services.search`) on free ports against the bench database."""
+
+    def __init__(self, state: Path) -> None:
+        from services.common.auth import ensure_keypair
+
+        self.private_key, self.public_key = ensure_keypair(state / "keys")
+        self.port = free_port()
+        env = {**os.environ, "DOCTAG_DB_HOST": DB_HOST, "DOCTAG_DB_PORT": str(DB_PORT), "DOCTAG_DB_NAME": DB_NAME,
+               "DOCTAG_HTTP_HOST": "127.0.0.1", "DOCTAG_HTTP_PORT": str(self.port),
+               "DOCTAG_GRPC_HOST": "127.0.0.1", "DOCTAG_GRPC_PORT": str(free_port()),
+               "DOCTAG_JWT_PUBLIC_KEY_FILE": str(self.public_key), "DOCTAG_STATE_DIR": str(state),
+               "DOCTAG_LOG_LEVEL": "WARNING"}
+        self.log = (state / "search.log").open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "services.search"], env=env, cwd=REPO,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the search replica exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError("the search replica did not become ready")
+
+    def token(self, tenant: str) -> str:
+        from services.common.auth import sign_token
+        from services.common.settings import CommonSettings
+
+        settings = CommonSettings()
+        return sign_token(private_key_file=self.private_key, user_id=str(uuid.uuid4()), tenant_id=tenant,
+                          tenant_slug="bench", username="bench", roles=["user"], issuer=settings.jwt_issuer,
+                          audience=settings.jwt_audience, ttl_seconds=3600)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+async def run_queries(url: str, token: str, queries: list[BenchQuery], concurrency: int) -> dict[str, Any]:
+    latencies: dict[str, list[float]] = {}
+    hits: dict[str, list[int]] = {}
+    pending = list(reversed(queries))
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers,
+                                 limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            while pending:
+                q = pending.pop()
+                params: dict[str, Any] = {"q": q.text, "limit": 20}
+                if q.tag:
+                    params["tag"] = q.tag
+                t0 = time.perf_counter()
+                resp = await client.get("/api/v1/search", params=params)
+                elapsed = (time.perf_counter() - t0) * 1000
+                resp.raise_for_status()
+                key = q.kind + (" + tag" if q.tag else "")
+                hits.setdefault(key, []).append(int(resp.json()["total"]))
+                latencies.setdefault(key, []).append(elapsed)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    every = [ms for values in latencies.values() for ms in values]
+    totals = [t for values in hits.values() for t in values]
+    return {"concurrency": concurrency, "queries": len(every), "qps": len(every) / seconds,
+            "p50_ms": percentile(every, 50), "p95_ms": percentile(every, 95),
+            "zero_hit_share": sum(1 for t in totals if t == 0) / len(totals),
+            "by_kind": {k: {"p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95),
+                            "median_total": percentile(hits[k], 50),
+                            "zero_hit_share": sum(1 for t in hits[k] if t == 0) / len(hits[k])}
+                        for k, v in sorted(latencies.items())}}
+
+
+NAIVE_SQL = ("SELECT id, title FROM documents.documents WHERE tenant_id = %s AND deleted_at IS NULL AND {} "
+             "ORDER BY created_at DESC LIMIT 20")
+
+
+def naive_queries(tenant: str, queries: list[BenchQuery], limit: int) -> dict[str, Any]:
+    """What a plain PostgreSQL user writes: every word required as a substring of title or text."""
+    from services.common.korean import analyze
+
+    latencies = []
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        conn.execute("SET statement_timeout = '60s'")
+        for q in [q for q in queries if q.tag is None][:limit]:
+            words = [w for w in q.text.split() if analyze(w)] or q.text.split()
+            condition = " AND ".join(["(title ILIKE %s OR text_content ILIKE %s)"] * len(words))
+            values: list[Any] = [tenant]
+            for word in words:
+                values += [f"%{word}%", f"%{word}%"]
+            t0 = time.perf_counter()
+            conn.execute(NAIVE_SQL.format(condition), values).fetchall()
+            latencies.append((time.perf_counter() - t0) * 1000)
+    return {"queries": len(latencies), "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95)}
+
+
+def query_plans(tenant: str, queries: list[BenchQuery]) -> dict[str, str]:
+    """EXPLAIN ANALYZE of the search statement for one query of each kind, as the search role runs it."""
+    from services.search import morph, query
+    from services.search.settings import SearchSettings
+
+    plans = {}
+    with psycopg.connect(SearchSettings(db_name=DB_NAME, db_host=DB_HOST, db_port=DB_PORT).dsn()) as conn:
+        conn.execute("SELECT set_config('app.tenant_id', %s, false)", (tenant,))
+        seen = set()
+        for q in queries:
+            key = q.kind + (" + tag" if q.tag else "")
+            if key in seen:
+                continue
+            seen.add(key)
+            analyzed = morph.analyze_query(q.text)
+            params = query.validate(q.text, [q.tag] if q.tag else [], 20, None)
+            plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases)
+            values = {**plan.params, "fetch": 21, "offset": 0, "facet_limit": query.FACET_LIMIT, "text_chars": 2000}
+            rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + plan.sql, values).fetchall()
+            plans[f"{key}: {q.text}"] = "\n".join(str(r[0]) for r in rows)
+    return plans
+
+
+def index_sizes() -> dict[str, int]:
+    with psycopg.connect(admin_dsn()) as conn:
+        out = {name: int(conn.execute("SELECT pg_total_relation_size(%s)", (name,)).fetchone()[0])  # type: ignore[index]
+               for name in ("documents.documents", "documents.document_terms", "documents.document_tags")}
+        out["database"] = int(conn.execute("SELECT pg_database_size(%s)", (DB_NAME,)).fetchone()[0])  # type: ignore[index]
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="100,000 documents instead of 1,000,000")
+    parser.add_argument("--documents", type=int, help="corpus size (default 1,000,000; --quick 100,000)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the corpus even when the stored one fits")
+    parser.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)),
+                        help="analyser processes while building")
+    parser.add_argument("--sample", type=int, default=500, help="documents sent through the upload path")
+    parser.add_argument("--naive-queries", type=int, default=20, help="naive ILIKE queries (each may take seconds)")
+    parser.add_argument("--data-dir", type=Path, default=SHARED / "data")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "search.json")
+    args = parser.parse_args(argv)
+    args.documents = args.documents or (100_000 if args.quick else 1_000_000)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    results: dict[str, Any] = {}
+    spec = corpus_spec(args.data_dir, args.documents, args.seed)
+    docs = corpus(args.data_dir, args.documents, args.seed)
+    if args.rebuild or stored_spec() != spec:
+        log(f"building the corpus: {len(docs)} documents in {args.processes} analyser processes ...")
+        results["build"] = build(docs, spec, args.processes)
+    else:
+        log("reusing the stored corpus")
+        results["build"] = None
+    tenants = tenant_ids()
+    largest = tenants[0]
+    log(f"upload path on {args.sample} documents ...")
+    results["upload_path"] = asyncio.run(upload_path_throughput(docs[:args.sample], tenants[-1]))
+    results["index_size_bytes"] = index_sizes()
+    with psycopg.connect(admin_dsn()) as conn:
+        counts: dict[str, int] = dict(conn.execute("SELECT tenant_id::text, count(*) FROM documents.documents "
+                                   "GROUP BY tenant_id").fetchall())
+        tag_counts = {str(r[0]): int(r[1]) for r in conn.execute(
+            "SELECT tag, count(*) FROM documents.document_tags WHERE tenant_id = %s GROUP BY tag",
+            (largest,)).fetchall()}
+    results["tenants"] = {t: int(counts.get(t, 0)) for t in tenants}
+    queries = query_mix(document_frequencies(largest), tag_counts, args.seed)
+    state = Path(tempfile.mkdtemp(prefix="doctag-bench-search-", dir="/tmp"))
+    replica = SearchReplica(state)
+    try:
+        replica.wait_ready()
+        token = replica.token(largest)
+        log("warm-up ...")
+        asyncio.run(run_queries(replica.url, token, queries[:20], 1))
+        for concurrency in (1, 8):
+            log(f"{len(queries)} queries at concurrency {concurrency} ...")
+            results[f"search_c{concurrency}"] = asyncio.run(run_queries(replica.url, token, queries, concurrency))
+    finally:
+        replica.stop()
+    log("naive ILIKE queries ...")
+    results["naive"] = naive_queries(largest, queries, args.naive_queries)
+    results["plans"] = query_plans(largest, queries)
+    table, checks = report(results)
+    print(table)
+    print()
+    print(format_checks(checks))
+    passed = all(c.passed for c in checks)
+    print(f"\noverall: {'PASS' if passed else 'FAIL'}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"documents": args.documents, "cpu_count": os.cpu_count(), "started_at": started,
+            "wall_seconds": time.time() - started, "queries": [q.__dict__ for q in queries]}
+    args.json.write_text(json.dumps({"meta": meta, "results": results, "checks": [c.as_dict() for c in checks],
+                                     "passed": passed}, ensure_ascii=False, indent=2, default=str), encoding="utf-8")
+    print(f"results: {args.json}")
+    return 0
+
+
+def report(results: dict[str, Any]) -> tuple[str, list[Check]]:
+    rows = []
+    build = results["build"]
+    if build:
+        rows.append(["build (analyse + COPY)", f"{fmt(build['docs_per_s'])} documents/s",
+                     f"{build['documents']} documents in {fmt(build['seconds'])} s, {build['processes']} processes"])
+    else:
+        rows.append(["build", "reused", f"the corpus stored in {DB_NAME} (--rebuild builds it again)"])
+    path = results["upload_path"]
+    rows.append(["upload + tagging path", f"{fmt(path['docs_per_s'])} documents/s",
+                 f"{path['documents']} documents, one process, no model"])
+    sizes = results["index_size_bytes"]
+    rows.append(["size on disk", f"{fmt(sizes['database'] / 2**30)} GiB",
+                 ", ".join(f"{k} {fmt(v / 2**20)} MiB" for k, v in sizes.items() if k != "database")])
+    for c in (1, 8):
+        r = results[f"search_c{c}"]
+        rows.append([f"search, concurrency {c}", f"p50 {fmt(r['p50_ms'])} ms, p95 {fmt(r['p95_ms'])} ms",
+                     f"{r['queries']} queries, {fmt(r['qps'])} queries/s, zero hits {fmt(100 * r['zero_hit_share'])}%"])
+        if c == 1:
+            for kind, k in r["by_kind"].items():
+                rows.append([f"  {kind}", f"p50 {fmt(k['p50_ms'])} ms, p95 {fmt(k['p95_ms'])} ms",
+                             f"median hits {fmt(k['median_total'], 0)}, zero hits {fmt(100 * k['zero_hit_share'])}%"])
+    naive = results["naive"]
+    rows.append(["naive ILIKE, concurrency 1", f"p50 {fmt(naive['p50_ms'])} ms, p95 {fmt(naive['p95_ms'])} ms",
+                 f"{naive['queries']} queries without tag"])
+    checks = [Check("search p95 at concurrency 1 (ms)", results["search_c1"]["p95_ms"], "<=", 50)]
+    return format_table(["measure", "result", "detail"], rows), checks
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Hybrid search, similar documents, filters and stale re-indexing against the real PostgreSQL and a
+real model-serving gRPC server (the service's own servicer and runner, base e5 embeddings).
+
+Documents are inserted as the admin (as upload leaves them), indexed with the same analyser and
+repository SQL (tests/search_index.py) and given the passage embedding model-serving computes for
+them, stored with the same SQL the upload service uses at tagging time.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import psycopg
+import pytest
+
+from services.cli.main import main
+from services.common.db import Database
+from services.common.grpc_utils import create_server
+from services.common.korean import analyser_version
+from services.common.pb import search_pb2, search_pb2_grpc
+from services.search.api import build_app
+from services.search.grpc_service import add_to_server
+from services.search.semantic import QueryEncoder, SemanticUnavailable
+from services.search.settings import SearchSettings
+from services.tagging_worker.worker import passage_text
+from services.upload import repository as repo
+from tests.conftest import create_tenant
+from tests.embedding_server import as_array, embed, embedding_server
+from tests.search_index import index_document
+
+pytestmark = pytest.mark.integration
+
+DOCS = {
+    "noise": ("아파트 층간소음 민원",
+              "위층에서 밤마다 뛰는 소리 때문에 잠을 잘 수 없습니다. 이웃 간 소음 분쟁을 중재해 주세요.",
+              "2026-03-02", "민원.hwp"),
+    "noise2": ("윗집 발소리 문제", "밤늦게 윗집에서 쿵쿵거리는 발소리가 들려 가족이 고통받고 있습니다.",
+               "2026-03-05", "발소리.pdf"),
+    "phishing": ("전화금융사기 피해 구제",
+                 "검찰을 사칭한 전화를 받고 모르는 계좌로 돈을 송금했습니다. 돌려받을 방법이 필요합니다.",
+                 "2026-02-10", "사기.pdf"),
+    "budget": ("2027년 예산안", "정부는 내년도 예산을 크게 늘렸다. 복지 분야 지출이 증가했다.",
+               "2026-01-15", "예산.hwp"),
+    "traffic": ("어린이 교통 안전 대책", "어린이 보호구역 교통사고를 줄이기 위해 단속 카메라를 늘린다.",
+                "2026-01-20", "교통.txt"),
+}
+
+
+@dataclass
+class World:
+    model_serving: str
+    tenant_a: str
+    tenant_b: str
+    slug_a: str
+    docs: dict[str, str] = field(default_factory=dict)
+    deleted_noise: str = ""
+    b_noise: str = ""
+    unembedded: str = ""
+
+
+def _insert(conn: psycopg.Connection, tenant: str, title: str, text: str, created: str, filename: str,
+            embedding=None, deleted: bool = False) -> str:  # type: ignore[no-untyped-def]
+    doc_id = str(uuid.uuid4())
+    body = text.encode()
+    conn.execute(
+        "INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, status,"
+        " text_content, created_at, deleted_at) VALUES (%s, %s, %s, %s, 'text/plain', %s, %s, 'tagged', %s, %s,"
+        " CASE WHEN %s THEN now() END)",
+        (doc_id, tenant, title, filename, len(body), hashlib.sha256(body + doc_id.encode()).hexdigest(), text,
+         f"{created}T09:00:00+00:00", deleted))
+    index_document(conn, tenant, doc_id, title, text)
+    if embedding is not None:
+        conn.execute(repo.UPSERT_EMBEDDING_SQL, (doc_id, embedding.model, embedding.version, embedding.dim,
+                                                 embedding.vector))
+    return doc_id
+
+
+@pytest.fixture(scope="module")
+def world(admin_dsn: str) -> Iterator[World]:
+    with embedding_server() as target:
+        slug_a = f"hyb-a-{uuid.uuid4().hex[:6]}"
+        w = World(target, create_tenant(admin_dsn, slug_a), create_tenant(admin_dsn, f"hyb-b-{uuid.uuid4().hex[:6]}"),
+                  slug_a)
+        texts = [passage_text(t, x) for t, x, _, _ in DOCS.values()]
+        vectors = dict(zip(DOCS, embed(target, texts), strict=True))
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            for key, (title, text, created, filename) in DOCS.items():
+                w.docs[key] = _insert(conn, w.tenant_a, title, text, created, filename, vectors[key])
+            w.deleted_noise = _insert(conn, w.tenant_a, *DOCS["noise"], vectors["noise"], deleted=True)
+            w.b_noise = _insert(conn, w.tenant_b, *DOCS["noise"], vectors["noise"])
+            w.unembedded = _insert(conn, w.tenant_a, "임시 메모", "내용 없음에 가까운 메모", "2026-04-01", "메모.txt")
+        yield w
+
+
+def _settings(test_db_name: str, key_dir: Path, **overrides: object) -> SearchSettings:
+    return SearchSettings(db_name=test_db_name, jwt_public_key_file=key_dir / "jwt_public.pem",
+                          vector_refresh_s=0, **overrides)
+
+
+@pytest.fixture
+async def client(world: World, test_db_name: str, key_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = _settings(test_db_name, key_dir, model_grpc_target=world.model_serving, embed_timeout_ms=60_000)
+    app = build_app(settings, Database(settings.dsn(), max_size=4))
+    async with app.router.lifespan_context(app):
+        await app.state.analyser.wait()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://search") as c:
+            yield c
+
+
+def _auth(make_token, tenant: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    return {"Authorization": f"Bearer {make_token(tenant)}"}
+
+
+async def _search(client: httpx.AsyncClient, headers: dict[str, str], **params: object) -> dict:
+    r = await client.get("/api/v1/search", params=params, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_embeddings_are_unit_vectors_and_a_paraphrase_is_closest(world: World) -> None:
+    query = embed(world.model_serving, ["위층 소음 때문에 잠을 못 자요"], "query")[0]
+    passages = embed(world.model_serving, [passage_text(t, x) for t, x, _, _ in DOCS.values()])
+    assert query.dim == 384 and query.model.startswith("multilingual-e5-small@")
+    assert query.version == "query/1x128/mean" and passages[0].version == "passage/2x256/mean"
+    sims = {key: float(as_array(query) @ as_array(p)) for key, p in zip(DOCS, passages, strict=True)}
+    assert all(abs(np.linalg.norm(as_array(p)) - 1) < 1e-5 for p in passages)
+    assert max(sims, key=sims.__getitem__) in ("noise", "noise2")
+    assert min(sims["noise"], sims["noise2"]) > max(sims["budget"], sims["traffic"])
+
+
+async def test_hybrid_search_finds_a_document_by_meaning(client, world: World, make_token) -> None:  # type: ignore[no-untyped-def]
+    headers = _auth(make_token, world.tenant_a)
+    body = await _search(client, headers, q="보이스피싱 신고")
+    assert body["retrieval"] == "hybrid" and body["degraded_reason"] is None
+    ids = [h["id"] for h in body["hits"]]
+    # No word of the query occurs in the phishing document (전화금융사기, 사칭, 송금): found by meaning.
+    assert ids[0] == world.docs["phishing"]
+    assert world.deleted_noise not in ids and world.b_noise not in ids
+    # A word match still ranks first.
+    noise = await _search(client, headers, q="층간소음")
+    noise_ids = [h["id"] for h in noise["hits"]]
+    assert noise_ids[0] == world.docs["noise"]
+    assert world.deleted_noise not in noise_ids and world.b_noise not in noise_ids
+    # Operators still hold in hybrid mode: an excluded word removes the document, semantic or not.
+    excluded = await _search(client, headers, q="층간소음 -소음")
+    assert world.docs["noise"] not in [h["id"] for h in excluded["hits"]]
+
+
+async def test_search_degrades_to_words_when_model_serving_is_down(world: World, test_db_name: str, key_dir: Path,
+                                                                   make_token) -> None:  # type: ignore[no-untyped-def]
+    settings = _settings(test_db_name, key_dir, model_grpc_target="127.0.0.1:1", embed_retry_s=60)
+    app = build_app(settings, Database(settings.dsn(), max_size=2))
+    async with app.router.lifespan_context(app):
+        await app.state.analyser.wait()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as c:
+            headers = _auth(make_token, world.tenant_a)
+            for _ in range(2):   # the second query does not ask model-serving again (paused)
+                body = await _search(c, headers, q="층간소음")
+                assert body["retrieval"] == "lexical"
+                assert body["degraded_reason"] == "model-serving is unavailable"
+                assert [h["id"] for h in body["hits"]] == [world.docs["noise"]]
+
+
+async def test_query_encoder_pauses_after_a_failure() -> None:
+    encoder = QueryEncoder("127.0.0.1:1", timeout_s=5, retry_after_s=60)
+    try:
+        with pytest.raises(SemanticUnavailable, match="unavailable"):
+            await encoder.encode("예산", "t")
+        paused_until = encoder._paused_until
+        with pytest.raises(SemanticUnavailable):
+            await encoder.encode("교통", "t")
+        assert encoder._paused_until == paused_until, "no second call while paused"
+    finally:
+        await encoder.close()
+
+
+async def test_similar_documents(client, world: World, make_token) -> None:  # type: ignore[no-untyped-def]
+    headers = _auth(make_token, world.tenant_a)
+    r = await client.get(f"/api/v1/documents/{world.docs['noise']}/similar", headers=headers)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    ids = [h["id"] for h in body["hits"]]
+    assert ids[0] == world.docs["noise2"], "the paraphrase is the closest"
+    assert world.docs["noise"] not in ids, "the document itself is excluded"
+    assert world.deleted_noise not in ids and world.b_noise not in ids
+    assert set(ids) <= set(world.docs.values())
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True) and body["model"].startswith("multilingual-e5-small@")
+    # The gateway reaches it under the search prefix: the same answer.
+    again = await client.get(f"/api/v1/search/documents/{world.docs['noise']}/similar",
+                             params={"limit": 2}, headers=headers)
+    assert [h["id"] for h in again.json()["hits"]] == ids[:2]
+    # Another tenant's, a deleted, an unknown and a malformed id: 404 problem+json.
+    for doc, who in ((world.docs["noise"], world.tenant_b), (world.deleted_noise, world.tenant_a),
+                     (str(uuid.uuid4()), world.tenant_a), ("not-an-id", world.tenant_a)):
+        r = await client.get(f"/api/v1/documents/{doc}/similar", headers=_auth(make_token, who))
+        assert r.status_code == 404 and r.headers["content-type"].startswith("application/problem+json")
+    # A document without an embedding: no hits, and why.
+    r = await client.get(f"/api/v1/documents/{world.unembedded}/similar", headers=headers)
+    assert r.status_code == 200 and r.json()["hits"] == [] and "no embedding" in r.json()["reason"]
+    r = await client.get(f"/api/v1/documents/{world.docs['noise']}/similar", params={"limit": 0}, headers=headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "limit"
+
+
+async def test_filters_and_sort(client, world: World, make_token) -> None:  # type: ignore[no-untyped-def]
+    headers = _auth(make_token, world.tenant_a)
+    march = await _search(client, headers, q="소음", **{"from": "2026-03-01", "to": "2026-03-31"})
+    assert {h["id"] for h in march["hits"]} <= {world.docs["noise"], world.docs["noise2"]}
+    assert world.docs["noise"] in {h["id"] for h in march["hits"]}
+    early = await _search(client, headers, q="소음", to="2026-03-02")
+    assert world.docs["noise"] in {h["id"] for h in early["hits"]}, "a bare `to` date includes that day"
+    assert world.docs["noise2"] not in {h["id"] for h in early["hits"]}
+    pdfs = await _search(client, headers, q="소음 사기", type="pdf")
+    assert {h["id"] for h in pdfs["hits"]} <= {world.docs["noise2"], world.docs["phishing"]}
+    by_date = await _search(client, headers, type=["hwp", "pdf", "txt"], sort="date")
+    dates = [h["created_at"] for h in by_date["hits"]]
+    assert dates == sorted(dates, reverse=True) and len(dates) == 6
+    by_date_q = await _search(client, headers, q="예산 교통 소음", sort="date")
+    dates = [h["created_at"] for h in by_date_q["hits"]]
+    assert dates == sorted(dates, reverse=True)
+    for params, wrong in (({"q": "예산", "from": "어제"}, "from"), ({"q": "예산", "type": "exe"}, "type"),
+                          ({"q": "예산", "sort": "views"}, "sort"),
+                          ({"q": "예산", "from": "2026-02-01", "to": "2026-01-01"}, "to")):
+        r = await client.get("/api/v1/search", params=params, headers=headers)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == wrong
+
+
+async def test_grpc_search_with_filters_and_retrieval_mode(world: World, test_db_name: str, key_dir: Path) -> None:
+    settings = _settings(test_db_name, key_dir)
+    db = Database(settings.dsn(), max_size=2)
+    await db.open()
+    server = create_server("search-hybrid-test")
+    add_to_server(server, db)   # no semantic search configured: words only, and it says so
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = search_pb2_grpc.SearchStub(channel)  # type: ignore[no-untyped-call]
+            resp = await stub.Search(search_pb2.SearchRequest(
+                tenant_id=world.tenant_a, query="발소리", file_types=["pdf"], uploaded_from="2026-03-01",
+                sort="date"), timeout=30)
+            assert [h.id for h in resp.hits] == [world.docs["noise2"]]
+            assert resp.retrieval == "lexical" and resp.degraded_reason == "semantic search is not configured"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Search(search_pb2.SearchRequest(tenant_id=world.tenant_a, query="x", uploaded_to="soon"),
+                                  timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details().startswith("uploaded_to:")
+    finally:
+        await server.stop(0)
+        await db.close()
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, test_db_name: str):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DOCTAG_DB_NAME", test_db_name)
+
+    def run(*argv: str) -> int:
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        return main(list(argv))
+
+    return run
+
+
+def test_reindex_redoes_stale_analyser_versions_and_embeddings(world: World, admin_dsn: str, cli, capsys) -> None:  # type: ignore[no-untyped-def]
+    slug = f"stale-{uuid.uuid4().hex[:6]}"
+    tenant = create_tenant(admin_dsn, slug)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        fresh = _insert(conn, tenant, "교통 안전", "어린이 보호구역", "2026-01-01", "a.txt")
+        old = _insert(conn, tenant, "청사 이전", "세종 청사로 옮긴다.", "2026-01-02", "b.txt")
+        # `old` was indexed by an earlier analyser and has an embedding of an older method.
+        conn.execute("UPDATE documents.documents SET analyser_version = 'kiwi-0.1/rules-0' WHERE id = %s", (old,))
+        stale = embed(world.model_serving, ["청사 이전"])[0]
+        conn.execute(repo.UPSERT_EMBEDDING_SQL, (old, stale.model, "passage/1x64/mean", stale.dim, stale.vector))
+    # Without model-serving only the postings are brought up to date, and it says why.
+    assert cli("search", "reindex", "--tenant", slug) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["documents"] == 1 and out["embeddings"] == 0 and "unavailable" in out["embeddings_skipped"]
+    assert cli("search", "reindex", "--tenant", slug, "--model-serving", world.model_serving) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["documents"] == 0 and out["embeddings"] == 2, "the stale and the missing embedding"
+    with psycopg.connect(admin_dsn) as conn:
+        rows = conn.execute(
+            "SELECT d.id, d.analyser_version, e.version FROM documents.documents d "
+            "JOIN documents.document_embeddings e ON e.document_id = d.id WHERE d.tenant_id = %s", (tenant,)).fetchall()
+    assert {str(r[0]) for r in rows} == {fresh, old}
+    assert all(r[1] == analyser_version() and r[2] == "passage/2x256/mean" for r in rows)
+    assert cli("search", "reindex", "--tenant", slug, "--model-serving", world.model_serving) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["documents"] == 0 and out["embeddings"] == 0, "nothing stale is left"
+
+
+def test_eval_reports_hybrid_lexical_and_baselines(world: World, cli, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    corpus, queries, qrels = tmp_path / "c.jsonl", tmp_path / "q.jsonl", tmp_path / "r.tsv"
+    corpus.write_text("".join(json.dumps({"id": k, "title": t, "text": x}, ensure_ascii=False) + "\n"
+                              for k, (t, x, _, _) in DOCS.items()), encoding="utf-8")
+    queries.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in (
+        {"id": "q1", "text": "보이스피싱 신고"}, {"id": "q2", "text": "예산"}, {"id": "q3", "text": "층간소음"})),
+        encoding="utf-8")
+    qrels.write_text("q1\tphishing\t2\nq2\tbudget\t2\nq3\tnoise\t2\nq3\tnoise2\t1\n", encoding="utf-8")
+    assert cli("search", "eval", "--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels),
+               "--baselines", "--model-serving", world.model_serving) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["retrieval"] == "hybrid" and result["degraded_queries"] == 0 and result["documents"] == 5
+    # The paraphrase query has no word in common with its document: words alone miss it.
+    assert result["lexical_only"]["zero_hit_share"] > 0 and result["zero_hit_share"] == 0
+    assert result["mrr@10"] > result["lexical_only"]["mrr@10"]
+    assert set(result["baselines"]) == {"bm25_kiwi", "tantivy_hangul_bigrams"}
+    for metrics in (result, result["lexical_only"], *result["baselines"].values()):
+        assert {"ndcg@10", "recall@10", "mrr@10", "zero_hit_share", "queries"} <= set(metrics)
+
+
+def test_embed_batches_like_the_reference_path_and_refuses_bad_requests(world: World) -> None:
+    from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
+    from services.model_serving.models.base import InferenceOptions, _probabilities
+    from services.model_serving.models.embedder import E5Embedder
+
+    texts = [passage_text(t, x) for t, x, _, _ in DOCS.values()]
+    served = np.stack([as_array(e) for e in embed(world.model_serving, texts)])
+    reference_model = E5Embedder.load(InferenceOptions(onnx=False))
+    reference = _probabilities(reference_model, reference_model.prepare_mode(texts, "passage"), 16)
+    assert np.allclose(served, reference, atol=1e-4), "batched ONNX serving equals the unbatched torch path"
+    with grpc.insecure_channel(world.model_serving) as channel:
+        stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
+        query_mode = model_serving_pb2.EMBED_MODE_QUERY
+        for request, field_name in ((model_serving_pb2.EmbedRequest(texts=["예산"]), "mode"),
+                                    (model_serving_pb2.EmbedRequest(mode=query_mode), "texts"),
+                                    (model_serving_pb2.EmbedRequest(texts=[" "], mode=query_mode), "texts.0")):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Embed(request, timeout=60)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details().startswith(field_name)

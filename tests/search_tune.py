@@ -1,0 +1,61 @@
+"""Tunes hybrid search's fusion settings on the development set (never on a test set).
+
+    doctag search eval ... --keep-tenant      # loads the dev corpus with embeddings; prints the tenant slug
+    python -m tests.search_tune SLUG          # grid over the fusion settings; best by nDCG@10 first
+
+Queries run through `services.search.engine.search` exactly as `doctag search eval` runs them,
+with the query vectors from a model-serving started in this process (tests/embedding_server.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sys
+from typing import Any
+
+from services.cli import admin, search_cmds
+from services.cli.main import OpsSettings
+from services.search.query import Fusion
+from tests.embedding_server import embedding_server
+from tests.search_devset import QRELS, QUERIES
+
+# The first grid (w_sem 0.5-2.0, rrf_k 10/30/60, sem_add 0/5/10/20, min_sim 0.80-0.87) found sem_add and
+# min_sim without effect beyond sem_add >= 5 and the best w_sem at its edge; this is the second one.
+GRID = {
+    "w_sem": (1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
+    "rrf_k": (10, 60),
+    "sem_add": (10,),
+    "min_sim": (0.85,),
+}
+
+
+async def _grid(slug: str, target: str) -> list[dict[str, Any]]:
+    settings = OpsSettings()
+    with admin._connect(settings.admin_dsn()) as conn:
+        tenant = admin._tenant_id(conn, slug)
+        rows = conn.execute("SELECT id, filename FROM documents.documents WHERE tenant_id = %s", (tenant,)).fetchall()
+    ids = {str(r["id"]): r["filename"].removesuffix(".txt") for r in rows}
+    queries = search_cmds.read_queries(QUERIES)
+    qrels = search_cmds.read_qrels(QRELS)
+    results = []
+    semantic = search_cmds.semantic_for(target)   # one query encoder (and its cache) for the whole grid
+    try:
+        for values in itertools.product(*GRID.values()):
+            semantic.fusion = Fusion(**dict(zip(GRID, values, strict=True)))  # type: ignore[arg-type]
+            runs, degraded = await search_cmds._run_queries(tenant, queries, ids, semantic)
+            results.append({**dict(zip(GRID, values, strict=True)), **search_cmds.summarise(runs, qrels),
+                            "degraded": degraded})
+    finally:
+        await semantic.close()
+    return sorted(results, key=lambda r: (-r["ndcg@10"], -r["mrr@10"]))
+
+
+def main(slug: str) -> None:
+    with embedding_server() as target:
+        for row in asyncio.run(_grid(slug, target)):
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
