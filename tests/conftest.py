@@ -46,6 +46,7 @@ os.environ["DOCTAG_JOB_CAPABILITY_PRIVATE_KEY_FILE"] = str(TEST_STATE_DIR / "key
 os.environ["DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE"] = str(TEST_STATE_DIR / "keys" / capability.PUBLIC_NAME)
 pki.ensure_local(TEST_STATE_DIR / "pki")
 capability.ensure_keypair(TEST_STATE_DIR / "keys")
+os.environ["DOCTAG_GATEWAY_REDIS_PREFIX"] = f"doctag-test-{SESSION_ID}"
 # In-process services and commands that call model-serving (search's query embeddings, reindex)
 # reach none unless a test starts one and names it: never the platform's model-serving on 9121.
 # Port 1 on loopback refuses at once.

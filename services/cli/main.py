@@ -123,8 +123,29 @@ def cmd_probe(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"{args.url}: 200")
 
 
+def cmd_keys_rotate(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from services.common.auth import rotate_keypair
+
+    kid, kept = rotate_keypair(settings.state_dir / "keys")
+    print(f"new signing key {kid}; tokens signed with any of {', '.join(kept)} are accepted "
+          "(the gateway and the services pick the change up without a restart)")
+
+
+def cmd_apikey_create(settings: OpsSettings, args: argparse.Namespace) -> None:
+    print(admin.create_api_key(settings.admin_dsn(), args.slug, args.name, args.role or ["user"]).message)
+
+
+def cmd_apikey_list(settings: OpsSettings, args: argparse.Namespace) -> None:
+    _print_rows(admin.list_api_keys(settings.admin_dsn(), args.slug))
+
+
+def cmd_apikey_revoke(settings: OpsSettings, args: argparse.Namespace) -> None:
+    print(admin.revoke_api_key(settings.admin_dsn(), args.slug, args.id).message)
+
+
 def cmd_tenant_create(settings: OpsSettings, args: argparse.Namespace) -> None:
-    print(admin.create_tenant(settings.admin_dsn(), args.slug, args.name, args.storage_quota).message)
+    print(admin.create_tenant(settings.admin_dsn(), args.slug, args.name, args.storage_quota,
+                              args.api_daily_quota).message)
 
 
 def cmd_tenant_list(settings: OpsSettings, args: argparse.Namespace) -> None:
@@ -220,6 +241,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"""The platform is running.
 
   Gateway:   {layout.gateway_url}   (API under /api/v1)
+  Status:    {layout.gateway_status_url}   (the gateway's /healthz, /readyz, /metrics)
   Services:  https with a platform certificate only (mutual TLS; CA and certificates in {layout.pki_dir})
   Logs:      make logs   (files in {layout.log_dir})
   Stop:      make down
@@ -298,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("ensure", help="create the token (RS256) and job capability (Ed25519) key pairs if missing"
                     ).set_defaults(
         func=cmd_keys_ensure)
+    keys.add_parser("rotate", help="new signing key; the last 3 public keys stay valid").set_defaults(
+        func=cmd_keys_rotate)
 
     pki_cmd = sub.add_parser("pki", help="the platform CA and service certificates (mutual TLS)").add_subparsers(
         dest="action", required=True)
@@ -320,8 +344,26 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--name", required=True)
     tc.add_argument("--storage-quota", type=int, default=None, metavar="BYTES",
                     help=f"storage quota in bytes (default {admin.DEFAULT_QUOTA_BYTES})")
+    tc.add_argument("--api-daily-quota", type=int, default=None, metavar="CALLS",
+                    help="calls a day through the gateway (default: DOCTAG_API_DAILY_QUOTA_DEFAULT, 10000)")
     tc.set_defaults(func=cmd_tenant_create)
     tenant.add_parser("list", help="list tenants with quota usage").set_defaults(func=cmd_tenant_list)
+
+    apikey = sub.add_parser("apikey", help="API keys of a tenant (the gateway's key-auth)").add_subparsers(
+        dest="action", required=True)
+    ac = apikey.add_parser("create", help="create a key; it is printed once and stored only as a hash")
+    ac.add_argument("slug")
+    ac.add_argument("name")
+    ac.add_argument("--role", action="append", choices=("user", "tenant_admin"),
+                    help="a role of the key (repeatable; default user)")
+    ac.set_defaults(func=cmd_apikey_create)
+    al = apikey.add_parser("list", help="list a tenant's keys (never the keys themselves)")
+    al.add_argument("slug")
+    al.set_defaults(func=cmd_apikey_list)
+    ar = apikey.add_parser("revoke", help="revoke a key")
+    ar.add_argument("slug")
+    ar.add_argument("id")
+    ar.set_defaults(func=cmd_apikey_revoke)
 
     user = sub.add_parser("user", help="users of a tenant").add_subparsers(dest="action", required=True)
     uc = user.add_parser("create", help="create a user (idempotent with the same password and role)")

@@ -69,6 +69,8 @@ class ServiceAccounts:
 class StackLayout:
     state_dir: Path
     gateway_port: int = 8080
+    # The gateway's status listener (/healthz, /readyz, /metrics), separate from the proxy port.
+    gateway_status_port: int = 8100
     upload_ports: list[tuple[int, int]] = field(default_factory=lambda: [(8101, 9101), (8102, 9102)])
     search_ports: list[tuple[int, int]] = field(default_factory=lambda: [(8111, 9111), (8112, 9112)])
     model_ports: tuple[int, int] = (8121, 9121)
@@ -95,7 +97,8 @@ class StackLayout:
         return cls(state_dir=state_dir, gateway_port=ports[0],
                    upload_ports=[(ports[1], ports[2]), (ports[3], ports[4])],
                    search_ports=[(ports[5], ports[6]), (ports[7], ports[8])],
-                   model_ports=(ports[9], ports[10]), worker_ports=[ports[11], ports[12]], env=dict(env or {}))
+                   model_ports=(ports[9], ports[10]), worker_ports=[ports[11], ports[12]],
+                   gateway_status_port=ports[13], env=dict(env or {}))
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -126,6 +129,10 @@ class StackLayout:
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
 
+    @property
+    def gateway_status_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_status_port}"
+
     # -- programs ----------------------------------------------------------------
     def programs(self) -> list[Program]:
         h = self.host
@@ -146,8 +153,9 @@ class StackLayout:
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_DOCUMENTS_GRPC_TARGET": upload_grpc,
                 "DOCTAG_MODEL_GRPC_TARGET": model_grpc}, http, 30))
         progs.append(Program("gateway", "gateway", {
-            "DOCTAG_HTTP_PORT": str(self.gateway_port), "DOCTAG_GATEWAY_CONFIG": str(self.gateway_conf.resolve())},
-            self.gateway_port, 40))
+            "DOCTAG_HTTP_PORT": str(self.gateway_port), "DOCTAG_GATEWAY_STATUS_PORT": str(self.gateway_status_port),
+            "DOCTAG_GATEWAY_CONFIG": str(self.gateway_conf.resolve())},
+            self.gateway_status_port, 40))
         return progs
 
     def common_env(self) -> dict[str, str]:
@@ -181,9 +189,7 @@ class StackLayout:
             if upstream["name"] in targets:
                 upstream["targets"] = [{"target": t, "weight": 100} for t in targets[upstream["name"]]]
         if self.http_tls:
-            for service in config.get("services", []):
-                if service.get("host") in targets:
-                    service["protocol"] = "https"
+            use_https(config, set(targets))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.gateway_conf.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
         return self.gateway_conf
@@ -336,6 +342,18 @@ class StackLayout:
     def kill(self, name: str) -> None:
         """SIGKILL one service (tests: a crash in the middle of work). supervisord restarts it."""
         self.supervisorctl("signal", "KILL", name, check=True)
+
+
+def use_https(config: dict[str, Any], upstream_names: set[str]) -> None:
+    """Services on these upstreams are reached over mutual TLS, and so are the active health
+    checks of those upstreams (a plain-HTTP probe of a TLS port would mark every target down)."""
+    for service in config.get("services", []):
+        if service.get("host") in upstream_names:
+            service["protocol"] = "https"
+    for upstream in config.get("upstreams", []):
+        active = (upstream.get("healthchecks") or {}).get("active")
+        if upstream["name"] in upstream_names and active:
+            active["type"] = "https"
 
 
 def _supervisor_escape(value: str) -> str:

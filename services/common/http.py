@@ -41,9 +41,11 @@ class RequestContextMiddleware:
         tenant_token = tenant_id_var.set(None)
         start = time.perf_counter()
         status_holder = {"status": 500}
+        started = {"done": False}
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
+                started["done"] = True
                 status_holder["status"] = message["status"]
                 hdrs = list(message.get("headers", []))
                 hdrs.append((REQUEST_ID_HEADER.encode(), rid[:128].encode("latin-1")))
@@ -52,6 +54,16 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Answered here, inside the request's context, so the 500 carries the same request id
+            # in its header, its body and the log line (Starlette's outermost error handler runs
+            # after this context is gone). After the response has started, all that can be done
+            # is to let the connection drop.
+            access_log.exception("unhandled error", extra={"method": scope.get("method"), "path": scope.get("path")})
+            if started["done"]:
+                raise
+            await problem_response(500, "an unexpected error occurred; quote the request id to an operator",
+                                   instance=scope.get("path"))(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
@@ -133,22 +145,30 @@ def create_app(
     max_body_bytes: int | None = None,
     body_limits: dict[str, int] | None = None,
     api_docs: bool = True,
+    operational_routes: bool = True,
 ) -> FastAPI:
     """An app with the shared middleware and the /healthz, /readyz and /metrics routes.
 
     `readiness` maps a dependency name to an async check that raises when it is unreachable.
     `max_body_bytes` (with per-path-prefix `body_limits`) limits request bodies as the gateway does;
-    `api_docs=False` serves neither /docs nor /openapi.json.
+    `api_docs=False` serves neither /docs nor /openapi.json. `operational_routes=False` leaves out
+    those three routes and the API docs (the gateway's proxy port, where every path belongs to the
+    upstreams; it serves them on its status port).
     """
-    app = FastAPI(title=title, version=version, lifespan=lifespan,
-                  openapi_url="/openapi.json" if api_docs else None, docs_url="/docs" if api_docs else None,
-                  redoc_url=None)
+    docs = api_docs and operational_routes
+    # FastAPI's built-in OpenTelemetry is off: the platform's metrics are Prometheus, and with no
+    # OTel provider configured, FastAPI looked one up (entry points, imports) on every request.
+    app = FastAPI(title=title, version=version, lifespan=lifespan, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
+                  openapi_url="/openapi.json" if docs else None, docs_url="/docs" if docs else None)
     if max_body_bytes is not None:
         app.add_middleware(BodyLimitMiddleware, default=max_body_bytes, limits=body_limits)
     app.add_middleware(RequestContextMiddleware, service=service)
     install_problem_handlers(app)
     checks = dict(readiness or {})
     app.state.readiness_checks = checks
+    if not operational_routes:
+        return app
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

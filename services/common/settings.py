@@ -57,6 +57,13 @@ class CommonSettings(BaseSettings):
 
     # The gateway signs tokens with the private key; every service verifies with the public key.
     jwt_public_key_file: Path | None = None
+    # Daily API quotas (services/common/api_quota.py): calls a day for a tenant without its own
+    # quota, the day's time zone, and the share of the quota from which calls are warned.
+    api_daily_quota_default: int = 10_000
+    api_quota_timezone: str = "Asia/Seoul"
+    api_quota_warning_percent: int = 80
+    # Signs page cursors (services/common/cursors.py); shared by every service like the state dir.
+    cursor_key_file: Path | None = None
     jwt_issuer: str = "doctag"
     jwt_audience: str = "doctag-api"
 
@@ -134,6 +141,9 @@ class CommonSettings(BaseSettings):
     @property
     def capability_public_key_path(self) -> Path:
         return self.job_capability_public_key_file or self.state_dir / "keys" / "job_capability_ed25519.pub.pem"
+
+    def cursor_key_path(self) -> Path:
+        return self.cursor_key_file or self.state_dir / "keys" / "cursor_hmac.key"
 
     @property
     def public_key_path(self) -> Path:

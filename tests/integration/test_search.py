@@ -393,7 +393,8 @@ async def test_cursor_of_another_query_is_rejected(client, seed, make_token) -> 
     cursor = (await _search(client, h, q="국민", limit=5))["next_cursor"]
     r = await client.get("/api/v1/search", params={"q": "청원", "cursor": cursor}, headers=h)
     assert r.status_code == 422
-    assert r.json()["errors"] == [{"field": "cursor", "message": "the cursor belongs to a different query"}]
+    assert r.json()["errors"] == [{"field": "cursor", "message": "the cursor was altered or belongs to a different "
+                                                             "query or tenant; use next_cursor from a previous page"}]
 
 
 # ------------------------------------------------------------------ isolation
