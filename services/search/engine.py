@@ -13,9 +13,15 @@ from services.common.embeddings import unpack
 from . import morph, query
 from .semantic import SemanticSearch, SemanticUnavailable, VectorCache, top_similar
 from .snippet import make_snippet
+from .termstats import TermFiguresCache, truncated
 
 # Characters of a document's text fetched to build its snippet.
 SNIPPET_SCAN_CHARS = 20_000
+# Characters the analyser reads to find an inflected form (늘렸다 for 늘리다) when no query term
+# occurs literally: running Kiwi over the whole fetched text cost milliseconds per long hit.
+LOCATE_CHARS = 2_000
+# Query terms' document frequencies, per tenant, for this replica (see termstats.py).
+TERM_FIGURES = TermFiguresCache()
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class SearchResult:
     facets: tuple[Facet, ...]
     retrieval: str = "lexical"              # "hybrid": words and meaning; "lexical": words only
     degraded_reason: str | None = None      # why a text query was answered by words only
+    total_is_lower_bound: bool = False      # total (and facets) count the best candidates only: at least this many
 
 
 def parse_tenant_id(tenant_id: str) -> str:
@@ -62,7 +69,11 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
 
     One statement gives the page, the total and the facets (see `query.build_plan`); a
     second runs only when the ranked query found nothing by words and partial words may still
-    match. With `semantic_search` a text query is hybrid (BM25 fused with the semantic ranking);
+    match. The ranked statement scores each query term's best postings (`query.PER_TERM`, by
+    impact); when a term has more, the total and facets count those candidates only
+    (`total_is_lower_bound`), and the statement is run again over every posting when the bounded
+    candidates cannot fill the requested page (a narrow filter, a deep page) or the order is by date.
+    With `semantic_search` a text query is hybrid (BM25 fused with the semantic ranking);
     when no query vector can be had it is answered by words alone, and the result says why.
     """
     tenant = parse_tenant_id(tenant_id)
@@ -79,7 +90,9 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
                 retrieval = "hybrid"
             except SemanticUnavailable as exc:
                 reason = str(exc)
-        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic)
+        per_term = None if params.sort == "date" else query.PER_TERM
+        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic,
+                                figures=TERM_FIGURES.known(tenant, analyzed.terms), per_term=per_term)
     else:
         plan = query.build_plan(params)
     values: dict[str, Any] = {
@@ -91,8 +104,15 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
     }
     async with db.tenant_transaction(tenant) as conn:
         rows = await (await conn.execute(plan.sql, values)).fetchall()
+        figures = rows[0]["term_figures"] if rows else None
+        TERM_FIGURES.remember(tenant, figures, rows[0]["n_documents"] if rows else None)
+        bounded = truncated(figures, values.get("per_term"))
+        if bounded and sum(1 for r in rows if r["id"] is not None) < values["fetch"]:
+            rows = await (await conn.execute(plan.sql, {**values, "per_term": None})).fetchall()
+            bounded = False
         if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
             rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
+            bounded = False
     total = int(rows[0]["total"]) if rows else 0
     facets = rows[0]["facets"] if rows else []
     found = [r for r in rows if r["id"] is not None]
@@ -108,6 +128,7 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
         facets=tuple(Facet(f["tag"], int(f["count"])) for f in facets),
         retrieval=retrieval,
         degraded_reason=reason,
+        total_is_lower_bound=bounded,
     )
 
 
@@ -121,7 +142,7 @@ def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None
         needles = [*analyzed.phrases, *analyzed.terms]
 
         def locate(text: str) -> tuple[int, int] | None:
-            for m in morph.morphemes(text):
+            for m in morph.morphemes(text[:LOCATE_CHARS]):
                 if m.term in wanted:
                     return m.start, m.end
             return None
