@@ -354,6 +354,13 @@ _PHRASES = (
     "NOT EXISTS (SELECT 1 FROM unnest(%(phrases)s::text[]) ph(re) "
     "WHERE NOT (d.title ~* ph.re OR coalesce(d.text_content, '') ~* ph.re))"
 )
+# Tag filter for ranked candidates (a bounded set): checked per candidate through document_tags'
+# primary key (document_id, ...), instead of collecting every document that carries a common tag.
+_TAG_FILTER_PER_DOCUMENT = (
+    "(SELECT count(DISTINCT t.tag) FROM documents.document_tags t WHERE t.document_id = d.id "
+    "AND t.tag = ANY(%(tags)s)) = %(tag_count)s"
+)
+# Tag filter without a text query: the documents carrying the tags are the candidates.
 _TAG_FILTER = (
     "d.id IN (SELECT t.document_id FROM documents.document_tags t WHERE t.tag = ANY(%(tags)s) "
     "GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
@@ -427,7 +434,7 @@ DF_SLACK = 0.01
 
 
 def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[str],
-             phrases: Sequence[str]) -> str:
+             phrases: Sequence[str], *, tags_per_document: bool) -> str:
     conditions = ["true"]
     if excluded:
         values["excluded"] = list(excluded)
@@ -438,7 +445,7 @@ def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[st
     if params.tags:
         values["tags"] = list(params.tags)
         values["tag_count"] = len(params.tags)
-        conditions.append(_TAG_FILTER)
+        conditions.append(_TAG_FILTER_PER_DOCUMENT if tags_per_document else _TAG_FILTER)
     if params.pii is not None:
         conditions.append(_HAS_PII if params.pii else _NO_PII)
     if params.uploaded_from is not None:
@@ -488,7 +495,7 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
     `per_term`: postings read per term, best impact first (None: all).
     """
     values: dict[str, Any] = {}
-    where = _filters(values, params, excluded, phrases)
+    where = _filters(values, params, excluded, phrases, tags_per_document=params.q is not None)
     order = _BY_DATE if params.sort == "date" else _BY_RELEVANCE
     page_order = ", ".join(f"p.{part}" for part in order.split(", "))
     if params.q is None:
