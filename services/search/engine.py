@@ -56,6 +56,7 @@ class SearchResult:
     retrieval: str = "lexical"              # "hybrid": words and meaning; "lexical": words only
     degraded_reason: str | None = None      # why a text query was answered by words only
     total_is_lower_bound: bool = False      # total (and facets) count the best candidates only: at least this many
+    facets_partial: bool = False            # facets count the tags of the best query.FACET_CANDIDATES matches only
 
 
 def parse_tenant_id(tenant_id: str) -> str:
@@ -101,8 +102,12 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
         "fetch": params.limit + 1,
         "offset": params.offset,
         "facet_limit": query.FACET_LIMIT,
+        "facet_candidates": query.FACET_CANDIDATES,
     }
     async with db.tenant_transaction(tenant) as conn:
+        # A term's best postings are read in impact order from its index range; the planner, which
+        # cannot know the term's size when planning, would otherwise often read the whole range and sort.
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
         rows = await (await conn.execute(plan.sql, values)).fetchall()
         figures = rows[0]["term_figures"] if rows else None
         TERM_FIGURES.remember(tenant, figures, rows[0]["n_documents"] if rows else None)
@@ -111,6 +116,7 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
             rows = await (await conn.execute(plan.sql, {**values, "per_term": None})).fetchall()
             bounded = False
         if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
+            await conn.execute("SET LOCAL enable_bitmapscan = on")   # the trigram indexes are read by bitmap
             rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
             bounded = False
     total = int(rows[0]["total"]) if rows else 0
@@ -129,6 +135,7 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
         retrieval=retrieval,
         degraded_reason=reason,
         total_is_lower_bound=bounded,
+        facets_partial=total > query.FACET_CANDIDATES,
     )
 
 

@@ -390,7 +390,8 @@ _RESULT = (
     ", page AS (SELECT c.id, c.score, c.created_at FROM candidates c "
     "ORDER BY {order} LIMIT %(fetch)s OFFSET %(offset)s)"
     ", facets AS (SELECT t.tag, count(DISTINCT t.document_id) AS count FROM documents.document_tags t "
-    "JOIN candidates c ON c.id = t.document_id GROUP BY t.tag ORDER BY count DESC, t.tag LIMIT %(facet_limit)s) "
+    "JOIN (SELECT id FROM candidates ORDER BY {order} LIMIT %(facet_candidates)s) c ON c.id = t.document_id "
+    "GROUP BY t.tag ORDER BY count DESC, t.tag LIMIT %(facet_limit)s) "
     "SELECT (SELECT count(*) FROM candidates) AS total, "
     "(SELECT coalesce(json_agg(json_build_object('tag', f.tag, 'count', f.count) ORDER BY f.count DESC, f.tag), "
     "'[]'::json) FROM facets f) AS facets, "
@@ -426,9 +427,12 @@ class TermFigures:
     n_at: float
 
 
+# Facets count the tags of this many best candidates (in the requested order); beyond it they are
+# a sample of the best matches (`facets_partial`), since reading every candidate's tags is what cost most.
+FACET_CANDIDATES = 200
 # Postings read per query term, best impact first (the "top-K" of impact-ordered retrieval).
 # A term with at most this many postings is read whole, so its documents are all scored.
-PER_TERM = 1000
+PER_TERM = 300
 # Counted figures (df) are reused while the tenant's document count is within this share of the count then.
 DF_SLACK = 0.01
 

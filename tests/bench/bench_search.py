@@ -435,6 +435,7 @@ def query_plans(tenant: str, queries: list[BenchQuery]) -> dict[str, str]:
     plans = {}
     with psycopg.connect(SearchSettings(db_name=DB_NAME, db_host=DB_HOST, db_port=DB_PORT).dsn()) as conn:
         conn.execute("SELECT set_config('app.tenant_id', %s, false)", (tenant,))
+        conn.execute("SET enable_bitmapscan = off")   # as services/search/engine.py runs the ranked statement
         seen = set()
         for q in queries:
             key = q.kind + (" + tag" if q.tag else "")
@@ -444,13 +445,15 @@ def query_plans(tenant: str, queries: list[BenchQuery]) -> dict[str, str]:
             analyzed = morph.analyze_query(q.text)
             params = query.validate(q.text, [q.tag] if q.tag else [], 20, None)
             plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases)
-            values = {**plan.params, "fetch": 21, "offset": 0, "facet_limit": query.FACET_LIMIT, "text_chars": 2000}
+            values = {**plan.params, "fetch": 21, "offset": 0, "facet_limit": query.FACET_LIMIT, "text_chars": 2000,
+                      "facet_candidates": query.FACET_CANDIDATES}
             # As a warm replica runs it: the terms' document frequencies known from an earlier search.
             row = conn.execute(plan.sql, values).fetchone()
             figures = {f["term"]: query.TermFigures(f["df"], f["postings"], row[-1])
                        for f in (row[-2] or [])} if row else {}
             plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, figures=figures)
-            values = {**plan.params, "fetch": 21, "offset": 0, "facet_limit": query.FACET_LIMIT, "text_chars": 2000}
+            values = {**plan.params, "fetch": 21, "offset": 0, "facet_limit": query.FACET_LIMIT, "text_chars": 2000,
+                      "facet_candidates": query.FACET_CANDIDATES}
             rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + plan.sql, values).fetchall()
             plans[f"{key}: {q.text}"] = "\n".join(str(r[0]) for r in rows)
     return plans

@@ -129,7 +129,8 @@ async def test_document_frequencies_are_reused_only_while_the_collection_stays_p
 
     async def figures(known: dict[str, query.TermFigures]) -> dict:  # type: ignore[type-arg]
         plan = query.build_plan(params, ["예산"], figures=known)
-        values = {**plan.params, "text_chars": 100, "fetch": 4, "offset": 0, "facet_limit": 5}
+        values = {**plan.params, "text_chars": 100, "fetch": 4, "offset": 0, "facet_limit": 5,
+                  "facet_candidates": 10}
         async with db.tenant_transaction(tenant) as conn:
             row = await (await conn.execute(plan.sql, values)).fetchone()
         return dict(row["term_figures"][0], n=row["n_documents"])
@@ -181,3 +182,16 @@ def test_migration_backfills_impacts_of_existing_postings() -> None:
     finally:
         with psycopg.connect(f"{server} dbname=postgres", autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+async def test_facets_count_the_best_candidates_when_there_are_many(db, corpus, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    tenant, _ = corpus
+    monkeypatch.setattr(engine, "TERM_FIGURES", TermFiguresCache())
+    full = await _search(db, tenant, "예산", limit=3)
+    assert full.total == N_DOCS and not full.facets_partial
+    assert [(f.tag, f.count) for f in full.facets] == [("감사", 1)]
+    # The one tagged document is the weakest match: not among the best five.
+    monkeypatch.setattr(query, "FACET_CANDIDATES", 5)
+    partial = await _search(db, tenant, "예산", limit=3)
+    assert partial.total == N_DOCS and partial.facets_partial
+    assert partial.facets == ()
