@@ -107,7 +107,8 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
     async with db.tenant_transaction(tenant) as conn:
         # A term's best postings are read in impact order from its index range; the planner, which
         # cannot know the term's size when planning, would otherwise often read the whole range and sort.
-        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        if analyzed is not None:
+            await conn.execute("SET LOCAL enable_bitmapscan = off")
         rows = await (await conn.execute(plan.sql, values)).fetchall()
         figures = rows[0]["term_figures"] if rows else None
         TERM_FIGURES.remember(tenant, figures, rows[0]["n_documents"] if rows else None)
