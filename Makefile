@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
 .PHONY: help setup protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
-        bench bench-model bench-ingest bench-search
+        bench bench-model bench-ingest bench-search bench-gateway
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -62,10 +62,13 @@ bench-model: setup ## benchmark model-serving (gRPC, HTTP) vs a naive server and
 bench-ingest: setup ## uploads (c=1, c=16), upload->tagged vs model-serving, extraction per format, RSS with a 1 GB file; BENCH_ARGS=--quick
 	$(PY) -m tests.bench.bench_ingest $(BENCH_ARGS)
 
+bench-gateway: setup ## the gateway's cost (p50/p99, req/s at c=1 and c=32, direct vs through it) and a 500-request flood between two tenants; BENCH_ARGS=--quick|--profile
+	$(PY) -m tests.bench.bench_gateway $(BENCH_ARGS)
+
 bench-search: setup ## search at 1,000,000 documents (built once into its own database, then reused): p50/p95 vs naive ILIKE; BENCH_ARGS=--quick
 	$(PY) -m tests.bench.bench_search $(BENCH_ARGS)
 
-bench: bench-model bench-ingest bench-search ## every benchmark (never part of `make test`)
+bench: bench-model bench-ingest bench-search bench-gateway ## every benchmark (never part of `make test`)
 
 lint: setup ## ruff, mypy and the import contracts between services (part of `make test`)
 	$(VENV)/bin/ruff check .

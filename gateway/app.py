@@ -1,44 +1,33 @@
-"""Assembles the gateway app: the shared operational surface (/healthz, /readyz,
-/metrics, problem+json, request ids, JSON logs), the token endpoint, and a catch-all
-that runs the plugins of the matched route and proxies.
-
-Plugin order follows Kong's priorities: correlation-id (outermost, before routing),
-then jwt (1450), request-size-limiting (951), acl (950).
+"""Wiring only: the proxy app (token endpoint, the admin endpoints, then every other path
+proxied through the plugin pipeline) and the status app (Kong's `status_listen`: /healthz, /readyz,
+/metrics on their own port), over one `Gateway` (gateway/runtime.py).
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from starlette.requests import ClientDisconnect
+from fastapi import FastAPI
 
-from services.common import audit
 from services.common.auth import ensure_keypair
-from services.common.context import current_request_id, tenant_id_var
-from services.common.db import Database
-from services.common.errors import ProblemError
 from services.common.http import create_app
 
-from .config import ConfigError, KongConfig, resolve_secret_value
-from .metrics import PROXY_LATENCY, PROXY_REQUESTS
-from .plugins import acl, size_limit
-from .plugins.correlation_id import CorrelationIdMiddleware
-from .plugins.jwt_auth import Authenticated, JwtVerifier, RsaCredential
-from .proxy import ForwardedRequest, Proxy
-from .router import MethodNotAllowed, NoRoute, RouteMatch, Router, global_plugins
+from .admin_api import admin_router
+from .config import ConfigError, KongConfig
+from .counters import Counters, LocalCounters, RedisCounters
+from .dispatch import proxy_endpoint
+from .fairness import TenantFairness
+from .login_throttle import LoginThrottle, ThrottlePolicy
+from .pipeline import PhasesMiddleware
+from .quotas import DailyQuotas
+from .runtime import Gateway
 from .settings import GatewaySettings
 from .tokens import TokenIssuer, token_router
 
 log = logging.getLogger("gateway")
-DENIAL_AUDIT_TIMEOUT_S = 1.0
 
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -55,147 +44,56 @@ def prepare_keys(settings: GatewaySettings) -> tuple[Path, Path]:
     return private, public
 
 
-def resolve_credentials(config: KongConfig, settings: GatewaySettings) -> list[RsaCredential]:
-    """The consumers' jwt_secrets with `{file:...}` references read.
-    `${DOCTAG_JWT_PUBLIC_KEY_FILE}` defaults to the gateway's own public key file."""
-    env = {**os.environ, "DOCTAG_JWT_PUBLIC_KEY_FILE": str(settings.public_key_path)}
-    credentials = []
-    for consumer in config.consumers:
-        for secret in consumer.jwt_secrets:
-            pem = resolve_secret_value(secret.rsa_public_key, env)
-            try:
-                serialization.load_pem_public_key(pem.encode())
-            except ValueError:
-                raise ConfigError(f"consumer {consumer.username}: jwt_secret '{secret.key}' has no valid "
-                                  "PEM public key in rsa_public_key") from None
-            credentials.append(RsaCredential(consumer=consumer.username, key=secret.key, public_key_pem=pem))
-    return credentials
+@dataclass(frozen=True)
+class GatewayApps:
+    gateway: Gateway
+    proxy: FastAPI
+    status: FastAPI
 
 
-def has_body(request: Request) -> bool:
-    return "content-length" in request.headers or "transfer-encoding" in request.headers
-
-
-def _reject_dot_segments(path: str) -> None:
-    """'.' and '..' segments could make a path look like one route and act as another."""
-    if any(segment in (".", "..") for segment in path.split("/")):
-        raise ProblemError(400, "the path must not contain '.' or '..' segments", field="path")
-
-
-def build_app(settings: GatewaySettings, config: KongConfig) -> FastAPI:
+def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
     private_key, _ = prepare_keys(settings)
-    router = Router(config)
-    proxy = Proxy(config, cooldown_seconds=settings.gateway_unhealthy_cooldown_seconds)
-    verifier = JwtVerifier(resolve_credentials(config, settings), audience=settings.jwt_audience)
-    db = Database(settings.dsn(), min_size=settings.db_pool_min, max_size=settings.db_pool_max)
-    issuer = TokenIssuer(db, private_key_file=private_key, issuer=settings.jwt_issuer,
-                         audience=settings.jwt_audience, ttl_seconds=settings.token_ttl_seconds)
+    gateway = Gateway(settings, config)
+    throttle_store: Counters = (RedisCounters.from_url(settings.gateway_redis_url)
+                                if settings.login_throttle_store == "redis" else LocalCounters())
+    throttle = LoginThrottle(throttle_store, settings.gateway_redis_prefix, ThrottlePolicy(
+        user_free=settings.login_free_failures_per_user, address_free=settings.login_free_failures_per_address,
+        base_s=settings.login_backoff_base_seconds, max_s=settings.login_backoff_max_seconds,
+        window_s=settings.login_failure_window_seconds))
+    issuer = TokenIssuer(gateway.db, private_key_file=private_key, issuer=settings.jwt_issuer,
+                         audience=settings.jwt_audience, ttl_seconds=settings.token_ttl_seconds, throttle=throttle,
+                         max_concurrent_verifications=settings.login_max_concurrent_verifications)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await db.open()
-        await proxy.start()
-        log.info("gateway started", extra={"routes": len(router.entries), "upstreams": sorted(proxy.balancers),
+        await gateway.start()
+        log.info("gateway started", extra={"routes": len(gateway.runtime.router.entries),
+                                           "upstreams": sorted(gateway.proxy.balancers),
                                            "config": str(settings.gateway_config)})
         try:
             yield
         finally:
-            await proxy.close()
-            await db.close()
+            await gateway.close()
+            await throttle_store.close()
 
     async def config_loaded() -> None:
-        if not router.entries:
+        if not gateway.runtime.router.entries:
             raise RuntimeError("the configuration has no routes")
 
-    app = create_app("gateway", title="doctag API gateway", lifespan=lifespan,
-                     readiness={"database": db.ping, "config": config_loaded})
-    app.state.router = router
-    app.state.proxy = proxy
-    app.include_router(token_router(issuer))
+    proxy = create_app("gateway", title="doctag API gateway", lifespan=lifespan, operational_routes=False)
+    proxy.state.gateway = gateway
+    proxy.include_router(token_router(issuer))
+    proxy.include_router(admin_router(gateway))
+    fairness = TenantFairness(settings.gateway_tenant_max_in_flight,
+                              max_waiting=settings.gateway_tenant_max_waiting,
+                              wait_s=settings.gateway_tenant_wait_seconds)
+    quotas = DailyQuotas(gateway.db, default_quota=settings.api_daily_quota_default,
+                         timezone=settings.api_quota_timezone, warning_percent=settings.api_quota_warning_percent)
+    proxy.add_api_route("/{path:path}", proxy_endpoint(gateway.proxy, fairness,
+                                                      quotas if settings.gateway_api_quotas else None),
+                        methods=PROXY_METHODS, include_in_schema=False)
+    proxy.add_middleware(PhasesMiddleware, current=gateway.current)
 
-    async def record_denial(auth: Authenticated, request: Request, match: RouteMatch) -> None:
-        """Appends `access.denied` to the caller's tenant's audit log. Best effort, like logins: a
-        failure to write it is logged as an error and the caller still gets the 403, after at
-        most DENIAL_AUDIT_TIMEOUT_S (a slow database must not hold every refusal for the pool's
-        30 s connection timeout)."""
-        principal = auth.principal
-        try:
-            async with asyncio.timeout(DENIAL_AUDIT_TIMEOUT_S), db.tenant_transaction(principal.tenant_id) as conn:
-                await audit.record(conn, action=audit.ACCESS_DENIED, outcome=audit.DENIED,
-                                   actor_id=principal.user_id, actor_name=principal.username or None,
-                                   request_id=current_request_id(),
-                                   details={"method": request.method, "path": request.url.path,
-                                            "route": match.entry.route.name, "roles": list(principal.roles)})
-        except Exception:
-            log.exception("could not record the refused request in the audit log")
-
-    async def run_plugins(request: Request, match: RouteMatch) -> ForwardedRequest:
-        plugins = match.entry.plugins
-        extra: list[tuple[str, str]] = []
-        auth: Authenticated | None = None
-
-        jwt_config = plugins.get("jwt")
-        if jwt_config is not None and not (request.method == "OPTIONS" and not jwt_config.run_on_preflight):
-            auth = verifier.authenticate(request.headers, jwt_config)
-            principal = auth.principal
-            tenant_id_var.set(principal.tenant_id)
-            extra += [("X-Consumer-ID", principal.user_id), ("X-Consumer-Username", principal.username),
-                      ("X-Credential-Identifier", auth.credential.key), ("X-Tenant-ID", principal.tenant_id)]
-
-        content_length = size_limit.parse_content_length(request.headers.get("content-length"))
-        limit: int | None = None
-        size_config = plugins.get("request-size-limiting")
-        if size_config is not None:
-            size_limit.check_declared(content_length, has_body(request), size_config)
-            limit = size_config.limit_bytes
-
-        acl_config = plugins.get("acl")
-        if acl_config is not None:
-            groups = list(auth.principal.roles) if auth else None
-            try:
-                acl.enforce(groups, acl_config)
-            except ProblemError as exc:
-                if exc.status == 403 and auth is not None:
-                    await record_denial(auth, request, match)
-                raise
-            if groups is not None and not acl_config.hide_groups_header:
-                extra.append(("X-Consumer-Groups", ", ".join(groups)))
-
-        body = size_limit.limited(request.stream(), limit) if has_body(request) else None
-        return ForwardedRequest(body=body, extra_headers=extra, request_id=current_request_id())
-
-    async def proxy_endpoint(request: Request) -> Response:
-        started = time.perf_counter()
-        route_label = service_label = "none"
-        status = 500
-        try:
-            _reject_dot_segments(request.url.path)
-            try:
-                match = router.match(request.method, request.url.path)
-            except NoRoute:
-                raise ProblemError(404, f"no route matches {request.url.path}") from None
-            except MethodNotAllowed as exc:
-                raise ProblemError(405, f"{request.method} is not allowed here",
-                                   headers={"Allow": ", ".join(exc.allowed)}) from None
-            route_label, service_label = match.entry.route.name, match.entry.service.name
-            forwarded = await run_plugins(request, match)
-            response = await proxy.forward(request, match, forwarded)
-            status = response.status_code
-            return response
-        except ProblemError as exc:
-            status = exc.status
-            raise
-        except ClientDisconnect:
-            status = 499  # nginx's "client closed request"
-            log.info("client went away during the request", extra={"route": route_label})
-            return Response(status_code=400)
-        finally:
-            PROXY_REQUESTS.labels(route_label, service_label, str(status)).inc()
-            PROXY_LATENCY.labels(route_label, service_label).observe(time.perf_counter() - started)
-
-    app.add_api_route("/{path:path}", proxy_endpoint, methods=PROXY_METHODS, include_in_schema=False)
-
-    correlation = global_plugins(config).get("correlation-id")
-    if correlation is not None:
-        app.add_middleware(CorrelationIdMiddleware, config=correlation)
-    return app
+    status = create_app("gateway-status", title="doctag API gateway status",
+                        readiness={"database": gateway.db.ping, "config": config_loaded})
+    return GatewayApps(gateway=gateway, proxy=proxy, status=status)

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .plugins import GLOBAL_ONLY, PLUGIN_CONFIGS
+from .plugins.base import kong_default_only
 
 _NAME = r"^[A-Za-z0-9._~-]{1,128}$"
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
@@ -42,14 +43,44 @@ class _Entity(BaseModel):
     tags: list[str] | None = None
 
 
-class Plugin(_Entity):
+class _Identified(_Entity):
+    # decK writes ids with --with-id; they identify an entity in Kong's database, here only in the file.
+    id: str | None = None
+
+
+PluginProtocol = Literal["grpc", "grpcs", "http", "https", "ws", "wss", "tcp", "tls", "udp"]
+RouteProtocol = Literal["http", "https"]
+
+
+def _plugin_protocols() -> list[PluginProtocol]:
+    return ["grpc", "grpcs", "http", "https"]
+
+
+def _route_protocols() -> list[RouteProtocol]:
+    return ["http", "https"]
+
+
+class Plugin(_Identified):
     name: str
+    instance_name: str | None = None
     enabled: bool = True
     # Typed by the plugin's own Config model (see gateway/plugins).
     config: Any = None
+    # Requests reach this gateway over HTTP: a plugin must run for http and https.
+    protocols: list[PluginProtocol] = Field(default_factory=_plugin_protocols)
     # Only on top-level plugins: the scope, by name.
     service: str | None = None
     route: str | None = None
+    consumer: Annotated[Any, kong_default_only(None, "plugins scoped to a consumer are not supported")] = None
+    ordering: Annotated[Any, kong_default_only(None, "dynamic plugin ordering is not supported")] = None
+
+    @field_validator("protocols")
+    @classmethod
+    def _http(cls, protocols: list[str]) -> list[str]:
+        if not {"http", "https"} <= set(protocols):
+            raise ValueError("a plugin must apply to both http and https here (requests arrive over HTTP); "
+                             "limiting it to other protocols is not supported")
+        return protocols
 
     @field_validator("service", "route", mode="before")
     @classmethod
@@ -81,13 +112,28 @@ class Plugin(_Entity):
         return self
 
 
-class Route(_Entity):
+class Route(_Identified):
     name: str = Field(pattern=_NAME)
     paths: list[str] = Field(min_length=1)
     methods: list[str] | None = None
-    protocols: list[Literal["http", "https"]] | None = None
+    hosts: Annotated[list[str] | None, kong_default_only(None, "matching routes by host is not supported")] = None
+    headers: Annotated[dict[str, list[str]] | None,
+                       kong_default_only(None, "matching routes by header is not supported")] = None
+    snis: Annotated[list[str] | None, kong_default_only(None, "matching routes by SNI is not supported")] = None
+    sources: Annotated[list[Any] | None, kong_default_only(None, "stream routes are not supported")] = None
+    destinations: Annotated[list[Any] | None, kong_default_only(None, "stream routes are not supported")] = None
+    protocols: list[RouteProtocol] = Field(default_factory=_route_protocols, min_length=1)
+    # Kong answers plain-HTTP requests on an https-only route with this; such routes are refused
+    # here (protocols must include http), so the value never applies, as on such a route in Kong.
+    https_redirect_status_code: Literal[426, 301, 302, 307, 308] = 426
+    regex_priority: Annotated[int, kong_default_only(0, "regex paths are not supported, so neither is this")] = 0
+    path_handling: Annotated[Literal["v0", "v1"],
+                             kong_default_only("v0", "only path_handling v0 is implemented")] = "v0"
     strip_path: bool = True
     preserve_host: bool = False
+    # Bodies are always streamed both ways (never buffered), whatever these say.
+    request_buffering: bool = True
+    response_buffering: bool = True
     # Only on top-level routes: the service, by name.
     service: str | None = None
     plugins: list[Plugin] = Field(default_factory=list)
@@ -96,6 +142,14 @@ class Route(_Entity):
     @classmethod
     def _ref(cls, value: Any) -> Any:
         return _reference(value)
+
+    @field_validator("protocols")
+    @classmethod
+    def _plain_http(cls, protocols: list[str]) -> list[str]:
+        if "http" not in protocols:
+            raise ValueError("a route must accept http: this gateway's listener is plain HTTP "
+                             "(TLS ends in front of it), so an https-only route could never match")
+        return protocols
 
     @field_validator("paths")
     @classmethod
@@ -119,8 +173,10 @@ class Route(_Entity):
         return upper
 
 
-class Service(_Entity):
+class Service(_Identified):
     name: str = Field(pattern=_NAME)
+    # A disabled service's routes answer 404, as in Kong.
+    enabled: bool = True
     protocol: Literal["http", "https"] = "http"
     # An upstream's name (load balanced) or a plain host name/address.
     host: str = Field(min_length=1)
@@ -130,6 +186,13 @@ class Service(_Entity):
     connect_timeout: int = Field(60000, ge=1, description="milliseconds")
     write_timeout: int = Field(60000, ge=1, description="milliseconds")
     read_timeout: int = Field(60000, ge=1, description="milliseconds")
+    client_certificate: Annotated[Any, kong_default_only(None, "upstream client certificates are not supported")] = None
+    tls_verify: Annotated[bool | None, kong_default_only(None, "upstream TLS verification settings are not "
+                                                               "supported per service")] = None
+    tls_verify_depth: Annotated[int | None, kong_default_only(None, "upstream TLS verification settings are not "
+                                                                    "supported per service")] = None
+    ca_certificates: Annotated[list[str] | None, kong_default_only(None, "upstream CA certificates are not "
+                                                                         "supported per service")] = None
     routes: list[Route] = Field(default_factory=list)
     plugins: list[Plugin] = Field(default_factory=list)
 
@@ -158,7 +221,7 @@ class Service(_Entity):
         return path
 
 
-class Target(_Entity):
+class Target(_Identified):
     target: str
     weight: int = Field(100, ge=0, le=65535)
 
@@ -179,11 +242,13 @@ class Target(_Entity):
         return split_target(self.target)[1]
 
 
-class _Counters(_Entity):
-    http_statuses: list[int] | None = None
+Status = Annotated[int, Field(ge=100, le=999)]
+_PASSIVE_HEALTHY = [200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 306, 307, 308]
 
 
 class PassiveHealthy(_Entity):
+    # Statuses that count as a success (others outside `unhealthy.http_statuses` count as nothing).
+    http_statuses: list[Status] = Field(default_factory=lambda: list(_PASSIVE_HEALTHY))
     # Successes in a row that bring a target back after its cool-down (0 counts as 1).
     successes: int = Field(0, ge=0, le=255)
 
@@ -193,26 +258,126 @@ class PassiveUnhealthy(_Entity):
     tcp_failures: int = Field(0, ge=0, le=255)
     timeouts: int = Field(0, ge=0, le=255)
     http_failures: int = Field(0, ge=0, le=255)
-    http_statuses: list[int] = Field(default_factory=lambda: [429, 500, 503])
+    http_statuses: list[Status] = Field(default_factory=lambda: [429, 500, 503])
 
 
 class PassiveHealthcheck(_Entity):
-    type: Literal["http"] = "http"
+    type: Literal["http", "https"] = "http"
     healthy: PassiveHealthy = Field(default_factory=PassiveHealthy)
     unhealthy: PassiveUnhealthy = Field(default_factory=PassiveUnhealthy)
 
 
+class ActiveHealthy(_Entity):
+    http_statuses: list[Status] = Field(default_factory=lambda: [200, 302])
+    # Seconds between probes of a healthy target; 0 disables them.
+    interval: float = Field(0, ge=0, le=65535)
+    successes: int = Field(0, ge=0, le=255)
+
+
+class ActiveUnhealthy(_Entity):
+    http_statuses: list[Status] = Field(default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505])
+    # Seconds between probes of an unhealthy target; 0 disables them.
+    interval: float = Field(0, ge=0, le=65535)
+    tcp_failures: int = Field(0, ge=0, le=255)
+    timeouts: int = Field(0, ge=0, le=255)
+    http_failures: int = Field(0, ge=0, le=255)
+
+
+class ActiveHealthcheck(_Entity):
+    type: Literal["http", "https", "tcp", "grpc", "grpcs"] = "http"
+    concurrency: int = Field(10, ge=1, le=2**31)
+    http_path: str = Field("/", pattern=r"^/")
+    https_sni: str | None = None
+    https_verify_certificate: bool = True
+    headers: dict[str, list[str]] | None = None
+    timeout: float = Field(1, ge=0, le=65535)
+    healthy: ActiveHealthy = Field(default_factory=ActiveHealthy)
+    unhealthy: ActiveUnhealthy = Field(default_factory=ActiveUnhealthy)
+
+    @property
+    def enabled(self) -> bool:
+        return self.healthy.interval > 0 or self.unhealthy.interval > 0
+
+    @field_validator("type")
+    @classmethod
+    def _http_only(cls, kind: str) -> str:
+        if kind not in ("http", "https"):
+            raise ValueError(f"active checks of type {kind!r} are not supported (http, https)")
+        return kind
+
+    @field_validator("https_sni")
+    @classmethod
+    def _no_sni(cls, sni: str | None) -> str | None:
+        if sni:
+            raise ValueError("https_sni is not supported")
+        return sni
+
+
 class Healthchecks(_Entity):
+    active: ActiveHealthcheck = Field(default_factory=ActiveHealthcheck)
     passive: PassiveHealthcheck = Field(default_factory=PassiveHealthcheck)
+    threshold: Annotated[float, kong_default_only(0, "a health threshold for the whole upstream is not "
+                                                     "supported")] = 0
 
 
-class Upstream(_Entity):
+
+def _no_hash(why: str) -> Any:
+    return kong_default_only(None, why)
+
+
+HashOn = Literal["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"]
+
+
+class Upstream(_Identified):
     name: str = Field(pattern=_NAME)
-    algorithm: Literal["round-robin"] = "round-robin"
-    slots: int | None = Field(None, ge=10, le=65536)
+    algorithm: Literal["round-robin", "consistent-hashing", "least-connections", "latency"] = "round-robin"
+    hash_on: HashOn = "none"
+    hash_fallback: HashOn = "none"
+    hash_on_header: str | None = None
+    hash_fallback_header: str | None = None
+    hash_on_cookie: Annotated[str | None, _no_hash("hashing on a cookie is not supported")] = None
+    hash_on_cookie_path: Annotated[str, kong_default_only("/", "hashing on a cookie is not supported")] = "/"
+    hash_on_query_arg: Annotated[str | None, _no_hash("hashing on a query argument is not supported")] = None
+    hash_fallback_query_arg: Annotated[str | None, _no_hash("hashing on a query argument is not supported")] = None
+    hash_on_uri_capture: Annotated[str | None, _no_hash("hashing on a URI capture is not supported")] = None
+    hash_fallback_uri_capture: Annotated[str | None, _no_hash("hashing on a URI capture is not supported")] = None
+    # Only shapes Kong's hashing ring; accepted in Kong's range, no effect on round-robin.
+    slots: int = Field(10000, ge=10, le=65536)
     host_header: str | None = None
+    client_certificate: Annotated[Any, kong_default_only(None, "upstream client certificates are not supported")] = None
+    use_srv_name: Annotated[bool, kong_default_only(False, "SRV names are not resolved here")] = False
     targets: list[Target] = Field(default_factory=list)
     healthchecks: Healthchecks = Field(default_factory=Healthchecks)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm(cls, algorithm: str) -> str:
+        if algorithm == "latency":
+            raise ValueError("the latency algorithm is not supported (round-robin, least-connections, "
+                             "consistent-hashing)")
+        return algorithm
+
+    @field_validator("hash_on", "hash_fallback")
+    @classmethod
+    def _hash_on(cls, value: str) -> str:
+        if value in ("cookie", "path", "query_arg", "uri_capture"):
+            raise ValueError(f"hashing on {value} is not supported (none, consumer, ip, header)")
+        return value
+
+    @model_validator(mode="after")
+    def _hash_entity_checks(self) -> Upstream:
+        """Kong's entity checks for hashing."""
+        if self.hash_on == "header" and not self.hash_on_header:
+            raise ValueError("hash_on_header: required when hash_on is header")
+        if self.hash_fallback == "header" and not self.hash_fallback_header:
+            raise ValueError("hash_fallback_header: required when hash_fallback is header")
+        if self.hash_on == "none" and self.hash_fallback != "none":
+            raise ValueError("hash_fallback: must be none when hash_on is none")
+        if self.hash_on != "none" and self.hash_fallback == self.hash_on and self.hash_on != "header":
+            raise ValueError("hash_fallback: must differ from hash_on")
+        if self.algorithm == "consistent-hashing" and self.hash_on == "none":
+            raise ValueError("hash_on: consistent-hashing needs something to hash on")
+        return self
 
     @field_validator("targets")
     @classmethod
@@ -224,27 +389,45 @@ class Upstream(_Entity):
         return targets
 
 
-class JwtSecret(_Entity):
+class JwtSecret(_Identified):
     key: str = Field(min_length=1)
     algorithm: Literal["RS256"]
     # PEM text, or a reference `{file:PATH}` resolved at start (PATH may use ${ENV_VAR}).
     rsa_public_key: str = Field(min_length=1)
+    # Kong generates an HMAC secret for every credential and decK writes it; RS256 never uses it.
+    secret: str | None = None
 
 
-class Consumer(_Entity):
+class Consumer(_Identified):
     username: str = Field(min_length=1)
     custom_id: str | None = None
     jwt_secrets: list[JwtSecret] = Field(default_factory=list)
+    # A caller's groups are its platform roles, not consumer ACL groups.
+    acls: Annotated[list[Any] | None, kong_default_only(None, "consumer ACL groups are not used here: the "
+                                                              "acl plugin checks the caller's roles")] = None
+    keyauth_credentials: Annotated[list[Any] | None, kong_default_only(
+        None, "API keys are not declared in the file here")] = None
+
+
+def _none_of(what: str) -> Any:
+    return kong_default_only(None, f"{what} are not supported by this gateway")
 
 
 class KongConfig(_Entity):
     format_version: Literal["3.0"] = Field(alias="_format_version")
     transform: bool | None = Field(None, alias="_transform")
+    # decK's metadata (select_tags, defaults); informational.
+    info: dict[str, Any] | None = Field(None, alias="_info")
     services: list[Service] = Field(default_factory=list)
     routes: list[Route] = Field(default_factory=list)
     upstreams: list[Upstream] = Field(default_factory=list)
     plugins: list[Plugin] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
+    certificates: Annotated[list[Any] | None, _none_of("certificates")] = None
+    ca_certificates: Annotated[list[Any] | None, _none_of("CA certificates")] = None
+    snis: Annotated[list[Any] | None, _none_of("SNIs")] = None
+    vaults: Annotated[list[Any] | None, _none_of("vaults")] = None
+    consumer_groups: Annotated[list[Any] | None, _none_of("consumer groups")] = None
 
     @model_validator(mode="after")
     def _references(self) -> KongConfig:
@@ -421,6 +604,21 @@ def write_config(config: KongConfig, path: str | os.PathLike[str], header: str |
 
 _REF = re.compile(r"^\{file:(?P<path>.+)\}$")
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def secret_file(value: str, env: Mapping[str, str]) -> Path | None:
+    """The file of a `{file:PATH}` reference (None for inline text)."""
+    match = _REF.match(value.strip())
+    if match is None:
+        return None
+
+    def expand(m: re.Match[str]) -> str:
+        name = m.group("name")
+        if name not in env:
+            raise ConfigError(f"{value}: environment variable {name} is not set")
+        return env[name]
+
+    return Path(_VAR.sub(expand, match.group("path")))
 
 
 def resolve_secret_value(value: str, env: Mapping[str, str]) -> str:

@@ -24,3 +24,4 @@ TARGET_FAILURES = Counter(
     ["upstream", "target", "kind"],
 )
 RETRIES = Counter("doctag_gateway_retries_total", "Requests sent again to another target", ["service"])
+CONFIG_RELOADS = Counter("doctag_gateway_config_reloads_total", "Configuration reloads by outcome", ["outcome"])

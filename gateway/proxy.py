@@ -8,6 +8,7 @@ is idempotent and none of its body has been read yet. A read/write timeout answe
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -23,11 +24,13 @@ from starlette.responses import StreamingResponse
 
 from services.common.context import REQUEST_ID_HEADER
 from services.common.errors import ProblemError
+from services.common.tls import ReloadingSSLContext
 
 from .balancer import TargetState, UpstreamBalancer
 from .config import KongConfig, Service, Upstream
+from .healthcheck import HealthChecks
 from .metrics import RETRIES, UPSTREAM_LATENCY
-from .plugins.size_limit import PayloadTooLarge, too_large
+from .plugins.request_size_limiting.handler import PayloadTooLarge, too_large
 from .router import RouteMatch, prefix_matches
 
 log = logging.getLogger("gateway.proxy")
@@ -97,35 +100,70 @@ class ForwardedRequest:
     body: AsyncIterator[bytes] | None
     extra_headers: list[tuple[str, str]]
     request_id: str
+    # Incoming headers not to pass on (key-auth's hide_credentials), lower case.
+    drop_headers: frozenset[str] = frozenset()
+    # What consistent-hashing hashes (UpstreamBalancer.hash_key); None: nothing.
+    hash_key: str | None = None
 
 
 class Proxy:
-    def __init__(self, config: KongConfig, *, cooldown_seconds: float) -> None:
-        self.balancers: dict[str, UpstreamBalancer] = {
-            u.name: UpstreamBalancer(u, cooldown_seconds=cooldown_seconds) for u in config.upstreams
-        }
+    def __init__(self, config: KongConfig, *, cooldown_seconds: float, tls: ReloadingSSLContext | None = None) -> None:
+        self.cooldown_seconds = cooldown_seconds
+        self.config = config
+        self.balancers = self._balancers(config)
+        self.client: httpx.AsyncClient | None = None
+        self.health_checks = HealthChecks()
+        # Mutual TLS to upstreams (the gateway's certificate; renewed ones picked up by the watcher).
+        self.tls = tls
+        self._tls_watch: asyncio.Task[None] | None = None
+
+    def _balancers(self, config: KongConfig) -> dict[str, UpstreamBalancer]:
+        balancers = {u.name: UpstreamBalancer(u, cooldown_seconds=self.cooldown_seconds) for u in config.upstreams}
         # A service whose host is not an upstream goes straight to host:port (as in Kong).
         for service in config.services:
-            if service.host not in self.balancers:
+            if service.host not in balancers:
                 implicit = Upstream(name=f"{service.name}.direct",
                                     targets=[{"target": f"{service.host}:{service.port}"}])
-                self.balancers[implicit.name] = UpstreamBalancer(implicit, cooldown_seconds=cooldown_seconds)
-        self.client: httpx.AsyncClient | None = None
+                balancers[implicit.name] = UpstreamBalancer(implicit, cooldown_seconds=self.cooldown_seconds)
+        return balancers
+
+    def _start_checks(self) -> None:
+        assert self.client is not None
+        self.health_checks.start([(self.balancers[u.name], u.healthchecks.active) for u in self.config.upstreams],
+                                 self.client)
+
+    async def reconfigure(self, config: KongConfig) -> None:
+        """New balancers (and active checks) for a reloaded configuration; the client and its
+        connections stay."""
+        await self.health_checks.stop()
+        self.config = config
+        self.balancers = self._balancers(config)
+        if self.client is not None:
+            self._start_checks()
 
     async def start(self) -> None:
         # No client-level headers or env proxies: requests are built by hand and sent as they are.
         self.client = httpx.AsyncClient(
-            trust_env=False, follow_redirects=False,
+            trust_env=False, follow_redirects=False, verify=self.tls.context if self.tls else True,
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0),
         )
+        self._start_checks()
+        if self.tls is not None:
+            self._tls_watch = asyncio.get_running_loop().create_task(self.tls.watch(), name="upstream-tls-watch")
 
     async def close(self) -> None:
+        await self.health_checks.stop()
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
         if self.client is not None:
             await self.client.aclose()
             self.client = None
 
     def balancer_for(self, service: Service) -> UpstreamBalancer:
-        return self.balancers.get(service.host) or self.balancers[f"{service.name}.direct"]
+        balancer = self.balancers.get(service.host) or self.balancers.get(f"{service.name}.direct")
+        if balancer is None:  # the service went away in a reload while this request was routed
+            raise ProblemError(502, f"the {service.name} service is no longer configured")
+        return balancer
 
     def _build(self, request: Request, match: RouteMatch, target: TargetState, balancer: UpstreamBalancer,
                fwd: ForwardedRequest, content: AsyncIterator[bytes] | None) -> httpx.Request:
@@ -142,7 +180,7 @@ class Proxy:
                         raw_path=path + (b"?" + query if query else b""))
 
         incoming = request.headers.raw
-        headers = filter_headers(incoming, GATEWAY_OWNED | {"x-forwarded-for"})
+        headers = filter_headers(incoming, GATEWAY_OWNED | {"x-forwarded-for"} | fwd.drop_headers)
         client_ip = request.client.host if request.client else ""
         previous = ", ".join(v.decode("latin-1") for k, v in incoming if k.lower() == b"x-forwarded-for")
         host_in = request.headers.get("host", "")
@@ -183,7 +221,7 @@ class Proxy:
         guard = _ReplayGuard(fwd.body)
         attempts, max_attempts = 0, service.retries + 1
         failure = "the upstream has no targets"
-        for target in balancer.candidates():
+        for target in balancer.candidates(fwd.hash_key):
             if attempts >= max_attempts:
                 break
             if attempts:
@@ -192,6 +230,7 @@ class Proxy:
             upstream_request = self._build(request, match, target, balancer, fwd, guard.content())
             started = time.perf_counter()
             where = {"upstream_service": service.name, "target": target.address}
+            target.in_flight += 1  # least-connections counts requests until their response headers
             try:
                 response = await self.client.send(upstream_request, stream=True)
             except PayloadTooLarge as exc:
@@ -221,6 +260,8 @@ class Proxy:
                 if request.method in IDEMPOTENT and not guard.started:
                     continue
                 raise ProblemError(502, f"the {service.name} service failed while handling the request") from None
+            finally:
+                target.in_flight -= 1
             UPSTREAM_LATENCY.labels(service.name, target.address).observe(time.perf_counter() - started)
             balancer.report_status(target, response.status_code)
             return self._stream_back(response, service.name, target.address)

@@ -33,6 +33,9 @@ class RouteEntry:
     route: Route
     service: Service
     plugins: Mapping[str, Any] = field(default_factory=dict)
+    # Where each plugin's configuration comes from: "global", "service:<name>" or "route:<name>"
+    # (counters of rate-limiting are kept per configured plugin, as in Kong).
+    scopes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,21 +65,25 @@ def prefix_matches(prefix: str, path: str) -> bool:
     return path.startswith(prefix + "/")
 
 
-def effective_plugins(config: KongConfig, service: str, route: str) -> dict[str, Any]:
-    """Plugin name -> typed config for requests on `route` of `service`."""
-    ranked: dict[str, tuple[int, Any]] = {}
+def _effective(config: KongConfig, service: str, route: str) -> dict[str, tuple[int, Any, str]]:
+    ranked: dict[str, tuple[int, Any, str]] = {}
     for (scope_service, scope_route), plugin in config.all_plugins():
         if not plugin.enabled:
             continue
         if scope_route is not None:
-            rank = 2 if scope_route == route else -1
+            rank, scope = (2 if scope_route == route else -1), f"route:{scope_route}"
         elif scope_service is not None:
-            rank = 1 if scope_service == service else -1
+            rank, scope = (1 if scope_service == service else -1), f"service:{scope_service}"
         else:
-            rank = 0
-        if rank >= 0 and rank > ranked.get(plugin.name, (-1, None))[0]:
-            ranked[plugin.name] = (rank, plugin.config)
-    return {name: cfg for name, (_, cfg) in ranked.items()}
+            rank, scope = 0, "global"
+        if rank >= 0 and rank > ranked.get(plugin.name, (-1, None, ""))[0]:
+            ranked[plugin.name] = (rank, plugin.config, scope)
+    return ranked
+
+
+def effective_plugins(config: KongConfig, service: str, route: str) -> dict[str, Any]:
+    """Plugin name -> typed config for requests on `route` of `service`."""
+    return {name: cfg for name, (_, cfg, _) in _effective(config, service, route).items()}
 
 
 def global_plugins(config: KongConfig) -> dict[str, Any]:
@@ -88,8 +95,12 @@ class Router:
         services = {s.name: s for s in config.services}
         self._table: list[tuple[str, int, RouteEntry]] = []
         for order, (service_name, route) in enumerate(config.all_routes()):
-            plugins = MappingProxyType(effective_plugins(config, service_name, route.name))
-            entry = RouteEntry(route=route, service=services[service_name], plugins=plugins)
+            if not services[service_name].enabled:
+                continue  # Kong: the routes of a disabled service do not match
+            effective = _effective(config, service_name, route.name)
+            entry = RouteEntry(route=route, service=services[service_name],
+                               plugins=MappingProxyType({n: cfg for n, (_, cfg, _) in effective.items()}),
+                               scopes=MappingProxyType({n: scope for n, (_, _, scope) in effective.items()}))
             for prefix in route.paths:
                 self._table.append((prefix, order, entry))
         # Longest prefix first; declaration order among equals.

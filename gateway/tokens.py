@@ -3,7 +3,9 @@ and password into an RS256 access token.
 
 Unknown tenant, unknown user, disabled user and wrong password all answer the same
 401 after the same amount of work (one argon2 verification and one audit entry), so the
-endpoint does not reveal which tenants or users exist.
+endpoint does not reveal which tenants or users exist. Repeated failures lock the user and
+the source address out for a growing time (gateway/login_throttle.py), the same way
+whether the user exists or not.
 
 Every attempt is recorded in the audit log (`auth.login`, outcome success or failed). The
 gateway writes into upload's `documents.audit_log` rather than a table of its own schema
@@ -16,7 +18,6 @@ username that were tried and, for a failure, the reason; never the password or t
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ from services.common.auth import sign_token
 from services.common.context import current_request_id, tenant_id_var
 from services.common.db import Database
 from services.common.errors import ProblemError
+from services.common.jsonbody import JsonInvalid, JsonTooLarge, loads_bounded
 from services.common.passwords import MAX_PASSWORD_CHARS, check_password
+
+from .login_throttle import LoginThrottle
 
 log = logging.getLogger("gateway.tokens")
 
@@ -60,12 +64,16 @@ def _invalid_credentials() -> ProblemError:
 
 class TokenIssuer:
     def __init__(self, db: Database, *, private_key_file: Path, issuer: str, audience: str,
-                 ttl_seconds: int) -> None:
+                 ttl_seconds: int, throttle: LoginThrottle, max_concurrent_verifications: int = 4) -> None:
         self.db = db
         self.private_key_file = private_key_file
         self.issuer = issuer
         self.audience = audience
         self.ttl_seconds = ttl_seconds
+        self.throttle = throttle
+        # argon2 takes ~50 ms of CPU and tens of MB each: a flood of logins queues here instead
+        # of starving every other request of CPU and memory.
+        self._verifications = asyncio.Semaphore(max_concurrent_verifications)
 
     async def _find_user(self, tenant_slug: str, username: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         async with self.db.transaction() as conn:
@@ -75,16 +83,20 @@ class TokenIssuer:
             return None, None
         async with self.db.tenant_transaction(str(tenant["id"])) as conn:
             cur = await conn.execute(
-                "SELECT id, username, password_hash, roles, disabled FROM identity.users WHERE username = %s",
+                "SELECT id, username, password_hash, roles, disabled, token_generation FROM identity.users "
+                "WHERE username = %s",
                 (username,),
             )
             user = await cur.fetchone()
         return tenant, user
 
-    async def issue(self, req: TokenRequest) -> TokenResponse:
+    async def issue(self, req: TokenRequest, address: str = "") -> TokenResponse:
+        await self.throttle.check(req.tenant, req.username, address)
         tenant, user = await self._find_user(req.tenant, req.username)
-        check = await asyncio.to_thread(check_password, user["password_hash"] if user else None, req.password)
+        async with self._verifications:
+            check = await asyncio.to_thread(check_password, user["password_hash"] if user else None, req.password)
         if tenant is None or user is None or not check.ok or user["disabled"]:
+            await self.throttle.failed(req.tenant, req.username, address)
             reason = ("unknown tenant" if tenant is None else "unknown user" if user is None
                       else "wrong password" if not check.ok else "disabled user")
             log.info("token refused", extra={"tenant_slug": req.tenant, "username": req.username, "reason": reason})
@@ -94,12 +106,14 @@ class TokenIssuer:
             raise _invalid_credentials()
         tenant_id = str(tenant["id"])
         tenant_id_var.set(tenant_id)
+        await self.throttle.succeeded(req.tenant, req.username)
         if check.new_hash is not None:
             await self._store_rehash(tenant_id, str(user["id"]), check.new_hash)
         token = sign_token(
             private_key_file=self.private_key_file, user_id=str(user["id"]), tenant_id=tenant_id,
             tenant_slug=tenant["slug"], username=user["username"], roles=list(user["roles"]),
             issuer=self.issuer, audience=self.audience, ttl_seconds=self.ttl_seconds,
+            generation=int(user["token_generation"]),
         )
         log.info("token issued", extra={"user_id": str(user["id"]), "roles": list(user["roles"])})
         await self._record_login(tenant_id, str(user["id"]), user["username"], audit.SUCCESS,
@@ -143,10 +157,13 @@ async def _read_body(request: Request) -> bytes:
 
 
 def parse_token_request(raw: bytes) -> TokenRequest:
-    """422 naming the field for anything but a valid JSON object with the three fields."""
+    """422 naming the field for anything but a valid JSON object with the three fields
+    (a flat object: nesting is bounded before the parser runs)."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = loads_bounded(raw, max_bytes=MAX_BODY_BYTES, max_depth=4)
+    except JsonTooLarge as exc:
+        raise ProblemError(413, str(exc), extra={"max_bytes": exc.limit}) from None
+    except JsonInvalid:
         raise ProblemError(422, "the body must be a JSON object", field="body") from None
     if not isinstance(data, dict):
         raise ProblemError(422, "the body must be a JSON object", field="body")
@@ -166,11 +183,12 @@ def token_router(issuer: TokenIssuer) -> APIRouter:
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": TokenRequest.model_json_schema()}}}},
         responses={401: {"description": "wrong tenant, username or password"},
+                   429: {"description": "too many failed logins for this user or address (Retry-After)"},
                    422: {"description": "malformed body"}},
     )
     async def issue_token(request: Request) -> JSONResponse:
         req = parse_token_request(await _read_body(request))
-        token = await issuer.issue(req)
+        token = await issuer.issue(req, request.client.host if request.client else "")
         return JSONResponse(token.model_dump(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     return router

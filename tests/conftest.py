@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from services.common import capability, pki
 from services.common.auth import ensure_keypair, sign_token
 from services.common.settings import CommonSettings
 
@@ -38,6 +39,14 @@ os.environ["DOCTAG_DB_NAME"] = TEST_DB_NAME
 os.environ["DOCTAG_AMQP_PREFIX"] = TEST_AMQP_PREFIX
 os.environ["DOCTAG_STATE_DIR"] = str(TEST_STATE_DIR)
 os.environ["DOCTAG_MODEL_STORE"] = str(TEST_STATE_DIR / "models")
+# Mutual TLS as in production: the session's own CA and a certificate per role, and upload's job
+# capability keys, made before any service or setting reads them.
+os.environ["DOCTAG_TLS_DIR"] = str(TEST_STATE_DIR / "pki")
+os.environ["DOCTAG_JOB_CAPABILITY_PRIVATE_KEY_FILE"] = str(TEST_STATE_DIR / "keys" / capability.PRIVATE_NAME)
+os.environ["DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE"] = str(TEST_STATE_DIR / "keys" / capability.PUBLIC_NAME)
+pki.ensure_local(TEST_STATE_DIR / "pki")
+capability.ensure_keypair(TEST_STATE_DIR / "keys")
+os.environ["DOCTAG_GATEWAY_REDIS_PREFIX"] = f"doctag-test-{SESSION_ID}"
 # In-process services and commands that call model-serving (search's query embeddings, reindex)
 # reach none unless a test starts one and names it: never the platform's model-serving on 9121.
 # Port 1 on loopback refuses at once.

@@ -9,15 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import numpy as np
 
 from services.common.embeddings import Embedding, unpack
-from services.common.grpc_utils import create_server
+from services.common.grpc_utils import bind, create_server
 from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
 from services.model_serving.grpc_api import ModelServingServicer
 from services.model_serving.runner import ModelRunner
 from services.model_serving.settings import ModelServingSettings
+from tests.support import grpc_security, sync_channel
 
 
 @contextmanager
@@ -29,10 +29,11 @@ def embedding_server(**overrides: Any) -> Iterator[str]:
 
     async def start() -> None:
         runner = ModelRunner(ModelServingSettings(inference_threads=2, **overrides))
-        server = create_server("test-model-serving")
+        # As the service runs: mutual TLS with the session's model-serving certificate.
+        server = create_server("test-model-serving", grpc_security("model-serving"))
         model_serving_pb2_grpc.add_ModelServingServicer_to_server(  # type: ignore[no-untyped-call]
-            ModelServingServicer(runner), server)
-        box["port"] = server.add_insecure_port("127.0.0.1:0")
+            ModelServingServicer(runner, None), server)
+        box["port"] = bind(server, "127.0.0.1:0", grpc_security("model-serving"))
         await server.start()
         box["server"], box["runner"] = server, runner
 
@@ -60,7 +61,7 @@ def embedding_server(**overrides: Any) -> Iterator[str]:
 
 def embed(target: str, texts: list[str], mode: str = "passage") -> list[Embedding]:
     """Embeddings through the real gRPC API (a synchronous client)."""
-    with grpc.insecure_channel(target) as channel:
+    with sync_channel(target, "tagging-worker", "model-serving") as channel:
         stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
         response = stub.Embed(model_serving_pb2.EmbedRequest(
             texts=texts, mode=model_serving_pb2.EMBED_MODE_PASSAGE if mode == "passage"

@@ -1,32 +1,52 @@
-"""The Kong plugins this gateway implements, by name.
+"""The plugins, found by folder: every `gateway/plugins/<folder>/` with a `schema.py`
+(`NAME`, `Config`) and a `handler.py` (`Handler`) is a plugin. Adding one means adding
+a folder; nothing else names the plugins.
 
-Each plugin module has a pydantic `Config` (the plugin's `config:` block in
-kong.yml, unknown keys rejected) and the logic the proxy calls.
+`PLUGIN_CONFIGS` (name -> config schema) is what the config loader validates against;
+`handler_classes()` imports the handlers, which the pipeline instantiates.
 """
 from __future__ import annotations
 
-from pydantic import BaseModel
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Any
 
-from .acl import AclConfig
-from .correlation_id import CorrelationIdConfig
-from .jwt_auth import JwtConfig
-from .size_limit import RequestSizeLimitingConfig
+from .base import PluginConfig, PluginHandler
 
-PLUGIN_CONFIGS: dict[str, type[BaseModel]] = {
-    "correlation-id": CorrelationIdConfig,
-    "jwt": JwtConfig,
-    "acl": AclConfig,
-    "request-size-limiting": RequestSizeLimitingConfig,
-}
+_FOLDER = Path(__file__).resolve().parent
 
-# Plugins that only make sense once per gateway (they run before any route is matched).
-GLOBAL_ONLY = frozenset({"correlation-id"})
 
-__all__ = [
-    "GLOBAL_ONLY",
-    "PLUGIN_CONFIGS",
-    "AclConfig",
-    "CorrelationIdConfig",
-    "JwtConfig",
-    "RequestSizeLimitingConfig",
-]
+def _plugin_folders() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules([str(_FOLDER)])
+                  if m.ispkg and (_FOLDER / m.name / "schema.py").exists())
+
+
+def _load_schemas() -> tuple[dict[str, type[PluginConfig]], dict[str, str], frozenset[str]]:
+    configs: dict[str, type[PluginConfig]] = {}
+    folders: dict[str, str] = {}
+    global_only: set[str] = set()
+    for folder in _plugin_folders():
+        module = importlib.import_module(f"{__name__}.{folder}.schema")
+        name: str = module.NAME
+        configs[name] = module.Config
+        folders[name] = folder
+        if getattr(module, "GLOBAL_ONLY", False):
+            global_only.add(name)
+    return configs, folders, frozenset(global_only)
+
+
+PLUGIN_CONFIGS, _FOLDERS, GLOBAL_ONLY = _load_schemas()
+
+
+def handler_classes() -> dict[str, type[PluginHandler[Any]]]:
+    """Plugin name -> handler class (imported on first use: handlers need the router and proxy,
+    which need the config schemas above)."""
+    found: dict[str, type[PluginHandler[Any]]] = {}
+    for name, folder in _FOLDERS.items():
+        module = importlib.import_module(f"{__name__}.{folder}.handler")
+        found[name] = module.Handler
+    return found
+
+
+__all__ = ["GLOBAL_ONLY", "PLUGIN_CONFIGS", "handler_classes"]

@@ -136,17 +136,20 @@ async def model_serving(target: str | None) -> AsyncIterator[str | None]:
     if target is None or target != "local":
         yield target
         return
-    from services.common.grpc_utils import create_server
+    from services.common.grpc_utils import GrpcSecurity, bind, create_server
     from services.common.pb import model_serving_pb2_grpc
     from services.model_serving.grpc_api import ModelServingServicer
     from services.model_serving.runner import ModelRunner
     from services.model_serving.settings import ModelServingSettings
 
-    runner = ModelRunner(ModelServingSettings())
-    server = create_server("search-eval-model-serving")
+    settings = ModelServingSettings()
+    runner = ModelRunner(settings)
+    # As the service runs: mutual TLS with model-serving's certificate, callers authorised by role.
+    security = GrpcSecurity.from_settings(settings)
+    server = create_server("search-eval-model-serving", security)
     model_serving_pb2_grpc.add_ModelServingServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelServingServicer(runner), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+        ModelServingServicer(runner, None), server)
+    port = bind(server, "127.0.0.1:0", security)
     await server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -188,19 +191,19 @@ async def _index(admin_dsn: str, tenant: str, corpus: list[CorpusDoc], model_tar
 
 async def _passage_embeddings(target: str, tenant: str, corpus: list[CorpusDoc]) -> list[Any]:
     """Each document's embedding exactly as the tagging worker gets it (its client, its passage text)."""
-    from services.common.grpc_utils import client_channel
+    from services.common.grpc_utils import GrpcSecurity, client_channel
     from services.tagging_worker.clients import ModelClient, Retrier
     from services.tagging_worker.settings import WorkerSettings
     from services.tagging_worker.worker import passage_text
 
     settings = WorkerSettings(model_grpc_target=target)
-    channel = client_channel(target)
+    channel = client_channel(target, GrpcSecurity.from_settings(settings), "model-serving")
     client = ModelClient(channel, settings, Retrier(settings))
     try:
         out: list[Any] = []
         for start in range(0, len(corpus), EMBED_CONCURRENCY):
             chunk = corpus[start:start + EMBED_CONCURRENCY]
-            out.extend(await asyncio.gather(*(client.embed_passage(passage_text(d.title, d.text), tenant)
+            out.extend(await asyncio.gather(*(client.embed_passage(passage_text(d.title, d.text))
                                               for d in chunk)))
         if any(e is None for e in out):
             raise AdminError(f"model-serving at {target} does not serve embeddings")
@@ -251,7 +254,10 @@ def semantic_for(target: str, fusion: Any = None) -> Any:
     from services.search.settings import SearchSettings
 
     settings = SearchSettings()
-    encoder = QueryEncoder(target, timeout_s=EVAL_EMBED_TIMEOUT_S, retry_after_s=0.0)
+    from services.common.grpc_utils import GrpcSecurity
+
+    encoder = QueryEncoder(target, GrpcSecurity.from_settings(settings), timeout_s=EVAL_EMBED_TIMEOUT_S,
+                           retry_after_s=0.0)
     return SemanticSearch(encoder, make_cache(settings), settings.semantic_candidates, fusion or settings.fusion())
 
 
@@ -329,16 +335,16 @@ async def _embedding_target(target: str | None, channel_holder: list[Any]) -> tu
         return None, "no model-serving given"
     import grpc
 
-    from services.common.grpc_utils import client_channel
+    from services.common.grpc_utils import GrpcSecurity, client_channel
     from services.tagging_worker.clients import ModelClient, ModelUnavailable, Retrier
     from services.tagging_worker.settings import WorkerSettings
 
     settings = WorkerSettings(model_grpc_target=target, retry_attempts=2, retry_initial_seconds=0.2)
-    channel = client_channel(target)
+    channel = client_channel(target, GrpcSecurity.from_settings(settings), "model-serving")
     channel_holder.append(channel)
     client = ModelClient(channel, settings, Retrier(settings))
     try:
-        probe = await client.embed_passage("passage", "")
+        probe = await client.embed_passage("passage")
     except (ModelUnavailable, grpc.aio.AioRpcError) as exc:
         return None, f"model-serving at {target} is unavailable ({exc})"
     if probe is None:
@@ -452,8 +458,8 @@ async def _batch_embeddings(target: EmbeddingTarget | None, tenant: str, batch: 
     out: dict[str, Any] = {}
     for start in range(0, len(wanted), EMBED_CONCURRENCY):
         chunk = wanted[start:start + EMBED_CONCURRENCY]
-        vectors = await asyncio.gather(*(target.client.embed_passage(passage_text(d["title"], d["text_content"]),
-                                                                     tenant) for d in chunk))
+        vectors = await asyncio.gather(*(target.client.embed_passage(passage_text(d["title"], d["text_content"]))
+                                         for d in chunk))
         out.update({str(d["id"]): v for d, v in zip(chunk, vectors, strict=True) if v is not None})
     return out
 

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -34,11 +35,42 @@ class Program:
     ready_port: int  # HTTP port answering /readyz
     priority: int
 
+    @property
+    def role(self) -> str:
+        """The service role (and certificate) of the program: its name without the replica number."""
+        return self.name.rstrip("0123456789").rstrip("-")
+
+
+@dataclass(frozen=True)
+class ServiceAccounts:
+    """Each service's own database and broker credentials (files, 0600), set up by `make up`."""
+
+    db_password_files: dict[str, Path]            # PostgreSQL role -> password file
+    amqp_urls: dict[str, str] | None = None       # service role -> URL without its password
+    amqp_password_files: dict[str, Path] | None = None
+
+    def env(self, role: str) -> dict[str, str]:
+        """The DOCTAG_* variables that give one service (by role) its own credentials."""
+        db_roles = {"gateway": "doctag_gateway", "upload": "doctag_upload", "search": "doctag_search",
+                    "model-serving": "doctag_model"}
+        env: dict[str, str] = {}
+        if role in db_roles and db_roles[role] in self.db_password_files:
+            env["DOCTAG_DB_PASSWORD_FILE"] = str(self.db_password_files[db_roles[role]].resolve())
+        if role == "upload" and "doctag_relay" in self.db_password_files:
+            env["DOCTAG_RELAY_DB_PASSWORD_FILE"] = str(self.db_password_files["doctag_relay"].resolve())
+        if self.amqp_urls and self.amqp_password_files and role in self.amqp_urls:
+            env.update({"DOCTAG_AMQP_URL": self.amqp_urls[role],
+                        "DOCTAG_AMQP_PASSWORD_FILE": str(self.amqp_password_files[role].resolve()),
+                        "DOCTAG_AMQP_DECLARE_TOPOLOGY": "false"})
+        return env
+
 
 @dataclass
 class StackLayout:
     state_dir: Path
     gateway_port: int = 8080
+    # The gateway's status listener (/healthz, /readyz, /metrics), separate from the proxy port.
+    gateway_status_port: int = 8100
     upload_ports: list[tuple[int, int]] = field(default_factory=lambda: [(8101, 9101), (8102, 9102)])
     search_ports: list[tuple[int, int]] = field(default_factory=lambda: [(8111, 9111), (8112, 9112)])
     model_ports: tuple[int, int] = (8121, 9121)
@@ -49,6 +81,12 @@ class StackLayout:
     python: str = sys.executable
     # The gateway configuration this layout's kong.yml is made from (benchmarks raise its size limits).
     gateway_template: Path = DEFAULT_GATEWAY_CONFIG
+    # HTTP between the gateway and the services over mutual TLS (the services' ports need a client
+    # certificate of the platform CA; the gateway's own port stays plain HTTP for API clients).
+    http_tls: bool = True
+    # Per-service database and broker credentials (`make up`); None: every service uses the
+    # environment's DOCTAG_DB_* and DOCTAG_AMQP_URL (tests, benchmarks).
+    accounts: ServiceAccounts | None = None
     # Program name -> CPU list (`taskset -c` syntax, e.g. "1" or "0-3"); programs not named run
     # anywhere. Benchmarks use it to give model-serving its own CPUs, as its own host would.
     cpu_affinity: dict[str, str] = field(default_factory=dict)
@@ -59,7 +97,8 @@ class StackLayout:
         return cls(state_dir=state_dir, gateway_port=ports[0],
                    upload_ports=[(ports[1], ports[2]), (ports[3], ports[4])],
                    search_ports=[(ports[5], ports[6]), (ports[7], ports[8])],
-                   model_ports=(ports[9], ports[10]), worker_ports=[ports[11], ports[12]], env=dict(env or {}))
+                   model_ports=(ports[9], ports[10]), worker_ports=[ports[11], ports[12]],
+                   gateway_status_port=ports[13], env=dict(env or {}))
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -83,8 +122,16 @@ class StackLayout:
         return self.run_dir / "supervisord.pid"
 
     @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
     def gateway_url(self) -> str:
         return f"http://{self.host}:{self.gateway_port}"
+
+    @property
+    def gateway_status_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_status_port}"
 
     # -- programs ----------------------------------------------------------------
     def programs(self) -> list[Program]:
@@ -106,8 +153,9 @@ class StackLayout:
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_DOCUMENTS_GRPC_TARGET": upload_grpc,
                 "DOCTAG_MODEL_GRPC_TARGET": model_grpc}, http, 30))
         progs.append(Program("gateway", "gateway", {
-            "DOCTAG_HTTP_PORT": str(self.gateway_port), "DOCTAG_GATEWAY_CONFIG": str(self.gateway_conf.resolve())},
-            self.gateway_port, 40))
+            "DOCTAG_HTTP_PORT": str(self.gateway_port), "DOCTAG_GATEWAY_STATUS_PORT": str(self.gateway_status_port),
+            "DOCTAG_GATEWAY_CONFIG": str(self.gateway_conf.resolve())},
+            self.gateway_status_port, 40))
         return progs
 
     def common_env(self) -> dict[str, str]:
@@ -117,6 +165,9 @@ class StackLayout:
             "DOCTAG_JWT_PUBLIC_KEY_FILE": str(state / "keys" / "jwt_public.pem"),
             "DOCTAG_JWT_PRIVATE_KEY_FILE": str(state / "keys" / "jwt_private.pem"),
             "DOCTAG_BLOB_DIR": str(state / "blobs"),
+            "DOCTAG_TLS_DIR": str(self.pki_dir.resolve()),
+            "DOCTAG_JOB_CAPABILITY_PRIVATE_KEY_FILE": str(state / "keys" / "job_capability_ed25519.pem"),
+            "DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE": str(state / "keys" / "job_capability_ed25519.pub.pem"),
             "DOCTAG_HTTP_HOST": self.host,
             "DOCTAG_GRPC_HOST": self.host,
             "PYTHONUNBUFFERED": "1",
@@ -137,6 +188,8 @@ class StackLayout:
         for upstream in config.get("upstreams", []):
             if upstream["name"] in targets:
                 upstream["targets"] = [{"target": t, "weight": 100} for t in targets[upstream["name"]]]
+        if self.http_tls:
+            use_https(config, set(targets))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.gateway_conf.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
         return self.gateway_conf
@@ -156,7 +209,10 @@ class StackLayout:
             "", "[supervisorctl]", f"serverurl=unix://{run / 'supervisor.sock'}", "",
         ]
         for prog in self.programs():
-            env = {**common, **prog.env, "DOCTAG_SERVICE_INSTANCE": prog.name}
+            accounts = self.accounts.env(prog.role) if self.accounts else {}
+            tls_switch = "DOCTAG_UPSTREAM_TLS" if prog.role == "gateway" else "DOCTAG_HTTP_TLS"
+            tls = {tls_switch: "true"} if self.http_tls else {}
+            env = {**common, **accounts, **tls, **prog.env, "DOCTAG_SERVICE_INSTANCE": prog.name}
             env_line = ",".join(f'{k}="{_supervisor_escape(v)}"' for k, v in env.items())
             lines += [
                 f"[program:{prog.name}]",
@@ -168,7 +224,11 @@ class StackLayout:
                 f"stdout_logfile={log / (prog.name + '.log')}", "redirect_stderr=true",
                 "stdout_logfile_maxbytes=20MB", "stdout_logfile_backups=3", "",
             ]
-        self.supervisor_conf.write_text("\n".join(lines), encoding="utf-8")
+        # Only paths to secrets are in it, but the file says which accounts exist: the owner's only.
+        fd = os.open(self.supervisor_conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines))
+        os.chmod(self.supervisor_conf, 0o600)
         return self.supervisor_conf
 
     def _command(self, prog: Program) -> str:
@@ -194,9 +254,14 @@ class StackLayout:
 
     def start(self) -> None:
         """Starts supervisord, or (when it already runs) applies config changes and starts what is stopped."""
+        from services.common import capability, pki
         from services.common.auth import ensure_keypair
 
         ensure_keypair(self.state_dir / "keys")
+        capability.ensure_keypair(self.state_dir / "keys")
+        # The platform CA and one certificate per role for this host (renewed when close to expiry;
+        # running services pick renewed ones up by themselves).
+        pki.ensure_local(self.pki_dir, host="localhost", ip=self.host)
         (self.state_dir / "blobs").mkdir(parents=True, exist_ok=True)
         self.write_gateway_config()
         self.write_supervisor_config()
@@ -212,11 +277,11 @@ class StackLayout:
         """Waits until every program answers /readyz with 200; raises with the failing log tails otherwise."""
         deadline = time.monotonic() + timeout
         pending = {p.name: p for p in self.programs()}
-        with httpx.Client(timeout=3) as client:
+        with self.client(timeout=3) as client:
             while pending and time.monotonic() < deadline:
                 for name, prog in list(pending.items()):
                     try:
-                        if client.get(f"http://{self.host}:{prog.ready_port}/readyz").status_code == 200:
+                        if client.get(f"{self.service_url(prog)}/readyz").status_code == 200:
                             del pending[name]
                     except httpx.HTTPError:
                         pass
@@ -228,6 +293,23 @@ class StackLayout:
         if pending:
             details = "\n".join(f"--- {n} ({self._state(n)}):\n{self.log_tail(n)}" for n in pending)
             raise RuntimeError(f"not ready after {timeout:.0f}s: {', '.join(pending)}\n{details}")
+
+    def service_url(self, prog: Program) -> str:
+        """The base URL of a program's own HTTP port (https when the services use mutual TLS)."""
+        scheme = "https" if self.http_tls and prog.role != "gateway" else "http"
+        return f"{scheme}://{self.host}:{prog.ready_port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An HTTP client that can reach the services' own ports: with mutual TLS, the gateway's
+        certificate (the operator's tools act as the gateway here)."""
+        if not self.http_tls:
+            return httpx.Client(**kwargs)
+        from services.common.pki import cert_paths
+        from services.common.tls import ReloadingSSLContext, TlsFiles
+
+        cert, key = cert_paths(self.pki_dir, "gateway")
+        tls = ReloadingSSLContext(TlsFiles(self.pki_dir / "ca.crt", cert, key), server=False)
+        return httpx.Client(verify=tls.context, **kwargs)
 
     def _state(self, name: str) -> str:
         out = self.supervisorctl("status", name).stdout.split()
@@ -260,6 +342,18 @@ class StackLayout:
     def kill(self, name: str) -> None:
         """SIGKILL one service (tests: a crash in the middle of work). supervisord restarts it."""
         self.supervisorctl("signal", "KILL", name, check=True)
+
+
+def use_https(config: dict[str, Any], upstream_names: set[str]) -> None:
+    """Services on these upstreams are reached over mutual TLS, and so are the active health
+    checks of those upstreams (a plain-HTTP probe of a TLS port would mark every target down)."""
+    for service in config.get("services", []):
+        if service.get("host") in upstream_names:
+            service["protocol"] = "https"
+    for upstream in config.get("upstreams", []):
+        active = (upstream.get("healthchecks") or {}).get("active")
+        if upstream["name"] in upstream_names and active:
+            active["type"] = "https"
 
 
 def _supervisor_escape(value: str) -> str:

@@ -74,6 +74,15 @@ class Topology:
         await warnings.bind(events, routing_key=QUOTA_WARNING)
         return events, jobs
 
+    async def open(self, channel: AbstractChannel, *, declare: bool) -> tuple[AbstractExchange, AbstractQueue]:
+        """The events exchange and the jobs queue: declared (`declare`), or only checked to exist
+        (passive declarations, which need no `configure` permission), for users without it."""
+        if declare:
+            return await self.declare(channel)
+        events = await channel.get_exchange(self.events_exchange, ensure=True)
+        jobs = await channel.get_queue(self.jobs_queue, ensure=True)
+        return events, jobs
+
     async def delete(self, channel: AbstractChannel) -> None:
         """Removes the topology (tests only)."""
         for queue in (self.jobs_queue, self.dead_letter_queue, self.quota_warnings_queue):

@@ -1,15 +1,65 @@
-"""gRPC plumbing shared by servers and clients: request ids, metrics, health, deadlines."""
+"""gRPC plumbing shared by servers and clients: mutual TLS, caller authorisation, request ids,
+metrics, health, deadlines."""
 from __future__ import annotations
 
+import ipaddress
+import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .access import AccessInterceptor, UserTokenSettings
 from .context import GRPC_REQUEST_ID_KEY, new_request_id, request_id_var
 from .metrics import GRPC_LATENCY, GRPC_REQUESTS
+from .settings import CommonSettings
+from .tls import ReloadingChannel, ServerCredentials, TlsFiles
+
+log = logging.getLogger(__name__)
+
+
+class InsecureNotLoopback(Exception):
+    """DOCTAG_GRPC_TLS=false is refused for anything but a loopback address."""
+
+
+@dataclass(frozen=True)
+class GrpcSecurity:
+    """How one process takes part in gRPC: its role, its certificate files (None: no TLS, loopback
+    only, roles not checked) and how it verifies end users' tokens."""
+
+    role: str
+    files: TlsFiles | None
+    tokens: UserTokenSettings | None
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings) -> GrpcSecurity:
+        ca, cert, key = settings.tls_paths()
+        return cls(role=settings.role, files=TlsFiles(ca, cert, key) if settings.grpc_tls else None,
+                   tokens=UserTokenSettings(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(server: grpc.aio.Server, address: str, security: GrpcSecurity | None) -> int:
+    """Listens on `address` with mutual TLS (or, insecure mode, plain on loopback only)."""
+    if security is not None and security.files is not None:
+        return int(server.add_secure_port(address, ServerCredentials(security.files).credentials()))
+    host = address.rsplit(":", 1)[0]
+    if not _is_loopback(host):
+        raise InsecureNotLoopback(f"gRPC without TLS only on loopback, not {address} (set DOCTAG_GRPC_TLS=true)")
+    log.warning("gRPC without TLS: callers are not authenticated (development and benchmarks only)",
+                extra={"address": address})
+    return int(server.add_insecure_port(address))
 
 
 class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type information
@@ -70,9 +120,14 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # g
         return handler
 
 
-def create_server(service: str) -> grpc.aio.Server:
+def create_server(service: str, security: GrpcSecurity | None) -> grpc.aio.Server:
+    """A server whose every call passes the caller authorisation of services/common/access.py
+    (`security=None`: none, for test doubles bound to loopback without TLS)."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [ContextInterceptor(service)]
+    if security is not None:
+        interceptors.append(AccessInterceptor(service, security.tokens, enforce_roles=security.files is not None))
     return grpc.aio.server(
-        interceptors=[ContextInterceptor(service)],
+        interceptors=interceptors,
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                  ("grpc.max_send_message_length", 64 * 1024 * 1024)],
     )
@@ -92,8 +147,10 @@ async def set_serving(servicer: health.aio.HealthServicer, service_names: list[s
         await servicer.set(name, status)
 
 
-def client_channel(target: str) -> grpc.aio.Channel:
-    """An insecure channel (loopback / private network) with keepalive and bigger messages.
+def client_channel(target: str, security: GrpcSecurity | None, server_role: str) -> ReloadingChannel:
+    """A long-lived channel to a service of `server_role` (mutual TLS with this process's certificate,
+    rebuilt when it is renewed; plain when `security` is None or has no files), with keepalive and
+    bigger messages.
 
     `target` may list several addresses separated by commas; calls are balanced round-robin.
     """
@@ -107,4 +164,4 @@ def client_channel(target: str) -> grpc.aio.Channel:
     if len(addresses) > 1:
         target = "ipv4:" + ",".join(addresses)
         options.append(("grpc.lb_policy_name", "round_robin"))
-    return grpc.aio.insecure_channel(target, options=options)
+    return ReloadingChannel(target, security.files if security else None, server_role, options)

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import REQUEST_ID_HEADER, new_request_id, request_id_var, tenant_id_var
-from .errors import install_problem_handlers
+from .errors import ProblemError, install_problem_handlers, problem_response
 from .metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -41,9 +41,11 @@ class RequestContextMiddleware:
         tenant_token = tenant_id_var.set(None)
         start = time.perf_counter()
         status_holder = {"status": 500}
+        started = {"done": False}
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
+                started["done"] = True
                 status_holder["status"] = message["status"]
                 hdrs = list(message.get("headers", []))
                 hdrs.append((REQUEST_ID_HEADER.encode(), rid[:128].encode("latin-1")))
@@ -52,6 +54,16 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # Answered here, inside the request's context, so the 500 carries the same request id
+            # in its header, its body and the log line (Starlette's outermost error handler runs
+            # after this context is gone). After the response has started, all that can be done
+            # is to let the connection drop.
+            access_log.exception("unhandled error", extra={"method": scope.get("method"), "path": scope.get("path")})
+            if started["done"]:
+                raise
+            await problem_response(500, "an unexpected error occurred; quote the request id to an operator",
+                                   instance=scope.get("path"))(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
@@ -69,6 +81,60 @@ class RequestContextMiddleware:
             tenant_id_var.reset(tenant_token)
 
 
+class BodyLimitMiddleware:
+    """The gateway's `request-size-limiting` on a service's own port, so that a caller who reaches
+    the port directly gets no more than through the gateway: a declared Content-Length over the
+    limit answers 413 at once; a body without one is counted as it is read and refused (413) as
+    soon as it passes the limit. The limit is the one of the longest matching path prefix in
+    `limits`, else `default`."""
+
+    def __init__(self, app: ASGIApp, default: int, limits: dict[str, int] | None = None) -> None:
+        self.app = app
+        self.default = default
+        self.limits = sorted((limits or {}).items(), key=lambda item: -len(item[0]))
+
+    def limit_for(self, path: str) -> int:
+        for prefix, limit in self.limits:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return limit
+        return self.default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        declared = [v for k, v in scope.get("headers", []) if k.lower() == b"content-length"]
+        if declared:
+            value = declared[0].decode("latin-1").strip()
+            if not value.isascii() or not value.isdigit():
+                detail = "Content-Length must be a non-negative integer"
+                await problem_response(400, detail, errors=[{"field": "Content-Length", "message": detail}])(
+                    scope, receive, send)
+                return
+            if int(value) > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ProblemError(413, f"the request body is larger than the allowed {limit} bytes",
+                                       extra={"max_bytes": limit})
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return problem_response(413, f"the request body is larger than the allowed {limit} bytes",
+                            extra={"max_bytes": limit})
+
+
 def create_app(
     service: str,
     *,
@@ -76,17 +142,33 @@ def create_app(
     readiness: dict[str, ReadinessCheck] | None = None,
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     version: str = "1",
+    max_body_bytes: int | None = None,
+    body_limits: dict[str, int] | None = None,
+    api_docs: bool = True,
+    operational_routes: bool = True,
 ) -> FastAPI:
     """An app with the shared middleware and the /healthz, /readyz and /metrics routes.
 
     `readiness` maps a dependency name to an async check that raises when it is unreachable.
+    `max_body_bytes` (with per-path-prefix `body_limits`) limits request bodies as the gateway does;
+    `api_docs=False` serves neither /docs nor /openapi.json. `operational_routes=False` leaves out
+    those three routes and the API docs (the gateway's proxy port, where every path belongs to the
+    upstreams; it serves them on its status port).
     """
-    app = FastAPI(title=title, version=version, lifespan=lifespan,
-                  openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+    docs = api_docs and operational_routes
+    # FastAPI's built-in OpenTelemetry is off: the platform's metrics are Prometheus, and with no
+    # OTel provider configured, FastAPI looked one up (entry points, imports) on every request.
+    app = FastAPI(title=title, version=version, lifespan=lifespan, redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
+                  openapi_url="/openapi.json" if docs else None, docs_url="/docs" if docs else None)
+    if max_body_bytes is not None:
+        app.add_middleware(BodyLimitMiddleware, default=max_body_bytes, limits=body_limits)
     app.add_middleware(RequestContextMiddleware, service=service)
     install_problem_handlers(app)
     checks = dict(readiness or {})
     app.state.readiness_checks = checks
+    if not operational_routes:
+        return app
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -12,6 +12,9 @@ import grpc
 import uvicorn
 from fastapi import FastAPI
 
+from .grpc_utils import GrpcSecurity, bind
+from .tls import ReloadingSSLContext
+
 log = logging.getLogger(__name__)
 
 
@@ -25,12 +28,24 @@ class QuietSignalsServer(uvicorn.Server):
         yield
 
 
+def use_tls(config: uvicorn.Config, http_ssl: ReloadingSSLContext | None) -> asyncio.Task[None] | None:
+    """Serves `config`'s app over mutual TLS with `http_ssl` (renewed certificates picked up by a
+    watcher task, returned); nothing without one."""
+    if http_ssl is None:
+        return None
+    config.load()
+    config.ssl = http_ssl.context
+    return asyncio.get_running_loop().create_task(http_ssl.watch(), name="tls-watch")
+
+
 async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Server | None = None,
                 grpc_address: str | None = None, on_grpc_started: Callable[[], Awaitable[None]] | None = None,
-                grace_seconds: float = 10.0) -> None:
+                grace_seconds: float = 10.0, grpc_security: GrpcSecurity | None = None,
+                http_ssl: ReloadingSSLContext | None = None) -> None:
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=int(grace_seconds))
     server = QuietSignalsServer(config)
+    watcher = use_tls(config, http_ssl)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -44,7 +59,7 @@ async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Ser
         if http_task.done():
             await http_task
             return
-        grpc_server.add_insecure_port(grpc_address)
+        bind(grpc_server, grpc_address, grpc_security)
         await grpc_server.start()
         log.info("grpc listening", extra={"address": grpc_address})
         if on_grpc_started:
@@ -58,3 +73,5 @@ async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Ser
         await grpc_server.stop(grace_seconds)
     server.should_exit = True
     await http_task
+    if watcher is not None:
+        watcher.cancel()

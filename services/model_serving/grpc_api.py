@@ -3,6 +3,10 @@
 The call's deadline becomes the request's deadline in the batcher. Overload is answered at
 once with RESOURCE_EXHAUSTED and a `retry-after-ms` trailing metadata entry (the seconds
 are in `retry-after` too); a deadline that passes before the windows run gives DEADLINE_EXCEEDED.
+
+The request's `tenant_id` is not trusted: the tenant recorded in the inference log is the one of
+the job capability the tagging worker presents (verified with upload's public key), else none.
+Who may call at all is decided by services/common/access.py.
 """
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from services.common.access import CAPABILITY_KEY, deny, metadata_value
+from services.common.capability import CapabilityVerifier, InvalidCapability
 from services.common.context import tenant_id_var
 from services.common.embeddings import pack
 from services.common.pb import model_serving_pb2 as pb
@@ -47,8 +53,26 @@ async def _abort_for(exc: Exception, context: grpc.aio.ServicerContext) -> NoRet
 
 
 class ModelServingServicer(pb_grpc.ModelServingServicer):
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, capabilities: CapabilityVerifier | None) -> None:
         self.runner = runner
+        self.capabilities = capabilities
+
+    async def _tenant(self, context: grpc.aio.ServicerContext, method: str) -> str | None:
+        """The tenant of the job capability that came with the call (None without one); a capability
+        that does not verify is refused."""
+        token = metadata_value(context, CAPABILITY_KEY)
+        if not token:
+            tenant_id_var.set(None)
+            return None
+        try:
+            if self.capabilities is None:
+                raise InvalidCapability("this server cannot verify job capabilities")
+            tenant: str | None = self.capabilities.verify(token).tenant_id
+        except InvalidCapability as exc:
+            await deny(context, "model-serving", f"/{SERVICE_NAME}/{method}", "capability", str(exc))
+            raise AssertionError("unreachable") from None
+        tenant_id_var.set(tenant)
+        return tenant
 
     async def _answer(self, context: grpc.aio.ServicerContext, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -57,21 +81,21 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
             await _abort_for(exc, context)
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
-        tenant_id_var.set(request.tenant_id or None)
+        tenant = await self._tenant(context, "Predict")
         deadline = self.runner.deadline_from(context.time_remaining())
 
         async def run() -> pb.PredictResponse:
             self.runner.validate([request.text], "text", batch=False)
             top_k = self.runner.resolve_top_k(request.top_k)
             info, tags = await self.runner.predict([request.text], top_k, model=request.model or None,
-                                                   deadline=deadline, tenant_id=request.tenant_id or None)
+                                                   deadline=deadline, tenant_id=tenant)
             return pb.PredictResponse(model=info.name, version=info.version, prediction=_prediction(tags[0]))
 
         return await self._answer(context, run)
 
     async def PredictBatch(self, request: pb.PredictBatchRequest,
                            context: grpc.aio.ServicerContext) -> pb.PredictBatchResponse:
-        tenant_id_var.set(request.tenant_id or None)
+        tenant = await self._tenant(context, "PredictBatch")
         deadline = self.runner.deadline_from(context.time_remaining())
 
         async def run() -> pb.PredictBatchResponse:
@@ -79,7 +103,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
             self.runner.validate(texts, "texts", batch=True)
             top_k = self.runner.resolve_top_k(request.top_k)
             info, tags = await self.runner.predict(texts, top_k, model=request.model or None,
-                                                   deadline=deadline, tenant_id=request.tenant_id or None)
+                                                   deadline=deadline, tenant_id=tenant)
             return pb.PredictBatchResponse(model=info.name, version=info.version,
                                            predictions=[_prediction(t) for t in tags])
 
@@ -87,7 +111,7 @@ class ModelServingServicer(pb_grpc.ModelServingServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         """Unit vectors for retrieval (base multilingual-e5-small, "query: " / "passage: " prefixes)."""
-        tenant_id_var.set(request.tenant_id or None)
+        await self._tenant(context, "Embed")
         deadline = self.runner.deadline_from(context.time_remaining())
 
         async def run() -> pb.EmbedResponse:

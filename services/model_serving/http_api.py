@@ -88,7 +88,9 @@ def build_app(settings: ModelServingSettings, runner: ModelRunner,
               readiness: dict[str, ReadinessCheck] | None = None) -> FastAPI:
     """`readiness`: checks besides the model's (the registry's, when there is one)."""
     app = create_app(settings.service_name, title="doctag model-serving",
-                     readiness={"model": runner.ready_check, **(readiness or {})})
+                     readiness={"model": runner.ready_check, **(readiness or {})},
+                     max_body_bytes=settings.max_request_bytes, api_docs=settings.api_docs,
+                     body_limits={"/api/v1/models": settings.models_max_request_bytes})
     verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
 
     @app.post("/api/v1/embed", response_model=EmbedOut, tags=["embed"])

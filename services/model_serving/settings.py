@@ -28,6 +28,8 @@ class ModelServingSettings(CommonSettings):
     http_port: int = 8121
     grpc_port: int = 9121
     grpc_grace_s: float = 5.0
+    # Request bodies under /api/v1/models (artifact archives), as the gateway's models route allows.
+    models_max_request_bytes: int = 1024 * 1024 * 1024
 
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="artifact served without a registry (may be a symlink)")
     model_refresh_s: float = Field(30.0, gt=0, description="how often the default model is re-resolved (hot swap)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from services.common.db import Database
-from services.common.grpc_utils import add_health, create_server, set_serving
+from services.common.grpc_utils import GrpcSecurity, add_health, create_server, set_serving
 from services.common.logging import configure_logging
 from services.common.runner import serve
 
@@ -24,7 +24,8 @@ async def main(settings: SearchSettings | None = None) -> None:
     cache = make_cache(settings)
     semantic = make_semantic(settings, cache) if settings.semantic_search else None
     app = build_app(settings, db, manage_db=True, analyser=analyser, semantic=semantic, cache=cache)
-    grpc_server = create_server(settings.service_name)
+    security = GrpcSecurity.from_settings(settings)
+    grpc_server = create_server(settings.service_name, security)
     add_to_server(grpc_server, db, semantic)
     health = add_health(grpc_server, [SERVICE_NAME])
     # grpcio's health servicer reports the server ("") SERVING from the start: not before warm-up.
@@ -37,7 +38,7 @@ async def main(settings: SearchSettings | None = None) -> None:
     try:
         await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
                     grpc_address=f"{settings.grpc_host}:{settings.grpc_port}", on_grpc_started=mark_serving,
-                    grace_seconds=settings.shutdown_grace_s)
+                    grace_seconds=settings.shutdown_grace_s, grpc_security=security, http_ssl=settings.http_ssl())
     finally:
         if semantic is not None:
             await semantic.close()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from services.common.auth import Principal, TokenVerifier
 from services.common.db import Database
 from services.common.errors import ProblemError
+from services.common.grpc_utils import GrpcSecurity
 from services.common.http import create_app
 
 from . import engine, query
@@ -95,7 +96,8 @@ TYPE_HELP = f"file type, repeatable (any of): {', '.join(query.FILE_TYPES)}"
 
 def make_semantic(settings: SearchSettings, cache: VectorCache) -> SemanticSearch:
     """Hybrid search's query encoder (a gRPC channel to model-serving): create it on the running loop."""
-    encoder = QueryEncoder(settings.model_grpc_target, timeout_s=settings.embed_timeout_ms / 1000,
+    encoder = QueryEncoder(settings.model_grpc_target, GrpcSecurity.from_settings(settings),
+                           timeout_s=settings.embed_timeout_ms / 1000,
                            retry_after_s=settings.embed_retry_s)
     return SemanticSearch(encoder, cache, settings.semantic_candidates, settings.fusion())
 
@@ -134,7 +136,8 @@ def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
             await analyser.close()
 
     app = create_app(settings.service_name, title="doctag search",
-                     readiness={"database": db.ping, "analyser": analyser.check}, lifespan=lifespan)
+                     readiness={"database": db.ping, "analyser": analyser.check}, lifespan=lifespan,
+                     max_body_bytes=settings.max_request_bytes, api_docs=settings.api_docs)
     app.state.analyser = analyser
     app.state.semantic = state
 

@@ -1,4 +1,6 @@
-"""gRPC doctag.v1.Search/Search for internal callers (the tenant comes in the request).
+"""gRPC doctag.v1.Search/Search on behalf of an end user: the tenant is the one of the user's token
+(verified by services/common/access.py from the `authorization` metadata); a `tenant_id` in the
+request must be that tenant or the call is refused.
 
 Same validation and query function as the HTTP API. The proto carries tag names
 only (no scores, status, dates or facets); those stay HTTP-only.
@@ -11,6 +13,7 @@ import grpc
 import psycopg
 from psycopg_pool import PoolTimeout
 
+from services.common.access import current_user, deny
 from services.common.context import tenant_id_var
 from services.common.db import Database
 from services.common.pb import search_pb2, search_pb2_grpc
@@ -31,10 +34,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     async def Search(self, request: search_pb2.SearchRequest,
                      context: grpc.aio.ServicerContext) -> search_pb2.SearchResponse:
-        try:
-            tenant = engine.parse_tenant_id(request.tenant_id)
-        except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id: must be a UUID")
+        tenant = engine.parse_tenant_id(current_user().tenant_id)
+        if request.tenant_id and request.tenant_id.lower() != tenant:
+            await deny(context, "search", "/doctag.v1.Search/Search", "tenant",
+                       "tenant_id is not the tenant of the user's token")
         tenant_id_var.set(tenant)
         try:
             params = query.validate(request.query, list(request.tags), request.limit or None,

@@ -18,8 +18,6 @@ a bound parameter.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -28,6 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from services.common import cursors
+from services.common.context import tenant_id_var
+
 MAX_QUERY_CHARS = 500
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -35,7 +36,8 @@ MAX_LIMIT = 100
 MIN_SUBSTRING_CHARS = 2
 MAX_TAGS = 20
 MAX_TAG_CHARS = 100
-MAX_CURSOR_CHARS = 512
+# Deepest page a cursor may point at (a signed cursor never exceeds it; this bounds the SQL OFFSET).
+MAX_OFFSET = 1_000_000
 FACET_LIMIT = 50
 # File types a search can be limited to (`type=`): the upload formats, by file name extension.
 FILE_TYPES = ("pdf", "docx", "hwp", "hwpx", "txt", "csv", "md", "html", "xml")
@@ -233,28 +235,22 @@ def query_hash(q: str | None, tags: Sequence[str], pii: bool | None = None,
 
 def encode_cursor(offset: int, q: str | None, tags: Sequence[str], pii: bool | None = None,
                   filters: dict[str, Any] | None = None) -> str:
-    payload = json.dumps({"o": offset, "h": query_hash(q, tags, pii, filters)},
-                         separators=(",", ":")).encode("ascii")
-    return base64.urlsafe_b64encode(payload).decode("ascii").rstrip("=")
+    """Signed and bound to the tenant (of this request's context) and the query (services/common/cursors.py)."""
+    return cursors.seal({"o": offset}, tenant=tenant_id_var.get() or "",
+                        binding=query_hash(q, tags, pii, filters))
 
 
 def decode_cursor(cursor: str, q: str | None, tags: Sequence[str], pii: bool | None = None,
                   filters: dict[str, Any] | None = None) -> int:
-    """The offset in `cursor`; QueryError(field="cursor") when malformed or made for another query."""
-    if len(cursor) > MAX_CURSOR_CHARS:
-        raise QueryError("cursor", "the cursor is not valid")
+    """The offset in `cursor`; QueryError(field="cursor") when malformed, altered or made for another
+    tenant or query."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw.decode("ascii"))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
-        raise QueryError("cursor", "the cursor is not valid") from None
-    if not isinstance(data, dict) or set(data) != {"o", "h"}:
+        data = cursors.unseal(cursor, tenant=tenant_id_var.get() or "", binding=query_hash(q, tags, pii, filters))
+    except cursors.CursorError as exc:
+        raise QueryError("cursor", str(exc)) from None
+    offset = data.get("o")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
         raise QueryError("cursor", "the cursor is not valid")
-    offset, digest = data["o"], data["h"]
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise QueryError("cursor", "the cursor is not valid")
-    if digest != query_hash(q, tags, pii, filters):
-        raise QueryError("cursor", "the cursor belongs to a different query")
     return offset
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from services.common.context import grpc_metadata
 from services.common.db import Database
 from services.common.embeddings import DTYPE, unpack
+from services.common.grpc_utils import GrpcSecurity, client_channel
 from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
 
 from .query import Fusion, Semantic
@@ -60,9 +61,9 @@ class QueryVector:
 class QueryEncoder:
     """Query vectors from model-serving's Embed, with a deadline, a cache and a pause after failures."""
 
-    def __init__(self, target: str, *, timeout_s: float, retry_after_s: float) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
-        self._stub = model_serving_pb2_grpc.ModelServingStub(self._channel)  # type: ignore[no-untyped-call]
+    def __init__(self, target: str, security: GrpcSecurity | None, *, timeout_s: float, retry_after_s: float) -> None:
+        # A long-lived channel with search's certificate (mutual TLS; rebuilt when it is renewed).
+        self._channel = client_channel(target, security, "model-serving")
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._cache: OrderedDict[str, QueryVector] = OrderedDict()
@@ -79,7 +80,8 @@ class QueryEncoder:
         request = model_serving_pb2.EmbedRequest(texts=[text], mode=model_serving_pb2.EMBED_MODE_QUERY,
                                                  tenant_id=tenant_id)
         try:
-            response = await self._stub.Embed(request, timeout=self.timeout_s, metadata=grpc_metadata())
+            stub = model_serving_pb2_grpc.ModelServingStub(self._channel.get())  # type: ignore[no-untyped-call]
+            response = await stub.Embed(request, timeout=self.timeout_s, metadata=grpc_metadata())
         except grpc.aio.AioRpcError as exc:
             self._reason = _reason(exc)
             self._paused_until = time.monotonic() + self.retry_after_s

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from services.common.http import create_app
 from services.common.logging import configure_logging
-from services.common.runner import QuietSignalsServer
+from services.common.runner import QuietSignalsServer, use_tls
 
 from .settings import WorkerSettings
 from .worker import TaggingWorker
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 def build_http_app(worker: TaggingWorker) -> FastAPI:
     return create_app(worker.settings.service_name, title="Tagging worker",
-                      readiness={"amqp": worker.check_amqp, "grpc": worker.check_grpc})
+                      readiness={"amqp": worker.check_amqp, "grpc": worker.check_grpc},
+                      max_body_bytes=worker.settings.max_request_bytes, api_docs=worker.settings.api_docs)
 
 
 async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = None) -> None:
@@ -33,8 +34,10 @@ async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = Non
             loop.add_signal_handler(sig, stop_event.set)
 
     worker = TaggingWorker(settings)
-    server = QuietSignalsServer(uvicorn.Config(build_http_app(worker), host=settings.http_host,
-                                        port=settings.http_port, log_config=None, lifespan="on"))
+    config = uvicorn.Config(build_http_app(worker), host=settings.http_host, port=settings.http_port,
+                            log_config=None, lifespan="on")
+    watcher = use_tls(config, settings.http_ssl())
+    server = QuietSignalsServer(config)
     http_task = asyncio.create_task(server.serve())
     try:
         await worker.start()
@@ -45,6 +48,8 @@ async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = Non
         await worker.stop()
         server.should_exit = True
         await http_task
+        if watcher is not None:
+            watcher.cancel()
         log.info("tagging worker stopped")
 
 

@@ -23,6 +23,7 @@ from tenacity import (
 )
 
 from services.common import embeddings
+from services.common.access import CAPABILITY_KEY
 from services.common.context import grpc_metadata
 from services.common.embeddings import Embedding
 from services.common.pb import (
@@ -31,6 +32,7 @@ from services.common.pb import (
     model_serving_pb2,
     model_serving_pb2_grpc,
 )
+from services.common.tls import ReloadingChannel
 
 from .extractors import Extracted, ExtractionError
 from .job import Job
@@ -102,11 +104,21 @@ class Retrier:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def job_metadata(job: Job) -> tuple[tuple[str, str], ...]:
+    """The request id and the job's capability (upload verifies it; the tenant is the capability's)."""
+    return (*grpc_metadata(), (CAPABILITY_KEY, job.capability))
+
+
 class DocumentsClient:
-    def __init__(self, channel: grpc.aio.Channel, settings: WorkerSettings, retrier: Retrier) -> None:
-        self._stub = documents_pb2_grpc.DocumentsStub(channel)  # type: ignore[no-untyped-call]
+    def __init__(self, channel: ReloadingChannel, settings: WorkerSettings, retrier: Retrier) -> None:
+        self._channel = channel
         self._settings = settings
         self._retrier = retrier
+
+    @property
+    def _stub(self) -> documents_pb2_grpc.DocumentsStub:
+        # A stub per call is cheap; the channel underneath is long-lived (replaced only on certificate renewal).
+        return documents_pb2_grpc.DocumentsStub(self._channel.get())  # type: ignore[no-untyped-call]
 
     async def record(self, job: Job, outcome: documents_pb2.TaggingOutcome, *, text: str = "",
                      tags: list[documents_pb2.Tag] | None = None, error: str = "",
@@ -118,7 +130,7 @@ class DocumentsClient:
         `extraction` adds what the extractor learnt about the file (a failed extraction knows the
         format and extractor once the format was decided)."""
         request = documents_pb2.RecordTaggingResultRequest(
-            tenant_id=job.tenant_id, document_id=job.document_id, content_sha256=job.sha256,
+            document_id=job.document_id, content_sha256=job.sha256,
             outcome=outcome, text=text, tags=tags or [], error=error[:1000], pii_counts=pii_counts or {})
         if extraction is not None:
             request.detected_format = extraction.format or ""
@@ -131,7 +143,7 @@ class DocumentsClient:
             request.page_count = extraction.pages or 0
             request.section_count = extraction.sections or 0
         return await self._retrier.call("RecordTaggingResult", lambda: self._stub.RecordTaggingResult(
-            request, timeout=self._settings.documents_timeout_seconds, metadata=grpc_metadata()))
+            request, timeout=self._settings.documents_timeout_seconds, metadata=job_metadata(job)))
 
     async def read_content(self, job: Job) -> Content:
         return await self._retrier.call("ReadContent", lambda: self._read_once(job))
@@ -139,8 +151,8 @@ class DocumentsClient:
     async def _read_once(self, job: Job) -> Content:
         limit = self._settings.max_document_bytes
         call = self._stub.ReadContent(
-            documents_pb2.ReadContentRequest(tenant_id=job.tenant_id, document_id=job.document_id),
-            timeout=self._settings.read_timeout_seconds, metadata=grpc_metadata())
+            documents_pb2.ReadContentRequest(document_id=job.document_id),
+            timeout=self._settings.read_timeout_seconds, metadata=job_metadata(job))
         hasher = hashlib.sha256()
         parts: list[bytes] = []
         total = 0
@@ -189,11 +201,18 @@ EMBED_OFF_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCod
 
 
 class ModelClient:
-    def __init__(self, channel: grpc.aio.Channel, settings: WorkerSettings, retrier: Retrier) -> None:
-        self._stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
-        self._health = health_pb2_grpc.HealthStub(channel)
+    def __init__(self, channel: ReloadingChannel, settings: WorkerSettings, retrier: Retrier) -> None:
+        self._channel = channel
         self._settings = settings
         self._retrier = retrier
+
+    @property
+    def _stub(self) -> model_serving_pb2_grpc.ModelServingStub:
+        return model_serving_pb2_grpc.ModelServingStub(self._channel.get())  # type: ignore[no-untyped-call]
+
+    @property
+    def _health(self) -> health_pb2_grpc.HealthStub:
+        return health_pb2_grpc.HealthStub(self._channel.get())
 
     async def check_ready(self) -> None:
         """Raises ModelUnavailable when model-serving is down or says it is not serving.
@@ -212,12 +231,13 @@ class ModelClient:
         if response.status != health_pb2.HealthCheckResponse.SERVING:
             raise ModelUnavailable("model-serving is not ready (no model loaded)")
 
-    async def predict(self, text: str, tenant_id: str) -> Prediction:
+    async def predict(self, text: str, job: Job) -> Prediction:
+        """Tags `text`; the job's capability tells model-serving the tenant (for its inference log)."""
         request = model_serving_pb2.PredictRequest(text=text[: self._settings.model_max_chars],
-                                                   tenant_id=tenant_id, top_k=self._settings.model_top_k)
+                                                   top_k=self._settings.model_top_k)
         try:
             response = await self._retrier.call("Predict", lambda: self._stub.Predict(
-                request, timeout=self._settings.model_timeout_seconds, metadata=grpc_metadata()))
+                request, timeout=self._settings.model_timeout_seconds, metadata=job_metadata(job)))
         except grpc.aio.AioRpcError as exc:
             if exc.code() in MODEL_WAIT_CODES:
                 raise ModelUnavailable(describe_error(exc)) from exc
@@ -225,16 +245,17 @@ class ModelClient:
         return Prediction(model=response.model, version=response.version,
                           tags=[(t.tag, t.score) for t in response.prediction.tags])
 
-    async def embed_passage(self, text: str, tenant_id: str) -> Embedding | None:
+    async def embed_passage(self, text: str, job: Job | None = None) -> Embedding | None:
         """The document's passage embedding for semantic search, or None when this model-serving does
         not serve embeddings (switched off, failed to load, or older): the document is then tagged
         and searchable by its words, and `doctag search reindex` adds the embedding later. While
         model-serving is down or overloaded the job waits (ModelUnavailable), as for Predict."""
         request = model_serving_pb2.EmbedRequest(texts=[text[: self._settings.model_max_chars]],
-                                                 mode=model_serving_pb2.EMBED_MODE_PASSAGE, tenant_id=tenant_id)
+                                                 mode=model_serving_pb2.EMBED_MODE_PASSAGE)
+        metadata = job_metadata(job) if job is not None else grpc_metadata()
         try:
             response = await self._retrier.call("Embed", lambda: self._stub.Embed(
-                request, timeout=self._settings.model_timeout_seconds, metadata=grpc_metadata()))
+                request, timeout=self._settings.model_timeout_seconds, metadata=metadata))
         except grpc.aio.AioRpcError as exc:
             if exc.code() in MODEL_WAIT_CODES:
                 raise ModelUnavailable(describe_error(exc)) from exc

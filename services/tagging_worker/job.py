@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-REQUIRED = ("document_id", "tenant_id", "sha256")
+REQUIRED = ("document_id", "tenant_id", "sha256", "capability")
 
 
 class InvalidJob(ValueError):
@@ -23,6 +23,8 @@ class Job:
     filename: str
     content_type: str
     size_bytes: int
+    # Signed by upload for this document, tenant and content version; presented with every call about it.
+    capability: str = ""
     title: str = ""   # the document's title at upload (read by its embedding); "" in older messages
 
     @classmethod
@@ -44,12 +46,15 @@ class Job:
         sha256 = str(payload["sha256"]).lower()
         if not _SHA256.match(sha256):
             raise InvalidJob("sha256 is not 64 hex digits")
+        capability = payload["capability"]
+        if not isinstance(capability, str) or len(capability) > 4096:
+            raise InvalidJob("capability is not a string of at most 4096 characters")
         size = payload.get("size_bytes", 0)
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidJob("size_bytes is not a non-negative integer")
         return cls(document_id=document_id, tenant_id=tenant_id, sha256=sha256,
                    filename=_str(payload.get("filename")), content_type=_str(payload.get("content_type")),
-                   size_bytes=size, title=_str(payload.get("title"))[:1000])
+                   size_bytes=size, title=_str(payload.get("title"))[:1000], capability=capability)
 
 
 def _uuid(value: Any, field: str) -> str:

@@ -39,7 +39,7 @@ from aio_pika.abc import (
 
 from services.common.amqp import Topology
 from services.common.context import request_id_var, tenant_id_var
-from services.common.grpc_utils import client_channel
+from services.common.grpc_utils import GrpcSecurity, client_channel
 from services.common.pb import documents_pb2
 from services.common.pii import count_pii
 
@@ -91,8 +91,9 @@ class TaggingWorker:
             Limits(max_pages=settings.extract_max_pages, max_chars=settings.extract_max_chars),
             settings.extract_timeout_seconds, memory_limit_mb=settings.extract_memory_limit_mb)
         retrier = Retrier(settings)
-        self.documents_channel = client_channel(settings.documents_grpc_target)
-        self.model_channel = client_channel(settings.model_grpc_target)
+        security = GrpcSecurity.from_settings(settings)
+        self.documents_channel = client_channel(settings.documents_grpc_target, security, "upload")
+        self.model_channel = client_channel(settings.model_grpc_target, security, "model-serving")
         self.documents = DocumentsClient(self.documents_channel, settings, retrier)
         self.model = ModelClient(self.model_channel, settings, retrier)
         self.connection: AbstractRobustConnection | None = None
@@ -105,10 +106,10 @@ class TaggingWorker:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.extractor.warm_up)
-        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self.connection = await aio_pika.connect_robust(self.settings.amqp_connection_url)
         self.channel = await self.connection.channel()
         await self.channel.set_qos(prefetch_count=self.settings.prefetch)
-        _, self.queue = await self.topology.declare(self.channel)
+        _, self.queue = await self.topology.open(self.channel, declare=self.settings.amqp_declare_topology)
         self._consumer_tag = await self.queue.consume(self._on_message, no_ack=False)
         log.info("consuming", extra={"queue": self.topology.jobs_queue, "prefetch": self.settings.prefetch})
 
@@ -142,7 +143,8 @@ class TaggingWorker:
             raise RuntimeError("AMQP channel is not open")
 
     async def check_grpc(self) -> None:
-        for name, channel in (("documents", self.documents_channel), ("model", self.model_channel)):
+        for name, source in (("documents", self.documents_channel), ("model", self.model_channel)):
+            channel = source.get()
             if channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.READY:
                 try:
                     await asyncio.wait_for(channel.channel_ready(), timeout=2.0)
@@ -311,9 +313,9 @@ class TaggingWorker:
             await self.documents.record(job, Outcome.TAGGING_OUTCOME_FAILED, error=NO_TEXT, extraction=extracted)
             return "failed"
 
-        prediction = await self.model.predict(extracted.text, job.tenant_id)
+        prediction = await self.model.predict(extracted.text, job)
         # The passage embedding for semantic search (None when model-serving does not serve Embed).
-        embedding = await self.model.embed_passage(passage_text(job.title, extracted.text), job.tenant_id)
+        embedding = await self.model.embed_passage(passage_text(job.title, extracted.text), job)
         tags = [documents_pb2.Tag(tag=label, score=score, source="model", model_name=prediction.model,
                                   model_version=prediction.version) for label, score in prediction.tags]
         # Counts only (never the values) travel with the result; a thread keeps long texts off the loop.

@@ -11,6 +11,7 @@ from services.common.amqp import Topology
 from services.common.analyser_warmup import AnalyserWarmUp
 from services.common.auth import TokenVerifier
 from services.common.blobstore import BlobStore
+from services.common.capability import CapabilitySigner
 from services.common.db import Database
 from services.common.http import create_app
 
@@ -33,12 +34,15 @@ class UploadComponents:
         self.blobs = BlobStore(settings.blob_root)
         self.relay: OutboxRelay | None = None
         if settings.relay_enabled:
-            relay_db = Database(settings.dsn(user=settings.relay_db_user, password=settings.relay_db_password),
+            relay_db = Database(settings.dsn(user=settings.relay_db_user, password=settings.relay_password()),
                                 min_size=1, max_size=2)
-            self.relay = OutboxRelay(relay_db, settings.amqp_url, Topology(prefix=settings.amqp_prefix),
+            self.relay = OutboxRelay(relay_db, settings.amqp_connection_url, Topology(prefix=settings.amqp_prefix),
                                      poll_seconds=settings.relay_poll_seconds, batch_size=settings.relay_batch_size,
                                      max_in_flight=settings.relay_tenant_max_in_flight,
-                                     in_flight_timeout=settings.relay_in_flight_timeout_seconds)
+                                     in_flight_timeout=settings.relay_in_flight_timeout_seconds,
+                                     declare_topology=settings.amqp_declare_topology,
+                                     signer=CapabilitySigner(settings.capability_private_key_path,
+                                                             settings.job_capability_ttl_seconds))
         self.service = DocumentService(settings, self.db, self.blobs,
                                        on_outbox_write=self.relay.wake if self.relay else (lambda: None))
         self.purge_job: PurgeJob | None = None
@@ -92,8 +96,11 @@ def build_http_app(components: UploadComponents, *, manage_lifecycle: bool = Tru
             if manage_lifecycle:
                 await components.stop()
 
+    settings = components.settings
     app = create_app("upload", title="doctag upload", lifespan=lifespan, readiness={
         "database": components.check_database, "blob_store": components.check_blob_store,
-        "rabbitmq": components.check_broker, "analyser": components.analyser.check})
+        "rabbitmq": components.check_broker, "analyser": components.analyser.check},
+        max_body_bytes=settings.max_request_bytes,
+        body_limits={"/api/v1/documents": settings.documents_max_request_bytes}, api_docs=settings.api_docs)
     app.include_router(build_router(components.service, components.verifier))
     return app

@@ -1,4 +1,10 @@
-"""gRPC `doctag.v1.Documents`: how the tagging worker reads files and reports results."""
+"""gRPC `doctag.v1.Documents`: how the tagging worker reads files and reports results.
+
+No request field chooses the tenant (services/common/access.py decides who may call at all):
+ReadContent and RecordTaggingResult act on the document, tenant and content version of the job
+capability upload signed when it published the job; GetDocument acts in the tenant of the end
+user's verified token. A `tenant_id` in the request must agree with that, or the call is refused.
+"""
 from __future__ import annotations
 
 import re
@@ -7,7 +13,9 @@ import uuid
 import grpc
 
 from services.common import embeddings
+from services.common.access import CAPABILITY_KEY, current_user, deny, metadata_value
 from services.common.blobstore import CHUNK_SIZE
+from services.common.capability import CapabilityVerifier, InvalidCapability, JobCapability
 from services.common.context import tenant_id_var
 from services.common.pb import documents_pb2 as pb
 from services.common.pb import documents_pb2_grpc as pb_grpc
@@ -25,13 +33,24 @@ _OUTCOMES = {
 }
 
 
-async def _ids(request, context: grpc.aio.ServicerContext) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+SERVICE = "upload"
+_METHOD = "/doctag.v1.Documents/"
+
+
+async def _document_id(request, context: grpc.aio.ServicerContext) -> str:  # type: ignore[no-untyped-def]
     try:
-        tenant_id, document_id = str(uuid.UUID(request.tenant_id)), str(uuid.UUID(request.document_id))
+        return str(uuid.UUID(request.document_id))
     except ValueError:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "tenant_id and document_id must be UUIDs")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "document_id must be a UUID")
+        raise AssertionError("unreachable: context.abort() raises") from None
+
+
+async def _check_tenant_field(request, tenant_id: str, context: grpc.aio.ServicerContext,  # type: ignore[no-untyped-def]
+                              method: str) -> None:
+    """The request's tenant_id is not trusted; when given it must be the tenant the call acts in."""
+    if request.tenant_id and request.tenant_id.lower() != tenant_id:
+        await deny(context, SERVICE, method, "tenant", "tenant_id is not the tenant this call is authorised for")
     tenant_id_var.set(tenant_id)
-    return tenant_id, document_id
 
 
 async def _extraction(request, context: grpc.aio.ServicerContext) -> Extraction:  # type: ignore[no-untyped-def]
@@ -45,16 +64,33 @@ async def _extraction(request, context: grpc.aio.ServicerContext) -> Extraction:
 
 
 class DocumentsServicer(pb_grpc.DocumentsServicer):
-    def __init__(self, service: DocumentService) -> None:
+    def __init__(self, service: DocumentService, capabilities: CapabilityVerifier) -> None:
         self.service = service
+        self.capabilities = capabilities
+
+    async def _capability(self, request, context: grpc.aio.ServicerContext,  # type: ignore[no-untyped-def]
+                          method: str, *, sha256: str | None = None) -> tuple[JobCapability, str]:
+        """The verified job capability for the requested document (and content version), and the document id."""
+        document_id = await _document_id(request, context)
+        try:
+            cap = self.capabilities.verify_for(metadata_value(context, CAPABILITY_KEY), document_id, sha256=sha256)
+        except InvalidCapability as exc:
+            await deny(context, SERVICE, method, "capability", str(exc))
+            raise AssertionError("unreachable") from None
+        await _check_tenant_field(request, cap.tenant_id, context, method)
+        return cap, document_id
 
     async def ReadContent(self, request, context):  # type: ignore[no-untyped-def]
-        tenant_id, document_id = await _ids(request, context)
+        cap, document_id = await self._capability(request, context, _METHOD + "ReadContent")
         try:
             # A document deleted while queued is still read and tagged, so a restore brings it back whole.
-            row = await self.service.content_info(tenant_id, document_id, include_deleted=True)
+            row = await self.service.content_info(cap.tenant_id, document_id, include_deleted=True)
         except DocumentNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
+        if row["sha256"] != cap.sha256:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"document {document_id} has other content than this job's")
+        tenant_id = cap.tenant_id
         first = True
         async for chunk in self.service.blobs.aiter_chunks(tenant_id, row["sha256"], CHUNK_SIZE):
             if first:
@@ -65,7 +101,9 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
                 yield pb.ContentChunk(data=chunk)
 
     async def RecordTaggingResult(self, request, context):  # type: ignore[no-untyped-def]
-        tenant_id, document_id = await _ids(request, context)
+        cap, document_id = await self._capability(request, context, _METHOD + "RecordTaggingResult",
+                                                  sha256=request.content_sha256.lower())
+        tenant_id = cap.tenant_id
         outcome = _OUTCOMES.get(request.outcome)
         if outcome is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "outcome must be PROCESSING, TAGGED or FAILED")
@@ -95,7 +133,7 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"embedding: {exc}")
         try:
             status, applied = await self.service.record_result(
-                tenant_id, document_id, request.content_sha256, outcome, text=request.text, tags=tags,
+                tenant_id, document_id, cap.sha256, outcome, text=request.text, tags=tags,
                 error=request.error, pii=pii, extraction=extraction, embedding=embedding)
         except DocumentNotFound:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"document {document_id} not found")
@@ -104,7 +142,9 @@ class DocumentsServicer(pb_grpc.DocumentsServicer):
         return pb.RecordTaggingResultResponse(status=status, applied=applied)
 
     async def GetDocument(self, request, context):  # type: ignore[no-untyped-def]
-        tenant_id, document_id = await _ids(request, context)
+        document_id = await _document_id(request, context)
+        tenant_id = current_user().tenant_id
+        await _check_tenant_field(request, tenant_id, context, _METHOD + "GetDocument")
         try:
             doc = await self.service.get(tenant_id, document_id)
         except DocumentNotFound:

@@ -1,7 +1,5 @@
 """Public HTTP API of the upload service (reached through the gateway)."""
 
-import base64
-import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -10,7 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from services.common import audit
+from services.common import audit, cursors
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError, problem_body
 
@@ -29,32 +27,35 @@ def _document_id(raw: str) -> str:
         raise ProblemError(422, "the document id must be a UUID", field="id") from None
 
 
-def encode_cursor(key: tuple[datetime, str]) -> str:
-    raw = json.dumps({"c": key[0].isoformat(), "i": key[1]}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+# Cursors are signed and bound to the tenant and the filters of the listing (services/common/cursors.py).
+
+def encode_cursor(key: tuple[datetime, str], tenant: str, filters: Any = None) -> str:
+    return cursors.seal({"c": key[0].isoformat(), "i": key[1]}, tenant=tenant, binding=["documents", filters])
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str, tenant: str, filters: Any = None) -> tuple[datetime, str]:
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        data = cursors.unseal(cursor, tenant=tenant, binding=["documents", filters])
         return datetime.fromisoformat(data["c"]), str(uuid.UUID(data["i"]))
-    except (ValueError, KeyError, TypeError):
-        raise ProblemError(422, "the cursor is not valid; use next_cursor from a previous page",
-                           field="cursor") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProblemError(422, _cursor_detail(exc), field="cursor") from None
 
 
-def encode_audit_cursor(key: tuple[datetime, int]) -> str:
-    raw = json.dumps({"a": key[0].isoformat(), "i": key[1]}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def encode_audit_cursor(key: tuple[datetime, int], tenant: str, filters: Any = None) -> str:
+    return cursors.seal({"a": key[0].isoformat(), "i": key[1]}, tenant=tenant, binding=["audit", filters])
 
 
-def decode_audit_cursor(cursor: str) -> tuple[datetime, int]:
+def decode_audit_cursor(cursor: str, tenant: str, filters: Any = None) -> tuple[datetime, int]:
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        data = cursors.unseal(cursor, tenant=tenant, binding=["audit", filters])
         return datetime.fromisoformat(data["a"]), int(data["i"])
-    except (ValueError, KeyError, TypeError):
-        raise ProblemError(422, "the cursor is not valid; use next_cursor from a previous page",
-                           field="cursor") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProblemError(422, _cursor_detail(exc), field="cursor") from None
+
+
+def _cursor_detail(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, cursors.CursorError) else \
+        "the cursor is not valid; use next_cursor from a previous page"
 
 
 def parse_time(raw: str | None, field: str) -> datetime | None:
@@ -148,10 +149,12 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
     ) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise ProblemError(422, f"status must be one of {', '.join(STATUSES)}", field="status")
-        after = decode_cursor(cursor) if cursor else None
+        filters = {"status": status, "tag": tag, "pii": pii}
+        after = decode_cursor(cursor, principal.tenant_id, filters) if cursor else None
         items, next_key = await service.list(principal.tenant_id, limit=limit, after=after, status=status, tag=tag,
                                                pii=pii)
-        return {"items": items, "next_cursor": encode_cursor(next_key) if next_key else None}
+        return {"items": items,
+                "next_cursor": encode_cursor(next_key, principal.tenant_id, filters) if next_key else None}
 
     @router.get("/documents/{document_id}", summary="One document with its status, tags and extraction metadata")
     async def get_document(document_id: str, principal: Auth) -> dict[str, Any]:
@@ -222,7 +225,8 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
         except DocumentNotFound:
             raise ProblemError(404, "no such document", field="id") from None
 
-    @router.get("/audit", summary="Audit log, newest first: tenant_admin (own tenant), platform_admin (all)")
+    @router.get("/audit", summary="Audit log, newest first: tenant_admin (own tenant), platform_admin and "
+                                  "analyst (all)")
     async def audit_log(
         principal: Auth,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -238,10 +242,12 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
         since_at, until_at = parse_time(since, "since"), parse_time(until, "until")
         if since_at is not None and until_at is not None and since_at > until_at:
             raise ProblemError(422, "until must not be before since", field="until")
-        after = decode_audit_cursor(cursor) if cursor else None
+        filters = {"actor": actor, "action": action, "since": since, "until": until}
+        after = decode_audit_cursor(cursor, principal.tenant_id, filters) if cursor else None
         items, next_key = await service.audit_log(principal, limit=limit, after=after, actor=actor, action=action,
                                                   since=since_at, until=until_at)
-        return {"items": items, "next_cursor": encode_audit_cursor(next_key) if next_key else None}
+        return {"items": items,
+                "next_cursor": encode_audit_cursor(next_key, principal.tenant_id, filters) if next_key else None}
 
     @router.get("/quota", summary="The tenant's storage quota and usage")
     async def get_quota(principal: Auth) -> JSONResponse:

@@ -57,6 +57,7 @@ from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from prometheus_client import Counter, Gauge
 
 from services.common.amqp import DOCUMENT_UPLOADED, Topology
+from services.common.capability import CapabilitySigner
 from services.common.db import Database, DictConnection
 
 log = logging.getLogger(__name__)
@@ -91,9 +92,18 @@ _CLAIM_EVENTS = (
     "WHERE sent_at IS NULL AND event_type <> %s ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED")
 
 
+def job_message(payload: dict[str, Any], signer: CapabilitySigner) -> dict[str, Any]:
+    """A tagging job as published: the outbox payload with a capability signed now (a republished row
+    gets a fresh one), the only way its worker can read the document and record the result
+    (services/common/capability.py)."""
+    capability = signer.sign(str(payload["document_id"]), str(payload["tenant_id"]), str(payload["sha256"]))
+    return {**payload, "capability": capability}
+
+
 class OutboxRelay:
     def __init__(self, db: Database, amqp_url: str, topology: Topology, *, poll_seconds: float = 1.0,
-                 batch_size: int = 100, max_in_flight: int = 8, in_flight_timeout: float = 900.0) -> None:
+                 batch_size: int = 100, max_in_flight: int = 8, in_flight_timeout: float = 900.0,
+                 signer: CapabilitySigner | None = None, declare_topology: bool = True) -> None:
         self.db = db
         self.amqp_url = amqp_url
         self.topology = topology
@@ -101,6 +111,8 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
         self.in_flight_timeout = in_flight_timeout
+        self.signer = signer
+        self.declare_topology = declare_topology
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._connection: AbstractRobustConnection | None = None
@@ -128,7 +140,7 @@ class OutboxRelay:
     async def connect(self) -> None:
         self._connection = await aio_pika.connect_robust(self.amqp_url, timeout=10)
         channel = await self._connection.channel(publisher_confirms=True)
-        self._exchange, _ = await self.topology.declare(channel)
+        self._exchange, _ = await self.topology.open(channel, declare=self.declare_topology)
 
     async def _run(self) -> None:
         backoff = 0.5
@@ -202,6 +214,12 @@ class OutboxRelay:
             raise failure
         return sent
 
+    def _body(self, row: dict[str, Any]) -> dict[str, Any]:
+        payload: dict[str, Any] = row["payload"]
+        if row["event_type"] != DOCUMENT_UPLOADED or self.signer is None:
+            return payload
+        return job_message(payload, self.signer)
+
     async def _publish_rows(self, conn: DictConnection,
                             rows: list[dict[str, Any]]) -> tuple[int, Exception | None]:
         """Publishes rows in order, each confirmed before it is marked sent; stops at a failure,
@@ -214,7 +232,7 @@ class OutboxRelay:
             try:
                 await self._exchange.publish(
                     aio_pika.Message(
-                        body=json.dumps(row["payload"], ensure_ascii=False).encode("utf-8"),
+                        body=json.dumps(self._body(row), ensure_ascii=False).encode("utf-8"),
                         content_type="application/json", content_encoding="utf-8",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=row["message_id"],
                         type=row["event_type"], headers={"x-request-id": row["payload"].get("request_id", "")}),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from services.common import api_quota
 from services.common.db import DictConnection
 from services.common.embeddings import Embedding
 from services.common.korean import analyser_version
@@ -79,6 +80,13 @@ async def quota(conn: DictConnection) -> dict[str, Any] | None:
         "(SELECT count(*) FROM documents.documents WHERE deleted_at IS NULL) AS documents, "
         "(SELECT coalesce(sum(size_bytes), 0) FROM documents.documents WHERE deleted_at IS NOT NULL) "
         "AS deleted_bytes FROM documents.quotas q WHERE q.tenant_id = public.app_tenant_id()")).fetchone()
+
+
+async def api_usage(conn: DictConnection, tenant_id: str, day: date, default_quota: int) -> dict[str, Any] | None:
+    """The tenant's daily API quota and today's calls (counted by the gateway); None for a tenant
+    the identity schema does not know."""
+    return await (await conn.execute(api_quota.USAGE_SQL, {"tenant": tenant_id, "day": day,
+                                                           "default": default_quota})).fetchone()
 
 
 async def lock_blob(conn: DictConnection, tenant_id: str, sha256: str) -> None:

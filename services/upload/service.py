@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from services.common import audit
+from services.common import api_quota, audit
 from services.common.amqp import DOCUMENT_UPLOADED, QUOTA_WARNING, message_id
 from services.common.auth import Principal
 from services.common.blobstore import BlobStore, BlobTooLarge, IncomingBlob
@@ -39,6 +39,8 @@ class StaleVersion(Exception):
 
 # Roles that may purge documents at once and read the audit log.
 ADMIN_ROLES = ("tenant_admin", "platform_admin")
+# Reads the audit data of every tenant; administers nothing.
+ANALYST_ROLE = "analyst"
 
 
 def is_admin(principal: Principal) -> bool:
@@ -475,13 +477,22 @@ class DocumentService:
         return TextPage(row["text"], offset, total)
 
     async def quota(self, tenant_id: str) -> dict[str, Any]:
+        """Storage, and next to it the daily API usage counted by the gateway (`api`, null for a
+        tenant the identity schema does not know)."""
+        now = datetime.now(UTC)
+        settings = self.settings
         async with self.db.tenant_transaction(tenant_id) as conn:
             row = await repo.quota(conn)
+            calls = await repo.api_usage(conn, tenant_id, api_quota.quota_day(now, settings.api_quota_timezone),
+                                         settings.api_daily_quota_default)
+        api = None if calls is None else api_quota.usage_summary(
+            int(calls["quota"]), int(calls["calls"]), now, settings.api_quota_timezone,
+            settings.api_quota_warning_percent)
         if row is None:
-            return {"tenant_id": tenant_id, **quota_summary(0, 0, self.settings.quota_warning_percent), "documents": 0,
-                    "deleted_bytes": 0}
+            return {"tenant_id": tenant_id, **quota_summary(0, 0, settings.quota_warning_percent), "documents": 0,
+                    "deleted_bytes": 0, "api": api}
         return {"tenant_id": tenant_id, **self._quota_summary(row), "documents": row["documents"],
-                "deleted_bytes": int(row["deleted_bytes"])}
+                "deleted_bytes": int(row["deleted_bytes"]), "api": api}
 
     # -- delete, restore, purge ---------------------------------------------------
     @property
@@ -656,17 +667,19 @@ class DocumentService:
     async def audit_log(self, principal: Principal, *, limit: int, after: tuple[datetime, int] | None,
                         actor: str | None, action: str | None, since: datetime | None,
                         until: datetime | None) -> tuple[builtins.list[dict[str, Any]], tuple[datetime, int] | None]:
-        """Entries newest first: a tenant admin's own tenant (RLS), every tenant for a platform admin."""
-        if not is_admin(principal):
+        """Entries newest first: a tenant admin's own tenant (RLS), every tenant for a platform admin
+        and for an analyst (read-only across tenants)."""
+        analyst = ANALYST_ROLE in principal.roles
+        if not (is_admin(principal) or analyst):
             await self.record_denied(principal, audit.AUDIT_READ)
-            raise ProblemError(403, "only a tenant or platform administrator may read the audit log")
+            raise ProblemError(403, "only a tenant or platform administrator or an analyst may read the audit log")
         actor_id = actor_name = None
         if actor is not None:
             try:
                 actor_id = str(uuid.UUID(actor))
             except ValueError:
                 actor_name = actor
-        all_tenants = "platform_admin" in principal.roles
+        all_tenants = "platform_admin" in principal.roles or analyst
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
             if all_tenants:
                 await repo.enable_all_tenants_audit(conn)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, read_secret
 
 
 class UploadSettings(CommonSettings):
@@ -14,12 +14,20 @@ class UploadSettings(CommonSettings):
     # The outbox relay connects as its own role, which may read every tenant's outbox rows only.
     relay_db_user: str = "doctag_relay"
     relay_db_password: str = ""
+    relay_db_password_file: Path | None = None
+
+    def relay_password(self) -> str:
+        if not self.relay_db_password and self.relay_db_password_file is not None:
+            return read_secret(self.relay_db_password_file)
+        return self.relay_db_password
 
     http_port: int = 8101
     grpc_port: int = 9101
 
     blob_dir: Path | None = None
     max_upload_bytes: int = 100 * 1024 * 1024
+    # A whole request under /api/v1/documents on upload's own port, as the gateway's documents route allows.
+    documents_max_request_bytes: int = 100 * 1024 * 1024
     # Files stored from one multipart request (bulk upload); later files answer 413 `too-many-files`.
     max_files_per_request: int = Field(default=100, ge=1, le=10_000)
     max_title_chars: int = 300
@@ -33,6 +41,11 @@ class UploadSettings(CommonSettings):
     purge_enabled: bool = True
     purge_interval_seconds: float = Field(default=3600.0, gt=0)
     purge_batch_size: int = Field(default=100, ge=1)
+
+    # How long a tagging job's capability (signed when the relay publishes the job) lets the worker read
+    # the document and record its result. Covers queueing, deferrals while model-serving is away and
+    # redeliveries; a job older than this can no longer touch its document (it ends dead-lettered).
+    job_capability_ttl_seconds: int = Field(default=86400, ge=60)
 
     relay_enabled: bool = True
     relay_poll_seconds: float = 1.0

@@ -172,8 +172,10 @@ def _process_table() -> dict[int, tuple[int, float]]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # after the command: state ppid ... utime (14th field overall) stime (15th)
-        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+        # after the command: state ppid ... utime stime cutime cstime (fields 14-17 overall); the
+        # children's part holds the time of exited children (PostgreSQL backends of closed
+        # connections), which would otherwise vanish from the sum between two samples.
+        table[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / ticks)
     return table
 
 
@@ -300,15 +302,24 @@ async def bench_end_to_end(client: httpx.AsyncClient, headers: dict[str, str], a
 
 
 async def bench_model_serving(target: str, files: list[tuple[str, bytes, str]], tenant_id: str,
-                              concurrency: int) -> dict[str, Any]:
+                              concurrency: int, pki_dir: Path | None) -> dict[str, Any]:
     """What model-serving does per document when nothing else runs: Predict on the text, then Embed
-    on the passage (title and text), the two calls a tagging worker makes, at the workers' concurrency."""
+    on the passage (title and text), the two calls a tagging worker makes, at the workers'
+    concurrency, called as the workers call it (mutual TLS unless `pki_dir` is None, one channel)."""
     import grpc
 
     from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
+    from services.common.pki import role_dns_name
+    from services.common.tls import TlsFiles, channel_credentials
     from services.tagging_worker.worker import passage_text
 
-    async with grpc.aio.insecure_channel(target) as channel:
+    if pki_dir is None:
+        channel_cm = grpc.aio.insecure_channel(target)
+    else:
+        tls_files = TlsFiles(pki_dir / "ca.crt", pki_dir / "tagging-worker.crt", pki_dir / "tagging-worker.key")
+        channel_cm = grpc.aio.secure_channel(target, channel_credentials(tls_files), options=[
+            ("grpc.ssl_target_name_override", role_dns_name("model-serving"))])
+    async with channel_cm as channel:
         stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
         queue = [(Path(name).stem, text) for name, _, text in files]
         started = time.perf_counter()
@@ -419,7 +430,8 @@ async def bench_stack(args: argparse.Namespace, layout: StackLayout, admin_dsn: 
         log(f"model-serving alone: gRPC Predict + Embed on the same texts, concurrency {concurrency} ...")
         before = cpu_seconds(layout)
         results["model_serving"] = await bench_model_serving(
-            f"{layout.host}:{layout.model_ports[1]}", files, tenant_id, concurrency)
+            f"{layout.host}:{layout.model_ports[1]}", files, tenant_id, concurrency,
+            layout.pki_dir if layout.http_tls else None)
         results["model_serving"]["cpu_ms_per_document"] = cpu_per_document(
             before, cpu_seconds(layout), results["model_serving"]["documents"])
         for i in range(len(layout.worker_ports)):
@@ -479,6 +491,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--placement", choices=("split", "shared"),
                         help="CPU placement (module docstring); default split on 2+ CPUs, else shared")
+    parser.add_argument("--no-tls", action="store_true",
+                        help="gRPC and gateway->service HTTP without TLS (DOCTAG_GRPC_TLS=false): the cost of "
+                             "mutual TLS is the difference to a run without this flag")
     parser.add_argument("--json", type=Path, default=REPO / "var" / "bench" / "ingest.json")
     args = parser.parse_args(argv)
     args.documents = args.documents or (100 if args.quick else 1000)
@@ -499,7 +514,9 @@ def run(args: argparse.Namespace, on_stack: Callable[[StackLayout, str], dict[st
         "DOCTAG_AMQP_URL": AMQP_URL, "DOCTAG_AMQP_PREFIX": f"doctag-bench-{run_id}",
         "DOCTAG_RELAY_POLL_SECONDS": "0.2", "DOCTAG_MAX_UPLOAD_BYTES": str((args.large_mb + 16) * MB),
         "DOCTAG_MODEL_STORE": str(state / "models"),
+        **({"DOCTAG_GRPC_TLS": "false"} if args.no_tls else {}),
     })
+    layout.http_tls = not args.no_tls
     layout.gateway_template = gateway_template(state, args.large_mb + 64)
     pinned: dict[int, set[int]] = {}
     placement = split_cpus() if args.placement == "split" else None

@@ -3,9 +3,12 @@
 In one run on this machine, with one model (settings.model_dir by default, `--model-dir` to change):
 
 * model-serving itself, started here as a subprocess (`python -m services.model_serving`) on free
-  loopback ports with DOCTAG_ settings, measured directly over gRPC (Predict) and over HTTP
+  loopback ports with DOCTAG_ settings, measured directly over gRPC (Predict, mutual TLS with a
+  tagging-worker certificate of a throwaway platform CA, as the worker calls it) and over HTTP
   (POST /api/v1/predict with a JWT signed by a throwaway RSA key pair made in a temporary
   directory). The gateway is deliberately not in the path: this measures model-serving alone.
+  Then model-serving once more with DOCTAG_GRPC_TLS=false, gRPC measured again without TLS:
+  the two gRPC rows give the cost of mutual TLS (one long-lived channel, as in the worker).
 * the naive baseline (tests/bench/naive_server.py): a plain FastAPI endpoint, one uvicorn worker,
   the same model (as trained, not quantised) called once per request without batching, with
   model-serving's torch thread count (`--naive-threads`, `--naive-quantized` to change that).
@@ -38,6 +41,7 @@ import platform
 import random
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,10 +53,14 @@ from pathlib import Path
 
 import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import pki
 from services.common.auth import ensure_keypair, sign_token
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
+from services.common.pki import role_dns_name
+from services.common.tls import TlsFiles, channel_credentials
 from tests.bench.stats import (
     Check,
     Summary,
@@ -304,8 +312,8 @@ async def wait_ready(process: Process, timeout_s: float) -> None:
 
 # -- the run ------------------------------------------------------------------------------------
 
-ROWS = [("grpc", "model-serving gRPC"), ("http", "model-serving HTTP"), ("naive", "naive FastAPI (HTTP)"),
-        ("floor", "floor (in-process)")]
+ROWS = [("grpc", "model-serving gRPC (mTLS)"), ("grpc_plain", "model-serving gRPC, no TLS"),
+        ("http", "model-serving HTTP"), ("naive", "naive FastAPI (HTTP)"), ("floor", "floor (in-process)")]
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
@@ -338,26 +346,100 @@ def checks(results: dict[str, dict[str, dict]]) -> list[Check]:
     return out
 
 
+def serving_env(args: argparse.Namespace, tmp: Path, http_port: int, grpc_port: int, public_key: Path,
+                tls: bool) -> dict[str, str]:
+    return {
+        "DOCTAG_HTTP_HOST": "127.0.0.1", "DOCTAG_GRPC_HOST": "127.0.0.1",
+        "DOCTAG_HTTP_PORT": str(http_port), "DOCTAG_GRPC_PORT": str(grpc_port),
+        "DOCTAG_MODEL_DIR": str(args.model_dir), "DOCTAG_JWT_PUBLIC_KEY_FILE": str(public_key),
+        "DOCTAG_JWT_ISSUER": "doctag", "DOCTAG_JWT_AUDIENCE": "doctag-api",
+        "DOCTAG_STATE_DIR": str(tmp / "var"), "DOCTAG_TLS_DIR": str(tmp / "pki"),
+        "DOCTAG_GRPC_TLS": "true" if tls else "false",
+        # No registry: serve exactly --model-dir and leave the database alone (no inference log either).
+        "DOCTAG_MODEL_REGISTRY": "false"}
+
+
+def grpc_channel(target: str, tmp: Path, tls: bool) -> grpc.aio.Channel:
+    """As the tagging worker connects: its certificate, model-serving's role pinned (or plain)."""
+    if not tls:
+        return grpc.aio.insecure_channel(target)
+    files = TlsFiles(tmp / "pki" / "ca.crt", tmp / "pki" / "tagging-worker.crt", tmp / "pki" / "tagging-worker.key")
+    return grpc.aio.secure_channel(target, channel_credentials(files),
+                                   options=[("grpc.ssl_target_name_override", role_dns_name("model-serving"))])
+
+
+async def measure_transport(target: str, tmp: Path, tls: bool, plan: Plan) -> dict[str, float]:
+    """The transport alone, without inference: a gRPC health check's round trip on one long-lived
+    channel (p50 at concurrency 1, calls/s at 32), and a new channel's first call (connection set-up,
+    with the TLS handshake when `tls`), median of 20."""
+    async with grpc_channel(target, tmp, tls) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def check(_: str) -> None:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
+
+        await run_phase(check, ["-"], 8, seconds=plan.warmup_seconds)
+        single, _ = await run_phase(check, ["-"], 1, count=500, seconds=plan.latency_seconds)
+        many, _ = await run_phase(check, ["-"], 32, seconds=plan.seconds)
+    connects = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        async with grpc_channel(target, tmp, tls) as fresh:
+            await health_pb2_grpc.HealthStub(fresh).Check(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
+        connects.append((time.perf_counter() - t0) * 1000)
+    return {"check_p50_ms": single.p50_ms, "check_p95_ms": single.p95_ms, "checks_per_s_c32": many.texts_per_s,
+            "new_channel_first_call_ms": statistics.median(connects)}
+
+
+def transport_table(transport: dict[str, dict[str, float]]) -> str:
+    headers = ["gRPC transport (no inference)", "check p50 ms", "check p95 ms", "checks/s c=32",
+               "new channel + first call ms"]
+    rows = [[label, fmt(t["check_p50_ms"]), fmt(t["check_p95_ms"]), fmt(t["checks_per_s_c32"]),
+             fmt(t["new_channel_first_call_ms"])]
+            for key, label in (("tls", "mutual TLS"), ("plain", "no TLS")) if (t := transport.get(key))]
+    return format_table(headers, rows)
+
+
+async def bench_plain_grpc(args: argparse.Namespace, plan: Plan, heads: list[str], docs: list[str], tmp: Path,
+                           public_key: Path, log: Callable[[str], None]) -> tuple[dict[str, dict], dict[str, float]]:
+    """model-serving again with DOCTAG_GRPC_TLS=false: the cost of mutual TLS on the same calls."""
+    http_port, grpc_port = free_port(), free_port()
+    serving = start("model-serving-plain", [sys.executable, "-m", "services.model_serving"],
+                    serving_env(args, tmp, http_port, grpc_port, public_key, tls=False), tmp,
+                    f"http://127.0.0.1:{http_port}")
+    try:
+        log("model-serving again without TLS on gRPC ...")
+        await wait_ready(serving, args.start_timeout)
+        async with grpc_channel(f"127.0.0.1:{grpc_port}", tmp, tls=False) as channel:
+            stub = pb_grpc.ModelServingStub(channel)
+
+            async def call(text: str) -> None:
+                await stub.Predict(pb.PredictRequest(text=text), timeout=CALL_TIMEOUT_S)
+
+            results = await measure_server(dict(ROWS)["grpc_plain"], call, heads, docs, plan, log)
+        return results, await measure_transport(f"127.0.0.1:{grpc_port}", tmp, False, plan)
+    finally:
+        serving.stop()
+
+
 async def bench_servers(args: argparse.Namespace, plan: Plan, heads: list[str], docs: list[str],
                         log: Callable[[str], None]) -> tuple[dict[str, dict], dict[str, str]]:
-    """Starts model-serving and the naive server, measures both, stops them."""
+    """Starts model-serving and the naive server, measures both, stops them; then model-serving
+    without TLS on gRPC."""
     info: dict[str, str] = {}
     results: dict[str, dict] = {}
+    transport: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp_name:
         tmp = Path(tmp_name)
         _, public_key = ensure_keypair(tmp / "keys")
+        pki.ensure_local(tmp / "pki")
         token = sign_token(private_key_file=tmp / "keys" / "jwt_private.pem", user_id=str(uuid.uuid4()),
                            tenant_id=str(uuid.uuid4()), tenant_slug="bench", username="bench", roles=["user"],
                            issuer="doctag", audience="doctag-api", ttl_seconds=24 * 3600)
         http_port, grpc_port, naive_port = free_port(), free_port(), free_port()
-        serving = start("model-serving", [sys.executable, "-m", "services.model_serving"], {
-            "DOCTAG_HTTP_HOST": "127.0.0.1", "DOCTAG_GRPC_HOST": "127.0.0.1",
-            "DOCTAG_HTTP_PORT": str(http_port), "DOCTAG_GRPC_PORT": str(grpc_port),
-            "DOCTAG_MODEL_DIR": str(args.model_dir), "DOCTAG_JWT_PUBLIC_KEY_FILE": str(public_key),
-            "DOCTAG_JWT_ISSUER": "doctag", "DOCTAG_JWT_AUDIENCE": "doctag-api",
-            "DOCTAG_STATE_DIR": str(tmp / "var"),
-            # No registry: serve exactly --model-dir and leave the database alone (no inference log either).
-            "DOCTAG_MODEL_REGISTRY": "false"}, tmp, f"http://127.0.0.1:{http_port}")
+        serving = start("model-serving", [sys.executable, "-m", "services.model_serving"],
+                        serving_env(args, tmp, http_port, grpc_port, public_key, tls=True), tmp,
+                        f"http://127.0.0.1:{http_port}")
         naive = start("naive", [sys.executable, "-m", "tests.bench.naive_server", "--model-dir", str(args.model_dir),
                                 "--port", str(naive_port), "--threads", str(args.naive_threads),
                                 *(["--quantize"] if args.naive_quantized else [])],
@@ -366,7 +448,7 @@ async def bench_servers(args: argparse.Namespace, plan: Plan, heads: list[str], 
             log("starting model-serving and the naive server, waiting for /readyz ...")
             await asyncio.gather(wait_ready(serving, args.start_timeout), wait_ready(naive, args.start_timeout))
             limits = httpx.Limits(max_connections=max(CONCURRENCY) * 2, max_keepalive_connections=max(CONCURRENCY) * 2)
-            async with (grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+            async with (grpc_channel(f"127.0.0.1:{grpc_port}", tmp, tls=True) as channel,
                         httpx.AsyncClient(timeout=CALL_TIMEOUT_S, limits=limits) as client):
                 stub = pb_grpc.ModelServingStub(channel)
                 first = await stub.Predict(pb.PredictRequest(text=heads[0]), timeout=CALL_TIMEOUT_S)
@@ -389,12 +471,16 @@ async def bench_servers(args: argparse.Namespace, plan: Plan, heads: list[str], 
 
                 for key, call in (("grpc", grpc_call), ("http", http_call), ("naive", naive_call)):
                     results[key] = await measure_server(dict(ROWS)[key], call, heads, docs, plan, log)
+            transport["tls"] = await measure_transport(f"127.0.0.1:{grpc_port}", tmp, True, plan)
         finally:
             for process in (serving, naive):
                 process.stop()
+        results["grpc_plain"], transport["plain"] = await bench_plain_grpc(args, plan, heads, docs, tmp, public_key,
+                                                                            log)
         if args.keep_logs:
             for process in (serving, naive):
                 log(f"--- {process.name} log (tail) ---\n{process.tail()}")
+    results["transport"] = transport
     return results, info
 
 
@@ -479,6 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.naive_threads or 'default'} thread(s)"
           f"{'; QUICK run' if quick else ''}\n")
     print(table(results))
+    print()
+    print(transport_table(results.get("transport", {})))
     print()
     print(format_checks(results_checks))
     all_passed = all(c.passed for c in results_checks)

@@ -225,7 +225,8 @@ def _metric(text: str, name: str) -> float:
 def _worker_metric(stack, index: int, name: str) -> float | None:  # type: ignore[no-untyped-def]
     """`name` from tagging-worker-<index>'s /metrics; None while it does not answer (restarting)."""
     try:
-        text = httpx.get(f"http://{stack.host}:{stack.worker_ports[index - 1]}/metrics", timeout=5).text
+        with stack.client(timeout=5) as worker_http:
+            text = worker_http.get(f"https://{stack.host}:{stack.worker_ports[index - 1]}/metrics").text
     except httpx.HTTPError:
         return None
     return _metric(text, name)

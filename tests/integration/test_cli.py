@@ -68,3 +68,23 @@ def test_a_new_department_gets_the_default_quota_of_100_gib(admin_dsn: str) -> N
         row = conn.execute("SELECT q.quota_bytes FROM documents.quotas q JOIN identity.tenants t "
                            "ON t.id = q.tenant_id WHERE t.slug = %s", (slug,)).fetchone()
     assert row is not None and row[0] == 100 * 1024**3
+
+
+def test_tenant_daily_api_quota_set_at_creation_and_changed(cli, admin_dsn, capsys) -> None:  # type: ignore[no-untyped-def]
+    slug = f"api-{uuid.uuid4().hex[:6]}"
+    assert cli("tenant", "create", slug, "--name", "소규모 부서", "--api-daily-quota", "5000") == 0
+    assert cli("tenant", "create", slug, "--name", "소규모 부서", "--api-daily-quota", "7000") == 0
+    assert "daily API quota" in capsys.readouterr().out
+    assert cli("tenant", "create", slug, "--name", "x", "--api-daily-quota", "-1") == 1
+    with psycopg.connect(admin_dsn) as conn:
+        quota = conn.execute("SELECT api_daily_quota FROM identity.tenants WHERE slug = %s", (slug,)).fetchone()
+    assert quota == (7000,)
+
+
+def test_keys_rotate(cli, capsys, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DOCTAG_STATE_DIR", str(tmp_path))
+    assert cli("keys", "ensure") == 0
+    assert cli("keys", "rotate") == 0
+    out = capsys.readouterr().out
+    assert "new signing key" in out
+    assert (tmp_path / "keys" / "jwt_public.pem").read_text().count("BEGIN PUBLIC KEY") == 2

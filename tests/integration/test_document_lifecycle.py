@@ -244,6 +244,10 @@ async def test_audit_records_each_action_and_is_scoped_by_role(settings, make_to
         assert {i["document_id"] for i in (await audit_page(client, admin_b))["items"]} == {b_doc["id"]}
         everything = (await audit_page(client, platform, limit=200, since=started.isoformat()))["items"]
         assert {tenant_a, tenant_b} <= {i["tenant_id"] for i in everything}
+        # An analyst reads across tenants too (the gateway gives it no other route).
+        analyst = make_token(tenant_b, roles=("analyst",))
+        seen = (await audit_page(client, analyst, limit=200, since=started.isoformat()))["items"]
+        assert {tenant_a, tenant_b} <= {i["tenant_id"] for i in seen}
 
         # Filters.
         mine = (await audit_page(client, admin_a, actor=user_id))["items"]

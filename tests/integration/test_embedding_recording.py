@@ -13,10 +13,12 @@ import numpy as np
 import psycopg
 import pytest
 
+from services.common.capability import CapabilitySigner
 from services.common.embeddings import pack, unpack
 from services.common.pb import documents_pb2 as pb
 from services.tagging_worker.job import Job
 from services.tagging_worker.worker import passage_text
+from services.upload.relay import job_message
 from tests.conftest import create_tenant
 from tests.integration.test_pii_recording import platform
 from tests.integration.test_tagging_worker import keyed_vector
@@ -39,7 +41,8 @@ async def test_worker_records_the_passage_embedding_with_upload(upload_settings,
                                    (doc_id,)).fetchone()
         assert payload is not None
         # The job the relay would publish carries the title: the embedding reads title + text.
-        job = Job.from_body(json.dumps(payload[0]).encode())
+        signer = CapabilitySigner(upload_settings.capability_private_key_path, 600)
+        job = Job.from_body(json.dumps(job_message(payload[0], signer)).encode())
         assert job.title == "문서 자동 분류"
         assert await worker.process(job) == "tagged"
     with psycopg.connect(admin_dsn) as conn:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from gateway.config import load_config, with_targets, write_config
 from gateway.settings import DEFAULT_CONFIG
@@ -27,11 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TENANT = str(uuid.uuid4())
 
 
-def _env(tmp_path: Path, config: Path, port: int, db_name: str) -> dict[str, str]:
+def _env(tmp_path: Path, config: Path, port: int, db_name: str, status_port: int = 0) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCTAG_")}
     env.update({
         "DOCTAG_GATEWAY_CONFIG": str(config), "DOCTAG_HTTP_PORT": str(port), "DOCTAG_DB_NAME": db_name,
+        "DOCTAG_GATEWAY_STATUS_PORT": str(status_port or free_port()),
         "DOCTAG_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1",
+        # The tokens here are for users that exist only in the token (revocation has its own tests).
+        "DOCTAG_GATEWAY_TOKEN_REVOCATION": "false",
     })
     return env
 
@@ -44,17 +48,17 @@ def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) 
         "model-serving-upstream": [f"127.0.0.1:{free_port()}"],
     })
     path = write_config(config, tmp_path / "kong.yml", header="test copy of gateway/kong.yml")
-    port = free_port()
+    port, status_port = free_port(), free_port()
     log_path = tmp_path / "gateway.log"
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "gateway"], cwd=ROOT, stdout=log_file,
-                                stderr=subprocess.STDOUT, env=_env(tmp_path, path, port, test_db_name))
+                                stderr=subprocess.STDOUT, env=_env(tmp_path, path, port, test_db_name, status_port))
         try:
-            base = f"http://127.0.0.1:{port}"
+            base, status = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{status_port}"
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    if httpx.get(f"{status}/healthz", timeout=1).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass
@@ -62,8 +66,11 @@ def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) 
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
             assert (tmp_path / "state" / "keys" / "jwt_private.pem").exists()
-            ready = httpx.get(f"{base}/readyz", timeout=5)
+            ready = httpx.get(f"{status}/readyz", timeout=5)
             assert ready.status_code == 200, ready.text
+            # Kong's status_listen: none of these on the proxy port (no route matches them there).
+            for path_ in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
+                assert httpx.get(f"{base}{path_}", timeout=5).status_code == 404, path_
             r = httpx.get(f"{base}/api/v1/search", headers={"X-Request-ID": "proc-test-1"}, timeout=5)
             assert r.status_code == 401
             assert r.json()["request_id"] == "proc-test-1"
@@ -75,12 +82,29 @@ def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) 
             r = httpx.get(f"{base}/api/v1/search", timeout=10,
                           headers={"X-Request-ID": "proc-test-2", "Authorization": f"Bearer {token}"})
             assert r.status_code == 502, r.text
-            metrics = httpx.get(f"{base}/metrics", timeout=5).text
+            metrics = httpx.get(f"{status}/metrics", timeout=5).text
             assert "doctag_gateway_upstream_target_healthy" in metrics
+
+            # SIGHUP with a broken file: refused, the running configuration stays.
+            good = path.read_text(encoding="utf-8")
+            assert "- /api/v1/search\n" in good
+            path.write_text(good.replace("- /api/v1/search\n", "- api/v1/search\n"), encoding="utf-8")
+            proc.send_signal(signal.SIGHUP)
+            _wait_for_log(log_path, "configuration reload refused")
+            assert httpx.get(f"{base}/api/v1/search", timeout=5).status_code == 401
+            # SIGHUP with a valid file without the search route: applied, search is gone.
+            data = yaml.safe_load(good)
+            for service in data["services"]:
+                service["routes"] = [r for r in service["routes"] if r["name"] != "search"]
+            path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            proc.send_signal(signal.SIGHUP)
+            _wait_for_log(log_path, "configuration reloaded")
+            assert httpx.get(f"{base}/api/v1/search", timeout=5).status_code == 404
+            assert httpx.get(f"{base}/api/v1/quota", timeout=5).status_code == 401
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                assert proc.wait(timeout=20) == 0
             except subprocess.TimeoutExpired:
                 proc.kill()
                 raise
@@ -91,6 +115,13 @@ def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) 
     authenticated = [entry for entry in lines if entry.get("request_id") == "proc-test-2"]
     assert any(entry.get("status") == 502 and entry["tenant_id"] == TENANT for entry in authenticated)
     assert any(entry["message"] == "upstream connect failed" for entry in authenticated)
+
+
+def _wait_for_log(path: Path, message: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while message not in path.read_text():
+        assert time.monotonic() < deadline, f"no {message!r} in the log:\n{path.read_text()[-3000:]}"
+        time.sleep(0.1)
 
 
 def test_bad_config_refused_with_clear_message(tmp_path: Path, test_db_name: str) -> None:

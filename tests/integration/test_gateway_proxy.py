@@ -20,6 +20,7 @@ from services.common.auth import ensure_keypair, sign_token
 from tests.conftest import create_tenant
 
 from .test_gateway_support import (
+    GatewayServer,
     ServerThread,
     echo_app,
     free_port,
@@ -48,7 +49,7 @@ def dead() -> str:
 
 @pytest.fixture()
 def gateway(tmp_path: Path, upstreams: dict[str, ServerThread], dead: str, test_db_name: str,
-            key_dir: Path) -> Iterator[ServerThread]:
+            key_dir: Path) -> Iterator[GatewayServer]:
     """upload-upstream: the dead target first, then two live ones; search-upstream: two live."""
     targets = {
         "upload-upstream": [dead, f"127.0.0.1:{upstreams['up-a'].port}", f"127.0.0.1:{upstreams['up-b'].port}"],
@@ -60,8 +61,15 @@ def gateway(tmp_path: Path, upstreams: dict[str, ServerThread], dead: str, test_
 
 
 @pytest.fixture()
-def client(gateway: ServerThread) -> Iterator[httpx.Client]:
+def client(gateway: GatewayServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway.url, timeout=60, trust_env=False) as c:
+        yield c
+
+
+@pytest.fixture()
+def status(gateway: GatewayServer) -> Iterator[httpx.Client]:
+    """The gateway's status listener."""
+    with httpx.Client(base_url=gateway.status.url, timeout=60, trust_env=False) as c:
         yield c
 
 
@@ -97,7 +105,8 @@ def metric_value(client: httpx.Client, name: str, **labels: str) -> float | None
 
 # ----------------------------------------------------------------- balancing and health
 
-def test_post_retried_past_dead_target_then_balanced(client: httpx.Client, auth: dict[str, str], dead: str) -> None:
+def test_post_retried_past_dead_target_then_balanced(client: httpx.Client, status: httpx.Client, auth: dict[str, str],
+                                                    dead: str) -> None:
     # The first request goes to the dead target first: the connection is refused before
     # anything was sent, so even a POST with a streamed body is safely sent to the next.
     r = client.post("/api/v1/documents", content=chunks(3 * MB), headers=auth)
@@ -108,8 +117,8 @@ def test_post_retried_past_dead_target_then_balanced(client: httpx.Client, auth:
     assert echoed["body_bytes"] == 3 * MB
     assert "content-length" not in echoed["headers"]  # streamed through chunked
 
-    assert metric_value(client, "doctag_gateway_upstream_target_healthy", target=dead) == 0.0
-    assert metric_value(client, "doctag_gateway_upstream_target_failures_total", target=dead, kind="tcp") == 1.0
+    assert metric_value(status, "doctag_gateway_upstream_target_healthy", target=dead) == 0.0
+    assert metric_value(status, "doctag_gateway_upstream_target_failures_total", target=dead, kind="tcp") == 1.0
 
     seen = Counter(client.get("/api/v1/documents", headers=auth).json()["upstream"] for _ in range(10))
     assert seen == {"up-a": 5, "up-b": 5}
@@ -311,11 +320,49 @@ def test_refused_roles_are_recorded_in_the_audit_log(client: httpx.Client, make_
     assert details["path"] == "/api/v1/documents/admin/stats" and details["roles"] == ["user"]
 
 
-def test_operational_endpoints(client: httpx.Client, auth: dict[str, str]) -> None:
-    assert client.get("/healthz").json()["status"] == "ok"
-    ready = client.get("/readyz")
+def test_operational_endpoints_on_the_status_port_only(client: httpx.Client, status: httpx.Client,
+                                                       gateway: GatewayServer, auth: dict[str, str]) -> None:
+    assert status.get("/healthz").json()["status"] == "ok"
+    ready = status.get("/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"] == {"database": "ok", "config": "ok"}
     client.get("/api/v1/search", headers=auth)
-    assert (metric_value(client, "doctag_gateway_requests_total", route="search", service="search",
+    client.get("/api/v1/search")  # 401 from the gateway itself
+    assert (metric_value(status, "doctag_gateway_requests_total", route="search", service="search",
                          status="200") or 0) >= 1
+    # Kong's names (prometheus plugin).
+    assert (metric_value(status, "kong_http_requests_total", service="search", route="search", code="200",
+                         source="service") or 0) >= 1
+    assert (metric_value(status, "kong_http_requests_total", service="search", route="search", code="401",
+                         source="kong") or 0) >= 1
+    for name in ("kong_request_latency_ms_count", "kong_upstream_latency_ms_count", "kong_kong_latency_ms_count"):
+        assert (metric_value(status, name, service="search", route="search") or 0) >= 1, name
+    assert (metric_value(status, "kong_bandwidth_bytes", service="search", direction="egress") or 0) > 0
+    se_a = f"127.0.0.1:{gateway.apps.gateway.proxy.balancers['search-upstream'].targets[0].port}"
+    assert metric_value(status, "kong_upstream_target_health", upstream="search-upstream", target=se_a,
+                        state="healthy") == 1.0
+
+
+def test_root_route_proxies_every_path_even_operational_ones(tmp_path: Path, test_db_name: str, key_dir: Path,
+                                                             upstreams: dict[str, ServerThread],
+                                                             auth: dict[str, str]) -> None:
+    data = gateway_config_data({"upload-upstream": [f"127.0.0.1:{upstreams['up-a'].port}"],
+                                "search-upstream": [f"127.0.0.1:{upstreams['se-a'].port}"]})
+    data["services"][1]["routes"].append({"name": "everything", "paths": ["/"], "strip_path": False})
+    server = start_gateway(tmp_path, data, db_name=test_db_name, key_dir=key_dir)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as c:
+            for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/anything/else"):
+                r = c.get(path, headers=auth)
+                assert r.status_code == 200, (path, r.text)
+                assert (r.json()["upstream"], r.json()["path"]) == ("se-a", path)
+        assert httpx.get(f"{server.status.url}/readyz", timeout=10).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_security_headers_on_proxied_and_gateway_answers(client: httpx.Client, auth: dict[str, str]) -> None:
+    for r in (client.get("/api/v1/search", headers=auth), client.get("/api/v1/search"),
+              client.get("/nowhere", headers=auth), client.post("/api/v1/auth/token", json={})):
+        assert r.headers["x-content-type-options"] == "nosniff", r.request.url
+        assert r.headers.get_list("cache-control") == ["no-store"], r.request.url

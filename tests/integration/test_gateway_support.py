@@ -12,8 +12,8 @@ from typing import Any
 
 import uvicorn
 
-from gateway.app import build_app
-from gateway.config import parse_config, write_config
+from gateway.app import GatewayApps, build_apps
+from gateway.config import load_config, parse_config, write_config
 from gateway.settings import GatewaySettings
 from services.cli.stack import free_ports
 
@@ -131,23 +131,54 @@ def gateway_config_data(targets: dict[str, list[str]], *, upload_limit_bytes: in
             {"name": "jwt", "config": {"claims_to_verify": ["exp"]}},
             {"name": "acl", "config": {"allow": ["user", "tenant_admin"]}},
             {"name": "request-size-limiting", "config": {"allowed_payload_size": 1, "size_unit": "megabytes"}},
+            {"name": "prometheus", "config": {"status_code_metrics": True, "latency_metrics": True,
+                                              "bandwidth_metrics": True, "upstream_health_metrics": True}},
+            {"name": "response-transformer", "config": {"add": {"headers": [
+                "X-Content-Type-Options:nosniff", "Cache-Control:no-store"]}}},
         ],
         "consumers": [{"username": "doctag-platform", "jwt_secrets": [
             {"key": "doctag", "algorithm": "RS256", "rsa_public_key": "{file:${DOCTAG_JWT_PUBLIC_KEY_FILE}}"}]}],
     }
 
 
-def start_gateway(tmp_path: Path, data: dict[str, Any], *, db_name: str, key_dir: Path,
-                  cooldown: float = 30.0) -> ServerThread:
-    """Writes `data` as kong.yml under tmp_path and serves a gateway for it on a free port."""
-    config_path = write_config(parse_config(data, "test"), tmp_path / "kong.yml")
-    port = free_port()
-    settings = GatewaySettings(
-        gateway_config=config_path, http_port=port, db_name=db_name, state_dir=tmp_path / "state",
-        jwt_private_key_file=key_dir / "jwt_private.pem", jwt_public_key_file=key_dir / "jwt_public.pem",
-        gateway_unhealthy_cooldown_seconds=cooldown, db_pool_max=4,
-    )
-    from gateway.config import load_config
+class GatewayServer(ServerThread):
+    """The proxy listener plus the status listener (`status`) of one in-process gateway."""
 
-    app = build_app(settings, load_config(config_path))
-    return ServerThread(app, port, lifespan="on").start()
+    def __init__(self, apps: GatewayApps, port: int, status_port: int) -> None:
+        super().__init__(apps.proxy, port, lifespan="on")
+        self.apps = apps
+        self.status = ServerThread(apps.status, status_port)
+
+    def start(self) -> GatewayServer:
+        super().start()
+        self.status.start()
+        return self
+
+    def stop(self) -> None:
+        self.status.stop()
+        super().stop()
+
+
+def gateway_settings(tmp_path: Path, config_path: Path, *, db_name: str, key_dir: Path,
+                     cooldown: float = 30.0, **overrides: Any) -> GatewaySettings:
+    return GatewaySettings(
+        gateway_config=config_path, http_port=free_port(), gateway_status_port=free_port(), db_name=db_name,
+        state_dir=tmp_path / "state", jwt_private_key_file=key_dir / "jwt_private.pem",
+        jwt_public_key_file=key_dir / "jwt_public.pem", gateway_unhealthy_cooldown_seconds=cooldown,
+        db_pool_max=4, **overrides,
+    )
+
+
+def start_gateway(tmp_path: Path, data: dict[str, Any], *, db_name: str, key_dir: Path,
+                  cooldown: float = 30.0, **overrides: Any) -> GatewayServer:
+    """Writes `data` as kong.yml under tmp_path and serves a gateway for it on free ports.
+
+    Token revocation is off unless asked for (`gateway_token_revocation=True`): most of these
+    tests sign tokens for users that exist only in the token; the revocation tests and the
+    security table create real users and turn it on."""
+    overrides.setdefault("gateway_token_revocation", False)
+    config_path = write_config(parse_config(data, "test"), tmp_path / "kong.yml")
+    settings = gateway_settings(tmp_path, config_path, db_name=db_name, key_dir=key_dir, cooldown=cooldown,
+                                **overrides)
+    apps = build_apps(settings, load_config(config_path))
+    return GatewayServer(apps, settings.http_port, settings.gateway_status_port).start()

@@ -147,6 +147,17 @@ def test_non_json_body_is_422(client: httpx.Client) -> None:
         assert r.json()["errors"][0]["field"] == "body"
 
 
+def test_deeply_nested_body_is_422_and_the_connection_stays(client: httpx.Client) -> None:
+    """Formerly a RecursionError: a 500 and a dropped keep-alive connection."""
+    for content in (b"[" * 8000 + b"]" * 8000, b'{"tenant": ' + b"[" * 5000 + b"]" * 5000 + b"}"):
+        r = client.post("/api/v1/auth/token", content=content, headers={"Content-Type": "application/json",
+                                                                        "X-Request-ID": "nested-1"})
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "body" and r.json()["request_id"] == "nested-1"
+    # The same connection answers the next request.
+    assert client.post("/api/v1/auth/token", json={}).status_code == 422
+
+
 def test_oversized_body_is_413(client: httpx.Client) -> None:
     r = client.post("/api/v1/auth/token", json={"tenant": "hr", "username": "kim", "password": "x" * 40_000})
     assert r.status_code == 413

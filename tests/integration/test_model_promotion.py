@@ -18,9 +18,12 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
 
+from services.common.access import CAPABILITY_KEY
+from services.common.capability import CapabilitySigner
 from services.common.db import Database
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
+from services.common.settings import CommonSettings
 from services.model_serving.inference_log import input_sha256
 from services.model_serving.registry import ModelRegistry, RegistrySettings
 from tests.conftest import DB_HOST, DB_PORT
@@ -140,9 +143,15 @@ def test_aliases_and_history_are_visible_to_the_admin_only(promo: dict, make_tok
 
 
 def test_every_prediction_is_logged_with_a_hash_not_the_text(promo: dict, test_db_name: str) -> None:
+    """The tenant of the log row is the job capability's (signed by upload), never the request's."""
     stub = pb_grpc.ModelServingStub(promo["svc"].channel)
-    tenant = str(uuid.uuid4())
-    stub.Predict(pb.PredictRequest(text=HEADLINE, tenant_id=tenant), timeout=10)
+    tenant, spoofed = str(uuid.uuid4()), str(uuid.uuid4())
+    capability = CapabilitySigner(CommonSettings().capability_private_key_path, 600).sign(
+        str(uuid.uuid4()), tenant, "a" * 64)
+    stub.Predict(pb.PredictRequest(text=HEADLINE, tenant_id=spoofed), timeout=10,
+                 metadata=((CAPABILITY_KEY, capability),))
+    unmarked = f"{HEADLINE} {spoofed}"
+    stub.Predict(pb.PredictRequest(text=unmarked, tenant_id=spoofed), timeout=10)  # no capability: no tenant
     deadline = time.monotonic() + 10
     rows: list[tuple] = []
     with psycopg.connect(host=DB_HOST, port=DB_PORT, user="postgres", dbname=test_db_name) as conn:
@@ -157,3 +166,12 @@ def test_every_prediction_is_logged_with_a_hash_not_the_text(promo: dict, test_d
     assert row["tags"] and row["latency_ms"] > 0
     assert row["input_sha256"] == input_sha256(HEADLINE)
     assert HEADLINE not in repr(row), "the raw text is never stored"
+    spoof_rows: list[tuple] = []
+    deadline = time.monotonic() + 10
+    with psycopg.connect(host=DB_HOST, port=DB_PORT, user="postgres", dbname=test_db_name) as conn:
+        while time.monotonic() < deadline and not spoof_rows:
+            spoof_rows = conn.execute("SELECT tenant_id FROM models.inference_log WHERE input_sha256 = %s",
+                                      (input_sha256(unmarked),)).fetchall()
+            conn.commit()
+            time.sleep(0.2)
+    assert spoof_rows == [(None,)], "a request's tenant_id is not trusted"

@@ -42,6 +42,7 @@ from services.model_serving.runner import ModelRunner
 from services.model_serving.settings import ModelServingSettings
 from tests.conftest import DB_ADMIN, DB_HOST, DB_PORT
 from tests.model_artifacts import make_tiny_bert
+from tests.support import sync_channel
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +143,7 @@ class Serving:
             return None
 
     def grpc_health(self) -> int | None:
-        with grpc.insecure_channel(self.grpc_target) as channel:
+        with sync_channel(self.grpc_target, "tagging-worker", "model-serving") as channel:
             try:
                 return health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service="doctag.v1.ModelServing"), timeout=5).status

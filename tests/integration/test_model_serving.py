@@ -27,6 +27,7 @@ from services.model_serving.models.loader import load_model
 from services.model_serving.models.manifest import sha256_file
 from services.model_serving.settings import DEFAULT_MODEL_DIR, ModelServingSettings
 from tests.conftest import DATA
+from tests.support import sync_channel
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,8 @@ def _start(tmp: Path, key_dir: Path, model_dir: Path, extra_env: dict[str, str] 
         process = subprocess.Popen([sys.executable, "-m", "services.model_serving"], cwd=tmp, env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{grpc_port}"
-    return Service(process, f"http://127.0.0.1:{http_port}", target, log, grpc.insecure_channel(target))
+    return Service(process, f"http://127.0.0.1:{http_port}", target, log,
+                   sync_channel(target, "tagging-worker", "model-serving"))
 
 
 def _health(service: Service, name: str = "") -> int | None:

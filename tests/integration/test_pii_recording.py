@@ -14,18 +14,20 @@ import httpx
 import psycopg
 import pytest
 
-from services.common.grpc_utils import add_health, create_server
+from services.common.capability import CapabilitySigner
+from services.common.grpc_utils import add_health, bind, create_server
 from services.common.pb import documents_pb2 as pb
-from services.common.pb import documents_pb2_grpc as pb_grpc
 from services.common.pb import model_serving_pb2_grpc
+from services.common.settings import CommonSettings
 from services.tagging_worker.job import Job
 from services.tagging_worker.settings import WorkerSettings
 from services.tagging_worker.worker import TaggingWorker
 from services.upload.app import UploadComponents, build_http_app
-from services.upload.grpc_api import DocumentsServicer
 from services.upload.settings import UploadSettings
-from tests.conftest import AMQP_URL, create_tenant
+from tests.conftest import AMQP_URL, DB_ADMIN, DB_HOST, DB_PORT, create_tenant
 from tests.integration.test_tagging_worker import ControlledModel
+from tests.integration.test_upload import upload_grpc_server, user_token_for
+from tests.support import WorkerDocumentsStub, aio_channel, grpc_security
 
 pytestmark = pytest.mark.integration
 
@@ -47,25 +49,26 @@ async def platform(settings: UploadSettings) -> AsyncIterator[tuple[httpx.AsyncC
     components = UploadComponents(settings)
     await components.start()
     app = build_http_app(components, manage_lifecycle=False)
-    upload_server = grpc.aio.server()
-    pb_grpc.add_DocumentsServicer_to_server(DocumentsServicer(components.service), upload_server)
-    upload_port = upload_server.add_insecure_port("127.0.0.1:0")
-    model_server = create_server("test-model")
+    upload_server, upload_port = upload_grpc_server(components, settings)
+    model_server = create_server("test-model", grpc_security("model-serving"))
     model_serving_pb2_grpc.add_ModelServingServicer_to_server(ControlledModel(), model_server)
     add_health(model_server, [])
-    model_port = model_server.add_insecure_port("127.0.0.1:0")
+    model_port = bind(model_server, "127.0.0.1:0", grpc_security("model-serving"))
     await upload_server.start()
     await model_server.start()
     worker = TaggingWorker(WorkerSettings(
         amqp_url=AMQP_URL, documents_grpc_target=f"127.0.0.1:{upload_port}",
         model_grpc_target=f"127.0.0.1:{model_port}", retry_attempts=2, retry_initial_seconds=0.05,
         documents_timeout_seconds=10, model_timeout_seconds=10, read_timeout_seconds=10, extract_timeout_seconds=30))
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{upload_port}")
+    channel = aio_channel(f"127.0.0.1:{upload_port}", "tagging-worker", "upload")
+    gateway_channel = aio_channel(f"127.0.0.1:{upload_port}", "gateway", "upload")
+    admin_dsn = f"host={DB_HOST} port={DB_PORT} user={DB_ADMIN} dbname={settings.db_name}"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://upload") as client:
         try:
-            yield client, worker, pb_grpc.DocumentsStub(channel)
+            yield client, worker, WorkerDocumentsStub(channel, admin_dsn, user_token_for(settings), gateway_channel)
         finally:
             await channel.close()
+            await gateway_channel.close()
             await worker.documents_channel.close()
             await worker.model_channel.close()
             worker.extractor.close()
@@ -82,8 +85,10 @@ async def upload_and_process(client: httpx.AsyncClient, worker: TaggingWorker, t
     assert resp.status_code == 202, resp.text
     doc: dict[str, Any] = resp.json()
     assert doc["pii"] == {} and doc["has_pii"] is False  # not scanned before tagging
-    job = Job(document_id=doc["id"], tenant_id=tenant_id, sha256=hashlib.sha256(data).hexdigest(), filename=name,
-              content_type="text/plain", size_bytes=len(data))
+    sha = hashlib.sha256(data).hexdigest()
+    capability = CapabilitySigner(CommonSettings().capability_private_key_path, 600).sign(doc["id"], tenant_id, sha)
+    job = Job(document_id=doc["id"], tenant_id=tenant_id, sha256=sha, filename=name,
+              content_type="text/plain", size_bytes=len(data), capability=capability)
     assert await worker.process(job) == "tagged"
     return doc
 

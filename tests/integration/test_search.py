@@ -20,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.db import Database
-from services.common.grpc_utils import add_health, create_server, set_serving
+from services.common.grpc_utils import add_health, bind, create_server, set_serving
 from services.common.korean import analyze
 from services.common.pb import search_pb2, search_pb2_grpc
 from services.search import engine, query
@@ -30,6 +30,7 @@ from services.search.morph import Analyser
 from services.search.settings import SearchSettings
 from tests.conftest import DATA, create_tenant
 from tests.search_index import index_document
+from tests.support import aio_channel, grpc_security
 
 pytestmark = pytest.mark.integration
 
@@ -392,7 +393,8 @@ async def test_cursor_of_another_query_is_rejected(client, seed, make_token) -> 
     cursor = (await _search(client, h, q="국민", limit=5))["next_cursor"]
     r = await client.get("/api/v1/search", params={"q": "청원", "cursor": cursor}, headers=h)
     assert r.status_code == 422
-    assert r.json()["errors"] == [{"field": "cursor", "message": "the cursor belongs to a different query"}]
+    assert r.json()["errors"] == [{"field": "cursor", "message": "the cursor was altered or belongs to a different "
+                                                             "query or tenant; use next_cursor from a previous page"}]
 
 
 # ------------------------------------------------------------------ isolation
@@ -527,54 +529,74 @@ async def test_readiness_fails_without_database(settings: SearchSettings) -> Non
 
 # ------------------------------------------------------------------ gRPC over a real socket
 
+@dataclass
+class GrpcSearch:
+    stub: search_pb2_grpc.SearchStub
+    channel: grpc.aio.Channel
+    token: dict[str, str]  # tenant id -> end-user token
+
+    def meta(self, tenant: str, request_id: str = "grpc-test") -> tuple[tuple[str, str], ...]:
+        return (("x-request-id", request_id), ("authorization", f"Bearer {self.token[tenant]}"))
+
+
 @pytest.fixture
-async def grpc_stub(seed, db: Database) -> AsyncIterator[tuple[search_pb2_grpc.SearchStub, grpc.aio.Channel]]:  # type: ignore[no-untyped-def]
-    server = create_server("search-test")
+async def grpc_search(seed, db: Database, key_dir: Path, make_token) -> AsyncIterator[GrpcSearch]:  # type: ignore[no-untyped-def]
+    """The Search servicer behind mutual TLS and caller authorisation; the client is the gateway."""
+    server = create_server("search-test", grpc_security("search", jwt_public_key=key_dir / "jwt_public.pem"))
     add_to_server(server, db)
     health = add_health(server, [SERVICE_NAME])
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = bind(server, "127.0.0.1:0", grpc_security("search"))
     await server.start()
     await set_serving(health, [SERVICE_NAME], True)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = aio_channel(f"127.0.0.1:{port}", "gateway", "search")
     try:
-        yield search_pb2_grpc.SearchStub(channel), channel
+        yield GrpcSearch(search_pb2_grpc.SearchStub(channel), channel,
+                         {t: make_token(t) for t in (seed.tenant_a, seed.tenant_b)})
     finally:
         await channel.close()
         await server.stop(1)
 
 
-async def test_grpc_search(grpc_stub, seed) -> None:  # type: ignore[no-untyped-def]
-    stub, channel = grpc_stub
-    meta = (("x-request-id", "grpc-test-1"),)
-    resp = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_a, query="예산", limit=2),
-                             timeout=10, metadata=meta)
+async def test_grpc_search(grpc_search: GrpcSearch, seed) -> None:  # type: ignore[no-untyped-def]
+    stub, channel, a = grpc_search.stub, grpc_search.channel, seed.tenant_a
+    resp = await stub.Search(search_pb2.SearchRequest(query="예산", limit=2), timeout=10, metadata=grpc_search.meta(a))
     assert resp.total >= 3 and len(resp.hits) == 2 and resp.next_cursor
-    page2 = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_a, query="예산", limit=2,
-                                                       cursor=resp.next_cursor), timeout=10, metadata=meta)
+    page2 = await stub.Search(search_pb2.SearchRequest(tenant_id=a, query="예산", limit=2, cursor=resp.next_cursor),
+                              timeout=10, metadata=grpc_search.meta(a))
     assert not {h.id for h in resp.hits} & {h.id for h in page2.hits}
-    tagged = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_a, query="예산", tags=["경제"]),
-                               timeout=10, metadata=meta)
+    tagged = await stub.Search(search_pb2.SearchRequest(query="예산", tags=["경제"]), timeout=10,
+                               metadata=grpc_search.meta(a))
     assert [h.id for h in tagged.hits] == [seed.docs["budget"]]
     assert list(tagged.hits[0].tags) == ["경제", "정치"] and "예산을" in tagged.hits[0].snippet
     assert tagged.next_cursor == ""
-    other = await stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_b, query="예산"), timeout=10)
+    # The tenant is the token's: tenant B's user sees B's document only.
+    other = await stub.Search(search_pb2.SearchRequest(query="예산"), timeout=10,
+                              metadata=grpc_search.meta(seed.tenant_b))
     assert [h.id for h in other.hits] == [seed.b_budget_id]
     health = health_pb2_grpc.HealthStub(channel)
     status = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
     assert status.status == health_pb2.HealthCheckResponse.SERVING
 
 
+async def test_grpc_search_refuses_another_tenant_or_no_token(grpc_search: GrpcSearch, seed) -> None:  # type: ignore[no-untyped-def]
+    """A request naming tenant B with A's token, or without a token, is refused (PERMISSION_DENIED)."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await grpc_search.stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_b, query="예산"), timeout=10,
+                                      metadata=grpc_search.meta(seed.tenant_a))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "tenant_id" in err.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await grpc_search.stub.Search(search_pb2.SearchRequest(tenant_id=seed.tenant_a, query="예산"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "token" in err.value.details()
+
+
 @pytest.mark.parametrize("request_kwargs,detail", [
-    ({"tenant_id": "nope", "query": "예산"}, "tenant_id"),
-    ({"tenant_id": "", "query": "예산"}, "tenant_id"),
     ({"query": ""}, "query"),
     ({"query": "예산", "limit": 500}, "limit"),
     ({"query": "예산", "cursor": "###"}, "cursor"),
 ])
-async def test_grpc_invalid_arguments(grpc_stub, seed, request_kwargs, detail) -> None:  # type: ignore[no-untyped-def]
-    stub, _ = grpc_stub
-    kwargs = {"tenant_id": seed.tenant_a, **request_kwargs}
+async def test_grpc_invalid_arguments(grpc_search: GrpcSearch, seed, request_kwargs, detail) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.Search(search_pb2.SearchRequest(**kwargs), timeout=10)
+        await grpc_search.stub.Search(search_pb2.SearchRequest(**request_kwargs), timeout=10,
+                                      metadata=grpc_search.meta(seed.tenant_a))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(detail)

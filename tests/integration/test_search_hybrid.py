@@ -23,7 +23,7 @@ import pytest
 
 from services.cli.main import main
 from services.common.db import Database
-from services.common.grpc_utils import create_server
+from services.common.grpc_utils import bind, create_server
 from services.common.korean import analyser_version
 from services.common.pb import search_pb2, search_pb2_grpc
 from services.search.api import build_app
@@ -35,6 +35,7 @@ from services.upload import repository as repo
 from tests.conftest import create_tenant
 from tests.embedding_server import as_array, embed, embedding_server
 from tests.search_index import index_document
+from tests.support import aio_channel, grpc_security, sync_channel
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +171,7 @@ async def test_search_degrades_to_words_when_model_serving_is_down(world: World,
 
 
 async def test_query_encoder_pauses_after_a_failure() -> None:
-    encoder = QueryEncoder("127.0.0.1:1", timeout_s=5, retry_after_s=60)
+    encoder = QueryEncoder("127.0.0.1:1", grpc_security("search"), timeout_s=5, retry_after_s=60)
     try:
         with pytest.raises(SemanticUnavailable, match="unavailable"):
             await encoder.encode("예산", "t")
@@ -233,25 +234,27 @@ async def test_filters_and_sort(client, world: World, make_token) -> None:  # ty
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == wrong
 
 
-async def test_grpc_search_with_filters_and_retrieval_mode(world: World, test_db_name: str, key_dir: Path) -> None:
+async def test_grpc_search_with_filters_and_retrieval_mode(world: World, test_db_name: str, key_dir: Path,
+                                                           make_token) -> None:  # type: ignore[no-untyped-def]
     settings = _settings(test_db_name, key_dir)
     db = Database(settings.dsn(), max_size=2)
     await db.open()
-    server = create_server("search-hybrid-test")
+    server = create_server("search-hybrid-test", grpc_security("search", jwt_public_key=key_dir / "jwt_public.pem"))
     add_to_server(server, db)   # no semantic search configured: words only, and it says so
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = bind(server, "127.0.0.1:0", grpc_security("search"))
     await server.start()
+    user = (("authorization", f"Bearer {make_token(world.tenant_a)}"),)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with aio_channel(f"127.0.0.1:{port}", "gateway", "search") as channel:
             stub = search_pb2_grpc.SearchStub(channel)  # type: ignore[no-untyped-call]
             resp = await stub.Search(search_pb2.SearchRequest(
                 tenant_id=world.tenant_a, query="발소리", file_types=["pdf"], uploaded_from="2026-03-01",
-                sort="date"), timeout=30)
+                sort="date"), timeout=30, metadata=user)
             assert [h.id for h in resp.hits] == [world.docs["noise2"]]
             assert resp.retrieval == "lexical" and resp.degraded_reason == "semantic search is not configured"
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Search(search_pb2.SearchRequest(tenant_id=world.tenant_a, query="x", uploaded_to="soon"),
-                                  timeout=30)
+                                  timeout=30, metadata=user)
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert info.value.details().startswith("uploaded_to:")
     finally:
@@ -328,7 +331,7 @@ def test_embed_batches_like_the_reference_path_and_refuses_bad_requests(world: W
     reference_model = E5Embedder.load(InferenceOptions(onnx=False))
     reference = _probabilities(reference_model, reference_model.prepare_mode(texts, "passage"), 16)
     assert np.allclose(served, reference, atol=1e-4), "batched ONNX serving equals the unbatched torch path"
-    with grpc.insecure_channel(world.model_serving) as channel:
+    with sync_channel(world.model_serving, "tagging-worker", "model-serving") as channel:
         stub = model_serving_pb2_grpc.ModelServingStub(channel)  # type: ignore[no-untyped-call]
         query_mode = model_serving_pb2.EMBED_MODE_QUERY
         for request, field_name in ((model_serving_pb2.EmbedRequest(texts=["예산"]), "mode"),

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.pb import search_pb2, search_pb2_grpc
 from tests.conftest import create_tenant
 from tests.search_index import index_document
+from tests.support import sync_channel
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,12 +84,14 @@ def test_process_serves_http_and_grpc_and_stops_on_sigterm(test_db_name: str, ad
         assert [h["id"] for h in r.json()["hits"]] == [doc_id]
         assert r.headers["x-request-id"] == "proc-test-1"
 
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        # gRPC as the gateway calls it: mutual TLS, the end user's token in the metadata.
+        with sync_channel(f"127.0.0.1:{grpc_port}", "gateway", "search") as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="doctag.v1.Search"), timeout=5)
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             resp = search_pb2_grpc.SearchStub(channel).Search(
-                search_pb2.SearchRequest(tenant_id=tenant, query="청사"), timeout=10)
+                search_pb2.SearchRequest(query="청사"), timeout=10,
+                metadata=(("authorization", f"Bearer {make_token(tenant)}"),))
             assert [h.id for h in resp.hits] == [doc_id] and resp.total == 1
 
         proc.send_signal(signal.SIGTERM)
@@ -120,7 +123,7 @@ def test_not_ready_until_the_korean_analyser_has_loaded(test_db_name: str, admin
     base = f"http://127.0.0.1:{http_port}"
     health_before_ready: list[str] = []
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        with sync_channel(f"127.0.0.1:{grpc_port}", "gateway", "search") as channel:
             health = health_pb2_grpc.HealthStub(channel)
             end = time.monotonic() + 90
             while True:

@@ -28,16 +28,19 @@ import httpx
 import numpy as np
 import pytest
 
+from services.common.access import CAPABILITY_KEY
 from services.common.amqp import DOCUMENT_UPLOADED, Topology, message_id
+from services.common.capability import CapabilitySigner, CapabilityVerifier
 from services.common.context import GRPC_REQUEST_ID_KEY
 from services.common.embeddings import pack
-from services.common.grpc_utils import add_health, create_server, set_serving
+from services.common.grpc_utils import add_health, bind, create_server, set_serving
 from services.common.pb import (
     documents_pb2,
     documents_pb2_grpc,
     model_serving_pb2,
     model_serving_pb2_grpc,
 )
+from services.common.settings import CommonSettings
 from services.tagging_worker.app import build_http_app
 from services.tagging_worker.clients import MODEL_HEALTH_SERVICE
 from services.tagging_worker.extractors.pdf import NO_TEXT_LAYER
@@ -45,7 +48,7 @@ from services.tagging_worker.metrics import DEFERRAL_LIMIT_FAILURES, DEFERRALS, 
 from services.tagging_worker.settings import WorkerSettings
 from services.tagging_worker.worker import TaggingWorker
 from tests.conftest import AMQP_URL, SAMPLES
-from tests.support import pdf_without_text
+from tests.support import grpc_security, pdf_without_text
 
 pytestmark = pytest.mark.integration
 
@@ -91,14 +94,17 @@ class ControlledDocuments(documents_pb2_grpc.DocumentsServicer):
         self.docs[doc_id] = StoredDocument(tenant_id or str(uuid.uuid4()), content, filename, content_type)
         return doc_id
 
-    def _find(self, tenant_id: str, document_id: str) -> StoredDocument | None:
+    def _find(self, context: grpc.aio.ServicerContext, document_id: str) -> StoredDocument | None:
+        """As upload does: the tenant is the one of the job capability that came with the call."""
+        token = dict(context.invocation_metadata()).get(CAPABILITY_KEY)
+        cap = CapabilityVerifier(CommonSettings().capability_public_key_path).verify_for(token, document_id)
         doc = self.docs.get(document_id)
-        return doc if doc is not None and doc.tenant_id == tenant_id else None
+        return doc if doc is not None and doc.tenant_id == cap.tenant_id else None
 
     async def ReadContent(self, request, context):
         self.request_ids.append(dict(context.invocation_metadata()).get(GRPC_REQUEST_ID_KEY, ""))
         self.calls.append(("ReadContent", request.document_id, 0))
-        doc = self._find(request.tenant_id, request.document_id)
+        doc = self._find(context, request.document_id)
         if doc is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "document not found")
         step = 16 * 1024
@@ -115,7 +121,7 @@ class ControlledDocuments(documents_pb2_grpc.DocumentsServicer):
         if self.unavailable.get(request.outcome, 0) > 0:
             self.unavailable[request.outcome] -= 1
             await context.abort(grpc.StatusCode.UNAVAILABLE, "database failover in progress")
-        doc = self._find(request.tenant_id, request.document_id)
+        doc = self._find(context, request.document_id)
         if doc is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "document not found")
         if request.content_sha256 != doc.sha256:
@@ -193,13 +199,14 @@ class Peers:
 @pytest.fixture
 async def peers() -> AsyncIterator[Peers]:
     documents, model = ControlledDocuments(), ControlledModel()
-    doc_server, model_server = create_server("test-upload"), create_server("test-model")
+    doc_server = create_server("test-upload", grpc_security("upload"))
+    model_server = create_server("test-model", grpc_security("model-serving"))
     documents_pb2_grpc.add_DocumentsServicer_to_server(documents, doc_server)
     model_serving_pb2_grpc.add_ModelServingServicer_to_server(model, model_server)
     add_health(doc_server, [])
     model_health = add_health(model_server, [])
-    doc_port = doc_server.add_insecure_port("127.0.0.1:0")
-    model_port = model_server.add_insecure_port("127.0.0.1:0")
+    doc_port = bind(doc_server, "127.0.0.1:0", grpc_security("upload"))
+    model_port = bind(model_server, "127.0.0.1:0", grpc_security("model-serving"))
     await doc_server.start()
     await model_server.start()
     yield Peers(documents, model, f"127.0.0.1:{doc_port}", f"127.0.0.1:{model_port}", model_health)
@@ -248,7 +255,9 @@ async def publish(channel: aio_pika.abc.AbstractChannel, topology: Topology, doc
     doc = documents.docs[doc_id]
     body = {"event": DOCUMENT_UPLOADED, "document_id": doc_id, "tenant_id": doc.tenant_id, "sha256": doc.sha256,
             "filename": doc.filename, "content_type": doc.content_type, "size_bytes": len(doc.content),
-            "uploaded_at": "2024-05-01T00:00:00Z"}
+            "uploaded_at": "2024-05-01T00:00:00Z",
+            "capability": CapabilitySigner(CommonSettings().capability_private_key_path, 3600).sign(
+                doc_id, doc.tenant_id, doc.sha256)}
     mid = message_id(doc_id, doc.sha256)
     exchange = await channel.get_exchange(topology.events_exchange)
     await exchange.publish(aio_pika.Message(json.dumps(body).encode(), message_id=mid, content_type="application/json",

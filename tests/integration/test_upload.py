@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import aio_pika
@@ -16,12 +17,16 @@ import psycopg
 import pytest
 
 from services.common.amqp import Topology, message_id
+from services.common.auth import sign_token
+from services.common.capability import CapabilityVerifier
+from services.common.grpc_utils import bind, create_server
 from services.common.pb import documents_pb2 as pb
 from services.common.pb import documents_pb2_grpc as pb_grpc
 from services.upload.app import UploadComponents, build_http_app
 from services.upload.grpc_api import DocumentsServicer
 from services.upload.settings import UploadSettings
-from tests.conftest import AMQP_URL, DB_HOST, DB_PORT, SAMPLES, create_tenant
+from tests.conftest import AMQP_URL, DB_ADMIN, DB_HOST, DB_PORT, SAMPLES, create_tenant
+from tests.support import WorkerDocumentsStub, aio_channel, grpc_security
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +38,42 @@ def settings(upload_settings: UploadSettings) -> UploadSettings:
     return upload_settings
 
 
+def upload_grpc_server(components: UploadComponents, settings: UploadSettings) -> tuple[grpc.aio.Server, int]:
+    """upload's Documents service as `python -m services.upload` runs it: mutual TLS, caller
+    authorisation, job capabilities verified with the session's key (not started yet)."""
+    server = create_server("upload-test", grpc_security("upload", jwt_public_key=settings.public_key_path))
+    pb_grpc.add_DocumentsServicer_to_server(
+        DocumentsServicer(components.service, CapabilityVerifier(settings.capability_public_key_path)), server)
+    return server, bind(server, "127.0.0.1:0", grpc_security("upload"))
+
+
+def user_token_for(settings: UploadSettings) -> Callable[[str], str]:
+    """An end user's token of a tenant, signed with the key whose public half `settings` trusts."""
+    def token(tenant_id: str) -> str:
+        return sign_token(private_key_file=settings.public_key_path.with_name("jwt_private.pem"),
+                          user_id=str(uuid.uuid4()), tenant_id=tenant_id, tenant_slug="t", username="tester",
+                          roles=["user"], issuer="doctag", audience="doctag-api", ttl_seconds=600)
+    return token
+
+
 @asynccontextmanager
 async def running(settings: UploadSettings):  # type: ignore[no-untyped-def]
+    """Upload in-process (HTTP client) and its gRPC server on a socket, with a client that calls
+    it as the tagging worker does (tests.support.WorkerDocumentsStub)."""
     components = UploadComponents(settings)
     await components.start()
     app = build_http_app(components, manage_lifecycle=False)
-    server = grpc.aio.server()
-    pb_grpc.add_DocumentsServicer_to_server(DocumentsServicer(components.service), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    server, port = upload_grpc_server(components, settings)
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = aio_channel(f"127.0.0.1:{port}", "tagging-worker", "upload")
+    gateway_channel = aio_channel(f"127.0.0.1:{port}", "gateway", "upload")
+    admin_dsn = f"host={DB_HOST} port={DB_PORT} user={DB_ADMIN} dbname={settings.db_name}"
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://upload") as client:
         try:
-            yield client, pb_grpc.DocumentsStub(channel), components
+            yield client, WorkerDocumentsStub(channel, admin_dsn, user_token_for(settings), gateway_channel), components
         finally:
             await channel.close()
+            await gateway_channel.close()
             await server.stop(0)
             await components.stop()
 
@@ -109,6 +135,10 @@ async def test_upload_queues_document_and_publishes_event(settings, tenants, mak
         body = json.loads(message.body)
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
         assert body["document_id"] == doc["id"] and body["tenant_id"] == tenant_a
+        # The job carries upload's signed capability for exactly this document, tenant and content.
+        cap = CapabilityVerifier(settings.capability_public_key_path).verify_for(
+            body["capability"], doc["id"], sha256=doc["sha256"])
+        assert cap.tenant_id == tenant_a and cap.expires_at > time.time() + 3600
         await connection.close()
 
 
@@ -243,8 +273,10 @@ async def test_quota_is_never_overshot_under_concurrency(settings, admin_dsn, ma
         refused = next(r for r in results if r.status_code == 507).json()
         assert refused["type"] == "urn:doctag:problem:quota-exceeded" and refused["quota_bytes"] == 10_000
         resp = await client.get("/api/v1/quota", headers=auth(token))
-        assert resp.json() == {"tenant_id": tenant, "quota_bytes": 10_000, "used_bytes": 9900,
-                               "available_bytes": 100, "warning": True, "documents": 33, "deleted_bytes": 0}
+        storage = {k: v for k, v in resp.json().items() if k != "api"}
+        assert storage == {"tenant_id": tenant, "quota_bytes": 10_000, "used_bytes": 9900,
+                           "available_bytes": 100, "warning": True, "documents": 33, "deleted_bytes": 0}
+        assert resp.json()["api"]["used_today"] == 0  # upload's own calls are not through the gateway
         assert resp.headers["x-quota-warning"] == "99% of the storage quota is used"
         assert len(outbox_payloads(admin_dsn, tenant, "quota.warning")) == 1
 

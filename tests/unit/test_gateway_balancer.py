@@ -94,3 +94,57 @@ def test_cooldown_probation_and_recovery() -> None:
     assert a.state == PROBATION  # needs two successes
     balancer.report_success(a)
     assert a.state == HEALTHY
+
+
+def test_least_connections_prefers_the_idlest_target() -> None:
+    balancer, _ = make([{"target": "a:1"}, {"target": "b:1"}, {"target": "c:1", "weight": 200}])
+    balancer.algorithm = "least-connections"
+    a, b, c = balancer.targets
+    a.in_flight, b.in_flight, c.in_flight = 3, 1, 3
+    assert first(balancer) == "b:1"
+    b.in_flight = 5
+    assert first(balancer) == "c:1"  # (3+1)/200 beats (3+1)/100
+
+
+def _hashing(targets: list[dict]) -> UpstreamBalancer:
+    upstream = Upstream.model_validate({"name": "h", "algorithm": "consistent-hashing", "hash_on": "header",
+                                        "hash_on_header": "X-Session", "hash_fallback": "ip", "targets": targets})
+    return UpstreamBalancer(upstream, cooldown_seconds=10)
+
+
+def test_consistent_hashing_is_sticky_and_moves_only_the_lost_targets_keys() -> None:
+    targets = [{"target": f"t{i}:1"} for i in range(4)]
+    balancer = _hashing(targets)
+    keys = [balancer.hash_key(None, "10.0.0.9", {"X-Session": f"s{i}"}) for i in range(200)]
+    assert keys[0] == "h:s0" and balancer.hash_key(None, "10.0.0.9", {}) == "i:10.0.0.9"
+    before = {k: next(balancer.candidates(k)).address for k in keys}
+    assert before == {k: next(balancer.candidates(k)).address for k in keys}  # sticky
+    assert len(set(before.values())) == 4  # spread over all targets
+    balancer.mark_unhealthy(balancer.targets[2])
+    after = {k: next(balancer.candidates(k)).address for k in keys}
+    moved = {k for k in keys if before[k] != after[k]}
+    assert moved == {k for k in keys if before[k] == "t2:1"}
+
+
+def test_active_checks_take_targets_out_and_bring_them_back_only_when_healthy() -> None:
+    from gateway.config import ActiveHealthcheck
+    from gateway.healthcheck import ActiveChecker
+
+    balancer, clock = make([{"target": "a:1"}, {"target": "b:1"}])
+    balancer.active = True
+    conf = ActiveHealthcheck.model_validate({"http_path": "/readyz", "healthy": {"interval": 1, "successes": 2},
+                                             "unhealthy": {"interval": 1, "http_failures": 2, "tcp_failures": 1}})
+    checker = ActiveChecker(balancer, conf, client=None)  # type: ignore[arg-type]
+    a = balancer.targets[0]
+    checker.record(a, "http")
+    assert a.state == HEALTHY
+    checker.record(a, "http")
+    assert a.state == UNHEALTHY
+    clock.now += 3600  # no cool-down with active checks: only probes bring it back
+    assert next(t.address for t in balancer.candidates()) == "b:1"
+    checker.record(a, "success")
+    assert a.state == UNHEALTHY
+    checker.record(a, "success")
+    assert a.state == HEALTHY
+    checker.record(a, "tcp")
+    assert a.state == UNHEALTHY

@@ -17,7 +17,9 @@ from gateway.config import (
     with_targets,
     write_config,
 )
-from gateway.plugins import AclConfig, JwtConfig, RequestSizeLimitingConfig
+from gateway.plugins.acl.schema import AclConfig
+from gateway.plugins.jwt.schema import JwtConfig
+from gateway.plugins.request_size_limiting.schema import RequestSizeLimitingConfig
 from gateway.router import Router
 from gateway.settings import DEFAULT_CONFIG
 
@@ -119,14 +121,18 @@ def test_targets_default_port_and_ipv6() -> None:
     (minimal(routes=[{"name": "r2", "service": "ghost", "paths": ["/b"]}]), "unknown service 'ghost'"),
     (minimal(routes=[{"name": "r", "service": "svc", "paths": ["/b"]}]), "duplicate name in routes: 'r'"),
     (minimal(routes=[{"name": "r2", "paths": ["/b"]}]), "a top-level route needs 'service'"),
-    (minimal(upstreams=[{"name": "up", "algorithm": "least-connections"}]), "upstreams[0].algorithm"),
+    (minimal(upstreams=[{"name": "up", "algorithm": "latency"}]), "upstreams[0].algorithm: the latency algorithm"),
     (minimal(upstreams=[{"name": "up", "targets": [{"target": "a:1"}, {"target": "a:1"}]}]), "duplicate targets"),
-    (minimal(upstreams=[{"name": "up", "healthchecks": {"active": {}}}]), "healthchecks.active"),
-    (minimal(plugins=[{"name": "rate-limiting"}]), "plugin 'rate-limiting' is not implemented"),
+    (minimal(upstreams=[{"name": "up", "healthchecks": {"active": {"type": "grpc", "healthy": {"interval": 5}}}}]),
+     "upstreams[0].healthchecks.active.type: active checks of type 'grpc' are not supported"),
+    (minimal(plugins=[{"name": "oauth2"}]), "plugin 'oauth2' is not implemented"),
+    (minimal(plugins=[{"name": "rate-limiting"}]), "at least one of these fields must be non-empty: second, minute"),
     (minimal(plugins=[{"name": "jwt", "config": {"claims_to_verify": ["iat"]}}]),
      "plugins[0].config.claims_to_verify[0]"),
-    (minimal(plugins=[{"name": "jwt", "config": {"uri_param_names": ["jwt"]}}]),
-     "plugins[0].config.uri_param_names: Extra inputs are not permitted"),
+    (minimal(plugins=[{"name": "jwt", "config": {"anonymous": "guest"}}]),
+     "plugins[0].config.anonymous: anonymous consumers are not supported"),
+    (minimal(plugins=[{"name": "jwt", "config": {"not_a_key": 1}}]),
+     "plugins[0].config.not_a_key: Extra inputs are not permitted"),
     (minimal(plugins=[{"name": "acl", "config": {"allow": ["a"], "deny": ["b"]}}]),
      "exactly one of 'allow' and 'deny'"),
     (minimal(plugins=[{"name": "acl", "config": {}}]), "exactly one of 'allow' and 'deny'"),

@@ -5,30 +5,23 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import jwt as pyjwt
 import pytest
-from fastapi import Request
 
-from gateway.plugins.acl import AclConfig, enforce, is_allowed
-from gateway.plugins.correlation_id import (
-    CorrelationIdConfig,
-    CorrelationIdMiddleware,
-    IdGenerator,
-    is_valid_id,
-)
-from gateway.plugins.jwt_auth import JwtConfig, JwtVerifier, RsaCredential, find_token
-from gateway.plugins.size_limit import (
+from gateway.plugins.acl.handler import enforce, is_allowed
+from gateway.plugins.acl.schema import AclConfig
+from gateway.plugins.correlation_id.handler import IdGenerator, is_valid_id
+from gateway.plugins.jwt.handler import JwtVerifier, RsaCredential, find_token
+from gateway.plugins.jwt.schema import JwtConfig
+from gateway.plugins.request_size_limiting.handler import (
     PayloadTooLarge,
-    RequestSizeLimitingConfig,
     check_declared,
     limited,
     parse_content_length,
 )
+from gateway.plugins.request_size_limiting.schema import RequestSizeLimitingConfig
 from services.common.auth import ensure_keypair, sign_token
-from services.common.context import current_request_id
 from services.common.errors import ProblemError
-from services.common.http import create_app
 
 # ----------------------------------------------------------------- request-size-limiting
 
@@ -120,38 +113,6 @@ def test_generators() -> None:
     assert a.split("#")[0] == b.split("#")[0] and (a.split("#")[1], b.split("#")[1]) == ("1", "2")
 
 
-def _app(config: CorrelationIdConfig) -> httpx.AsyncClient:
-    app = create_app("corr-test", title="t")
-
-    @app.get("/echo")
-    async def echo(request: Request) -> dict:
-        return {"seen": request.headers.get(config.header_name), "x": request.headers.get("x-request-id"),
-                "context": current_request_id()}
-
-    app.add_middleware(CorrelationIdMiddleware, config=config)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
-
-
-async def test_correlation_id_kept_generated_and_echoed() -> None:
-    client = _app(CorrelationIdConfig(header_name="X-Request-ID", generator="uuid", echo_downstream=True))
-    r = await client.get("/echo", headers={"X-Request-ID": "abc-123"})
-    assert r.json() == {"seen": "abc-123", "x": "abc-123", "context": "abc-123"}
-    assert r.headers.get_list("x-request-id") == ["abc-123"]
-    r = await client.get("/echo", headers={"X-Request-ID": "not valid!"})
-    generated = r.json()["seen"]
-    assert generated != "not valid!" and str(uuid.UUID(generated)) == generated
-    assert r.headers["x-request-id"] == generated == r.json()["context"]
-    problem = await client.get("/missing")
-    assert problem.json()["request_id"] == problem.headers["x-request-id"]
-
-
-async def test_correlation_id_other_header_and_no_echo() -> None:
-    client = _app(CorrelationIdConfig(header_name="Kong-Request-ID", echo_downstream=False))
-    r = await client.get("/echo", headers={"Kong-Request-ID": "k-1"})
-    assert r.json() == {"seen": "k-1", "x": "k-1", "context": "k-1"}
-    assert "kong-request-id" not in r.headers and "x-request-id" not in r.headers
-
-
 # ----------------------------------------------------------------- jwt
 
 @pytest.fixture(scope="module")
@@ -222,3 +183,40 @@ def test_find_token_in_custom_header() -> None:
     assert find_token({"x-token": "abc.def.ghi"}, config) == "abc.def.ghi"
     assert find_token({"authorization": "Bearer t.t.t"}, config) == "t.t.t"
     assert find_token({"authorization": "Bearer "}, config) is None
+
+
+# ----------------------------------------------------------------- response-transformer
+
+def test_response_transformer_header_operations_in_kong_order() -> None:
+    from gateway.plugins.response_transformer.handler import Handler
+    from gateway.plugins.response_transformer.schema import Config
+
+    conf = Config.model_validate({
+        "remove": {"headers": ["X-Powered-By"]},
+        "rename": {"headers": ["X-Old:X-New"]},
+        "replace": {"headers": ["Cache-Control:private", "X-Absent:never"]},
+        "add": {"headers": ["X-Content-Type-Options:nosniff", "X-New:not-added"]},
+        "append": {"headers": ["Vary:Origin"]},
+    })
+    headers = [(b"x-powered-by", b"php"), (b"x-old", b"1"), (b"cache-control", b"max-age=60"), (b"vary", b"Accept")]
+    Handler.header_filter(Handler.__new__(Handler), conf, None, headers)  # type: ignore[arg-type]
+    assert headers == [(b"X-New", b"1"), (b"vary", b"Accept"), (b"Cache-Control", b"private"),
+                       (b"X-Content-Type-Options", b"nosniff"), (b"Vary", b"Origin")]
+    with pytest.raises(ValueError, match="name:value"):
+        Config.model_validate({"add": {"headers": ["no-colon"]}})
+
+
+def test_jwt_verified_tokens_are_cached_but_still_expire(keys: tuple[Path, Path, Path]) -> None:
+    private, public, other = keys
+    verifier = _verifier(public)
+    config = JwtConfig(claims_to_verify=["exp"])
+    headers = {"authorization": f"Bearer {_token(private, ttl_seconds=60)}"}
+    first = verifier.authenticate(headers, config)
+    assert verifier.authenticate(headers, config) == first and len(verifier._verified) == 1
+    with pytest.raises(ProblemError) as info:
+        verifier.authenticate(headers, config, now=time.time() + 120)
+    assert info.value.slug == "token-expired"
+    # A forged token is never cached.
+    with pytest.raises(ProblemError):
+        verifier.authenticate({"authorization": f"Bearer {_token(other)}"}, config)
+    assert len(verifier._verified) == 1

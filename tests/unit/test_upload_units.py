@@ -1,6 +1,8 @@
 """Pure logic of the upload service: file types, multipart streaming, headers, cursors."""
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -143,8 +145,20 @@ def test_content_disposition_keeps_korean_names_safely() -> None:
 
 def test_cursor_round_trip_and_tampering() -> None:
     key = (datetime(2026, 11, 22, 3, 4, 5, 678, tzinfo=UTC), str(uuid.uuid4()))
-    assert decode_cursor(encode_cursor(key)) == key
-    for bad in ("", "!!", "eyJ4IjoxfQ", encode_cursor(key)[:-3]):
+    tenant, other = str(uuid.uuid4()), str(uuid.uuid4())
+    filters = {"status": None, "tag": "예산", "pii": None}
+    cursor = encode_cursor(key, tenant, filters)
+    assert decode_cursor(cursor, tenant, filters) == key
+    mac = cursor.split(".")[1]
+    forged_body = base64.urlsafe_b64encode(json.dumps({"c": key[0].isoformat(), "i": str(uuid.uuid4())}).encode())
+    nested = base64.urlsafe_b64encode(b"[" * 8000 + b"]" * 8000).decode().rstrip("=")
+    for bad in ("", "!!", "eyJ4IjoxfQ", cursor[:-3], f"{forged_body.decode().rstrip('=')}.{mac}", f"{nested}.{mac}",
+                "a" * 10_000):
         with pytest.raises(ProblemError) as err:
-            decode_cursor(bad)
-        assert err.value.field == "cursor"
+            decode_cursor(bad, tenant, filters)
+        assert err.value.status == 422 and err.value.field == "cursor"
+    # Bound to the tenant and to the listing's filters.
+    for wrong_tenant, wrong_filters in ((other, filters), (tenant, {**filters, "tag": "복지"})):
+        with pytest.raises(ProblemError) as err:
+            decode_cursor(cursor, wrong_tenant, wrong_filters)
+        assert "belongs to a different query or tenant" in err.value.detail

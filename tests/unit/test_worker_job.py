@@ -24,7 +24,7 @@ DOC, TENANT, SHA = str(uuid.uuid4()), str(uuid.uuid4()), "ab" * 32
 def _body(**override: object) -> bytes:
     payload = {"event": "document.uploaded", "document_id": DOC, "tenant_id": TENANT, "sha256": SHA,
                "filename": "보고서.pdf", "content_type": "application/pdf", "size_bytes": 123,
-               "uploaded_at": "2024-05-01T00:00:00Z"}
+               "uploaded_at": "2024-05-01T00:00:00Z", "capability": "signed.by.upload"}
     payload.update(override)
     return json.dumps({k: v for k, v in payload.items() if v is not None}, ensure_ascii=False).encode()
 
@@ -33,6 +33,7 @@ def test_valid_job() -> None:
     job = Job.from_body(_body(sha256=SHA.upper()))
     assert (job.document_id, job.tenant_id, job.sha256) == (DOC, TENANT, SHA)
     assert (job.filename, job.content_type, job.size_bytes) == ("보고서.pdf", "application/pdf", 123)
+    assert job.capability == "signed.by.upload"
     assert job.title == "", "messages published before titles travelled with jobs still parse"
     assert Job.from_body(_body(title="2027년 예산안")).title == "2027년 예산안"
 
@@ -53,6 +54,8 @@ def test_passage_text_puts_the_title_first() -> None:
     (_body(tenant_id="tenant-1"), "tenant_id is not a UUID"),
     (_body(sha256="abc"), "sha256 is not 64 hex digits"),
     (_body(size_bytes=-1), "size_bytes"),
+    (_body(capability=None), "missing fields: capability"),
+    (_body(capability=["x"]), "capability is not a string"),
 ])
 def test_invalid_jobs(body: bytes, why: str) -> None:
     with pytest.raises(InvalidJob, match=why):

@@ -1,4 +1,4 @@
-"""Kong's `request-size-limiting` plugin.
+"""Kong's `request-size-limiting` plugin (PRIORITY 951).
 
 A declared Content-Length over the limit is refused before anything is sent
 upstream. A body without one (chunked) is counted while it streams through and the
@@ -8,25 +8,12 @@ limit is ever forwarded. Bodies are never held in memory.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Literal
-
-from pydantic import Field
+from typing import Any
 
 from services.common.errors import ProblemError
 
-from .base import PluginConfig
-
-_UNITS = {"bytes": 1, "kilobytes": 1024, "megabytes": 1024 * 1024}
-
-
-class RequestSizeLimitingConfig(PluginConfig):
-    allowed_payload_size: int = Field(128, gt=0)
-    size_unit: Literal["megabytes", "kilobytes", "bytes"] = "megabytes"
-    require_content_length: bool = False
-
-    @property
-    def limit_bytes(self) -> int:
-        return self.allowed_payload_size * _UNITS[self.size_unit]
+from ..base import PluginHandler, RequestContext
+from .schema import Config
 
 
 class PayloadTooLarge(Exception):
@@ -52,7 +39,7 @@ def parse_content_length(value: str | None) -> int | None:
     return int(value)
 
 
-def check_declared(content_length: int | None, has_body: bool, config: RequestSizeLimitingConfig) -> None:
+def check_declared(content_length: int | None, has_body: bool, config: Config) -> None:
     """The early check on the headers alone: 413 for a declared size over the limit,
     411 when a length is required and a body comes without one."""
     if content_length is not None and content_length > config.limit_bytes:
@@ -72,3 +59,17 @@ async def limited(stream: AsyncIterator[bytes], limit: int | None) -> AsyncItera
         if limit is not None and received > limit:
             raise PayloadTooLarge(limit)
         yield chunk
+
+
+def has_body(headers: Any) -> bool:
+    return "content-length" in headers or "transfer-encoding" in headers
+
+
+class Handler(PluginHandler[Config]):
+    PRIORITY = 951
+
+    async def access(self, conf: Config, ctx: RequestContext) -> None:
+        assert ctx.request is not None
+        headers = ctx.request.headers
+        check_declared(parse_content_length(headers.get("content-length")), has_body(headers), conf)
+        ctx.body_limit = conf.limit_bytes

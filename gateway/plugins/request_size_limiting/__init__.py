@@ -1,0 +1,1 @@
+"""Kong's `request-size-limiting` plugin."""

@@ -1,0 +1,1 @@
+"""Kong's `response-transformer` plugin (headers)."""
