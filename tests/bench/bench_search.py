@@ -150,6 +150,14 @@ def recreate_database() -> None:
     upgrade(CommonSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=DB_NAME), user="postgres")
 
 
+def migrate_stored() -> None:
+    """Brings a reused corpus's database to the current schema (a migration such as 0016 backfills in place)."""
+    from services.common.migrate import upgrade
+    from services.common.settings import CommonSettings
+
+    upgrade(CommonSettings(db_host=DB_HOST, db_port=DB_PORT, db_name=DB_NAME), user="postgres")
+
+
 def tenant_ids() -> list[str]:
     with psycopg.connect(admin_dsn()) as conn:
         rows = conn.execute("SELECT id FROM identity.tenants WHERE slug LIKE 'bench-search-%%' "
@@ -325,7 +333,9 @@ class SearchReplica:
                "DOCTAG_HTTP_HOST": "127.0.0.1", "DOCTAG_HTTP_PORT": str(self.port),
                "DOCTAG_GRPC_HOST": "127.0.0.1", "DOCTAG_GRPC_PORT": str(free_port()),
                "DOCTAG_JWT_PUBLIC_KEY_FILE": str(self.public_key), "DOCTAG_STATE_DIR": str(state),
-               "DOCTAG_LOG_LEVEL": "WARNING"}
+               "DOCTAG_LOG_LEVEL": "WARNING",
+               # Only its HTTP API is measured: its gRPC port is not reached, so no platform CA is needed.
+               "DOCTAG_GRPC_TLS": "false"}
         self.log = (state / "search.log").open("wb")
         self.process = subprocess.Popen([sys.executable, "-m", "services.search"], env=env, cwd=REPO,
                                         stdout=self.log, stderr=subprocess.STDOUT)
@@ -495,7 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"building the corpus: {len(docs)} documents in {args.processes} analyser processes ...")
         results["build"] = build(docs, spec, args.processes)
     else:
-        log("reusing the stored corpus")
+        log("reusing the stored corpus (migrated to the current schema)")
+        migrate_stored()
         results["build"] = None
     tenants = tenant_ids()
     largest = tenants[0]
