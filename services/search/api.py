@@ -52,9 +52,14 @@ class FacetsOut(BaseModel):
 
 class SearchOut(BaseModel):
     hits: list[HitOut]
-    total: int
+    total: int = Field(description="documents matching; with total_is_lower_bound, at least this many")
+    total_is_lower_bound: bool = Field(False, description="true when a query term is so common that only its best "
+                                                          "matches were counted: total and facets are then lower "
+                                                          "bounds (the ranking of the page is exact BM25 over them)")
     next_cursor: str | None
     facets: FacetsOut
+    facets_partial: bool = Field(False, description="true when there are more matches than the facets looked at: "
+                                                    "tag counts are then over the best 200 matches")
     retrieval: str = Field(description='"hybrid": ranked by words and meaning; "lexical": by words only')
     degraded_reason: str | None = Field(description="why a text query was ranked by words only "
                                                     "(e.g. model-serving unavailable); null otherwise")
@@ -71,6 +76,8 @@ def result_to_response(result: engine.SearchResult) -> SearchOut:
     return SearchOut(
         hits=_hits_out(result.hits),
         total=result.total,
+        total_is_lower_bound=result.total_is_lower_bound,
+        facets_partial=result.facets_partial,
         next_cursor=result.next_cursor,
         facets=FacetsOut(tags=[FacetOut(tag=f.tag, count=f.count) for f in result.facets]),
         retrieval=result.retrieval,

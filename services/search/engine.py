@@ -12,10 +12,16 @@ from services.common.embeddings import unpack
 
 from . import morph, query
 from .semantic import SemanticSearch, SemanticUnavailable, VectorCache, top_similar
-from .snippet import make_snippet
+from .snippet import literal_spans, make_snippet
+from .termstats import TermFiguresCache, truncated
 
 # Characters of a document's text fetched to build its snippet.
 SNIPPET_SCAN_CHARS = 20_000
+# Characters the analyser reads to find an inflected form (늘렸다 for 늘리다) when no query term
+# occurs literally: running Kiwi over the whole fetched text cost milliseconds per long hit.
+LOCATE_CHARS = 2_000
+# Query terms' document frequencies, per tenant, for this replica (see termstats.py).
+TERM_FIGURES = TermFiguresCache()
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class SearchResult:
     facets: tuple[Facet, ...]
     retrieval: str = "lexical"              # "hybrid": words and meaning; "lexical": words only
     degraded_reason: str | None = None      # why a text query was answered by words only
+    total_is_lower_bound: bool = False      # total (and facets) count the best candidates only: at least this many
+    facets_partial: bool = False            # facets count the tags of the best query.FACET_CANDIDATES matches only
 
 
 def parse_tenant_id(tenant_id: str) -> str:
@@ -62,7 +70,11 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
 
     One statement gives the page, the total and the facets (see `query.build_plan`); a
     second runs only when the ranked query found nothing by words and partial words may still
-    match. With `semantic_search` a text query is hybrid (BM25 fused with the semantic ranking);
+    match. The ranked statement scores each query term's best postings (`query.PER_TERM`, by
+    impact); when a term has more, the total and facets count those candidates only
+    (`total_is_lower_bound`), and the statement is run again over every posting when the bounded
+    candidates cannot fill the requested page (a narrow filter, a deep page) or the order is by date.
+    With `semantic_search` a text query is hybrid (BM25 fused with the semantic ranking);
     when no query vector can be had it is answered by words alone, and the result says why.
     """
     tenant = parse_tenant_id(tenant_id)
@@ -79,7 +91,9 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
                 retrieval = "hybrid"
             except SemanticUnavailable as exc:
                 reason = str(exc)
-        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic)
+        per_term = None if params.sort == "date" else query.PER_TERM
+        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic,
+                                figures=TERM_FIGURES.known(tenant, analyzed.terms), per_term=per_term)
     else:
         plan = query.build_plan(params)
     values: dict[str, Any] = {
@@ -88,11 +102,24 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
         "fetch": params.limit + 1,
         "offset": params.offset,
         "facet_limit": query.FACET_LIMIT,
+        "facet_candidates": query.FACET_CANDIDATES,
     }
     async with db.tenant_transaction(tenant) as conn:
+        # A term's best postings are read in impact order from its index range; the planner, which
+        # cannot know the term's size when planning, would otherwise often read the whole range and sort.
+        if analyzed is not None:
+            await conn.execute("SET LOCAL enable_bitmapscan = off")
         rows = await (await conn.execute(plan.sql, values)).fetchall()
+        figures = rows[0]["term_figures"] if rows else None
+        TERM_FIGURES.remember(tenant, figures, rows[0]["n_documents"] if rows else None)
+        bounded = truncated(figures, values.get("per_term"))
+        if bounded and sum(1 for r in rows if r["id"] is not None) < values["fetch"]:
+            rows = await (await conn.execute(plan.sql, {**values, "per_term": None})).fetchall()
+            bounded = False
         if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
+            await conn.execute("SET LOCAL enable_bitmapscan = on")   # the trigram indexes are read by bitmap
             rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
+            bounded = False
     total = int(rows[0]["total"]) if rows else 0
     facets = rows[0]["facets"] if rows else []
     found = [r for r in rows if r["id"] is not None]
@@ -108,11 +135,17 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
         facets=tuple(Facet(f["tag"], int(f["count"])) for f in facets),
         retrieval=retrieval,
         degraded_reason=reason,
+        total_is_lower_bound=bounded,
+        facets_partial=total > query.FACET_CANDIDATES,
     )
 
 
 def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None) -> list[Hit]:
-    """Snippets need the analyser (inflected forms, highlights): runs in a worker thread."""
+    """Snippets may need the analyser (inflected forms, highlights): runs in a worker thread.
+
+    Highlights come from the terms as written where any occurs in the snippet; only a snippet
+    without one (늘렸다 for 늘리다) is analysed. Where both kinds meet in one snippet, the
+    inflected form then goes unmarked: the price of not running Kiwi for every hit."""
     needles: list[str] = []
     locate = None
     marks = None
@@ -121,13 +154,15 @@ def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None
         needles = [*analyzed.phrases, *analyzed.terms]
 
         def locate(text: str) -> tuple[int, int] | None:
-            for m in morph.morphemes(text):
+            for m in morph.morphemes(text[:LOCATE_CHARS]):
                 if m.term in wanted:
                     return m.start, m.end
             return None
 
         def marks(text: str) -> list[tuple[int, int]]:
-            return [(m.start, m.end) for m in morph.morphemes(text) if m.term in wanted]
+            # The analyser (milliseconds per snippet) only when no query term occurs as written.
+            return (literal_spans(text, analyzed.terms)
+                    or [(m.start, m.end) for m in morph.morphemes(text) if m.term in wanted])
 
     return [
         Hit(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -270,12 +270,35 @@ _STATS = (
     "greatest(coalesce(s.text_terms, 0)::float8 / greatest(coalesce(s.documents, 0), 1), 1) AS avg_text "
     "FROM (SELECT 1) one LEFT JOIN documents.search_stats s ON s.tenant_id = public.app_tenant_id())"
 )
-# The query terms' postings in this tenant: the (tenant_id, term) index, nothing else.
-_POSTINGS = (
-    "postings AS (SELECT p.document_id, p.term, p.field, p.tf, p.field_length FROM documents.document_terms p "
-    "WHERE p.tenant_id = public.app_tenant_id() AND p.term = ANY(%(terms)s))"
+# The query terms with their document frequency (df) and number of postings. The search service
+# passes the figures it counted before (termstats.py) with the tenant's document count then
+# (`n_at`); a term without them, or whose tenant has since grown or shrunk by more than
+# `df_slack` of its documents, is counted here from the (tenant_id, term) index range. `counted`
+# tells the service which figures are new.
+_QTERMS = (
+    "qterms AS (SELECT u.term, CASE WHEN u.fresh THEN u.df ELSE c.df END AS df, "
+    "CASE WHEN u.fresh THEN u.postings ELSE c.postings END AS postings, NOT u.fresh AS counted "
+    "FROM (SELECT t.term, t.df, t.postings, (t.df IS NOT NULL AND abs(st.n - t.n_at) <= %(df_slack)s * t.n_at) "
+    "AS fresh FROM unnest(%(terms)s::text[], %(dfs)s::float8[], %(term_postings)s::float8[], %(n_at)s::float8[]) "
+    "AS t(term, df, postings, n_at) CROSS JOIN stats st) u "
+    "CROSS JOIN LATERAL (SELECT count(DISTINCT p.document_id)::float8 AS df, count(*)::float8 AS postings "
+    "FROM documents.document_terms p WHERE NOT u.fresh AND p.tenant_id = public.app_tenant_id() "
+    "AND p.term = u.term) c)"
 )
-_DF = "df AS (SELECT term, count(DISTINCT document_id)::float8 AS df FROM postings GROUP BY term)"
+# Impact-ordered retrieval (migration 0016): each term's `per_term` best postings by impact, read
+# from the (tenant_id, term, impact DESC) index; NULL means all of them (LIMIT NULL: exhaustive).
+# The documents found are then scored exactly: all their postings of the query terms, by the
+# primary key (document_id, term, field).
+_TOP = (
+    "top AS (SELECT DISTINCT tp.document_id FROM qterms q CROSS JOIN LATERAL (SELECT p.document_id "
+    "FROM documents.document_terms p WHERE p.tenant_id = public.app_tenant_id() AND p.term = q.term "
+    "ORDER BY p.impact DESC LIMIT %(per_term)s) tp)"
+)
+_POSTINGS = (
+    "postings AS (SELECT p.document_id, p.term, p.field, p.tf, p.field_length FROM top c "
+    "JOIN documents.document_terms p ON p.document_id = c.document_id AND p.term = ANY(%(terms)s) "
+    "WHERE p.tenant_id = public.app_tenant_id())"
+)
 # Length-normalised, title-weighted term frequency per document and term (BM25F).
 _WEIGHTED_TF = (
     "wtf AS (SELECT p.document_id, p.term, sum(CASE WHEN p.field = 'title' "
@@ -286,7 +309,7 @@ _WEIGHTED_TF = (
 _BM25 = (
     "scored AS (SELECT w.document_id AS id, sum(ln(1 + (st.n - df.df + 0.5) / (df.df + 0.5)) "
     "* w.w * (%(k1)s + 1) / (w.w + %(k1)s)) AS score "
-    "FROM wtf w JOIN df ON df.term = w.term CROSS JOIN stats st GROUP BY w.document_id)"
+    "FROM wtf w JOIN qterms df ON df.term = w.term CROSS JOIN stats st GROUP BY w.document_id)"
 )
 _RANKED_CANDIDATES = (
     "lexical AS (SELECT d.id, d.created_at, s.score FROM scored s "
@@ -327,6 +350,13 @@ _PHRASES = (
     "NOT EXISTS (SELECT 1 FROM unnest(%(phrases)s::text[]) ph(re) "
     "WHERE NOT (d.title ~* ph.re OR coalesce(d.text_content, '') ~* ph.re))"
 )
+# Tag filter for ranked candidates (a bounded set): checked per candidate through document_tags'
+# primary key (document_id, ...), instead of collecting every document that carries a common tag.
+_TAG_FILTER_PER_DOCUMENT = (
+    "(SELECT count(DISTINCT t.tag) FROM documents.document_tags t WHERE t.document_id = d.id "
+    "AND t.tag = ANY(%(tags)s)) = %(tag_count)s"
+)
+# Tag filter without a text query: the documents carrying the tags are the candidates.
 _TAG_FILTER = (
     "d.id IN (SELECT t.document_id FROM documents.document_tags t WHERE t.tag = ANY(%(tags)s) "
     "GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
@@ -346,20 +376,25 @@ _TAG_SCORE = (
 # The page, the total and the facets from one pass over the candidates (a CTE referenced
 # more than once is computed once). A row comes back even when the page is empty, so the
 # total and facets are always there; its hit columns are then NULL.
+# With query terms: their figures (df, postings) and the tenant's document count, for termstats.py.
+_TERM_FIGURES = ("(SELECT json_agg(json_build_object('term', q.term, 'df', q.df, 'postings', q.postings, "
+                 "'counted', q.counted)) FROM qterms q) AS term_figures, (SELECT n FROM stats) AS n_documents")
+_NO_TERM_FIGURES = "NULL::json AS term_figures, NULL::float8 AS n_documents"
 _BY_RELEVANCE = "score DESC, created_at DESC, id DESC"
 _BY_DATE = "created_at DESC, id DESC"
 _RESULT = (
     ", page AS (SELECT c.id, c.score, c.created_at FROM candidates c "
     "ORDER BY {order} LIMIT %(fetch)s OFFSET %(offset)s)"
     ", facets AS (SELECT t.tag, count(DISTINCT t.document_id) AS count FROM documents.document_tags t "
-    "JOIN candidates c ON c.id = t.document_id GROUP BY t.tag ORDER BY count DESC, t.tag LIMIT %(facet_limit)s) "
+    "JOIN (SELECT id FROM candidates ORDER BY {order} LIMIT %(facet_candidates)s) c ON c.id = t.document_id "
+    "GROUP BY t.tag ORDER BY count DESC, t.tag LIMIT %(facet_limit)s) "
     "SELECT (SELECT count(*) FROM candidates) AS total, "
     "(SELECT coalesce(json_agg(json_build_object('tag', f.tag, 'count', f.count) ORDER BY f.count DESC, f.tag), "
     "'[]'::json) FROM facets f) AS facets, "
     "p.id, p.score, d.title, d.status, d.created_at, left(d.text_content, %(text_chars)s) AS text_head, "
     "(SELECT coalesce(json_agg(json_build_object('tag', x.tag, 'score', x.score) ORDER BY x.score DESC, x.tag), "
     "'[]'::json) FROM (SELECT t.tag, max(t.score) AS score FROM documents.document_tags t "
-    "WHERE t.document_id = p.id GROUP BY t.tag) x) AS tags, (SELECT count(*) FROM lexical) AS lexical_total "
+    "WHERE t.document_id = p.id GROUP BY t.tag) x) AS tags, (SELECT count(*) FROM lexical) AS lexical_total, {terms} "
     "FROM (SELECT 1) one LEFT JOIN (page p JOIN documents.documents d ON d.id = p.id) ON true "
     "ORDER BY {page_order}"
 )
@@ -370,15 +405,36 @@ class SearchPlan:
     """The statement(s) of one search with their parameters.
 
     `sql` ranks by BM25 (or by tag confidence without a query); `fallback_sql`, when set, is
-    run only if `sql` found nothing: partial-word matches of the query's Hangul terms."""
+    run only if `sql` found nothing: partial-word matches of the query's Hangul terms. A ranked
+    plan reads each term's `params["per_term"]` best postings; setting it to None makes the same
+    statement exhaustive (every posting)."""
 
     sql: str
     params: dict[str, Any] = field(default_factory=dict)
     fallback_sql: str | None = None
 
 
+@dataclass(frozen=True)
+class TermFigures:
+    """A term's document frequency and number of postings, counted when the tenant had `n_at` documents."""
+
+    df: float
+    postings: float
+    n_at: float
+
+
+# Facets count the tags of this many best candidates (in the requested order); beyond it they are
+# a sample of the best matches (`facets_partial`), since reading every candidate's tags is what cost most.
+FACET_CANDIDATES = 200
+# Postings read per query term, best impact first (the "top-K" of impact-ordered retrieval).
+# A term with at most this many postings is read whole, so its documents are all scored.
+PER_TERM = 300
+# Counted figures (df) are reused while the tenant's document count is within this share of the count then.
+DF_SLACK = 0.01
+
+
 def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[str],
-             phrases: Sequence[str]) -> str:
+             phrases: Sequence[str], *, tags_per_document: bool) -> str:
     conditions = ["true"]
     if excluded:
         values["excluded"] = list(excluded)
@@ -389,7 +445,7 @@ def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[st
     if params.tags:
         values["tags"] = list(params.tags)
         values["tag_count"] = len(params.tags)
-        conditions.append(_TAG_FILTER)
+        conditions.append(_TAG_FILTER_PER_DOCUMENT if tags_per_document else _TAG_FILTER)
     if params.pii is not None:
         conditions.append(_HAS_PII if params.pii else _NO_PII)
     if params.uploaded_from is not None:
@@ -427,25 +483,34 @@ class Semantic:
 
 
 def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequence[str] = (),
-               phrases: Sequence[str] = (), semantic: Semantic | None = None) -> SearchPlan:
+               phrases: Sequence[str] = (), semantic: Semantic | None = None,
+               figures: Mapping[str, TermFigures] | None = None, per_term: int | None = PER_TERM) -> SearchPlan:
     """The statement for a validated request.
 
     `terms` are the analysed query terms to rank by (free words and phrase words),
     `excluded` the analysed terms of -words, `phrases` the raw "quoted" phrases. A query
     with no term left (only stop words, particles or punctuation) matches nothing by words.
     `semantic` (hybrid search) fuses the semantic ranking in; without it the ranking is BM25 alone.
+    `figures`: terms' document frequencies counted before (counted in the statement otherwise);
+    `per_term`: postings read per term, best impact first (None: all).
     """
     values: dict[str, Any] = {}
-    where = _filters(values, params, excluded, phrases)
+    where = _filters(values, params, excluded, phrases, tags_per_document=params.q is not None)
     order = _BY_DATE if params.sort == "date" else _BY_RELEVANCE
-    result = _RESULT.format(order=order, page_order=", ".join(f"p.{part}" for part in order.split(", ")))
+    page_order = ", ".join(f"p.{part}" for part in order.split(", "))
     if params.q is None:
         # Filters only: by the confidence of the requested tags, else (other filters alone) newest first.
         score = _TAG_SCORE if params.tags else "0::float8"
+        result = _RESULT.format(order=order, page_order=page_order, terms=_NO_TERM_FIGURES)
         sql = "WITH " + _TAG_CANDIDATES.format(score=score, where=where) + _LEXICAL_ONLY + result
         return SearchPlan(sql=sql, params=values)
+    result = _RESULT.format(order=order, page_order=page_order, terms=_TERM_FIGURES)
     positive = _unique(t for t in terms if t not in set(excluded))
-    values.update(terms=positive, k1=K1, b=B, title_weight=TITLE_WEIGHT)
+    known = figures or {}
+    values.update(terms=positive, k1=K1, b=B, title_weight=TITLE_WEIGHT, per_term=per_term, df_slack=DF_SLACK,
+                  dfs=[known[t].df if t in known else None for t in positive],
+                  term_postings=[known[t].postings if t in known else None for t in positive],
+                  n_at=[known[t].n_at if t in known else None for t in positive])
     lexical_where = where if positive else "false"
     fuse = _LEXICAL_ONLY
     if semantic is not None:
@@ -453,13 +518,14 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
         values.update(sem_ids=list(semantic.ids), sem_sims=list(semantic.sims), w_lex=f.w_lex, w_sem=f.w_sem,
                       rrf_k=f.rrf_k, sem_add=f.sem_add, min_sim=f.min_sim)
         fuse = _HYBRID.format(where=where)
-    ctes = [_STATS, _POSTINGS, _DF, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=lexical_where)]
+    ctes = [_STATS, _QTERMS, _TOP, _POSTINGS, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=lexical_where)]
     sql = "WITH " + ", ".join(ctes) + fuse + result
     fallback = None
     patterns = fallback_patterns(positive)
     if patterns and not phrases:
         values.update(patterns=patterns, substring_score=SUBSTRING_SCORE)
-        fallback = "WITH " + _SUBSTRING_CANDIDATES.format(where=where) + fuse + result
+        fallback_result = _RESULT.format(order=order, page_order=page_order, terms=_NO_TERM_FIGURES)
+        fallback = "WITH " + _SUBSTRING_CANDIDATES.format(where=where) + fuse + fallback_result
     return SearchPlan(sql=sql, params=values, fallback_sql=fallback)
 
 

@@ -60,6 +60,30 @@ def first_occurrence(text: str, needles: Sequence[str]) -> tuple[int, int] | Non
     return (match.start(), match.end()) if match else None
 
 
+def _is_hangul(text: str) -> bool:
+    return any("\uac00" <= c <= "\ud7a3" for c in text)
+
+
+def literal_spans(text: str, terms: Sequence[str], min_chars: int = 2) -> list[tuple[int, int]]:
+    """Where query terms occur as written, without the analyser: at the start of a word, a Hangul
+    term followed by anything (예산 in 예산을, 예산안), any other term as a whole word (`tax` not in
+    "taxonomy"). Terms shorter than `min_chars` are skipped (one syllable occurs inside too many
+    unrelated words); case-insensitive."""
+    words = sorted({t for t in terms if len(t) >= min_chars}, key=len, reverse=True)
+    if not words or not text:
+        return []
+    spans: list[tuple[int, int]] = []
+    pattern = re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
+    for m in pattern.finditer(text):
+        start, end = m.span()
+        if start > 0 and text[start - 1].isalnum():
+            continue
+        if not _is_hangul(m.group(0)) and end < len(text) and text[end].isalnum():
+            continue
+        spans.append((start, end))
+    return spans
+
+
 def bounds(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> tuple[int, int]:
     """[lo, hi) of about `width` characters of `text` around [start, end), cut at safe places."""
     if len(text) <= width:

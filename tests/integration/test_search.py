@@ -417,7 +417,8 @@ def test_search_role_without_tenant_sees_no_rows(seed, settings: SearchSettings)
             assert conn.execute(f"SELECT count(*) FROM documents.{table}").fetchone()[0] == 0
         # The same statement the service runs, without the tenant set.
         plan = query.build_plan(query.validate("예산", [], 20, None), ["예산"])
-        values = {**plan.params, "text_chars": 100, "fetch": 21, "offset": 0, "facet_limit": 50}
+        values = {**plan.params, "text_chars": 100, "fetch": 21, "offset": 0, "facet_limit": 50,
+                  "facet_candidates": 200}
         rows = conn.execute(plan.sql, values).fetchall()
         assert len(rows) == 1 and rows[0][0] == 0 and rows[0][2] is None
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

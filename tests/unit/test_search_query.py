@@ -152,7 +152,21 @@ def test_page_total_and_facets_come_from_one_statement() -> None:
     plan = query.build_plan(_params(q="예산", tags=("정치",)), ["예산"])
     assert plan.sql.count("SELECT (SELECT count(*) FROM candidates) AS total") == 1
     assert "facets AS (" in plan.sql and "LIMIT %(fetch)s OFFSET %(offset)s" in plan.sql
-    assert "d.id IN (SELECT t.document_id FROM documents.document_tags t" in plan.sql
+    # A ranked search checks the tags of its (bounded) candidates; filters alone collect the tagged documents.
+    assert "WHERE t.document_id = d.id AND t.tag = ANY(%(tags)s)) = %(tag_count)s" in plan.sql
+    assert "d.id IN (SELECT t.document_id" not in plan.sql
+    tags_only = query.build_plan(_params(q=None, tags=("정치",)))
+    assert "d.id IN (SELECT t.document_id FROM documents.document_tags t" in tags_only.sql
+
+
+def test_ranked_plan_reads_each_terms_best_postings_and_reuses_known_frequencies() -> None:
+    known = {"예산": query.TermFigures(df=40, postings=55, n_at=1000)}
+    plan = query.build_plan(_params(q="예산 복지"), ["예산", "복지"], figures=known, per_term=100)
+    assert "ORDER BY p.impact DESC LIMIT %(per_term)s" in plan.sql
+    assert plan.params["per_term"] == 100
+    assert plan.params["terms"] == ["예산", "복지"]
+    assert plan.params["dfs"] == [40, None] and plan.params["n_at"] == [1000, None]
+    assert query.build_plan(_params(q="예산"), ["예산"], per_term=None).params["per_term"] is None
 
 
 # ------------------------------------------------------------------ cursors

@@ -9,6 +9,7 @@ from services.search.snippet import (
     SNIPPET_CHARS,
     first_occurrence,
     highlight,
+    literal_spans,
     make_snippet,
     safe_cut,
     window,
@@ -160,3 +161,10 @@ def test_word_spans_widen_and_merge() -> None:
     assert word_spans(text, [(6, 8), (8, 10)]) == [(6, 11)]
     assert word_spans("alert(\"예산\")", [(7, 9)]) == [(7, 9)]
     assert highlight("a<b c", [(0, 3)]) == "<mark>a&lt;b</mark> c"
+
+
+def test_literal_spans_mark_words_as_written_without_the_analyser() -> None:
+    text = "예산을 늘렸다. 추경예산 tax taxonomy TAX 차량"
+    spans = literal_spans(text, ["예산", "tax", "차"])
+    assert [text[s:e] for s, e in spans] == ["예산", "tax", "TAX"]
+    assert literal_spans(text, ["복지"]) == []
