@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
+.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
         bench bench-model bench-ingest
 
 help: ## list the targets
@@ -25,6 +25,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 	touch $@
+
+CHROMIUM := /usr/bin/chromium
+
+browser: $(CHROMIUM) ## Debian's Chromium for the web UI's browser tests (part of `make test`; Playwright downloads nothing)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" -ne 0 ]; then echo "the browser tests need Debian's Chromium: run 'sudo apt-get install -y chromium chromium-driver'"; exit 1; fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 
 protos: $(PROTO_OUT) ## generate gRPC stubs from protos/
 
@@ -69,7 +78,7 @@ lint: setup ## ruff, mypy and the import contracts between services (part of `ma
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
-test: lint ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end tests
+test: lint browser ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 test-unit: setup
@@ -78,5 +87,5 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
-test-e2e: setup
+test-e2e: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
