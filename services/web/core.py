@@ -58,6 +58,7 @@ class Web:
         )
         self.env.filters.update(size=messages.file_size, kst=messages.local_time, percent=messages.percent,
                                 failure=messages.failure_reason, details=messages.details,
+                                metric_lines=messages.metric_lines,
                                 snippet=safe_snippet, urlquote=lambda v: quote(str(v), safe=""))
         self.env.globals["query"] = _query
 

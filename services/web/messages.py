@@ -134,6 +134,28 @@ def details(value: Any, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+HEADLINE_METRICS = ("macro_f1", "accuracy")
+
+
+def metric_lines(metrics: Any, limit: int = 4) -> list[str]:
+    """Validation metrics of a model version as short lines (`validation/headlines macro_f1 0.871 ·
+    accuracy 0.873`): every nested set that has a headline number, per-label details left out."""
+    found: list[str] = []
+
+    def walk(value: Any, path: list[str]) -> None:
+        if not isinstance(value, dict) or len(found) >= limit:
+            return
+        numbers = [f"{k} {value[k]:.3f}" for k in HEADLINE_METRICS if isinstance(value.get(k), int | float)]
+        if numbers:
+            found.append(" · ".join([*(["/".join(path)] if path else []), *numbers]))
+        for key, item in value.items():
+            if key != "per_label":
+                walk(item, [*path, str(key)])
+
+    walk(metrics, [])
+    return found[:limit]
+
+
 def file_size(value: Any) -> str:
     try:
         size = float(value)

@@ -110,3 +110,12 @@ def test_sizes_and_times_for_people() -> None:
     assert messages.local_time("2026-11-30T00:30:00+00:00") == "2026-11-30 09:30"  # KST
     assert messages.local_time(None) == "-"
     assert messages.details({"tags": ["경제"], "n": 1}) == 'tags: ["경제"] · n: 1'
+
+
+def test_model_metrics_shown_as_headlines() -> None:
+    metrics = {"validation": {"headlines": {"n": 3653, "accuracy": 0.873, "macro_f1": 0.8708,
+                                            "per_label": {"경제": {"f1": 0.81, "accuracy": 0.9}}},
+                              "petitions": {"macro_f1": 0.5}}}
+    assert messages.metric_lines(metrics) == ["validation/headlines · macro_f1 0.871 · accuracy 0.873",
+                                              "validation/petitions · macro_f1 0.500"]
+    assert messages.metric_lines(None) == [] and messages.metric_lines({"macro_f1": 1}) == ["macro_f1 1.000"]

@@ -195,6 +195,10 @@
       active--;
       if (status === 202 || status === 200) {
         entry.progress.value = 100;
+        if (body.quota && document.getElementById("quota-used")) {
+          document.getElementById("quota-used").textContent = sizeText(body.quota.used_bytes);
+          document.getElementById("quota-available").textContent = sizeText(body.quota.available_bytes);
+        }
         if (body.quota && body.quota.warning && banner) {
           var pct = Math.floor(body.quota.used_bytes * 100 / body.quota.quota_bytes);
           banner.textContent = "부서 저장 용량의 " + pct + "%를 사용 중입니다. 필요 없는 문서를 정리하거나 관리자에게 용량 증설을 요청하세요.";
