@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
 .PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
-        bench bench-model bench-ingest
+        bench bench-model bench-ingest bench-web
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -71,7 +71,10 @@ bench-model: setup ## benchmark model-serving (gRPC, HTTP) vs a naive server and
 bench-ingest: setup ## uploads (c=1, c=16), upload->tagged vs model-serving, extraction per format, RSS with a 1 GB file; BENCH_ARGS=--quick
 	$(PY) -m tests.bench.bench_ingest $(BENCH_ARGS)
 
-bench: bench-model bench-ingest ## every benchmark (never part of `make test`)
+bench-web: setup browser ## web UI: page weight (cold cache) of upload and search, time to interactive of search
+	$(PY) -m tests.bench.bench_web $(BENCH_ARGS)
+
+bench: bench-model bench-ingest bench-web ## every benchmark (never part of `make test`)
 
 lint: setup ## ruff, mypy and the import contracts between services (part of `make test`)
 	$(VENV)/bin/ruff check .
