@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -440,3 +440,21 @@ def test_platform_admin_promotes_and_rolls_back_a_model(open_session, people, st
     models = httpx.get(f"{stack.gateway_url}/api/v1/models", headers={"Authorization": f"Bearer {token}"},
                        timeout=30).json()["models"]
     assert next(m for m in models if m["name"] == name)["aliases"] == {"production": 1}
+
+
+def test_pages_are_public_and_the_api_is_not(stack) -> None:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=stack.gateway_url, timeout=30, follow_redirects=False) as client:
+        assert client.get("/").headers["location"] == "/login"
+        login = client.get("/login")
+        assert login.status_code == 200 and "script-src 'self'" in login.headers["content-security-policy"]
+        assert login.headers["x-frame-options"] == "DENY" and login.headers["cache-control"] == "no-store"
+        css = client.get("/static/app.css")
+        assert css.status_code == 200 and "immutable" in css.headers["cache-control"]
+        # Pages that need a session send the browser to the login page, coming back afterwards.
+        location = urlsplit(client.get("/search?q=예산").headers["location"])
+        assert location.path == "/login" and parse_qs(location.query)["next"] == ["/search?q=%EC%98%88%EC%82%B0"]
+        # Every API path needs a token, known or not: nothing under /api falls through to the UI.
+        for path in ("/api/v1/documents", "/api/v1/nowhere", "/api"):
+            assert client.get(path).status_code == 401, path
+        # The session cookie is no API credential.
+        assert client.get("/api/v1/documents", cookies={"doctag_session": "x"}).status_code == 401
