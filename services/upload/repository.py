@@ -113,13 +113,14 @@ async def text_page(conn: DictConnection, document_id: str, offset: int, limit: 
 
 
 async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str, Any]:
-    """Inserts a queued document and indexes its title (`doc["title_terms"]`, the analyser's terms)."""
+    """Inserts a queued document and indexes its title (`doc["title_terms"]`, the analyser's terms);
+    `doc["created_by_name"]` (the uploader's username) may be left out."""
     row = await (await conn.execute(
         f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "
         f"status, title_length, indexed_at, created_by, created_by_name) VALUES (%(id)s, public.app_tenant_id(), "
         f"%(title)s, %(filename)s, %(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(title_length)s, now(), "
         f"%(created_by)s, %(created_by_name)s) RETURNING {DOC_COLUMNS}",
-        {**doc, "title_length": len(doc["title_terms"])})).fetchone()
+        {"created_by_name": None, **doc, "title_length": len(doc["title_terms"])})).fetchone()
     assert row is not None  # INSERT ... RETURNING returns the inserted row
     await write_postings(conn, doc["id"], "title", doc["title_terms"], replace=False)
     return row

@@ -456,5 +456,6 @@ def test_pages_are_public_and_the_api_is_not(stack) -> None:  # type: ignore[no-
         # Every API path needs a token, known or not: nothing under /api falls through to the UI.
         for path in ("/api/v1/documents", "/api/v1/nowhere", "/api"):
             assert client.get(path).status_code == 401, path
-        # The session cookie is no API credential.
-        assert client.get("/api/v1/documents", cookies={"doctag_session": "x"}).status_code == 401
+    # The session cookie is no API credential.
+    with httpx.Client(base_url=stack.gateway_url, timeout=30, cookies={"doctag_session": "x"}) as client:
+        assert client.get("/api/v1/documents").status_code == 401
