@@ -128,7 +128,8 @@ def details(value: Any, limit: int = 400) -> str:
         return ""
     parts = []
     for key, item in value.items():
-        shown = item if isinstance(item, str | int | float) or item is None else json.dumps(item, ensure_ascii=False)
+        shown = ("-" if item is None else item if isinstance(item, str | int | float)
+                 else json.dumps(item, ensure_ascii=False))
         parts.append(f"{key}: {shown}")
     text = " · ".join(parts)
     return text if len(text) <= limit else text[: limit - 1] + "…"

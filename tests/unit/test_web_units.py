@@ -109,7 +109,7 @@ def test_sizes_and_times_for_people() -> None:
     assert messages.file_size(512) == "512 B" and messages.file_size(1536) == "1.5 KB"
     assert messages.local_time("2026-11-30T00:30:00+00:00") == "2026-11-30 09:30"  # KST
     assert messages.local_time(None) == "-"
-    assert messages.details({"tags": ["경제"], "n": 1}) == 'tags: ["경제"] · n: 1'
+    assert messages.details({"tags": ["경제"], "n": 1, "score": None}) == 'tags: ["경제"] · n: 1 · score: -'
 
 
 def test_model_metrics_shown_as_headlines() -> None:
