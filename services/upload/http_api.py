@@ -163,6 +163,8 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
                         "without (documents not tagged yet count as without)")] = None,
         since: Annotated[str | None, Query(description="uploaded at or after this ISO 8601 time")] = None,
         until: Annotated[str | None, Query(description="uploaded before this ISO 8601 time")] = None,
+        deleted: Annotated[bool, Query(description="`true`: the deleted documents not purged yet, with "
+                                                   "`deleted_at` (restorable within the retention period)")] = False,
     ) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise ProblemError(422, f"status must be one of {', '.join(STATUSES)}", field="status")
@@ -171,7 +173,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
             raise ProblemError(422, "until must not be before since", field="until")
         after = decode_cursor(cursor) if cursor else None
         items, next_key = await service.list(principal.tenant_id, limit=limit, after=after, status=status, tag=tag,
-                                               pii=pii, since=since_at, until=until_at)
+                                               pii=pii, since=since_at, until=until_at, deleted=deleted)
         return {"items": items, "next_cursor": encode_cursor(next_key) if next_key else None}
 
     @router.get("/documents/{document_id}", summary="One document with its status, tags and extraction metadata")

@@ -201,11 +201,12 @@ async def tags_for(conn: DictConnection, document_ids: list[str]) -> dict[str, l
 
 async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datetime, str] | None,
                          status: str | None, tag: str | None, pii: bool | None = None,
-                         since: datetime | None = None, until: datetime | None = None) -> list[dict[str, Any]]:
-    """Live documents, newest first; keyset pagination on (created_at, id). `pii`: only documents
-    with (True) or without (False) personal data found; `since` (inclusive) and `until` (exclusive):
-    uploaded in that time range."""
-    where: list[str] = ["deleted_at IS NULL"]
+                         since: datetime | None = None, until: datetime | None = None,
+                         deleted: bool = False) -> list[dict[str, Any]]:
+    """Live documents (or, with `deleted`, the deleted ones not purged yet), newest first; keyset
+    pagination on (created_at, id). `pii`: only documents with (True) or without (False) personal
+    data found; `since` (inclusive) and `until` (exclusive): uploaded in that time range."""
+    where: list[str] = ["deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"]
     params: list[Any] = []
     if since is not None:
         where.append("created_at >= %s")

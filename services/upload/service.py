@@ -183,6 +183,8 @@ def public_document(row: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str
         # whose upload was not in the audit log).
         "uploaded_by": {"id": str(row["created_by"]) if row.get("created_by") else None,
                         "username": row.get("created_by_name")},
+        # Set only in the list of deleted documents (`GET /api/v1/documents?deleted=true`).
+        "deleted_at": _iso(row.get("deleted_at")),
     }
 
 
@@ -444,10 +446,11 @@ class DocumentService:
 
     async def list(self, tenant_id: str, *, limit: int, after: tuple[datetime, str] | None, status: str | None,
                    tag: str | None, pii: bool | None = None, since: datetime | None = None,
-                   until: datetime | None = None) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+                   until: datetime | None = None,
+                   deleted: bool = False) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
         async with self.db.tenant_transaction(tenant_id) as conn:
             rows = await repo.list_documents(conn, limit=limit + 1, after=after, status=status, tag=tag, pii=pii,
-                                             since=since, until=until)
+                                             since=since, until=until, deleted=deleted)
             page = rows[:limit]
             tags = await repo.tags_for(conn, [str(r["id"]) for r in page])
         next_key = (page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None

@@ -113,7 +113,7 @@ def router(web: Web) -> APIRouter:
     @r.get("/documents")
     async def documents(request: Request, status: str | None = None, tag: str | None = None,
                         since: str | None = None, until: str | None = None, sort: str = "newest",
-                        cursor: str | None = None, restore: str | None = None) -> Response:
+                        cursor: str | None = None, restore: str | None = None, deleted: bool = False) -> Response:
         session = web.session(request)
         since_day, until_day = day(since), day(until)
         filters: dict[str, str | None] = {
@@ -121,11 +121,14 @@ def router(web: Web) -> APIRouter:
             "tag": (tag or "").strip()[:MAX_TAG_CHARS] or None,
             "since": since_day.isoformat() if since_day else None,
             "until": until_day.isoformat() if until_day else None,
-            "sort": sort if sort in SORTS else "newest"}
+            "sort": sort if sort in SORTS else "newest",
+            "deleted": "1" if deleted else None}
         params: dict[str, Any] = {"limit": web.settings.web_page_size, **day_range(since_day, until_day)}
         for key in ("status", "tag"):
             if filters[key]:
                 params[key] = filters[key]
+        if deleted:
+            params["deleted"] = "true"
         if cursor:
             params["cursor"] = cursor
         error = None

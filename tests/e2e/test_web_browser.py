@@ -300,6 +300,26 @@ def test_read_a_document_and_correct_its_tags(open_session, people, stack) -> No
     assert Path(download.path()).read_bytes() == UPLOADS["pdf"].read_bytes()
 
 
+def test_delete_and_restore_from_the_deleted_documents(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    doc_id = STATE["ids"][".docx"]
+    page.goto(f"/documents/{doc_id}")
+    title = page.locator("h1").inner_text()
+    page.click("form[action$='/delete'] button")  # confirmed in the dialog
+    expect(page.locator(".notice-ok")).to_contain_text("문서를 삭제했습니다")
+    expect(page.locator("#doc-table")).not_to_contain_text(title)
+    page.click("a[href='/documents?deleted=1']")
+    expect(page.locator("h1")).to_have_text("삭제한 문서")
+    deleted = page.locator("#deleted-table tbody tr", has_text=title)
+    expect(deleted).to_have_count(1)
+    s.shot("11-deleted-documents")
+    deleted.locator("button", has_text="복원").click()
+    expect(page.locator(".notice-ok")).to_have_text("문서를 복원했습니다.")
+    expect(page.locator("h1")).to_have_text(title)
+    expect(page.locator(".doc-status")).to_contain_text("태깅 완료")
+
+
 def test_relogin_in_a_dialog_keeps_the_page(open_session, people, tmp_path) -> None:  # type: ignore[no-untyped-def]
     s = open_session()
     page = s.login(*people["user"])
@@ -310,7 +330,7 @@ def test_relogin_in_a_dialog_keeps_the_page(open_session, people, tmp_path) -> N
     page.set_input_files("#files", [str(note)])
     dialog = page.locator("#relogin")
     expect(dialog).to_be_visible()
-    s.shot("11-relogin")
+    s.shot("12-relogin")
     page.fill("#relogin-password", "wrong password")
     page.click("#relogin-form button[type=submit]")
     expect(page.locator("#relogin-error")).to_contain_text("올바르지 않습니다")
@@ -330,7 +350,7 @@ def test_another_department_is_refused(open_session, people) -> None:  # type: i
     assert response is not None and response.status == 404
     expect(page.locator("h1")).to_have_text("찾을 수 없습니다")
     expect(page.locator("main [role=alert]")).to_contain_text("다른 부서의 문서")
-    s.shot("12-other-department-refused")
+    s.shot("13-other-department-refused")
     response = page.goto(f"/documents/{doc_id}/download")
     assert response is not None and response.status == 404
     page.goto("/search?q=" + quote("탄소중립"))
@@ -352,7 +372,7 @@ def test_an_attackers_title_is_shown_as_text(open_session, people, stack) -> Non
     page = s.login(*people["user"])
     expect(page.locator("#doc-table .doc-title a", has_text=XSS_TITLE)).to_have_text(XSS_TITLE)
     expect(page.locator("img[src=x]")).to_have_count(0)
-    s.shot("13-xss-title-as-text")
+    s.shot("14-xss-title-as-text")
     page.goto(f"/documents/{doc_id}")
     expect(page.locator("h1")).to_have_text(XSS_TITLE)
     expect(page.locator(".meta")).to_contain_text("<svg onload=alert(2)>.txt")
@@ -378,7 +398,7 @@ def test_quota_warning_banner_and_refusal(open_session, people, tmp_path) -> Non
     refused = row(page, too_big.name)
     expect(refused).to_have_attribute("data-status", "refused", timeout=60_000)
     expect(refused).to_contain_text("저장 용량이 부족하여 저장하지 못했습니다")
-    s.shot("14-upload-quota")
+    s.shot("15-upload-quota")
     page.goto("/upload")
     expect(page.locator("#quota-banner")).to_be_visible()  # also when the page is opened again
 
@@ -394,7 +414,7 @@ def test_tenant_admin_reads_quota_and_audit_log(open_session, people) -> None:  
     page.click("form.filters button[type=submit]")
     expect(page.locator("#audit-table tbody tr")).to_have_count(1)
     expect(page.locator("#audit-table")).to_contain_text("검토필요")
-    s.shot("15-admin-audit")
+    s.shot("16-admin-audit")
     # A plain user has no such page.
     s2 = open_session()
     page2 = s2.login(*people["user"])
@@ -431,7 +451,7 @@ def test_platform_admin_promotes_and_rolls_back_a_model(open_session, people, st
     expect(page.locator(".notice-ok")).to_have_text("별칭을 변경했습니다.")
     section = page.locator("section", has=page.locator("h2", has_text=name))
     expect(section.locator("tr[data-version='2']")).to_contain_text("production")
-    s.shot("16-models-promoted")
+    s.shot("17-models-promoted")
     section.locator("tr[data-version='1'] button", has_text="되돌리기").click()
     expect(page.locator(".notice-ok")).to_have_text("별칭을 변경했습니다.")
     expect(page.locator("section", has=page.locator("h2", has_text=name)).locator("tr[data-version='1']")

@@ -1,6 +1,7 @@
 """Tag corrections by people (migration 0015): a model tag removed stays removed, a person's own tag
 is kept apart (`source: user`), both are in the audit log and both are what search sees; the
-documents list filters by upload time; against the real PostgreSQL and RabbitMQ."""
+documents list filters by upload time and lists deleted documents apart; against the real
+PostgreSQL and RabbitMQ."""
 from __future__ import annotations
 
 import uuid
@@ -148,3 +149,24 @@ async def test_documents_list_filters_by_upload_time(settings, tenant, admin_dsn
         r = await client.get("/api/v1/documents", headers=auth(token),
                              params={"since": "2026-11-20", "until": "2026-11-10"})
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "until"
+
+
+async def test_deleted_documents_are_listed_apart_until_restored(settings, tenant, make_token) -> None:
+    token = make_token(tenant)
+    async with running(settings) as (client, _, _components):
+        kept = (await upload(client, token, "kept.txt", b"kept text")).json()
+        gone = (await upload(client, token, "gone.txt", b"gone text")).json()
+        assert kept["deleted_at"] is None
+        assert (await client.delete(f"/api/v1/documents/{gone['id']}", headers=auth(token))).status_code == 204
+
+        async def listed(**params: str) -> list[dict]:
+            r = await client.get("/api/v1/documents", headers=auth(token), params=params)
+            assert r.status_code == 200, r.text
+            return list(r.json()["items"])
+
+        assert [d["id"] for d in await listed()] == [kept["id"]]
+        trash = await listed(deleted="true")
+        assert [d["id"] for d in trash] == [gone["id"]] and trash[0]["deleted_at"].endswith("Z")
+        assert (await client.post(f"/api/v1/documents/{gone['id']}/restore", headers=auth(token))).status_code == 200
+        assert await listed(deleted="true") == []
+        assert [d["id"] for d in await listed()] == [gone["id"], kept["id"]]
