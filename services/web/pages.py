@@ -209,10 +209,10 @@ def router(web: Web) -> APIRouter:
                 "page": offset // limit + 1, "pages": max(1, -(-total // limit))}
 
     async def _similar(session: Session, request: Request, doc_id: str) -> list[dict[str, Any]] | None:
-        """Similar documents when the API offers them (`GET /api/v1/documents/{id}/similar`); the
-        section stays hidden while it answers anything but 200."""
+        """Similar documents when the API offers them (search's `GET /api/v1/search/documents/{id}/similar`,
+        `hits` closest first); the section stays hidden while it answers anything but 200."""
         try:
-            body = await web.api.json("GET", f"/api/v1/documents/{doc_id}/similar", session.token,
+            body = await web.api.json("GET", f"/api/v1/search/documents/{doc_id}/similar", session.token,
                                       params={"limit": 5}, client_ip=client_ip(request))
         except ApiError:
             return None
