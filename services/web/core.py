@@ -80,7 +80,10 @@ class Web:
 
 
 def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The user's address: the X-Real-IP the gateway sets (it replaces any a client sends; with
+    `make up` the web's port takes only the gateway's platform certificate), else the peer's.
+    Passed on in X-Forwarded-For, which the gateway believes only from its trusted forwarders."""
+    return request.headers.get("x-real-ip") or (request.client.host if request.client else None)
 
 
 def wants_json(request: Request) -> bool:
