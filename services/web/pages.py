@@ -19,6 +19,10 @@ from .session import CSRF_FIELD, Session, csrf_ok
 log = logging.getLogger("web.pages")
 
 SORTS = {"newest": "최신순", "title": "제목순", "size": "크기순", "status": "상태순"}
+# The file types and orders search's API takes (`type`, `sort`), with their Korean labels.
+SEARCH_TYPES = {"pdf": "PDF", "docx": "DOCX", "hwp": "HWP", "hwpx": "HWPX", "txt": "텍스트", "csv": "CSV",
+                "md": "마크다운", "html": "HTML", "xml": "XML"}
+SEARCH_SORTS = {"relevance": "관련도순", "date": "최신순"}
 MAX_STATUS_IDS = 50
 MAX_TAG_CHARS = 100
 
@@ -314,16 +318,25 @@ def router(web: Web) -> APIRouter:
     # -- search -------------------------------------------------------------------------------
     @r.get("/search")
     async def search(request: Request, q: str = "", tag: list[str] = Query([]),
-                     cursor: str | None = None) -> Response:
+                     cursor: str | None = None, uploaded_from: str | None = Query(None, alias="from"),
+                     uploaded_to: str | None = Query(None, alias="to"), type_: str | None = Query(None, alias="type"),
+                     sort: str | None = None) -> Response:
         session = web.session(request)
         q = q.strip()
         tags = list(dict.fromkeys(t.strip()[:MAX_TAG_CHARS] for t in tag if t.strip()))[:10]
+        start, end = day(uploaded_from), day(uploaded_to)
+        # Search's own date, file-type and order parameters (a bare `to` date includes that day).
+        filters: dict[str, str | None] = {
+            "from": start.isoformat() if start else None, "to": end.isoformat() if end else None,
+            "type": type_ if type_ in SEARCH_TYPES else None,
+            "sort": sort if sort in SEARCH_SORTS and sort != "relevance" else None}
         result, error = None, None
-        if q or tags:
+        if q or tags or filters["from"] or filters["to"] or filters["type"]:
             params: list[tuple[str, str]] = [("limit", "20")]
             if q:
                 params.append(("q", q))
             params += [("tag", t) for t in tags]
+            params += [(k, v) for k, v in filters.items() if v]
             if cursor:
                 params.append(("cursor", cursor))
             try:
@@ -334,6 +347,7 @@ def router(web: Web) -> APIRouter:
                     raise
                 error = messages.problem_message(exc)
         return web.render(request, "search.html", session, q=q, tags=tags, result=result, error=error,
-                          cursor=cursor)
+                          cursor=cursor, filters=filters, base={"q": q, "tag": tags, **filters},
+                          types=SEARCH_TYPES, sorts=SEARCH_SORTS)
 
     return r

@@ -262,6 +262,27 @@ def test_search_korean_query_and_click_a_facet(open_session, people) -> None:  #
     expect(page.locator(".card.empty")).to_contain_text("검색 결과가 없습니다")
 
 
+def test_search_filters_by_file_type_date_and_order(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    page.goto("/search?q=" + quote("탄소중립 기본계획"))
+    page.select_option("#s-type", "pdf")
+    page.select_option("#s-sort", "date")
+    page.click("form.search-box button[type=submit]")
+    expect(page).to_have_url(re.compile(r"type=pdf"))
+    expect(page).to_have_url(re.compile(r"sort=date"))
+    expect(page.locator(f".hit a[href='/documents/{STATE['ids']['.pdf']}']")).to_be_visible()
+    expect(page.locator(f".hit a[href='/documents/{STATE['ids']['.docx']}']")).to_have_count(0)
+    expect(page.locator("#s-type")).to_have_value("pdf")
+    # the filters survive a click on a facet
+    page.locator(".facets .facet").first.click()
+    expect(page).to_have_url(re.compile(r"type=pdf"))
+    page.fill("#s-from", "2000-01-01")
+    page.fill("#s-to", "2000-12-31")
+    page.click("form.search-box button[type=submit]")
+    expect(page.locator(".card.empty")).to_contain_text("검색 결과가 없습니다")
+
+
 def test_read_a_document_and_correct_its_tags(open_session, people, stack) -> None:  # type: ignore[no-untyped-def]
     s = open_session()
     page = s.login(*people["user"])
