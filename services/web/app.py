@@ -6,11 +6,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.errors import problem_body
 from services.common.http import create_app
 
 from . import admin_pages, auth_pages, messages, pages
@@ -77,6 +78,28 @@ class CompressExceptDownloads:
             await self.app(scope, receive, send)
 
 
+OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class OperationalPathsNotProxied:
+    """/healthz, /readyz and /metrics answer the platform's own probes on the replica's port
+    (the stack, the gateway's active checks) but 404 to a request the gateway proxied from a
+    client (it carries the X-Forwarded-Path the gateway sets on every proxied request): the UI's
+    route `/` would otherwise make them public."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and scope.get("path") in OPERATIONAL_PATHS
+                and any(k.lower() == b"x-forwarded-path" for k, _ in scope.get("headers", []))):
+            response = JSONResponse(problem_body(404, "no such page"), status_code=404,
+                                    media_type="application/problem+json")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def build_app(settings: WebSettings) -> FastAPI:
     web = Web(settings)
 
@@ -91,7 +114,9 @@ def build_app(settings: WebSettings) -> FastAPI:
         """Any HTTP answer of the gateway will do (the API answers 401 without a token)."""
         await web.api.client.head("/api/v1/quota", timeout=3)
 
-    app = create_app("web", title="doctag web", lifespan=lifespan, readiness={"gateway": gateway_reachable})
+    # No API docs: the web's routes are pages and forms, not an API.
+    app = create_app("web", title="doctag web", lifespan=lifespan, readiness={"gateway": gateway_reachable},
+                     api_docs=False)
     app.state.web = web
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(auth_pages.router(web))
@@ -112,4 +137,5 @@ def build_app(settings: WebSettings) -> FastAPI:
 
     app.add_middleware(CompressExceptDownloads)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(OperationalPathsNotProxied)
     return app

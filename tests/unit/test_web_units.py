@@ -119,3 +119,28 @@ def test_model_metrics_shown_as_headlines() -> None:
     assert messages.metric_lines(metrics) == ["validation/headlines · macro_f1 0.871 · accuracy 0.873",
                                               "validation/petitions · macro_f1 0.500"]
     assert messages.metric_lines(None) == [] and messages.metric_lines({"macro_f1": 1}) == ["macro_f1 1.000"]
+
+
+def test_health_and_metrics_only_for_the_platforms_own_probes(tmp_path: Path) -> None:
+    """Through the gateway (X-Forwarded-Path set) /healthz, /readyz and /metrics are not there;
+    the replica's own probes (the stack, the gateway's active checks) still get them."""
+    import asyncio
+
+    import httpx
+
+    from services.web.app import build_app
+    from services.web.settings import WebSettings
+
+    app = build_app(WebSettings(state_dir=tmp_path, web_api_url="http://127.0.0.1:9"))
+
+    async def check() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://web") as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/metrics")).status_code == 200
+            for path in ("/healthz", "/readyz", "/metrics"):
+                r = await client.get(path, headers={"X-Forwarded-Path": path})
+                assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json", path
+            for path in ("/openapi.json", "/docs"):
+                assert (await client.get(path)).status_code == 404, path
+
+    asyncio.run(check())
