@@ -142,6 +142,7 @@ class CommonSettings(BaseSettings):
     def capability_public_key_path(self) -> Path:
         return self.job_capability_public_key_file or self.state_dir / "keys" / "job_capability_ed25519.pub.pem"
 
+    @property
     def cursor_key_path(self) -> Path:
         return self.cursor_key_file or self.state_dir / "keys" / "cursor_hmac.key"
 
