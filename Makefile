@@ -10,8 +10,8 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
-        bench bench-model bench-ingest bench-search bench-gateway
+.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
+        bench bench-model bench-ingest bench-search bench-gateway bench-web
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,6 +25,15 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev]"
 	touch $@
+
+CHROMIUM := /usr/bin/chromium
+
+browser: $(CHROMIUM) ## Debian's Chromium for the web UI's browser tests (part of `make test`; Playwright downloads nothing)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" -ne 0 ]; then echo "the browser tests need Debian's Chromium: run 'sudo apt-get install -y chromium chromium-driver'"; exit 1; fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 
 protos: $(PROTO_OUT) ## generate gRPC stubs from protos/
 
@@ -68,14 +77,17 @@ bench-gateway: setup ## the gateway's cost (p50/p99, req/s at c=1 and c=32, dire
 bench-search: setup ## search at 1,000,000 documents (built once into its own database, then reused): p50/p95 vs naive ILIKE; BENCH_ARGS=--quick
 	$(PY) -m tests.bench.bench_search $(BENCH_ARGS)
 
-bench: bench-model bench-ingest bench-search bench-gateway ## every benchmark (never part of `make test`)
+bench-web: setup browser ## web UI: page weight (cold cache) of upload and search, time to interactive of search
+	$(PY) -m tests.bench.bench_web $(BENCH_ARGS)
+
+bench: bench-model bench-ingest bench-search bench-gateway bench-web ## every benchmark (never part of `make test`)
 
 lint: setup ## ruff, mypy and the import contracts between services (part of `make test`)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
-test: lint ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end tests
+test: lint browser ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 test-unit: setup
@@ -84,5 +96,5 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
-test-e2e: setup
+test-e2e: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e

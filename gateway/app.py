@@ -20,6 +20,7 @@ from .config import ConfigError, KongConfig
 from .counters import Counters, LocalCounters, RedisCounters
 from .dispatch import proxy_endpoint
 from .fairness import TenantFairness
+from .forwarders import TrustedForwarders
 from .login_throttle import LoginThrottle, ThrottlePolicy
 from .pipeline import PhasesMiddleware
 from .quotas import DailyQuotas
@@ -82,7 +83,7 @@ def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
 
     proxy = create_app("gateway", title="doctag API gateway", lifespan=lifespan, operational_routes=False)
     proxy.state.gateway = gateway
-    proxy.include_router(token_router(issuer))
+    proxy.include_router(token_router(issuer, TrustedForwarders(settings.gateway_trusted_forwarders)))
     proxy.include_router(admin_router(gateway))
     fairness = TenantFairness(settings.gateway_tenant_max_in_flight,
                               max_waiting=settings.gateway_tenant_max_waiting,

@@ -49,6 +49,7 @@ GATEWAY_OWNED = frozenset({
 })
 # Replaced by the gateway's own on the way back (uvicorn adds date/server; the request id is echoed).
 RESPONSE_OWNED = frozenset({"date", "server", "x-request-id"})
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
@@ -171,9 +172,10 @@ class Proxy:
         scope = request.scope
         # Forward the path as the client encoded it; fall back to re-encoding when the
         # encoded form does not start with the matched prefix (e.g. "%2F" in the prefix).
-        raw = (scope.get("raw_path") or b"").decode("latin-1")
-        if not raw or not prefix_matches(match.prefix, raw):
-            raw = quote(request.url.path, safe="/:@!$&'()*+,;=-._~")
+        encoded = (scope.get("raw_path") or b"").decode("latin-1") or quote(request.url.path, safe=_PATH_SAFE)
+        raw = encoded
+        if not prefix_matches(match.prefix, raw):
+            raw = quote(request.url.path, safe=_PATH_SAFE)
         path = match.upstream_path(raw).encode("latin-1")
         query: bytes = scope.get("query_string", b"")
         url = httpx.URL(scheme=service.protocol, host=target.host, port=target.port,
@@ -196,7 +198,9 @@ class Proxy:
             ("X-Forwarded-Proto", request.url.scheme),
             ("X-Forwarded-Host", forwarded_host),
             ("X-Forwarded-Port", forwarded_port or str(request.url.port or default_port)),
-            ("X-Forwarded-Path", request.url.path),
+            # As the client sent it (percent-encoded): a header value must be ASCII, and a path with
+            # Korean in it (a tag name) must not fail here.
+            ("X-Forwarded-Path", encoded),
             ("X-Real-IP", client_ip),
             (REQUEST_ID_HEADER, fwd.request_id),
             *fwd.extra_headers,

@@ -4,10 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from services.common.settings import CommonSettings
 from services.common.tls import ReloadingSSLContext, TlsFiles
+
+from .forwarders import parse_networks
 
 DEFAULT_CONFIG = Path(__file__).resolve().with_name("kong.yml")
 
@@ -42,6 +44,10 @@ class GatewaySettings(CommonSettings):
     login_backoff_base_seconds: float = Field(1.0, gt=0)
     login_backoff_max_seconds: float = Field(900.0, gt=0)
     login_failure_window_seconds: int = Field(900, ge=1)
+    # Login throttling by source address: connections from these addresses or networks (the web
+    # replicas) may name the user's address in X-Forwarded-For (gateway/forwarders.py); from any
+    # other client the header is ignored. Empty (default): nobody is trusted.
+    gateway_trusted_forwarders: list[str] = Field(default_factory=list)
     # argon2 verifications at once (each takes tens of MB and ~50 ms of a core).
     login_max_concurrent_verifications: int = Field(4, ge=1)
     # Fairness: each tenant's concurrent requests per upstream (0: no cap), how many may wait
@@ -56,6 +62,12 @@ class GatewaySettings(CommonSettings):
     gateway_revocation_cache_seconds: float = Field(5.0, ge=0)
     # In-flight requests get this long to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(15.0, ge=0)
+
+    @field_validator("gateway_trusted_forwarders")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        parse_networks(values)
+        return values
 
     def upstream_ssl(self) -> ReloadingSSLContext | None:
         return ReloadingSSLContext(TlsFiles(*self.tls_paths()), server=False) if self.upstream_tls else None

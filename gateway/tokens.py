@@ -5,7 +5,9 @@ Unknown tenant, unknown user, disabled user and wrong password all answer the sa
 401 after the same amount of work (one argon2 verification and one audit entry), so the
 endpoint does not reveal which tenants or users exist. Repeated failures lock the user and
 the source address out for a growing time (gateway/login_throttle.py), the same way
-whether the user exists or not.
+whether the user exists or not. The source address of a login through the web UI is the
+user's, as the web replica forwards it, when the replica is a trusted forwarder
+(gateway/forwarders.py).
 
 Every attempt is recorded in the audit log (`auth.login`, outcome success or failed). The
 gateway writes into upload's `documents.audit_log` rather than a table of its own schema
@@ -35,6 +37,7 @@ from services.common.errors import ProblemError
 from services.common.jsonbody import JsonInvalid, JsonTooLarge, loads_bounded
 from services.common.passwords import MAX_PASSWORD_CHARS, check_password
 
+from .forwarders import TrustedForwarders
 from .login_throttle import LoginThrottle
 
 log = logging.getLogger("gateway.tokens")
@@ -174,7 +177,8 @@ def parse_token_request(raw: bytes) -> TokenRequest:
         raise RequestValidationError(errors) from None
 
 
-def token_router(issuer: TokenIssuer) -> APIRouter:
+def token_router(issuer: TokenIssuer, forwarders: TrustedForwarders | None = None) -> APIRouter:
+    forwarders = forwarders or TrustedForwarders()
     router = APIRouter()
 
     @router.post(
@@ -188,7 +192,9 @@ def token_router(issuer: TokenIssuer) -> APIRouter:
     )
     async def issue_token(request: Request) -> JSONResponse:
         req = parse_token_request(await _read_body(request))
-        token = await issuer.issue(req, request.client.host if request.client else "")
+        peer = request.client.host if request.client else ""
+        address = forwarders.client_address(peer, request.headers.getlist("x-forwarded-for"))
+        token = await issuer.issue(req, address)
         return JSONResponse(token.model_dump(), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
     return router

@@ -240,13 +240,14 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(layout.status())
     print(f"""The platform is running.
 
-  Gateway:   {layout.gateway_url}   (API under /api/v1)
+  Web UI:    {layout.gateway_url}/   (in Korean: log in with the department code, user and password)
+  Gateway:   {layout.gateway_url}   (API under /api/v1, OpenAPI of each service at its /openapi.json)
   Status:    {layout.gateway_status_url}   (the gateway's /healthz, /readyz, /metrics)
   Services:  https with a platform certificate only (mutual TLS; CA and certificates in {layout.pki_dir})
   Logs:      make logs   (files in {layout.log_dir})
   Stop:      make down
 
-To log in, create a department (tenant) and a user, then ask the gateway for a token:
+To log in, create a department (tenant) and a user, then open the web UI or ask the gateway for a token:
 
   .venv/bin/doctag tenant create demo --name "데모 부서"
   echo 'choose-a-password' | .venv/bin/doctag user create demo alice --password-stdin --role tenant_admin

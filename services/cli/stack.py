@@ -1,6 +1,6 @@
 """The whole platform on one machine as local processes, managed by supervisor.
 
-The seven-VM layout in miniature: gateway x1; web role: upload x2, search x2;
+The seven-VM layout in miniature: gateway x1; web role: web (UI) x2, upload x2, search x2;
 tagging-worker x2; model-serving x1. `up` writes a supervisord config and a
 gateway config (kong.yml with this layout's ports) under the state directory,
 starts supervisord (which daemonises and restarts crashed services), and waits
@@ -75,6 +75,7 @@ class StackLayout:
     search_ports: list[tuple[int, int]] = field(default_factory=lambda: [(8111, 9111), (8112, 9112)])
     model_ports: tuple[int, int] = (8121, 9121)
     worker_ports: list[int] = field(default_factory=lambda: [8131, 8132])
+    web_ports: list[int] = field(default_factory=lambda: [8141, 8142])
     host: str = "127.0.0.1"
     # Extra DOCTAG_* variables for every process (database name, AMQP prefix, ...).
     env: dict[str, str] = field(default_factory=dict)
@@ -93,12 +94,12 @@ class StackLayout:
 
     @classmethod
     def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> StackLayout:
-        ports = free_ports(14)
+        ports = free_ports(16)
         return cls(state_dir=state_dir, gateway_port=ports[0],
                    upload_ports=[(ports[1], ports[2]), (ports[3], ports[4])],
                    search_ports=[(ports[5], ports[6]), (ports[7], ports[8])],
                    model_ports=(ports[9], ports[10]), worker_ports=[ports[11], ports[12]],
-                   gateway_status_port=ports[13], env=dict(env or {}))
+                   gateway_status_port=ports[13], web_ports=[ports[14], ports[15]], env=dict(env or {}))
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -152,6 +153,9 @@ class StackLayout:
             progs.append(Program(f"tagging-worker-{i}", "services.tagging_worker", {
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_DOCUMENTS_GRPC_TARGET": upload_grpc,
                 "DOCTAG_MODEL_GRPC_TARGET": model_grpc}, http, 30))
+        for i, http in enumerate(self.web_ports, 1):
+            progs.append(Program(f"web-{i}", "services.web", {
+                "DOCTAG_HTTP_PORT": str(http), "DOCTAG_WEB_API_URL": self.gateway_url}, http, 20))
         progs.append(Program("gateway", "gateway", {
             "DOCTAG_HTTP_PORT": str(self.gateway_port), "DOCTAG_GATEWAY_STATUS_PORT": str(self.gateway_status_port),
             "DOCTAG_GATEWAY_CONFIG": str(self.gateway_conf.resolve())},
@@ -184,6 +188,7 @@ class StackLayout:
             "upload-upstream": [f"{self.host}:{p}" for p, _ in self.upload_ports],
             "search-upstream": [f"{self.host}:{p}" for p, _ in self.search_ports],
             "model-serving-upstream": [f"{self.host}:{self.model_ports[0]}"],
+            "web-upstream": [f"{self.host}:{p}" for p in self.web_ports],
         }
         for upstream in config.get("upstreams", []):
             if upstream["name"] in targets:

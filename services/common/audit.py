@@ -26,11 +26,14 @@ DOCUMENT_PURGED: Final = "document.purged"         # rows, text, tags and (when 
 DOCUMENT_PROCESSING: Final = "document.processing"
 DOCUMENT_TAGGED: Final = "document.tagged"
 DOCUMENT_FAILED: Final = "document.failed"
+DOCUMENT_TAG_ADDED: Final = "document.tag_added"      # a person added their own tag (source user)
+DOCUMENT_TAG_REMOVED: Final = "document.tag_removed"  # a person removed a model's or a person's tag
 AUDIT_READ: Final = "audit.read"                   # recorded when denied
 AUTH_LOGIN: Final = "auth.login"
 ACCESS_DENIED: Final = "access.denied"             # the gateway's acl refused the caller's roles (403)
 ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
-                  DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, AUDIT_READ, AUTH_LOGIN, ACCESS_DENIED)
+                  DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, DOCUMENT_TAG_ADDED, DOCUMENT_TAG_REMOVED,
+                  AUDIT_READ, AUTH_LOGIN, ACCESS_DENIED)
 
 # Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.
 SYSTEM_ACTOR: Final = "system"

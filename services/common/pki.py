@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The roles that hold certificates (services/common/access.py says what each may call).
-SERVICE_ROLES = ("gateway", "upload", "search", "tagging-worker", "model-serving")
+SERVICE_ROLES = ("gateway", "upload", "search", "tagging-worker", "model-serving", "web")
 SPIFFE_PREFIX = "spiffe://doctag/role/"
 DEFAULT_DAYS = 30
 CA_DAYS = 3650

@@ -1,11 +1,12 @@
 """Public HTTP API of the upload service (reached through the gateway)."""
 
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from services.common import audit, cursors
@@ -25,6 +26,21 @@ def _document_id(raw: str) -> str:
         return str(uuid.UUID(raw))
     except ValueError:
         raise ProblemError(422, "the document id must be a UUID", field="id") from None
+
+
+MAX_TAG_CHARS = 100
+
+
+def clean_tag(raw: object) -> str:
+    """A tag as a person typed it: NFC, trimmed, 1-100 characters, no control characters."""
+    if not isinstance(raw, str):
+        raise ProblemError(422, "tag must be a string", field="tag")
+    tag = unicodedata.normalize("NFC", raw).strip()
+    if not tag or len(tag) > MAX_TAG_CHARS:
+        raise ProblemError(422, f"tag must be 1 to {MAX_TAG_CHARS} characters", field="tag")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in tag):
+        raise ProblemError(422, "tag must not contain control characters", field="tag")
+    return tag
 
 
 # Cursors are signed and bound to the tenant and the filters of the listing (services/common/cursors.py).
@@ -146,13 +162,22 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
         pii: Annotated[bool | None, Query(
             description="`true`: only documents with personal data found in their text; `false`: only those "
                         "without (documents not tagged yet count as without)")] = None,
+        since: Annotated[str | None, Query(description="uploaded at or after this ISO 8601 time")] = None,
+        until: Annotated[str | None, Query(description="uploaded before this ISO 8601 time")] = None,
+        deleted: Annotated[bool, Query(description="`true`: the deleted documents not purged yet, with "
+                                                   "`deleted_at` (restorable within the retention period)")] = False,
     ) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise ProblemError(422, f"status must be one of {', '.join(STATUSES)}", field="status")
-        filters = {"status": status, "tag": tag, "pii": pii}
+        since_at, until_at = parse_time(since, "since"), parse_time(until, "until")
+        if since_at is not None and until_at is not None and since_at > until_at:
+            raise ProblemError(422, "until must not be before since", field="until")
+        filters = {"status": status, "tag": tag, "pii": pii, "deleted": deleted,
+                   "since": since_at.isoformat() if since_at else None,
+                   "until": until_at.isoformat() if until_at else None}
         after = decode_cursor(cursor, principal.tenant_id, filters) if cursor else None
         items, next_key = await service.list(principal.tenant_id, limit=limit, after=after, status=status, tag=tag,
-                                               pii=pii)
+                                               pii=pii, since=since_at, until=until_at, deleted=deleted)
         return {"items": items,
                 "next_cursor": encode_cursor(next_key, principal.tenant_id, filters) if next_key else None}
 
@@ -222,6 +247,28 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
     async def restore_document(document_id: str, principal: Auth) -> dict[str, Any]:
         try:
             return await service.restore(principal, _document_id(document_id))
+        except DocumentNotFound:
+            raise ProblemError(404, "no such document", field="id") from None
+
+    @router.post("/documents/{document_id}/tags", status_code=201,
+                 summary="Add your own tag to a document (`source: user`; recorded in the audit log)")
+    async def add_tag(document_id: str, principal: Auth,
+                      body: Annotated[dict[str, Any], Body(examples=[{"tag": "예산"}])]) -> dict[str, Any]:
+        doc_id = _document_id(document_id)
+        try:
+            return await service.add_tag(principal, doc_id, clean_tag(body.get("tag")))
+        except DocumentNotFound:
+            raise ProblemError(404, "no such document", field="id") from None
+
+    @router.delete("/documents/{document_id}/tags/{tag:path}",
+                   summary="Remove a tag of one source: a model's (remembered, so re-tagging does not bring it "
+                           "back) or a person's; recorded in the audit log")
+    async def remove_tag(document_id: str, tag: str, principal: Auth,
+                         source: Annotated[Literal["model", "user"], Query(
+                             description="which tag to remove: the model's or a person's")]) -> dict[str, Any]:
+        doc_id = _document_id(document_id)
+        try:
+            return await service.remove_tag(principal, doc_id, clean_tag(tag), source)
         except DocumentNotFound:
             raise ProblemError(404, "no such document", field="id") from None
 

@@ -15,7 +15,7 @@ from services.common.korean import analyser_version
 
 DOC_COLUMNS = ("id, tenant_id, title, filename, content_type, size_bytes, sha256, status, error, "
                "created_at, updated_at, processed_at, pii, deleted_at, deleted_by, "
-               "detected_format, extractor, page_count, section_count")
+               "detected_format, extractor, page_count, section_count, created_by, created_by_name")
 STATUSES = ("queued", "processing", "tagged", "failed")
 FINAL_STATUSES = ("tagged", "failed")
 
@@ -123,13 +123,16 @@ async def text_page(conn: DictConnection, document_id: str, offset: int, limit: 
 
 
 async def insert_document(conn: DictConnection, doc: dict[str, Any]) -> dict[str, Any]:
-    """Inserts a queued document and indexes its title (`doc["title_terms"]`, the analyser's terms)."""
+    """Inserts a queued document and indexes its title (`doc["title_terms"]`, the analyser's terms);
+    `doc["created_by_name"]` (the uploader's username) may be left out."""
     row = await (await conn.execute(
         f"INSERT INTO documents.documents (id, tenant_id, title, filename, content_type, size_bytes, sha256, "
-        f"status, title_length, indexed_at, analyser_version, created_by) VALUES (%(id)s, public.app_tenant_id(), "
-        f"%(title)s, %(filename)s, %(content_type)s, %(size_bytes)s, %(sha256)s, 'queued', %(title_length)s, now(), "
-        f"%(analyser_version)s, %(created_by)s) RETURNING {DOC_COLUMNS}",
-        {**doc, "title_length": len(doc["title_terms"]), "analyser_version": analyser_version()})).fetchone()
+        f"status, title_length, indexed_at, analyser_version, created_by, created_by_name) VALUES "
+        f"(%(id)s, public.app_tenant_id(), %(title)s, %(filename)s, %(content_type)s, %(size_bytes)s, %(sha256)s, "
+        f"'queued', %(title_length)s, now(), %(analyser_version)s, %(created_by)s, %(created_by_name)s) "
+        f"RETURNING {DOC_COLUMNS}",
+        {"created_by_name": None, **doc, "title_length": len(doc["title_terms"]),
+         "analyser_version": analyser_version()})).fetchone()
     assert row is not None  # INSERT ... RETURNING returns the inserted row
     await write_postings(conn, doc["id"], "title", doc["title_terms"], replace=False)
     return row
@@ -221,10 +224,20 @@ async def tags_for(conn: DictConnection, document_ids: list[str]) -> dict[str, l
 
 
 async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datetime, str] | None,
-                         status: str | None, tag: str | None, pii: bool | None = None) -> list[dict[str, Any]]:
-    """Live documents, newest first; keyset pagination on (created_at, id). `pii`: only documents
-    with (True) or without (False) personal data found."""
-    where, params = ["deleted_at IS NULL"], []
+                         status: str | None, tag: str | None, pii: bool | None = None,
+                         since: datetime | None = None, until: datetime | None = None,
+                         deleted: bool = False) -> list[dict[str, Any]]:
+    """Live documents (or, with `deleted`, the deleted ones not purged yet), newest first; keyset
+    pagination on (created_at, id). `pii`: only documents with (True) or without (False) personal
+    data found; `since` (inclusive) and `until` (exclusive): uploaded in that time range."""
+    where: list[str] = ["deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"]
+    params: list[Any] = []
+    if since is not None:
+        where.append("created_at >= %s")
+        params.append(since)
+    if until is not None:
+        where.append("created_at < %s")
+        params.append(until)
     if after is not None:
         where.append("(created_at, id) < (%s, %s)")
         params += [after[0], after[1]]
@@ -358,6 +371,35 @@ async def store_tagging_result(conn: DictConnection, document_id: str, text: str
             "(tenant_id, document_id, tag, score, source, model_name, model_version) "
             "SELECT public.app_tenant_id(), %s, t.tag, t.score, 'model', t.model_name, t.model_version "
             "FROM unnest(%s::text[], %s::float8[], %s::text[], %s::text[]) "
-            "AS t(tag, score, model_name, model_version)",
+            "AS t(tag, score, model_name, model_version) "
+            # A tag a person removed from this document stays removed (migration 0015).
+            "WHERE NOT EXISTS (SELECT 1 FROM documents.tag_rejections r WHERE r.document_id = %s AND r.tag = t.tag)",
             (document_id, [t["tag"] for t in tags], [t["score"] for t in tags],
-             [t.get("model_name") for t in tags], [t.get("model_version") for t in tags]))
+             [t.get("model_name") for t in tags], [t.get("model_version") for t in tags], document_id))
+
+
+# ------------------------------------------------------------------ user tag corrections (migration 0015)
+
+async def add_user_tag(conn: DictConnection, document_id: str, tag: str, user_id: str) -> bool:
+    """A person's own tag (`source` user, score 1); False when the document already has it from a
+    person. Adding a tag the person had removed from the model's lifts that rejection."""
+    await conn.execute("DELETE FROM documents.tag_rejections WHERE document_id = %s AND tag = %s", (document_id, tag))
+    row = await (await conn.execute(
+        "INSERT INTO documents.document_tags (tenant_id, document_id, tag, score, source, created_by) "
+        "VALUES (public.app_tenant_id(), %s, %s, 1, 'user', %s) ON CONFLICT DO NOTHING RETURNING tag",
+        (document_id, tag, user_id))).fetchone()
+    return row is not None
+
+
+async def remove_tag(conn: DictConnection, document_id: str, tag: str, source: str,
+                     user_id: str) -> dict[str, Any] | None:
+    """Removes one tag of one source; the removed row, or None when the document has no such tag.
+    A removed model tag is remembered, so a later tagging result does not bring it back."""
+    row = await (await conn.execute(
+        "DELETE FROM documents.document_tags WHERE document_id = %s AND tag = %s AND source = %s "
+        "RETURNING tag, score, source, model_name, model_version", (document_id, tag, source))).fetchone()
+    if row is not None and source == "model":
+        await conn.execute(
+            "INSERT INTO documents.tag_rejections (tenant_id, document_id, tag, rejected_by) "
+            "VALUES (public.app_tenant_id(), %s, %s, %s) ON CONFLICT DO NOTHING", (document_id, tag, user_id))
+    return row

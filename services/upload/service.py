@@ -182,6 +182,12 @@ def public_document(row: dict[str, Any], tags: list[dict[str, Any]]) -> dict[str
         "pii": dict(row["pii"]),
         "has_pii": bool(row["pii"]),
         "extraction": _extraction(row),
+        # Who uploaded it: user id, and the username at upload time (None for documents older than 0015
+        # whose upload was not in the audit log).
+        "uploaded_by": {"id": str(row["created_by"]) if row.get("created_by") else None,
+                        "username": row.get("created_by_name")},
+        # Set only in the list of deleted documents (`GET /api/v1/documents?deleted=true`).
+        "deleted_at": _iso(row.get("deleted_at")),
     }
 
 
@@ -385,7 +391,8 @@ class DocumentService:
             await repo.lock_blob(conn, principal.tenant_id, sha)
             row = await repo.insert_document(conn, {
                 "id": doc_id, "title": title, "filename": filename, "content_type": content_type,
-                "size_bytes": size, "sha256": sha, "title_terms": title_terms, "created_by": principal.user_id})
+                "size_bytes": size, "sha256": sha, "title_terms": title_terms, "created_by": principal.user_id,
+                "created_by_name": principal.username or None})
             payload = {
                 "event": DOCUMENT_UPLOADED, "document_id": doc_id, "tenant_id": principal.tenant_id, "sha256": sha,
                 "filename": filename, "content_type": content_type, "size_bytes": size, "title": title,
@@ -441,10 +448,12 @@ class DocumentService:
         return public_document(row, tags[document_id])
 
     async def list(self, tenant_id: str, *, limit: int, after: tuple[datetime, str] | None, status: str | None,
-                   tag: str | None, pii: bool | None = None
-                   ) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+                   tag: str | None, pii: bool | None = None, since: datetime | None = None,
+                   until: datetime | None = None,
+                   deleted: bool = False) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
         async with self.db.tenant_transaction(tenant_id) as conn:
-            rows = await repo.list_documents(conn, limit=limit + 1, after=after, status=status, tag=tag, pii=pii)
+            rows = await repo.list_documents(conn, limit=limit + 1, after=after, status=status, tag=tag, pii=pii,
+                                             since=since, until=until, deleted=deleted)
             page = rows[:limit]
             tags = await repo.tags_for(conn, [str(r["id"]) for r in page])
         next_key = (page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None
@@ -493,6 +502,38 @@ class DocumentService:
                     "deleted_bytes": 0, "api": api}
         return {"tenant_id": tenant_id, **self._quota_summary(row), "documents": row["documents"],
                 "deleted_bytes": int(row["deleted_bytes"]), "api": api}
+
+    # -- tag corrections (migration 0015) -------------------------------------------
+    async def add_tag(self, principal: Principal, document_id: str, tag: str) -> dict[str, Any]:
+        """A person's own tag on a live document, recorded in the audit log (training feedback)."""
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await repo.get_document(conn, document_id, for_update=True)
+            if row is None:
+                raise DocumentNotFound(document_id)
+            if await repo.add_user_tag(conn, document_id, tag, principal.user_id):
+                model_tag = next((t for t in (await repo.tags_for(conn, [document_id]))[document_id]
+                                  if t["tag"] == tag and t["source"] == "model"), None)
+                await self._audit(conn, principal, audit.DOCUMENT_TAG_ADDED, document_id,
+                                  {"tag": tag, "source": "user",
+                                   "model_score": model_tag["score"] if model_tag else None})
+            tags = await repo.tags_for(conn, [document_id])
+        return public_document(row, tags[document_id])
+
+    async def remove_tag(self, principal: Principal, document_id: str, tag: str, source: str) -> dict[str, Any]:
+        """Removes a model's tag (remembered as rejected) or a person's; 404 naming `tag` when the
+        document has no such tag from that source."""
+        async with self.db.tenant_transaction(principal.tenant_id) as conn:
+            row = await repo.get_document(conn, document_id, for_update=True)
+            if row is None:
+                raise DocumentNotFound(document_id)
+            removed = await repo.remove_tag(conn, document_id, tag, source, principal.user_id)
+            if removed is None:
+                raise ProblemError(404, f"the document has no {source} tag {tag!r}", field="tag")
+            await self._audit(conn, principal, audit.DOCUMENT_TAG_REMOVED, document_id,
+                              {"tag": tag, "source": source, "score": round(float(removed["score"]), 4),
+                               "model_name": removed["model_name"], "model_version": removed["model_version"]})
+            tags = await repo.tags_for(conn, [document_id])
+        return public_document(row, tags[document_id])
 
     # -- delete, restore, purge ---------------------------------------------------
     @property

@@ -46,6 +46,7 @@ def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) 
         "upload-upstream": [f"127.0.0.1:{free_port()}"],
         "search-upstream": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"],
         "model-serving-upstream": [f"127.0.0.1:{free_port()}"],
+        "web-upstream": [f"127.0.0.1:{free_port()}"],
     })
     path = write_config(config, tmp_path / "kong.yml", header="test copy of gateway/kong.yml")
     port, status_port = free_port(), free_port()
@@ -68,9 +69,11 @@ def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) 
             assert (tmp_path / "state" / "keys" / "jwt_private.pem").exists()
             ready = httpx.get(f"{status}/readyz", timeout=5)
             assert ready.status_code == 200, ready.text
-            # Kong's status_listen: none of these on the proxy port (no route matches them there).
+            # Kong's status_listen: the gateway serves none of these on the proxy port; they fall to
+            # the UI's route `/` (its replicas refuse them to proxied requests: test_web_units), whose
+            # replica is down here.
             for path_ in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
-                assert httpx.get(f"{base}{path_}", timeout=5).status_code == 404, path_
+                assert httpx.get(f"{base}{path_}", timeout=5).status_code == 502, path_
             r = httpx.get(f"{base}/api/v1/search", headers={"X-Request-ID": "proc-test-1"}, timeout=5)
             assert r.status_code == 401
             assert r.json()["request_id"] == "proc-test-1"
@@ -92,8 +95,11 @@ def test_process_serves_and_stops_gracefully(tmp_path: Path, test_db_name: str) 
             proc.send_signal(signal.SIGHUP)
             _wait_for_log(log_path, "configuration reload refused")
             assert httpx.get(f"{base}/api/v1/search", timeout=5).status_code == 401
-            # SIGHUP with a valid file without the search route: applied, search is gone.
+            # SIGHUP with a valid file without the search route (nor the UI's service, whose `/` and
+            # `/api` routes would take the path): applied, search is gone.
             data = yaml.safe_load(good)
+            data["services"] = [s for s in data["services"] if s["name"] != "web"]
+            data["upstreams"] = [u for u in data["upstreams"] if u["name"] != "web-upstream"]
             for service in data["services"]:
                 service["routes"] = [r for r in service["routes"] if r["name"] != "search"]
             path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")

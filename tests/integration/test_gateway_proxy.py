@@ -192,6 +192,14 @@ def test_headers_forwarded_filtered_and_added(client: httpx.Client, auth: dict[s
     assert r.headers.get_list("set-cookie") == ["a=1", "b=2"]
 
 
+def test_non_ascii_path_is_forwarded_encoded(client: httpx.Client, auth: dict[str, str]) -> None:
+    """A Korean path segment (a tag name) reaches the service as sent, and X-Forwarded-Path stays ASCII."""
+    r = client.get("/api/v1/search/%ED%83%9C%EA%B7%B8", headers=auth)
+    assert r.status_code == 200, r.text
+    assert r.json()["raw_path"] == "/api/v1/search/%ED%83%9C%EA%B7%B8"
+    assert r.json()["headers"]["x-forwarded-path"] == "/api/v1/search/%ED%83%9C%EA%B7%B8"
+
+
 def test_strip_path_route(client: httpx.Client, make_token) -> None:  # type: ignore[no-untyped-def]
     admin = {"Authorization": f"Bearer {make_token(TENANT, roles=('tenant_admin',))}"}
     r = client.get("/api/v1/documents/admin/stats", headers=admin)

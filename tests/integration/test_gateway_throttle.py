@@ -79,6 +79,43 @@ def test_source_address_locked_out_across_users(throttled: tuple[GatewayServer, 
         assert r.status_code == 429 and "retry-after" in r.headers
 
 
+def test_forwarded_address_counts_only_from_a_trusted_forwarder(throttled: tuple[GatewayServer, str]) -> None:
+    """A client that is not a trusted forwarder cannot spread its failures over made-up addresses."""
+    server, slug = throttled
+    with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as c:
+        for i in range(13):
+            r = c.post("/api/v1/auth/token", json={"tenant": slug, "username": f"guess{i}", "password": "wrong"},
+                       headers={"X-Forwarded-For": f"203.0.113.{i + 1}"})
+            assert r.status_code == 401
+        assert _login(c, slug, "kim.minsu", PASSWORD).status_code == 429
+
+
+def test_web_replica_names_each_users_address(tmp_path: Path, test_db_name: str, key_dir: Path,
+                                              admin_dsn: str) -> None:
+    """UI logins all come from the web replica: one user's failures lock that user's address, not
+    every UI user's."""
+    slug = f"th-{uuid.uuid4().hex[:8]}"
+    tenant = create_tenant(admin_dsn, slug)
+    add_user(admin_dsn, tenant, "kim.minsu", hash_password(PASSWORD), ["user"])
+    data = gateway_config_data({"upload-upstream": [f"127.0.0.1:{free_port()}"],
+                                "search-upstream": [f"127.0.0.1:{free_port()}"]})
+    server = start_gateway(tmp_path, data, db_name=test_db_name, key_dir=key_dir,
+                           gateway_redis_prefix=f"t-{uuid.uuid4().hex}", login_free_failures_per_user=3,
+                           login_free_failures_per_address=12, login_backoff_base_seconds=30,
+                           gateway_trusted_forwarders=["127.0.0.1/32"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30, trust_env=False) as c:
+            def login(username: str, password: str, address: str) -> int:
+                return c.post("/api/v1/auth/token", json={"tenant": slug, "username": username, "password": password},
+                              headers={"X-Forwarded-For": address}).status_code
+
+            assert {login(f"guess{i}", "wrong", "198.51.100.7") for i in range(13)} == {401}
+            assert login("kim.minsu", PASSWORD, "198.51.100.7") == 429   # the guessing address is locked
+            assert login("kim.minsu", PASSWORD, "198.51.100.8") == 200   # another user's address is not
+    finally:
+        server.stop()
+
+
 # ----------------------------------------------------------------- rate limits across two processes
 
 def _spawn(config: Path, db_name: str, key_dir: Path, state: Path, prefix: str) -> tuple[subprocess.Popen[bytes], int]:

@@ -154,6 +154,18 @@ async def test_read_list_content_and_korean_filename(settings, tenants, make_tok
         page2 = (await client.get("/api/v1/documents", headers=auth(token_a),
                                   params={"limit": 1, "cursor": listed["next_cursor"]})).json()
         assert page2["items"][0]["id"] == first["id"]
+        # A cursor belongs to its filters: the same cursor with another upload-time range is refused.
+        since = "2000-01-01T00:00:00+00:00"
+        dated = (await client.get("/api/v1/documents", headers=auth(token_a),
+                                  params={"limit": 1, "since": since})).json()
+        assert [d["id"] for d in dated["items"]] == [second["id"]] and dated["next_cursor"]
+        same = await client.get("/api/v1/documents", headers=auth(token_a),
+                                params={"limit": 1, "since": since, "cursor": dated["next_cursor"]})
+        assert same.status_code == 200 and same.json()["items"][0]["id"] == first["id"]
+        for changed in ({"since": "2001-01-01T00:00:00+00:00"}, {}, {"since": since, "deleted": "true"}):
+            refused = await client.get("/api/v1/documents", headers=auth(token_a),
+                                       params={"limit": 1, "cursor": dated["next_cursor"], **changed})
+            assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "cursor"
 
         got = await client.get(f"/api/v1/documents/{second['id']}", headers=auth(token_a))
         assert got.status_code == 200 and got.json()["status"] == "queued" and got.json()["tags"] == []

@@ -47,6 +47,7 @@ def test_shipped_kong_yml_is_the_make_up_layout() -> None:
         "upload-upstream": ["127.0.0.1:8101", "127.0.0.1:8102"],
         "search-upstream": ["127.0.0.1:8111", "127.0.0.1:8112"],
         "model-serving-upstream": ["127.0.0.1:8121"],
+        "web-upstream": ["127.0.0.1:8141", "127.0.0.1:8142"],
     }
     routes = {r.name: (svc, r.paths, r.strip_path) for svc, r in config.all_routes()}
     assert routes["documents"] == ("upload", ["/api/v1/documents"], False)
@@ -59,8 +60,14 @@ def test_shipped_kong_yml_is_the_make_up_layout() -> None:
     documents_limit = next(p for s, r in config.all_routes() if r.name == "documents" for p in r.plugins)
     assert isinstance(documents_limit.config, RequestSizeLimitingConfig)
     assert documents_limit.config.limit_bytes == 100 * 1024 * 1024
-    jwt = next(p for p in config.plugins if p.name == "jwt")
-    assert isinstance(jwt.config, JwtConfig) and jwt.config.claims_to_verify == ["exp"]
+    router = Router(config)
+    # Every API path needs a token (unknown ones included); the UI's pages do not.
+    for path in ("/api/v1/documents", "/api/v1/search", "/api/v1/quota", "/api/v1/predict", "/api/v1/nowhere"):
+        jwt = router.match("GET" if "predict" not in path else "POST", path).entry.plugins.get("jwt")
+        assert isinstance(jwt, JwtConfig) and jwt.claims_to_verify == ["exp"], path
+    assert "jwt" not in router.match("GET", "/search").entry.plugins
+    assert router.match("GET", "/").entry.service.name == "web"
+    assert router.match("POST", "/upload").entry.plugins["request-size-limiting"].limit_bytes == 100 * 1024 * 1024
     passive = config.upstreams[0].healthchecks.passive
     assert passive.unhealthy.tcp_failures == 1
 

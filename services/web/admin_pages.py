@@ -1,0 +1,96 @@
+"""Administrators' pages: the department's storage and audit log (tenant_admin), the model
+registry with promotion and rollback (platform_admin). Only what the API offers today."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from . import messages
+from .api import ApiError
+from .core import Web, client_ip, day, day_range
+from .session import csrf_ok
+
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+AUDIT_ACTIONS = tuple(messages.ACTION_LABELS)
+
+
+def router(web: Web) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/admin")
+    async def admin_home(request: Request, action: str | None = None, actor: str | None = None,
+                         since: str | None = None, until: str | None = None, cursor: str | None = None) -> Response:
+        session = web.session(request)
+        if not session.is_tenant_admin:
+            return web.error_page(request, session, 403, "부서 관리자만 볼 수 있는 화면입니다.")
+        since_day, until_day = day(since), day(until)
+        filters: dict[str, str | None] = {
+            "action": action if action in AUDIT_ACTIONS else None, "actor": (actor or "").strip()[:200] or None,
+            "since": since_day.isoformat() if since_day else None,
+            "until": until_day.isoformat() if until_day else None}
+        params: dict[str, Any] = {"limit": 50, **day_range(since_day, until_day)}
+        for key in ("action", "actor"):
+            if filters[key]:
+                params[key] = filters[key]
+        if cursor:
+            params["cursor"] = cursor
+        quota = audit = None
+        errors = []
+        try:
+            quota = await web.api.json("GET", "/api/v1/quota", session.token, client_ip=client_ip(request))
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            errors.append(messages.problem_message(exc))
+        try:
+            audit = await web.api.json("GET", "/api/v1/audit", session.token, params=params,
+                                       client_ip=client_ip(request))
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            errors.append(messages.problem_message(exc))
+        return web.render(request, "admin.html", session, quota=quota, audit=audit, errors=errors, filters=filters,
+                          actions=AUDIT_ACTIONS)
+
+    @r.get("/admin/models")
+    async def models(request: Request) -> Response:
+        session = web.session(request)
+        if not session.is_platform_admin:
+            return web.error_page(request, session, 403, "플랫폼 관리자만 볼 수 있는 화면입니다.")
+        error = None
+        found: list[dict[str, Any]] = []
+        try:
+            listing = await web.api.json("GET", "/api/v1/models", session.token, client_ip=client_ip(request))
+            for model in listing.get("models") or []:
+                versions = await web.api.json("GET", f"/api/v1/models/{model['name']}/versions", session.token,
+                                              client_ip=client_ip(request))
+                found.append({**model, "version_list": list(reversed(versions.get("versions") or []))})
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            error = messages.problem_message(exc)
+        return web.render(request, "models.html", session, models=found, error=error)
+
+    @r.post("/admin/models/{name}/alias")
+    async def set_alias(request: Request, name: str) -> Response:
+        session = web.session(request)
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not csrf_ok(request, session, form.get("csrf")):
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        alias, version = form.get("alias", ""), form.get("version", "")
+        if not MODEL_NAME.match(name) or not ALIAS.match(alias) or not version.isdigit():
+            return web.error_page(request, session, 422, "모델 이름, 별칭 또는 버전이 올바르지 않습니다.")
+        try:
+            await web.api.send("PUT", f"/api/v1/models/{name}/aliases/{alias}", session.token,
+                               json={"version": int(version)}, client_ip=client_ip(request))
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        return RedirectResponse("/admin/models?msg=alias-set", status_code=303)
+
+    return r

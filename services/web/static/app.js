@@ -1,0 +1,329 @@
+/* doctag web UI: the little that needs a script (no framework, no inline code, CSP 'self').
+   Uploads with per-file progress, live statuses polled with back-off, re-login in a dialog
+   without leaving the page, keyboard navigation of the document list, confirmations.
+   Every text from the server is put in the page with textContent, never as HTML. */
+(function () {
+  "use strict";
+
+  var FINAL = { tagged: true, failed: true, gone: true };
+  var STATUS_LABELS = { queued: "대기 중", processing: "처리 중", tagged: "태깅 완료", failed: "실패", gone: "삭제됨" };
+
+  function csrf() {
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.getAttribute("content") : "";
+  }
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function sizeText(bytes) {
+    var units = ["B", "KB", "MB", "GB"], size = bytes, i = 0;
+    while (size >= 1024 && i < units.length - 1) { size /= 1024; i++; }
+    return i === 0 ? size + " B" : size.toFixed(1) + " " + units[i];
+  }
+
+  /* ---------------------------------------------------------------- session */
+  var reloginWaiters = [];
+  function relogin() {
+    var dialog = document.getElementById("relogin");
+    if (!dialog) {
+      window.location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+      return new Promise(function () {});
+    }
+    return new Promise(function (resolve) {
+      reloginWaiters.push(resolve);
+      if (!dialog.open) {
+        dialog.showModal();
+        document.getElementById("relogin-password").focus();
+      }
+    });
+  }
+
+  function setupRelogin() {
+    var form = document.getElementById("relogin-form");
+    if (!form) return;
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var data = new FormData(form), error = document.getElementById("relogin-error");
+      fetch("/login", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "Accept": "application/json" },
+        body: JSON.stringify({ tenant: data.get("tenant"), username: data.get("username"), password: data.get("password") })
+      }).then(function (r) { return r.json().then(function (body) { return { ok: r.ok, body: body }; }); })
+        .then(function (res) {
+          if (!res.ok) { error.textContent = res.body.message || "로그인하지 못했습니다."; error.hidden = false; return; }
+          document.querySelector('meta[name="csrf-token"]').setAttribute("content", res.body.csrf);
+          document.querySelectorAll('input[name="csrf"]').forEach(function (i) { i.value = res.body.csrf; });
+          document.body.setAttribute("data-session-expires", String(res.body.expires_at));
+          form.reset(); error.hidden = true;
+          document.getElementById("relogin").close();
+          scheduleExpiry();
+          var waiters = reloginWaiters; reloginWaiters = [];
+          waiters.forEach(function (w) { w(); });
+        })
+        .catch(function () { error.textContent = "서버에 연결할 수 없습니다."; error.hidden = false; });
+    });
+  }
+
+  var expiryTimer = null;
+  function scheduleExpiry() {
+    var expires = parseInt(document.body.getAttribute("data-session-expires") || "0", 10);
+    if (!expires) return;
+    if (expiryTimer) clearTimeout(expiryTimer);
+    var wait = Math.max(0, expires * 1000 - Date.now());
+    expiryTimer = setTimeout(function () { relogin(); }, Math.min(wait, 2147483000));
+  }
+
+  /* JSON request that asks for a re-login on 401 and then tries once more. */
+  function getJSON(url) {
+    return fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } }).then(function (r) {
+      if (r.status === 401) return relogin().then(function () { return getJSON(url); });
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      return r.json();
+    });
+  }
+
+  /* ---------------------------------------------------------------- live statuses */
+  function StatusPoller(onUpdate) {
+    this.ids = {};
+    this.delay = 1000;
+    this.timer = null;
+    this.onUpdate = onUpdate;
+  }
+  StatusPoller.prototype.watch = function (id, status) {
+    if (!FINAL[status]) { this.ids[id] = status; this.delay = 1000; this.schedule(); }
+  };
+  StatusPoller.prototype.schedule = function () {
+    var self = this;
+    if (self.timer || Object.keys(self.ids).length === 0) return;
+    self.timer = setTimeout(function () { self.timer = null; self.poll(); }, self.delay);
+  };
+  StatusPoller.prototype.poll = function () {
+    var self = this, ids = Object.keys(self.ids).slice(0, 50);
+    if (!ids.length) return;
+    var query = ids.map(function (i) { return "id=" + encodeURIComponent(i); }).join("&");
+    getJSON("/documents/status?" + query).then(function (body) {
+      var changed = false;
+      body.items.forEach(function (item) {
+        if (self.ids[item.id] !== item.status) changed = true;
+        if (FINAL[item.status]) delete self.ids[item.id]; else self.ids[item.id] = item.status;
+        self.onUpdate(item);
+      });
+      /* Back-off: poll quickly while something changes, then less and less often (max 15 s). */
+      self.delay = changed ? 1000 : Math.min(15000, Math.round(self.delay * 1.6));
+      self.schedule();
+    }).catch(function () {
+      self.delay = Math.min(15000, self.delay * 2);
+      self.schedule();
+    });
+  };
+
+  function badge(status, label) {
+    var b = el("span", "badge badge-" + status, label || STATUS_LABELS[status] || status);
+    b.setAttribute("data-status", status);
+    return b;
+  }
+
+  function renderTags(cell, tags) {
+    cell.textContent = "";
+    (tags || []).forEach(function (t) { cell.appendChild(el("span", "chip" + (t.source === "user" ? " chip-user" : ""), t.tag)); });
+  }
+
+  /* ---------------------------------------------------------------- upload */
+  function setupUpload() {
+    var input = document.getElementById("files"), zone = document.getElementById("dropzone");
+    if (!input || !zone) return;
+    var panel = document.getElementById("upload-panel"), rows = document.getElementById("upload-rows");
+    var template = document.getElementById("upload-row"), overall = document.getElementById("overall-progress");
+    var summary = document.getElementById("upload-summary"), banner = document.getElementById("quota-banner");
+    var queue = [], active = 0, CONCURRENCY = 2, items = [], byId = {};
+    var poller = new StatusPoller(function (item) {
+      (byId[item.id] || []).forEach(function (entry) { showStatus(entry, item.status, item.status_label, item.error, item.error_detail); renderTags(entry.tags, item.tags); });
+      updateSummary();
+    });
+
+    function updateOverall() {
+      var total = 0, sent = 0;
+      items.forEach(function (it) { total += it.file.size || 1; sent += it.sent; });
+      overall.value = total ? Math.round(sent * 100 / total) : 0;
+    }
+    function updateSummary() {
+      var counts = { done: 0, failed: 0, refused: 0 };
+      items.forEach(function (it) {
+        if (it.state === "tagged" || it.state === "duplicate") counts.done++;
+        else if (it.state === "failed") counts.failed++;
+        else if (it.state === "refused") counts.refused++;
+      });
+      summary.textContent = items.length + "개 중 완료 " + counts.done + " · 실패 " + counts.failed + " · 거부 " + counts.refused;
+    }
+    function showStatus(entry, status, label, message, detail) {
+      entry.state = status;
+      entry.statusCell.replaceChildren(badge(status, label));
+      entry.statusCell.appendChild(el("p", "file-message", message || ""));
+      if (detail) entry.statusCell.appendChild(el("p", "file-message muted", detail));
+      entry.row.setAttribute("data-status", status);
+    }
+
+    function add(files) {
+      panel.hidden = false;
+      Array.prototype.forEach.call(files, function (file) {
+        var row = template.content.firstElementChild.cloneNode(true);
+        row.querySelector(".file-name").textContent = file.name;
+        row.querySelector(".file-size").textContent = sizeText(file.size);
+        var entry = { file: file, row: row, sent: 0, state: "sending", progress: row.querySelector("progress"),
+                      statusCell: row.querySelector(".file-status"), tags: row.querySelector(".file-tags") };
+        entry.progress.setAttribute("aria-label", file.name + " 전송률");
+        rows.appendChild(row);
+        items.push(entry);
+        queue.push(entry);
+      });
+      updateSummary();
+      pump();
+    }
+
+    function pump() {
+      while (active < CONCURRENCY && queue.length) { active++; send(queue.shift()); }
+    }
+
+    function finish(entry, status, body) {
+      var doc = body.document || body;
+      if (status === 401) { return relogin().then(function () { send(entry); }); }
+      active--;
+      if (status === 202 || status === 200) {
+        entry.progress.value = 100;
+        if (body.quota && document.getElementById("quota-used")) {
+          document.getElementById("quota-used").textContent = sizeText(body.quota.used_bytes);
+          document.getElementById("quota-available").textContent = sizeText(body.quota.available_bytes);
+        }
+        if (body.quota && body.quota.warning && banner) {
+          var pct = Math.floor(body.quota.used_bytes * 100 / body.quota.quota_bytes);
+          banner.textContent = "부서 저장 용량의 " + pct + "%를 사용 중입니다. 필요 없는 문서를 정리하거나 관리자에게 용량 증설을 요청하세요.";
+          banner.hidden = false;
+        }
+        var link = el("a", null, "");
+        link.href = "/documents/" + encodeURIComponent(doc.id);
+        link.textContent = entry.file.name;
+        entry.row.querySelector(".file-name").replaceChildren(link);
+        (byId[doc.id] = byId[doc.id] || []).push(entry);
+        if (status === 200 && doc.duplicate) {
+          showStatus(entry, "duplicate", "이미 있는 문서", "같은 내용의 문서가 이미 있어 새로 저장하지 않았습니다.");
+          renderTags(entry.tags, doc.tags);
+        } else {
+          showStatus(entry, doc.status, STATUS_LABELS[doc.status], "");
+          poller.watch(doc.id, doc.status);
+        }
+      } else {
+        entry.progress.value = 0;
+        showStatus(entry, "refused", "거부됨", body.message || "업로드하지 못했습니다.");
+      }
+      updateSummary();
+      pump();
+    }
+
+    function send(entry) {
+      var form = new FormData();
+      form.append("file", entry.file, entry.file.name);
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", "/upload");
+      xhr.setRequestHeader("X-CSRF-Token", csrf());
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.upload.addEventListener("progress", function (e) {
+        if (e.lengthComputable) {
+          entry.sent = entry.file.size * e.loaded / e.total;
+          entry.progress.value = Math.round(e.loaded * 100 / e.total);
+          updateOverall();
+        }
+      });
+      xhr.addEventListener("load", function () {
+        var body = {};
+        try { body = JSON.parse(xhr.responseText); } catch (err) { body = { message: "서버 응답을 읽을 수 없습니다." }; }
+        entry.sent = entry.file.size;
+        updateOverall();
+        finish(entry, xhr.status, body);
+      });
+      xhr.addEventListener("error", function () {
+        active--;
+        showStatus(entry, "refused", "거부됨", "서버에 연결할 수 없습니다. 네트워크를 확인하세요.");
+        pump();
+      });
+      xhr.send(form);
+    }
+
+    input.addEventListener("change", function () { if (input.files.length) add(input.files); input.value = ""; });
+    ["dragenter", "dragover"].forEach(function (name) {
+      zone.addEventListener(name, function (e) { e.preventDefault(); zone.classList.add("is-over"); });
+    });
+    ["dragleave", "drop"].forEach(function (name) {
+      zone.addEventListener(name, function (e) { e.preventDefault(); zone.classList.remove("is-over"); });
+    });
+    zone.addEventListener("drop", function (e) { if (e.dataTransfer && e.dataTransfer.files.length) add(e.dataTransfer.files); });
+  }
+
+  /* ---------------------------------------------------------------- documents list */
+  function setupDocumentList() {
+    var table = document.getElementById("doc-table");
+    if (!table) return;
+    var rows = Array.prototype.slice.call(table.querySelectorAll("tbody tr"));
+    var poller = new StatusPoller(function (item) {
+      var row = table.querySelector('tr[data-id="' + item.id + '"]');
+      if (!row) return;
+      row.setAttribute("data-status", item.status);
+      row.querySelector(".doc-status").replaceChildren(badge(item.status, item.status_label));
+      renderTags(row.querySelector(".doc-tags"), item.tags);
+    });
+    rows.forEach(function (row) { poller.watch(row.getAttribute("data-id"), row.getAttribute("data-status")); });
+
+    var current = -1;
+    function focusRow(i) {
+      if (!rows.length) return;
+      current = Math.max(0, Math.min(rows.length - 1, i));
+      rows.forEach(function (r, j) { r.classList.toggle("is-current", j === current); });
+      rows[current].querySelector("a").focus();
+    }
+    document.addEventListener("keydown", function (e) {
+      var tag = (e.target && e.target.tagName) || "";
+      if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || e.altKey || e.ctrlKey || e.metaKey) return;
+      var inTable = table.contains(document.activeElement);
+      if (e.key === "j" || (e.key === "ArrowDown" && inTable)) { e.preventDefault(); focusRow(current + 1); }
+      else if (e.key === "k" || (e.key === "ArrowUp" && inTable)) { e.preventDefault(); focusRow(current - 1); }
+    });
+    table.addEventListener("focusin", function (e) {
+      var row = e.target.closest("tr");
+      var i = rows.indexOf(row);
+      if (i >= 0) { current = i; rows.forEach(function (r, j) { r.classList.toggle("is-current", j === i); }); }
+    });
+  }
+
+  /* ---------------------------------------------------------------- one document */
+  function setupDocumentView() {
+    var live = document.getElementById("doc-live");
+    if (!live || FINAL[live.getAttribute("data-status")]) return;
+    var poller = new StatusPoller(function (item) {
+      if (FINAL[item.status]) { window.location.reload(); return; }
+      live.querySelector(".doc-status").replaceChildren(badge(item.status, item.status_label));
+    });
+    poller.watch(live.getAttribute("data-id"), live.getAttribute("data-status"));
+  }
+
+  /* ---------------------------------------------------------------- confirmations */
+  function setupConfirm() {
+    document.querySelectorAll("form[data-confirm]").forEach(function (form) {
+      form.addEventListener("submit", function (e) {
+        if (!window.confirm(form.getAttribute("data-confirm"))) e.preventDefault();
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    setupRelogin();
+    scheduleExpiry();
+    setupUpload();
+    setupDocumentList();
+    setupDocumentView();
+    setupConfirm();
+  });
+})();

@@ -1,0 +1,505 @@
+"""The web UI in a real browser (Debian's Chromium, headless, driven by Playwright) against the whole
+stack through the gateway: log in, upload real Korean documents and watch their tags appear, search,
+read and correct a document, re-login without losing the page, another department's document refused,
+an attacker's title shown as text, the quota warning and refusal, the audit log, a model promotion.
+
+Screenshots of every screen are written to var/screenshots/ (not committed) for a person to look at.
+The tests run in order and build on each other's documents (one department's day, start to end).
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Dialog, Page, Playwright, expect, sync_playwright
+
+from services.cli import admin
+from services.cli.stack import StackLayout
+from services.common.db import Database
+from services.model_serving.registry import ModelRegistry, RegistrySettings
+from tests.conftest import DB_HOST, DB_PORT, REPO, SAMPLES
+from tests.model_artifacts import make_tiny_bert
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "var" / "screenshots"
+PASSWORD = "correct horse battery"
+XSS_TITLE = "<img src=x onerror=alert(1)>"
+UPLOADS = {
+    "pdf": SAMPLES / "pdf" / "odl__2125318_의사국 의안과_의안원문_hwp.pdf",
+    "docx": SAMPLES / "docx" / "langchain-kr__sample-word-document.docx",
+    "hwp": SAMPLES / "hwp" / "pyhwp__sample-5017.hwp",
+    "hwpx": SAMPLES / "hwpx" / "hwpxlib__20240919__테스트문서.hwpx",
+}
+ENCRYPTED = SAMPLES / "hwp" / "pyhwp__password-12345.hwp"
+TAGGING_TIMEOUT_MS = 180_000
+
+
+@pytest.fixture(scope="module")
+def people(stack: StackLayout, admin_dsn: str) -> dict[str, tuple[str, str]]:
+    """Departments of their own (other e2e tests upload into theirs): name -> (tenant, username)."""
+    suffix = uuid.uuid4().hex[:6]
+    a, b, small = f"web-a-{suffix}", f"web-b-{suffix}", f"web-q-{suffix}"
+    admin.create_tenant(admin_dsn, a, "기획재정담당관", 50 * 1024 * 1024)
+    admin.create_tenant(admin_dsn, b, "문화예술과", 50 * 1024 * 1024)
+    admin.create_tenant(admin_dsn, small, "소규모팀", 100_000)
+    admin.create_user(admin_dsn, a, "kim", PASSWORD, "user")
+    admin.create_user(admin_dsn, a, "chief", PASSWORD, "tenant_admin")
+    admin.create_user(admin_dsn, a, "root", PASSWORD, "platform_admin")
+    admin.create_user(admin_dsn, b, "lee", PASSWORD, "user")
+    admin.create_user(admin_dsn, small, "park", PASSWORD, "user")
+    return {"user": (a, "kim"), "chief": (a, "chief"), "root": (a, "root"), "other": (b, "lee"),
+            "small": (small, "park")}
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    if not CHROMIUM.exists():
+        pytest.fail("the browser tests need Debian's Chromium at /usr/bin/chromium: `make browser` installs it")
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--lang=ko-KR"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    yield browser
+    browser.close()
+
+
+class Session:
+    """One person's browser window: console errors and unexpected dialogs are collected (a test fails
+    on them); confirmation dialogs are accepted as a person would."""
+
+    def __init__(self, browser: Browser, base: str) -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="ko-KR",
+                                           base_url=base)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(30_000)
+        self.alerts: list[str] = []
+        self.errors: list[str] = []
+        self.page.on("dialog", self._dialog)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        # Console errors (a refused inline script or style among them) fail the test; answers with an
+        # error status that a test provokes on purpose (401, 404, 507) are not page errors.
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" and
+                     "the server responded with a status of" not in m.text else None)
+
+    def _dialog(self, dialog: Dialog) -> None:
+        if dialog.type == "confirm":
+            dialog.accept()
+        else:
+            self.alerts.append(dialog.message)
+            dialog.dismiss()
+
+    def login(self, tenant: str, username: str, password: str = PASSWORD) -> Page:
+        page = self.page
+        page.goto("/login")
+        page.fill("#tenant", tenant)
+        page.fill("#username", username)
+        page.fill("#password", password)
+        page.click("form[action='/login'] button[type=submit]")
+        return page
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        assert self.alerts == [], f"a script ran a dialog: {self.alerts}"
+        assert self.errors == [], f"the page had errors: {self.errors}"
+        self.context.close()
+
+
+@pytest.fixture
+def open_session(browser: Browser, stack: StackLayout) -> Iterator[Any]:
+    sessions: list[Session] = []
+
+    def make() -> Session:
+        sessions.append(Session(browser, stack.gateway_url))
+        return sessions[-1]
+
+    yield make
+    for s in sessions:
+        s.close()
+
+
+STATE: dict[str, Any] = {}
+
+
+def api_token(stack: StackLayout, tenant: str, username: str) -> str:
+    r = httpx.post(f"{stack.gateway_url}/api/v1/auth/token", timeout=30,
+                   json={"tenant": tenant, "username": username, "password": PASSWORD})
+    r.raise_for_status()
+    return str(r.json()["access_token"])
+
+
+def korean_text_of(size: int) -> bytes:
+    """UTF-8 Korean text of exactly `size` bytes (whole characters, padded with spaces)."""
+    line = "2027년 예산안 편성 지침과 부처별 요구 현황을 정리한 자료.\n".encode()
+    data = line * (size // len(line))
+    return data + b" " * (size - len(data))
+
+
+def row(page: Page, filename: str) -> Any:
+    return page.locator("#upload-rows tr", has=page.locator(".file-name", has_text=filename))
+
+
+def test_login_with_korean_errors(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.page
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    expect(page.locator("html")).to_have_attribute("lang", "ko")
+    s.shot("01-login")
+    tenant, user = people["user"]
+    s.login(tenant, user, "wrong password")
+    expect(page.locator("#login-error")).to_have_text("부서 코드, 사용자 이름 또는 비밀번호가 올바르지 않습니다.")
+    expect(page.locator("#tenant")).to_have_value(tenant)  # what was typed stays, the password does not
+    expect(page.locator("#password")).to_have_value("")
+    s.shot("02-login-error")
+    s.login("Finance!", user)
+    expect(page.locator("#tenant-error")).to_contain_text("부서 코드는")
+    expect(page.locator("#tenant")).to_have_attribute("aria-invalid", "true")
+    s.login(tenant, user)
+    expect(page).to_have_url(re.compile(r"/documents$"))
+    expect(page.locator(".empty h2")).to_have_text("문서가 없습니다")
+    s.shot("03-documents-empty")
+
+
+def test_upload_korean_documents_and_watch_tags_appear(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    page.click("nav >> text=업로드")
+    expect(page.locator("h1")).to_have_text("문서 업로드")
+    page.set_input_files("#files", [str(p) for p in (*UPLOADS.values(), ENCRYPTED)])
+    expect(page.locator("#upload-rows tr")).to_have_count(5)
+    for path in UPLOADS.values():
+        expect(row(page, path.name).locator("progress")).to_have_attribute("value", "100", timeout=120_000)
+    s.shot("04-upload-progress")
+    # Statuses change without a reload: queued/processing first, then tagged with the model's tags.
+    for path in UPLOADS.values():
+        r = row(page, path.name)
+        expect(r).to_have_attribute("data-status", "tagged", timeout=TAGGING_TIMEOUT_MS)
+        expect(r.locator(".file-tags .chip").first).to_be_visible()
+        STATE.setdefault("ids", {})[path.suffix] = r.locator(".file-name a").get_attribute("href").rsplit("/", 1)[-1]
+    failed = row(page, ENCRYPTED.name)
+    expect(failed).to_have_attribute("data-status", "failed", timeout=TAGGING_TIMEOUT_MS)
+    expect(failed.locator(".file-status")).to_contain_text("암호가 걸린 파일이라 읽을 수 없습니다")
+    expect(page.locator("#overall-progress")).to_have_attribute("value", "100")
+    expect(page.locator("#upload-summary")).to_have_text("5개 중 완료 4 · 실패 1 · 거부 0")
+    # The same bytes again: the existing document, said plainly, nothing stored twice.
+    page.set_input_files("#files", [str(UPLOADS["hwp"])])
+    expect(page.locator("#upload-rows tr")).to_have_count(6)
+    duplicate = page.locator("#upload-rows tr").nth(5)
+    expect(duplicate).to_have_attribute("data-status", "duplicate", timeout=60_000)
+    expect(duplicate).to_contain_text("같은 내용의 문서가 이미 있어 새로 저장하지 않았습니다.")
+    s.shot("05-upload-tagged")
+
+
+def test_documents_list_filters_and_keyboard(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    rows = page.locator("#doc-table tbody tr")
+    expect(rows).to_have_count(5)
+    expect(page.locator("#doc-table")).to_contain_text("kim")  # uploaded by
+    s.shot("06-documents")
+    page.keyboard.press("j")
+    expect(rows.nth(0).locator("a")).to_be_focused()
+    page.keyboard.press("j")
+    expect(rows.nth(1).locator("a")).to_be_focused()
+    page.keyboard.press("k")
+    expect(rows.nth(0).locator("a")).to_be_focused()
+    title = rows.nth(0).locator(".doc-title a").inner_text()
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text(title)
+    page.go_back()
+    page.select_option("#f-status", "failed")
+    page.click("form.filters button[type=submit]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("pyhwp__password-12345")
+    page.goto("/documents?sort=title")
+    titles = [t.strip() for t in page.locator("#doc-table .doc-title a").all_inner_texts()]
+    assert titles == sorted(titles, key=str.casefold)
+    page.goto("/documents?since=2000-01-01&until=2000-12-31")
+    expect(page.locator(".empty")).to_contain_text("조건에 맞는 문서가 없습니다")
+
+
+def test_search_korean_query_and_click_a_facet(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    page.click("nav >> text=검색")
+    page.fill("#q", "탄소중립 기본계획")
+    page.keyboard.press("Enter")
+    hits = page.locator(".hits .hit")
+    expect(hits.first).to_be_visible()
+    first = page.locator(f".hit a[href='/documents/{STATE['ids']['.pdf']}']")
+    expect(first).to_be_visible()
+    expect(page.locator(".hit .snippet mark").first).to_be_visible()
+    s.shot("07-search")
+    facet = page.locator(".facets .facet").first
+    tag = facet.locator("span").first.inner_text()
+    facet.click()
+    expect(page).to_have_url(re.compile(r"tag=" + re.escape(quote(tag, safe=""))))
+    expect(page.locator(".facets .facet-on")).to_contain_text(tag)
+    expect(hits.first).to_be_visible()
+    for hit in hits.all():
+        expect(hit.locator(".chip", has_text=tag).first).to_be_visible()
+    s.shot("08-search-facet")
+    # Hybrid search may find a close semantic neighbour for any text (search's fusion_min_sim), so
+    # the empty answer comes from a date range with no uploads.
+    page.fill("#q", "존재하지않는낱말쀍")
+    page.fill("#s-to", "2000-01-01")
+    page.keyboard.press("Enter")
+    expect(page.locator(".card.empty")).to_contain_text("검색 결과가 없습니다")
+
+
+def test_search_filters_by_file_type_date_and_order(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    page.goto("/search?q=" + quote("탄소중립 기본계획"))
+    page.select_option("#s-type", "pdf")
+    page.select_option("#s-sort", "date")
+    page.click("form.search-box button[type=submit]")
+    expect(page).to_have_url(re.compile(r"type=pdf"))
+    expect(page).to_have_url(re.compile(r"sort=date"))
+    expect(page.locator(f".hit a[href='/documents/{STATE['ids']['.pdf']}']")).to_be_visible()
+    expect(page.locator(f".hit a[href='/documents/{STATE['ids']['.docx']}']")).to_have_count(0)
+    expect(page.locator("#s-type")).to_have_value("pdf")
+    # the filters survive a click on a facet
+    page.locator(".facets .facet").first.click()
+    expect(page).to_have_url(re.compile(r"type=pdf"))
+    page.fill("#s-from", "2000-01-01")
+    page.fill("#s-to", "2000-12-31")
+    page.click("form.search-box button[type=submit]")
+    expect(page.locator(".card.empty")).to_contain_text("검색 결과가 없습니다")
+
+
+def test_read_a_document_and_correct_its_tags(open_session, people, stack) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    doc_id = STATE["ids"][".pdf"]
+    page.goto(f"/documents/{doc_id}")
+    expect(page.locator("#doc-text")).to_contain_text("탄소중립")
+    expect(page.locator(".meta")).to_contain_text("kim")
+    model_tags = page.locator("#tags .tag-row:has(input[name=source][value=model])")
+    expect(model_tags.first.locator("meter")).to_be_visible()
+    expect(model_tags.first).to_contain_text("모델 v")
+    removed = model_tags.first.locator(".tag-name").inner_text()
+    count = model_tags.count()
+    s.shot("09-document")
+    model_tags.first.locator("button").click()
+    expect(page.locator(".notice-ok")).to_have_text("태그를 삭제했습니다.")
+    expect(model_tags).to_have_count(count - 1)
+    page.fill("#new-tag", "검토필요")
+    page.click("form.tag-add button")
+    expect(page.locator(".notice-ok")).to_have_text("태그를 추가했습니다.")
+    expect(page.locator("#tags .chip-user")).to_have_text("검토필요")
+    s.shot("10-document-tags-corrected")
+    # Search sees the person's tag and no longer the removed one.
+    page.goto("/search?tag=" + quote("검토필요"))
+    expect(page.locator(f".hit a[href='/documents/{doc_id}']")).to_be_visible()
+    token = api_token(stack, *people["user"])
+    doc = httpx.get(f"{stack.gateway_url}/api/v1/documents/{doc_id}", timeout=30,
+                    headers={"Authorization": f"Bearer {token}"}).json()
+    assert {"tag": "검토필요", "source": "user"} in [{"tag": t["tag"], "source": t["source"]} for t in doc["tags"]]
+    assert removed not in [t["tag"] for t in doc["tags"] if t["source"] == "model"]
+    # Download of the original: the same bytes, the Korean name kept.
+    with page.expect_download() as info:
+        page.goto(f"/documents/{doc_id}")
+        page.click("text=원본 내려받기")
+    download = info.value
+    assert download.suggested_filename == UPLOADS["pdf"].name
+    assert Path(download.path()).read_bytes() == UPLOADS["pdf"].read_bytes()
+
+
+def test_delete_and_restore_from_the_deleted_documents(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    doc_id = STATE["ids"][".docx"]
+    page.goto(f"/documents/{doc_id}")
+    title = page.locator("h1").inner_text()
+    page.click("form[action$='/delete'] button")  # confirmed in the dialog
+    expect(page.locator(".notice-ok")).to_contain_text("문서를 삭제했습니다")
+    expect(page.locator("#doc-table")).not_to_contain_text(title)
+    page.click("a[href='/documents?deleted=1']")
+    expect(page.locator("h1")).to_have_text("삭제한 문서")
+    deleted = page.locator("#deleted-table tbody tr", has_text=title)
+    expect(deleted).to_have_count(1)
+    s.shot("11-deleted-documents")
+    deleted.locator("button", has_text="복원").click()
+    expect(page.locator(".notice-ok")).to_have_text("문서를 복원했습니다.")
+    expect(page.locator("h1")).to_have_text(title)
+    expect(page.locator(".doc-status")).to_contain_text("태깅 완료")
+
+
+def test_relogin_in_a_dialog_keeps_the_page(open_session, people, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["user"])
+    page.goto("/upload")
+    page.context.clear_cookies()  # as when the session expires while the page stays open
+    note = tmp_path / "회의록.txt"
+    note.write_text("주간 회의록: 예산 집행 현황과 다음 달 계획을 논의했다.\n", encoding="utf-8")
+    page.set_input_files("#files", [str(note)])
+    dialog = page.locator("#relogin")
+    expect(dialog).to_be_visible()
+    s.shot("12-relogin")
+    page.fill("#relogin-password", "wrong password")
+    page.click("#relogin-form button[type=submit]")
+    expect(page.locator("#relogin-error")).to_contain_text("올바르지 않습니다")
+    page.fill("#relogin-password", PASSWORD)
+    page.click("#relogin-form button[type=submit]")
+    expect(dialog).to_be_hidden()
+    # The upload that met the expired session went on after the login, on the same page.
+    expect(row(page, note.name)).to_have_attribute("data-status", re.compile("queued|processing|tagged"))
+    expect(page).to_have_url(re.compile(r"/upload$"))
+
+
+def test_another_department_is_refused(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["other"])
+    doc_id = STATE["ids"][".pdf"]
+    response = page.goto(f"/documents/{doc_id}")
+    assert response is not None and response.status == 404
+    expect(page.locator("h1")).to_have_text("찾을 수 없습니다")
+    expect(page.locator("main [role=alert]")).to_contain_text("다른 부서의 문서")
+    s.shot("13-other-department-refused")
+    response = page.goto(f"/documents/{doc_id}/download")
+    assert response is not None and response.status == 404
+    page.goto("/search?q=" + quote("탄소중립"))
+    expect(page.locator(f".hit a[href='/documents/{doc_id}']")).to_have_count(0)
+    # A form posted from another site is refused even with the victim's cookie.
+    response = page.request.post(f"/documents/{doc_id}/delete", form={"csrf": "guess"},
+                                 headers={"Origin": "http://evil.example"})
+    assert response.status == 403
+
+
+def test_an_attackers_title_is_shown_as_text(open_session, people, stack) -> None:  # type: ignore[no-untyped-def]
+    token = api_token(stack, *people["user"])
+    r = httpx.post(f"{stack.gateway_url}/api/v1/documents", headers={"Authorization": f"Bearer {token}"},
+                   files={"file": ("<svg onload=alert(2)>.txt", "보고서 본문입니다.".encode(), "text/plain")},
+                   data={"title": XSS_TITLE}, timeout=60)
+    assert r.status_code == 202, r.text
+    doc_id = r.json()["id"]
+    s = open_session()
+    page = s.login(*people["user"])
+    expect(page.locator("#doc-table .doc-title a", has_text=XSS_TITLE)).to_have_text(XSS_TITLE)
+    expect(page.locator("img[src=x]")).to_have_count(0)
+    s.shot("14-xss-title-as-text")
+    page.goto(f"/documents/{doc_id}")
+    expect(page.locator("h1")).to_have_text(XSS_TITLE)
+    expect(page.locator(".meta")).to_contain_text("<svg onload=alert(2)>.txt")
+    expect(page.locator("img[src=x], svg, script:not([src])")).to_have_count(0)
+    csp = page.request.get(f"/documents/{doc_id}").headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    # The session alerts list is checked when the window closes: no script ran.
+
+
+def test_quota_warning_banner_and_refusal(open_session, people, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["small"])
+    page.goto("/upload")
+    expect(page.locator("#quota-banner")).to_be_hidden()
+    big = tmp_path / "예산안.txt"
+    big.write_bytes(korean_text_of(85_000))  # 85% of the 100,000-byte quota
+    page.set_input_files("#files", [str(big)])
+    expect(page.locator("#quota-banner")).to_be_visible(timeout=60_000)
+    expect(page.locator("#quota-banner")).to_contain_text("부서 저장 용량의")
+    too_big = tmp_path / "추가자료.txt"
+    too_big.write_bytes(korean_text_of(20_000))  # more than what is left
+    page.set_input_files("#files", [str(too_big)])
+    refused = row(page, too_big.name)
+    expect(refused).to_have_attribute("data-status", "refused", timeout=60_000)
+    expect(refused).to_contain_text("저장 용량이 부족하여 저장하지 못했습니다")
+    s.shot("15-upload-quota")
+    page.goto("/upload")
+    expect(page.locator("#quota-banner")).to_be_visible()  # also when the page is opened again
+
+
+def test_tenant_admin_reads_quota_and_audit_log(open_session, people) -> None:  # type: ignore[no-untyped-def]
+    s = open_session()
+    page = s.login(*people["chief"])
+    page.click("nav >> text=부서 관리")
+    expect(page.locator(".quota-meter")).to_be_visible()
+    expect(page.locator("#audit-table")).to_contain_text("태그 삭제")
+    expect(page.locator("#audit-table")).to_contain_text("태그 추가")
+    page.select_option("#a-action", "document.tag_added")
+    page.click("form.filters button[type=submit]")
+    expect(page.locator("#audit-table tbody tr")).to_have_count(1)
+    expect(page.locator("#audit-table")).to_contain_text("검토필요")
+    s.shot("16-admin-audit")
+    # A plain user has no such page.
+    s2 = open_session()
+    page2 = s2.login(*people["user"])
+    expect(page2.locator("nav[aria-label='주 메뉴']")).not_to_contain_text("부서 관리")
+    response = page2.goto("/admin")
+    assert response is not None and response.status == 403
+
+
+def test_platform_admin_promotes_and_rolls_back_a_model(open_session, people, stack, test_db_name,
+                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = f"web-tiny-{uuid.uuid4().hex[:6]}"
+
+    async def register() -> None:
+        db = Database(f"host={DB_HOST} port={DB_PORT} user=doctag_model dbname={test_db_name}")
+        await db.open()
+        try:
+            registry = ModelRegistry(db, RegistrySettings().store_path)
+            for v in (1, 2):
+                source = make_tiny_bert(tmp_path / f"v{v}", name=name, version=f"build-{v}", seed=v)
+                assert (await registry.register(name, source, created_by="test")).version == v
+            await registry.set_alias(name, "production", 1, by="test")
+        finally:
+            await db.close()
+
+    # Playwright's sync API keeps an event loop running in this thread: register from another one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, register()).result()
+    s = open_session()
+    page = s.login(*people["root"])
+    page.click("nav >> text=모델 관리")
+    section = page.locator("section", has=page.locator("h2", has_text=name))
+    expect(section.locator("tr[data-version='1']")).to_contain_text("production")
+    section.locator("tr[data-version='2'] button", has_text="운영 반영").click()
+    expect(page.locator(".notice-ok")).to_have_text("별칭을 변경했습니다.")
+    section = page.locator("section", has=page.locator("h2", has_text=name))
+    expect(section.locator("tr[data-version='2']")).to_contain_text("production")
+    s.shot("17-models-promoted")
+    section.locator("tr[data-version='1'] button", has_text="되돌리기").click()
+    expect(page.locator(".notice-ok")).to_have_text("별칭을 변경했습니다.")
+    expect(page.locator("section", has=page.locator("h2", has_text=name)).locator("tr[data-version='1']")
+           ).to_contain_text("production")
+    token = api_token(stack, *people["root"])
+    models = httpx.get(f"{stack.gateway_url}/api/v1/models", headers={"Authorization": f"Bearer {token}"},
+                       timeout=30).json()["models"]
+    assert next(m for m in models if m["name"] == name)["aliases"] == {"production": 1}
+
+
+def test_pages_are_public_and_the_api_is_not(stack) -> None:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=stack.gateway_url, timeout=30, follow_redirects=False) as client:
+        assert client.get("/").headers["location"] == "/login"
+        login = client.get("/login")
+        assert login.status_code == 200 and "script-src 'self'" in login.headers["content-security-policy"]
+        assert login.headers["x-frame-options"] == "DENY" and login.headers["cache-control"] == "no-store"
+        css = client.get("/static/app.css")
+        assert css.status_code == 200 and "immutable" in css.headers["cache-control"]
+        # Pages that need a session send the browser to the login page, coming back afterwards.
+        location = urlsplit(client.get("/search?q=예산").headers["location"])
+        assert location.path == "/login" and parse_qs(location.query)["next"] == ["/search?q=%EC%98%88%EC%82%B0"]
+        # Every API path needs a token, known or not: nothing under /api falls through to the UI.
+        for path in ("/api/v1/documents", "/api/v1/nowhere", "/api"):
+            assert client.get(path).status_code == 401, path
+    # The session cookie is no API credential.
+    with httpx.Client(base_url=stack.gateway_url, timeout=30, cookies={"doctag_session": "x"}) as client:
+        assert client.get("/api/v1/documents").status_code == 401
