@@ -13,13 +13,13 @@ with (tenant_id, term) as `document_terms_tenant_term` did, and covers the same 
 replaces it (counting a term's documents still reads one index range).
 
 Revision ID: 0016_search_scale
-Revises: 0014_gateway_identity
+Revises: 0015_user_tags
 Create Date: 2026-11-30
 """
 from alembic import op
 
 revision = "0016_search_scale"
-down_revision = "0014_gateway_identity"
+down_revision = "0015_user_tags"
 branch_labels = None
 depends_on = None
 
