@@ -241,7 +241,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"""The platform is running.
 
   Web UI:    {layout.gateway_url}/   (in Korean: log in with the department code, user and password)
-  Gateway:   {layout.gateway_url}   (API under /api/v1, OpenAPI of each service at its /openapi.json)
+  Gateway:   {layout.gateway_url}   (API under /api/v1; services' /openapi.json with DOCTAG_API_DOCS=true)
   Status:    {layout.gateway_status_url}   (the gateway's /healthz, /readyz, /metrics)
   Services:  https with a platform certificate only (mutual TLS; CA and certificates in {layout.pki_dir})
   Logs:      make logs   (files in {layout.log_dir})
