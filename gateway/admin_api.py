@@ -19,24 +19,21 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from services.common.api_keys import key_hash, new_key
 from services.common.api_quota import quota_day
 from services.common.auth import Principal
 from services.common.context import tenant_id_var
 from services.common.errors import ProblemError
-from services.common.jsonbody import JsonInvalid, JsonTooLarge, loads_bounded
 from services.common.passwords import MAX_PASSWORD_CHARS, hash_password
 
 from .plugins.jwt.handler import Handler as JwtHandler
 from .plugins.jwt.schema import Config as JwtConfig
 from .runtime import Gateway
-from .tokens import USERNAME
+from .tokens import USERNAME, ModelT, parse_json_model, read_body
 
-MAX_BODY_BYTES = 16 * 1024
 MIN_PASSWORD_CHARS = 10
 _ADMIN_JWT = JwtConfig(claims_to_verify=["exp"])
 
@@ -69,26 +66,8 @@ class TenantChange(BaseModel):
     api_daily_quota: int | None = Field(ge=0, le=2**31 - 1)
 
 
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise ProblemError(413, f"the body may be at most {MAX_BODY_BYTES} bytes",
-                               extra={"max_bytes": MAX_BODY_BYTES})
-    try:
-        data = loads_bounded(bytes(raw), max_bytes=MAX_BODY_BYTES, max_depth=4)
-    except JsonTooLarge as exc:
-        raise ProblemError(413, str(exc), extra={"max_bytes": exc.limit}) from None
-    except JsonInvalid:
-        raise ProblemError(422, "the body must be a JSON object", field="body") from None
-    if not isinstance(data, dict):
-        raise ProblemError(422, "the body must be a JSON object", field="body")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
-        raise RequestValidationError(errors) from None
+async def _body(request: Request, model: type[ModelT]) -> ModelT:
+    return parse_json_model(await read_body(request), model)
 
 
 def _uuid(raw: str, field: str) -> str:

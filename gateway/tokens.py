@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,6 +46,7 @@ log = logging.getLogger("gateway.tokens")
 TENANT_SLUG = r"^[a-z0-9][a-z0-9-]{1,62}$"
 USERNAME = r"^[A-Za-z0-9._@-]{1,64}$"
 MAX_BODY_BYTES = 16 * 1024
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class TokenRequest(BaseModel):
@@ -146,7 +147,8 @@ class TokenIssuer:
             log.exception("could not store the rehashed password", extra={"user_id": user_id})
 
 
-async def _read_body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 past MAX_BODY_BYTES (declared or streamed)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise ProblemError(413, f"the body may be at most {MAX_BODY_BYTES} bytes", extra={"max_bytes": MAX_BODY_BYTES})
@@ -159,9 +161,9 @@ async def _read_body(request: Request) -> bytes:
     return bytes(body)
 
 
-def parse_token_request(raw: bytes) -> TokenRequest:
-    """422 naming the field for anything but a valid JSON object with the three fields
-    (a flat object: nesting is bounded before the parser runs)."""
+def parse_json_model(raw: bytes, model: type[ModelT]) -> ModelT:
+    """422 naming the field for anything but a valid JSON object of `model` (a flat object:
+    nesting is bounded before the parser runs); 413 past MAX_BODY_BYTES."""
     try:
         data = loads_bounded(raw, max_bytes=MAX_BODY_BYTES, max_depth=4)
     except JsonTooLarge as exc:
@@ -171,10 +173,14 @@ def parse_token_request(raw: bytes) -> TokenRequest:
     if not isinstance(data, dict):
         raise ProblemError(422, "the body must be a JSON object", field="body")
     try:
-        return TokenRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
         raise RequestValidationError(errors) from None
+
+
+def parse_token_request(raw: bytes) -> TokenRequest:
+    return parse_json_model(raw, TokenRequest)
 
 
 def token_router(issuer: TokenIssuer, forwarders: TrustedForwarders | None = None) -> APIRouter:
@@ -191,7 +197,7 @@ def token_router(issuer: TokenIssuer, forwarders: TrustedForwarders | None = Non
                    422: {"description": "malformed body"}},
     )
     async def issue_token(request: Request) -> JSONResponse:
-        req = parse_token_request(await _read_body(request))
+        req = parse_token_request(await read_body(request))
         peer = request.client.host if request.client else ""
         address = forwarders.client_address(peer, request.headers.getlist("x-forwarded-for"))
         token = await issuer.issue(req, address)
