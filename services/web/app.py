@@ -131,7 +131,8 @@ def build_app(settings: WebSettings) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> Response:
         if exc.status == 401:
             return login_redirect(request, web, True)
-        log.warning("API refusal not handled by the page", extra={"status": exc.status, "path": request.url.path})
+        # The pages let refusals they have nothing special to say about come here: the error page.
+        log.info("API refusal", extra={"status": exc.status, "path": request.url.path})
         return web.error_page(request, web.sessions.read(request), exc.status if exc.status >= 400 else 502,
                               messages.problem_message(exc))
 

@@ -180,13 +180,7 @@ def router(web: Web) -> APIRouter:
         doc_id = _uuid(document_id)
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
-        try:
-            doc = await web.api.json("GET", f"/api/v1/documents/{doc_id}", session.token,
-                                     client_ip=client_ip(request))
-        except ApiError as exc:
-            if exc.status == 401:
-                raise
-            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        doc = await web.api.json("GET", f"/api/v1/documents/{doc_id}", session.token, client_ip=client_ip(request))
         text = None
         if doc.get("status") == "tagged":
             text = await _text_page(session, request, doc_id, offset)
@@ -231,13 +225,7 @@ def router(web: Web) -> APIRouter:
         doc_id = _uuid(document_id)
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
-        try:
-            upstream = await web.api.stream(f"/api/v1/documents/{doc_id}/content", session.token,
-                                            client_ip(request))
-        except ApiError as exc:
-            if exc.status == 401:
-                raise
-            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        upstream = await web.api.stream(f"/api/v1/documents/{doc_id}/content", session.token, client_ip(request))
         headers = {k: v for k, v in upstream.headers.items()
                    if k.lower() in ("content-type", "content-length", "content-disposition", "etag")}
         headers["Cache-Control"] = "private, no-store"
@@ -252,12 +240,7 @@ def router(web: Web) -> APIRouter:
             return refused_csrf(request, session)
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
-        try:
-            await web.api.send("DELETE", f"/api/v1/documents/{doc_id}", session.token, client_ip=client_ip(request))
-        except ApiError as exc:
-            if exc.status == 401:
-                raise
-            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        await web.api.send("DELETE", f"/api/v1/documents/{doc_id}", session.token, client_ip=client_ip(request))
         return RedirectResponse(f"/documents?msg=deleted&restore={doc_id}", status_code=303)
 
     @r.post("/documents/{document_id}/restore")
@@ -268,13 +251,8 @@ def router(web: Web) -> APIRouter:
             return refused_csrf(request, session)
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
-        try:
-            await web.api.send("POST", f"/api/v1/documents/{doc_id}/restore", session.token,
-                               client_ip=client_ip(request))
-        except ApiError as exc:
-            if exc.status == 401:
-                raise
-            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        await web.api.send("POST", f"/api/v1/documents/{doc_id}/restore", session.token,
+                           client_ip=client_ip(request))
         return RedirectResponse(f"/documents/{doc_id}?msg=restored", status_code=303)
 
     @r.post("/documents/{document_id}/tags")
@@ -286,13 +264,8 @@ def router(web: Web) -> APIRouter:
             return refused_csrf(request, session)
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
-        try:
-            await web.api.send("POST", f"/api/v1/documents/{doc_id}/tags", session.token,
-                               json={"tag": form.get("tag", "")}, client_ip=client_ip(request))
-        except ApiError as exc:
-            if exc.status == 401:
-                raise
-            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        await web.api.send("POST", f"/api/v1/documents/{doc_id}/tags", session.token,
+                           json={"tag": form.get("tag", "")}, client_ip=client_ip(request))
         return RedirectResponse(f"/documents/{doc_id}?msg=tag-added#tags", status_code=303)
 
     @r.post("/documents/{document_id}/tags/remove")
@@ -306,13 +279,8 @@ def router(web: Web) -> APIRouter:
         if doc_id is None or source not in ("model", "user"):
             return web.error_page(request, session, 404, messages.problem_message(404))
         tag = quote(form.get("tag", ""), safe="")
-        try:
-            await web.api.send("DELETE", f"/api/v1/documents/{doc_id}/tags/{tag}", session.token,
-                               params={"source": source}, client_ip=client_ip(request))
-        except ApiError as exc:
-            if exc.status == 401:
-                raise
-            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        await web.api.send("DELETE", f"/api/v1/documents/{doc_id}/tags/{tag}", session.token,
+                           params={"source": source}, client_ip=client_ip(request))
         return RedirectResponse(f"/documents/{doc_id}?msg=tag-removed#tags", status_code=303)
 
     # -- search -------------------------------------------------------------------------------
