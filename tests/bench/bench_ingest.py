@@ -161,21 +161,24 @@ def program_pid(layout: StackLayout, name: str) -> int:
     return int(layout.supervisorctl("pid", name).stdout.strip())
 
 
-def _process_table() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds used so far) for every process readable in /proc."""
+def _process_table() -> dict[int, tuple[int, float, str]]:
+    """pid -> (parent pid, CPU seconds used so far, command name) for every process readable in /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
+        head, _, rest = stat.rpartition(")")
+        fields = rest.split()
         # after the command: state ppid ... utime stime cutime cstime (fields 14-17 overall); the
         # children's part holds the time of exited children (PostgreSQL backends of closed
         # connections), which would otherwise vanish from the sum between two samples.
-        table[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / ticks)
+        table[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / ticks,
+                                  head.partition("(")[2])
     return table
 
 
@@ -184,23 +187,15 @@ def cpu_seconds(layout: StackLayout) -> dict[str, float]:
     extractor) included, and by all PostgreSQL and RabbitMQ server processes on the machine."""
     table = _process_table()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
 
     def tree(pid: int) -> float:
-        return table.get(pid, (0, 0.0))[1] + sum(tree(child) for child in children.get(pid, []))
+        return table.get(pid, (0, 0.0, ""))[1] + sum(tree(child) for child in children.get(pid, []))
 
     used = {program.name: tree(program_pid(layout, program.name)) for program in layout.programs()}
     for server, names in (("postgresql", ("postgres",)), ("rabbitmq", ("beam.smp", "erl_child_setup"))):
-        total = 0.0
-        for pid in table:
-            try:
-                comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm in names:
-                total += table[pid][1]
-        used[server] = total
+        used[server] = sum(cpu for _, cpu, comm in table.values() if comm in names)
     return used
 
 
@@ -234,13 +229,10 @@ def pin_servers(cpus: set[int]) -> dict[int, set[int]]:
     """Moves the PostgreSQL and RabbitMQ server processes (every thread) onto `cpus`; returns their
     previous CPU sets for `restore_servers`. Processes it may not move (not root) are left alone."""
     previous: dict[int, set[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, (_, _, comm) in _process_table().items():
+        if comm not in SERVER_PROCESS_NAMES:
             continue
         try:
-            if (entry / "comm").read_text().strip() not in SERVER_PROCESS_NAMES:
-                continue
-            pid = int(entry.name)
             before = os.sched_getaffinity(pid)
             _set_affinity_all_threads(pid, cpus)
             previous[pid] = before
