@@ -63,6 +63,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             next_cursor=result.next_cursor or "",
             retrieval=result.retrieval,
             degraded_reason=result.degraded_reason or "",
+            total_is_lower_bound=result.total_is_lower_bound,
         )
 
 

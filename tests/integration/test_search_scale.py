@@ -16,13 +16,17 @@ import pytest
 from psycopg import sql
 
 from services.common.db import Database
+from services.common.grpc_utils import bind, create_server
 from services.common.migrate import upgrade
+from services.common.pb import search_pb2, search_pb2_grpc
 from services.common.settings import CommonSettings
 from services.search import engine, query
+from services.search.grpc_service import add_to_server
 from services.search.settings import SearchSettings
 from services.search.termstats import TermFiguresCache, truncated
 from tests.conftest import DB_ADMIN, DB_HOST, DB_PORT, TEST_DB_NAME, create_tenant
 from tests.search_index import index_document
+from tests.support import aio_channel, grpc_security
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +80,27 @@ def small_top_k(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 async def _search(db: Database, tenant: str, q: str, tags: list[str] | None = None, limit: int = 3,
                   cursor: str | None = None, sort: str | None = None) -> engine.SearchResult:
     return await engine.search(db, tenant, query.validate(q, tags or [], limit, cursor, sort=sort))
+
+
+async def test_grpc_callers_are_told_when_the_total_is_a_lower_bound(db, corpus, small_top_k, key_dir,  # type: ignore[no-untyped-def]
+                                                                     make_token) -> None:
+    tenant, _ = corpus
+    server = create_server("search-scale-test", grpc_security("search", jwt_public_key=key_dir / "jwt_public.pem"))
+    add_to_server(server, db)
+    port = bind(server, "127.0.0.1:0", grpc_security("search"))
+    await server.start()
+    user = (("authorization", f"Bearer {make_token(tenant)}"),)
+    try:
+        async with aio_channel(f"127.0.0.1:{port}", "gateway", "search") as channel:
+            stub = search_pb2_grpc.SearchStub(channel)  # type: ignore[no-untyped-call]
+            bounded = await stub.Search(search_pb2.SearchRequest(query="예산", limit=3), timeout=30, metadata=user)
+            assert bounded.total_is_lower_bound and 3 <= bounded.total < N_DOCS
+            query.PER_TERM = 10_000   # every posting read: an exact count, and the flag says so
+            engine.TERM_FIGURES = TermFiguresCache()
+            exact = await stub.Search(search_pb2.SearchRequest(query="예산", limit=3), timeout=30, metadata=user)
+            assert not exact.total_is_lower_bound and exact.total == N_DOCS
+    finally:
+        await server.stop(0)
 
 
 async def test_common_term_reads_its_best_postings_and_reports_a_lower_bound(db, corpus, small_top_k) -> None:  # type: ignore[no-untyped-def]
