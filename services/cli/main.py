@@ -137,6 +137,13 @@ def cmd_manifests_k8s(settings: OpsSettings, args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_manifests_compose_gateway(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from . import k8s_manifests
+
+    args.out.write_text(k8s_manifests.compose_gateway_config(), encoding="utf-8")
+    print(args.out)
+
+
 def cmd_keys_rotate(settings: OpsSettings, args: argparse.Namespace) -> None:
     from services.common.auth import rotate_keypair
 
@@ -427,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--out", type=Path, default=Path("infra/k8s"))
     mk.add_argument("--check", action="store_true", help="fail when the files differ from the generator's output")
     mk.set_defaults(func=cmd_manifests_k8s)
+    mc = manifests.add_parser("compose-gateway", help="compose's kong.yml (gateway/kong.yml, the containers' targets)")
+    mc.add_argument("--out", type=Path, default=Path("infra/compose/kong.yml"))
+    mc.set_defaults(func=cmd_manifests_compose_gateway)
 
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)
