@@ -31,6 +31,7 @@ from .stack import REPO_ROOT, use_https
 from .vm_layout import ARROWS, PEER_SETTINGS, Service, VmRole
 
 NAMESPACE = "doctag"
+KEDA_NAMESPACE = "keda"                       # where KEDA's operator runs (its Helm chart's default)
 IMAGE_REGISTRY = "registry.doctag.internal"   # the air-gapped registry the images are pushed to
 STATE_DIR = "/var/lib/doctag"
 CREDENTIALS_DIR = "/etc/doctag/credentials"
@@ -373,6 +374,10 @@ def network_policies() -> list[Manifest]:
     # API clients and browsers reach the proxy port only (through the cluster's ingress or load balancer).
     out.append(_policy("public-to-gateway", "gateway", "Ingress",
                        [{"ports": [{"protocol": "TCP", "port": vm_layout.GATEWAY.http_port}]}]))
+    # KEDA's operator (namespace `keda`) reads the jobs queue's depth for the tagging workers' ScaledObject.
+    out.append(_policy("keda-to-rabbitmq", "rabbitmq", "Ingress", [{
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": KEDA_NAMESPACE}}}],
+        "ports": [{"protocol": "TCP", "port": vm_layout.RABBITMQ_PORT}]}]))
     # Prometheus, in a namespace labelled doctag.io/monitoring=true, scrapes each service's metrics port.
     for role in vm_layout.ROLES:
         for svc in role.services:

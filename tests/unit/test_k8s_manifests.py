@@ -211,6 +211,8 @@ def test_network_policies_allow_exactly_the_arrows(docs: list[dict[str, Any]]) -
     open_egress = [n for n, p in policies.items() if "Egress" in p["spec"]["policyTypes"]
                    and not p["spec"]["podSelector"] and n != "default-deny"]
     assert open_egress == ["dns-egress"]
+    keda = policies["keda-to-rabbitmq"]["spec"]["ingress"]
+    assert keda[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]
     public = policies["public-to-gateway"]["spec"]["ingress"]
     assert public == [{"ports": [{"protocol": "TCP", "port": vm_layout.GATEWAY.http_port}]}]
     # Each arrow opens only the server's own ports.
