@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
+.PHONY: help setup browser promtool protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
         bench bench-model bench-ingest bench-search bench-gateway bench-web
 
 help: ## list the targets
@@ -34,6 +34,19 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" -ne 0 ]; then echo "the browser tests need Debian's Chromium: run 'sudo apt-get install -y chromium chromium-driver'"; exit 1; fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+
+PROMTOOL := /usr/bin/promtool
+
+promtool: $(PROMTOOL) ## Debian's prometheus package for promtool (part of `make test`: checks infra/prometheus)
+
+# The package enables a Prometheus server on :9090; the tests need only promtool, so the
+# service the package set up is stopped and disabled again (nothing else is touched).
+$(PROMTOOL):
+	@if [ "$$(id -u)" -ne 0 ]; then echo "the Prometheus tests need promtool: run 'sudo apt-get install -y --no-install-recommends prometheus'"; exit 1; fi
+	apt-get update -q
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+	-if [ -d /run/systemd/system ]; then systemctl disable --now prometheus.service; \
+	 else invoke-rc.d prometheus stop; update-rc.d prometheus disable; fi
 
 protos: $(PROTO_OUT) ## generate gRPC stubs from protos/
 
@@ -87,10 +100,10 @@ lint: setup ## ruff, mypy and the import contracts between services (part of `ma
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
-test: lint browser ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
+test: lint browser promtool ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
-test-unit: setup
+test-unit: setup promtool
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 test-integration: setup

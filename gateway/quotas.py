@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.common.api_quota import QUOTA_NAME, QUOTA_WARNING, USAGE_SQL, quota_day, resets_at
 from services.common.context import current_request_id
@@ -34,6 +34,18 @@ WARNINGS = Counter("doctag_gateway_api_quota_warnings_total", "Tenants that reac
 EXHAUSTED = Counter("doctag_gateway_api_quota_refused_total", "Calls refused because the tenant's daily API "
                     "quota was used up")
 ERRORS = Counter("doctag_gateway_api_quota_errors_total", "Calls let through uncounted: the quota store failed")
+# Today's use per tenant, as of the tenant's last counted call (the 80% / 100% API quota alerts). The
+# reset time lets the rules ignore a day that is over when the tenant has made no call since.
+CALLS = Gauge("doctag_tenant_api_calls", "Calls counted against the tenant's daily API quota today", ["tenant"])
+DAILY_QUOTA = Gauge("doctag_tenant_api_daily_quota", "The tenant's daily API quota (calls)", ["tenant"])
+RESETS_AT = Gauge("doctag_tenant_api_quota_resets_timestamp_seconds", "When today's API quota count starts "
+                  "again (Unix time)", ["tenant"])
+
+
+def _observe(tenant_id: str, calls: int, quota: int, reset: datetime) -> None:
+    CALLS.labels(tenant_id).set(calls)
+    DAILY_QUOTA.labels(tenant_id).set(quota)
+    RESETS_AT.labels(tenant_id).set(reset.timestamp())
 
 _CONSUME = """
 WITH q AS (SELECT coalesce(t.api_daily_quota, %(default)s) AS quota FROM identity.tenants t WHERE t.id = %(tenant)s)
@@ -87,9 +99,11 @@ class DailyQuotas:
             log.exception("could not count the call towards the daily API quota; let through")
             return None
         if row is not None:
+            _observe(tenant_id, row["calls"], row["quota"], reset)
             return Usage(quota=row["quota"], calls=row["calls"], resets_at=reset)
         if current is None:
             return None  # not a tenant of this platform's identity schema: no quota to count against
+        _observe(tenant_id, current["calls"], current["quota"], reset)
         EXHAUSTED.inc()
         retry = max(1, math.ceil((reset - now).total_seconds()))
         raise ProblemError(

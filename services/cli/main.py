@@ -123,6 +123,27 @@ def cmd_probe(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"{args.url}: 200")
 
 
+def cmd_manifests_k8s(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from . import k8s_manifests
+
+    if args.check:
+        problems = k8s_manifests.stale(args.out)
+        if problems:
+            raise admin.AdminError(f"{args.out} is not the generator's output ({', '.join(problems)}); "
+                                   f"run `doctag manifests k8s --out {args.out}`")
+        print(f"{args.out}: up to date")
+        return
+    for path in k8s_manifests.write(args.out):
+        print(path)
+
+
+def cmd_manifests_compose_gateway(settings: OpsSettings, args: argparse.Namespace) -> None:
+    from . import k8s_manifests
+
+    args.out.write_text(k8s_manifests.compose_gateway_config(), encoding="utf-8")
+    print(args.out)
+
+
 def cmd_keys_rotate(settings: OpsSettings, args: argparse.Namespace) -> None:
     from services.common.auth import rotate_keypair
 
@@ -406,6 +427,16 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--role", default="gateway", choices=SERVICE_ROLES, help="whose certificate to present")
     probe.add_argument("--timeout", type=float, default=5.0)
     probe.set_defaults(func=cmd_probe)
+
+    manifests = sub.add_parser("manifests", help="deployment manifests made from the VM layout").add_subparsers(
+        dest="action", required=True)
+    mk = manifests.add_parser("k8s", help="Kubernetes manifests (services/cli/vm_layout.py -> infra/k8s)")
+    mk.add_argument("--out", type=Path, default=Path("infra/k8s"))
+    mk.add_argument("--check", action="store_true", help="fail when the files differ from the generator's output")
+    mk.set_defaults(func=cmd_manifests_k8s)
+    mc = manifests.add_parser("compose-gateway", help="compose's kong.yml (gateway/kong.yml, the containers' targets)")
+    mc.add_argument("--out", type=Path, default=Path("infra/compose/kong.yml"))
+    mc.set_defaults(func=cmd_manifests_compose_gateway)
 
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)

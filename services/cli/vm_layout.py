@@ -81,6 +81,26 @@ ARROWS: tuple[tuple[str, str], ...] = (
     ("model-serving", "postgres"),
 )
 
+# The settings that tell a service where a peer of one of its arrows is: (client service, setting,
+# server service, "grpc" or "http"). Deploy's env files, compose.yaml and the Kubernetes manifests
+# fill them with the addresses they know; the gateway's upstreams are in its kong.yml instead.
+PEER_SETTINGS: tuple[tuple[str, str, str, str], ...] = (
+    ("search", "DOCTAG_MODEL_GRPC_TARGET", "model-serving", "grpc"),
+    ("tagging-worker", "DOCTAG_DOCUMENTS_GRPC_TARGET", "upload", "grpc"),
+    ("tagging-worker", "DOCTAG_MODEL_GRPC_TARGET", "model-serving", "grpc"),
+    ("web", "DOCTAG_WEB_API_URL", "gateway", "http"),
+)
+
+
+def port_settings(svc: Service) -> dict[str, str]:
+    """The DOCTAG_* port settings that make a service listen where this layout says."""
+    env = {"DOCTAG_HTTP_PORT": str(svc.http_port)}
+    if svc.grpc_port is not None:
+        env["DOCTAG_GRPC_PORT"] = str(svc.grpc_port)
+    if svc.status_port is not None:
+        env["DOCTAG_GATEWAY_STATUS_PORT"] = str(svc.status_port)
+    return env
+
 
 def role(name: str) -> VmRole:
     """The VM role called `name`; KeyError names the known ones."""

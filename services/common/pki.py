@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The roles that hold certificates (services/common/access.py says what each may call).
-SERVICE_ROLES = ("gateway", "upload", "search", "tagging-worker", "model-serving", "web")
+# `prometheus`: the scraper's client certificate for the services' /metrics over mutual TLS (HTTP
+# accepts any certificate of the platform CA); it may call no gRPC method (services/common/access.py).
+SERVICE_ROLES = ("gateway", "upload", "search", "tagging-worker", "model-serving", "web", "prometheus")
 SPIFFE_PREFIX = "spiffe://doctag/role/"
 DEFAULT_DAYS = 30
 CA_DAYS = 3650

@@ -29,6 +29,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .metrics import TLS_CERT_EXPIRY
 from .pki import role_dns_name
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,16 @@ class TlsFiles:
         try:
             parsed = x509.load_pem_x509_certificate(cert)
             private = serialization.load_pem_private_key(key, password=None)
-            x509.load_pem_x509_certificates(ca)
+            authorities = x509.load_pem_x509_certificates(ca)
         except ValueError as exc:
             raise TlsFilesError(f"{self.cert} / {self.key} / {self.ca}: {exc}") from exc
         pub = serialization.PublicFormat.SubjectPublicKeyInfo
         if (parsed.public_key().public_bytes(serialization.Encoding.DER, pub)
                 != private.public_key().public_bytes(serialization.Encoding.DER, pub)):
             raise TlsFilesError(f"{self.cert} and {self.key} are not a pair (renewal half written?)")
+        TLS_CERT_EXPIRY.labels(self.cert.name).set(parsed.not_valid_after_utc.timestamp())
+        # A bundle during a CA rollover: the first to expire is the one that matters.
+        TLS_CERT_EXPIRY.labels(self.ca.name).set(min(a.not_valid_after_utc.timestamp() for a in authorities))
         return ca, cert, key
 
 

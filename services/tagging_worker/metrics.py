@@ -27,3 +27,7 @@ DEFERRAL_LIMIT_FAILURES = Counter(
 )
 # Deliveries the broker marked redelivered: a worker died or gave the job back before acking it.
 REDELIVERIES = Counter("doctag_tagging_redeliveries_total", "Jobs received as a redelivery")
+# Ready messages in the jobs and dead-letter queues (services/tagging_worker/queue_depth.py):
+# the backlog and dead-letter alerts read it.
+QUEUE_MESSAGES = Gauge("doctag_amqp_queue_messages", "Messages ready in a queue, as the broker last reported",
+                       ["queue"])

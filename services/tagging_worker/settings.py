@@ -44,3 +44,5 @@ class WorkerSettings(CommonSettings):
     max_document_bytes: int = 100 * 1024 * 1024  # larger files fail as too large
 
     shutdown_grace_seconds: float = 30.0
+    # How often the jobs and dead-letter queue depths are read for /metrics (0: never).
+    queue_metrics_interval_seconds: float = 15.0

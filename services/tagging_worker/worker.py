@@ -43,6 +43,7 @@ from services.common.grpc_utils import GrpcSecurity, client_channel
 from services.common.pb import documents_pb2
 from services.common.pii import count_pii
 
+from . import queue_depth
 from .clients import (
     Content,
     DocumentsClient,
@@ -101,6 +102,7 @@ class TaggingWorker:
         self.queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._depth_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -112,9 +114,17 @@ class TaggingWorker:
         _, self.queue = await self.topology.open(self.channel, declare=self.settings.amqp_declare_topology)
         self._consumer_tag = await self.queue.consume(self._on_message, no_ack=False)
         log.info("consuming", extra={"queue": self.topology.jobs_queue, "prefetch": self.settings.prefetch})
+        if self.settings.queue_metrics_interval_seconds > 0:
+            self._depth_task = asyncio.create_task(queue_depth.run(
+                self.connection, (self.topology.jobs_queue, self.topology.dead_letter_queue),
+                self.settings.queue_metrics_interval_seconds))
 
     async def stop(self) -> None:
         """Stops consuming, lets in-flight jobs finish (within the grace period), closes everything."""
+        if self._depth_task is not None:
+            self._depth_task.cancel()
+            await asyncio.gather(self._depth_task, return_exceptions=True)
+            self._depth_task = None
         if self.queue is not None and self._consumer_tag is not None:
             try:
                 await self.queue.cancel(self._consumer_tag)

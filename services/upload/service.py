@@ -22,6 +22,7 @@ from services.common.errors import ProblemError
 from services.common.korean import analyze
 from services.common.multipart import FileEnd, FileStart, MultipartError, MultipartUpload
 
+from . import quota_metrics
 from . import repository as repo
 from .file_types import FileType, UnsupportedFile, check_signature, clean_filename, file_type_for
 from .settings import UploadSettings
@@ -381,6 +382,7 @@ class DocumentService:
                                         self._quota_summary(account))
                 usage = await repo.reserve_quota(conn, size)
             except repo.QuotaExceeded as exc:
+                quota_metrics.observe(principal.tenant_id, exc.quota_bytes, exc.used_bytes)
                 raise ProblemError(
                     507, f"the tenant's storage quota would be exceeded: {exc.used_bytes} of {exc.quota_bytes} bytes "
                     f"used, this file needs {exc.requested}", field="file", slug="quota-exceeded",
@@ -419,6 +421,7 @@ class DocumentService:
         Runs in the transaction that changed the usage, which holds the quota row's lock, so of
         many parallel uploads exactly one sees the crossing; the event goes through the outbox,
         so it is published if and only if the change commits. Returns whether it wrote one."""
+        quota_metrics.observe(tenant_id, usage["quota_bytes"], usage["used_bytes"])
         warning = self._quota_summary(usage)["warning"]
         if warning and usage["warned_at"] is None:
             await repo.set_quota_warned(conn, True)
@@ -500,6 +503,7 @@ class DocumentService:
         if row is None:
             return {"tenant_id": tenant_id, **quota_summary(0, 0, settings.quota_warning_percent), "documents": 0,
                     "deleted_bytes": 0, "api": api}
+        quota_metrics.observe(tenant_id, row["quota_bytes"], row["used_bytes"])
         return {"tenant_id": tenant_id, **self._quota_summary(row), "documents": row["documents"],
                 "deleted_bytes": int(row["deleted_bytes"]), "api": api}
 

@@ -40,6 +40,19 @@ def test_arrows_name_known_services() -> None:
         assert client in known and server in known, (client, server)
 
 
+def test_every_peer_setting_follows_an_arrow() -> None:
+    for client, setting, server, kind in vm_layout.PEER_SETTINGS:
+        assert (client, server) in vm_layout.ARROWS, setting
+        port = vm_layout.service(server).grpc_port if kind == "grpc" else vm_layout.service(server).http_port
+        assert port is not None, (setting, server)
+
+
+def test_port_settings_name_every_listener() -> None:
+    assert vm_layout.port_settings(vm_layout.GATEWAY) == {"DOCTAG_HTTP_PORT": "8080",
+                                                          "DOCTAG_GATEWAY_STATUS_PORT": "8100"}
+    assert vm_layout.port_settings(vm_layout.UPLOAD) == {"DOCTAG_HTTP_PORT": "8101", "DOCTAG_GRPC_PORT": "9101"}
+
+
 def test_unknown_role_is_named() -> None:
     try:
         vm_layout.role("mail")
