@@ -17,7 +17,8 @@ ACTION_LABELS = {
     "document.uploaded": "문서 업로드", "document.duplicate": "중복 업로드", "document.deleted": "문서 삭제",
     "document.restored": "문서 복원", "document.purged": "문서 영구 삭제", "document.processing": "처리 시작",
     "document.tagged": "태깅 완료", "document.failed": "처리 실패", "document.tag_added": "태그 추가",
-    "document.tag_removed": "태그 삭제", "audit.read": "감사 로그 조회", "auth.login": "로그인",
+    "document.tag_removed": "태그 삭제", "document.retried": "태깅 재시도", "audit.read": "감사 로그 조회",
+    "queue.read": "태깅 대기열 조회", "auth.login": "로그인",
     "access.denied": "접근 거부",
 }
 OUTCOME_LABELS = {"success": "성공", "denied": "거부", "failed": "실패"}

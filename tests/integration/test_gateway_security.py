@@ -44,6 +44,8 @@ ROUTES = [  # (method, path, who may pass the acl)
     ("GET", "/api/v1/admin/api-keys", {"tenant_admin"}),
     ("GET", "/api/v1/admin/tenants", {"platform_admin"}),
     ("GET", "/api/v1/admin/usage", {"tenant_admin", "platform_admin"}),
+    ("GET", "/api/v1/tagging/queue", {"tenant_admin", "platform_admin"}),
+    ("POST", f"/api/v1/tagging/documents/{uuid.UUID(int=1)}/retry", {"tenant_admin", "platform_admin"}),
 ]
 ROLES = ("user", "tenant_admin", "platform_admin", "analyst")
 
