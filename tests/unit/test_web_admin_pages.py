@@ -45,10 +45,12 @@ class FakeGateway:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, Any]] = []
         self.answers: dict[tuple[str, str], httpx.Response] = {}
+        self.params: dict[str, str] = {}
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
         self.calls.append((request.method, request.url.path, body))
+        self.params = dict(request.url.params)
         answer = self.answers.get((request.method, request.url.path))
         return answer if answer is not None else httpx.Response(200, json={})
 
@@ -171,4 +173,51 @@ def test_screens_by_role(web) -> None:  # type: ignore[no-untyped-def]
             await client.post(f"/admin/tenants/{TENANT}/quota",
                               data={"csrf": csrf_token(client.cookies[COOKIE]), "api_daily_quota": ""})
             assert gateway.calls[-1][2] == {"api_daily_quota": None}
+    run(go())
+
+
+def queue_answer(tenant: str, doc_id: str) -> dict[str, Any]:
+    return {"scope": "tenant", "tenant_id": tenant,
+            "documents": {"queued": 3, "processing": 1, "failed": 1, "oldest_queued_at": "2026-11-30T01:00:00+00:00",
+                          "unpublished_jobs": 0},
+            "rate": {"tagged_last_hour": 42, "failed_last_hour": 1, "tagged_per_minute": 0.7},
+            "broker": None, "broker_error": None,
+            "failed": [{"id": doc_id, "tenant_id": tenant, "title": EVIL, "filename": "a.hwp",
+                        "error": "the HWP file is encrypted", "failed_at": "2026-11-30T02:00:00+00:00"}],
+            "dead_letters": [{"message_id": "m", "document_id": doc_id, "tenant_id": tenant, "filename": "a.hwp",
+                              "title": EVIL, "reason": "delivery_limit", "dead_lettered_at": None, "valid": True}]}
+
+
+def test_queue_screen_and_retry(web) -> None:  # type: ignore[no-untyped-def]
+    client, gateway, login = web
+    doc_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    gateway.answers[("GET", "/api/v1/tagging/queue")] = httpx.Response(200, json=queue_answer(TENANT, doc_id))
+
+    async def go() -> None:
+        async with client:
+            client.cookies.set(COOKIE, login(["user"]))
+            assert (await client.get("/admin/queue")).status_code == 403 and gateway.calls == []
+            token = login(["tenant_admin"])
+            client.cookies.set(COOKIE, token)
+            page = await client.get("/admin/queue")
+            assert page.status_code == 200 and 'id="failed-table"' in page.text and 'id="dead-table"' in page.text
+            assert EVIL not in page.text and "암호가 걸린 파일" in page.text and "재시도 한도 초과" in page.text
+            retried = await client.post("/admin/queue/retry", data={"csrf": csrf_token(token), "document_id": doc_id,
+                                                                   "tenant_id": TENANT})
+            assert retried.status_code == 303 and retried.headers["location"] == "/admin/queue?msg=retried"
+            assert gateway.calls[-1] == ("POST", f"/api/v1/tagging/documents/{doc_id}/retry", None)
+            assert gateway.params == {}  # its own department: no tenant named
+            gateway.answers[("POST", f"/api/v1/tagging/documents/{doc_id}/retry")] = httpx.Response(
+                409, json={"status": 409, "detail": "tagged"})
+            refused = await client.post("/admin/queue/retry", data={"csrf": csrf_token(token), "document_id": doc_id})
+            assert refused.status_code == 409 and "다시 시도하지 않았습니다" in refused.text
+            # A platform administrator retries another department's document by naming it.
+            token = login(["platform_admin"])
+            client.cookies.set(COOKIE, token)
+            assert (await client.get(f"/admin/queue?tenant={other}")).status_code == 200
+            await client.post("/admin/queue/retry", data={"csrf": csrf_token(token), "document_id": str(uuid.UUID(
+                int=5)), "tenant_id": other, "back_tenant": other})
+            method, path, _ = gateway.calls[-1]
+            assert (method, path) == ("POST", f"/api/v1/tagging/documents/{uuid.UUID(int=5)}/retry")
+            assert gateway.params == {"tenant_id": other}
     run(go())
