@@ -215,6 +215,12 @@ def test_queue_screen_and_retry(web) -> None:  # type: ignore[no-untyped-def]
             token = login(["platform_admin"])
             client.cookies.set(COOKIE, token)
             assert (await client.get(f"/admin/queue?tenant={other}")).status_code == 200
+            assert gateway.params == {}  # (the tenants list, for the department names, was asked last)
+            gateway.answers[("GET", "/api/v1/admin/tenants")] = httpx.Response(200, json={"items": [
+                {"id": TENANT, "slug": "finance", "name": "재정과", "api_daily_quota": 1,
+                 "api_daily_quota_is_default": True, "api_calls_today": 0}]})
+            every = await client.get("/admin/queue")
+            assert every.status_code == 200 and every.text.count("<td>재정과</td>") == 2  # failed and dead-letter rows
             await client.post("/admin/queue/retry", data={"csrf": csrf_token(token), "document_id": str(uuid.UUID(
                 int=5)), "tenant_id": other, "back_tenant": other})
             method, path, _ = gateway.calls[-1]
