@@ -496,14 +496,14 @@ def test_tenant_admin_manages_users_api_keys_and_sees_usage(  # type: ignore[no-
     page.click("nav >> text=부서 관리")
     page.click("nav.tabs >> text=사용자")
     expect(page.locator("h1")).to_have_text("부서 관리")
-    expect(page.locator("#users-table tr[data-user='kim']")).to_contain_text("사용 중")
+    expect(page.locator("#users-table tr[data-user='kim'] .badge")).to_have_text("사용 중")
     page.fill("#u-username", "choi")
     page.fill("#u-password", "임시-비밀번호-2027")
     page.select_option("#u-role", "user")
     page.click("#new-user button[type=submit]")
     expect(page.locator(".notice-ok")).to_have_text("사용자를 만들었습니다.")
     choi = page.locator("#users-table tr[data-user='choi']")
-    expect(choi).to_contain_text("사용 중")
+    expect(choi.locator(".badge")).to_have_text("사용 중")
     # A name that is taken is explained, and what was typed stays.
     page.fill("#u-username", "choi")
     page.fill("#u-password", "임시-비밀번호-2027")
@@ -523,12 +523,13 @@ def test_tenant_admin_manages_users_api_keys_and_sees_usage(  # type: ignore[no-
         "tenant": tenant, "username": "choi", "password": "새-비밀번호-2028!"}).status_code == 200
     choi.locator("button", has_text="사용 중지").click()  # confirmed in the dialog
     expect(page.locator(".notice-ok")).to_contain_text("사용 중지했습니다")
-    expect(choi).to_contain_text("사용 중지")
+    expect(choi.locator(".badge")).to_have_text("사용 중지")
     s.shot("18-admin-users")
     assert httpx.post(f"{stack.gateway_url}/api/v1/auth/token", timeout=30, json={
         "tenant": tenant, "username": "choi", "password": "새-비밀번호-2028!"}).status_code == 401
     choi.locator("button", has_text="다시 사용").click()
-    expect(choi).to_contain_text("사용 중")
+    expect(page.locator(".notice-ok")).to_contain_text("다시 사용하도록")
+    expect(choi.locator(".badge")).to_have_text("사용 중")
     # The administrator cannot lock themself out: no disable button on their own row.
     expect(page.locator("#users-table tr[data-user='chief'] button", has_text="사용 중지")).to_have_count(0)
 
@@ -605,6 +606,7 @@ def test_platform_admin_sets_quotas_and_retries_from_the_queue(  # type: ignore[
     expect(page.locator(".usage-summary")).to_contain_text("50,000")
 
     # The queue of every department, then of one: the failed document, retried.
+    page.click("nav >> text=플랫폼 관리")
     page.click("nav.tabs >> text=태깅 대기열")
     expect(page.locator("#queue-stats")).to_be_visible()
     expect(page.locator("#broker-depth")).to_contain_text("워커")
