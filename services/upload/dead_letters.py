@@ -8,6 +8,11 @@ tenants: callers filter by the `tenant_id` of each job, which upload itself wrot
 
 While one replica looks, another replica's look sees the messages the first holds unacked as
 missing; a view is a snapshot of at most `limit` messages, not a lock.
+
+Each look returns the messages to the queue, which counts as a delivery of a quorum queue. The
+dead-letter queue has no delivery limit on the RabbitMQ this platform runs (3.10); RabbitMQ 4.x
+gives quorum queues a default limit of 20, so there set `delivery-limit: -1` on the dead-letter
+queue by policy, or looks would eventually drop dead letters.
 """
 from __future__ import annotations
 
