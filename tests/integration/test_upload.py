@@ -189,7 +189,7 @@ async def test_read_list_content_and_korean_filename(settings, tenants, make_tok
 async def test_documents_are_sorted_on_the_server_across_pages(settings, tenants, make_token) -> None:
     tenant_a, _ = tenants
     token = make_token(tenant_a)
-    async with running(settings) as (client, _, _components):
+    async with running(settings) as (client, stub, _components):
         made = []
         for title, size in (("다 보고서", 30), ("가 계획", 10), ("나 예산", 50), ("Report", 20), ("agenda", 40)):
             made.append((await upload(client, token, f"{title}.txt", ("가" * size).encode(), title=title)).json())
@@ -210,6 +210,12 @@ async def test_documents_are_sorted_on_the_server_across_pages(settings, tenants
         assert await walk("size") == ["나 예산", "agenda", "다 보고서", "Report", "가 계획"]
         assert await walk("oldest") == [d["title"] for d in made]
         assert await walk("newest") == [d["title"] for d in reversed(made)]
+        await stub.RecordTaggingResult(pb.RecordTaggingResultRequest(
+            tenant_id=tenant_a, document_id=made[2]["id"], content_sha256=made[2]["sha256"],
+            outcome=pb.TAGGING_OUTCOME_FAILED, error="damaged"), timeout=30)
+        by_status = await walk("status")
+        assert by_status[0] == "나 예산"  # failed first, then the queued ones
+        assert sorted(by_status[1:]) == sorted(d["title"] for d in made if d is not made[2])
 
         # A cursor belongs to its order: one made for `title` is refused for `size` and for the default.
         first = (await client.get("/api/v1/documents", headers=auth(token),
