@@ -8,6 +8,9 @@ may write), for people with a bearer token:
   its SHA-256 is stored), list, revoke. Keys carry the roles `user` and/or `tenant_admin`.
 - `/api/v1/admin/tenants` (platform_admin): list every tenant with its daily API quota and
   today's calls; set a tenant's daily API quota.
+- `/api/v1/admin/usage` (tenant_admin: own tenant; platform_admin: any tenant by `tenant_id`): the
+  API calls counted per day (identity.api_usage) over the last `days` days, days without calls
+  as 0, with the daily quota they count against.
 
 Bodies are bounded JSON (services/common/jsonbody.py); mistakes answer 422 naming the field.
 """
@@ -15,10 +18,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -236,6 +239,38 @@ def admin_router(gateway: Gateway) -> APIRouter:
         if row is None:
             raise ProblemError(404, "no such tenant", field="tenant_id")
         return {"id": str(row["id"]), "slug": row["slug"], "api_daily_quota": row["api_daily_quota"]}
+
+    # ------------------------------------------------------------------ usage history
+    @router.get("/usage", summary="API calls per day over the last `days` days: the caller's tenant "
+                                  "(tenant_admin), any tenant by tenant_id (platform_admin)")
+    async def usage(principal: Principal = caller,
+                    days: Annotated[int, Query(ge=1, le=366)] = 30,
+                    tenant_id: str | None = None) -> dict[str, Any]:
+        if not {"tenant_admin", "platform_admin"} & set(principal.roles):
+            raise ProblemError(403, "this needs the tenant_admin or platform_admin role")
+        target = principal.tenant_id if tenant_id is None else _uuid(tenant_id, "tenant_id")
+        if target != principal.tenant_id and "platform_admin" not in principal.roles:
+            raise ProblemError(403, "only a platform_admin may read another tenant's usage", field="tenant_id")
+        settings = gateway.settings
+        last = quota_day(datetime.now(UTC), settings.api_quota_timezone)
+        first = last - timedelta(days=days - 1)
+        # The gateway's role may read every tenant's usage (the quota check needs it): the tenant is
+        # named in the query itself.
+        async with db.transaction() as conn:
+            tenant = await (await conn.execute(
+                "SELECT id, slug, name, api_daily_quota FROM identity.tenants WHERE id = %s", (target,))).fetchone()
+            rows = await (await conn.execute(
+                "SELECT day, calls FROM identity.api_usage WHERE tenant_id = %s AND day BETWEEN %s AND %s",
+                (target, first, last))).fetchall()
+        if tenant is None:
+            raise ProblemError(404, "no such tenant", field="tenant_id")
+        calls = {r["day"]: int(r["calls"]) for r in rows}
+        series = [{"day": (first + timedelta(days=i)).isoformat(), "calls": calls.get(first + timedelta(days=i), 0)}
+                  for i in range(days)]
+        limit = tenant["api_daily_quota"] if tenant["api_daily_quota"] is not None else settings.api_daily_quota_default
+        return {"tenant_id": str(tenant["id"]), "slug": tenant["slug"], "name": tenant["name"],
+                "daily_limit": limit, "timezone": settings.api_quota_timezone,
+                "total": sum(d["calls"] for d in series), "days": series}
 
     return router
 

@@ -7,7 +7,9 @@ user (0600, under the state dir), handed to `rabbitmqctl` on standard input, nev
 
 Permissions (RabbitMQ's configure / write / read regular expressions, per vhost):
 
-- `<prefix>-upload` (the outbox relay): configure nothing, write the events exchange, read nothing;
+- `<prefix>-upload` (the outbox relay, and the tagging queue screen): configure nothing, write the
+  events exchange, read the dead-letter queue (to show dead-lettered jobs and remove a retried
+  one; queue depths are passive declarations, which need no permission);
 - `<prefix>-tagging-worker`: configure nothing, write the dead-letter exchange and `amq.default` (a
   deferred job goes back to the jobs queue), read the jobs queue;
 - `<prefix>-admin` (set-up only): everything in the vhost.
@@ -49,7 +51,8 @@ def users(prefix: str, topology: Topology) -> dict[str, AmqpUser]:
         return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
     return {
-        "upload": AmqpUser(f"{prefix}-upload", NOTHING, exact(topology.events_exchange), NOTHING),
+        "upload": AmqpUser(f"{prefix}-upload", NOTHING, exact(topology.events_exchange),
+                           exact(topology.dead_letter_queue)),
         "tagging-worker": AmqpUser(f"{prefix}-tagging-worker", NOTHING,
                                    exact(topology.dead_letter_exchange, "amq.default"), exact(topology.jobs_queue)),
         "admin": AmqpUser(f"{prefix}-admin", ".*", ".*", ".*", tags="administrator"),

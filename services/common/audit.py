@@ -28,12 +28,14 @@ DOCUMENT_TAGGED: Final = "document.tagged"
 DOCUMENT_FAILED: Final = "document.failed"
 DOCUMENT_TAG_ADDED: Final = "document.tag_added"      # a person added their own tag (source user)
 DOCUMENT_TAG_REMOVED: Final = "document.tag_removed"  # a person removed a model's or a person's tag
+DOCUMENT_RETRIED: Final = "document.retried"       # an administrator queued a failed or dead-lettered job again
 AUDIT_READ: Final = "audit.read"                   # recorded when denied
+QUEUE_READ: Final = "queue.read"                   # the tagging queue; recorded when denied
 AUTH_LOGIN: Final = "auth.login"
 ACCESS_DENIED: Final = "access.denied"             # the gateway's acl refused the caller's roles (403)
 ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
                   DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, DOCUMENT_TAG_ADDED, DOCUMENT_TAG_REMOVED,
-                  AUDIT_READ, AUTH_LOGIN, ACCESS_DENIED)
+                  DOCUMENT_RETRIED, AUDIT_READ, QUEUE_READ, AUTH_LOGIN, ACCESS_DENIED)
 
 # Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.
 SYSTEM_ACTOR: Final = "system"

@@ -15,11 +15,14 @@ from services.common.capability import CapabilitySigner
 from services.common.db import Database
 from services.common.http import create_app
 
+from .dead_letters import DeadLetters
 from .http_api import build_router
 from .purge import PurgeJob
+from .queue_api import build_queue_router
 from .relay import OutboxRelay
 from .service import DocumentService
 from .settings import UploadSettings
+from .tagging_queue import TaggingQueue
 
 ANALYSER_LOAD_SECONDS = Gauge("doctag_upload_analyser_load_seconds",
                               "Time the Korean analyser (indexing) took to load and analyse its first text")
@@ -49,6 +52,10 @@ class UploadComponents:
         if settings.purge_enabled:
             self.purge_job = PurgeJob(self.service, interval_seconds=settings.purge_interval_seconds,
                                       batch_size=settings.purge_batch_size)
+        # The tagging queue screen's broker side: its own small connection, made on first use.
+        self.dead_letters = DeadLetters(settings.amqp_connection_url, Topology(prefix=settings.amqp_prefix))
+        self.queue = TaggingQueue(self.service, self.db, self.dead_letters,
+                                  stalled_after_s=settings.relay_in_flight_timeout_seconds)
         self.verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
         # Titles are indexed at upload and texts when a tagging result comes in: the analyser
         # is loaded before the replica says it is ready, not by the first upload.
@@ -69,6 +76,7 @@ class UploadComponents:
         if self.relay:
             await self.relay.stop()
             await self.relay.db.close()
+        await self.dead_letters.close()
         await self.db.close()
         await self.analyser.close()
 
@@ -103,4 +111,5 @@ def build_http_app(components: UploadComponents, *, manage_lifecycle: bool = Tru
         max_body_bytes=settings.max_request_bytes,
         body_limits={"/api/v1/documents": settings.documents_max_request_bytes}, api_docs=settings.api_docs)
     app.include_router(build_router(components.service, components.verifier))
+    app.include_router(build_queue_router(components.queue, components.verifier))
     return app

@@ -13,7 +13,7 @@ from services.common import audit, cursors
 from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError, problem_body
 
-from .repository import STATUSES
+from .repository import SORTS, STATUSES
 from .service import BulkUploadResult, DocumentNotFound, DocumentService, FileOutcome
 
 # Pages of extracted text, in characters: the default keeps an answer near 300 KB of UTF-8 Korean.
@@ -45,14 +45,27 @@ def clean_tag(raw: object) -> str:
 
 # Cursors are signed and bound to the tenant and the filters of the listing (services/common/cursors.py).
 
-def encode_cursor(key: tuple[datetime, str], tenant: str, filters: Any = None) -> str:
-    return cursors.seal({"c": key[0].isoformat(), "i": key[1]}, tenant=tenant, binding=["documents", filters])
+def encode_cursor(key: tuple[Any, str], tenant: str, filters: Any = None) -> str:
+    value = key[0].isoformat() if isinstance(key[0], datetime) else key[0]
+    return cursors.seal({"c": value, "i": key[1]}, tenant=tenant, binding=["documents", filters])
 
 
-def decode_cursor(cursor: str, tenant: str, filters: Any = None) -> tuple[datetime, str]:
+def decode_cursor(cursor: str, tenant: str, filters: Any = None, sort: str = "newest") -> tuple[Any, str]:
+    """The keyset (sort key, id) of a cursor; the binding includes the sort, so a cursor of one
+    order is refused for another."""
     try:
         data = cursors.unseal(cursor, tenant=tenant, binding=["documents", filters])
-        return datetime.fromisoformat(data["c"]), str(uuid.UUID(data["i"]))
+        raw = data["c"]
+        value: Any
+        if sort in ("newest", "oldest"):
+            value = datetime.fromisoformat(raw)
+        elif sort == "title":
+            value = str(raw)
+        else:
+            if not isinstance(raw, int) or isinstance(raw, bool):
+                raise TypeError("the cursor's key is not a number")
+            value = raw
+        return value, str(uuid.UUID(data["i"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ProblemError(422, _cursor_detail(exc), field="cursor") from None
 
@@ -152,7 +165,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
                             status_code=200 if result.duplicate else 202,
                             headers={"Location": f"/api/v1/documents/{doc['id']}", **quota_headers(result.quota)})
 
-    @router.get("/documents", summary="The tenant's documents, newest first")
+    @router.get("/documents", summary="The tenant's documents, newest first or in the order `sort`")
     async def list_documents(
         principal: Auth,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -166,18 +179,25 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
         until: Annotated[str | None, Query(description="uploaded before this ISO 8601 time")] = None,
         deleted: Annotated[bool, Query(description="`true`: the deleted documents not purged yet, with "
                                                    "`deleted_at` (restorable within the retention period)")] = False,
+        sort: Annotated[str, Query(description="`newest` (default), `oldest`, `title` (A→Z, 가→하), `size` "
+                                                "(largest first) or `status` (failed, processing, queued, "
+                                                "tagged); a cursor belongs to its order")] = "newest",
     ) -> dict[str, Any]:
         if status is not None and status not in STATUSES:
             raise ProblemError(422, f"status must be one of {', '.join(STATUSES)}", field="status")
+        if sort not in SORTS:
+            raise ProblemError(422, f"sort must be one of {', '.join(SORTS)}", field="sort")
         since_at, until_at = parse_time(since, "since"), parse_time(until, "until")
         if since_at is not None and until_at is not None and since_at > until_at:
             raise ProblemError(422, "until must not be before since", field="until")
         filters = {"status": status, "tag": tag, "pii": pii, "deleted": deleted,
                    "since": since_at.isoformat() if since_at else None,
                    "until": until_at.isoformat() if until_at else None}
-        after = decode_cursor(cursor, principal.tenant_id, filters) if cursor else None
+        if sort != "newest":  # (cursors of the default order stay valid as they were)
+            filters["sort"] = sort
+        after = decode_cursor(cursor, principal.tenant_id, filters, sort) if cursor else None
         items, next_key = await service.list(principal.tenant_id, limit=limit, after=after, status=status, tag=tag,
-                                               pii=pii, since=since_at, until=until_at, deleted=deleted)
+                                               pii=pii, since=since_at, until=until_at, deleted=deleted, sort=sort)
         return {"items": items,
                 "next_cursor": encode_cursor(next_key, principal.tenant_id, filters) if next_key else None}
 

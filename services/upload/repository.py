@@ -223,13 +223,32 @@ async def tags_for(conn: DictConnection, document_ids: list[str]) -> dict[str, l
     return out
 
 
-async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datetime, str] | None,
+# The orders of the documents list: name -> (SQL key expression, descending). Every order ends on
+# the id, so the keyset (key, id) is unique and a page boundary never skips or repeats a row.
+_STATUS_ORDER = "CASE status WHEN 'failed' THEN 0 WHEN 'processing' THEN 1 WHEN 'queued' THEN 2 ELSE 3 END"
+SORTS: dict[str, tuple[str, bool]] = {
+    "newest": ("created_at", True),
+    "oldest": ("created_at", False),
+    "title": ("lower(title)", False),  # case-insensitive; Hangul in code point order (가 → 힣)
+    "size": ("size_bytes", True),
+    "status": (_STATUS_ORDER, False),
+}
+
+
+def sort_key(row: dict[str, Any]) -> Any:
+    """The value the row's order compares (selected as `sort_key` by list_documents; what a cursor carries)."""
+    return row["sort_key"]
+
+
+async def list_documents(conn: DictConnection, *, limit: int, after: tuple[Any, str] | None,
                          status: str | None, tag: str | None, pii: bool | None = None,
                          since: datetime | None = None, until: datetime | None = None,
-                         deleted: bool = False) -> list[dict[str, Any]]:
-    """Live documents (or, with `deleted`, the deleted ones not purged yet), newest first; keyset
-    pagination on (created_at, id). `pii`: only documents with (True) or without (False) personal
-    data found; `since` (inclusive) and `until` (exclusive): uploaded in that time range."""
+                         deleted: bool = False, sort: str = "newest") -> list[dict[str, Any]]:
+    """Live documents (or, with `deleted`, the deleted ones not purged yet) in the order `sort`
+    (SORTS; newest first by default); keyset pagination on (sort key, id), `after` being the last
+    row's (sort_key, id). `pii`: only documents with (True) or without (False) personal data found;
+    `since` (inclusive) and `until` (exclusive): uploaded in that time range."""
+    key, descending = SORTS[sort]
     where: list[str] = ["deleted_at IS NOT NULL" if deleted else "deleted_at IS NULL"]
     params: list[Any] = []
     if since is not None:
@@ -239,7 +258,7 @@ async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datet
         where.append("created_at < %s")
         params.append(until)
     if after is not None:
-        where.append("(created_at, id) < (%s, %s)")
+        where.append(f"({key}, id) {'<' if descending else '>'} (%s, %s)")
         params += [after[0], after[1]]
     if status:
         where.append("status = %s")
@@ -250,9 +269,10 @@ async def list_documents(conn: DictConnection, *, limit: int, after: tuple[datet
     if pii is not None:
         where.append("pii <> '{}'::jsonb" if pii else "pii = '{}'::jsonb")
     params.append(limit)
+    direction = "DESC" if descending else "ASC"
     return await (await conn.execute(
-        f"SELECT {DOC_COLUMNS} FROM documents.documents d WHERE {' AND '.join(where)} "
-        f"ORDER BY created_at DESC, id DESC LIMIT %s",
+        f"SELECT {DOC_COLUMNS}, {key} AS sort_key FROM documents.documents d WHERE {' AND '.join(where)} "
+        f"ORDER BY {key} {direction}, id {direction} LIMIT %s",
         params)).fetchall()
 
 

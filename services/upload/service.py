@@ -450,16 +450,17 @@ class DocumentService:
             tags = await repo.tags_for(conn, [document_id])
         return public_document(row, tags[document_id])
 
-    async def list(self, tenant_id: str, *, limit: int, after: tuple[datetime, str] | None, status: str | None,
+    async def list(self, tenant_id: str, *, limit: int, after: tuple[Any, str] | None, status: str | None,
                    tag: str | None, pii: bool | None = None, since: datetime | None = None,
-                   until: datetime | None = None,
-                   deleted: bool = False) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
+                   until: datetime | None = None, deleted: bool = False,
+                   sort: str = "newest") -> tuple[list[dict[str, Any]], tuple[Any, str] | None]:
+        """A page in the order `sort` and the keyset (sort key, id) of its last row when more follow."""
         async with self.db.tenant_transaction(tenant_id) as conn:
             rows = await repo.list_documents(conn, limit=limit + 1, after=after, status=status, tag=tag, pii=pii,
-                                             since=since, until=until, deleted=deleted)
+                                             since=since, until=until, deleted=deleted, sort=sort)
             page = rows[:limit]
             tags = await repo.tags_for(conn, [str(r["id"]) for r in page])
-        next_key = (page[-1]["created_at"], str(page[-1]["id"])) if len(rows) > limit else None
+        next_key = (repo.sort_key(page[-1]), str(page[-1]["id"])) if len(rows) > limit else None
         return [public_document(r, tags[str(r["id"])]) for r in page], next_key
 
     async def content_info(self, tenant_id: str, document_id: str, *, include_deleted: bool = False) -> dict[str, Any]:

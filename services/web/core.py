@@ -60,7 +60,7 @@ class Web:
                                 failure=messages.failure_reason, details=messages.details,
                                 metric_lines=messages.metric_lines,
                                 snippet=safe_snippet, urlquote=lambda v: quote(str(v), safe=""))
-        self.env.globals["query"] = _query
+        self.env.globals["query"] = link
 
     def session(self, request: Request) -> Session:
         session = self.sessions.read(request)
@@ -105,7 +105,7 @@ def login_redirect(request: Request, web: Web, expired: bool) -> Response:
     return response
 
 
-def _query(base: str, params: dict[str, Any], **changes: Any) -> str:
+def link(base: str, params: dict[str, Any], **changes: Any) -> str:
     """A link to `base` with `params` changed (None removes a key; lists repeat it)."""
     merged = {**params, **changes}
     pairs: list[tuple[str, str]] = []

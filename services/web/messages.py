@@ -17,7 +17,8 @@ ACTION_LABELS = {
     "document.uploaded": "문서 업로드", "document.duplicate": "중복 업로드", "document.deleted": "문서 삭제",
     "document.restored": "문서 복원", "document.purged": "문서 영구 삭제", "document.processing": "처리 시작",
     "document.tagged": "태깅 완료", "document.failed": "처리 실패", "document.tag_added": "태그 추가",
-    "document.tag_removed": "태그 삭제", "audit.read": "감사 로그 조회", "auth.login": "로그인",
+    "document.tag_removed": "태그 삭제", "document.retried": "태깅 재시도", "audit.read": "감사 로그 조회",
+    "queue.read": "태깅 대기열 조회", "auth.login": "로그인",
     "access.denied": "접근 거부",
 }
 OUTCOME_LABELS = {"success": "성공", "denied": "거부", "failed": "실패"}
@@ -29,6 +30,14 @@ FLASH = {
     "tag-added": "태그를 추가했습니다.",
     "tag-removed": "태그를 삭제했습니다.",
     "alias-set": "별칭을 변경했습니다.",
+    "user-created": "사용자를 만들었습니다.",
+    "user-role": "역할을 변경했습니다. 그 사용자는 다시 로그인해야 합니다.",
+    "user-disable": "사용자를 사용 중지했습니다. 발급된 토큰도 더는 쓸 수 없습니다.",
+    "user-enable": "사용자를 다시 사용하도록 했습니다.",
+    "user-password": "비밀번호를 재설정했습니다. 그 사용자는 새 비밀번호로 다시 로그인해야 합니다.",
+    "key-revoked": "API 키를 폐기했습니다.",
+    "quota-set": "API 호출 한도를 변경했습니다.",
+    "retried": "다시 태깅하도록 대기열에 넣었습니다.",
     "logged-out": "로그아웃했습니다.",
     "expired": "세션이 만료되었습니다. 다시 로그인하세요.",
 }
@@ -70,7 +79,9 @@ _BY_STATUS = {
 
 _FIELDS = {"tenant": "부서 코드", "username": "사용자 이름", "password": "비밀번호", "q": "검색어",
            "tag": "태그", "file": "파일", "title": "제목", "since": "시작일", "until": "종료일",
-           "version": "버전", "offset": "위치", "cursor": "페이지"}
+           "version": "버전", "offset": "위치", "cursor": "페이지", "role": "역할", "roles": "역할",
+           "name": "이름", "disabled": "사용 여부", "api_daily_quota": "하루 API 호출 한도", "days": "기간",
+           "tenant_id": "부서", "sort": "정렬", "document_id": "문서"}
 
 
 def problem_message(error: ApiError | int, problem: dict[str, Any] | None = None) -> str:

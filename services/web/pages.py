@@ -18,7 +18,8 @@ from .session import CSRF_FIELD, Session, csrf_ok
 
 log = logging.getLogger("web.pages")
 
-SORTS = {"newest": "최신순", "title": "제목순", "size": "크기순", "status": "상태순"}
+# The documents list orders (upload's `sort`, applied on the server across pages), with Korean labels.
+SORTS = {"newest": "최신순", "oldest": "오래된순", "title": "제목순", "size": "크기순", "status": "상태순"}
 # The file types and orders search's API takes (`type`, `sort`), with their Korean labels.
 SEARCH_TYPES = {"pdf": "PDF", "docx": "DOCX", "hwp": "HWP", "hwpx": "HWPX", "txt": "텍스트", "csv": "CSV",
                 "md": "마크다운", "html": "HTML", "xml": "XML"}
@@ -32,17 +33,6 @@ def _uuid(raw: str) -> str | None:
         return str(uuid.UUID(raw))
     except ValueError:
         return None
-
-
-def _sorted(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
-    if sort == "title":
-        return sorted(items, key=lambda d: str(d.get("title") or "").casefold())
-    if sort == "size":
-        return sorted(items, key=lambda d: int(d.get("size_bytes") or 0), reverse=True)
-    if sort == "status":
-        order = {"failed": 0, "processing": 1, "queued": 2, "tagged": 3}
-        return sorted(items, key=lambda d: order.get(str(d.get("status")), 9))
-    return items
 
 
 def status_item(doc: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +121,8 @@ def router(web: Web) -> APIRouter:
         for key in ("status", "tag"):
             if filters[key]:
                 params[key] = filters[key]
+        if filters["sort"] != "newest":
+            params["sort"] = filters["sort"]
         if deleted:
             params["deleted"] = "true"
         if cursor:
@@ -141,7 +133,7 @@ def router(web: Web) -> APIRouter:
         try:
             page = await web.api.json("GET", "/api/v1/documents", session.token, params=params,
                                       client_ip=client_ip(request))
-            items, next_cursor = _sorted(page["items"], filters["sort"] or "newest"), page.get("next_cursor")
+            items, next_cursor = page["items"], page.get("next_cursor")
         except ApiError as exc:
             if exc.status == 401:
                 raise

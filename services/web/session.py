@@ -54,6 +54,11 @@ class Session:
         return bool({"tenant_admin", "platform_admin"} & set(self.roles))
 
     @property
+    def manages_tenant(self) -> bool:
+        """May manage the department's users and API keys (the admin API asks for tenant_admin itself)."""
+        return "tenant_admin" in self.roles
+
+    @property
     def is_platform_admin(self) -> bool:
         return "platform_admin" in self.roles
 

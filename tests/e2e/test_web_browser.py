@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -468,7 +469,8 @@ def test_platform_admin_promotes_and_rolls_back_a_model(open_session, people, st
         pool.submit(asyncio.run, register()).result()
     s = open_session()
     page = s.login(*people["root"])
-    page.click("nav >> text=모델 관리")
+    page.click("nav >> text=플랫폼 관리")
+    page.click("nav.tabs >> text=모델")
     section = page.locator("section", has=page.locator("h2", has_text=name))
     expect(section.locator("tr[data-version='1']")).to_contain_text("production")
     section.locator("tr[data-version='2'] button", has_text="운영 반영").click()
@@ -484,6 +486,155 @@ def test_platform_admin_promotes_and_rolls_back_a_model(open_session, people, st
     models = httpx.get(f"{stack.gateway_url}/api/v1/models", headers={"Authorization": f"Bearer {token}"},
                        timeout=30).json()["models"]
     assert next(m for m in models if m["name"] == name)["aliases"] == {"production": 1}
+
+
+def test_tenant_admin_manages_users_api_keys_and_sees_usage(  # type: ignore[no-untyped-def]
+        open_session, people, stack) -> None:
+    tenant = people["chief"][0]
+    s = open_session()
+    page = s.login(*people["chief"])
+    page.click("nav >> text=부서 관리")
+    page.click("nav.tabs >> text=사용자")
+    expect(page.locator("h1")).to_have_text("부서 관리")
+    expect(page.locator("#users-table tr[data-user='kim'] .badge")).to_have_text("사용 중")
+    page.fill("#u-username", "choi")
+    page.fill("#u-password", "임시-비밀번호-2027")
+    page.select_option("#u-role", "user")
+    page.click("#new-user button[type=submit]")
+    expect(page.locator(".notice-ok")).to_have_text("사용자를 만들었습니다.")
+    choi = page.locator("#users-table tr[data-user='choi']")
+    expect(choi.locator(".badge")).to_have_text("사용 중")
+    # A name that is taken is explained, and what was typed stays.
+    page.fill("#u-username", "choi")
+    page.fill("#u-password", "임시-비밀번호-2027")
+    page.click("#new-user button[type=submit]")
+    expect(page.locator(".notice-error")).to_have_text("같은 이름의 사용자가 이미 있습니다.")
+    expect(page.locator("#u-username")).to_have_value("choi")
+    # Role, password reset, disable and enable, each through the gateway's admin API.
+    choi.locator("select[name=role]").select_option("tenant_admin")
+    choi.locator("button", has_text="변경").click()
+    expect(page.locator(".notice-ok")).to_contain_text("역할을 변경했습니다")
+    expect(choi.locator("select[name=role]")).to_have_value("tenant_admin")
+    choi.locator("summary", has_text="비밀번호 재설정").click()
+    choi.locator("input[name=password]").fill("새-비밀번호-2028!")
+    choi.locator("button", has_text="재설정").click()
+    expect(page.locator(".notice-ok")).to_contain_text("비밀번호를 재설정했습니다")
+    assert httpx.post(f"{stack.gateway_url}/api/v1/auth/token", timeout=30, json={
+        "tenant": tenant, "username": "choi", "password": "새-비밀번호-2028!"}).status_code == 200
+    choi.locator("button", has_text="사용 중지").click()  # confirmed in the dialog
+    expect(page.locator(".notice-ok")).to_contain_text("사용 중지했습니다")
+    expect(choi.locator(".badge")).to_have_text("사용 중지")
+    s.shot("18-admin-users")
+    assert httpx.post(f"{stack.gateway_url}/api/v1/auth/token", timeout=30, json={
+        "tenant": tenant, "username": "choi", "password": "새-비밀번호-2028!"}).status_code == 401
+    choi.locator("button", has_text="다시 사용").click()
+    expect(page.locator(".notice-ok")).to_contain_text("다시 사용하도록")
+    expect(choi.locator(".badge")).to_have_text("사용 중")
+    # The administrator cannot lock themself out: no disable button on their own row.
+    expect(page.locator("#users-table tr[data-user='chief'] button", has_text="사용 중지")).to_have_count(0)
+
+    # API keys: the key is shown once, works as a credential, and stops working when revoked.
+    page.click("nav.tabs >> text=API 키")
+    page.fill("#k-name", "야간 일괄 등록")
+    page.click("#new-key-form button[type=submit]")
+    key = page.locator("#new-key").input_value()
+    assert key.startswith("dtk_")
+    s.shot("19-admin-api-key-created")
+    api = httpx.Client(base_url=stack.gateway_url, timeout=30)
+    assert api.get("/api/v1/documents", headers={"apikey": key}).status_code == 200
+    page.goto("/admin/api-keys")
+    assert key not in page.content()
+    entry = page.locator("#keys-table tr", has_text="야간 일괄 등록")
+    entry.locator("button", has_text="폐기").click()
+    expect(page.locator(".notice-ok")).to_have_text("API 키를 폐기했습니다.")
+    expect(page.locator("#keys-table tr", has_text="야간 일괄 등록")).to_contain_text("폐기됨")
+    # The gateway's revocation cache (DOCTAG_GATEWAY_REVOCATION_CACHE_SECONDS, 5 s) may let it through a moment.
+    deadline = time.monotonic() + 30
+    while api.get("/api/v1/documents", headers={"apikey": key}).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked API key still works"
+        time.sleep(1)
+    api.close()
+
+    # API usage over 30 days: a chart drawn on the server, and the same numbers as a table.
+    page.click("nav.tabs >> text=API 사용량")
+    expect(page.locator("#usage-chart rect.chart-bar")).to_have_count(30)
+    assert int(page.locator("#usage-today").inner_text().replace(",", "")) > 0
+    assert int(page.locator("#usage-chart rect.chart-bar-today").get_attribute("data-calls") or 0) > 0
+    page.click("summary:has-text('표로 보기')")
+    expect(page.locator("#usage-table tbody tr")).to_have_count(30)
+    s.shot("20-admin-usage")
+    # A plain user has none of these screens.
+    s2 = open_session()
+    page2 = s2.login(*people["user"])
+    for path in ("/admin/users", "/admin/api-keys", "/admin/usage", "/admin/queue", "/admin/tenants"):
+        response = page2.goto(path)
+        assert response is not None and response.status == 403, path
+
+
+def wait_for_status(stack: StackLayout, token: str, doc_id: str, wanted: str) -> dict[str, Any]:
+    deadline = time.monotonic() + TAGGING_TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        doc = httpx.get(f"{stack.gateway_url}/api/v1/documents/{doc_id}", timeout=30,
+                        headers={"Authorization": f"Bearer {token}"}).json()
+        if doc["status"] == wanted:
+            return dict(doc)
+        time.sleep(1)
+    raise AssertionError(f"document {doc_id} never became {wanted}")
+
+
+def test_platform_admin_sets_quotas_and_retries_from_the_queue(  # type: ignore[no-untyped-def]
+        open_session, people, stack) -> None:
+    tenant = people["user"][0]
+    token = api_token(stack, *people["user"])
+    with ENCRYPTED.open("rb") as fh:
+        uploaded = httpx.post(f"{stack.gateway_url}/api/v1/documents", params={"duplicate": "allow"}, timeout=60,
+                              headers={"Authorization": f"Bearer {token}"},
+                              files={"file": ("암호문서.hwp", fh, "application/octet-stream")},
+                              data={"title": "암호 걸린 예산 문서"})
+    assert uploaded.status_code == 202, uploaded.text
+    doc_id = uploaded.json()["id"]
+    wait_for_status(stack, token, doc_id, "failed")
+
+    s = open_session()
+    page = s.login(*people["root"])
+    page.click("nav >> text=플랫폼 관리")
+    expect(page.locator("h1")).to_have_text("플랫폼 관리")
+    mine = page.locator(f"#tenants-table tr[data-tenant='{tenant}']")
+    mine.locator("input[name=api_daily_quota]").fill("50000")
+    mine.locator("button", has_text="저장").click()
+    expect(page.locator(".notice-ok")).to_have_text("API 호출 한도를 변경했습니다.")
+    expect(mine.locator("input[name=api_daily_quota]")).to_have_value("50000")
+    s.shot("21-platform-tenants")
+    mine.locator("a", has_text="30일 사용량").click()
+    expect(page.locator("#usage-title")).to_contain_text("기획재정담당관")
+    expect(page.locator(".usage-summary")).to_contain_text("50,000")
+
+    # The queue of every department, then of one: the failed document, retried.
+    page.click("nav >> text=플랫폼 관리")
+    page.click("nav.tabs >> text=태깅 대기열")
+    expect(page.locator("#queue-stats")).to_be_visible()
+    expect(page.locator("#broker-depth")).to_contain_text("워커")
+    page.select_option("#q-tenant", label=f"기획재정담당관 ({tenant})")
+    page.click("form.filters button[type=submit]")
+    failed = page.locator(f"#failed-table tr[data-id='{doc_id}']")
+    expect(failed).to_contain_text("암호가 걸린 파일이라 읽을 수 없습니다")
+    s.shot("22-platform-queue")
+    failed.locator("button", has_text="다시 시도").click()
+    expect(page.locator(".notice-ok")).to_have_text("다시 태깅하도록 대기열에 넣었습니다.")
+    expect(page.locator("#q-tenant")).to_have_value(re.compile(r"^[0-9a-f-]{36}$"))  # still that department
+    # The real worker takes the job again (and, the file being encrypted, fails it again).
+    wait_for_status(stack, token, doc_id, "failed")
+
+    # The department's administrator sees its own queue, and the retry in its audit log.
+    s2 = open_session()
+    page2 = s2.login(*people["chief"])
+    page2.goto("/admin/queue")
+    expect(page2.locator(f"#failed-table tr[data-id='{doc_id}']")).to_be_visible()
+    expect(page2.locator("#broker-depth")).to_have_count(0)  # the broker's totals are the platform's
+    s2.shot("23-admin-queue")
+    page2.goto("/admin?action=document.retried")
+    expect(page2.locator("#audit-table")).to_contain_text("태깅 재시도")
+    expect(page2.locator("#audit-table")).to_contain_text("root")
 
 
 def test_pages_are_public_and_the_api_is_not(stack) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,9 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import jwt as pyjwt
@@ -41,6 +43,9 @@ ROUTES = [  # (method, path, who may pass the acl)
     ("GET", "/api/v1/admin/users", {"tenant_admin"}),
     ("GET", "/api/v1/admin/api-keys", {"tenant_admin"}),
     ("GET", "/api/v1/admin/tenants", {"platform_admin"}),
+    ("GET", "/api/v1/admin/usage", {"tenant_admin", "platform_admin"}),
+    ("GET", "/api/v1/tagging/queue", {"tenant_admin", "platform_admin"}),
+    ("POST", f"/api/v1/tagging/documents/{uuid.UUID(int=1)}/retry", {"tenant_admin", "platform_admin"}),
 ]
 ROLES = ("user", "tenant_admin", "platform_admin", "analyst")
 
@@ -234,3 +239,35 @@ def test_users_created_and_reset_over_http(world: World) -> None:
         assert r.status_code == 200 and r.json()["api_daily_quota"] == 5000
         assert c.patch(f"/api/v1/admin/tenants/{world.other}", headers=platform,
                        json={"api_daily_quota": -5}).json()["errors"][0]["field"] == "api_daily_quota"
+
+
+def test_usage_history_per_day_and_tenant(world: World) -> None:
+    db = world.gateway.apps.gateway.settings.db_name
+    today = datetime.now(ZoneInfo(world.gateway.apps.gateway.settings.api_quota_timezone)).date()
+    with psycopg.connect(f"dbname={db} host=127.0.0.1 user=postgres") as conn:
+        for tenant, back, calls in ((world.tenant, 3, 120), (world.tenant, 40, 999), (world.other, 2, 7)):
+            conn.execute("INSERT INTO identity.api_usage (tenant_id, day, calls) VALUES (%s, %s, %s) "
+                         "ON CONFLICT (tenant_id, day) DO UPDATE SET calls = excluded.calls",
+                         (tenant, today - timedelta(days=back), calls))
+    with httpx.Client(base_url=world.gateway.url, timeout=30, trust_env=False) as c:
+        mine = {"Authorization": f"Bearer {world.tokens['tenant_admin']}"}
+        body = c.get("/api/v1/admin/usage", headers=mine).json()
+        assert body["tenant_id"] == world.tenant and len(body["days"]) == 30
+        assert body["days"][-1]["day"] == today.isoformat()  # oldest first, ending today, every day present
+        by_day = {d["day"]: d["calls"] for d in body["days"]}
+        assert by_day[(today - timedelta(days=3)).isoformat()] == 120
+        assert (today - timedelta(days=40)).isoformat() not in by_day  # outside the 30 days
+        assert by_day[(today - timedelta(days=2)).isoformat()] == 0  # the other tenant's calls are not here
+        assert body["daily_limit"] > 0
+        assert len(c.get("/api/v1/admin/usage?days=45", headers=mine).json()["days"]) == 45
+        # A tenant admin cannot read another tenant's usage; a platform admin can.
+        r = c.get(f"/api/v1/admin/usage?tenant_id={world.other}", headers=mine)
+        assert r.status_code == 403 and r.json()["errors"][0]["field"] == "tenant_id"
+        platform = {"Authorization": f"Bearer {world.tokens['platform_admin']}"}
+        theirs = c.get(f"/api/v1/admin/usage?tenant_id={world.other}", headers=platform).json()
+        assert {d["day"]: d["calls"] for d in theirs["days"]}[(today - timedelta(days=2)).isoformat()] == 7
+        for bad, field in (("days=0", "days"), ("days=9999", "days"), ("tenant_id=x", "tenant_id")):
+            r = c.get(f"/api/v1/admin/usage?{bad}", headers=platform)
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, r.text
+        r = c.get(f"/api/v1/admin/usage?tenant_id={uuid.uuid4()}", headers=platform)
+        assert r.status_code == 404

@@ -24,6 +24,7 @@ from psycopg import sql
 
 from services.cli import amqp_accounts, db_accounts
 from services.common.amqp import DOCUMENT_UPLOADED, Topology
+from services.upload.dead_letters import DeadLetters
 from tests.conftest import AMQP_URL, DB_HOST, DB_PORT, SESSION_ID, create_tenant
 
 pytestmark = pytest.mark.integration
@@ -212,6 +213,14 @@ async def test_upload_publishes_jobs_but_cannot_consume_or_configure(broker: Bro
         await queue.consume(take)
     with pytest.raises(aiormq.exceptions.ChannelAccessRefused):
         await (await connections["upload"].channel()).declare_queue(f"{broker.vhost}.mine", durable=True)
+    # The tagging queue screen: depths by passive declaration, dead letters read (and a retried one acked).
+    dead_letters = DeadLetters(broker.urls["upload"], broker.topology)
+    try:
+        depth = await dead_letters.depth()
+        assert depth.jobs_waiting >= 1 and depth.workers == 0
+        assert isinstance(await dead_letters.peek(tenant_id=None, limit=5), list)
+    finally:
+        await dead_letters.close()
 
 
 async def test_the_worker_consumes_jobs_but_cannot_publish_events(broker: Broker, connections) -> None:  # type: ignore[no-untyped-def]

@@ -186,6 +186,49 @@ async def test_read_list_content_and_korean_filename(settings, tenants, make_tok
         assert (await client.get("/api/v1/documents", headers=auth(token_b))).json()["items"] == []
 
 
+async def test_documents_are_sorted_on_the_server_across_pages(settings, tenants, make_token) -> None:
+    tenant_a, _ = tenants
+    token = make_token(tenant_a)
+    async with running(settings) as (client, stub, _components):
+        made = []
+        for title, size in (("다 보고서", 30), ("가 계획", 10), ("나 예산", 50), ("Report", 20), ("agenda", 40)):
+            made.append((await upload(client, token, f"{title}.txt", ("가" * size).encode(), title=title)).json())
+
+        async def walk(sort: str) -> list[str]:
+            """Every title in the order `sort`, one row per page (so every step goes through a cursor)."""
+            titles, cursor = [], None
+            while True:
+                params: dict[str, object] = {"limit": 1, "sort": sort, **({"cursor": cursor} if cursor else {})}
+                page = await client.get("/api/v1/documents", headers=auth(token), params=params)
+                assert page.status_code == 200, page.text
+                titles += [d["title"] for d in page.json()["items"]]
+                cursor = page.json()["next_cursor"]
+                if not cursor:
+                    return titles
+
+        assert await walk("title") == ["agenda", "Report", "가 계획", "나 예산", "다 보고서"]
+        assert await walk("size") == ["나 예산", "agenda", "다 보고서", "Report", "가 계획"]
+        assert await walk("oldest") == [d["title"] for d in made]
+        assert await walk("newest") == [d["title"] for d in reversed(made)]
+        await stub.RecordTaggingResult(pb.RecordTaggingResultRequest(
+            tenant_id=tenant_a, document_id=made[2]["id"], content_sha256=made[2]["sha256"],
+            outcome=pb.TAGGING_OUTCOME_FAILED, error="damaged"), timeout=30)
+        by_status = await walk("status")
+        assert by_status[0] == "나 예산"  # failed first, then the queued ones
+        assert sorted(by_status[1:]) == sorted(d["title"] for d in made if d is not made[2])
+
+        # A cursor belongs to its order: one made for `title` is refused for `size` and for the default.
+        first = (await client.get("/api/v1/documents", headers=auth(token),
+                                  params={"limit": 1, "sort": "title"})).json()
+        for other in ({"sort": "size"}, {}):
+            refused = await client.get("/api/v1/documents", headers=auth(token),
+                                       params={"limit": 1, "cursor": first["next_cursor"], **other})
+            assert refused.status_code == 422 and refused.json()["errors"][0]["field"] == "cursor"
+        bad = await client.get("/api/v1/documents", headers=auth(token), params={"sort": "title; DROP TABLE"})
+        assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+        assert bad.json()["errors"][0]["field"] == "sort"
+
+
 @pytest.mark.skipif(not (SAMPLES / "hwp").is_dir(), reason="shared samples not available")
 async def test_hwp_and_hwpx_uploads_are_accepted(settings, tenants, make_token) -> None:
     token = make_token(tenants[0])

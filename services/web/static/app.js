@@ -318,6 +318,24 @@
     });
   }
 
+  /* ---------------------------------------------------------------- copy a value (a new API key) */
+  function setupCopy() {
+    document.querySelectorAll("button[data-copy]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var input = document.getElementById(button.getAttribute("data-copy"));
+        var status = document.getElementById("copy-status");
+        if (!input) return;
+        input.select();
+        var done = function (ok) { if (status) status.textContent = ok ? "복사했습니다." : "복사하지 못했습니다. 직접 선택해 복사하세요."; };
+        if (navigator.clipboard && window.isSecureContext) {
+          navigator.clipboard.writeText(input.value).then(function () { done(true); }, function () { done(false); });
+        } else {
+          done(false);
+        }
+      });
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     setupRelogin();
     scheduleExpiry();
@@ -325,5 +343,6 @@
     setupDocumentList();
     setupDocumentView();
     setupConfirm();
+    setupCopy();
   });
 })();

@@ -1,0 +1,215 @@
+"""Administrators' identity pages over the gateway's admin API: the department's users and API
+keys and its API usage over 30 days (tenant_admin), every department's daily API quota
+(platform_admin). Every change is a CSRF-checked form; the API decides, the page explains."""
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from . import messages
+from .api import ApiError
+from .charts import daily_bars
+from .core import Web, client_ip
+from .session import CSRF_FIELD, Session, csrf_ok
+
+USAGE_DAYS = 30
+KEY_ROLES = ("user", "tenant_admin")
+USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+
+
+def _uuid(raw: str) -> str | None:
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return None
+
+
+def router(web: Web) -> APIRouter:
+    r = APIRouter()
+
+    async def form_of(request: Request, session: Session) -> dict[str, Any] | None:
+        form = await request.form()
+        fields: dict[str, Any] = {k: str(v) for k, v in form.items()}
+        fields["roles"] = [str(v) for v in form.getlist("roles")]
+        return fields if csrf_ok(request, session, fields.get(CSRF_FIELD)) else None
+
+    def refused(request: Request, session: Session, who: str) -> Response:
+        return web.error_page(request, session, 403, f"{who}만 볼 수 있는 화면입니다.")
+
+    async def call(request: Request, session: Session, method: str, path: str, **kwargs: Any) -> Any:
+        return await web.api.json(method, path, session.token, client_ip=client_ip(request), **kwargs)
+
+    # -- users ------------------------------------------------------------------------------
+    async def users_page(request: Request, session: Session, *, status: int = 200, error: str | None = None,
+                         values: dict[str, str] | None = None) -> Response:
+        users, load_error = [], None
+        try:
+            users = (await call(request, session, "GET", "/api/v1/admin/users"))["items"]
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            load_error = messages.problem_message(exc)
+        return web.render(request, "admin_users.html", session, status=status, users=users,
+                          error=error or load_error, values=values or {}, roles=KEY_ROLES)
+
+    @r.get("/admin/users")
+    async def users(request: Request) -> Response:
+        session = web.session(request)
+        if not session.manages_tenant:
+            return refused(request, session, "부서 관리자")
+        return await users_page(request, session)
+
+    @r.post("/admin/users")
+    async def create_user(request: Request) -> Response:
+        session = web.session(request)
+        form = await form_of(request, session)
+        if form is None:
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        username, role = form.get("username", "").strip(), form.get("role", "user")
+        values = {"username": username, "role": role}
+        if not USERNAME.match(username):
+            return await users_page(request, session, status=422, values=values,
+                                    error="사용자 이름은 영문, 숫자, . _ @ - 로 된 1~64자입니다.")
+        try:
+            await call(request, session, "POST", "/api/v1/admin/users",
+                       json={"username": username, "password": form.get("password", ""), "role": role})
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            message = ("같은 이름의 사용자가 이미 있습니다." if exc.status == 409
+                       else messages.problem_message(exc))
+            return await users_page(request, session, status=exc.status, error=message, values=values)
+        return RedirectResponse("/admin/users?msg=user-created", status_code=303)
+
+    @r.post("/admin/users/{user_id}")
+    async def change_user(request: Request, user_id: str) -> Response:
+        """One change per form: `action` is role (with `role`), disable, enable or password (with `password`)."""
+        session = web.session(request)
+        form = await form_of(request, session)
+        if form is None:
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        target, action = _uuid(user_id), form.get("action", "")
+        changes = {"role": {"role": form.get("role", "")}, "disable": {"disabled": True},
+                   "enable": {"disabled": False}, "password": {"password": form.get("password", "")}}
+        if target is None or action not in changes:
+            return web.error_page(request, session, 404, messages.problem_message(404))
+        try:
+            await call(request, session, "PATCH", f"/api/v1/admin/users/{target}", json=changes[action])
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            message = ("자기 자신은 사용 중지할 수 없습니다." if action == "disable" and exc.status == 422
+                       else messages.problem_message(exc))
+            return await users_page(request, session, status=exc.status, error=message)
+        return RedirectResponse(f"/admin/users?msg=user-{action}", status_code=303)
+
+    # -- API keys ---------------------------------------------------------------------------
+    async def keys_page(request: Request, session: Session, *, status: int = 200, error: str | None = None,
+                        created: dict[str, Any] | None = None) -> Response:
+        keys, load_error = [], None
+        try:
+            keys = (await call(request, session, "GET", "/api/v1/admin/api-keys"))["items"]
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            load_error = messages.problem_message(exc)
+        return web.render(request, "admin_keys.html", session, status=status, keys=list(reversed(keys)),
+                          error=error or load_error, created=created, roles=KEY_ROLES)
+
+    @r.get("/admin/api-keys")
+    async def api_keys(request: Request) -> Response:
+        session = web.session(request)
+        if not session.manages_tenant:
+            return refused(request, session, "부서 관리자")
+        return await keys_page(request, session)
+
+    @r.post("/admin/api-keys")
+    async def create_key(request: Request) -> Response:
+        """The new key is in this answer only (a page, not a redirect; pages are never cached)."""
+        session = web.session(request)
+        form = await form_of(request, session)
+        if form is None:
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        roles = [role for role in form["roles"] if role in KEY_ROLES] or ["user"]
+        try:
+            created = await call(request, session, "POST", "/api/v1/admin/api-keys",
+                                 json={"name": form.get("name", "").strip(), "roles": roles})
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            return await keys_page(request, session, status=exc.status, error=messages.problem_message(exc))
+        return await keys_page(request, session, status=201, created=created)
+
+    @r.post("/admin/api-keys/{key_id}/revoke")
+    async def revoke_key(request: Request, key_id: str) -> Response:
+        session = web.session(request)
+        if await form_of(request, session) is None:
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        target = _uuid(key_id)
+        if target is None:
+            return web.error_page(request, session, 404, messages.problem_message(404))
+        await web.api.send("DELETE", f"/api/v1/admin/api-keys/{target}", session.token, client_ip=client_ip(request))
+        return RedirectResponse("/admin/api-keys?msg=key-revoked", status_code=303)
+
+    # -- API usage --------------------------------------------------------------------------
+    @r.get("/admin/usage")
+    async def usage(request: Request, tenant: str | None = None) -> Response:
+        session = web.session(request)
+        if not session.is_tenant_admin:
+            return refused(request, session, "부서 관리자")
+        params: dict[str, Any] = {"days": USAGE_DAYS}
+        target = _uuid(tenant or "")
+        if target and target != session.tenant_id:
+            params["tenant_id"] = target
+        body, error = None, None
+        try:
+            body = await call(request, session, "GET", "/api/v1/admin/usage", params=params)
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            error = messages.problem_message(exc)
+        chart = daily_bars(body["days"], body.get("daily_limit")) if body else None
+        return web.render(request, "admin_usage.html", session, usage=body, chart=chart, error=error,
+                          days=USAGE_DAYS)
+
+    # -- tenants (platform) -----------------------------------------------------------------
+    @r.get("/admin/tenants")
+    async def tenants(request: Request) -> Response:
+        session = web.session(request)
+        if not session.is_platform_admin:
+            return refused(request, session, "플랫폼 관리자")
+        items, error = [], None
+        try:
+            items = (await call(request, session, "GET", "/api/v1/admin/tenants"))["items"]
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            error = messages.problem_message(exc)
+        return web.render(request, "admin_tenants.html", session, tenants=items, error=error)
+
+    @r.post("/admin/tenants/{tenant_id}/quota")
+    async def set_quota(request: Request, tenant_id: str) -> Response:
+        """`api_daily_quota` calls a day, or empty for the platform default."""
+        session = web.session(request)
+        form = await form_of(request, session)
+        if form is None:
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        target, raw = _uuid(tenant_id), form.get("api_daily_quota", "").strip().replace(",", "")
+        if target is None:
+            return web.error_page(request, session, 404, messages.problem_message(404))
+        if raw and not raw.isdigit():
+            return web.error_page(request, session, 422, "하루 API 호출 한도는 0 이상의 정수로 입력하세요.")
+        try:
+            await call(request, session, "PATCH", f"/api/v1/admin/tenants/{target}",
+                       json={"api_daily_quota": int(raw) if raw else None})
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        return RedirectResponse("/admin/tenants?msg=quota-set", status_code=303)
+
+    return r

@@ -1,0 +1,77 @@
+"""The tagging queue screen (upload's `/api/v1/tagging` API): every department's queue for a
+platform administrator (or one, chosen), its own for a department administrator; retrying a
+failed or dead-lettered document is a CSRF-checked form."""
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+
+from . import messages
+from .api import ApiError
+from .core import Web, client_ip, link
+from .session import CSRF_FIELD, csrf_ok
+
+DEAD_LETTER_REASONS = {"rejected": "처리 불가로 거부됨", "delivery_limit": "재시도 한도 초과", "expired": "시간 초과",
+                       "maxlen": "대기열 가득 참"}
+
+
+def _uuid(raw: str | None) -> str | None:
+    try:
+        return str(uuid.UUID(raw or ""))
+    except ValueError:
+        return None
+
+
+def router(web: Web) -> APIRouter:
+    r = APIRouter()
+
+    @r.get("/admin/queue")
+    async def queue(request: Request, tenant: str | None = None) -> Response:
+        session = web.session(request)
+        if not session.is_tenant_admin:
+            return web.error_page(request, session, 403, "관리자만 볼 수 있는 화면입니다.")
+        chosen = _uuid(tenant) if session.is_platform_admin else None
+        body, error, names = None, None, {}
+        try:
+            body = await web.api.json("GET", "/api/v1/tagging/queue", session.token, client_ip=client_ip(request),
+                                      params={"tenant_id": chosen} if chosen else None)
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            error = messages.problem_message(exc)
+        if session.is_platform_admin:
+            try:
+                tenants = await web.api.json("GET", "/api/v1/admin/tenants", session.token,
+                                             client_ip=client_ip(request))
+                names = {t["id"]: t for t in tenants.get("items") or []}
+            except ApiError as exc:
+                if exc.status == 401:
+                    raise
+        return web.render(request, "admin_queue.html", session, q=body, error=error, names=names, chosen=chosen,
+                          reasons=DEAD_LETTER_REASONS)
+
+    @r.post("/admin/queue/retry")
+    async def retry(request: Request) -> Response:
+        session = web.session(request)
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not csrf_ok(request, session, form.get(CSRF_FIELD)):
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        doc_id, tenant_id = _uuid(form.get("document_id")), _uuid(form.get("tenant_id"))
+        if doc_id is None:
+            return web.error_page(request, session, 404, messages.problem_message(404))
+        params = {"tenant_id": tenant_id} if tenant_id and tenant_id != session.tenant_id else None
+        try:
+            await web.api.send("POST", f"/api/v1/tagging/documents/{doc_id}/retry", session.token, params=params,
+                               client_ip=client_ip(request))
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            message = ("이미 태깅되었거나 아직 처리 중인 문서라 다시 시도하지 않았습니다." if exc.status == 409
+                       else messages.problem_message(exc))
+            return web.error_page(request, session, exc.status, message)
+        back = _uuid(form.get("back_tenant"))
+        return RedirectResponse(link("/admin/queue", {"tenant": back, "msg": "retried"}), status_code=303)
+
+    return r
