@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
 .PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
-        bench bench-model bench-ingest bench-search bench-gateway bench-web
+        bench bench-model bench-ingest bench-search bench-gateway bench-web bundle
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ $(PROTO_OUT): $(PROTO_SRC) infra/scripts/gen_protos.sh | $(STAMP)
 
 check-protos: setup ## fail when the generated stubs differ from protos/
 	PYTHON=$(PY) $(PY) -m pytest -q tests/unit/test_protos_fresh.py
+
+DIST ?= dist
+ROLE ?=
+
+bundle: setup ## offline release bundles per VM role: $(DIST)/doctag-<version>-<role>.tar.gz (ROLE=gateway for one; cached in var/bundle-cache)
+	$(VENV)/bin/doctag release bundle --out $(DIST) $(if $(ROLE),--role $(ROLE))
 
 DATA_DIR  ?= ../shared/data
 MODEL_DIR ?= services/model_serving/artifacts/doctag-tagger
