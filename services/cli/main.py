@@ -11,7 +11,7 @@ from services.common.pki import SERVICE_ROLES
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
-from . import admin, model_quality_cmds, model_registry_cmds, release_cmds, search_cmds
+from . import admin, deploy_cmds, model_quality_cmds, model_registry_cmds, release_cmds, search_cmds
 
 if TYPE_CHECKING:
     from .stack import ServiceAccounts
@@ -408,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(func=cmd_probe)
 
     release_cmds.add_commands(sub)
+    deploy_cmds.add_commands(sub)
 
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)

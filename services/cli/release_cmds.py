@@ -9,11 +9,12 @@ from . import vm_layout
 
 
 def cmd_bundle(settings: Any, args: argparse.Namespace) -> None:
-    from .bundle import build
+    from .bundle import build, release_version
 
     roles = args.role or [r.name for r in vm_layout.ROLES]
+    version = release_version()  # once: every role's bundle of one run has the same version
     for name in roles:
-        built = build(name, args.out, cache=args.cache)
+        built = build(name, args.out, cache=args.cache, version=version)
         size = built.path.stat().st_size / 1e6
         state = "unchanged, reused" if built.reused else "built"
         print(f"{built.path} ({size:.1f} MB): {state} in {built.seconds:.1f}s")
