@@ -36,8 +36,14 @@ def cmd_all(settings: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(settings: Any, args: argparse.Namespace) -> None:
+    from .inventory import InventoryError
+
     deployer = _deployer(args)
-    _report([deployer.rollback(deployer.inv.host(args.host))])
+    hosts = [deployer.inv.host(args.host)] if args.host else deployer.inv.of_role(args.role)
+    wrong = [h.name for h in hosts if h.role != args.role]
+    if wrong or not hosts:
+        raise InventoryError(f"{args.inventory}: {', '.join(wrong) or 'no host'} of role {args.role}")
+    _report([deployer.rollback(h) for h in hosts])
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -61,7 +67,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     a = deploy.add_parser("all", help="every host, in dependency order (db, model, web, tagging, gateway)")
     _common(a)
     a.set_defaults(func=cmd_all)
-    b = deploy.add_parser("rollback", help="switch a host back to its previous version and restart it")
-    b.add_argument("--host", required=True)
+    b = deploy.add_parser("rollback", help="switch hosts of a role back to their previous version, restart them")
+    b.add_argument("role", choices=[x.name for x in vm_layout.ROLES])
+    b.add_argument("--host", default=None, help="only this host (default: every host of the role)")
     _common(b)
     b.set_defaults(func=cmd_rollback)
