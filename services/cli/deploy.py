@@ -126,9 +126,10 @@ class Deployer:
         config = render_host(self.inv, host, self.state, inventory_text=self.inventory_text)
         mark = f"{digest} {config.digest()}"
         root, cfg = host.install_root, host.config_dir
-        current = self.sh(host, f"cat {_q(cfg / DEPLOY_MARK)} 2>/dev/null; echo; readlink {_q(root / 'current')} "
-                                "2>/dev/null; true", what="reading the host's state").split("\n")
-        if current[0].strip() == mark and (current[1].strip() if len(current) > 1 else "") == version:
+        state = self.sh(host, f"head -c 200 {_q(cfg / DEPLOY_MARK)} 2>/dev/null; echo; "
+                              f"readlink {_q(root / 'current')} 2>/dev/null; true", what="reading the host's state")
+        lines = [*state.split("\n"), "", ""]
+        if lines[0].strip() == mark and lines[1].strip() == version:
             self._say(host, "bundle and configuration unchanged: nothing to do")
             self.wait_ready(host)
             return Outcome(host.name, host.role, version, False, "ready, nothing restarted",
@@ -136,7 +137,7 @@ class Deployer:
         self._install(host, path, version)
         self._write_config(host, config)
         restarted = self._restart(host, config)
-        self.sh(host, f"printf '%s\\n' {_q(mark)} > {_q(cfg / DEPLOY_MARK)}", what="recording the deploy")
+        self.sh(host, f"printf '%s' {_q(mark)} > {_q(cfg / DEPLOY_MARK)}", what="recording the deploy")
         self.wait_ready(host)
         return Outcome(host.name, host.role, version, True, f"restarted {', '.join(restarted) or 'nothing'}; ready",
                        time.monotonic() - started)

@@ -164,20 +164,21 @@ def service_env(inv: Inventory, host: Host, service: vm_layout.Service) -> dict[
             "DOCTAG_AMQP_DECLARE_TOPOLOGY": "false",
             "DOCTAG_AMQP_PREFIX": AMQP_PREFIX,
         })
-    model = f"{inv.one('model').address}:{vm_layout.MODEL_SERVING.grpc_port}"
+    def model() -> str:
+        return f"{inv.one('model').address}:{vm_layout.MODEL_SERVING.grpc_port}"
+
     uploads = ",".join(f"{h.address}:{vm_layout.UPLOAD.grpc_port}" for h in inv.of_role("web"))
-    gateway = inv.one("gateway")
     if service.name == "upload":
         env.update({"DOCTAG_BLOB_DIR": str(host.blob_dir), "DOCTAG_RELAY_DB_PASSWORD_FILE":
                     str(cfg / "secrets" / "db" / "doctag_relay"),
                     "DOCTAG_JOB_CAPABILITY_PRIVATE_KEY_FILE": str(keys / capability.PRIVATE_NAME),
                     "DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE": str(keys / capability.PUBLIC_NAME)})
     elif service.name == "search":
-        env.update({"DOCTAG_BLOB_DIR": str(host.blob_dir), "DOCTAG_MODEL_GRPC_TARGET": model})
+        env.update({"DOCTAG_BLOB_DIR": str(host.blob_dir), "DOCTAG_MODEL_GRPC_TARGET": model()})
     elif service.name == "tagging-worker":
-        env.update({"DOCTAG_DOCUMENTS_GRPC_TARGET": uploads, "DOCTAG_MODEL_GRPC_TARGET": model})
+        env.update({"DOCTAG_DOCUMENTS_GRPC_TARGET": uploads, "DOCTAG_MODEL_GRPC_TARGET": model()})
     elif service.name == "web":
-        env["DOCTAG_WEB_API_URL"] = f"http://{gateway.address}:{vm_layout.GATEWAY.http_port}"
+        env["DOCTAG_WEB_API_URL"] = f"http://{inv.one('gateway').address}:{vm_layout.GATEWAY.http_port}"
     elif service.name == "model-serving":
         env.update({"DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE": str(keys / capability.PUBLIC_NAME),
                     "DOCTAG_MODEL_STORE": str(host.state_dir / "models"),
@@ -191,6 +192,7 @@ def service_env(inv: Inventory, host: Host, service: vm_layout.Service) -> dict[
             # UI logins arrive from the web hosts, which name the user's address: only they are believed.
             "DOCTAG_GATEWAY_TRUSTED_FORWARDERS": json.dumps([h.address for h in inv.of_role("web")]),
         })
+    env.update(host.env)
     return env
 
 

@@ -104,6 +104,18 @@ def test_supervisor_runs_the_units_command_lines_with_the_env_files_variables() 
     for s in web.services:
         unit_exec = next(ln for ln in units.render_unit(s, paths).splitlines() if ln.startswith("ExecStart="))
         assert f"command={unit_exec.removeprefix('ExecStart=')}" in conf
-    assert 'environment=DOCTAG_HTTP_PORT="8101",DOCTAG_P="50%%"' in conf
+    assert "environment=DOCTAG_HTTP_PORT='8101',DOCTAG_P='50%%'" in conf
     assert "user=" not in conf and "stdout_logfile=/x/state/log/upload.log" in conf
     assert "user=doctag" in units.render_supervisor(web, units.HostPaths(), {})
+
+
+def test_supervisor_reads_back_exactly_the_env_files_values() -> None:
+    """supervisord's own parser (not a copy of it) gets the same variables systemd would."""
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    env = {"DOCTAG_GATEWAY_TRUSTED_FORWARDERS": '["10.0.0.1", "10.0.0.2"]', "DOCTAG_Q": "50% a,b",
+           "DOCTAG_URL": "amqp://u@10.0.0.1:5672/doctag"}
+    conf = units.render_supervisor(vm_layout.role("gateway"), units.HostPaths(), {"gateway": env})
+    line = next(ln for ln in conf.splitlines() if ln.startswith("environment="))
+    assert dict_of_key_value_pairs(line.removeprefix("environment=").replace("%%", "%")) == env
+    assert units.parse_env_file(units.render_env_file(env)) == env
