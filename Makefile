@@ -49,6 +49,8 @@ deploy-tools: ## Debian's cloud-init, systemd and openssh-server for the deploym
 	if [ "$$(id -u)" -ne 0 ]; then echo "deployment tests skip without$$missing: run 'sudo apt-get install -y cloud-init systemd openssh-server'"; exit 0; fi; \
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends cloud-init systemd openssh-server
 
+test: deploy-tools
+
 protos: $(PROTO_OUT) ## generate gRPC stubs from protos/
 
 $(PROTO_OUT): $(PROTO_SRC) infra/scripts/gen_protos.sh | $(STAMP)
@@ -128,7 +130,7 @@ lint: setup ## ruff, mypy and the import contracts between services (part of `ma
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
-test: lint browser deploy-tools ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
+test: lint browser ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
 
 test-unit: setup

@@ -162,11 +162,11 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 # -- supervisor mode ---------------------------------------------------------------------------
 def _supervisor_value(value: str) -> str:
-    """supervisord splits `environment=` with a non-POSIX shlex (no escapes inside quotes): single
-    quotes carry double quotes and commas; env files never hold single quotes (render_env_file)."""
-    if "'" in value or "\n" in value:
-        raise EnvFileError("a supervisor environment value cannot hold a single quote or newline")
-    return "'" + value.replace("%", "%%") + "'"
+    """A value quoted for supervisord's `environment=`: its parser (shlex) takes no backslash-escaped
+    quote inside double quotes, so a value holding `"` (JSON) goes in single quotes (env files
+    already refuse single quotes); `%` is doubled for its interpolation."""
+    value = value.replace("%", "%%")
+    return f"'{value}'" if '"' in value else f'"{value}"'
 
 
 def render_supervisor(role: vm_layout.VmRole, paths: HostPaths, envs: dict[str, dict[str, str]]) -> str:

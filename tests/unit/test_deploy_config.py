@@ -108,7 +108,7 @@ def test_supervisor_mode_writes_supervisord_conf_instead_of_units(state) -> None
     config = deploy_config.render_host(inv, inv.host("web-2"), state)
     conf = config.files["supervisord.conf"].content.decode()
     assert "command=/x/opt/current/venv/bin/python -m services.upload" in conf and not config.units
-    assert "DOCTAG_HTTP_HOST='10.20.0.31'" in conf
+    assert 'DOCTAG_HTTP_HOST="10.20.0.31"' in conf
 
 
 def test_transport_argv() -> None:
