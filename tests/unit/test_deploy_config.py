@@ -120,3 +120,25 @@ def test_transport_argv() -> None:
     d = Deployer(inv, transport=Transport(), log=False)
     assert d.probes(inv.host("gw-1")) == [("gateway", "http://10.20.0.50:8100/readyz")]
     assert ("upload gRPC", "grpc://10.20.0.30:9101/upload") in d.probes(host)
+
+
+def test_inventory_env_reaches_every_service_and_a_host_entry_wins(state) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["defaults"]["env"] = {"DOCTAG_LOG_LEVEL": "DEBUG", "DOCTAG_DB_SSLMODE": "verify-full"}
+    data["hosts"][2]["env"] = {"DOCTAG_LOG_LEVEL": "WARNING"}
+    inv = parse_inventory(data, "env.yaml")
+    config = deploy_config.render_host(inv, inv.host("web-1"), state)
+    assert {_env(config, s)["DOCTAG_LOG_LEVEL"] for s in ("upload", "search", "web")} == {"WARNING"}
+    assert _env(config, "upload")["DOCTAG_DB_SSLMODE"] == "verify-full"
+
+
+def test_deploy_refuses_a_host_of_another_role_and_a_missing_bundle(tmp_path: Path) -> None:
+    from services.cli.deploy import DeployError, deploy_role
+    from services.cli.inventory import InventoryError
+
+    inv = load_inventory(EXAMPLE)
+    d = Deployer(inv, transport=Transport("false"), dist=tmp_path, version="0.1.0+x", state_root=tmp_path, log=False)
+    with pytest.raises(InventoryError, match="host gw-1 has role gateway, not web"):
+        deploy_role(d, "web", "gw-1")
+    with pytest.raises(DeployError, match=r"no bundle .*doctag-0\.1\.0\+x-web\.tar\.gz: run `make bundle`"):
+        deploy_role(d, "web", "web-1")
