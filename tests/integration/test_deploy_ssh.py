@@ -90,7 +90,10 @@ def _inventory(root: Path, test_db_name: str, ssh_port: int, **env: str) -> dict
         "defaults": {"install_root": str(root / "opt"), "config_dir": str(root / "etc"),
                      "state_dir": str(root / "state"), "blob_dir": str(root / "blobs"),
                      "service_manager": "supervisor", "service_user": None, "ssh_port": ssh_port,
+                     # this machine's PostgreSQL has no TLS and its Redis no ACL user (a db host set up by
+                     # `doctag dbhost setup` has both): the inventory's env overrides what deploy renders
                      "env": {"DOCTAG_DB_NAME": test_db_name, "DOCTAG_GATEWAY_REDIS_PREFIX": f"{test_db_name}-gw",
+                             "DOCTAG_DB_SSLMODE": "disable", "DOCTAG_GATEWAY_REDIS_URL": "redis://127.0.0.1:6379/0",
                              **env}},
         "hosts": [
             {"name": "db-1", "role": "db", "address": "127.0.0.1"},
