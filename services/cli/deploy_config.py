@@ -242,8 +242,12 @@ def render_host(inv: Inventory, host: Host, state: OperatorState, *, inventory_t
         files["keys/cursor_hmac.key"] = HostFile((state.keys_dir / "cursor_hmac.key").read_bytes(), SECRET)
     if "gateway" in names:
         files["keys/jwt_private.pem"] = HostFile((state.keys_dir / "jwt_private.pem").read_bytes(), SECRET)
+        # the rate-limiting plugin's Redis is the db host's, as the gateway's ACL user: the file holds
+        # its password, so it is a secret too
+        redis = {"host": inv.one("db").address, "port": vm_layout.REDIS_PORT, "username": REDIS_GATEWAY_USER,
+                 "password": state.redis_password().read_text(encoding="utf-8").strip()}
         files["kong.yml"] = HostFile(render_gateway_config(DEFAULT_GATEWAY_CONFIG, gateway_targets(inv),
-                                                           http_tls=True).encode())
+                                                           http_tls=True, redis=redis).encode(), SECRET)
     if "upload" in names:
         files[f"keys/{capability.PRIVATE_NAME}"] = HostFile(
             (state.keys_dir / capability.PRIVATE_NAME).read_bytes(), SECRET)

@@ -71,6 +71,14 @@ def test_gateway_host_routes_to_every_web_host_over_mutual_tls(state) -> None:
     assert targets["web-upstream"] == ["10.20.0.30:8141", "10.20.0.31:8141"]
     assert targets["model-serving-upstream"] == ["10.20.0.20:8121"]
     assert {s["protocol"] for s in kong["services"] if s.get("host") in targets} == {"https"}
+    limits = [p for p in kong["plugins"] if p["name"] == "rate-limiting" and p["config"]["policy"] == "redis"]
+    password = config.files["secrets/redis/doctag-gateway"].content.decode().strip()
+    assert limits and all(p["config"]["redis"] == {"host": "10.20.0.10", "port": 6379, "username": "doctag-gateway",
+                                                   "password": password} for p in limits)
+    assert config.files["kong.yml"].mode == 0o640
+    from gateway.config import parse_config
+
+    parse_config(kong, "kong.yml")  # the gateway accepts what deploy writes
     env = _env(config, "gateway")
     assert env["DOCTAG_GATEWAY_TRUSTED_FORWARDERS"] == '["10.20.0.30", "10.20.0.31"]'
     assert env["DOCTAG_GATEWAY_REDIS_URL"] == "redis://doctag-gateway@10.20.0.10:6379/0"
