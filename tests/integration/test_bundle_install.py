@@ -44,8 +44,13 @@ def _unpack(path: Path, into: Path) -> Path:
     return bundle.extract(path, into)
 
 
+# As root, install.sh runs in a network namespace of its own with no interface but loopback down:
+# an install that tried to reach an index would fail, not quietly download.
+OFFLINE = ["unshare", "--net"] if os.geteuid() == 0 and shutil.which("unshare") else []
+
+
 def _install(top: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(top / "install.sh"), *args], capture_output=True, text=True, timeout=300,
+    return subprocess.run([*OFFLINE, str(top / "install.sh"), *args], capture_output=True, text=True, timeout=300,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
 
 
