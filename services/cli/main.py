@@ -11,7 +11,7 @@ from services.common.pki import SERVICE_ROLES
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
-from . import admin, model_quality_cmds, model_registry_cmds, search_cmds
+from . import admin, dbhost_cmds, deploy_cmds, model_quality_cmds, model_registry_cmds, release_cmds, search_cmds
 
 if TYPE_CHECKING:
     from .stack import ServiceAccounts
@@ -438,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--out", type=Path, default=Path("infra/compose/kong.yml"))
     mc.set_defaults(func=cmd_manifests_compose_gateway)
 
+    release_cmds.add_commands(sub)
+    deploy_cmds.add_commands(sub)
+
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)
     su = stack.add_parser("up", help="check dependencies, migrate, start every service, wait until ready")
@@ -445,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     su.set_defaults(func=cmd_stack_up)
     stack.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_stack_down)
     stack.add_parser("status", help="state of every service").set_defaults(func=cmd_stack_status)
+    dbhost = sub.add_parser("dbhost", help="the db VM: PostgreSQL, RabbitMQ, Redis on its private address (as "
+                            "root)").add_subparsers(dest="action", required=True)
+    dbhost_cmds.add_commands(dbhost)
     return parser
 
 
@@ -459,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     except admin.AdminError as exc:
         print(f"doctag: {exc}", file=sys.stderr)
         return 1
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"doctag: {exc}", file=sys.stderr)
         return 1
     return 0
