@@ -231,6 +231,17 @@ def test_a_base_backup_restores_with_the_rows_written_after_it(dbhost: DbHost) -
                     "fast"], check=True, capture_output=True, timeout=60)
 
 
+def test_backups_beyond_keep_go_with_the_wal_only_they_needed(dbhost: DbHost) -> None:
+    first = sorted(dbhost.cfg.backups.iterdir())
+    archived_before = sorted(p.name for p in dbhost.cfg.wal_archive.iterdir())
+    time.sleep(1.1)  # backups are named by the second
+    out = doctag("dbhost", "backup", "--data-root", str(dbhost.cfg.root), "--keep", "1").stdout
+    kept = sorted(dbhost.cfg.backups.iterdir())
+    assert len(first) == 1 and len(kept) == 1 and kept != first and "removed older backups" in out
+    archived = sorted(p.name for p in dbhost.cfg.wal_archive.iterdir())
+    assert archived and archived[0] > archived_before[0]
+
+
 def test_stop_start_and_status(dbhost: DbHost) -> None:
     root = str(dbhost.cfg.root)
     assert doctag("dbhost", "status", "--data-root", root, "--address", "127.0.0.1").returncode == 0
