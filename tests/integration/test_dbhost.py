@@ -26,6 +26,8 @@ import pytest
 import redis
 import yaml
 from alembic.script import ScriptDirectory
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway.counters import RedisCounters
 from gateway.settings import GatewaySettings
@@ -36,6 +38,7 @@ from services.common.settings import CommonSettings
 from tests.conftest import REPO, SESSION_ID
 
 pytestmark = pytest.mark.integration
+NO_RETRY = Retry(NoBackoff(), 0)  # a refused login is the answer, not a reason to try again
 
 if shutil.which("rabbitmq-server") is None or not (PG_BIN / "postgres").exists() or os.geteuid() != 0:
     pytest.skip("needs root, PostgreSQL 15 and rabbitmq-server", allow_module_level=True)
@@ -195,9 +198,9 @@ def test_redis_admits_only_the_gateway_user(dbhost: DbHost) -> None:
 
     assert asyncio.run(counters()) == [1]
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=port, username="doctag-gateway", password="wrong").ping()
+        redis.Redis(host="127.0.0.1", port=port, username="doctag-gateway", password="wrong", retry=NO_RETRY).ping()
     with pytest.raises((redis.AuthenticationError, redis.ResponseError), match=r"NOAUTH|authenticated"):
-        redis.Redis(host="127.0.0.1", port=port).set("x", 1)
+        redis.Redis(host="127.0.0.1", port=port, retry=NO_RETRY).set("x", 1)
     assert "protected-mode yes" in (dbhost.cfg.redis_dir / "redis.conf").read_text()
 
 
