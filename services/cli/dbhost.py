@@ -21,14 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-import yaml
 from cryptography import x509
 
 from services.common import pki
 from services.common.amqp import Topology
 from services.common.settings import CommonSettings
 
-from . import amqp_accounts, db_accounts, dbhost_servers, vm_layout
+from . import amqp_accounts, db_accounts, dbhost_servers, inventory, vm_layout
 from .dbhost_config import (
     ADMIN_MAP,
     PG_BIN,
@@ -63,30 +62,13 @@ class Host:
 
 
 def read_hosts(path: Path) -> list[Host]:
-    """The inventory's hosts (name, role, address): all the db host needs of it. Errors name the entry."""
+    """The inventory's hosts (name, role, address): all the db host needs of it. The inventory is read
+    and checked by the same code as deploy's (services/cli/inventory.py); errors name the entry."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise DbHostError(f"{path}: {exc}") from None
-    entries = data.get("hosts") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise DbHostError(f"{path}: hosts: a list of hosts is required")
-    roles = {r.name for r in vm_layout.ROLES}
-    hosts = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise DbHostError(f"{path}: hosts[{i}]: a mapping with name, role and address is required")
-        for key in ("name", "role", "address"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise DbHostError(f"{path}: hosts[{i}].{key}: required")
-        if entry["role"] not in roles:
-            raise DbHostError(f"{path}: hosts[{i}].role: {entry['role']!r} is not one of {', '.join(sorted(roles))}")
-        try:
-            ipaddress.ip_address(entry["address"])
-        except ValueError:
-            raise DbHostError(f"{path}: hosts[{i}].address: {entry['address']!r} is not an IP address") from None
-        hosts.append(Host(entry["name"], entry["role"], entry["address"]))
-    return hosts
+        hosts = inventory.load_inventory(path).hosts
+    except inventory.InventoryError as exc:
+        raise DbHostError(str(exc)) from None
+    return [Host(h.name, h.role, h.address) for h in hosts]
 
 
 def db_host(hosts: list[Host], name: str) -> Host:

@@ -51,12 +51,13 @@ def test_pg_hba_from_the_inventory(tmp_path: Path) -> None:
 
 def test_inventory_errors_name_the_entry(tmp_path: Path) -> None:
     path = tmp_path / "inventory.yaml"
-    path.write_text(yaml.safe_dump({"hosts": [{"name": "db-1", "role": "db", "address": "10.0.0.1"},
+    path.write_text(yaml.safe_dump({"version": 1, "hosts": [{"name": "db-1", "role": "db", "address": "10.0.0.1"},
                                               {"name": "x", "role": "db", "address": "not-an-ip"}]}))
     with pytest.raises(DbHostError, match=r"hosts\[1\]\.address: 'not-an-ip'"):
         dbhost.read_hosts(path)
-    path.write_text(yaml.safe_dump({"hosts": [{"name": "db-1", "role": "database", "address": "10.0.0.1"}]}))
-    with pytest.raises(DbHostError, match=r"hosts\[0\]\.role: 'database'"):
+    path.write_text(yaml.safe_dump({"version": 1,
+                                    "hosts": [{"name": "db-1", "role": "database", "address": "10.0.0.1"}]}))
+    with pytest.raises(DbHostError, match=r"hosts\[0\]\.role: unknown VM role 'database'"):
         dbhost.read_hosts(path)
     with pytest.raises(DbHostError, match="--host web-1: its role is web"):
         dbhost.db_host(HOSTS, "web-1")
