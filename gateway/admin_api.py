@@ -12,6 +12,10 @@ may write), for people with a bearer token:
   API calls counted per day (identity.api_usage) over the last `days` days, days without calls
   as 0, with the daily quota they count against.
 
+Every change is written to the audit log of the tenant it changes (`admin.*` actions of
+services/common/audit.py: actor, target, what changed, never a password or a key) in the
+transaction of the change, so there is no change without its entry and no entry without its change.
+
 Bodies are bounded JSON (services/common/jsonbody.py); mistakes answer 422 naming the field.
 """
 from __future__ import annotations
@@ -25,10 +29,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from services.common import audit
 from services.common.api_keys import key_hash, new_key
 from services.common.api_quota import quota_day
 from services.common.auth import Principal
-from services.common.context import tenant_id_var
+from services.common.context import current_request_id, tenant_id_var
+from services.common.db import DictConnection
 from services.common.errors import ProblemError
 from services.common.passwords import MAX_PASSWORD_CHARS, hash_password
 
@@ -101,6 +107,19 @@ def _require(principal: Principal, role: str) -> None:
         raise ProblemError(403, f"this needs the {role} role")
 
 
+async def _record(conn: DictConnection, principal: Principal, action: str, target: dict[str, Any],
+                  **details: Any) -> None:
+    """The audit entry of one admin change, in the change's transaction (its tenant's log)."""
+    await audit.record(conn, action=action, actor_id=principal.user_id if _is_uuid(principal.user_id) else None,
+                       actor_name=principal.username or None, request_id=current_request_id(),
+                       details={"target": target, **details, "actor_tenant_id": principal.tenant_id,
+                                "actor_roles": list(principal.roles)})
+
+
+def _user_target(row: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "user", "id": str(row["id"]), "username": row["username"]}
+
+
 def _user(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": str(row["id"]), "username": row["username"], "roles": list(row["roles"]),
             "disabled": row["disabled"], "created_at": row["created_at"].isoformat()}
@@ -140,7 +159,8 @@ def admin_router(gateway: Gateway) -> APIRouter:
                 f"VALUES (%s, %s, %s, %s, %s) RETURNING {user_columns}",
                 (str(uuid.uuid4()), principal.tenant_id, new.username, hash_password(new.password), [new.role]),
             )).fetchone()
-        assert row is not None
+            assert row is not None
+            await _record(conn, principal, audit.ADMIN_USER_CREATED, _user_target(row), roles=list(row["roles"]))
         return JSONResponse(_user(row), status_code=201)
 
     @router.patch("/users/{user_id}", summary="Change a user's role, disable/enable, reset the password "
@@ -165,11 +185,22 @@ def admin_router(gateway: Gateway) -> APIRouter:
         if not sets:
             raise ProblemError(422, "give role, disabled or password", field="body")
         async with db.tenant_transaction(principal.tenant_id) as conn:
+            before = await (await conn.execute("SELECT roles, disabled FROM identity.users WHERE id = %s FOR UPDATE",
+                                               (target,))).fetchone()
             row = await (await conn.execute(
                 f"UPDATE identity.users SET {', '.join(sets)}, updated_at = now() WHERE id = %s "
                 f"RETURNING {user_columns}", (*params, target))).fetchone()
-        if row is None:
-            raise ProblemError(404, "no such user in your tenant", field="user_id")
+            if row is None or before is None:
+                raise ProblemError(404, "no such user in your tenant", field="user_id")
+            who = _user_target(row)
+            if change.role is not None:
+                await _record(conn, principal, audit.ADMIN_USER_ROLE_CHANGED, who,
+                              roles_before=list(before["roles"]), roles=list(row["roles"]))
+            if change.disabled is not None:
+                action = audit.ADMIN_USER_DISABLED if change.disabled else audit.ADMIN_USER_ENABLED
+                await _record(conn, principal, action, who, was_disabled=bool(before["disabled"]))
+            if change.password is not None:
+                await _record(conn, principal, audit.ADMIN_USER_PASSWORD_RESET, who)
         return _user(row)
 
     # ------------------------------------------------------------------ API keys
@@ -194,7 +225,9 @@ def admin_router(gateway: Gateway) -> APIRouter:
                 "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, name, roles, created_at, revoked_at",
                 (str(uuid.uuid4()), principal.tenant_id, new.name, key_hash(key), sorted(set(new.roles)),
                  principal.user_id if _is_uuid(principal.user_id) else None))).fetchone()
-        assert row is not None
+            assert row is not None
+            await _record(conn, principal, audit.ADMIN_API_KEY_CREATED,
+                          {"type": "api_key", "id": str(row["id"]), "name": row["name"]}, roles=list(row["roles"]))
         return JSONResponse({**_key(row), "key": key}, status_code=201, headers={"Cache-Control": "no-store"})
 
     @router.delete("/api-keys/{key_id}", status_code=204, summary="Revoke an API key (tenant_admin)")
@@ -204,9 +237,13 @@ def admin_router(gateway: Gateway) -> APIRouter:
         async with db.tenant_transaction(principal.tenant_id) as conn:
             row = await (await conn.execute(
                 "UPDATE identity.api_keys SET revoked_at = coalesce(revoked_at, now()) "
-                "WHERE id = %s AND tenant_id = public.app_tenant_id() RETURNING id", (target,))).fetchone()
-        if row is None:
-            raise ProblemError(404, "no such API key in your tenant", field="key_id")
+                "WHERE id = %s AND tenant_id = public.app_tenant_id() "
+                "RETURNING id, name, revoked_at = now() AS revoked_now", (target,))).fetchone()
+            if row is None:
+                raise ProblemError(404, "no such API key in your tenant", field="key_id")
+            if row["revoked_now"]:  # revoking a revoked key again changes nothing and records nothing
+                await _record(conn, principal, audit.ADMIN_API_KEY_REVOKED,
+                              {"type": "api_key", "id": str(row["id"]), "name": row["name"]})
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ tenants
@@ -232,12 +269,18 @@ def admin_router(gateway: Gateway) -> APIRouter:
         _require(principal, "platform_admin")
         target = _uuid(tenant_id, "tenant_id")
         change: TenantChange = await _body(request, TenantChange)
-        async with db.transaction() as conn:
+        # In the changed tenant's transaction: its audit log gets the entry.
+        async with db.tenant_transaction(target) as conn:
+            before = await (await conn.execute("SELECT api_daily_quota FROM identity.tenants WHERE id = %s FOR UPDATE",
+                                               (target,))).fetchone()
             row = await (await conn.execute(
                 "UPDATE identity.tenants SET api_daily_quota = %s WHERE id = %s RETURNING id, slug, api_daily_quota",
                 (change.api_daily_quota, target))).fetchone()
-        if row is None:
-            raise ProblemError(404, "no such tenant", field="tenant_id")
+            if row is None or before is None:
+                raise ProblemError(404, "no such tenant", field="tenant_id")
+            await _record(conn, principal, audit.ADMIN_TENANT_QUOTA_CHANGED,
+                          {"type": "tenant", "id": str(row["id"]), "slug": row["slug"]},
+                          api_daily_quota_before=before["api_daily_quota"], api_daily_quota=row["api_daily_quota"])
         return {"id": str(row["id"]), "slug": row["slug"], "api_daily_quota": row["api_daily_quota"]}
 
     # ------------------------------------------------------------------ usage history

@@ -5,12 +5,14 @@ proxied through the plugin pipeline) and the status app (Kong's `status_listen`:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from services.common.auth import ensure_keypair
 from services.common.http import create_app
@@ -43,6 +45,21 @@ def prepare_keys(settings: GatewaySettings) -> tuple[Path, Path]:
                           "are the default names jwt_private.pem / jwt_public.pem in one directory")
     ensure_keypair(private.parent)
     return private, public
+
+
+class ProxyRoute(Route):
+    """The proxy's catch-all for every path outside the gateway's own endpoints (`owned`: their
+    path prefixes), decided by one prefix test instead of FastAPI's walk over its routes."""
+
+    def __init__(self, endpoint: Callable[[Request], Awaitable[Response]], owned: tuple[str, ...]) -> None:
+        super().__init__("/{path:path}", endpoint, methods=PROXY_METHODS, include_in_schema=False)
+        self.owned = owned
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http" or scope["path"].startswith(self.owned):
+            return Match.NONE, {}
+        child = {"endpoint": self.endpoint, "path_params": {"path": scope["path"].lstrip("/")}, "route": self}
+        return (Match.FULL if scope["method"] in self.methods else Match.PARTIAL), child  # type: ignore[operator]
 
 
 @dataclass(frozen=True)
@@ -83,16 +100,22 @@ def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
 
     proxy = create_app("gateway", title="doctag API gateway", lifespan=lifespan, operational_routes=False)
     proxy.state.gateway = gateway
-    proxy.include_router(token_router(issuer, TrustedForwarders(settings.gateway_trusted_forwarders)))
-    proxy.include_router(admin_router(gateway))
+    own_routers = [token_router(issuer, TrustedForwarders(settings.gateway_trusted_forwarders)),
+                   admin_router(gateway)]
+    for router in own_routers:
+        proxy.include_router(router)
     fairness = TenantFairness(settings.gateway_tenant_max_in_flight,
                               max_waiting=settings.gateway_tenant_max_waiting,
                               wait_s=settings.gateway_tenant_wait_seconds)
     quotas = DailyQuotas(gateway.db, default_quota=settings.api_daily_quota_default,
                          timezone=settings.api_quota_timezone, warning_percent=settings.api_quota_warning_percent)
-    proxy.add_api_route("/{path:path}", proxy_endpoint(gateway.proxy, fairness,
-                                                      quotas if settings.gateway_api_quotas else None),
-                        methods=PROXY_METHODS, include_in_schema=False)
+    endpoint = proxy_endpoint(gateway.proxy, fairness, quotas if settings.gateway_api_quotas else None)
+    owned = tuple(sorted({route.path.split("{")[0] for router in own_routers for route in router.routes
+                          if isinstance(route, Route)}))
+    # Matched first, so a proxied request does not walk the gateway's own routes; a path under one
+    # of theirs goes through them and, when none matches, to the same endpoint at the end.
+    proxy.router.routes.insert(0, ProxyRoute(endpoint, owned))
+    proxy.add_api_route("/{path:path}", endpoint, methods=PROXY_METHODS, include_in_schema=False)
     proxy.add_middleware(PhasesMiddleware, current=gateway.current)
 
     status = create_app("gateway-status", title="doctag API gateway status",

@@ -15,16 +15,15 @@ import asyncio
 import contextlib
 import logging
 
-import httpx
-
 from .balancer import UNHEALTHY, TargetState, UpstreamBalancer
 from .config import ActiveHealthcheck
+from .upstream_client import TimeoutException, TransportError, UpstreamClient
 
 log = logging.getLogger("gateway.healthcheck")
 
 
 class ActiveChecker:
-    def __init__(self, balancer: UpstreamBalancer, conf: ActiveHealthcheck, client: httpx.AsyncClient) -> None:
+    def __init__(self, balancer: UpstreamBalancer, conf: ActiveHealthcheck, client: UpstreamClient) -> None:
         self.balancer = balancer
         self.conf = conf
         self.client = client
@@ -32,17 +31,17 @@ class ActiveChecker:
 
     async def probe(self, target: TargetState) -> str:
         """One probe: "success", "http", "tcp" or "timeout"."""
-        url = f"{self.conf.type}://{target.host}:{target.port}{self.conf.http_path}"
         headers = {k: v[0] for k, v in (self.conf.headers or {}).items() if v}
         try:
-            response = await self.client.get(url, headers=headers, timeout=self.conf.timeout or None)
-        except httpx.TimeoutException:
+            status = await self.client.get(self.conf.type, target.host, target.port, self.conf.http_path,
+                                           headers, timeout=self.conf.timeout or None)
+        except TimeoutException:
             return "timeout"
-        except httpx.TransportError:
+        except TransportError:
             return "tcp"
-        if response.status_code in self.conf.healthy.http_statuses:
+        if status in self.conf.healthy.http_statuses:
             return "success"
-        return "http" if response.status_code in self.conf.unhealthy.http_statuses else "neutral"
+        return "http" if status in self.conf.unhealthy.http_statuses else "neutral"
 
     def record(self, target: TargetState, outcome: str) -> None:
         counts = self._counts.setdefault(target.address, {"success": 0, "http": 0, "tcp": 0, "timeout": 0})
@@ -89,7 +88,7 @@ class HealthChecks:
     def __init__(self) -> None:
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self, balancers: list[tuple[UpstreamBalancer, ActiveHealthcheck]], client: httpx.AsyncClient) -> None:
+    def start(self, balancers: list[tuple[UpstreamBalancer, ActiveHealthcheck]], client: UpstreamClient) -> None:
         for balancer, conf in balancers:
             if conf.enabled:
                 self._tasks.append(asyncio.create_task(ActiveChecker(balancer, conf, client).run()))

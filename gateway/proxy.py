@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import httpx
 from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response as StarletteResponse
 from starlette.responses import StreamingResponse
 
 from services.common.context import REQUEST_ID_HEADER
@@ -32,6 +32,17 @@ from .healthcheck import HealthChecks
 from .metrics import RETRIES, UPSTREAM_LATENCY
 from .plugins.request_size_limiting.handler import PayloadTooLarge, too_large
 from .router import RouteMatch, prefix_matches
+from .upstream_client import (
+    ConnectError,
+    ConnectTimeout,
+    PoolTimeout,
+    ReadTimeout,
+    Response,
+    Timeouts,
+    TransportError,
+    UpstreamClient,
+    WriteTimeout,
+)
 
 log = logging.getLogger("gateway.proxy")
 
@@ -51,6 +62,9 @@ GATEWAY_OWNED = frozenset({
 RESPONSE_OWNED = frozenset({"date", "server", "x-request-id"})
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+# An answer with a declared length up to this is read whole and sent as one message (no streaming
+# machinery for the small JSON most API calls return); longer or unknown lengths are streamed.
+SMALL_BODY_BYTES = 64 * 1024
 
 
 def _connection_tokens(raw: list[tuple[bytes, bytes]]) -> set[str]:
@@ -95,6 +109,18 @@ class _ReplayGuard:
 
 
 @dataclass(frozen=True)
+class UpstreamRequest:
+    method: str
+    scheme: str
+    host: str
+    port: int
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    content: AsyncIterator[bytes] | None
+    timeouts: Timeouts
+
+
+@dataclass(frozen=True)
 class ForwardedRequest:
     """What the proxy sends: the body source and the headers the plugins added."""
 
@@ -112,7 +138,7 @@ class Proxy:
         self.cooldown_seconds = cooldown_seconds
         self.config = config
         self.balancers = self._balancers(config)
-        self.client: httpx.AsyncClient | None = None
+        self.client: UpstreamClient | None = None
         self.health_checks = HealthChecks()
         # Mutual TLS to upstreams (the gateway's certificate; renewed ones picked up by the watcher).
         self.tls = tls
@@ -143,11 +169,9 @@ class Proxy:
             self._start_checks()
 
     async def start(self) -> None:
-        # No client-level headers or env proxies: requests are built by hand and sent as they are.
-        self.client = httpx.AsyncClient(
-            trust_env=False, follow_redirects=False, verify=self.tls.context if self.tls else True,
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=2.0),
-        )
+        # Requests are built by hand and sent as they are (gateway/upstream_client.py).
+        self.client = UpstreamClient(ssl_context=self.tls.context if self.tls else None, max_per_target=1000,
+                                     keepalive_expiry=2.0)
         self._start_checks()
         if self.tls is not None:
             self._tls_watch = asyncio.get_running_loop().create_task(self.tls.watch(), name="upstream-tls-watch")
@@ -167,7 +191,7 @@ class Proxy:
         return balancer
 
     def _build(self, request: Request, match: RouteMatch, target: TargetState, balancer: UpstreamBalancer,
-               fwd: ForwardedRequest, content: AsyncIterator[bytes] | None) -> httpx.Request:
+               fwd: ForwardedRequest, content: AsyncIterator[bytes] | None) -> UpstreamRequest:
         service, route = match.entry.service, match.entry.route
         scope = request.scope
         # Forward the path as the client encoded it; fall back to re-encoding when the
@@ -178,8 +202,6 @@ class Proxy:
             raw = quote(request.url.path, safe=_PATH_SAFE)
         path = match.upstream_path(raw).encode("latin-1")
         query: bytes = scope.get("query_string", b"")
-        url = httpx.URL(scheme=service.protocol, host=target.host, port=target.port,
-                        raw_path=path + (b"?" + query if query else b""))
 
         incoming = request.headers.raw
         headers = filter_headers(incoming, GATEWAY_OWNED | {"x-forwarded-for"} | fwd.drop_headers)
@@ -208,12 +230,12 @@ class Proxy:
         if route.strip_path and match.prefix != "/":
             added.append(("X-Forwarded-Prefix", match.prefix))
         headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in added if v]
-        timeout = httpx.Timeout(connect=service.connect_timeout / 1000, read=service.read_timeout / 1000,
-                                write=service.write_timeout / 1000, pool=service.connect_timeout / 1000)
-        return httpx.Request(request.method, url, headers=headers, content=content,
-                             extensions={"timeout": timeout.as_dict()})
+        timeouts = Timeouts(connect=service.connect_timeout / 1000, read=service.read_timeout / 1000,
+                            write=service.write_timeout / 1000, pool=service.connect_timeout / 1000)
+        return UpstreamRequest(request.method, service.protocol, target.host, target.port,
+                               path + (b"?" + query if query else b""), headers, content, timeouts)
 
-    async def forward(self, request: Request, match: RouteMatch, fwd: ForwardedRequest) -> StreamingResponse:
+    async def forward(self, request: Request, match: RouteMatch, fwd: ForwardedRequest) -> StarletteResponse:
         """Sends the request to a target of the route's service and streams the answer back.
 
         Raises ProblemError: 502 when no target could be reached, 504 on an upstream
@@ -231,33 +253,34 @@ class Proxy:
             if attempts:
                 RETRIES.labels(service.name).inc()
             attempts += 1
-            upstream_request = self._build(request, match, target, balancer, fwd, guard.content())
+            up = self._build(request, match, target, balancer, fwd, guard.content())
             started = time.perf_counter()
             where = {"upstream_service": service.name, "target": target.address}
             target.in_flight += 1  # least-connections counts requests until their response headers
             try:
-                response = await self.client.send(upstream_request, stream=True)
+                response = await self.client.send(up.method, up.scheme, up.host, up.port, up.target, up.headers,
+                                                  up.content, up.timeouts)
             except PayloadTooLarge as exc:
                 raise too_large(exc.limit) from None
             except ClientDisconnect:
                 raise
-            except httpx.PoolTimeout:
+            except PoolTimeout:
                 raise ProblemError(503, "the gateway has too many requests in flight to this service") from None
-            except httpx.ConnectTimeout:
+            except ConnectTimeout:
                 balancer.report_failure(target, "timeout")
                 failure = f"connecting to {target.address} timed out"
                 log.warning("upstream connect timeout", extra=where)
                 continue  # nothing was sent: always safe to try the next target
-            except httpx.ConnectError as exc:
+            except ConnectError as exc:
                 balancer.report_failure(target, "tcp")
                 failure = f"cannot connect to {target.address}"
                 log.warning("upstream connect failed", extra={**where, "error": str(exc)})
                 continue
-            except (httpx.ReadTimeout, httpx.WriteTimeout):
+            except (ReadTimeout, WriteTimeout):
                 balancer.report_failure(target, "timeout")
                 log.warning("upstream timeout", extra=where)
                 raise ProblemError(504, f"the {service.name} service did not answer in time") from None
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 balancer.report_failure(target, "tcp")
                 failure = f"{target.address} failed: {exc.__class__.__name__}"
                 log.warning("upstream transport error", extra={**where, "error": repr(exc)})
@@ -268,17 +291,33 @@ class Proxy:
                 target.in_flight -= 1
             UPSTREAM_LATENCY.labels(service.name, target.address).observe(time.perf_counter() - started)
             balancer.report_status(target, response.status_code)
+            length = response.content_length()
+            if length is not None and length <= SMALL_BODY_BYTES and request.method != "HEAD":
+                return await self._whole(response, service.name, target.address)
             return self._stream_back(response, service.name, target.address)
         raise ProblemError(502, f"the {service.name} service is unavailable ({failure})",
                            extra={"service": service.name})
 
     @staticmethod
-    def _stream_back(response: httpx.Response, service: str, target: str) -> StreamingResponse:
+    async def _whole(response: Response, service: str, target: str) -> StarletteResponse:
+        """A small answer of declared length, read at once and sent as one message."""
+        try:
+            body = await response.aread()
+        except TransportError as exc:
+            log.warning("upstream response broke off", extra={"upstream_service": service, "target": target,
+                                                              "error": repr(exc)})
+            raise ProblemError(502, f"the {service} service's answer broke off") from None
+        out = StarletteResponse(body, status_code=response.status_code)
+        out.raw_headers = filter_headers(response.raw_headers, RESPONSE_OWNED)
+        return out
+
+    @staticmethod
+    def _stream_back(response: Response, service: str, target: str) -> StreamingResponse:
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for chunk in response.aiter_raw():
                     yield chunk
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 # Headers are gone already; all we can do is cut the connection so the
                 # client sees a truncated response rather than a complete-looking one.
                 log.warning("upstream response broke off", extra={"upstream_service": service, "target": target,
@@ -289,5 +328,5 @@ class Proxy:
 
         out = StreamingResponse(body(), status_code=response.status_code,
                                 background=BackgroundTask(response.aclose))
-        out.raw_headers = filter_headers(response.headers.raw, RESPONSE_OWNED)
+        out.raw_headers = filter_headers(response.raw_headers, RESPONSE_OWNED)
         return out

@@ -1,4 +1,5 @@
-"""Who may call which gRPC method: the one table to audit, and the server interceptor that enforces it.
+"""Who may call which gRPC method and which HTTP API: the tables to audit, and the gRPC server
+interceptor that enforces the first (services/common/http_access.py enforces `HTTP_ACCESS`).
 
 The caller's role is read from the verified peer certificate (its `spiffe://doctag/role/<role>`
 URI SAN; TLS has already checked that it chains to the platform CA and has not expired). A
@@ -9,7 +10,8 @@ token's. Methods marked `job_capability` need the job capability upload signed f
 (services/common/capability.py). Every refusal is PERMISSION_DENIED, logged and counted in
 `doctag_grpc_denied_total`.
 
-Keep the README's table ("Who may call what", under "Trust between services") in step with ACCESS.
+Keep the README's table ("Who may call what", under "Trust between services") in step with ACCESS
+and HTTP_ACCESS.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from cryptography import x509
 from prometheus_client import Counter
 
 from .auth import Principal, decode_token, principal_from_claims
-from .pki import role_of
+from .pki import SERVICE_ROLES, role_of
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,35 @@ ACCESS: dict[str, Rule] = {
     "/grpc.health.v1.Health/Check": Rule(ANY_PLATFORM_ROLE),
     "/grpc.health.v1.Health/Watch": Rule(ANY_PLATFORM_ROLE),
 }
+
+
+@dataclass(frozen=True)
+class HttpRule:
+    """Which certificate roles may call a service's HTTPS port: `api` for every path but the
+    operational ones (/healthz, /readyz, /metrics), which every platform certificate may read
+    (probes, `doctag probe`, scrapes)."""
+    api: frozenset[str]
+    operational: frozenset[str] = frozenset(SERVICE_ROLES)
+
+
+OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+# By the role of the server (its certificate). The public HTTP APIs are reached only through the
+# gateway, which forwards the end user's token; nothing else of the platform calls them.
+HTTP_ACCESS: dict[str, HttpRule] = {
+    "upload": HttpRule(api=frozenset({"gateway"})),
+    "search": HttpRule(api=frozenset({"gateway"})),
+    "web": HttpRule(api=frozenset({"gateway"})),
+    "model-serving": HttpRule(api=frozenset({"gateway"})),
+    # the worker's HTTP port serves only the operational routes
+    "tagging-worker": HttpRule(api=frozenset()),
+}
+
+
+def http_allowed(rule: HttpRule, path: str, role: str | None) -> bool:
+    roles = rule.operational if path in OPERATIONAL_PATHS else rule.api
+    return role is not None and role in roles
+
 
 # Set for the duration of a call by the interceptor: the verified caller and end user.
 caller_role_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("caller_role", default=None)

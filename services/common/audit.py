@@ -33,9 +33,23 @@ AUDIT_READ: Final = "audit.read"                   # recorded when denied
 QUEUE_READ: Final = "queue.read"                   # the tagging queue; recorded when denied
 AUTH_LOGIN: Final = "auth.login"
 ACCESS_DENIED: Final = "access.denied"             # the gateway's acl refused the caller's roles (403)
+# Changes through the gateway's admin API (migration 0019 lets the gateway write exactly these),
+# recorded in the changed tenant's log in the transaction of the change; `details.target` names
+# what changed (never a password or a key).
+ADMIN_USER_CREATED: Final = "admin.user_created"
+ADMIN_USER_ROLE_CHANGED: Final = "admin.user_role_changed"
+ADMIN_USER_DISABLED: Final = "admin.user_disabled"
+ADMIN_USER_ENABLED: Final = "admin.user_enabled"
+ADMIN_USER_PASSWORD_RESET: Final = "admin.user_password_reset"
+ADMIN_API_KEY_CREATED: Final = "admin.api_key_created"
+ADMIN_API_KEY_REVOKED: Final = "admin.api_key_revoked"
+ADMIN_TENANT_QUOTA_CHANGED: Final = "admin.tenant_quota_changed"
+ADMIN_ACTIONS: Final = (ADMIN_USER_CREATED, ADMIN_USER_ROLE_CHANGED, ADMIN_USER_DISABLED, ADMIN_USER_ENABLED,
+                        ADMIN_USER_PASSWORD_RESET, ADMIN_API_KEY_CREATED, ADMIN_API_KEY_REVOKED,
+                        ADMIN_TENANT_QUOTA_CHANGED)
 ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
                   DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, DOCUMENT_TAG_ADDED, DOCUMENT_TAG_REMOVED,
-                  DOCUMENT_RETRIED, AUDIT_READ, QUEUE_READ, AUTH_LOGIN, ACCESS_DENIED)
+                  DOCUMENT_RETRIED, AUDIT_READ, QUEUE_READ, AUTH_LOGIN, ACCESS_DENIED, *ADMIN_ACTIONS)
 
 # Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.
 SYSTEM_ACTOR: Final = "system"

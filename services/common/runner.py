@@ -12,7 +12,9 @@ import grpc
 import uvicorn
 from fastapi import FastAPI
 
+from .access import HTTP_ACCESS
 from .grpc_utils import GrpcSecurity, bind
+from .http_access import HttpAccessMiddleware, with_peer_role
 from .tls import ReloadingSSLContext
 
 log = logging.getLogger(__name__)
@@ -28,24 +30,30 @@ class QuietSignalsServer(uvicorn.Server):
         yield
 
 
-def use_tls(config: uvicorn.Config, http_ssl: ReloadingSSLContext | None) -> asyncio.Task[None] | None:
+def use_tls(config: uvicorn.Config, http_ssl: ReloadingSSLContext | None, role: str) -> asyncio.Task[None] | None:
     """Serves `config`'s app over mutual TLS with `http_ssl` (renewed certificates picked up by a
-    watcher task, returned); nothing without one."""
+    watcher task, returned), and checks each request's client certificate role against
+    `HTTP_ACCESS[role]` (services/common/http_access.py); nothing without TLS."""
     if http_ssl is None:
         return None
+    if role not in HTTP_ACCESS:
+        raise RuntimeError(f"no HTTP access rule for role {role!r} (services/common/access.py HTTP_ACCESS)")
     config.load()
     config.ssl = http_ssl.context
+    config.http_protocol_class = with_peer_role(config.http_protocol_class)
+    config.loaded_app = HttpAccessMiddleware(config.loaded_app, role)
     return asyncio.get_running_loop().create_task(http_ssl.watch(), name="tls-watch")
 
 
 async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Server | None = None,
                 grpc_address: str | None = None, on_grpc_started: Callable[[], Awaitable[None]] | None = None,
                 grace_seconds: float = 10.0, grpc_security: GrpcSecurity | None = None,
-                http_ssl: ReloadingSSLContext | None = None) -> None:
+                http_ssl: ReloadingSSLContext | None = None, role: str = "") -> None:
+    """`role`: the service's certificate role, whose HTTP_ACCESS rule the HTTPS port enforces."""
     config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="on", access_log=False,
                             timeout_graceful_shutdown=int(grace_seconds))
     server = QuietSignalsServer(config)
-    watcher = use_tls(config, http_ssl)
+    watcher = use_tls(config, http_ssl, role)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

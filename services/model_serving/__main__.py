@@ -83,7 +83,7 @@ async def main(settings: ModelServingSettings | None = None) -> None:
         await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
                     grpc_address=f"{settings.grpc_host}:{settings.grpc_port}",
                     on_grpc_started=start_loading, grace_seconds=settings.grpc_grace_s,
-                    grpc_security=security, http_ssl=settings.http_ssl())
+                    grpc_security=security, http_ssl=settings.http_ssl(), role=settings.role)
     finally:
         if load_task is not None and not load_task.done():
             load_task.cancel()

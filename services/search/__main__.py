@@ -38,7 +38,8 @@ async def main(settings: SearchSettings | None = None) -> None:
     try:
         await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
                     grpc_address=f"{settings.grpc_host}:{settings.grpc_port}", on_grpc_started=mark_serving,
-                    grace_seconds=settings.shutdown_grace_s, grpc_security=security, http_ssl=settings.http_ssl())
+                    grace_seconds=settings.shutdown_grace_s, grpc_security=security, http_ssl=settings.http_ssl(),
+                    role=settings.role)
     finally:
         if semantic is not None:
             await semantic.close()

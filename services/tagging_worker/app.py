@@ -36,7 +36,7 @@ async def serve(settings: WorkerSettings, stop_event: asyncio.Event | None = Non
     worker = TaggingWorker(settings)
     config = uvicorn.Config(build_http_app(worker), host=settings.http_host, port=settings.http_port,
                             log_config=None, lifespan="on")
-    watcher = use_tls(config, settings.http_ssl())
+    watcher = use_tls(config, settings.http_ssl(), settings.role)
     server = QuietSignalsServer(config)
     http_task = asyncio.create_task(server.serve())
     try:

@@ -35,7 +35,7 @@ async def main() -> None:
     await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
                 grpc_address=f"{settings.grpc_host}:{settings.grpc_port}", on_grpc_started=mark_serving,
                 grpc_security=security,
-                http_ssl=settings.http_ssl())
+                http_ssl=settings.http_ssl(), role=settings.role)
 
 
 if __name__ == "__main__":

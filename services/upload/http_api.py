@@ -14,7 +14,7 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError, problem_body
 
 from .repository import SORTS, STATUSES
-from .service import BulkUploadResult, DocumentNotFound, DocumentService, FileOutcome
+from .service import BulkUploadResult, DocumentNotFound, DocumentService, FileOutcome, require_writer
 
 # Pages of extracted text, in characters: the default keeps an answer near 300 KB of UTF-8 Korean.
 TEXT_PAGE_DEFAULT_CHARS = 100_000
@@ -141,6 +141,12 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
     router = APIRouter(prefix="/api/v1")
     Auth = Annotated[Principal, Depends(verifier)]
 
+    async def writer(principal: Auth) -> Principal:
+        require_writer(principal)  # before the body is read or validated
+        return principal
+
+    Writer = Annotated[Principal, Depends(writer)]
+
     @router.post("/documents", status_code=202,
                  summary="Upload a document (multipart field `file`, optional `title`), or several (`file` repeated)",
                  responses={200: {"description": "the tenant already has these bytes: the existing document, "
@@ -150,7 +156,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
                                                  "refused on its own"}})
     async def upload(
         request: Request,
-        principal: Auth,
+        principal: Writer,
         duplicate: Annotated[Literal["existing", "allow"], Query(
             description="`existing` (default): the same bytes answer with the tenant's existing document; "
                         "`allow`: store a separate copy")] = "existing",
@@ -245,7 +251,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
                    summary="Delete a document (restorable during the retention period), or purge it at once")
     async def delete_document(
         document_id: str,
-        principal: Auth,
+        principal: Writer,
         purge: Annotated[bool, Query(description="remove the document, its text, tags and (unless another "
                                                  "document has the same bytes) its file at once, and free its "
                                                  "quota; tenant_admin or platform_admin only")] = False,
@@ -264,7 +270,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
                  summary="Bring back a deleted document within the retention period",
                  responses={409: {"description": "the document is not deleted"},
                             410: {"description": "deleted longer ago than the retention period"}})
-    async def restore_document(document_id: str, principal: Auth) -> dict[str, Any]:
+    async def restore_document(document_id: str, principal: Writer) -> dict[str, Any]:
         try:
             return await service.restore(principal, _document_id(document_id))
         except DocumentNotFound:
@@ -272,7 +278,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
 
     @router.post("/documents/{document_id}/tags", status_code=201,
                  summary="Add your own tag to a document (`source: user`; recorded in the audit log)")
-    async def add_tag(document_id: str, principal: Auth,
+    async def add_tag(document_id: str, principal: Writer,
                       body: Annotated[dict[str, Any], Body(examples=[{"tag": "예산"}])]) -> dict[str, Any]:
         doc_id = _document_id(document_id)
         try:
@@ -283,7 +289,7 @@ def build_router(service: DocumentService, verifier: TokenVerifier) -> APIRouter
     @router.delete("/documents/{document_id}/tags/{tag:path}",
                    summary="Remove a tag of one source: a model's (remembered, so re-tagging does not bring it "
                            "back) or a person's; recorded in the audit log")
-    async def remove_tag(document_id: str, tag: str, principal: Auth,
+    async def remove_tag(document_id: str, tag: str, principal: Writer,
                          source: Annotated[Literal["model", "user"], Query(
                              description="which tag to remove: the model's or a person's")]) -> dict[str, Any]:
         doc_id = _document_id(document_id)

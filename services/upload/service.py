@@ -44,8 +44,22 @@ ADMIN_ROLES = ("tenant_admin", "platform_admin")
 ANALYST_ROLE = "analyst"
 
 
+# Roles that may change documents (upload, delete, restore, tags); an analyst alone only reads.
+WRITER_ROLES = ("user", *ADMIN_ROLES)
+
+
 def is_admin(principal: Principal) -> bool:
     return any(role in ADMIN_ROLES for role in principal.roles)
+
+
+def require_writer(principal: Principal) -> None:
+    """403 for a caller whose roles do not allow changes (an analyst): upload refuses it itself,
+    behind the gateway's acl, so a request that reaches the port some other way changes nothing."""
+    if any(role in WRITER_ROLES for role in principal.roles):
+        return
+    role = ANALYST_ROLE if ANALYST_ROLE in principal.roles else (", ".join(principal.roles) or "none")
+    raise ProblemError(403, f"the {role} role is read-only: it may not upload, delete, restore or change the tags "
+                       f"of documents (needs one of {', '.join(WRITER_ROLES)})", extra={"role": role})
 
 
 @dataclass(frozen=True)

@@ -491,3 +491,24 @@ def test_doctag_probe_reaches_a_service_port_only_with_a_certificate(stack: Stac
     monkeypatch.setenv("DOCTAG_TLS_DIR", str(stack.pki_dir))
     assert doctag(["probe", _https(stack, "upload", "/readyz"), "--role", "upload"]) == 0
     assert doctag(["probe", _https(stack, "upload", "/readyz").replace("https:", "http:")]) == 1
+
+
+@pytest.mark.parametrize("role", ["tagging-worker", "search", "upload", "model-serving", "web"])
+@pytest.mark.parametrize("service,method,path", HTTP_CALLS)
+def test_service_http_ports_refuse_a_platform_certificate_of_another_role(
+        stack: StackLayout, victims: Victims, keys: Keys, admin_dsn: str, service: str, method: str, path: str,
+        role: str) -> None:
+    """A host of ours, but not the gateway (HTTP_ACCESS): 403 naming the role, even with a valid
+    token, and nothing changes; its /metrics and /readyz stay readable."""
+    before = [snapshot(admin_dsn, d) for d in (victims.queued, victims.tagged)]
+    headers = {"Authorization": f"Bearer {_user_token(keys.jwt_private, victims.tenant)}"}
+    certificate = _files(keys.pki_dir, role)
+    context = ssl.create_default_context(cafile=str(keys.pki_dir / "ca.crt"))
+    context.load_cert_chain(certificate.cert, certificate.key)
+    with httpx.Client(verify=context, timeout=30) as client:
+        url = _https(stack, service, path.format(tagged=victims.tagged, queued=victims.queued))
+        resp = client.request(method, url, headers=headers, json={"text": "예산"} if method == "POST" else None)
+        assert resp.status_code == 403, resp.text
+        assert resp.headers["content-type"] == "application/problem+json" and resp.json()["role"] == role
+        assert client.get(_https(stack, service, "/metrics")).status_code == 200
+    assert [snapshot(admin_dsn, d) for d in (victims.queued, victims.tagged)] == before

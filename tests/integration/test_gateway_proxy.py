@@ -220,6 +220,17 @@ def test_no_route_404_and_wrong_method_405(client: httpx.Client, auth: dict[str,
     assert r.headers["allow"] == "GET"
 
 
+def test_paths_beside_the_gateways_own_endpoints_are_still_proxied(client: httpx.Client,
+                                                                  auth: dict[str, str]) -> None:
+    """The catch-all is matched first for every path outside the gateway's own endpoints; a path
+    under one of their prefixes that none of them serves still reaches the proxy (its 404 is the
+    proxy's "no route", not FastAPI's), and the own endpoints keep answering."""
+    for path in ("/api/v1/admin/usersx", "/api/v1/admin/users/x/y", "/api/v1/auth/tokens"):
+        assert "no route matches" in assert_problem(client.get(path, headers=auth), 404)["detail"]
+    assert client.post("/api/v1/auth/token", json={}).status_code == 422  # the token endpoint itself
+    assert assert_problem(client.request("TRACE", "/api/v1/search", headers=auth), 405)
+
+
 def test_dot_segments_rejected(client: httpx.Client, auth: dict[str, str]) -> None:
     r = client.get("/api/v1/documents/%2E%2E/other", headers=auth)
     assert_problem(r, 400)
