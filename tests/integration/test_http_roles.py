@@ -126,6 +126,15 @@ def test_the_gateways_certificate_reaches_the_api(upload: str, pki_dir: Path, ma
 
 
 def test_every_https_service_role_has_a_rule() -> None:
-    assert set(HTTP_ACCESS) == set(pki.SERVICE_ROLES) - {"gateway"}
+    # The gateway's own ports are plain HTTP; prometheus only scrapes (a client certificate).
+    assert set(HTTP_ACCESS) == set(pki.SERVICE_ROLES) - {"gateway", "prometheus"}
     assert {role for role, rule in HTTP_ACCESS.items() if rule.api} == {"upload", "search", "web", "model-serving"}
     assert all(rule.api <= {"gateway"} for rule in HTTP_ACCESS.values())
+
+
+def test_the_scrapers_certificate_reads_metrics_but_not_the_api(upload: str, pki_dir: Path) -> None:
+    with client(pki_dir, "prometheus") as c:
+        assert c.get(upload + "/metrics").status_code == 200
+        refused = c.get(upload + "/api/v1/documents")
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith("application/problem+json")
