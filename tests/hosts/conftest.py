@@ -1,0 +1,123 @@
+"""The seven hosts for the session: namespaces, the db host, the platform's services on the rest.
+
+Everything is removed at the end (namespaces with every process in them, the bridge, the run's
+temp dir), also when a test fails or the session is interrupted (atexit as the last resort), and
+at the start what a crashed earlier run left behind.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import glob
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from services.cli import admin, amqp_accounts, db_accounts
+from services.common.amqp import Topology
+from services.common.migrate import upgrade
+from services.common.settings import CommonSettings
+from tests.hosts import netns
+from tests.hosts.dbhost import DbHost
+from tests.hosts.platform import (
+    AMQP_PREFIX,
+    AMQP_VHOST,
+    APP_HOSTS,
+    DB,
+    DB_NAME,
+    GATEWAY,
+    MODEL,
+    TAGGING,
+    WEB,
+    Platform,
+    Secrets,
+)
+
+RUN_DIR_PREFIX = "dt-hosts-"
+
+
+@dataclass
+class Seven:
+    platform: Platform
+    db: DbHost
+    admin_dsn: str
+    timings: dict[str, float]
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("the seven-host tests need root and iproute2 (network namespaces)")
+
+
+def _teardown(root: Path) -> None:
+    netns.remove_all()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def seven() -> Iterator[Seven]:
+    _require_root()
+    for leftover in glob.glob(os.path.join(tempfile.gettempdir(), RUN_DIR_PREFIX + "*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=tempfile.gettempdir()))
+    os.chmod(root, 0o755)  # the db host's postgres user reaches its data dir below it
+    atexit.register(_teardown, root)
+    try:
+        netns.create()
+        hba = {"api-gw": [GATEWAY.address], "web": [w.address for w in WEB], "model": [MODEL.address]}
+        db = DbHost(DB, root / "hosts" / DB.name, hba)
+        platform = Platform(root)
+        platform.init_operator()
+        db.start()
+        timings["db host"] = time.monotonic() - t0
+        upgrade(CommonSettings(db_host=DB.address, db_port=5432, db_name=DB_NAME), user="postgres",
+                password=db.postgres_password)
+        admin_dsn = db.admin_dsn(DB_NAME)
+        secrets_dir = root / "operator" / "secrets"
+        db_files = db_accounts.ensure_passwords(admin_dsn, secrets_dir / "db")
+        topology = Topology(prefix=AMQP_PREFIX)
+        ctl = amqp_accounts.Rabbitmqctl(str(db.rabbitmqctl_wrapper()))
+        amqp_files = amqp_accounts.ensure(AMQP_VHOST, AMQP_PREFIX, topology, secrets_dir / "amqp", ctl)
+        names = amqp_accounts.users(AMQP_PREFIX, topology)
+        asyncio.run(amqp_accounts.declare_topology(amqp_accounts.url(
+            DB.address, 5672, AMQP_VHOST, names["admin"].name, amqp_files["admin"].read_text().strip()), topology))
+        roles = ("upload", "tagging-worker")
+        platform.secrets = Secrets(db_files, {r: amqp_files[r] for r in roles}, {r: names[r].name for r in roles},
+                                   db.redis_password)
+        timings["db set-up"] = time.monotonic() - t0
+        for host in (MODEL, *WEB, *TAGGING, GATEWAY):  # the slow model host first; all start at once
+            platform.configure(host)
+            platform.start(host)
+        timings["ready"] = platform.wait_ready(APP_HOSTS) + timings["db set-up"]
+        yield Seven(platform, db, admin_dsn, timings)
+    finally:
+        _teardown(root)
+        atexit.unregister(_teardown)
+
+
+@pytest.fixture(scope="session")
+def departments(seven: Seven) -> dict[str, tuple[str, str, str]]:
+    """Two departments with one user each: key -> (tenant slug, username, password)."""
+    out = {}
+    for key, slug, name in (("a", "hosts-finance", "재정기획과"), ("b", "hosts-culture", "문화체육과")):
+        admin.create_tenant(seven.admin_dsn, slug, name, 200 * 1024 * 1024)
+        admin.create_user(seven.admin_dsn, slug, "user1", "correct horse battery", "user")
+        out[key] = (slug, "user1", "correct horse battery")
+    return out
+
+
+def document_rows(admin_dsn: str, tenant_slug: str) -> list[tuple[str, str, str, str | None]]:
+    """(id, filename, status, error) of every document of one department, read on the db host."""
+    with psycopg.connect(admin_dsn) as conn:
+        return [(str(r[0]), r[1], r[2], r[3]) for r in conn.execute(
+            "SELECT d.id, d.filename, d.status, d.error FROM documents.documents d "
+            "JOIN identity.tenants t ON t.id = d.tenant_id WHERE t.slug = %s", (tenant_slug,)).fetchall()]
