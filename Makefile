@@ -10,7 +10,7 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
+.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e test-hosts \
         bench bench-model bench-ingest bench-search bench-gateway bench-web
 
 help: ## list the targets
@@ -87,8 +87,9 @@ lint: setup ## ruff, mypy and the import contracts between services (part of `ma
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
-test: lint browser ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
+test: lint browser ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests, then the seven hosts
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+	$(MAKE) --no-print-directory test-hosts
 
 test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
@@ -98,3 +99,7 @@ test-integration: setup
 
 test-e2e: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+# A pytest process of its own: its platform must not run beside the end-to-end tests' one (memory).
+test-hosts: setup ## the platform on seven network namespaces (+ an attacker) with failures injected; needs root
+	$(PY) -m pytest -q -p no:cacheprovider -m hosts tests/hosts

@@ -33,7 +33,7 @@ def _grpc(target: str, ca: bytes) -> str:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
             return f"OPEN: {how} health check answered {reply.status}"
         except grpc.RpcError as exc:
-            outcomes.append(f"{how} {exc.code().name}")  # type: ignore[attr-defined]
+            outcomes.append(f"{how} {exc.code().name}")
         finally:
             channel.close()
     return "refused: " + "; ".join(outcomes)

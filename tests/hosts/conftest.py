@@ -11,6 +11,7 @@ import atexit
 import glob
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -61,6 +62,11 @@ def _teardown(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a CI timeout) as Ctrl-C: pytest then still tears the session's fixtures down."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def seven() -> Iterator[Seven]:
     _require_root()
@@ -71,6 +77,7 @@ def seven() -> Iterator[Seven]:
     root = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=tempfile.gettempdir()))
     os.chmod(root, 0o755)  # the db host's postgres user reaches its data dir below it
     atexit.register(_teardown, root)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         netns.create()
         hba = {"api-gw": [GATEWAY.address], "web": [w.address for w in WEB], "model": [MODEL.address]}
@@ -102,6 +109,7 @@ def seven() -> Iterator[Seven]:
     finally:
         _teardown(root)
         atexit.unregister(_teardown)
+        signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")

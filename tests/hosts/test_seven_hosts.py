@@ -31,9 +31,10 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -45,6 +46,8 @@ from tests.hosts.conftest import Seven, document_rows
 from tests.hosts.platform import DB, MODEL, TAGGING, WEB
 
 pytestmark = pytest.mark.hosts
+
+Departments = dict[str, tuple[str, str, str]]
 
 REPO = Path(__file__).resolve().parents[2]
 FINAL = ("tagged", "failed")
@@ -83,9 +86,10 @@ def login(client: httpx.Client, account: tuple[str, str, str]) -> dict[str, str]
     return {"Authorization": f"Bearer {resp.json()['access_token']}"}
 
 
-def wait_final(client: httpx.Client, headers: dict[str, str], ids: list[str], timeout: float) -> dict[str, dict]:
+def wait_final(client: httpx.Client, headers: dict[str, str], ids: list[str],
+               timeout: float) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout
-    docs: dict[str, dict] = {}
+    docs: dict[str, dict[str, Any]] = {}
     while time.monotonic() < deadline:
         for i in ids:
             if docs.get(i, {}).get("status") in FINAL:
@@ -189,7 +193,7 @@ def worker_metric(seven: Seven, host: netns.Host, name: str) -> float | None:
 
 
 @pytest.fixture(scope="module")
-def client(seven: Seven) -> httpx.Client:
+def client(seven: Seven) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=seven.platform.gateway_url, timeout=20) as c:
         yield c
 
@@ -197,7 +201,7 @@ def client(seven: Seven) -> httpx.Client:
 # ------------------------------------------------------------------ scenarios
 
 
-def test_1_whole_flow_through_the_gateway_address(seven: Seven, client: httpx.Client, departments) -> None:  # type: ignore[no-untyped-def]
+def test_1_whole_flow_through_the_gateway_address(seven: Seven, client: httpx.Client, departments: Departments) -> None:
     alice, bob = login(client, departments["a"]), login(client, departments["b"])
     files = {Path(p).name: (SAMPLES / p).read_bytes() for p in (*SAMPLE_FILES, ENCRYPTED)}
     files.update(GENERATED)
@@ -245,7 +249,7 @@ def test_1_whole_flow_through_the_gateway_address(seven: Seven, client: httpx.Cl
         assert content.status_code == 200 and content.content == files[pdf]
 
 
-def test_2_web_host_cut_off_mid_load(seven: Seven, client: httpx.Client, departments) -> None:  # type: ignore[no-untyped-def]
+def test_2_web_host_cut_off_mid_load(seven: Seven, client: httpx.Client, departments: Departments) -> None:
     headers = login(client, departments["a"])
     load = Load(client, headers, "webcut-", count=30)
     thread = load.start()
@@ -268,7 +272,7 @@ def test_2_web_host_cut_off_mid_load(seven: Seven, client: httpx.Client, departm
     seven.platform.wait_ready((WEB[0],), timeout=120)
 
 
-def test_3_tagging_host_killed_mid_batch(seven: Seven, client: httpx.Client, departments) -> None:  # type: ignore[no-untyped-def]
+def test_3_tagging_host_killed_mid_batch(seven: Seven, client: httpx.Client, departments: Departments) -> None:
     headers = login(client, departments["a"])
     victim, survivor = TAGGING
     ids: dict[str, str] = {}
@@ -294,7 +298,7 @@ def test_3_tagging_host_killed_mid_batch(seven: Seven, client: httpx.Client, dep
     seven.platform.wait_ready((victim,), timeout=120)
 
 
-def test_4_model_host_unreachable_for_30s(seven: Seven, client: httpx.Client, departments) -> None:  # type: ignore[no-untyped-def]
+def test_4_model_host_unreachable_for_30s(seven: Seven, client: httpx.Client, departments: Departments) -> None:
     headers = login(client, departments["a"])
     netns.set_link(MODEL, up=False)
     ids: dict[str, str] = {}
@@ -318,7 +322,8 @@ def test_4_model_host_unreachable_for_30s(seven: Seven, client: httpx.Client, de
     assert_accounted(seven, departments["a"][0], ids, "model-")
 
 
-def test_5_postgres_and_rabbitmq_restarted_under_load(seven: Seven, client: httpx.Client, departments) -> None:  # type: ignore[no-untyped-def]
+def test_5_postgres_and_rabbitmq_restarted_under_load(seven: Seven, client: httpx.Client,
+                                                      departments: Departments) -> None:
     headers = login(client, departments["b"])
     load = Load(client, headers, "dbrestart-", count=30, attempts=6)
     thread = load.start()
