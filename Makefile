@@ -10,11 +10,15 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e test-hosts \
-        bench bench-model bench-ingest bench-search bench-gateway bench-web
+.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
+        test-hosts bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
+        deploy-gateway deploy-web deploy-tagging deploy-model deploy-db \
+        rollback-gateway rollback-web rollback-tagging rollback-model rollback-db
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^\$$\(addprefix [a-z]+-,.*## ' $(MAKEFILE_LIST) | sed -E 's/^\$$\(addprefix ([a-z]+-),[^#]*## /\1<role>|/' \
+	  | awk -F'|' '{printf "  %-18s %s\n", $$1, $$2}'
 
 setup: $(STAMP) protos ## create .venv with every role's extras (torch==2.13.0 CPU)
 
@@ -43,6 +47,33 @@ $(PROTO_OUT): $(PROTO_SRC) infra/scripts/gen_protos.sh | $(STAMP)
 
 check-protos: setup ## fail when the generated stubs differ from protos/
 	PYTHON=$(PY) $(PY) -m pytest -q tests/unit/test_protos_fresh.py
+
+DIST ?= dist
+ROLE ?=
+
+bundle: setup ## offline release bundles per VM role: $(DIST)/doctag-<version>-<role>.tar.gz (ROLE=gateway for one; cached in var/bundle-cache)
+	$(VENV)/bin/doctag release bundle --out $(DIST) $(if $(ROLE),--role $(ROLE))
+
+# Deploying (README, "Deploying on seven VMs"): INVENTORY names the hosts, HOST one of them (default:
+# every host of the role), SSH how to reach them ("ssh -F cfg"), VERSION a bundle already in $(DIST)
+# (default: build this tree's bundle first; cached, so a second build takes a second).
+INVENTORY ?= infra/inventory.example.yaml
+HOST      ?=
+SSH       ?=
+VERSION   ?=
+DEPLOY_ARGS = --inventory $(INVENTORY) --dist $(DIST) $(if $(SSH),--ssh "$(SSH)") $(if $(VERSION),--version $(VERSION))
+DEPLOY_ROLES := gateway web tagging model db
+
+$(addprefix deploy-,$(DEPLOY_ROLES)): deploy-%: setup ## HOST=... [SSH=...] [INVENTORY=...]: bundle, install, configure, restart, wait until ready
+	$(if $(VERSION),,$(VENV)/bin/doctag release bundle --out $(DIST) --role $*)
+	$(VENV)/bin/doctag deploy role $* $(if $(HOST),--host $(HOST)) $(DEPLOY_ARGS)
+
+deploy-all: setup ## every host of INVENTORY in dependency order (db, model, web, tagging, gateway)
+	$(if $(VERSION),,$(VENV)/bin/doctag release bundle --out $(DIST))
+	$(VENV)/bin/doctag deploy all $(DEPLOY_ARGS)
+
+$(addprefix rollback-,$(DEPLOY_ROLES)): rollback-%: setup ## [HOST=...]: back to the previous version, restart, wait until ready
+	$(VENV)/bin/doctag deploy rollback $* $(if $(HOST),--host $(HOST)) --inventory $(INVENTORY) $(if $(SSH),--ssh "$(SSH)")
 
 DATA_DIR  ?= ../shared/data
 MODEL_DIR ?= services/model_serving/artifacts/doctag-tagger

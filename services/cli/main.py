@@ -11,7 +11,7 @@ from services.common.pki import SERVICE_ROLES
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
-from . import admin, model_quality_cmds, model_registry_cmds, search_cmds
+from . import admin, deploy_cmds, model_quality_cmds, model_registry_cmds, release_cmds, search_cmds
 
 if TYPE_CHECKING:
     from .stack import ServiceAccounts
@@ -407,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--timeout", type=float, default=5.0)
     probe.set_defaults(func=cmd_probe)
 
+    release_cmds.add_commands(sub)
+    deploy_cmds.add_commands(sub)
+
     stack = sub.add_parser("stack", help="the whole platform as local processes").add_subparsers(
         dest="action", required=True)
     su = stack.add_parser("up", help="check dependencies, migrate, start every service, wait until ready")
@@ -428,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     except admin.AdminError as exc:
         print(f"doctag: {exc}", file=sys.stderr)
         return 1
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         print(f"doctag: {exc}", file=sys.stderr)
         return 1
     return 0

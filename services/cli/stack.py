@@ -182,21 +182,15 @@ class StackLayout:
     # -- config files ------------------------------------------------------------
     def write_gateway_config(self, template: Path | None = None) -> Path:
         """kong.yml with this layout's upstream targets."""
-        template = template or self.gateway_template
-        config = yaml.safe_load(template.read_text(encoding="utf-8"))
         targets = {
             "upload-upstream": [f"{self.host}:{p}" for p, _ in self.upload_ports],
             "search-upstream": [f"{self.host}:{p}" for p, _ in self.search_ports],
             "model-serving-upstream": [f"{self.host}:{self.model_ports[0]}"],
             "web-upstream": [f"{self.host}:{p}" for p in self.web_ports],
         }
-        for upstream in config.get("upstreams", []):
-            if upstream["name"] in targets:
-                upstream["targets"] = [{"target": t, "weight": 100} for t in targets[upstream["name"]]]
-        if self.http_tls:
-            use_https(config, set(targets))
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.gateway_conf.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        self.gateway_conf.write_text(render_gateway_config(template or self.gateway_template, targets,
+                                                           http_tls=self.http_tls), encoding="utf-8")
         return self.gateway_conf
 
     def write_supervisor_config(self) -> Path:
@@ -347,6 +341,18 @@ class StackLayout:
     def kill(self, name: str) -> None:
         """SIGKILL one service (tests: a crash in the middle of work). supervisord restarts it."""
         self.supervisorctl("signal", "KILL", name, check=True)
+
+
+def render_gateway_config(template: Path, targets: dict[str, list[str]], *, http_tls: bool) -> str:
+    """kong.yml text from `template` with these upstream targets ("host:port"); with `http_tls` the
+    gateway reaches them over mutual TLS. `make up` and `doctag deploy` (the gateway host) use it."""
+    config = yaml.safe_load(template.read_text(encoding="utf-8"))
+    for upstream in config.get("upstreams", []):
+        if upstream["name"] in targets:
+            upstream["targets"] = [{"target": t, "weight": 100} for t in targets[upstream["name"]]]
+    if http_tls:
+        use_https(config, set(targets))
+    return yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
 
 
 def use_https(config: dict[str, Any], upstream_names: set[str]) -> None:

@@ -26,6 +26,9 @@ class Service:
     memory_request_mib: int   # Kubernetes memory request (measured idle RSS with headroom)
     cpu_request_milli: int    # Kubernetes CPU request
     status_port: int | None = None  # a separate status listener (the gateway's Kong-style Status API)
+    # What it writes besides /tmp: "blobs" (the blob store, shared by the web hosts), "state" (the
+    # host's state dir: model store, ONNX cache). systemd ReadWritePaths= lists only these.
+    writes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,14 @@ class VmRole:
 GATEWAY = Service("gateway", "gateway", http_port=8080, grpc_port=None, memory_max_mib=1024,
                   memory_request_mib=256, cpu_request_milli=1000, status_port=8100)
 UPLOAD = Service("upload", "services.upload", http_port=8101, grpc_port=9101, memory_max_mib=2560,
-                 memory_request_mib=1280, cpu_request_milli=500)
+                 memory_request_mib=1280, cpu_request_milli=500, writes=("blobs",))
 SEARCH = Service("search", "services.search", http_port=8111, grpc_port=9111, memory_max_mib=2048,
                  memory_request_mib=1024, cpu_request_milli=500)
 WEB = Service("web", "services.web", http_port=8141, grpc_port=None, memory_max_mib=512,
               memory_request_mib=128, cpu_request_milli=200)
 MODEL_SERVING = Service("model-serving", "services.model_serving", http_port=8121, grpc_port=9121,
-                        memory_max_mib=6144, memory_request_mib=3072, cpu_request_milli=3000)
+                        memory_max_mib=6144, memory_request_mib=3072, cpu_request_milli=3000,
+                        writes=("state",))
 TAGGING_WORKER = Service("tagging-worker", "services.tagging_worker", http_port=8131, grpc_port=None,
                          memory_max_mib=2048, memory_request_mib=512, cpu_request_milli=1000)
 
