@@ -55,7 +55,7 @@ class GatewayApps:
 def build_apps(settings: GatewaySettings, config: KongConfig) -> GatewayApps:
     private_key, _ = prepare_keys(settings)
     gateway = Gateway(settings, config)
-    throttle_store: Counters = (RedisCounters.from_url(settings.gateway_redis_url)
+    throttle_store: Counters = (RedisCounters.from_url(settings.redis_connection_url)
                                 if settings.login_throttle_store == "redis" else LocalCounters())
     throttle = LoginThrottle(throttle_store, settings.gateway_redis_prefix, ThrottlePolicy(
         user_free=settings.login_free_failures_per_user, address_free=settings.login_free_failures_per_address,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import CommonSettings, read_secret, with_password
 from services.common.tls import ReloadingSSLContext, TlsFiles
 
 from .forwarders import parse_networks
@@ -38,6 +38,9 @@ class GatewaySettings(CommonSettings):
     gateway_redis_prefix: str = "doctag"
     # Login throttling: counters in Redis (shared by every gateway process) or in the process.
     gateway_redis_url: str = "redis://127.0.0.1:6379/0"
+    # A file holding the Redis password (the db host's ACL user, see `doctag dbhost setup`), which
+    # replaces the one in DOCTAG_GATEWAY_REDIS_URL; the URL names the user (redis://USER@HOST:6379/0).
+    gateway_redis_password_file: Path | None = None
     login_throttle_store: Literal["redis", "local"] = "redis"
     login_free_failures_per_user: int = Field(5, ge=1)
     login_free_failures_per_address: int = Field(20, ge=1)
@@ -68,6 +71,13 @@ class GatewaySettings(CommonSettings):
     def _networks(cls, values: list[str]) -> list[str]:
         parse_networks(values)
         return values
+
+    @property
+    def redis_connection_url(self) -> str:
+        """DOCTAG_GATEWAY_REDIS_URL with the password of DOCTAG_GATEWAY_REDIS_PASSWORD_FILE, when given."""
+        if self.gateway_redis_password_file is None:
+            return self.gateway_redis_url
+        return with_password(self.gateway_redis_url, read_secret(self.gateway_redis_password_file))
 
     def upstream_ssl(self) -> ReloadingSSLContext | None:
         return ReloadingSSLContext(TlsFiles(*self.tls_paths()), server=False) if self.upstream_tls else None

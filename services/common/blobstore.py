@@ -3,12 +3,23 @@
 Layout: `<root>/<tenant_id>/<sha[0:2]>/<sha>`. Blobs are per tenant so that
 deleting one tenant's document never touches another's, and so that identical
 files of two tenants never reveal each other's existence. A blob is first
-streamed to a temporary file in `<root>/.incoming` (same filesystem) while it is
-hashed and counted, then renamed into place (atomic on POSIX).
+streamed to a uniquely named temporary file in `<root>/.incoming` (same
+filesystem) while it is hashed and counted, fsynced, then *linked* into place.
+
+The root may be a filesystem shared by several web hosts (CephFS or NFS, see the
+README): two hosts can store the same object at once. `link()` never replaces an
+existing name, so the first writer wins, the object's file never changes once it
+exists (a reader on another host never has its open file replaced under it, which
+NFS answers with ESTALE), and a reader only ever sees a complete file. A writer
+that finds the object already there checks that its content hashes to its name
+and repairs it (atomic replace) when it does not, e.g. a torn file left by an
+older, non-atomic writer. NFSv3 may answer a retransmitted, successful `link()`
+with EEXIST: the hash check makes that harmless too.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +28,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 CHUNK_SIZE = 256 * 1024
+
+log = logging.getLogger(__name__)
 
 
 class BlobTooLarge(Exception):
@@ -57,10 +70,21 @@ class IncomingBlob:
         self._fh.close()
 
     def commit(self, tenant_id: str) -> Path:
-        """Moves the finished blob to its content address (keeps an existing identical blob)."""
+        """Puts the finished (fsynced) blob at its content address. An existing object is kept when
+        its content matches its name (first writer wins), replaced atomically when it does not."""
         final = self.store.path(tenant_id, self.sha256)
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp_path, final)
+        try:
+            os.link(self.tmp_path, final)
+        except FileExistsError:
+            if file_sha256(final) != self.sha256:
+                log.warning("blob %s of tenant %s did not match its hash; replaced", self.sha256, tenant_id)
+                os.replace(self.tmp_path, final)
+                _fsync_dir(final.parent)
+                return final
+        else:
+            _fsync_dir(final.parent)
+        self.tmp_path.unlink(missing_ok=True)
         return final
 
     def discard(self) -> None:
@@ -69,6 +93,27 @@ class IncomingBlob:
                 self._fh.close()
         finally:
             self.tmp_path.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str | None:
+    """The SHA-256 of a file's content (None when it vanished meanwhile)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK_SIZE):
+                digest.update(chunk)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Makes a new directory entry durable (the file's data was fsynced before it was linked)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class BlobStore:
@@ -83,6 +128,7 @@ class BlobStore:
         return self.root / str(uuid.UUID(tenant_id)) / sha256[:2] / sha256
 
     def begin(self, max_bytes: int | None = None) -> IncomingBlob:
+        # A random name: unique across processes and hosts sharing the directory.
         return IncomingBlob(self, self.incoming / f"{uuid.uuid4()}.part", max_bytes)
 
     def exists(self, tenant_id: str, sha256: str) -> bool:

@@ -7,6 +7,7 @@ import psycopg
 from alembic import command
 from alembic.config import Config
 from psycopg import sql
+from sqlalchemy.engine import URL
 
 from .settings import CommonSettings
 
@@ -15,8 +16,17 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "migrations"
 
 
 def admin_url(settings: CommonSettings, user: str, password: str, database: str | None = None) -> str:
-    auth = user + (f":{password}" if password else "")
-    return f"postgresql+psycopg://{auth}@{settings.db_host}:{settings.db_port}/{database or settings.db_name}"
+    """SQLAlchemy URL for Alembic: the password escaped, a socket directory (DOCTAG_DB_HOST starting
+    with '/') and the TLS settings (DOCTAG_DB_SSLMODE) passed as libpq parameters."""
+    query = dict(settings.db_tls_params())
+    host: str | None = settings.db_host
+    port: int | None = settings.db_port
+    if settings.db_host.startswith("/"):
+        query.update(host=settings.db_host, port=str(settings.db_port))
+        host = port = None
+    url = URL.create("postgresql+psycopg", username=user, password=password or None, host=host, port=port,
+                     database=database or settings.db_name, query=query)
+    return url.render_as_string(hide_password=False)
 
 
 def ensure_database(settings: CommonSettings, user: str, password: str) -> bool:

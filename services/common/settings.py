@@ -7,7 +7,7 @@ its own fields; a process reads only the variables of its own service.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +41,12 @@ class CommonSettings(BaseSettings):
     # A file holding the password (what `make up` writes: var/secrets/db/<role>, 0600); used when
     # DOCTAG_DB_PASSWORD is empty.
     db_password_file: Path | None = None
+    # TLS to PostgreSQL (libpq's sslmode). Unset: libpq's default (`prefer`), as on a developer
+    # machine. The seven-VM deployment sets `verify-full`: the db host's certificate must be issued
+    # by the platform CA (DOCTAG_DB_SSLROOTCERT, default the CA of DOCTAG_TLS_DIR) and name the
+    # address or name in DOCTAG_DB_HOST.
+    db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    db_sslrootcert: Path | None = None
     db_pool_min: int = 1
     db_pool_max: int = 10
 
@@ -98,20 +104,24 @@ class CommonSettings(BaseSettings):
             pw = read_secret(self.db_password_file)
         if pw:
             parts["password"] = pw
+        parts.update(self.db_tls_params())
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
+
+    def db_tls_params(self) -> dict[str, str]:
+        """libpq's sslmode (and sslrootcert when the server's certificate is verified), or nothing."""
+        if self.db_sslmode is None:
+            return {}
+        params: dict[str, str] = {"sslmode": self.db_sslmode}
+        if self.db_sslmode in ("verify-ca", "verify-full"):
+            params["sslrootcert"] = str(self.db_sslrootcert or self.tls_ca_file or self.pki_dir / "ca.crt")
+        return params
 
     @property
     def amqp_connection_url(self) -> str:
         """DOCTAG_AMQP_URL with the password of DOCTAG_AMQP_PASSWORD_FILE, when one is given."""
         if self.amqp_password_file is None:
             return self.amqp_url
-        parts = urlsplit(self.amqp_url)
-        user = parts.username or ""
-        host = parts.hostname or ""
-        netloc = f"{quote(unquote(user), safe='')}:{quote(read_secret(self.amqp_password_file), safe='')}@{host}"
-        if parts.port:
-            netloc += f":{parts.port}"
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        return with_password(self.amqp_url, read_secret(self.amqp_password_file))
 
     @property
     def role(self) -> str:
@@ -149,6 +159,19 @@ class CommonSettings(BaseSettings):
     @property
     def public_key_path(self) -> Path:
         return self.jwt_public_key_file or self.state_dir / "keys" / "jwt_public.pem"
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` (amqp://, redis://, ...) with its password replaced by `password` (escaped)."""
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{quote(unquote(user), safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def read_secret(path: Path) -> str:
