@@ -161,8 +161,12 @@ def parse_env_file(text: str) -> dict[str, str]:
 
 
 # -- supervisor mode ---------------------------------------------------------------------------
-def _supervisor_escape(value: str) -> str:
-    return value.replace("%", "%%").replace('"', '\\"')
+def _supervisor_value(value: str) -> str:
+    """A value quoted for supervisord's `environment=`: its parser (shlex) takes no backslash-escaped
+    quote inside double quotes, so a value holding `"` (JSON) goes in single quotes (env files
+    already refuse single quotes); `%` is doubled for its interpolation."""
+    value = value.replace("%", "%%")
+    return f"'{value}'" if '"' in value else f'"{value}"'
 
 
 def render_supervisor(role: vm_layout.VmRole, paths: HostPaths, envs: dict[str, dict[str, str]]) -> str:
@@ -182,7 +186,7 @@ def render_supervisor(role: vm_layout.VmRole, paths: HostPaths, envs: dict[str, 
         env = envs.get(s.name, {})
         lines += [f"[program:{s.name}]", f"command={shlex.join(exec_start(s, paths))}"]
         if env:
-            lines.append("environment=" + ",".join(f'{k}="{_supervisor_escape(v)}"' for k, v in env.items()))
+            lines.append("environment=" + ",".join(f"{k}={_supervisor_value(v)}" for k, v in env.items()))
         if paths.service_user:
             lines.append(f"user={paths.service_user}")
         lines += ["autostart=true", "autorestart=unexpected", "startsecs=3", "startretries=5",

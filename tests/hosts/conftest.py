@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,9 +38,17 @@ from tests.hosts.platform import (
     MODEL,
     TAGGING,
     WEB,
+    DeployedPlatform,
     Platform,
     Secrets,
 )
+from tests.hosts.ssh import SshHosts
+
+REPO = Path(__file__).resolve().parents[2]
+# `make test-hosts DEPLOY=bundles`: the application hosts are deployed by `doctag deploy` over SSH
+# from the offline bundles in dist/ (`make bundle`); otherwise their services are started from this
+# checkout with configuration the test writes (see test_seven_hosts.py's docstring).
+DEPLOY_MODE = os.environ.get("DOCTAG_TEST_HOSTS_DEPLOY", "")
 
 RUN_DIR_PREFIX = "dt-hosts-"
 
@@ -82,14 +91,16 @@ def seven() -> Iterator[Seven]:
         netns.create()
         hba = {"api-gw": [GATEWAY.address], "web": [w.address for w in WEB], "model": [MODEL.address]}
         db = DbHost(DB, root / "hosts" / DB.name, hba)
-        platform = Platform(root)
+        platform = DeployedPlatform(root) if DEPLOY_MODE == "bundles" else Platform(root)
         platform.init_operator()
         db.start()
         timings["db host"] = time.monotonic() - t0
         upgrade(CommonSettings(db_host=DB.address, db_port=5432, db_name=DB_NAME), user="postgres",
                 password=db.postgres_password)
         admin_dsn = db.admin_dsn(DB_NAME)
-        secrets_dir = root / "operator" / "secrets"
+        # The operator's secrets: deploy's own state dir when deploying (it copies them to the hosts).
+        secrets_dir = (platform.state_root / "secrets" if isinstance(platform, DeployedPlatform)
+                       else root / "operator" / "secrets")
         db_files = db_accounts.ensure_passwords(admin_dsn, secrets_dir / "db")
         topology = Topology(prefix=AMQP_PREFIX)
         ctl = amqp_accounts.Rabbitmqctl(str(db.rabbitmqctl_wrapper()))
@@ -101,15 +112,40 @@ def seven() -> Iterator[Seven]:
         platform.secrets = Secrets(db_files, {r: amqp_files[r] for r in roles}, {r: names[r].name for r in roles},
                                    db.redis_password)
         timings["db set-up"] = time.monotonic() - t0
-        for host in (MODEL, *WEB, *TAGGING, GATEWAY):  # the slow model host first; all start at once
-            platform.configure(host)
-            platform.start(host)
-        timings["ready"] = platform.wait_ready(APP_HOSTS) + timings["db set-up"]
+        if isinstance(platform, DeployedPlatform):
+            _deploy(platform, root)
+            timings["deployed"] = time.monotonic() - t0
+        else:
+            for host in (MODEL, *WEB, *TAGGING, GATEWAY):  # the slow model host first; all start at once
+                platform.configure(host)
+                platform.start(host)
+        timings["ready"] = platform.wait_ready(APP_HOSTS) + (time.monotonic() - t0)
         yield Seven(platform, db, admin_dsn, timings)
     finally:
         _teardown(root)
         atexit.unregister(_teardown)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _deploy(platform: DeployedPlatform, root: Path) -> None:
+    """`doctag deploy role <role> --host <host>` for each application host, over SSH, all at once
+    (the db host is not deployed: `doctag dbhost` is not on this branch; see the module docstring)."""
+    inventory = root / "inventory.yaml"
+    inventory.write_text(platform.inventory(), encoding="utf-8")
+    ssh = SshHosts(root / "ssh", APP_HOSTS)
+    ssh.start()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = {host.name: subprocess.Popen(
+        [platform.python, "-m", "services.cli.main", "deploy", "role", host.role, "--host", host.name,
+         "--inventory", str(inventory), "--ssh", f"ssh -F {ssh.client_config}", "--dist", str(REPO / "dist"),
+         "--state", str(platform.state_root), "--timeout", "400"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for host in APP_HOSTS}
+    failed = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            failed[name] = out[-3000:]
+    assert not failed, "doctag deploy failed:\n" + "\n".join(f"--- {n}:\n{o}" for n, o in failed.items())
 
 
 @pytest.fixture(scope="session")

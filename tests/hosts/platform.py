@@ -307,3 +307,76 @@ class Platform:
             text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else ["(no log)"]
             out.append(f"--- {name}:\n" + "\n".join(text))
         return "\n".join(out)
+
+
+class DeployedPlatform(Platform):
+    """The application hosts as `doctag deploy` leaves them: each role's offline bundle installed by
+    its install.sh into the host's own prefix (`<host>/opt/<version>`, `current`), the host's files
+    rendered by deploy in `<host>/etc`, the units' command lines under the supervisord deploy
+    configured (`service_manager: supervisor`), state and logs in `<host>/var`."""
+
+    @property
+    def state_root(self) -> Path:
+        return self.root / "operator-state"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.state_root / "pki"
+
+    def install_root(self, host: Host) -> Path:
+        return self.host_dir(host) / "opt"
+
+    def config_dir(self, host: Host) -> Path:
+        return self.host_dir(host) / "etc"
+
+    def state_dir(self, host: Host) -> Path:
+        return self.host_dir(host) / "var"
+
+    def log_dir(self, host: Host) -> Path:
+        return self.state_dir(host) / "log"
+
+    def supervisor_conf(self, host: Host) -> Path:
+        return self.config_dir(host) / "supervisord.conf"
+
+    def inventory(self) -> str:
+        """The seven test hosts as an inventory (the contract's format), every path under the run's dir."""
+        hosts = []
+        for i, host in enumerate(HOSTS):
+            hosts.append({"name": host.name, "role": host.role, "address": host.address,
+                          "hypervisor": f"hv-{'ab'[i % 2]}" if host.role in ("web", "tagging") else "hv-c",
+                          "install_root": str(self.install_root(host)), "config_dir": str(self.config_dir(host)),
+                          "state_dir": str(self.state_dir(host))})
+        return yaml.safe_dump({"version": 1, "deployment": "dt-hosts",
+                               "defaults": {"ssh_user": "root", "service_manager": "supervisor",
+                                            "service_user": None, "blob_dir": str(self.blob_dir)},
+                               "hosts": hosts}, sort_keys=False)
+
+    def start(self, host: Host) -> None:
+        """Starts the host's supervisord again (after the host was killed), from its installed venv."""
+        venv = self.install_root(host) / "current" / "venv" / "bin"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": str(self.host_dir(host))}
+        subprocess.run(in_ns(host, [str(venv / "supervisord"), "-c", str(self.supervisor_conf(host))]),
+                       check=True, timeout=60, capture_output=True, env=env)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        from services.common.tls import ReloadingSSLContext, TlsFiles
+
+        d = self.state_root / "operator-pki"
+        tls = ReloadingSSLContext(TlsFiles(d / "ca.crt", d / "gateway.crt", d / "gateway.key"), server=False)
+        return httpx.Client(verify=tls.context, **kwargs)
+
+    def gateway_ready(self) -> bool:
+        try:
+            url = f"http://{GATEWAY.address}:{vm_layout.GATEWAY.status_port}/readyz"
+            return httpx.get(url, timeout=3).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_tails(self, names: list[str], lines: int = 25) -> str:
+        out = []
+        for name in names:
+            service, _, host = name.partition("@")
+            path = self.root / "hosts" / host / "var" / "log" / f"{service}.log"
+            text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else ["(no log)"]
+            out.append(f"--- {name}:\n" + "\n".join(text))
+        return "\n".join(out)

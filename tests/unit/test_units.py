@@ -107,3 +107,16 @@ def test_supervisor_runs_the_units_command_lines_with_the_env_files_variables() 
     assert 'environment=DOCTAG_HTTP_PORT="8101",DOCTAG_P="50%%"' in conf
     assert "user=" not in conf and "stdout_logfile=/x/state/log/upload.log" in conf
     assert "user=doctag" in units.render_supervisor(web, units.HostPaths(), {})
+
+
+def test_supervisor_environment_carries_json_values() -> None:
+    """supervisord's environment parser takes no escaped quote inside double quotes: a JSON value
+    (the gateway's trusted forwarders) must still reach the service unchanged."""
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    from services.cli import units, vm_layout
+
+    env = {"DOCTAG_GATEWAY_TRUSTED_FORWARDERS": '["10.0.0.1", "10.0.0.2"]', "DOCTAG_HTTP_HOST": "10.0.0.5"}
+    text = units.render_supervisor(vm_layout.role("gateway"), units.HostPaths(), {"gateway": env})
+    line = next(x for x in text.splitlines() if x.startswith("environment="))
+    assert dict_of_key_value_pairs(line.removeprefix("environment=")) == env
