@@ -277,6 +277,13 @@ class Platform:
         return subprocess.run(in_ns(GATEWAY, [self.python, "-c", probe]), capture_output=True,
                               timeout=30).returncode == 0
 
+    def gateway_metrics(self) -> str:
+        """The gateway's /metrics, read on its host (the status listener is on its loopback)."""
+        probe = (f"import httpx; print(httpx.get('http://127.0.0.1:{vm_layout.GATEWAY.status_port}/metrics', "
+                 "timeout=5).text)")
+        return subprocess.run(in_ns(GATEWAY, [self.python, "-c", probe]), capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+
     def wait_ready(self, hosts: tuple[Host, ...] = APP_HOSTS, timeout: float = 400) -> float:
         """Until every service of `hosts` answers /readyz; returns the seconds it took."""
         start = time.monotonic()
@@ -371,6 +378,10 @@ class DeployedPlatform(Platform):
             return httpx.get(url, timeout=3).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def gateway_metrics(self) -> str:
+        url = f"http://{GATEWAY.address}:{vm_layout.GATEWAY.status_port}/metrics"
+        return httpx.get(url, timeout=5).text
 
     def log_tails(self, names: list[str], lines: int = 25) -> str:
         out = []

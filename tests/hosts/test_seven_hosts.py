@@ -243,6 +243,12 @@ def test_1_whole_flow_through_the_gateway_address(seven: Seven, client: httpx.Cl
     for doc_id in ids.values():
         assert client.get(f"/api/v1/documents/{doc_id}", headers=bob).status_code == 404
         assert client.get(f"/api/v1/documents/{doc_id}/content", headers=bob).status_code == 404
+    # The gateway shares its login throttle and rate-limit counters through Redis on the db host:
+    # had it no access (address, password), it would fail open and count nothing, silently.
+    metrics = seven.platform.gateway_metrics()
+    for counter in ("doctag_gateway_login_throttle_store_errors_total", "doctag_gateway_rate_limit_store_errors_total"):
+        values = [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(counter)]
+        assert sum(values) == 0, f"the gateway cannot use Redis on the db host: {counter} = {values}"
     # The original bytes come back unchanged from the shared blob store, through either web host.
     for _ in range(2):
         content = client.get(f"/api/v1/documents/{ids['flow-' + pdf]}/content", headers=alice)
