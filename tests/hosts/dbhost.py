@@ -75,7 +75,13 @@ class DbHost:
             db_accounts.render_pg_hba(self.hba_hosts, [BRIDGE_ADDRESS], connection="host"), encoding="utf-8")
         with (self.pgdata / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(f"\nlisten_addresses = '{self.host.address}'\nport = 5432\n"
-                       f"unix_socket_directories = '{self.pgsock}'\nmax_connections = 300\n")
+                       f"unix_socket_directories = '{self.pgsock}'\nmax_connections = 300\n"
+                       # A client host that vanishes from the network (not one that closes its
+                       # connections) would otherwise keep its sessions, and the row locks its
+                       # transactions hold (the outbox relay's dispatch lock), for the kernel's
+                       # two hours of keepalive silence: detect it in about 25 s instead.
+                       "tcp_keepalives_idle = 10\ntcp_keepalives_interval = 5\ntcp_keepalives_count = 3\n"
+                       "tcp_user_timeout = 25000\n")
 
     def pg_ctl(self, *args: str) -> None:
         subprocess.run(self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.pgdata), "-l",

@@ -192,6 +192,15 @@ def worker_metric(seven: Seven, host: netns.Host, name: str) -> float | None:
     return None
 
 
+def sessions_of(seven: Seven, host: netns.Host) -> list[tuple[Any, ...]]:
+    """The db host's sessions from one host (diagnostics: a cut-off host's open transactions)."""
+    import psycopg
+
+    with psycopg.connect(seven.admin_dsn) as conn:
+        return conn.execute("SELECT usename, application_name, state, xact_start, left(query, 80) "
+                            "FROM pg_stat_activity WHERE client_addr = %s", (host.address,)).fetchall()
+
+
 @pytest.fixture(scope="module")
 def client(seven: Seven) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=seven.platform.gateway_url, timeout=20) as c:
@@ -270,7 +279,10 @@ def test_2_web_host_cut_off_mid_load(seven: Seven, client: httpx.Client, departm
               f"{len(load.search_errors)} search attempts failed {load.search_errors[:5]}")
         assert len(load.accepted) == 30, f"uploads not accepted: {load.upload_errors}"
         assert load.searches_ok == 30, f"searches failed: {load.search_errors}"
-        docs = wait_final(client, headers, list(load.accepted.values()), timeout=180)
+        try:
+            docs = wait_final(client, headers, list(load.accepted.values()), timeout=180)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nweb-1's sessions on the db host: {sessions_of(seven, WEB[0])}") from None
         assert {d["status"] for d in docs.values()} == {"tagged"}
         assert_accounted(seven, departments["a"][0], load.accepted, "webcut-")
     finally:
