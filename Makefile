@@ -10,8 +10,8 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup browser protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
-        test-hosts ssh-server bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
+.PHONY: help setup browser deploy-tools protos check-protos up down logs status train lint test test-unit test-integration \
+        test-e2e test-hosts ssh-server bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
         deploy-gateway deploy-web deploy-tagging deploy-model deploy-db \
         rollback-gateway rollback-web rollback-tagging rollback-model rollback-db
 
@@ -38,6 +38,18 @@ $(CHROMIUM):
 	@if [ "$$(id -u)" -ne 0 ]; then echo "the browser tests need Debian's Chromium: run 'sudo apt-get install -y chromium chromium-driver'"; exit 1; fi
 	apt-get update -q
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+
+# Debian's tools the deployment tests check with: cloud-init (`cloud-init schema`), systemd-analyze
+# (`verify`), openssh-server (deploy over a real sshd). Not root: the tests that need them skip.
+DEPLOY_TOOLS := /usr/bin/cloud-init /usr/bin/systemd-analyze /usr/sbin/sshd
+
+deploy-tools: ## Debian's cloud-init, systemd and openssh-server for the deployment tests (part of `make test`)
+	@missing=""; for t in $(DEPLOY_TOOLS); do test -x $$t || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then echo "deployment tests skip without$$missing: run 'sudo apt-get install -y cloud-init systemd openssh-server'"; exit 0; fi; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends cloud-init systemd openssh-server
+
+test: deploy-tools
 
 protos: $(PROTO_OUT) ## generate gRPC stubs from protos/
 

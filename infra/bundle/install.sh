@@ -90,8 +90,9 @@ do_install() {
   fi
   python=${python:-$(command -v python3.11 || command -v python3 || true)}
   [[ -n $python ]] || die "no python3 found: install python3 and python3-venv, or pass --python"
-  pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
   want=$(cat "$here/PYTHON_VERSION")
+  pyver=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
+    || die "$python does not run as a Python interpreter; this bundle's wheels are for Python $want (pass --python)"
   [[ $pyver == "$want" ]] || die "$python is Python $pyver; this bundle's wheels are for Python $want (pass --python)"
   rm -rf "$target"  # an interrupted earlier attempt (no .installed marker)
   mkdir -p "$target"
@@ -108,6 +109,14 @@ do_install() {
   for extra_dir in systemd config migrations; do
     if [[ -d $here/$extra_dir ]]; then cp -r "$here/$extra_dir" "$target/"; fi
   done
+  if [[ -d $here/migrations ]]; then
+    # services/common/migrate.py finds the migrations beside the installed packages (site-packages/
+    # infra/migrations, as infra/migrations beside services/ in a checkout): `doctag db upgrade` works.
+    local site
+    site=$("$target/venv/bin/python" -c 'import os, services; print(os.path.dirname(os.path.dirname(services.__file__)))')
+    mkdir -p "$site/infra"
+    cp -r "$here/migrations" "$site/infra/migrations"
+  fi
   touch "$target/.installed"
   switch_to "$version"
   echo "doctag $version ($role) installed in $target; $prefix/current -> $version"

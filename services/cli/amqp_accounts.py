@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -57,14 +58,19 @@ def users(prefix: str, topology: Topology) -> dict[str, AmqpUser]:
 
 
 class Rabbitmqctl:
-    def __init__(self, executable: str = "rabbitmqctl") -> None:
+    """rabbitmqctl of the local broker, or (`prefix`, `node`) of a node of its own: the db host runs
+    it as `runuser -u rabbitmq -- env HOME=... rabbitmqctl -n <node>` (its cookie, its node name)."""
+
+    def __init__(self, executable: str = "rabbitmqctl", *, prefix: Sequence[str] = (), node: str | None = None
+                 ) -> None:
         path = shutil.which(executable)
         if path is None:
             raise AmqpAccountsError(f"{executable} not found: run the RabbitMQ set-up on the broker's host")
         self.executable = path
+        self.argv = [*prefix, path, *(["-n", node] if node else [])]
 
     def run(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([self.executable, "-q", *args], input=stdin, capture_output=True, text=True,
+        result = subprocess.run([*self.argv, "-q", *args], input=stdin, capture_output=True, text=True,
                                 timeout=120)
         if check and result.returncode != 0:
             raise AmqpAccountsError(f"rabbitmqctl {args[0]}: {(result.stderr or result.stdout).strip()[:500]}")

@@ -169,6 +169,13 @@ def dependency_wheels(role: vm_layout.VmRole, cache: Path, wheel: Path, *, root:
     return sorted(out.glob("*.whl"))
 
 
+def is_cached(role_name: str, cache: Path, *, root: Path = REPO_ROOT, python: str = sys.executable) -> bool:
+    """True when the role's third-party wheels are cached: building its bundle then only builds the
+    small project wheel and packs files (no pip resolution); the tests take the heavy lock otherwise."""
+    role = vm_layout.role(role_name)
+    return (cache / "deps" / _deps_key(role, root, python) / ".complete").exists()
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:

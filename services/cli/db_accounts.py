@@ -58,10 +58,14 @@ def ensure_passwords(admin_dsn: str, secrets_dir: Path, roles: tuple[str, ...] =
 
 
 def render_pg_hba(hosts: dict[str, list[str]], admin_hosts: list[str], *, database: str = "doctag",
-                  connection: str = "hostssl") -> str:
+                  connection: str = "hostssl", local_admin_map: str | None = None) -> str:
     """pg_hba.conf for the db host: each service role only from the addresses of its VM role
     (`hosts`: VM role → addresses, CIDR or single addresses), operators' `admin_hosts` for the
-    migration role, scram-sha-256 everywhere, and every other connection rejected."""
+    migration role, scram-sha-256 everywhere, and every other connection rejected.
+
+    `local_admin_map`: the db host's own set-up (`doctag dbhost`) connects through the local socket
+    as `postgres` from the OS users of that pg_ident.conf map (root and postgres), base backups
+    (replication) included."""
     def cidr(address: str) -> str:
         return address if "/" in address else address + ("/128" if ":" in address else "/32")
 
@@ -70,8 +74,12 @@ def render_pg_hba(hosts: dict[str, list[str]], admin_hosts: list[str], *, databa
         "# Each service role connects only from the hosts of its VM role, with scram-sha-256",
         f"# (`{connection}`); the tagging hosts have no database access; anything else is rejected.",
         "# TYPE    DATABASE     USER              ADDRESS                METHOD",
-        "local     all          postgres                                 peer",
     ]
+    if local_admin_map is None:
+        lines.append("local     all          postgres                                 peer")
+    else:
+        lines += [f"local     all          postgres                                 peer map={local_admin_map}",
+                  f"local     replication  postgres                                 peer map={local_admin_map}"]
     for address in admin_hosts:
         lines.append(f"{connection:<9} all          postgres          {cidr(address):<22} scram-sha-256")
     for role, vm_role in SERVICE_DB_ROLES.items():

@@ -126,9 +126,10 @@ class Deployer:
         config = render_host(self.inv, host, self.state, inventory_text=self.inventory_text)
         mark = f"{digest} {config.digest()}"
         root, cfg = host.install_root, host.config_dir
-        current = self.sh(host, f"cat {_q(cfg / DEPLOY_MARK)} 2>/dev/null; echo; readlink {_q(root / 'current')} "
-                                "2>/dev/null; true", what="reading the host's state").split("\n")
-        if current[0].strip() == mark and (current[1].strip() if len(current) > 1 else "") == version:
+        state = self.sh(host, f"head -c 200 {_q(cfg / DEPLOY_MARK)} 2>/dev/null; echo; "
+                              f"readlink {_q(root / 'current')} 2>/dev/null; true", what="reading the host's state")
+        lines = [*state.split("\n"), "", ""]
+        if lines[0].strip() == mark and lines[1].strip() == version:
             self._say(host, "bundle and configuration unchanged: nothing to do")
             self.wait_ready(host)
             return Outcome(host.name, host.role, version, False, "ready, nothing restarted",
@@ -136,7 +137,7 @@ class Deployer:
         self._install(host, path, version)
         self._write_config(host, config)
         restarted = self._restart(host, config)
-        self.sh(host, f"printf '%s\\n' {_q(mark)} > {_q(cfg / DEPLOY_MARK)}", what="recording the deploy")
+        self.sh(host, f"printf '%s' {_q(mark)} > {_q(cfg / DEPLOY_MARK)}", what="recording the deploy")
         self.wait_ready(host)
         return Outcome(host.name, host.role, version, True, f"restarted {', '.join(restarted) or 'nothing'}; ready",
                        time.monotonic() - started)
@@ -200,18 +201,25 @@ class Deployer:
         return services
 
     def _db_setup(self, host: Host) -> None:
-        """The db host's own set-up, done on it by the db role's `doctag dbhost` commands."""
-        doctag = _q(host.install_root / "current" / "venv" / "bin" / "doctag")
-        has = self.transport.run(host, f"{doctag} dbhost --help >/dev/null 2>&1", check=False).returncode == 0
-        if not has:
-            raise DeployError(f"{host.name}: this release has no `doctag dbhost` commands (the db host's set-up, "
-                              "branch wip-dbhost): bundle installed and secrets copied, PostgreSQL/RabbitMQ/Redis "
-                              "not configured")
+        """The db host's own set-up, done on it by the db role's `doctag dbhost setup` (PostgreSQL,
+        RabbitMQ, Redis on the private address with TLS, pg_hba per role and host, migrations, the
+        passwords this deploy copied into <config_dir>/secrets)."""
         cfg = host.config_dir
-        out = self.sh(host, f"{doctag} dbhost setup --inventory {_q(cfg / 'inventory.yaml')} --host {_q(host.name)} "
-                            f"--data-dir {_q(host.state_dir / 'db')} --secrets-dir {_q(cfg / 'secrets')}",
+        mode = "--systemd" if host.service_manager == "systemd" else "--no-systemd"
+        out = self.sh(host, f"{self._doctag(host)} dbhost setup --inventory {_q(cfg / 'inventory.yaml')} "
+                            f"--host {_q(host.name)} --data-root {_q(self._db_root(host))} "
+                            f"--secrets-dir {_q(cfg / 'secrets')} --pki-dir {_q(cfg / 'pki')} {mode}",
                       what="doctag dbhost setup", timeout=900)
         self._say(host, out.strip().splitlines()[-1] if out.strip() else "db host set up")
+
+    def _doctag(self, host: Host) -> str:
+        """The db host's doctag CLI, with the inventory's env for the host (database name, ...)."""
+        env = " ".join(_q(f"{k}={v}") for k, v in host.env.items())
+        return f"env {env} {_q(host.install_root / 'current' / 'venv' / 'bin' / 'doctag')}"
+
+    @staticmethod
+    def _db_root(host: Host) -> Path:
+        return host.state_dir / "db"
 
     # -- readiness --------------------------------------------------------------------------
     def probes(self, host: Host) -> list[tuple[str, str]]:
@@ -281,8 +289,9 @@ class Deployer:
         return f"; logs in {host_paths(host).log_dir} on {host.name}"
 
     def _db_ready(self, host: Host) -> None:
-        doctag = _q(host.install_root / "current" / "venv" / "bin" / "doctag")
-        self.sh(host, f"{doctag} dbhost status --data-dir {_q(host.state_dir / 'db')}", what="doctag dbhost status")
+        out = self.sh(host, f"{self._doctag(host)} dbhost status --data-root {_q(self._db_root(host))} "
+                            f"--address {_q(host.address)}", what="doctag dbhost status")
+        self._say(host, "ready: " + ", ".join(out.split()))
 
     # -- rollback ---------------------------------------------------------------------------
     def rollback(self, host: Host) -> Outcome:
@@ -318,3 +327,16 @@ def deploy_all(deployer: Deployer) -> list[Outcome]:
         for h in deployer.inv.of_role(r.name):
             outcomes.append(deployer.deploy(h))
     return outcomes
+
+
+def write_prometheus_targets(inv: Inventory, path: Path) -> str:
+    """Prometheus file_sd targets for every host of the inventory (services/cli/prometheus_targets.py,
+    made with the monitoring configuration in infra/prometheus); says what it did."""
+    import importlib
+
+    try:
+        targets = importlib.import_module("services.cli.prometheus_targets")
+    except ModuleNotFoundError:
+        return "Prometheus targets not written: this tree has no services/cli/prometheus_targets.py"
+    targets.write_file_sd(path, [(h.name, h.role, h.address) for h in inv.hosts])
+    return f"Prometheus file_sd targets of {len(inv.hosts)} hosts in {path}"

@@ -23,16 +23,27 @@ def _report(outcomes: list[Any]) -> None:
         print(o.line())
 
 
+def _file_sd(deployer: Any, args: argparse.Namespace) -> None:
+    from .deploy import write_prometheus_targets
+
+    path = args.file_sd or deployer.state.root / "prometheus" / "doctag.json"
+    print(write_prometheus_targets(deployer.inv, path))
+
+
 def cmd_role(settings: Any, args: argparse.Namespace) -> None:
     from .deploy import deploy_role
 
-    _report(deploy_role(_deployer(args), args.role, args.host))
+    deployer = _deployer(args)
+    _report(deploy_role(deployer, args.role, args.host))
+    _file_sd(deployer, args)
 
 
 def cmd_all(settings: Any, args: argparse.Namespace) -> None:
     from .deploy import deploy_all
 
-    _report(deploy_all(_deployer(args)))
+    deployer = _deployer(args)
+    _report(deploy_all(deployer))
+    _file_sd(deployer, args)
 
 
 def cmd_rollback(settings: Any, args: argparse.Namespace) -> None:
@@ -54,6 +65,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", default=None, help="bundle version (default: this tree's, `doctag release version`)")
     p.add_argument("--state", type=Path, default=None, help="operator state (default var/deploy/<deployment>)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for readiness per host")
+    p.add_argument("--file-sd", type=Path, default=None,
+                   help="where to write Prometheus' file_sd targets of the inventory's hosts (default "
+                        "var/deploy/<deployment>/prometheus/doctag.json; e.g. /etc/prometheus/file_sd/doctag.json)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

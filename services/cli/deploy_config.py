@@ -27,6 +27,7 @@ from services.common.auth import ensure_keypair
 from . import units, vm_layout
 from .amqp_accounts import url as amqp_url
 from .db_accounts import read_or_create_password
+from .dbhost_config import REDIS_GATEWAY_USER
 from .inventory import Host, Inventory
 from .stack import DEFAULT_GATEWAY_CONFIG, render_gateway_config
 
@@ -41,6 +42,7 @@ DB_ROLE = {"gateway": "doctag_gateway", "upload": "doctag_upload", "search": "do
            "model-serving": "doctag_model"}
 # The RabbitMQ users (services/cli/amqp_accounts.py) of the services that use the broker.
 AMQP_SERVICES = ("upload", "tagging-worker")
+DB_CERT_ROLE = "db"  # the db host's certificate (services/cli/dbhost.py serves PostgreSQL and AMQPS with it)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ class OperatorState:
         read_or_create_password(path)
         return path
 
+    def redis_password(self) -> Path:
+        path = self.secrets_dir / "redis" / REDIS_GATEWAY_USER
+        read_or_create_password(path)
+        return path
+
 
 def _has_sans(cert_path: Path, host: Host) -> bool:
     try:
@@ -156,6 +163,8 @@ def service_env(inv: Inventory, host: Host, service: vm_layout.Service) -> dict[
     env["DOCTAG_UPSTREAM_TLS" if service.name == "gateway" else "DOCTAG_HTTP_TLS"] = "true"
     if service.name in DB_ROLE:
         env["DOCTAG_DB_PASSWORD_FILE"] = str(cfg / "secrets" / "db" / DB_ROLE[service.name])
+        # TLS to PostgreSQL, its certificate (issued for the db host's address) checked against the platform CA
+        env["DOCTAG_DB_SSLMODE"] = "verify-full"
     if service.name in AMQP_SERVICES:
         env.update({
             "DOCTAG_AMQP_URL": amqp_url(db.address, vm_layout.RABBITMQ_PORT, AMQP_VHOST,
@@ -164,20 +173,21 @@ def service_env(inv: Inventory, host: Host, service: vm_layout.Service) -> dict[
             "DOCTAG_AMQP_DECLARE_TOPOLOGY": "false",
             "DOCTAG_AMQP_PREFIX": AMQP_PREFIX,
         })
-    model = f"{inv.one('model').address}:{vm_layout.MODEL_SERVING.grpc_port}"
+    def model() -> str:
+        return f"{inv.one('model').address}:{vm_layout.MODEL_SERVING.grpc_port}"
+
     uploads = ",".join(f"{h.address}:{vm_layout.UPLOAD.grpc_port}" for h in inv.of_role("web"))
-    gateway = inv.one("gateway")
     if service.name == "upload":
         env.update({"DOCTAG_BLOB_DIR": str(host.blob_dir), "DOCTAG_RELAY_DB_PASSWORD_FILE":
                     str(cfg / "secrets" / "db" / "doctag_relay"),
                     "DOCTAG_JOB_CAPABILITY_PRIVATE_KEY_FILE": str(keys / capability.PRIVATE_NAME),
                     "DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE": str(keys / capability.PUBLIC_NAME)})
     elif service.name == "search":
-        env.update({"DOCTAG_BLOB_DIR": str(host.blob_dir), "DOCTAG_MODEL_GRPC_TARGET": model})
+        env.update({"DOCTAG_BLOB_DIR": str(host.blob_dir), "DOCTAG_MODEL_GRPC_TARGET": model()})
     elif service.name == "tagging-worker":
-        env.update({"DOCTAG_DOCUMENTS_GRPC_TARGET": uploads, "DOCTAG_MODEL_GRPC_TARGET": model})
+        env.update({"DOCTAG_DOCUMENTS_GRPC_TARGET": uploads, "DOCTAG_MODEL_GRPC_TARGET": model()})
     elif service.name == "web":
-        env["DOCTAG_WEB_API_URL"] = f"http://{gateway.address}:{vm_layout.GATEWAY.http_port}"
+        env["DOCTAG_WEB_API_URL"] = f"http://{inv.one('gateway').address}:{vm_layout.GATEWAY.http_port}"
     elif service.name == "model-serving":
         env.update({"DOCTAG_JOB_CAPABILITY_PUBLIC_KEY_FILE": str(keys / capability.PUBLIC_NAME),
                     "DOCTAG_MODEL_STORE": str(host.state_dir / "models"),
@@ -187,10 +197,12 @@ def service_env(inv: Inventory, host: Host, service: vm_layout.Service) -> dict[
             "DOCTAG_GATEWAY_STATUS_PORT": str(service.status_port),
             "DOCTAG_GATEWAY_CONFIG": str(cfg / "kong.yml"),
             "DOCTAG_JWT_PRIVATE_KEY_FILE": str(keys / "jwt_private.pem"),
-            "DOCTAG_GATEWAY_REDIS_URL": f"redis://{db.address}:{vm_layout.REDIS_PORT}/0",
+            "DOCTAG_GATEWAY_REDIS_URL": f"redis://{REDIS_GATEWAY_USER}@{db.address}:{vm_layout.REDIS_PORT}/0",
+            "DOCTAG_GATEWAY_REDIS_PASSWORD_FILE": str(cfg / "secrets" / "redis" / REDIS_GATEWAY_USER),
             # UI logins arrive from the web hosts, which name the user's address: only they are believed.
             "DOCTAG_GATEWAY_TRUSTED_FORWARDERS": json.dumps([h.address for h in inv.of_role("web")]),
         })
+    env.update(host.env)
     return env
 
 
@@ -230,8 +242,12 @@ def render_host(inv: Inventory, host: Host, state: OperatorState, *, inventory_t
         files["keys/cursor_hmac.key"] = HostFile((state.keys_dir / "cursor_hmac.key").read_bytes(), SECRET)
     if "gateway" in names:
         files["keys/jwt_private.pem"] = HostFile((state.keys_dir / "jwt_private.pem").read_bytes(), SECRET)
+        # the rate-limiting plugin's Redis is the db host's, as the gateway's ACL user: the file holds
+        # its password, so it is a secret too
+        redis = {"host": inv.one("db").address, "port": vm_layout.REDIS_PORT, "username": REDIS_GATEWAY_USER,
+                 "password": state.redis_password().read_text(encoding="utf-8").strip()}
         files["kong.yml"] = HostFile(render_gateway_config(DEFAULT_GATEWAY_CONFIG, gateway_targets(inv),
-                                                           http_tls=True).encode())
+                                                           http_tls=True, redis=redis).encode(), SECRET)
     if "upload" in names:
         files[f"keys/{capability.PRIVATE_NAME}"] = HostFile(
             (state.keys_dir / capability.PRIVATE_NAME).read_bytes(), SECRET)
@@ -239,10 +255,15 @@ def render_host(inv: Inventory, host: Host, state: OperatorState, *, inventory_t
         files[f"keys/{capability.PUBLIC_NAME}"] = HostFile((state.keys_dir / capability.PUBLIC_NAME).read_bytes())
     db_roles = sorted({DB_ROLE[n] for n in names if n in DB_ROLE} | ({"doctag_relay"} if "upload" in names else set()))
     amqp = [n for n in AMQP_SERVICES if n in names]
-    if role.name == "db":  # the db host sets every account's password
+    if role.name == "db":  # the db host sets every account's password and serves TLS as role `db`
         db_roles, amqp = sorted({*DB_ROLE.values(), "doctag_relay"}), [*AMQP_SERVICES, "admin"]
+        cert, key = host_certificate(state, host, DB_CERT_ROLE)
+        files[f"pki/{DB_CERT_ROLE}.crt"] = HostFile(cert)
+        files[f"pki/{DB_CERT_ROLE}.key"] = HostFile(key, SECRET)
         if inventory_text is not None:
             files["inventory.yaml"] = HostFile(inventory_text.encode())
+    if role.name == "db" or "gateway" in names:
+        files[f"secrets/redis/{REDIS_GATEWAY_USER}"] = HostFile(state.redis_password().read_bytes(), SECRET)
     for db_role in db_roles:
         files[f"secrets/db/{db_role}"] = HostFile(state.db_password(db_role).read_bytes(), SECRET)
     for amqp_service in amqp:

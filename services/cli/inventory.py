@@ -42,6 +42,8 @@ class HostSettings(BaseModel):
     # The account the services run as (systemd User=, supervisor user=); null: the deploying user
     # (hosts where the installer is not root, e.g. the multi-host test).
     service_user: str | None = "doctag"
+    # Extra DOCTAG_* variables for every service of the host (a host's entries win over the defaults').
+    env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("install_root", "config_dir", "state_dir", "blob_dir")
     @classmethod
@@ -67,6 +69,7 @@ class _HostEntry(BaseModel):
     service_manager: Literal["systemd", "supervisor"] | None = None
     blob_dir: Path | None = None
     service_user: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("role")
     @classmethod
@@ -126,6 +129,7 @@ class Host(BaseModel):
     service_manager: Literal["systemd", "supervisor"]
     blob_dir: Path
     service_user: str | None
+    env: dict[str, str]
 
     @property
     def vm_role(self) -> vm_layout.VmRole:
@@ -204,7 +208,8 @@ def parse_inventory(data: Any, source: str = "<inventory>") -> Inventory:
              ssh_port=e.ssh_port or d.ssh_port, install_root=e.install_root or d.install_root,
              config_dir=e.config_dir or d.config_dir, state_dir=e.state_dir or d.state_dir,
              service_manager=e.service_manager or d.service_manager, blob_dir=e.blob_dir or d.blob_dir,
-             service_user=e.service_user if "service_user" in e.model_fields_set else d.service_user)
+             service_user=e.service_user if "service_user" in e.model_fields_set else d.service_user,
+             env={**d.env, **e.env})
         for e in raw.hosts)
     for i, entry in enumerate(raw.hosts):
         for field in ("install_root", "config_dir", "state_dir", "blob_dir"):

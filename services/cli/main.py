@@ -11,7 +11,7 @@ from services.common.pki import SERVICE_ROLES
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
-from . import admin, deploy_cmds, model_quality_cmds, model_registry_cmds, release_cmds, search_cmds
+from . import admin, dbhost_cmds, deploy_cmds, model_quality_cmds, model_registry_cmds, release_cmds, search_cmds
 
 if TYPE_CHECKING:
     from .stack import ServiceAccounts
@@ -417,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     su.set_defaults(func=cmd_stack_up)
     stack.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_stack_down)
     stack.add_parser("status", help="state of every service").set_defaults(func=cmd_stack_status)
+    dbhost = sub.add_parser("dbhost", help="the db VM: PostgreSQL, RabbitMQ, Redis on its private address (as "
+                            "root)").add_subparsers(dest="action", required=True)
+    dbhost_cmds.add_commands(dbhost)
     return parser
 
 

@@ -27,9 +27,9 @@ def cmd_version(settings: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_units(settings: Any, args: argparse.Namespace) -> None:
-    from .units import write_committed
+    from . import cloud_init, units
 
-    for path in write_committed():
+    for path in [*units.write_committed(), *cloud_init.write_committed()]:
         print(f"wrote {path}")
 
 
@@ -44,4 +44,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     b.set_defaults(func=cmd_bundle)
     release.add_parser("version", help="the release version the bundles of this tree get").set_defaults(
         func=cmd_version)
-    release.add_parser("units", help="rewrite infra/systemd/ from vm_layout").set_defaults(func=cmd_units)
+    release.add_parser("units", help="rewrite infra/systemd/ and infra/cloud-init/ from vm_layout").set_defaults(
+        func=cmd_units)

@@ -343,15 +343,23 @@ class StackLayout:
         self.supervisorctl("signal", "KILL", name, check=True)
 
 
-def render_gateway_config(template: Path, targets: dict[str, list[str]], *, http_tls: bool) -> str:
+def render_gateway_config(template: Path, targets: dict[str, list[str]], *, http_tls: bool,
+                          redis: dict[str, Any] | None = None) -> str:
     """kong.yml text from `template` with these upstream targets ("host:port"); with `http_tls` the
-    gateway reaches them over mutual TLS. `make up` and `doctag deploy` (the gateway host) use it."""
+    gateway reaches them over mutual TLS; `redis` ({host, port, username, password}) replaces the
+    server of the rate-limiting plugins with `policy: redis`. `make up` and `doctag deploy` (the
+    gateway host) use it."""
     config = yaml.safe_load(template.read_text(encoding="utf-8"))
     for upstream in config.get("upstreams", []):
         if upstream["name"] in targets:
             upstream["targets"] = [{"target": t, "weight": 100} for t in targets[upstream["name"]]]
     if http_tls:
         use_https(config, set(targets))
+    if redis is not None:
+        for plugin in [*config.get("plugins", []),
+                       *(p for s in config.get("services", []) for p in s.get("plugins", []))]:
+            if plugin.get("name") == "rate-limiting" and (plugin.get("config") or {}).get("policy") == "redis":
+                plugin["config"]["redis"] = dict(redis)
     return yaml.safe_dump(config, allow_unicode=True, sort_keys=False)
 
 

@@ -36,6 +36,7 @@ def test_tagging_host_knows_every_web_host_and_the_model_host_and_holds_no_db_se
     assert env["DOCTAG_MODEL_GRPC_TARGET"] == "10.20.0.20:9121"
     assert env["DOCTAG_AMQP_URL"] == "amqp://doctag-tagging-worker@10.20.0.10:5672/doctag"
     assert env["DOCTAG_HTTP_HOST"] == "10.20.0.41" and env["DOCTAG_HTTP_TLS"] == "true"
+    assert "DOCTAG_DB_SSLMODE" not in env  # no database access at all
     assert sorted(n for n in config.files if n.startswith(("secrets/", "pki/", "keys/"))) == [
         "keys/cursor_hmac.key", "keys/jwt_public.pem", "pki/ca.crt", "pki/tagging-worker.crt",
         "pki/tagging-worker.key", "secrets/amqp/doctag-tagging-worker"]
@@ -70,18 +71,34 @@ def test_gateway_host_routes_to_every_web_host_over_mutual_tls(state) -> None:
     assert targets["web-upstream"] == ["10.20.0.30:8141", "10.20.0.31:8141"]
     assert targets["model-serving-upstream"] == ["10.20.0.20:8121"]
     assert {s["protocol"] for s in kong["services"] if s.get("host") in targets} == {"https"}
+    limits = [p for p in kong["plugins"] if p["name"] == "rate-limiting" and p["config"]["policy"] == "redis"]
+    password = config.files["secrets/redis/doctag-gateway"].content.decode().strip()
+    assert limits and all(p["config"]["redis"] == {"host": "10.20.0.10", "port": 6379, "username": "doctag-gateway",
+                                                   "password": password} for p in limits)
+    assert config.files["kong.yml"].mode == 0o640
+    from gateway.config import parse_config
+
+    parse_config(kong, "kong.yml")  # the gateway accepts what deploy writes
     env = _env(config, "gateway")
     assert env["DOCTAG_GATEWAY_TRUSTED_FORWARDERS"] == '["10.20.0.30", "10.20.0.31"]'
-    assert env["DOCTAG_GATEWAY_REDIS_URL"] == "redis://10.20.0.10:6379/0"
+    assert env["DOCTAG_GATEWAY_REDIS_URL"] == "redis://doctag-gateway@10.20.0.10:6379/0"
+    assert env["DOCTAG_GATEWAY_REDIS_PASSWORD_FILE"] == "/etc/doctag/secrets/redis/doctag-gateway"
+    assert env["DOCTAG_DB_SSLMODE"] == "verify-full"
     assert "keys/jwt_private.pem" in config.files and "secrets/db/doctag_gateway" in config.files
+    assert "secrets/redis/doctag-gateway" in config.files
 
 
-def test_db_host_gets_every_password_and_the_inventory_but_no_service_certificate(state) -> None:
+def test_db_host_gets_every_password_the_inventory_and_only_its_own_certificate(state) -> None:
     config = _render("db-1", state)
-    assert not [n for n in config.files if n.startswith("pki/") and n != "pki/ca.crt"]
+    assert sorted(n for n in config.files if n.startswith("pki/")) == ["pki/ca.crt", "pki/db.crt", "pki/db.key"]
+    cert = x509.load_pem_x509_certificate(config.files["pki/db.crt"].content)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.20.0.10"]
     assert {"secrets/db/doctag_gateway", "secrets/db/doctag_model", "secrets/amqp/doctag-admin",
-            "secrets/amqp/doctag-upload", "inventory.yaml"} <= set(config.files)
+            "secrets/amqp/doctag-upload", "secrets/redis/doctag-gateway", "inventory.yaml"} <= set(config.files)
     assert not config.units
+    # the same Redis password on the db host and the gateway host
+    assert config.files["secrets/redis/doctag-gateway"] == _render("gw-1", state).files["secrets/redis/doctag-gateway"]
 
 
 def test_rendering_twice_gives_the_same_files_so_a_redeploy_is_unchanged(state) -> None:
@@ -120,3 +137,38 @@ def test_transport_argv() -> None:
     d = Deployer(inv, transport=Transport(), log=False)
     assert d.probes(inv.host("gw-1")) == [("gateway", "http://10.20.0.50:8100/readyz")]
     assert ("upload gRPC", "grpc://10.20.0.30:9101/upload") in d.probes(host)
+
+
+def test_inventory_env_reaches_every_service_and_a_host_entry_wins(state) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["defaults"]["env"] = {"DOCTAG_LOG_LEVEL": "DEBUG", "DOCTAG_DB_SSLMODE": "verify-full"}
+    data["hosts"][2]["env"] = {"DOCTAG_LOG_LEVEL": "WARNING"}
+    inv = parse_inventory(data, "env.yaml")
+    config = deploy_config.render_host(inv, inv.host("web-1"), state)
+    assert {_env(config, s)["DOCTAG_LOG_LEVEL"] for s in ("upload", "search", "web")} == {"WARNING"}
+    assert _env(config, "upload")["DOCTAG_DB_SSLMODE"] == "verify-full"
+
+
+def test_deploy_refuses_a_host_of_another_role_and_a_missing_bundle(tmp_path: Path) -> None:
+    from services.cli.deploy import DeployError, deploy_role
+    from services.cli.inventory import InventoryError
+
+    inv = load_inventory(EXAMPLE)
+    d = Deployer(inv, transport=Transport("false"), dist=tmp_path, version="0.1.0+x", state_root=tmp_path, log=False)
+    with pytest.raises(InventoryError, match="host gw-1 has role gateway, not web"):
+        deploy_role(d, "web", "gw-1")
+    with pytest.raises(DeployError, match=r"no bundle .*doctag-0\.1\.0\+x-web\.tar\.gz: run `make bundle`"):
+        deploy_role(d, "web", "web-1")
+
+
+def test_deploy_writes_prometheus_targets_of_every_host(tmp_path: Path) -> None:
+    import json
+
+    from services.cli.deploy import write_prometheus_targets
+
+    pytest.importorskip("services.cli.prometheus_targets")  # wip-k8s's module, merged by the lead
+    inv = load_inventory(EXAMPLE)
+    message = write_prometheus_targets(inv, tmp_path / "sd" / "doctag.json")
+    assert "7 hosts" in message
+    entries = json.loads((tmp_path / "sd" / "doctag.json").read_text())
+    assert {"targets": ["10.20.0.50:8100"], "labels": {"job": "gateway", "role": "gateway", "host": "gw-1"}} in entries

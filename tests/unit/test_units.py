@@ -120,3 +120,15 @@ def test_supervisor_environment_carries_json_values() -> None:
     text = units.render_supervisor(vm_layout.role("gateway"), units.HostPaths(), {"gateway": env})
     line = next(x for x in text.splitlines() if x.startswith("environment="))
     assert dict_of_key_value_pairs(line.removeprefix("environment=")) == env
+
+
+def test_supervisor_reads_back_exactly_the_env_files_values() -> None:
+    """supervisord's own parser (not a copy of it) gets the same variables systemd would."""
+    from supervisor.datatypes import dict_of_key_value_pairs
+
+    env = {"DOCTAG_GATEWAY_TRUSTED_FORWARDERS": '["10.0.0.1", "10.0.0.2"]', "DOCTAG_Q": "50% a,b",
+           "DOCTAG_URL": "amqp://u@10.0.0.1:5672/doctag"}
+    conf = units.render_supervisor(vm_layout.role("gateway"), units.HostPaths(), {"gateway": env})
+    line = next(ln for ln in conf.splitlines() if ln.startswith("environment="))
+    assert dict_of_key_value_pairs(line.removeprefix("environment=").replace("%%", "%")) == env
+    assert units.parse_env_file(units.render_env_file(env)) == env
