@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.common.pki import SERVICE_ROLES
+from services.common.pki import SERVER_ONLY_ROLES, SERVICE_ROLES
 from services.common.roles import ROLES
 from services.common.settings import CommonSettings
 
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--dir", type=Path, default=None, help="default: DOCTAG_TLS_DIR or <state dir>/pki")
     pi.set_defaults(func=cmd_pki_init)
     pis = pki_cmd.add_parser("issue", help="issue a certificate naming a role (spiffe://doctag/role/ROLE) and host")
-    pis.add_argument("role", choices=SERVICE_ROLES)
+    pis.add_argument("role", choices=(*SERVICE_ROLES, *SERVER_ONLY_ROLES))
     pis.add_argument("--host", action="append", help="DNS name of the host (repeatable; default localhost)")
     pis.add_argument("--ip", action="append", help="IP address of the host (repeatable)")
     pis.add_argument("--days", type=int, default=30, help="validity in days (default 30)")

@@ -22,6 +22,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # The roles that hold certificates (services/common/access.py says what each may call).
 SERVICE_ROLES = ("gateway", "upload", "search", "tagging-worker", "model-serving", "web")
+# Roles of servers that are not platform services (the db host's PostgreSQL and RabbitMQ): their
+# certificates serve TLS only and are never accepted as a client certificate (no clientAuth).
+SERVER_ONLY_ROLES = ("db",)
 SPIFFE_PREFIX = "spiffe://doctag/role/"
 DEFAULT_DAYS = 30
 CA_DAYS = 3650
@@ -157,7 +160,8 @@ def issue(pki_dir: Path, role: str, *, hosts: list[str] | tuple[str, ...] = ("lo
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
                                      crl_sign=False, content_commitment=False, data_encipherment=False,
                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH] if role in SERVER_ONLY_ROLES else
+                                             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                        critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())

@@ -130,3 +130,33 @@ def test_the_systemd_units_verify(tmp_path: Path) -> None:
     result = subprocess.run(["systemd-analyze", "verify", *(str(p) for p in sorted(tmp_path.glob("*.service")))],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_db_host_certificate_serves_tls_and_is_no_client_certificate(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from services.common import pki
+
+    pki.init_ca(tmp_path / "pki")
+    cfg = _cfg(tmp_path)
+    assert dbhost.ensure_certificate(cfg, tmp_path / "pki") is True
+    assert dbhost.ensure_certificate(cfg, tmp_path / "pki") is False  # valid and naming the address: kept
+    cert = x509.load_pem_x509_certificate((cfg.root / "tls" / "db.crt").read_bytes())
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH]
+    moved = DbHostConfig(root=cfg.root, address="10.20.0.11")
+    assert dbhost.ensure_certificate(moved, tmp_path / "pki") is True  # a new address: a new certificate
+
+
+def test_without_the_ca_key_the_certificate_must_be_given(tmp_path: Path) -> None:
+    from services.common import pki
+
+    pki.init_ca(tmp_path / "ca")
+    given = tmp_path / "given"
+    pki.issue(tmp_path / "ca", "db", hosts=["db-1"], ips=["10.20.0.10"], out_dir=given)
+    cfg = _cfg(tmp_path)
+    assert dbhost.ensure_certificate(cfg, given) is True
+    assert (cfg.root / "tls" / "db.key").read_bytes() == (given / "db.key").read_bytes()
+    with pytest.raises(DbHostError, match="no certificate for the db host"):
+        dbhost.ensure_certificate(DbHostConfig(root=tmp_path / "other", address="10.20.0.99"), given)

@@ -7,8 +7,11 @@ one; a longer window may not allow fewer requests than a shorter one), `limit_by
 `error_message`, `sync_rate` (-1: synchronous, the only mode here), `retry_after_jitter_max`."""
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from itertools import pairwise
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import Field, model_validator
 
@@ -36,10 +39,15 @@ class RedisConfig(PluginConfig):
     ssl_verify: Annotated[bool, kong_default_only(False, "TLS to Redis is not supported")] = False
     server_name: Annotated[str | None, kong_default_only(None, "TLS to Redis is not supported")] = None
 
-    def url(self) -> str:
+    def url(self, env: Mapping[str, str] | None = None) -> str:
+        """The Redis URL; a password `{file:PATH}` (`${VAR}` expanded in PATH from `env`) is read
+        from that file, as the db host's setup leaves it (deviation from Kong's vault references)."""
+        from ...config import resolve_secret_value  # here: gateway.config imports the plugin schemas
+
         auth = ""
         if self.password is not None:
-            auth = f"{self.username or ''}:{self.password}@"
+            password = resolve_secret_value(self.password, os.environ if env is None else env).strip()
+            auth = f"{quote(self.username or '', safe='')}:{quote(password, safe='')}@"
         return f"redis://{auth}{self.host}:{self.port}/{self.database}"
 
 
