@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
 .PHONY: help setup browser deploy-tools protos check-protos up down logs status train lint test test-unit test-integration \
-        test-e2e test-hosts ssh-server bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
+        test-e2e test-hosts bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
         deploy-gateway deploy-web deploy-tagging deploy-model deploy-db \
         rollback-gateway rollback-web rollback-tagging rollback-model rollback-db
 
@@ -145,14 +145,7 @@ test-e2e: setup browser
 
 # A pytest process of its own: its platform must not run beside the end-to-end tests' one (memory).
 # DEPLOY=bundles: the application hosts are deployed by `doctag deploy` over SSH from `make bundle`'s
-# bundles (sshd in each namespace: Debian's openssh-server, installed when missing).
+# bundles (sshd in each namespace: Debian's openssh-server, which deploy-tools installs when missing).
 DEPLOY ?=
-test-hosts: setup $(if $(filter bundles,$(DEPLOY)),bundle ssh-server) ## the platform on seven network namespaces (+ an attacker) with failures injected; needs root; DEPLOY=bundles
+test-hosts: setup $(if $(filter bundles,$(DEPLOY)),bundle deploy-tools) ## the platform on seven network namespaces (+ an attacker) with failures injected; needs root; DEPLOY=bundles
 	DOCTAG_TEST_HOSTS_DEPLOY=$(DEPLOY) $(PY) -m pytest -q -p no:cacheprovider -m hosts tests/hosts
-
-ssh-server: /usr/sbin/sshd
-
-/usr/sbin/sshd:
-	@if [ "$$(id -u)" -ne 0 ]; then echo "make test-hosts DEPLOY=bundles needs Debian's openssh-server: run 'sudo apt-get install -y openssh-server'"; exit 1; fi
-	apt-get update -q
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server openssh-client

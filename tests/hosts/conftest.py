@@ -27,7 +27,7 @@ from services.common.amqp import Topology
 from services.common.migrate import upgrade
 from services.common.settings import CommonSettings
 from tests.hosts import netns
-from tests.hosts.dbhost import DbHost
+from tests.hosts.dbhost import DbHost, DeployedDbHost
 from tests.hosts.platform import (
     AMQP_PREFIX,
     AMQP_VHOST,
@@ -56,7 +56,7 @@ RUN_DIR_PREFIX = "dt-hosts-"
 @dataclass
 class Seven:
     platform: Platform
-    db: DbHost
+    db: DbHost | DeployedDbHost
     admin_dsn: str
     timings: dict[str, float]
 
@@ -90,36 +90,28 @@ def seven() -> Iterator[Seven]:
     try:
         netns.create()
         hba = {"api-gw": [GATEWAY.address], "web": [w.address for w in WEB], "model": [MODEL.address]}
-        db = DbHost(DB, root / "hosts" / DB.name, hba)
-        platform = DeployedPlatform(root) if DEPLOY_MODE == "bundles" else Platform(root)
-        platform.init_operator()
-        db.start()
-        timings["db host"] = time.monotonic() - t0
-        upgrade(CommonSettings(db_host=DB.address, db_port=5432, db_name=DB_NAME), user="postgres",
-                password=db.postgres_password)
-        admin_dsn = db.admin_dsn(DB_NAME)
-        # The operator's secrets: deploy's own state dir when deploying (it copies them to the hosts).
-        secrets_dir = (platform.state_root / "secrets" if isinstance(platform, DeployedPlatform)
-                       else root / "operator" / "secrets")
-        db_files = db_accounts.ensure_passwords(admin_dsn, secrets_dir / "db")
-        topology = Topology(prefix=AMQP_PREFIX)
-        ctl = amqp_accounts.Rabbitmqctl(str(db.rabbitmqctl_wrapper()))
-        amqp_files = amqp_accounts.ensure(AMQP_VHOST, AMQP_PREFIX, topology, secrets_dir / "amqp", ctl)
-        names = amqp_accounts.users(AMQP_PREFIX, topology)
-        asyncio.run(amqp_accounts.declare_topology(amqp_accounts.url(
-            DB.address, 5672, AMQP_VHOST, names["admin"].name, amqp_files["admin"].read_text().strip()), topology))
-        roles = ("upload", "tagging-worker")
-        platform.secrets = Secrets(db_files, {r: amqp_files[r] for r in roles}, {r: names[r].name for r in roles},
-                                   db.redis_password)
-        timings["db set-up"] = time.monotonic() - t0
-        if isinstance(platform, DeployedPlatform):
+        if DEPLOY_MODE == "bundles":
+            platform: Platform = DeployedPlatform(root)
+            assert isinstance(platform, DeployedPlatform)
             _deploy(platform, root)
             timings["deployed"] = time.monotonic() - t0
+            db: DbHost | DeployedDbHost = DeployedDbHost(DB, platform.install_root(DB), platform.state_dir(DB))
+            admin_dsn = db.admin_dsn(DB_NAME)
         else:
+            platform = Platform(root)
+            db = DbHost(DB, root / "hosts" / DB.name, hba)
+            platform.init_operator()
+            db.start()
+            timings["db host"] = time.monotonic() - t0
+            admin_dsn = _set_up_db(db)
+            amqp_dir = root / "operator" / "secrets"
+            platform.secrets = _accounts(db, admin_dsn, amqp_dir)
+            timings["db set-up"] = time.monotonic() - t0
             for host in (MODEL, *WEB, *TAGGING, GATEWAY):  # the slow model host first; all start at once
                 platform.configure(host)
                 platform.start(host)
-        timings["ready"] = platform.wait_ready(APP_HOSTS) + (time.monotonic() - t0)
+        platform.wait_ready(APP_HOSTS)
+        timings["ready"] = time.monotonic() - t0
         yield Seven(platform, db, admin_dsn, timings)
     finally:
         _teardown(root)
@@ -127,25 +119,39 @@ def seven() -> Iterator[Seven]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _set_up_db(db: DbHost) -> str:
+    """What the operator does once for a self-started db host: migrations (as postgres)."""
+    upgrade(CommonSettings(db_host=DB.address, db_port=5432, db_name=DB_NAME), user="postgres",
+            password=db.postgres_password)
+    return db.admin_dsn(DB_NAME)
+
+
+def _accounts(db: DbHost, admin_dsn: str, secrets_dir: Path) -> Secrets:
+    """The services' PostgreSQL passwords and RabbitMQ users, and the broker's topology."""
+    db_files = db_accounts.ensure_passwords(admin_dsn, secrets_dir / "db")
+    topology = Topology(prefix=AMQP_PREFIX)
+    ctl = amqp_accounts.Rabbitmqctl(str(db.rabbitmqctl_wrapper()))
+    amqp_files = amqp_accounts.ensure(AMQP_VHOST, AMQP_PREFIX, topology, secrets_dir / "amqp", ctl)
+    names = amqp_accounts.users(AMQP_PREFIX, topology)
+    asyncio.run(amqp_accounts.declare_topology(amqp_accounts.url(
+        DB.address, 5672, AMQP_VHOST, names["admin"].name, amqp_files["admin"].read_text().strip()), topology))
+    roles = ("upload", "tagging-worker")
+    return Secrets(db_files, {r: amqp_files[r] for r in roles}, {r: names[r].name for r in roles}, db.redis_password)
+
+
 def _deploy(platform: DeployedPlatform, root: Path) -> None:
-    """`doctag deploy role <role> --host <host>` for each application host, over SSH, all at once
-    (the db host is not deployed: `doctag dbhost` is not on this branch; see the module docstring)."""
+    """`doctag deploy all` over SSH from the bundles in dist/: the seven hosts in dependency order."""
     inventory = root / "inventory.yaml"
     inventory.write_text(platform.inventory(), encoding="utf-8")
-    ssh = SshHosts(root / "ssh", APP_HOSTS)
+    ssh = SshHosts(root / "ssh", netns.HOSTS)
     ssh.start()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    procs = {host.name: subprocess.Popen(
-        [platform.python, "-m", "services.cli.main", "deploy", "role", host.role, "--host", host.name,
-         "--inventory", str(inventory), "--ssh", f"ssh -F {ssh.client_config}", "--dist", str(REPO / "dist"),
-         "--state", str(platform.state_root), "--timeout", "400"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for host in APP_HOSTS}
-    failed = {}
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=900)
-        if proc.returncode != 0:
-            failed[name] = out[-3000:]
-    assert not failed, "doctag deploy failed:\n" + "\n".join(f"--- {n}:\n{o}" for n, o in failed.items())
+    done = subprocess.run(
+        [platform.python, "-m", "services.cli.main", "deploy", "all", "--inventory", str(inventory),
+         "--ssh", f"ssh -F {ssh.client_config}", "--dist", str(REPO / "dist"), "--state", str(platform.state_root),
+         "--timeout", "400"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1500)
+    print(done.stdout)
+    assert done.returncode == 0, f"doctag deploy all failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="session")

@@ -191,3 +191,31 @@ def wait_port(host: str, port: int, timeout: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)  # poll interval
+
+
+class DeployedDbHost:
+    """The db host as `doctag deploy` sets it up (`doctag dbhost setup --no-systemd` over SSH): its
+    servers are controlled with the db role's own `doctag dbhost` commands, run inside dt-db; the
+    test reads the database as the host's root does (unix socket, peer authentication)."""
+
+    def __init__(self, host: Host, install_root: Path, state_dir: Path) -> None:
+        self.host = host
+        self.doctag = install_root / "current" / "venv" / "bin" / "doctag"
+        self.data_root = state_dir / "db"
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        return f"host={self.data_root / 'postgres' / 'run'} port=5432 user=postgres dbname={dbname}"
+
+    def _control(self, action: str, only: str) -> None:
+        subprocess.run(in_ns(self.host, [str(self.doctag), "dbhost", action, "--data-root", str(self.data_root),
+                                         "--only", only]), check=True, capture_output=True, timeout=180)
+
+    def restart_postgres(self) -> None:
+        self._control("restart", "postgres")
+
+    def restart_rabbitmq(self) -> None:
+        self._control("restart", "rabbitmq")
+
+    def log_tails(self, lines: int = 30) -> str:
+        path = self.data_root / "postgres" / "postgres.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
