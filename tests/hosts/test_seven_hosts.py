@@ -7,20 +7,29 @@ tagging-2 .41, gateway .50, and an attacker .99. The test client is the operator
 gateway's address only; the services' own ports are probed only to wait for readiness and to read
 a worker's metrics, with the operator's client certificate.
 
-What this replaces on real VMs, and why:
-- systemd -> one supervisord per namespace, running the same `python -m <module>` command lines
-  with the same environment the units get: systemd is PID 1 of a whole machine and cannot run once
-  per network namespace. Restart-on-failure is supervisord's `autorestart` instead of
-  `Restart=on-failure`; the units' hardening (User=, ProtectSystem=, MemoryMax=) is not exercised.
-- install: the services run from this checkout's virtualenv (PYTHONPATH = the worktree), each host
-  with its own configuration directory (certificates naming its address, only its roles' secrets,
-  its peers' addresses) under the run's temp dir, not yet from per-role bundles installed with
-  `install.sh` into per-host prefixes by `doctag deploy` (not available on this branch yet).
-- the db host: PostgreSQL (pg_ctl as `postgres`, its own cluster), RabbitMQ (its own node name,
-  mnesia and log dirs) and Redis started directly inside dt-db on 10.77.0.10, with the
-  deployment's pg_hba.conf (`doctag db hba` rules), the services' own PostgreSQL and RabbitMQ
-  users, and a Redis password; no TLS to PostgreSQL yet.
-- shared blob storage: both web hosts use one directory (what the CephFS/NFS mount gives two VMs).
+Two ways to put the platform on the hosts (the scenarios are the same):
+
+- `make test-hosts DEPLOY=bundles`: the deployment itself. An sshd runs in each namespace (run keys,
+  strict host key checking) and `doctag deploy all --inventory <the seven test hosts>` (service_manager
+  supervisor, service_user null, per-host install_root/config_dir/state_dir under the run's temp
+  dir, one blob_dir for both web hosts) copies each role's offline bundle from dist/ over SSH, runs
+  its install.sh (offline venv in `<host>/opt/<version>`, `current`), writes the host's files, sets
+  the db host up with `doctag dbhost setup --no-systemd` (PostgreSQL, RabbitMQ, Redis with TLS on
+  10.77.0.10) and starts the units' command lines under supervisord. The db host's servers are
+  restarted with `doctag dbhost restart` (scenario 5).
+- `make test-hosts` (the default, part of `make test`): the same layout without bundles: the
+  services run from this checkout's virtualenv, configured by the test (tests/hosts/platform.py:
+  per-host certificates naming the host's address, only its roles' secrets, its peers' addresses),
+  and the db host's servers are started by the test (tests/hosts/dbhost.py: pg_ctl as postgres,
+  a RabbitMQ node of its own, redis-server, the deployment's pg_hba.conf, per-service users, a Redis
+  password; PostgreSQL without TLS). It needs no bundle build and no SSH, so it stays short.
+
+What both replace, and why: systemd. It is PID 1 of a whole machine and cannot run once per network
+namespace, so each namespace runs one supervisord with the same `python -m <module>` command lines
+and environment files as the `doctag-<service>.service` units (`service_manager: supervisor`);
+restart-on-failure is supervisord's `autorestart`, and the units' hardening (User=, ProtectSystem=,
+MemoryMax=) is not exercised here (`systemd-analyze verify` checks the units elsewhere). Both web
+hosts use one directory as the shared blob mount (what CephFS/NFS gives two VMs).
 
 Each scenario counts documents on the db host: every accepted upload ends `tagged` or `failed`
 with a reason, exactly once (no duplicates). Waits are bounded in time; loads in count.
