@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable
@@ -313,6 +314,24 @@ def backup(cfg: DbHostConfig, now: dt.datetime | None = None) -> Path:
         what="pg_basebackup", timeout=3600)
     run([*as_user(PG_USER), str(PG_BIN / "pg_verifybackup"), str(target)], what="pg_verifybackup", timeout=3600)
     return target
+
+
+def prune(cfg: DbHostConfig, keep: int) -> list[Path]:
+    """Keeps the newest `keep` base backups and the archived WAL from the oldest of them on
+    (`pg_archivecleanup`); returns the backups removed."""
+    backups = sorted(p for p in cfg.backups.iterdir() if (p / "backup_label").exists())
+    if keep < 1 or len(backups) <= keep:
+        return []
+    label = (backups[-keep] / "backup_label").read_text(encoding="ascii")
+    match = re.search(r"START WAL LOCATION: \S+ \(file ([0-9A-F]{24})\)", label)
+    if match is None:
+        raise DbHostError(f"{backups[-keep] / 'backup_label'}: no START WAL LOCATION")
+    removed = backups[:-keep]
+    for path in removed:
+        shutil.rmtree(path)
+    run([*as_user(PG_USER), str(PG_BIN / "pg_archivecleanup"), str(cfg.wal_archive), match.group(1)],
+        what="pg_archivecleanup")
+    return removed
 
 
 def restore(cfg: DbHostConfig, base: Path, target: Path, port: int, *, until: str | None = None,

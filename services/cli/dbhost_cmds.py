@@ -64,10 +64,14 @@ def cmd_backup(settings: Any, args: argparse.Namespace) -> None:
     from . import dbhost
 
     try:
-        path = dbhost.backup(_config(args))
+        cfg = _config(args)
+        path = dbhost.backup(cfg)
+        removed = dbhost.prune(cfg, args.keep)
     except (DbHostError, FileNotFoundError) as exc:
         raise admin.AdminError(str(exc)) from None
     print(f"base backup in {path} (verified); with the WAL archive it restores with `doctag dbhost restore`")
+    if removed:
+        print(f"removed older backups {', '.join(p.name for p in removed)} and the WAL archived before the oldest kept")
 
 
 def cmd_restore(settings: Any, args: argparse.Namespace) -> None:
@@ -117,6 +121,8 @@ def add_commands(dbh: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     bk = dbh.add_parser("backup", help="base backup into <data root>/postgres/backups/<UTC time> (verified)")
     bk.add_argument("--data-root", type=Path, default=DEFAULT_ROOT)
     bk.add_argument("--address", default=None)
+    bk.add_argument("--keep", type=int, default=0, help="keep this many newest base backups and the WAL they need "
+                    "(default 0: keep everything)")
     bk.set_defaults(func=cmd_backup)
     rs = dbh.add_parser("restore", help="restore a base backup plus the WAL archive into a new data directory "
                         "and start it on another port")

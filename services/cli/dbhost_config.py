@@ -283,6 +283,10 @@ def systemd_units(cfg: DbHostConfig) -> dict[str, str]:
     the foreground; each server tells systemd itself when it is ready (Type=notify)."""
     env = "\n".join(f'Environment="{k}={v}"' for k, v in rabbit_env(cfg).items())
     common = "Restart=on-failure\nRestartSec=5\nLimitNOFILE=65536\n"
+
+    def hardened(writes: Path) -> str:
+        return (f"ProtectSystem=strict\nReadWritePaths={writes}\nProtectHome=true\nPrivateTmp=true\n"
+                "NoNewPrivileges=true\nPrivateDevices=true\n")
     return {
         "doctag-postgresql.service": f"""[Unit]
 Description=doctag PostgreSQL ({cfg.pg_data})
@@ -297,7 +301,7 @@ ExecReload=/bin/kill -HUP $MAINPID
 KillMode=mixed
 KillSignal=SIGINT
 TimeoutStopSec=120
-{common}
+{hardened(cfg.pg_dir)}{common}
 [Install]
 WantedBy=multi-user.target
 """,
@@ -315,7 +319,7 @@ WorkingDirectory={cfg.rabbit_dir}
 ExecStart={RABBITMQ_BIN / "rabbitmq-server"}
 ExecStop={RABBITMQ_BIN / "rabbitmqctl"} -n {cfg.rabbit_node} stop
 TimeoutStartSec=600
-{common}
+{hardened(cfg.rabbit_dir)}{common}
 [Install]
 WantedBy=multi-user.target
 """,
@@ -328,7 +332,7 @@ Wants=network-online.target
 Type=notify
 User={REDIS_USER}
 ExecStart={REDIS_SERVER} {cfg.redis_dir / "redis.conf"} --supervised systemd --daemonize no
-{common}
+{hardened(cfg.redis_dir)}{common}
 [Install]
 WantedBy=multi-user.target
 """,

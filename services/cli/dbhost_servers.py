@@ -119,6 +119,17 @@ def rabbit_start(cfg: DbHostConfig) -> None:
 def rabbit_stop(cfg: DbHostConfig) -> None:
     if rabbit_running(cfg):
         rabbitmqctl(cfg, "stop", str(cfg.rabbit_pid), timeout=150)
+    _stop_idle_epmd(cfg)
+
+
+def _stop_idle_epmd(cfg: DbHostConfig) -> None:
+    """The node started Erlang's port mapper (epmd), which outlives it: stopped too when no other
+    node uses it (in a network namespace it would keep the namespace alive); never when another
+    node, such as the distribution's RabbitMQ, is registered."""
+    epmd = [*rabbit_prefix(cfg), "epmd"]
+    names = run([*epmd, "-names"], what="epmd -names", check=False, timeout=10)
+    if names.returncode == 0 and not any(line.startswith("name ") for line in names.stdout.splitlines()):
+        run([*epmd, "-kill"], what="epmd -kill", check=False, timeout=10)
 
 
 # ------------------------------------------------------------------ Redis

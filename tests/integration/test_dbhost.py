@@ -26,6 +26,8 @@ import pytest
 import redis
 import yaml
 from alembic.script import ScriptDirectory
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from gateway.counters import RedisCounters
 from gateway.settings import GatewaySettings
@@ -36,6 +38,7 @@ from services.common.settings import CommonSettings
 from tests.conftest import REPO, SESSION_ID
 
 pytestmark = pytest.mark.integration
+NO_RETRY = Retry(NoBackoff(), 0)  # a refused login is the answer, not a reason to try again
 
 if shutil.which("rabbitmq-server") is None or not (PG_BIN / "postgres").exists() or os.geteuid() != 0:
     pytest.skip("needs root, PostgreSQL 15 and rabbitmq-server", allow_module_level=True)
@@ -195,9 +198,9 @@ def test_redis_admits_only_the_gateway_user(dbhost: DbHost) -> None:
 
     assert asyncio.run(counters()) == [1]
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=port, username="doctag-gateway", password="wrong").ping()
+        redis.Redis(host="127.0.0.1", port=port, username="doctag-gateway", password="wrong", retry=NO_RETRY).ping()
     with pytest.raises((redis.AuthenticationError, redis.ResponseError), match=r"NOAUTH|authenticated"):
-        redis.Redis(host="127.0.0.1", port=port).set("x", 1)
+        redis.Redis(host="127.0.0.1", port=port, retry=NO_RETRY).set("x", 1)
     assert "protected-mode yes" in (dbhost.cfg.redis_dir / "redis.conf").read_text()
 
 
@@ -229,6 +232,17 @@ def test_a_base_backup_restores_with_the_rows_written_after_it(dbhost: DbHost) -
     assert sorted(rows) == [("백업 전",), ("백업 후",)]
     subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(target), "stop", "-m",
                     "fast"], check=True, capture_output=True, timeout=60)
+
+
+def test_backups_beyond_keep_go_with_the_wal_only_they_needed(dbhost: DbHost) -> None:
+    first = sorted(dbhost.cfg.backups.iterdir())
+    archived_before = sorted(p.name for p in dbhost.cfg.wal_archive.iterdir())
+    time.sleep(1.1)  # backups are named by the second
+    out = doctag("dbhost", "backup", "--data-root", str(dbhost.cfg.root), "--keep", "1").stdout
+    kept = sorted(dbhost.cfg.backups.iterdir())
+    assert len(first) == 1 and len(kept) == 1 and kept != first and "removed older backups" in out
+    archived = sorted(p.name for p in dbhost.cfg.wal_archive.iterdir())
+    assert archived and archived[0] > archived_before[0]
 
 
 def test_stop_start_and_status(dbhost: DbHost) -> None:
