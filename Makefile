@@ -10,8 +10,8 @@ STAMP      := $(VENV)/.installed
 PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
-.PHONY: help setup browser promtool deploy-tools protos check-protos up down logs status train lint test test-unit test-integration test-e2e \
-        bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
+.PHONY: help setup browser promtool deploy-tools protos check-protos up down logs status train lint test test-unit test-integration \
+        test-e2e test-hosts bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
         deploy-gateway deploy-web deploy-tagging deploy-model deploy-db \
         rollback-gateway rollback-web rollback-tagging rollback-model rollback-db
 
@@ -143,8 +143,9 @@ lint: setup ## ruff, mypy and the import contracts between services (part of `ma
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
-test: lint browser promtool ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
+test: lint browser promtool ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests, then the seven hosts
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+	$(MAKE) --no-print-directory test-hosts
 
 test-unit: setup promtool
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
@@ -154,3 +155,10 @@ test-integration: setup
 
 test-e2e: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+# A pytest process of its own: its platform must not run beside the end-to-end tests' one (memory).
+# DEPLOY=bundles: the application hosts are deployed by `doctag deploy` over SSH from `make bundle`'s
+# bundles (sshd in each namespace: Debian's openssh-server, which deploy-tools installs when missing).
+DEPLOY ?=
+test-hosts: setup $(if $(filter bundles,$(DEPLOY)),bundle deploy-tools) ## the platform on seven network namespaces (+ an attacker) with failures injected; needs root; DEPLOY=bundles
+	DOCTAG_TEST_HOSTS_DEPLOY=$(DEPLOY) $(PY) -m pytest -q -p no:cacheprovider -m hosts tests/hosts
