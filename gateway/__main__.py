@@ -20,6 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from services.common.logging import configure_logging
+from services.common.runner import use_tls
+from services.common.tls import ReloadingSSLContext, TlsFiles
 
 from .app import build_apps
 from .config import ConfigError, load_config
@@ -47,8 +49,12 @@ def _config(app: FastAPI, host: str, port: int, settings: GatewaySettings,
     )
 
 
-async def serve(gateway: Gateway, proxy: _Server, status: _Server) -> None:
+async def serve(gateway: Gateway, proxy: _Server, status: _Server,
+                status_ssl: ReloadingSSLContext | None = None) -> None:
     loop = asyncio.get_running_loop()
+    # With TLS the status port takes only platform certificates (HTTP_ACCESS["gateway"]: the
+    # operational routes, nothing else); renewed certificates are picked up by the watcher.
+    watcher = use_tls(status.config, status_ssl, "gateway")
     reloads: set[asyncio.Task[bool]] = set()
 
     def stop() -> None:
@@ -62,7 +68,11 @@ async def serve(gateway: Gateway, proxy: _Server, status: _Server) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
-    await asyncio.gather(proxy.serve(), status.serve())
+    try:
+        await asyncio.gather(proxy.serve(), status.serve())
+    finally:
+        if watcher is not None:
+            watcher.cancel()
 
 
 def main() -> int:
@@ -77,11 +87,13 @@ def main() -> int:
     proxy = _Server(_config(apps.proxy, settings.http_host, settings.http_port, settings, "on"))
     status = _Server(_config(apps.status, settings.gateway_status_host or settings.http_host,
                              settings.gateway_status_port, settings, "off"))
+    status_ssl = (ReloadingSSLContext(TlsFiles(*settings.tls_paths()), server=True)
+                  if settings.gateway_status_tls else None)
     log.info("listening", extra={"host": settings.http_host, "port": settings.http_port,
-                                 "status_port": settings.gateway_status_port})
+                                 "status_port": settings.gateway_status_port, "status_tls": status_ssl is not None})
     # uvicorn's own loop choice (uvloop when installed), as `uvicorn.run` would make.
     with asyncio.Runner(loop_factory=proxy.config.get_loop_factory()) as runner:
-        runner.run(serve(apps.gateway, proxy, status))
+        runner.run(serve(apps.gateway, proxy, status, status_ssl))
     return 0
 
 

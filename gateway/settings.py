@@ -23,6 +23,10 @@ class GatewaySettings(CommonSettings):
     # Kong's status_listen: /healthz, /readyz and /metrics are served here, never on the proxy port.
     gateway_status_port: int = Field(8100, ge=1, le=65535)
     gateway_status_host: str | None = None
+    # The status listener over mutual TLS: any certificate of the platform CA may read it (the
+    # scraper's, the operator's probes), nothing else. On for deployed hosts, where the listener is
+    # on the host's network address (doctag deploy sets it); plain HTTP on a developer's loopback.
+    gateway_status_tls: bool = False
     # DOCTAG_GATEWAY_CONFIG: the kong.yml to load.
     gateway_config: Path = DEFAULT_CONFIG
     # DOCTAG_JWT_PRIVATE_KEY_FILE: signs the tokens the gateway issues.

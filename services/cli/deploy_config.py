@@ -195,6 +195,8 @@ def service_env(inv: Inventory, host: Host, service: vm_layout.Service) -> dict[
     elif service.name == "gateway":
         env.update({
             "DOCTAG_GATEWAY_STATUS_PORT": str(service.status_port),
+            # /readyz and /metrics on the host's address: platform certificates only (the scraper's).
+            "DOCTAG_GATEWAY_STATUS_TLS": "true",
             "DOCTAG_GATEWAY_CONFIG": str(cfg / "kong.yml"),
             "DOCTAG_JWT_PRIVATE_KEY_FILE": str(keys / "jwt_private.pem"),
             "DOCTAG_GATEWAY_REDIS_URL": f"redis://{REDIS_GATEWAY_USER}@{db.address}:{vm_layout.REDIS_PORT}/0",

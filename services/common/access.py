@@ -85,8 +85,10 @@ HTTP_ACCESS: dict[str, HttpRule] = {
     "search": HttpRule(api=frozenset({"gateway"})),
     "web": HttpRule(api=frozenset({"gateway"})),
     "model-serving": HttpRule(api=frozenset({"gateway"})),
-    # the worker's HTTP port serves only the operational routes
+    # the worker's HTTP port and the gateway's status listener (DOCTAG_GATEWAY_STATUS_TLS) serve
+    # only the operational routes
     "tagging-worker": HttpRule(api=frozenset()),
+    "gateway": HttpRule(api=frozenset()),
 }
 
 

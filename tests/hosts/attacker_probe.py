@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 
 import grpc
@@ -91,14 +90,6 @@ def _redis(host: str) -> str:
         return f"refused: {type(exc).__name__}: {str(exc)[:120]}"
 
 
-def _tcp_refused(host: str, port: int) -> str:
-    try:
-        socket.create_connection((host, port), timeout=TIMEOUT).close()
-        return "OPEN: TCP connection accepted"
-    except OSError as exc:
-        return f"refused: {type(exc).__name__}"
-
-
 def probe(ca_file: str) -> dict[str, str]:
     ca = open(ca_file, "rb").read()  # noqa: SIM115 - a few bytes
     results: dict[str, str] = {}
@@ -113,7 +104,7 @@ def probe(ca_file: str) -> dict[str, str]:
                 results[f"{service.name}-grpc@{host.name}"] = _grpc(f"{host.address}:{service.grpc_port}", ca)
             if service.name == "gateway":
                 assert service.status_port is not None
-                results[f"gateway-status@{host.name}"] = _tcp_refused(host.address, service.status_port)
+                results[f"gateway-status@{host.name}"] = _http(host.address, service.status_port, ca_file)
             else:
                 results[f"{service.name}-http@{host.name}"] = _http(host.address, service.http_port, ca_file)
     gateway = next(h for h in HOSTS if h.role == "gateway")

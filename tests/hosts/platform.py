@@ -154,8 +154,9 @@ class Platform:
         if service.name == "gateway":
             env.update({"DOCTAG_UPSTREAM_TLS": "true", "DOCTAG_GATEWAY_CONFIG": str(etc / "kong.yml"),
                         "DOCTAG_GATEWAY_STATUS_PORT": str(service.status_port),
-                        # The status listener (/metrics, /readyz) stays on the host's loopback.
-                        "DOCTAG_GATEWAY_STATUS_HOST": "127.0.0.1",
+                        # The status listener (/metrics, /readyz) on the host's address, over
+                        # mutual TLS: platform certificates only (as doctag deploy sets it).
+                        "DOCTAG_GATEWAY_STATUS_TLS": "true",
                         "DOCTAG_JWT_PRIVATE_KEY_FILE": str(etc / "keys" / "jwt_private.pem"),
                         "DOCTAG_GATEWAY_REDIS_URL": self._redis_url()})
         else:
@@ -270,19 +271,20 @@ class Platform:
                     urls[f"{service.name}@{host.name}"] = f"https://{host.address}:{service.http_port}/readyz"
         return urls
 
+    def gateway_status_url(self, path: str) -> str:
+        return f"https://{GATEWAY.address}:{vm_layout.GATEWAY.status_port}{path}"
+
     def gateway_ready(self) -> bool:
-        """The gateway's status listener is on its host's loopback: asked from inside its namespace."""
-        probe = (f"import httpx,sys; sys.exit(0 if httpx.get('http://127.0.0.1:{vm_layout.GATEWAY.status_port}"
-                 "/readyz', timeout=3).status_code == 200 else 1)")
-        return subprocess.run(in_ns(GATEWAY, [self.python, "-c", probe]), capture_output=True,
-                              timeout=30).returncode == 0
+        """The gateway's status listener answers platform certificates only (the operator's here)."""
+        try:
+            with self.client(timeout=3) as client:
+                return client.get(self.gateway_status_url("/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def gateway_metrics(self) -> str:
-        """The gateway's /metrics, read on its host (the status listener is on its loopback)."""
-        probe = (f"import httpx; print(httpx.get('http://127.0.0.1:{vm_layout.GATEWAY.status_port}/metrics', "
-                 "timeout=5).text)")
-        return subprocess.run(in_ns(GATEWAY, [self.python, "-c", probe]), capture_output=True, text=True,
-                              timeout=30, check=True).stdout
+        with self.client(timeout=5) as client:
+            return client.get(self.gateway_status_url("/metrics")).text
 
     def wait_ready(self, hosts: tuple[Host, ...] = APP_HOSTS, timeout: float = 400) -> float:
         """Until every service of `hosts` answers /readyz; returns the seconds it took."""
@@ -371,17 +373,6 @@ class DeployedPlatform(Platform):
         d = self.state_root / "operator-pki"
         tls = ReloadingSSLContext(TlsFiles(d / "ca.crt", d / "gateway.crt", d / "gateway.key"), server=False)
         return httpx.Client(verify=tls.context, **kwargs)
-
-    def gateway_ready(self) -> bool:
-        try:
-            url = f"http://{GATEWAY.address}:{vm_layout.GATEWAY.status_port}/readyz"
-            return httpx.get(url, timeout=3).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def gateway_metrics(self) -> str:
-        url = f"http://{GATEWAY.address}:{vm_layout.GATEWAY.status_port}/metrics"
-        return httpx.get(url, timeout=5).text
 
     def log_tails(self, names: list[str], lines: int = 25) -> str:
         out = []

@@ -84,6 +84,7 @@ def test_gateway_host_routes_to_every_web_host_over_mutual_tls(state) -> None:
     assert env["DOCTAG_GATEWAY_REDIS_URL"] == "redis://doctag-gateway@10.20.0.10:6379/0"
     assert env["DOCTAG_GATEWAY_REDIS_PASSWORD_FILE"] == "/etc/doctag/secrets/redis/doctag-gateway"
     assert env["DOCTAG_DB_SSLMODE"] == "verify-full"
+    assert env["DOCTAG_GATEWAY_STATUS_TLS"] == "true"   # its status listener is on the host's address
     assert "keys/jwt_private.pem" in config.files and "secrets/db/doctag_gateway" in config.files
     assert "secrets/redis/doctag-gateway" in config.files
 
@@ -135,7 +136,7 @@ def test_transport_argv() -> None:
     assert Transport("ssh -F cfg").argv(host)[:3] == ["ssh", "-F", "cfg"]
     assert Transport("ip netns exec dt-{name} sh -c").argv(host) == ["ip", "netns", "exec", "dt-web-1", "sh", "-c"]
     d = Deployer(inv, transport=Transport(), log=False)
-    assert d.probes(inv.host("gw-1")) == [("gateway", "http://10.20.0.50:8100/readyz")]
+    assert d.probes(inv.host("gw-1")) == [("gateway", "https://10.20.0.50:8100/readyz")]
     assert ("upload gRPC", "grpc://10.20.0.30:9101/upload") in d.probes(host)
 
 

@@ -71,10 +71,11 @@ def test_promtool_accepts_the_configuration_with_real_targets_and_certificates(t
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stdout + result.stderr
-    # The two scrape jobs split the targets by the file_sd `job` label: plain HTTP for the gateway only.
+    # One scrape job, every target (the gateway's status listener too) over mutual TLS.
     jobs = {j["job_name"]: j for j in yaml.safe_load(config)["scrape_configs"]}
-    assert jobs["doctag-gateway"]["relabel_configs"][0]["regex"] == vm_layout.GATEWAY.name
+    assert set(jobs) == {"doctag-services"}
     assert jobs["doctag-services"]["scheme"] == "https"
+    assert jobs["doctag-services"]["tls_config"]["cert_file"].endswith("prometheus.crt")
 
 
 def test_promtool_checks_the_rules() -> None:
