@@ -93,7 +93,7 @@ $(addprefix deploy-,$(DEPLOY_ROLES)): deploy-%: setup ## HOST=... [SSH=...] [INV
 	$(if $(VERSION),,$(VENV)/bin/doctag release bundle --out $(DIST) --role $*)
 	$(VENV)/bin/doctag deploy role $* $(if $(HOST),--host $(HOST)) $(DEPLOY_ARGS)
 
-deploy-all: setup ## every host of INVENTORY in dependency order (db, model, web, tagging, gateway)
+deploy-all: setup ## every host of INVENTORY in dependency order (db, model, gateway, web, tagging; replicas of a role at once)
 	$(if $(VERSION),,$(VENV)/bin/doctag release bundle --out $(DIST))
 	$(VENV)/bin/doctag deploy all $(DEPLOY_ARGS)
 

@@ -19,12 +19,13 @@ import shlex
 import subprocess
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from . import bundle, vm_layout
+from . import bundle, prometheus_targets, vm_layout
 from .deploy_config import HostConfig, OperatorState, host_paths, render_host
 from .inventory import Host, Inventory, InventoryError
 
@@ -227,7 +228,7 @@ class Deployer:
         checks: list[tuple[str, str]] = []
         for s in host.vm_role.services:
             if s.name == "gateway":
-                checks.append((s.name, f"http://{host.address}:{s.status_port}/readyz"))
+                checks.append((s.name, f"https://{host.address}:{s.status_port}/readyz"))
             else:
                 checks.append((s.name, f"https://{host.address}:{s.http_port}/readyz"))
             if s.grpc_port is not None:
@@ -321,22 +322,24 @@ def deploy_role(deployer: Deployer, role: str, host_name: str | None) -> list[Ou
 
 
 def deploy_all(deployer: Deployer) -> list[Outcome]:
-    """Every host in dependency order (vm_layout.ROLES: db, model, web, tagging, gateway)."""
-    outcomes = []
+    """Every host, role after role in dependency order (vm_layout.ROLES: db, model, gateway, web,
+    tagging); the hosts of one role at once (replicas are independent of each other). A role's
+    certificates are issued before its hosts start, one at a time, so the operator's PKI is never
+    written by two threads."""
+    outcomes: list[Outcome] = []
     for r in vm_layout.ROLES:
-        for h in deployer.inv.of_role(r.name):
-            outcomes.append(deployer.deploy(h))
+        hosts = deployer.inv.of_role(r.name)
+        if not hosts:
+            continue
+        for h in hosts:
+            render_host(deployer.inv, h, deployer.state, inventory_text=deployer.inventory_text)
+        with ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix=f"deploy-{r.name}") as pool:
+            outcomes.extend(pool.map(deployer.deploy, hosts))
     return outcomes
 
 
 def write_prometheus_targets(inv: Inventory, path: Path) -> str:
     """Prometheus file_sd targets for every host of the inventory (services/cli/prometheus_targets.py,
     made with the monitoring configuration in infra/prometheus); says what it did."""
-    import importlib
-
-    try:
-        targets = importlib.import_module("services.cli.prometheus_targets")
-    except ModuleNotFoundError:
-        return "Prometheus targets not written: this tree has no services/cli/prometheus_targets.py"
-    targets.write_file_sd(path, [(h.name, h.role, h.address) for h in inv.hosts])
+    prometheus_targets.write_file_sd(path, [(h.name, h.role, h.address) for h in inv.hosts])
     return f"Prometheus file_sd targets of {len(inv.hosts)} hosts in {path}"

@@ -78,7 +78,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     r.add_argument("--host", default=None)
     _common(r)
     r.set_defaults(func=cmd_role)
-    a = deploy.add_parser("all", help="every host, in dependency order (db, model, web, tagging, gateway)")
+    a = deploy.add_parser("all", help="every host, in dependency order (db, model, gateway, web, tagging)")
     _common(a)
     a.set_defaults(func=cmd_all)
     b = deploy.add_parser("rollback", help="switch hosts of a role back to their previous version, restart them")

@@ -162,7 +162,7 @@ class Inventory(BaseModel):
         return hosts[0]
 
     def in_order(self) -> Iterator[Host]:
-        """Hosts in dependency order (vm_layout.ROLES: db first, gateway last)."""
+        """Hosts in dependency order (vm_layout.ROLES: db first, tagging last)."""
         for r in vm_layout.ROLES:
             yield from self.of_role(r.name)
 

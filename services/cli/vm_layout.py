@@ -67,11 +67,14 @@ ROLES: tuple[VmRole, ...] = (
     VmRole("db", 1, vcpus=4, memory_gib=16, extras=("ops",), services=()),
     VmRole("model", 1, vcpus=8, memory_gib=16, extras=("model", "ops"), services=(MODEL_SERVING,),
            needs_torch=True),
+    VmRole("gateway", 1, vcpus=2, memory_gib=4, extras=("gateway", "ops"), services=(GATEWAY,)),
     VmRole("web", 2, vcpus=4, memory_gib=8, extras=("web", "ops"), services=(UPLOAD, SEARCH, WEB)),
     VmRole("tagging", 2, vcpus=4, memory_gib=8, extras=("tagging",), services=(TAGGING_WORKER,)),
-    VmRole("gateway", 1, vcpus=2, memory_gib=4, extras=("gateway", "ops"), services=(GATEWAY,)),
 )
-"""In dependency order: deploy-all installs them in this order (db first, gateway last)."""
+"""In dependency order: deploy-all installs them in this order and waits for each to be ready. db
+first; the gateway before web, because the web UI is ready only once it reaches the gateway (the
+gateway's own readiness needs just its database; its health checks admit the web hosts as they
+come); tagging last, since its workers need upload (web) and model-serving."""
 
 # Who opens connections to whom (the architecture's arrows): NetworkPolicies, pg_hba.conf and the
 # multi-host tests' attacker checks are made from it. (client service, server service or db port name)

@@ -140,32 +140,21 @@ def _accounts(db: DbHost, admin_dsn: str, secrets_dir: Path) -> Secrets:
 
 
 def _deploy(platform: DeployedPlatform, root: Path) -> None:
-    """`doctag deploy` over SSH from the bundles in dist/: the db host first (`deploy role db`), then
-    the six application hosts at once (`deploy role <role> --host <host>` each). Not `deploy all`:
-    it deploys in vm_layout order and waits for each host to be ready, but the web UI is ready only
-    once the gateway (deployed last) answers, so `deploy all` waits for web-1 until it times out."""
+    """`doctag deploy all` over SSH from the bundles in dist/ (what `make deploy-all` runs): the db
+    host, then each role in dependency order, the replicas of a role at once, each waited for until
+    ready."""
     inventory = root / "inventory.yaml"
     inventory.write_text(platform.inventory(), encoding="utf-8")
     ssh = SshHosts(root / "ssh", netns.HOSTS)
     ssh.start()
-
-    def deploy(host: netns.Host) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [platform.python, "-m", "services.cli.main", "deploy", "role", host.role, "--host", host.name,
-             "--inventory", str(inventory), "--ssh", f"ssh -F {ssh.client_config}", "--dist", str(REPO / "dist"),
-             "--state", str(platform.state_root), "--timeout", "400"],
-            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
-
-    failed = {}
-    for wave in ((DB,), APP_HOSTS):
-        procs = {host.name: deploy(host) for host in wave}
-        for name, proc in procs.items():
-            out, _ = proc.communicate(timeout=900)
-            print(out.strip().splitlines()[-1] if out.strip() else f"{name}: no output")
-            if proc.returncode != 0:
-                failed[name] = out[-3000:]
-        assert not failed, "doctag deploy failed:\n" + "\n".join(f"--- {n}:\n{o}" for n, o in failed.items())
+    result = subprocess.run(
+        [platform.python, "-m", "services.cli.main", "deploy", "all",
+         "--inventory", str(inventory), "--ssh", f"ssh -F {ssh.client_config}", "--dist", str(REPO / "dist"),
+         "--state", str(platform.state_root), "--timeout", "400"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=1800)
+    print("\n".join(line for line in result.stdout.splitlines() if "ready" in line or "unchanged" in line))
+    assert result.returncode == 0, "doctag deploy all failed:\n" + result.stdout[-6000:]
 
 
 @pytest.fixture(scope="session")

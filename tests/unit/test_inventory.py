@@ -24,7 +24,7 @@ def test_example_is_the_seven_vm_layout_in_dependency_order() -> None:
         assert len(inv.of_role(r.name)) == r.count
     order = [h.role for h in inv.in_order()]
     assert order == sorted(order, key=[r.name for r in vm_layout.ROLES].index)
-    assert order[0] == "db" and order[-1] == "gateway"
+    assert order[0] == "db" and order[-1] == "tagging"
     db = inv.one("db")
     assert (db.address, db.ssh_host, db.ssh_user, db.ssh_port) == ("10.20.0.10", "10.20.0.10", "root", 22)
     assert str(db.install_root) == "/opt/doctag" and db.service_manager == "systemd"
