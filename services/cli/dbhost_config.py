@@ -163,6 +163,13 @@ def postgresql_conf(cfg: DbHostConfig) -> str:
         # work a restore from the archive can lose.
         "archive_timeout": "60",
         "max_wal_senders": "4",
+        # A client host that vanishes from the network (rather than closing its connections) would
+        # otherwise keep its sessions, and the row locks their transactions hold (the outbox relay's
+        # dispatch lock), for the kernel's two hours of keepalive silence: dropped in about 25 s.
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "25000",
         "log_connections": "on",
         "log_line_prefix": q("%m [%p] %q%u@%d %r "),
     }

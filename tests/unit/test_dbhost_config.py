@@ -75,7 +75,9 @@ def test_the_example_inventory_is_read() -> None:
 def test_postgresql_listens_on_the_private_address_with_tls_and_archiving(tmp_path: Path) -> None:
     conf = dbhost_config.postgresql_conf(_cfg(tmp_path))
     for line in ("listen_addresses = '10.20.0.10'", "ssl = on", "archive_mode = on", "wal_level = replica",
-                 f"port = {vm_layout.POSTGRES_PORT}", "password_encryption = 'scram-sha-256'"):
+                 f"port = {vm_layout.POSTGRES_PORT}", "password_encryption = 'scram-sha-256'",
+                 # a web host cut off the network loses its sessions (and their locks) in seconds, not hours
+                 "tcp_keepalives_idle = 10", "tcp_user_timeout = 25000"):
         assert line in conf
     assert "archive-wal.sh %p %f" in conf
 
