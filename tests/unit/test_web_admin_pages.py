@@ -279,3 +279,32 @@ def test_platform_admin_sets_a_storage_quota_in_mb(web) -> None:  # type: ignore
                                       data={"csrf": csrf, "storage_quota_mb": "100"})
             assert below.status_code == 409 and "이미 513 MB를 쓰고 있습니다" in below.text
     run(go())
+
+
+def test_queue_numbers_for_the_polling(web) -> None:  # type: ignore[no-untyped-def]
+    client, gateway, login = web
+    doc_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    gateway.answers[("GET", "/api/v1/tagging/queue")] = httpx.Response(200, json=queue_answer(TENANT, doc_id))
+
+    async def go() -> None:
+        async with client:
+            client.cookies.set(COOKIE, login(["user"]))
+            assert (await client.get("/admin/queue/live")).status_code == 403 and gateway.calls == []
+            client.cookies.set(COOKIE, login(["platform_admin"]))
+            page = await client.get(f"/admin/queue?tenant={other}")
+            # The page tells the script where to poll (the same tenant) and which lists it shows.
+            assert f'data-live="/admin/queue/live?tenant={other}"' in page.text
+            assert f'data-failed-ids="{doc_id}"' in page.text and f'data-dead-ids="{doc_id}"' in page.text
+            assert 'id="queue-live-note" role="status"' in page.text and "style=" not in page.text
+            live = await client.get(f"/admin/queue/live?tenant={other}")
+            assert live.status_code == 200 and live.headers["cache-control"] == "no-store"
+            assert gateway.params == {"tenant_id": other}
+            assert live.json() == {"queued": 3, "processing": 1, "failed": 1, "oldest_queued_at": "2026-11-30 10:00",
+                                   "tagged_last_hour": 42, "tagged_per_minute": 0.7, "failed_last_hour": 1,
+                                   "broker": None, "failed_ids": [doc_id], "dead_letter_ids": [doc_id]}
+            assert EVIL not in live.text  # numbers and ids only, no titles
+            gateway.answers[("GET", "/api/v1/tagging/queue")] = httpx.Response(
+                401, json={"status": 401, "detail": "expired"})
+            expired = await client.get("/admin/queue/live")
+            assert expired.status_code == 401 and expired.json()["login"] is True
+    run(go())
