@@ -635,6 +635,17 @@ def test_platform_admin_sets_quotas_and_retries_from_the_queue(  # type: ignore[
     before = page.locator("#queue-stats").bounding_box()
     expect(page.locator("#queue-live-time")).to_contain_text("기준", timeout=20_000)
     assert page.locator("#queue-stats").bounding_box() == before
+    # A hidden tab polls no more; shown again, it polls at once.
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "/admin/queue/live" in r.url else None)
+    page.evaluate("""() => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+                             document.dispatchEvent(new Event('visibilitychange')); }""")
+    page.wait_for_timeout(8_000)
+    assert polls == []
+    page.evaluate("""() => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+                             document.dispatchEvent(new Event('visibilitychange')); }""")
+    page.wait_for_timeout(2_000)
+    assert len(polls) == 1
     # The real worker takes the job again (and, the file being encrypted, fails it again).
     wait_for_status(stack, token, doc_id, "failed")
 

@@ -232,16 +232,20 @@ def test_queue_screen_and_retry(web) -> None:  # type: ignore[no-untyped-def]
 def test_platform_admin_sets_a_storage_quota_in_mb(web) -> None:  # type: ignore[no-untyped-def]
     client, gateway, login = web
     mb = 1024 * 1024
-    other = str(uuid.uuid4())
+    other, third = str(uuid.uuid4()), str(uuid.uuid4())
     gateway.answers[("GET", "/api/v1/admin/tenants")] = httpx.Response(200, json={"items": [
         {"id": TENANT, "slug": "finance", "name": EVIL, "api_daily_quota": 10000,
          "api_daily_quota_is_default": True, "api_calls_today": 5},
         {"id": other, "slug": "audit", "name": "감사실", "api_daily_quota": 10000,
+         "api_daily_quota_is_default": True, "api_calls_today": 0},
+        {"id": third, "slug": "press", "name": "대변인실", "api_daily_quota": 10000,
          "api_daily_quota_is_default": True, "api_calls_today": 0}]})
     gateway.answers[("GET", f"/api/v1/storage-quotas/{TENANT}")] = httpx.Response(200, json={
         "tenant_id": TENANT, "quota_bytes": 2048 * mb, "used_bytes": 512 * mb, "available_bytes": 1536 * mb})
-    gateway.answers[("GET", f"/api/v1/storage-quotas/{other}")] = httpx.Response(
+    gateway.answers[("GET", f"/api/v1/storage-quotas/{third}")] = httpx.Response(
         503, json={"type": "about:blank", "status": 503, "detail": "down"})
+    gateway.answers[("GET", f"/api/v1/storage-quotas/{other}")] = httpx.Response(200, json={
+        "tenant_id": other, "quota_bytes": 100_000, "used_bytes": 0, "available_bytes": 100_000})
 
     async def go() -> None:
         async with client:
@@ -254,7 +258,10 @@ def test_platform_admin_sets_a_storage_quota_in_mb(web) -> None:  # type: ignore
             assert 'name="storage_quota_mb"' in page.text and 'value="2048"' in page.text and 'min="512"' in page.text
             assert "저장 용량 한도 (MB)" in page.text  # the field's label names the unit
             assert "저장 용량 정보를 불러오지 못했습니다." in page.text  # the tenant upload did not answer for
-            assert f'action="/admin/tenants/{other}/storage-quota"' not in page.text
+            assert f'action="/admin/tenants/{third}/storage-quota"' not in page.text
+            # A quota that is no whole number of MB is not put in the field (saving it unchanged
+            # would round it); the field shows it as a hint.
+            assert 'placeholder="현재 97.7 KB"' in page.text
             assert "style=" not in page.text
 
             saved = await client.post(f"/admin/tenants/{TENANT}/storage-quota",
