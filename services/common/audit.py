@@ -44,12 +44,16 @@ ADMIN_USER_PASSWORD_RESET: Final = "admin.user_password_reset"
 ADMIN_API_KEY_CREATED: Final = "admin.api_key_created"
 ADMIN_API_KEY_REVOKED: Final = "admin.api_key_revoked"
 ADMIN_TENANT_QUOTA_CHANGED: Final = "admin.tenant_quota_changed"
+# Written by upload (services/upload/storage_quotas.py), whose role may insert any action for
+# the transaction's tenant: a platform_admin changed a tenant's storage quota.
+ADMIN_STORAGE_QUOTA_CHANGED: Final = "admin.storage_quota_changed"
 ADMIN_ACTIONS: Final = (ADMIN_USER_CREATED, ADMIN_USER_ROLE_CHANGED, ADMIN_USER_DISABLED, ADMIN_USER_ENABLED,
                         ADMIN_USER_PASSWORD_RESET, ADMIN_API_KEY_CREATED, ADMIN_API_KEY_REVOKED,
                         ADMIN_TENANT_QUOTA_CHANGED)
 ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
                   DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, DOCUMENT_TAG_ADDED, DOCUMENT_TAG_REMOVED,
-                  DOCUMENT_RETRIED, AUDIT_READ, QUEUE_READ, AUTH_LOGIN, ACCESS_DENIED, *ADMIN_ACTIONS)
+                  DOCUMENT_RETRIED, AUDIT_READ, QUEUE_READ, AUTH_LOGIN, ACCESS_DENIED, *ADMIN_ACTIONS,
+                  ADMIN_STORAGE_QUOTA_CHANGED)
 
 # Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.
 SYSTEM_ACTOR: Final = "system"

@@ -22,6 +22,7 @@ from .queue_api import build_queue_router
 from .relay import OutboxRelay
 from .service import DocumentService
 from .settings import UploadSettings
+from .storage_quotas import StorageQuotas, build_storage_quota_router
 from .tagging_queue import TaggingQueue
 
 ANALYSER_LOAD_SECONDS = Gauge("doctag_upload_analyser_load_seconds",
@@ -112,4 +113,5 @@ def build_http_app(components: UploadComponents, *, manage_lifecycle: bool = Tru
         body_limits={"/api/v1/documents": settings.documents_max_request_bytes}, api_docs=settings.api_docs)
     app.include_router(build_router(components.service, components.verifier))
     app.include_router(build_queue_router(components.queue, components.verifier))
+    app.include_router(build_storage_quota_router(StorageQuotas(components.service), components.verifier))
     return app

@@ -1,8 +1,10 @@
 """Administrators' identity pages over the gateway's admin API: the department's users and API
-keys and its API usage over 30 days (tenant_admin), every department's daily API quota
-(platform_admin). Every change is a CSRF-checked form; the API decides, the page explains."""
+keys and its API usage over 30 days (tenant_admin), every department's daily API quota and (over
+upload's `/api/v1/storage-quotas`) storage quota (platform_admin).
+Every change is a CSRF-checked form; the API decides, the page explains."""
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Any
@@ -19,6 +21,9 @@ from .session import CSRF_FIELD, Session, csrf_ok
 USAGE_DAYS = 30
 KEY_ROLES = ("user", "tenant_admin")
 USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
+MB = 1024 * 1024
+# The form's bound; upload refuses above 1 PiB itself (services/upload/storage_quotas.py).
+MAX_STORAGE_QUOTA_MB = 2**30
 
 
 def _uuid(raw: str) -> str | None:
@@ -26,6 +31,11 @@ def _uuid(raw: str) -> str | None:
         return str(uuid.UUID(raw))
     except ValueError:
         return None
+
+
+def _mb(size: int) -> str:
+    """Bytes as MB for a sentence, rounded up so "already uses" is never understated."""
+    return f"{-(-size // MB):,}"
 
 
 def router(web: Web) -> APIRouter:
@@ -189,7 +199,17 @@ def router(web: Web) -> APIRouter:
             if exc.status == 401:
                 raise
             error = messages.problem_message(exc)
-        return web.render(request, "admin_tenants.html", session, tenants=items, error=error)
+        storage = await asyncio.gather(*(call(request, session, "GET", f"/api/v1/storage-quotas/{t['id']}")
+                                         for t in items), return_exceptions=True)
+        for item, quota in zip(items, storage, strict=True):
+            if isinstance(quota, ApiError) and quota.status == 401:
+                raise quota
+            if isinstance(quota, BaseException) and not isinstance(quota, ApiError):
+                raise quota
+            # None: upload did not answer for this tenant; the row says so and offers no form.
+            item["storage"] = None if isinstance(quota, ApiError) else quota
+        return web.render(request, "admin_tenants.html", session, tenants=items, error=error,
+                          max_storage_mb=MAX_STORAGE_QUOTA_MB)
 
     @r.post("/admin/tenants/{tenant_id}/quota")
     async def set_quota(request: Request, tenant_id: str) -> Response:
@@ -211,5 +231,32 @@ def router(web: Web) -> APIRouter:
                 raise
             return web.error_page(request, session, exc.status, messages.problem_message(exc))
         return RedirectResponse("/admin/tenants?msg=quota-set", status_code=303)
+
+    @r.post("/admin/tenants/{tenant_id}/storage-quota")
+    async def set_storage_quota(request: Request, tenant_id: str) -> Response:
+        """`storage_quota_mb`, a whole number of MB (MiB); upload refuses one below the usage."""
+        session = web.session(request)
+        form = await form_of(request, session)
+        if form is None:
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        target, raw = _uuid(tenant_id), form.get("storage_quota_mb", "").strip().replace(",", "")
+        if target is None:
+            return web.error_page(request, session, 404, messages.problem_message(404))
+        if not raw.isdigit() or not 0 < int(raw) <= MAX_STORAGE_QUOTA_MB:
+            return web.error_page(request, session, 422,
+                                  f"저장 용량 한도는 1 이상 {MAX_STORAGE_QUOTA_MB:,} 이하의 MB 단위 정수로 입력하세요.")
+        try:
+            await call(request, session, "PUT", f"/api/v1/storage-quotas/{target}",
+                       json={"quota_bytes": int(raw) * MB})
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            used = exc.problem.get("used_bytes")
+            if exc.status == 409 and isinstance(used, int):
+                return web.error_page(request, session, 409,
+                                      f"이 부서는 이미 {_mb(used)} MB를 쓰고 있습니다. 그보다 작은 한도는 정할 수 "
+                                      "없습니다. 문서를 영구 삭제한 뒤 다시 시도하세요.")
+            return web.error_page(request, session, exc.status, messages.problem_message(exc))
+        return RedirectResponse("/admin/tenants?msg=storage-quota-set", status_code=303)
 
     return r

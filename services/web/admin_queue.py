@@ -1,12 +1,14 @@
 """The tagging queue screen (upload's `/api/v1/tagging` API): every department's queue for a
 platform administrator (or one, chosen), its own for a department administrator; retrying a
-failed or dead-lettered document is a CSRF-checked form."""
+failed or dead-lettered document is a CSRF-checked form. `/admin/queue/live` gives the screen's
+numbers as JSON for its polling (static/app.js), so they refresh without reloading the page."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from . import messages
 from .api import ApiError
@@ -22,6 +24,19 @@ def _uuid(raw: str | None) -> str | None:
         return str(uuid.UUID(raw or ""))
     except ValueError:
         return None
+
+
+def live_numbers(body: dict[str, Any]) -> dict[str, Any]:
+    """What the polling updates in place: counts, rate, the broker's depths (numbers only; the
+    failed and dead-letter lists change on a reload, and the page says when they did)."""
+    docs, rate, broker = body["documents"], body["rate"], body.get("broker")
+    return {"queued": docs["queued"], "processing": docs["processing"], "failed": docs["failed"],
+            "oldest_queued_at": messages.local_time(docs["oldest_queued_at"]) if docs["oldest_queued_at"] else None,
+            "tagged_last_hour": rate["tagged_last_hour"], "tagged_per_minute": rate["tagged_per_minute"],
+            "failed_last_hour": rate["failed_last_hour"],
+            "broker": {k: broker[k] for k in ("jobs_waiting", "workers", "dead_lettered")} if broker else None,
+            "failed_ids": [d["id"] for d in body.get("failed") or []],
+            "dead_letter_ids": [d.get("document_id") for d in body.get("dead_letters") or []]}
 
 
 def router(web: Web) -> APIRouter:
@@ -51,6 +66,21 @@ def router(web: Web) -> APIRouter:
                     raise
         return web.render(request, "admin_queue.html", session, q=body, error=error, names=names, chosen=chosen,
                           reasons=DEAD_LETTER_REASONS)
+
+    @r.get("/admin/queue/live")
+    async def live(request: Request, tenant: str | None = None) -> Response:
+        session = web.session(request)
+        if not session.is_tenant_admin:
+            return JSONResponse({"message": "관리자만 볼 수 있는 화면입니다."}, status_code=403)
+        chosen = _uuid(tenant) if session.is_platform_admin else None
+        try:
+            body = await web.api.json("GET", "/api/v1/tagging/queue", session.token, client_ip=client_ip(request),
+                                      params={"tenant_id": chosen} if chosen else None)
+        except ApiError as exc:
+            if exc.status == 401:
+                return JSONResponse({"login": True, "message": messages.FLASH["expired"]}, status_code=401)
+            return JSONResponse({"message": messages.problem_message(exc)}, status_code=exc.status)
+        return JSONResponse(live_numbers(body), headers={"Cache-Control": "no-store"})
 
     @r.post("/admin/queue/retry")
     async def retry(request: Request) -> Response:

@@ -19,7 +19,7 @@ ACTION_LABELS = {
     "document.tagged": "태깅 완료", "document.failed": "처리 실패", "document.tag_added": "태그 추가",
     "document.tag_removed": "태그 삭제", "document.retried": "태깅 재시도", "audit.read": "감사 로그 조회",
     "queue.read": "태깅 대기열 조회", "auth.login": "로그인",
-    "access.denied": "접근 거부",
+    "access.denied": "접근 거부", "admin.storage_quota_changed": "저장 용량 한도 변경",
 }
 OUTCOME_LABELS = {"success": "성공", "denied": "거부", "failed": "실패"}
 
@@ -37,6 +37,7 @@ FLASH = {
     "user-password": "비밀번호를 재설정했습니다. 그 사용자는 새 비밀번호로 다시 로그인해야 합니다.",
     "key-revoked": "API 키를 폐기했습니다.",
     "quota-set": "API 호출 한도를 변경했습니다.",
+    "storage-quota-set": "저장 용량 한도를 변경했습니다.",
     "retried": "다시 태깅하도록 대기열에 넣었습니다.",
     "logged-out": "로그아웃했습니다.",
     "expired": "세션이 만료되었습니다. 다시 로그인하세요.",

@@ -601,9 +601,18 @@ def test_platform_admin_sets_quotas_and_retries_from_the_queue(  # type: ignore[
     expect(page.locator("h1")).to_have_text("플랫폼 관리")
     mine = page.locator(f"#tenants-table tr[data-tenant='{tenant}']")
     mine.locator("input[name=api_daily_quota]").fill("50000")
-    mine.locator("button", has_text="저장").click()
+    mine.locator("form[action$='/quota'] button", has_text="저장").click()
     expect(page.locator(".notice-ok")).to_have_text("API 호출 한도를 변경했습니다.")
     expect(mine.locator("input[name=api_daily_quota]")).to_have_value("50000")
+    # The storage quota next to it, in MB: 50 MB (the fixture's) raised to 60 MB, shown as used / quota.
+    expect(mine.locator("[data-storage-quota]")).to_contain_text("/ 50.0 MB")
+    mine.locator("input[name=storage_quota_mb]").fill("60")
+    mine.locator("form[action$='/storage-quota'] button", has_text="저장").click()
+    expect(page.locator(".notice-ok")).to_have_text("저장 용량 한도를 변경했습니다.")
+    expect(mine.locator("input[name=storage_quota_mb]")).to_have_value("60")
+    expect(mine.locator("[data-storage-quota]")).to_contain_text("/ 60.0 MB")
+    quota = httpx.get(f"{stack.gateway_url}/api/v1/quota", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert quota.json()["quota_bytes"] == 60 * 1024 * 1024
     s.shot("21-platform-tenants")
     mine.locator("a", has_text="30일 사용량").click()
     expect(page.locator("#usage-title")).to_contain_text("기획재정담당관")
@@ -622,6 +631,21 @@ def test_platform_admin_sets_quotas_and_retries_from_the_queue(  # type: ignore[
     failed.locator("button", has_text="다시 시도").click()
     expect(page.locator(".notice-ok")).to_have_text("다시 태깅하도록 대기열에 넣었습니다.")
     expect(page.locator("#q-tenant")).to_have_value(re.compile(r"^[0-9a-f-]{36}$"))  # still that department
+    # The numbers refresh by themselves (polled every 5 s at first), text only: nothing moves.
+    before = page.locator("#queue-stats").bounding_box()
+    expect(page.locator("#queue-live-time")).to_contain_text("기준", timeout=20_000)
+    assert page.locator("#queue-stats").bounding_box() == before
+    # A hidden tab polls no more; shown again, it polls at once.
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if "/admin/queue/live" in r.url else None)
+    page.evaluate("""() => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+                             document.dispatchEvent(new Event('visibilitychange')); }""")
+    page.wait_for_timeout(8_000)
+    assert polls == []
+    page.evaluate("""() => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+                             document.dispatchEvent(new Event('visibilitychange')); }""")
+    page.wait_for_timeout(2_000)
+    assert len(polls) == 1
     # The real worker takes the job again (and, the file being encrypted, fails it again).
     wait_for_status(stack, token, doc_id, "failed")
 

@@ -46,6 +46,8 @@ ROUTES = [  # (method, path, who may pass the acl)
     ("GET", "/api/v1/admin/usage", {"tenant_admin", "platform_admin"}),
     ("GET", "/api/v1/tagging/queue", {"tenant_admin", "platform_admin"}),
     ("POST", f"/api/v1/tagging/documents/{uuid.UUID(int=1)}/retry", {"tenant_admin", "platform_admin"}),
+    ("GET", f"/api/v1/storage-quotas/{uuid.UUID(int=1)}", {"platform_admin"}),
+    ("PUT", f"/api/v1/storage-quotas/{uuid.UUID(int=1)}", {"platform_admin"}),
 ]
 ROLES = ("user", "tenant_admin", "platform_admin", "analyst")
 

@@ -227,3 +227,91 @@ def test_queue_screen_and_retry(web) -> None:  # type: ignore[no-untyped-def]
             assert (method, path) == ("POST", f"/api/v1/tagging/documents/{uuid.UUID(int=5)}/retry")
             assert gateway.params == {"tenant_id": other}
     run(go())
+
+
+def test_platform_admin_sets_a_storage_quota_in_mb(web) -> None:  # type: ignore[no-untyped-def]
+    client, gateway, login = web
+    mb = 1024 * 1024
+    other, third = str(uuid.uuid4()), str(uuid.uuid4())
+    gateway.answers[("GET", "/api/v1/admin/tenants")] = httpx.Response(200, json={"items": [
+        {"id": TENANT, "slug": "finance", "name": EVIL, "api_daily_quota": 10000,
+         "api_daily_quota_is_default": True, "api_calls_today": 5},
+        {"id": other, "slug": "audit", "name": "감사실", "api_daily_quota": 10000,
+         "api_daily_quota_is_default": True, "api_calls_today": 0},
+        {"id": third, "slug": "press", "name": "대변인실", "api_daily_quota": 10000,
+         "api_daily_quota_is_default": True, "api_calls_today": 0}]})
+    gateway.answers[("GET", f"/api/v1/storage-quotas/{TENANT}")] = httpx.Response(200, json={
+        "tenant_id": TENANT, "quota_bytes": 2048 * mb, "used_bytes": 512 * mb, "available_bytes": 1536 * mb})
+    gateway.answers[("GET", f"/api/v1/storage-quotas/{third}")] = httpx.Response(
+        503, json={"type": "about:blank", "status": 503, "detail": "down"})
+    gateway.answers[("GET", f"/api/v1/storage-quotas/{other}")] = httpx.Response(200, json={
+        "tenant_id": other, "quota_bytes": 100_000, "used_bytes": 0, "available_bytes": 100_000})
+
+    async def go() -> None:
+        async with client:
+            client.cookies.set(COOKIE, login(["platform_admin"]))
+            csrf = csrf_token(client.cookies[COOKIE])
+            page = await client.get("/admin/tenants")
+            assert page.status_code == 200 and EVIL not in page.text
+            assert "저장 용량 (사용 / 한도)" in page.text and "512.0 MB / 2.0 GB" in page.text and "(25%)" in page.text
+            assert f'action="/admin/tenants/{TENANT}/storage-quota"' in page.text
+            assert 'name="storage_quota_mb"' in page.text and 'value="2048"' in page.text and 'min="512"' in page.text
+            assert "저장 용량 한도 (MB)" in page.text  # the field's label names the unit
+            assert "저장 용량 정보를 불러오지 못했습니다." in page.text  # the tenant upload did not answer for
+            assert f'action="/admin/tenants/{third}/storage-quota"' not in page.text
+            # A quota that is no whole number of MB is not put in the field (saving it unchanged
+            # would round it); the field shows it as a hint.
+            assert 'placeholder="현재 97.7 KB"' in page.text
+            assert "style=" not in page.text
+
+            saved = await client.post(f"/admin/tenants/{TENANT}/storage-quota",
+                                      data={"csrf": csrf, "storage_quota_mb": "4,096"})
+            assert saved.status_code == 303 and saved.headers["location"] == "/admin/tenants?msg=storage-quota-set"
+            assert gateway.calls[-1] == ("PUT", f"/api/v1/storage-quotas/{TENANT}", {"quota_bytes": 4096 * mb})
+
+            before = len(gateway.calls)
+            for bad in ("", "0", "-5", "1.5", "열", str(2**30 + 1)):
+                refused = await client.post(f"/admin/tenants/{TENANT}/storage-quota",
+                                            data={"csrf": csrf, "storage_quota_mb": bad})
+                assert refused.status_code == 422 and "MB 단위 정수" in refused.text, bad
+            assert (await client.post(f"/admin/tenants/{TENANT}/storage-quota",
+                                      data={"storage_quota_mb": "10"})).status_code == 403  # no CSRF token
+            assert len(gateway.calls) == before  # nothing reached the API
+
+            # Below the usage: upload's 409 explained with the used size.
+            gateway.answers[("PUT", f"/api/v1/storage-quotas/{TENANT}")] = httpx.Response(409, json={
+                "type": "about:blank", "status": 409, "detail": "below usage", "used_bytes": 512 * mb + 1,
+                "errors": [{"field": "quota_bytes", "message": "below usage"}]})
+            below = await client.post(f"/admin/tenants/{TENANT}/storage-quota",
+                                      data={"csrf": csrf, "storage_quota_mb": "100"})
+            assert below.status_code == 409 and "이미 513 MB를 쓰고 있습니다" in below.text
+    run(go())
+
+
+def test_queue_numbers_for_the_polling(web) -> None:  # type: ignore[no-untyped-def]
+    client, gateway, login = web
+    doc_id, other = str(uuid.uuid4()), str(uuid.uuid4())
+    gateway.answers[("GET", "/api/v1/tagging/queue")] = httpx.Response(200, json=queue_answer(TENANT, doc_id))
+
+    async def go() -> None:
+        async with client:
+            client.cookies.set(COOKIE, login(["user"]))
+            assert (await client.get("/admin/queue/live")).status_code == 403 and gateway.calls == []
+            client.cookies.set(COOKIE, login(["platform_admin"]))
+            page = await client.get(f"/admin/queue?tenant={other}")
+            # The page tells the script where to poll (the same tenant) and which lists it shows.
+            assert f'data-live="/admin/queue/live?tenant={other}"' in page.text
+            assert f'data-failed-ids="{doc_id}"' in page.text and f'data-dead-ids="{doc_id}"' in page.text
+            assert 'id="queue-live-note" role="status"' in page.text and "style=" not in page.text
+            live = await client.get(f"/admin/queue/live?tenant={other}")
+            assert live.status_code == 200 and live.headers["cache-control"] == "no-store"
+            assert gateway.params == {"tenant_id": other}
+            assert live.json() == {"queued": 3, "processing": 1, "failed": 1, "oldest_queued_at": "2026-11-30 10:00",
+                                   "tagged_last_hour": 42, "tagged_per_minute": 0.7, "failed_last_hour": 1,
+                                   "broker": None, "failed_ids": [doc_id], "dead_letter_ids": [doc_id]}
+            assert EVIL not in live.text  # numbers and ids only, no titles
+            gateway.answers[("GET", "/api/v1/tagging/queue")] = httpx.Response(
+                401, json={"status": 401, "detail": "expired"})
+            expired = await client.get("/admin/queue/live")
+            assert expired.status_code == 401 and expired.json()["login"] is True
+    run(go())

@@ -309,6 +309,73 @@
     poller.watch(live.getAttribute("data-id"), live.getAttribute("data-status"));
   }
 
+  /* ---------------------------------------------------------------- tagging queue numbers */
+  /* Polls /admin/queue/live with back-off (5 s while numbers change, up to 60 s when they don't,
+     longer after errors); stops while the tab is hidden and polls at once when it is shown again.
+     Only text changes in place, so nothing moves; the lists change on a reload, and the note
+     says when they differ from what the page shows. */
+  function setupQueueLive() {
+    var stats = document.getElementById("queue-stats");
+    if (!stats || !window.fetch) return;
+    var url = stats.getAttribute("data-live");
+    var shownFailed = stats.getAttribute("data-failed-ids") || "";
+    var shownDead = stats.getAttribute("data-dead-ids") || "";
+    var MIN = 5000, MAX = 60000, delay = MIN, timer = null, last = null, busy = false;
+    var fmt = function (n) { return Number(n).toLocaleString("ko-KR"); };
+    function set(id, text) {
+      var node = document.getElementById(id);
+      if (node && node.textContent !== text) node.textContent = text;
+    }
+    function apply(body) {
+      set("stat-queued", fmt(body.queued));
+      set("stat-processing", fmt(body.processing));
+      set("stat-failed", fmt(body.failed));
+      set("stat-rate", fmt(body.tagged_last_hour));
+      set("stat-per-minute", String(body.tagged_per_minute));
+      set("stat-failed-hour", String(body.failed_last_hour));
+      set("stat-oldest", body.oldest_queued_at ? "가장 오래된 것 " + body.oldest_queued_at : "\u00a0");
+      var box = document.getElementById("stat-failed-box");
+      if (box) box.classList.toggle("stat-warn", body.failed > 0);
+      if (body.broker) {
+        set("broker-jobs", fmt(body.broker.jobs_waiting));
+        set("broker-workers", String(body.broker.workers));
+        set("broker-dead", fmt(body.broker.dead_lettered));
+      }
+      var listsChanged = body.failed_ids.join(" ") !== shownFailed ||
+        body.dead_letter_ids.map(function (i) { return i || ""; }).join(" ") !== shownDead;
+      set("queue-live-note", listsChanged ? "실패·데드레터 목록이 바뀌었습니다. 새로 고침하면 볼 수 있습니다." : "");
+      var now = new Date();
+      set("queue-live-time", "숫자는 자동으로 갱신됩니다 · " +
+        now.toLocaleTimeString("ko-KR", { hour12: false }) + " 기준");
+    }
+    function schedule() {
+      if (timer || document.hidden) return;
+      timer = setTimeout(function () { timer = null; poll(); }, delay);
+    }
+    function poll() {
+      if (document.hidden || busy) return;
+      busy = true;
+      getJSON(url).then(function (body) {
+        busy = false;
+        var key = JSON.stringify(body);
+        delay = key !== last ? MIN : Math.min(MAX, Math.round(delay * 1.5));
+        last = key;
+        apply(body);
+        schedule();
+      }).catch(function () {
+        busy = false;
+        delay = Math.min(MAX * 2, delay * 2);
+        schedule();
+      });
+    }
+    document.addEventListener("visibilitychange", function () {
+      if (document.hidden) { if (timer) { clearTimeout(timer); timer = null; } return; }
+      delay = MIN;
+      if (!timer) poll();
+    });
+    schedule();
+  }
+
   /* ---------------------------------------------------------------- confirmations */
   function setupConfirm() {
     document.querySelectorAll("form[data-confirm]").forEach(function (form) {
@@ -342,6 +409,7 @@
     setupUpload();
     setupDocumentList();
     setupDocumentView();
+    setupQueueLive();
     setupConfirm();
     setupCopy();
   });
