@@ -11,7 +11,8 @@ KST = timezone(timedelta(hours=9), "KST")
 
 STATUS_LABELS = {"queued": "대기 중", "processing": "처리 중", "tagged": "태깅 완료", "failed": "실패"}
 
-ROLE_LABELS = {"user": "사용자", "tenant_admin": "부서 관리자", "platform_admin": "플랫폼 관리자"}
+ROLE_LABELS = {"user": "사용자", "tenant_admin": "부서 관리자", "platform_admin": "플랫폼 관리자",
+               "analyst": "분석가 (읽기 전용)"}
 
 ACTION_LABELS = {
     "document.uploaded": "문서 업로드", "document.duplicate": "중복 업로드", "document.deleted": "문서 삭제",
@@ -20,6 +21,10 @@ ACTION_LABELS = {
     "document.tag_removed": "태그 삭제", "document.retried": "태깅 재시도", "audit.read": "감사 로그 조회",
     "queue.read": "태깅 대기열 조회", "auth.login": "로그인",
     "access.denied": "접근 거부", "admin.storage_quota_changed": "저장 용량 한도 변경",
+    "admin.user_created": "사용자 추가", "admin.user_role_changed": "사용자 역할 변경",
+    "admin.user_disabled": "사용자 비활성화", "admin.user_enabled": "사용자 활성화",
+    "admin.user_password_reset": "비밀번호 재설정", "admin.api_key_created": "API 키 발급",
+    "admin.api_key_revoked": "API 키 폐기", "admin.tenant_quota_changed": "API 일일 한도 변경",
 }
 OUTCOME_LABELS = {"success": "성공", "denied": "거부", "failed": "실패"}
 

@@ -315,3 +315,12 @@ def test_queue_numbers_for_the_polling(web) -> None:  # type: ignore[no-untyped-
             expired = await client.get("/admin/queue/live")
             assert expired.status_code == 401 and expired.json()["login"] is True
     run(go())
+
+
+def test_every_audit_action_and_role_has_a_korean_label() -> None:
+    from services.common import audit
+    from services.common.roles import ROLES
+    from services.web import messages
+
+    assert set(audit.ACTIONS) <= set(messages.ACTION_LABELS)
+    assert set(ROLES) <= set(messages.ROLE_LABELS)
