@@ -29,6 +29,14 @@ DOCUMENT_FAILED: Final = "document.failed"
 DOCUMENT_TAG_ADDED: Final = "document.tag_added"      # a person added their own tag (source user)
 DOCUMENT_TAG_REMOVED: Final = "document.tag_removed"  # a person removed a model's or a person's tag
 DOCUMENT_RETRIED: Final = "document.retried"       # an administrator queued a failed or dead-lettered job again
+DATASET_CREATED: Final = "dataset.created"        # a gated dataset version was stored (model-serving)
+DATASET_APPROVED: Final = "dataset.approved"
+DATASET_REJECTED: Final = "dataset.rejected"
+DATASET_DELETED: Final = "dataset.deleted"
+TRAINING_SUBMITTED: Final = "training.submitted"
+TRAINING_CANCELLED: Final = "training.cancelled"
+TRAINING_FINISHED: Final = "training.finished"    # READY or FAILED, with the model version and metrics
+MODEL_PROMOTED: Final = "model.promoted"          # an alias moved by the promotion policy or an admin
 AUDIT_READ: Final = "audit.read"                   # recorded when denied
 QUEUE_READ: Final = "queue.read"                   # the tagging queue; recorded when denied
 AUTH_LOGIN: Final = "auth.login"
@@ -52,12 +60,14 @@ ADMIN_ACTIONS: Final = (ADMIN_USER_CREATED, ADMIN_USER_ROLE_CHANGED, ADMIN_USER_
                         ADMIN_TENANT_QUOTA_CHANGED)
 ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
                   DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, DOCUMENT_TAG_ADDED, DOCUMENT_TAG_REMOVED,
-                  DOCUMENT_RETRIED, AUDIT_READ, QUEUE_READ, AUTH_LOGIN, ACCESS_DENIED, *ADMIN_ACTIONS,
-                  ADMIN_STORAGE_QUOTA_CHANGED)
+                  DOCUMENT_RETRIED, DATASET_CREATED, DATASET_APPROVED, DATASET_REJECTED, DATASET_DELETED,
+                  TRAINING_SUBMITTED, TRAINING_CANCELLED, TRAINING_FINISHED, MODEL_PROMOTED, AUDIT_READ, QUEUE_READ,
+                  AUTH_LOGIN, ACCESS_DENIED, *ADMIN_ACTIONS, ADMIN_STORAGE_QUOTA_CHANGED)
 
 # Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.
 SYSTEM_ACTOR: Final = "system"
 WORKER_ACTOR: Final = "tagging-worker"
+TRAINING_ACTOR: Final = "training"
 
 
 async def record(conn: DictConnection, *, action: str, outcome: str = SUCCESS, actor_id: str | None,

@@ -31,6 +31,7 @@ from .registry import RegistryConnection, RegistrySettings
 from .registry_api import build_registry_router
 from .runner import ModelRunner
 from .settings import ModelServingSettings
+from .training_setup import include_training
 
 log = logging.getLogger("services.model_serving")
 
@@ -48,6 +49,7 @@ async def main(settings: ModelServingSettings | None = None) -> None:
         app = build_app(settings, runner, readiness={"registry": connection.ready_check})
         verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
         app.include_router(build_registry_router(connection.current, verifier, registry_settings))
+        include_training(app, connection, verifier)
     else:
         runner = ModelRunner(settings)
         app = build_app(settings, runner)

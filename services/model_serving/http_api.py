@@ -90,7 +90,8 @@ def build_app(settings: ModelServingSettings, runner: ModelRunner,
     app = create_app(settings.service_name, title="doctag model-serving",
                      readiness={"model": runner.ready_check, **(readiness or {})},
                      max_body_bytes=settings.max_request_bytes, api_docs=settings.api_docs,
-                     body_limits={"/api/v1/models": settings.models_max_request_bytes})
+                     body_limits={"/api/v1/models": settings.models_max_request_bytes,
+                                  "/api/v1/datasets": settings.datasets_max_request_bytes})
     verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
 
     @app.post("/api/v1/embed", response_model=EmbedOut, tags=["embed"])

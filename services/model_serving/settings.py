@@ -30,6 +30,8 @@ class ModelServingSettings(CommonSettings):
     grpc_grace_s: float = 5.0
     # Request bodies under /api/v1/models (artifact archives), as the gateway's models route allows.
     models_max_request_bytes: int = 1024 * 1024 * 1024
+    # /api/v1/datasets: labelled files for training (DOCTAG_DATASET_MAX_UPLOAD_BYTES limits the file itself).
+    datasets_max_request_bytes: int = 65 * 1024 * 1024
 
     model_dir: Path = Field(DEFAULT_MODEL_DIR, description="artifact served without a registry (may be a symlink)")
     model_refresh_s: float = Field(30.0, gt=0, description="how often the default model is re-resolved (hot swap)")

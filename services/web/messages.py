@@ -25,6 +25,9 @@ ACTION_LABELS = {
     "admin.user_disabled": "사용자 비활성화", "admin.user_enabled": "사용자 활성화",
     "admin.user_password_reset": "비밀번호 재설정", "admin.api_key_created": "API 키 발급",
     "admin.api_key_revoked": "API 키 폐기", "admin.tenant_quota_changed": "API 일일 한도 변경",
+    "dataset.created": "데이터셋 등록", "dataset.approved": "데이터셋 승인",
+    "dataset.rejected": "데이터셋 반려", "dataset.deleted": "데이터셋 삭제", "training.submitted": "학습 작업 요청",
+    "training.cancelled": "학습 작업 취소", "training.finished": "학습 작업 종료", "model.promoted": "모델 승격",
 }
 OUTCOME_LABELS = {"success": "성공", "denied": "거부", "failed": "실패"}
 

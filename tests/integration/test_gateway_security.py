@@ -40,6 +40,8 @@ ROUTES = [  # (method, path, who may pass the acl)
     ("GET", "/api/v1/search?q=x", {"user", "tenant_admin", "platform_admin"}),
     ("POST", "/api/v1/predict", {"user", "tenant_admin", "platform_admin"}),
     ("GET", "/api/v1/models", {"platform_admin"}),
+    ("GET", "/api/v1/datasets", {"tenant_admin", "platform_admin"}),
+    ("POST", "/api/v1/training-jobs", {"tenant_admin", "platform_admin"}),
     ("GET", "/api/v1/admin/users", {"tenant_admin"}),
     ("GET", "/api/v1/admin/api-keys", {"tenant_admin"}),
     ("GET", "/api/v1/admin/tenants", {"platform_admin"}),
