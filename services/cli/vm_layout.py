@@ -29,6 +29,10 @@ class Service:
     # What it writes besides /tmp: "blobs" (the blob store, shared by the web hosts), "state" (the
     # host's state dir: model store, ONNX cache). systemd ReadWritePaths= lists only these.
     writes: tuple[str, ...] = ()
+    # Scheduling priority against the other services of its host: systemd CPUWeight= (100 = the
+    # default share; lower = less CPU under contention) and Nice=; Kubernetes gets its lower CPU request.
+    cpu_weight: int = 100
+    nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ WEB = Service("web", "services.web", http_port=8141, grpc_port=None, memory_max_
 MODEL_SERVING = Service("model-serving", "services.model_serving", http_port=8121, grpc_port=9121,
                         memory_max_mib=6144, memory_request_mib=3072, cpu_request_milli=3000,
                         writes=("state",))
+# Training runs next to model-serving at a lower priority: inference always comes first. It writes
+# finished artifacts into the model store (state) for model-serving to register.
+TRAINING_WORKER = Service("training-worker", "services.training_worker", http_port=8151, grpc_port=None,
+                          memory_max_mib=6144, memory_request_mib=2048, cpu_request_milli=500, writes=("state",),
+                          cpu_weight=20, nice=10)
 TAGGING_WORKER = Service("tagging-worker", "services.tagging_worker", http_port=8131, grpc_port=None,
                          memory_max_mib=2048, memory_request_mib=512, cpu_request_milli=1000)
 
@@ -65,8 +74,8 @@ REDIS_PORT = 6379
 
 ROLES: tuple[VmRole, ...] = (
     VmRole("db", 1, vcpus=4, memory_gib=16, extras=("ops",), services=()),
-    VmRole("model", 1, vcpus=8, memory_gib=16, extras=("model", "ops"), services=(MODEL_SERVING,),
-           needs_torch=True),
+    VmRole("model", 1, vcpus=8, memory_gib=16, extras=("model", "train", "ops"),
+           services=(MODEL_SERVING, TRAINING_WORKER), needs_torch=True),
     VmRole("gateway", 1, vcpus=2, memory_gib=4, extras=("gateway", "ops"), services=(GATEWAY,)),
     VmRole("web", 2, vcpus=4, memory_gib=8, extras=("web", "ops"), services=(UPLOAD, SEARCH, WEB)),
     VmRole("tagging", 2, vcpus=4, memory_gib=8, extras=("tagging",), services=(TAGGING_WORKER,)),
@@ -85,7 +94,8 @@ ARROWS: tuple[tuple[str, str], ...] = (
     ("upload", "postgres"), ("upload", "rabbitmq"),
     ("search", "postgres"), ("search", "model-serving"),
     ("tagging-worker", "rabbitmq"), ("tagging-worker", "upload"), ("tagging-worker", "model-serving"),
-    ("model-serving", "postgres"),
+    ("model-serving", "postgres"), ("model-serving", "rabbitmq"),
+    ("training-worker", "postgres"), ("training-worker", "rabbitmq"),
 )
 
 # The settings that tell a service where a peer of one of its arrows is: (client service, setting,

@@ -31,7 +31,7 @@ from .registry import RegistryConnection, RegistrySettings
 from .registry_api import build_registry_router
 from .runner import ModelRunner
 from .settings import ModelServingSettings
-from .training_setup import include_training
+from .training_setup import TrainingSide, include_training
 
 log = logging.getLogger("services.model_serving")
 
@@ -41,6 +41,7 @@ async def main(settings: ModelServingSettings | None = None) -> None:
     configure_logging(settings.service_name, settings.log_level)
     registry_settings = RegistrySettings()
     connection: RegistryConnection | None = None
+    training: TrainingSide | None = None
     if registry_settings.model_registry:
         connection = RegistryConnection(settings.model_dir, registry_settings)
         await connection.start()   # one attempt now, then in the background until connected
@@ -49,7 +50,7 @@ async def main(settings: ModelServingSettings | None = None) -> None:
         app = build_app(settings, runner, readiness={"registry": connection.ready_check})
         verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
         app.include_router(build_registry_router(connection.current, verifier, registry_settings))
-        include_training(app, connection, verifier)
+        training = include_training(app, connection, verifier, settings.inference_options())
     else:
         runner = ModelRunner(settings)
         app = build_app(settings, runner)
@@ -80,6 +81,8 @@ async def main(settings: ModelServingSettings | None = None) -> None:
     async def start_loading() -> None:
         nonlocal load_task
         load_task = asyncio.create_task(runner.start(), name="load-model")
+        if training is not None:
+            training.start()
 
     try:
         await serve(app, settings.http_host, settings.http_port, grpc_server=grpc_server,
@@ -90,6 +93,8 @@ async def main(settings: ModelServingSettings | None = None) -> None:
         if load_task is not None and not load_task.done():
             load_task.cancel()
         await runner.aclose()
+        if training is not None:
+            await training.aclose()
         if connection is not None:
             await connection.close()
         log.info("model-serving stopped")

@@ -1,16 +1,28 @@
-"""Wires model-serving's training side (datasets now; jobs and their finisher) onto its app and registry."""
+"""Wires model-serving's training side (datasets, jobs and their finisher) onto its app and registry."""
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
 
 from fastapi import FastAPI
 
 from services.common.auth import TokenVerifier
+from services.common.training_queue import TrainingTopology
 
 from .datasets.api import DatasetContext, build_dataset_router
 from .datasets.eval_sets import load_eval_set
 from .datasets.gate import GateSettings
 from .datasets.store import DatasetStore
+from .jobs.api import build_jobs_router
+from .jobs.finisher import JobFinisher
+from .jobs.publisher import JobPublisher
+from .jobs.store import JobStore
+from .models.base import InferenceOptions
 from .registry import RegistryConnection
 from .training_settings import TrainingApiSettings
+
+log = logging.getLogger(__name__)
 
 
 def dataset_context(settings: TrainingApiSettings) -> DatasetContext:
@@ -27,13 +39,50 @@ def dataset_context(settings: TrainingApiSettings) -> DatasetContext:
         feedback_max_rows=settings.feedback_max_rows)
 
 
+class TrainingSide:
+    """The training routes' background parts: the job publisher and the finisher loop."""
+
+    def __init__(self, connection: RegistryConnection, settings: TrainingApiSettings,
+                 options: InferenceOptions) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.publisher = JobPublisher(settings.amqp_connection_url,
+                                      TrainingTopology(prefix=settings.amqp_prefix),
+                                      declare=settings.amqp_declare_topology)
+        self.finisher = JobFinisher(connection.db, connection.registry, settings, options)
+        self._task: asyncio.Task[None] | None = None
+
+    async def _finish_loop(self) -> None:
+        while not self.connection.connected:
+            await asyncio.sleep(self.settings.training_finish_interval_s)
+        await self.finisher.run_forever()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._finish_loop(), name="training-finisher")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.publisher.close()
+
+
 def include_training(app: FastAPI, connection: RegistryConnection, verifier: TokenVerifier,
-                     settings: TrainingApiSettings | None = None) -> None:
+                     options: InferenceOptions, settings: TrainingApiSettings | None = None) -> TrainingSide:
     settings = settings or TrainingApiSettings()
     datasets = DatasetStore(connection.db)
+    jobs = JobStore(connection.db)
+    side = TrainingSide(connection, settings, options)
 
     def current_datasets() -> DatasetStore:
         connection.current()   # RegistryUnavailable (503) until the database was reached
         return datasets
 
+    def current_jobs() -> JobStore:
+        connection.current()
+        return jobs
+
     app.include_router(build_dataset_router(current_datasets, verifier, dataset_context(settings)))
+    app.include_router(build_jobs_router(current_jobs, verifier, settings, side.publisher))
+    return side

@@ -42,7 +42,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -94,7 +94,7 @@ def load_split(data_dir: Path, val_fraction: float, seed: int) -> dict[str, dict
     """{dataset: {"train": [...], "val": [...]}}, stratified per label with a seeded shuffle
     (a label with a single example stays in training)."""
     result: dict[str, dict[str, list[LabelledText]]] = {}
-    for name, filename in DATASETS:
+    for name, filename in datasets_in(data_dir):
         by_label: dict[str, list[LabelledText]] = defaultdict(list)
         for item in read_labelled(data_dir / filename):
             by_label[item.label].append(item)
@@ -108,6 +108,13 @@ def load_split(data_dir: Path, val_fraction: float, seed: int) -> dict[str, dict
             train.extend(group[n_val:])
         result[name] = {"train": train, "val": val}
     return result
+
+
+def datasets_in(data_dir: Path) -> tuple[tuple[str, str], ...]:
+    """(name, file) of every `<name>_train.jsonl` in `data_dir`: the two of ../shared/data, or the
+    tasks of a training job's dataset versions."""
+    suffix = "_train.jsonl"
+    return tuple((p.name[:-len(suffix)], p.name) for p in sorted(data_dir.glob(f"*{suffix}")))
 
 
 def stratified_indices(labels: Sequence[str], fraction: float, seed: int) -> list[int]:
@@ -236,8 +243,11 @@ def doc_vectors(frozen: torch.Tensor, top: torch.Tensor, owner: torch.Tensor, n_
 
 
 # ------------------------------------------------------------------------------------ training
+Progress = Callable[[dict[str, Any]], None]
+
+
 def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_labels: int,
-                    cfg: TrainConfig) -> list[dict[str, float]]:
+                    cfg: TrainConfig, on_step: Progress | None = None) -> list[dict[str, float]]:
     """Fine-tunes `top` (in place) on the training documents; returns the loss per epoch."""
     n_docs = len(labels)
     windows_of: list[list[int]] = [[] for _ in range(n_docs)]
@@ -286,6 +296,9 @@ def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_l
             scheduler.step()
             total += float(loss.detach()) * len(batch)
             step += 1
+            if on_step is not None:
+                on_step({"stage": "fine-tuning", "step": step, "steps": steps, "epoch": epoch + 1,
+                         "epochs": cfg.epochs, "loss": round(float(loss), 4)})
             if step % 50 == 0:
                 log.info("fine-tuning", extra={"epoch": epoch + 1, "step": f"{step}/{steps}",
                                                "loss": round(float(loss), 4),
@@ -397,9 +410,10 @@ def lower_pass_all(plan: EncoderPlan, parts: dict[str, list[str]], cfg: TrainCon
     when a run with the same inputs already computed them."""
     cache_file = None
     if work_dir is not None:
+        files = [sha256_file(data_dir / f) for _, f in datasets_in(data_dir)]
         key = hashlib.sha256(json.dumps([BASE_SHA256, cfg.seed, cfg.val_fraction, cfg.prefix, cfg.window_tokens,
                                          cfg.max_windows, plan.lower, plan.frozen_pool, cfg.quantize,
-                                         [sha256_file(data_dir / f) for _, f in DATASETS]]).encode()).hexdigest()[:16]
+                                         files]).encode()).hexdigest()[:16]
         cache_file = work_dir / f"lower-pass-{key}.pt"
     if cache_file is not None and cache_file.is_file():
         log.info("lower pass read from cache", extra={"file": str(cache_file)})
@@ -418,11 +432,12 @@ def lower_pass_all(plan: EncoderPlan, parts: dict[str, list[str]], cfg: TrainCon
 
 
 def fine_tune(plan: EncoderPlan, cache: WindowCache, labels: np.ndarray, n_labels: int,
-              cfg: TrainConfig) -> tuple[TopEncoder, dict[str, torch.Tensor], list[dict[str, float]]]:
+              cfg: TrainConfig, on_step: Progress | None = None
+              ) -> tuple[TopEncoder, dict[str, torch.Tensor], list[dict[str, float]]]:
     """Stage 3: the top layers tuned on `cache`, rounded to fp16 as shipped; returns the top
     encoder, its parameters under BertModel names (the artifact's delta) and the loss history."""
     top = TopEncoder(torch.nn.ModuleList(plan.encoder.encoder.layer[plan.lower:]))
-    history = tune_top_layers(top, cache, labels, n_labels, cfg) if cfg.tune_layers and cfg.epochs else []
+    history = tune_top_layers(top, cache, labels, n_labels, cfg, on_step) if cfg.tune_layers and cfg.epochs else []
     # Shipped in fp16: round now, so the embeddings computed next are the ones serving will compute.
     with torch.no_grad():
         for param in top.parameters():
@@ -545,8 +560,16 @@ def write_artifact(staging: Path, svm: Any, features: Features, emb_scale: float
                                         encoding="utf-8")
 
 
-def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = None) -> dict[str, Any]:
-    """Trains, writes and measures the model; returns its manifest. The stages are the module's steps."""
+def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = None, *,
+          on_progress: Progress | None = None, extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Trains, writes and measures the model; returns its manifest. The stages are the module's steps.
+
+    `on_progress` is told each stage and each fine-tuning step; `extra_manifest` is merged into the
+    manifest (a training job's id, dataset versions and code version)."""
+    def stage(name: str) -> None:
+        if on_progress is not None:
+            on_progress({"stage": name})
+
     started = time.monotonic()
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -562,6 +585,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
     log.info("data", extra={"train": len(split.fit), "selection": len(split.select),
                             "val": {k: len(v["val"]) for k, v in split.by_dataset.items()}, "labels": len(labels)})
 
+    stage("lower-pass")
     # 2. lower encoder pass over every text (the selection split is cut from the "train" part later)
     plan = EncoderPlan.make(cfg)
     parts = {"train": [x.text for x in split.train_items],
@@ -571,8 +595,10 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
     log.info("lower pass done", extra={"seconds": lower_seconds})
 
     # 3. fine-tuning on the fitting part only, so the selection split's embeddings are unseen
+    stage("fine-tuning")
     top, tuned_state, history = fine_tune(plan, caches["train"].subset(split.fit), y_train[split.fit],
-                                          len(labels), cfg)
+                                          len(labels), cfg, on_progress)
+    stage("head")
     tune_seconds = round(time.monotonic() - started) - lower_seconds
 
     # 4. document embeddings as serving computes them
@@ -590,7 +616,9 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
     manifest = build_manifest(cfg, labels, hybrid, features, history, split, data_dir,
                               {"lower_pass": lower_seconds, "fine_tuning": tune_seconds,
                                "total": round(time.monotonic() - started)})
+    manifest.update(extra_manifest or {})
     write_manifest(staging, manifest)
+    stage("measuring")
     model = load_model(staging, InferenceOptions(quantize=cfg.quantize, max_windows=cfg.max_windows,
                                                  window_tokens=cfg.window_tokens))
     metrics = {name: {k: v for k, v in evaluate(model, d["val"]).items() if k not in ("model", "version")}
@@ -637,7 +665,7 @@ def build_manifest(cfg: TrainConfig, labels: list[str], hybrid: HybridConfig, fe
                    "train": len(split.by_dataset[name]["train"]) - select_by_dataset[name],
                    "selection": select_by_dataset[name],
                    "validation": len(split.by_dataset[name]["val"])}
-            for name, filename in DATASETS},
+            for name, filename in datasets_in(data_dir)},
     }
 
 

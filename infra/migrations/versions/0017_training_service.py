@@ -12,6 +12,8 @@ training worker's own least-privilege role.
   gate blocked is `blocked` and cannot be approved.
 - `models.dataset_rows`: the rows that passed the gate, with personal data already masked by
   services/common/pii.mask_pii. Raw uploaded text is never stored.
+- `models.version_evaluations`: per-label metrics and the confusion matrix of a registered version
+  on a task's fixed evaluation set (named by its SHA-256).
 - `models.training_jobs` / `models.training_job_logs`: state, progress, heartbeat, attempts,
   the reason of a failure, the resulting model version and its evaluation.
 - `documents.training_feedback()`: upload's read-only interface for the feedback path: the
@@ -130,7 +132,7 @@ CREATE TABLE models.training_jobs (
   reason             text,
   seed               integer NOT NULL,
   hyperparameters    jsonb NOT NULL,
-  code_version       text NOT NULL,
+  code_version       text,              -- set by the worker: the training code that ran
   timeout_s          integer NOT NULL CHECK (timeout_s > 0),
   attempts           integer NOT NULL DEFAULT 0,
   max_attempts       integer NOT NULL CHECK (max_attempts > 0),
@@ -138,6 +140,7 @@ CREATE TABLE models.training_jobs (
   worker_id          text,
   progress           jsonb NOT NULL DEFAULT '{}'::jsonb,
   heartbeat_at       timestamptz,
+  published_at       timestamptz,
   artifact_dir       text,
   result_version     integer,
   evaluation         jsonb,
@@ -147,6 +150,21 @@ CREATE TABLE models.training_jobs (
 );
 CREATE INDEX training_jobs_tenant ON models.training_jobs (tenant_id, created_at DESC);
 CREATE INDEX training_jobs_active ON models.training_jobs (state) WHERE state NOT IN ('READY', 'FAILED', 'CANCELLED');
+
+-- Every evaluation of a registered version on a task's fixed evaluation set (per-label metrics and
+-- confusion matrix), the registry's record the promotion policy compares.
+CREATE TABLE models.version_evaluations (
+  model_name     text NOT NULL,
+  version        integer NOT NULL,
+  task           text NOT NULL,
+  eval_sha256    char(64) NOT NULL,
+  metrics        jsonb NOT NULL,
+  confusion      jsonb NOT NULL,
+  evaluated_at   timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (model_name, version, task, eval_sha256),
+  FOREIGN KEY (model_name, version) REFERENCES models.versions (model_name, version)
+);
+GRANT SELECT, INSERT ON models.version_evaluations TO doctag_model;
 
 CREATE TABLE models.training_job_logs (
   id         bigserial PRIMARY KEY,
@@ -224,6 +242,7 @@ REVOKE EXECUTE ON FUNCTION documents.training_feedback(integer) FROM doctag_mode
 REVOKE USAGE ON SCHEMA documents FROM doctag_model;
 DROP FUNCTION documents.training_feedback(integer);
 DROP TABLE models.training_job_logs;
+DROP TABLE models.version_evaluations;
 DROP TABLE models.training_jobs;
 DROP TABLE models.dataset_rows;
 DROP TABLE models.dataset_versions;

@@ -1,0 +1,1 @@
+"""Training jobs: their HTTP API, publication to the training worker, and their end in the registry."""

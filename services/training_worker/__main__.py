@@ -1,0 +1,5 @@
+"""`python -m services.training_worker`"""
+from .app import main
+
+if __name__ == "__main__":
+    main()
