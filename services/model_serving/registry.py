@@ -287,6 +287,23 @@ class ModelRegistry:
             "INSERT INTO models.alias_history (model_name, alias, previous_version, new_version, changed_by) "
             "VALUES (%s, %s, %s, %s, %s)", (name, alias, previous, version, by))
 
+    async def rollback(self, name: str, alias: str, by: str) -> AliasChange:
+        """Points `alias` back at the version it pointed at before its last move (one call)."""
+        check_name(name)
+        check_alias(alias)
+        async with self.db.transaction() as conn:
+            await conn.execute("SELECT 1 FROM models.models WHERE name = %s FOR UPDATE", (name,))
+            previous = await _scalar(conn, "SELECT previous_version FROM models.alias_history WHERE model_name = %s "
+                                     "AND alias = %s ORDER BY id DESC LIMIT 1", (name, alias))
+            current = await _scalar(conn, "SELECT version FROM models.aliases WHERE model_name = %s AND alias = %s",
+                                    (name, alias))
+            if previous is None or current is None:
+                raise RegistryNotFound(f"alias {alias!r} of model {name} has no earlier version to go back to",
+                                       field="alias")
+            await self._move_alias(conn, name, alias, previous, current, by)
+        log.info("alias rolled back", extra={"model": name, "alias": alias, "from": current, "to": previous, "by": by})
+        return AliasChange(name, alias, current, previous)
+
     async def alias_history(self, name: str, alias: str | None = None) -> list[dict[str, Any]]:
         """Moves of `name`'s aliases, newest first."""
         async with self.db.transaction() as conn:

@@ -4,6 +4,7 @@ GET  /api/v1/models                          models with their aliases
 GET  /api/v1/models/{name}/versions          versions of one model
 POST /api/v1/models/{name}/versions          upload an artifact archive (multipart field `file`)
 PUT  /api/v1/models/{name}/aliases/{alias}   {"version": N}: move an alias, answers the previous target
+POST /api/v1/models/{name}/aliases/{alias}/rollback   the alias back to its target before the last move
 
 The routes exist from start-up; while the registry's database has not been reached they
 answer 503 (problem+json, `Retry-After`) after the usual 401/403 checks.
@@ -123,6 +124,17 @@ def build_registry_router(current: Callable[[], ModelRegistry], verifier: TokenV
             check_alias(alias)
             change = await registry.set_alias(valid_name(name), alias, body.version,
                                               by=principal.username or principal.user_id)
+        except RegistryError as exc:
+            raise _problem(exc) from None
+        return {"name": change.name, "alias": change.alias, "version": change.version,
+                "previous_version": change.previous}
+
+    @router.post("/models/{name}/aliases/{alias}/rollback",
+                 summary="Point an alias back at its previous version (undo the last promotion)")
+    async def rollback(name: str, alias: str, principal: Principal = admin,
+                       registry: ModelRegistry = registry_dep) -> dict[str, Any]:
+        try:
+            change = await registry.rollback(valid_name(name), alias, by=principal.username or principal.user_id)
         except RegistryError as exc:
             raise _problem(exc) from None
         return {"name": change.name, "alias": change.alias, "version": change.version,

@@ -525,3 +525,23 @@ async def test_store_check_names_each_unusable_version_and_its_path(registry, tm
     await other.register(name, sources[1], created_by="ops")
     assert not [p for p in await registry.unresolved_store_problems() if p.directory == dirs[1]]
     assert not [key for key in await registry.check_store() if key[0] == name]
+
+
+async def test_rollback_is_one_call_back_to_the_previous_production(api, registry, make_token, tmp_path) -> None:
+    name = model_name()
+    await registry.register(name, make_artifact(tmp_path / "a", name), created_by="alice")
+    await registry.register(name, make_artifact(tmp_path / "b", name), created_by="alice")
+    await registry.set_alias(name, "production", 1, by="alice")
+    await registry.set_alias(name, "production", 2, by="promotion-policy")
+    token = make_token(str(uuid.uuid4()), roles=("platform_admin",), username="ops")
+    async with api() as client:
+        back = await client.post(f"/api/v1/models/{name}/aliases/production/rollback",
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert back.status_code == 200, back.text
+        assert (back.json()["version"], back.json()["previous_version"]) == (1, 2)
+        assert (await registry.resolve(name, "production")).version == "1"
+        none = await client.post(f"/api/v1/models/{name}/aliases/staging/rollback",
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert none.status_code == 404 and none.json()["errors"][0]["field"] == "alias"
+    history = await registry.alias_history(name, "production")
+    assert [(h["previous_version"], h["new_version"], h["changed_by"]) for h in history][0] == (2, 1, "ops")
