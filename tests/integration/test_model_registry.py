@@ -544,4 +544,4 @@ async def test_rollback_is_one_call_back_to_the_previous_production(api, registr
                                  headers={"Authorization": f"Bearer {token}"})
         assert none.status_code == 404 and none.json()["errors"][0]["field"] == "alias"
     history = await registry.alias_history(name, "production")
-    assert [(h["previous_version"], h["new_version"], h["changed_by"]) for h in history][0] == (2, 1, "ops")
+    assert next((h["previous_version"], h["new_version"], h["changed_by"]) for h in history) == (2, 1, "ops")
