@@ -19,6 +19,7 @@ class TrainingApiSettings(CommonSettings):
     dataset_min_rows: int = 10
     dataset_near_duplicate: float = Field(0.9, gt=0, le=1)
     feedback_max_rows: int = 100_000
+    dataset_purge_interval_s: float = 3600.0
 
     # Training jobs: limits answered with 429 + Retry-After.
     training_max_active_per_user: int = 2

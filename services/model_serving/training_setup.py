@@ -50,30 +50,44 @@ class TrainingSide:
                                       TrainingTopology(prefix=settings.amqp_prefix),
                                       declare=settings.amqp_declare_topology)
         self.finisher = JobFinisher(connection.db, connection.registry, settings, options)
-        self._task: asyncio.Task[None] | None = None
+        self.datasets = DatasetStore(connection.db)
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def _finish_loop(self) -> None:
         while not self.connection.connected:
             await asyncio.sleep(self.settings.training_finish_interval_s)
         await self.finisher.run_forever()
 
+    async def _purge_loop(self) -> None:
+        """Hourly: datasets deleted more than 90 days ago are removed with their versions and rows."""
+        while True:
+            await asyncio.sleep(self.settings.dataset_purge_interval_s)
+            if self.connection.connected:
+                try:
+                    purged = await self.datasets.purge_expired()
+                    if purged:
+                        log.info("deleted datasets purged", extra={"datasets": purged})
+                except Exception:
+                    log.warning("dataset purge failed", exc_info=True)
+
     def start(self) -> None:
-        self._task = asyncio.create_task(self._finish_loop(), name="training-finisher")
+        self._tasks = [asyncio.create_task(self._finish_loop(), name="training-finisher"),
+                       asyncio.create_task(self._purge_loop(), name="dataset-purge")]
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self.publisher.close()
 
 
 def include_training(app: FastAPI, connection: RegistryConnection, verifier: TokenVerifier,
                      options: InferenceOptions, settings: TrainingApiSettings | None = None) -> TrainingSide:
     settings = settings or TrainingApiSettings()
-    datasets = DatasetStore(connection.db)
     jobs = JobStore(connection.db)
     side = TrainingSide(connection, settings, options)
+    datasets = side.datasets
 
     def current_datasets() -> DatasetStore:
         connection.current()   # RegistryUnavailable (503) until the database was reached

@@ -76,7 +76,8 @@ async def post_file(client: httpx.AsyncClient, token: str, data: bytes, *, name:
                              data={"name": name, "task": "headlines", **fields})
 
 
-async def test_an_upload_is_gated_masked_versioned_reviewed_and_soft_deleted(api, make_token, admin_dsn) -> None:
+async def test_an_upload_is_gated_masked_versioned_reviewed_and_soft_deleted(api, db, make_token,
+                                                                            admin_dsn) -> None:
     tenant = create_tenant(admin_dsn, f"t-{uuid.uuid4().hex[:8]}")
     admin = make_token(tenant, roles=("tenant_admin",), username="lee")
     rows = [*ROWS, ROWS[0], ("평가용 문장 하나", "경제"), ("", "경제"), ("새 소식", "스포츠")]
@@ -139,6 +140,17 @@ async def test_an_upload_is_gated_masked_versioned_reviewed_and_soft_deleted(api
             "SELECT action FROM documents.audit_log WHERE tenant_id = %s AND details->>'dataset_id' = %s "
             "ORDER BY id", (tenant, dataset_id))]
     assert actions == ["dataset.created", "dataset.created", "dataset.approved", "dataset.deleted"]
+
+    # Past the 90 days of retention the purge removes the dataset with its versions and rows.
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE models.datasets SET deleted_at = now() - interval '91 days' WHERE id = %s",
+                     (dataset_id,))
+    assert await DatasetStore(db).purge_expired() >= 1
+    with psycopg.connect(admin_dsn) as conn:
+        left = conn.execute("SELECT count(*) FROM models.dataset_rows r JOIN models.dataset_versions v ON "
+                            "v.id = r.version_id WHERE v.dataset_id = %s", (dataset_id,)).fetchone()
+        assert left == (0,) and conn.execute("SELECT 1 FROM models.datasets WHERE id = %s",
+                                             (dataset_id,)).fetchone() is None
 
 
 async def test_schema_errors_name_row_and_field_and_a_gate_block_cannot_be_approved(api, make_token,
