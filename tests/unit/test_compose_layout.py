@@ -22,6 +22,7 @@ from services.cli.vm_layout import PEER_SETTINGS
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
 SUPERVISOR_WEB = REPO / "infra" / "compose" / "supervisord-web.conf"
+SUPERVISOR_MODEL = REPO / "infra" / "compose" / "supervisord-model.conf"
 DATASTORE_IMAGES = {"postgres": "postgres:", "rabbitmq": "rabbitmq:", "redis": "redis:"}
 
 
@@ -39,10 +40,11 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in (service.get("environment") or {}).items()}
 
 
-def _supervisor_env() -> dict[str, dict[str, str]]:
-    """Program -> its environment in supervisord-web.conf (the web VM's three services)."""
+def _supervisor_env(path: Path = SUPERVISOR_WEB) -> dict[str, dict[str, str]]:
+    """Program -> its environment in supervisord-web.conf (the web VM's three services) or
+    supervisord-model.conf (model-serving and the training worker)."""
     parser = configparser.ConfigParser(interpolation=None)
-    parser.read(SUPERVISOR_WEB, encoding="utf-8")
+    parser.read(path, encoding="utf-8")
     out = {}
     for section in parser.sections():
         if section.startswith("program:"):
@@ -55,6 +57,8 @@ def _service_env(compose: dict[str, Any], container: str, service: vm_layout.Ser
     env = _env(compose["services"][container])
     if container.startswith("web-"):
         env.update(_supervisor_env()[service.name])
+    if container == "model":
+        env.update(_supervisor_env(SUPERVISOR_MODEL)[service.name])
     return env
 
 
@@ -87,6 +91,7 @@ def test_memory_limits_are_the_roles_memory_max(compose: dict[str, Any]) -> None
 def test_services_listen_on_the_layouts_ports(compose: dict[str, Any]) -> None:
     supervised = _supervisor_env()
     assert set(supervised) == {s.name for s in vm_layout.role("web").services}
+    assert set(_supervisor_env(SUPERVISOR_MODEL)) == {s.name for s in vm_layout.role("model").services}
     for role in vm_layout.ROLES:
         for container in _containers_of(compose, role.name):
             for svc in role.services:

@@ -257,7 +257,8 @@ def test_secrets_are_referenced_documented_and_never_shipped(docs: list[dict[str
                           "doctag-postgres-admin", "doctag-keda-rabbitmq"}
     readme = (K8S_DIR / "README.md").read_text(encoding="utf-8")
     for name in referenced:
-        generic = re.sub(r"-(gateway|upload|search|web|model-serving|tagging-worker)$", "-<service>", name)
+        generic = re.sub(r"-(gateway|upload|search|web|model-serving|tagging-worker|training-worker)$", "-<service>",
+                         name)
         assert name in readme or generic in readme, name
 
 

@@ -30,11 +30,12 @@ def _rules() -> list[dict[str, Any]]:
 def test_file_sd_has_every_service_of_every_host_at_its_metrics_port() -> None:
     entries = file_sd_targets(HOSTS)
     by_target = {e["targets"][0]: e["labels"] for e in entries}
-    assert len(entries) == sum(len(vm_layout.role(r).services) for _, r, _ in HOSTS) == 10
+    assert len(entries) == sum(len(vm_layout.role(r).services) for _, r, _ in HOSTS) == 11
     assert by_target["10.20.0.50:8100"] == {"job": "gateway", "role": "gateway", "host": "gw-1"}  # status port
     assert by_target["10.20.0.31:8101"] == {"job": "upload", "role": "web", "host": "web-2"}
     assert by_target["10.20.0.41:8131"] == {"job": "tagging-worker", "role": "tagging", "host": "tagging-2"}
     assert by_target["10.20.0.20:8121"]["job"] == "model-serving"
+    assert by_target["10.20.0.20:8151"] == {"job": "training-worker", "role": "model", "host": "model-1"}
     assert not [e for e in entries if e["labels"]["host"] == "db-1"]  # the db host runs no platform service
     assert file_sd_targets([("gw-6", "gateway", "fd00::50")])[0]["targets"] == ["[fd00::50]:8100"]
 

@@ -1,9 +1,10 @@
 """model-serving runs with no training code installed.
 
-The model role's image leaves `services/model_training` out (infra/docker/Dockerfile) and its extra
-has no scikit-learn. import-linter proves no static import reaches the training code; this test
+The `model` extra has no scikit-learn, and a serving-only install can leave `services/model_training`
+out (the model role's image carries it since the training worker runs there too, infra/docker/Dockerfile).
+import-linter proves no static import reaches the training code; this test
 proves the running service needs none at run time either (architectures are imported by name):
-from a copy of the code without the training package, as the image has it, the service modules and
+from a copy of the code without the training package, the service modules and
 both architectures' modules import, an artifact loads and predicts, and the `doctag` CLI works,
 answering the training commands with a clear message."""
 from __future__ import annotations
