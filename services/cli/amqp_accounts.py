@@ -12,6 +12,10 @@ Permissions (RabbitMQ's configure / write / read regular expressions, per vhost)
   one; queue depths are passive declarations, which need no permission);
 - `<prefix>-tagging-worker`: configure nothing, write the dead-letter exchange and `amq.default` (a
   deferred job goes back to the jobs queue), read the jobs queue;
+- `<prefix>-model-serving`: configure nothing, write `amq.default` (a training job to its priority's
+  queue), read nothing;
+- `<prefix>-training-worker`: configure nothing, write `amq.default` (a reaped job published again, or
+  to the training dead-letter queue), read the two training queues;
 - `<prefix>-admin` (set-up only): everything in the vhost.
 
 The guest user gets no permission on the vhost.
@@ -27,6 +31,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from services.common.amqp import Topology
+from services.common.training_queue import PRIORITIES, TrainingTopology
 
 from .db_accounts import read_or_create_password
 
@@ -51,11 +56,16 @@ def users(prefix: str, topology: Topology) -> dict[str, AmqpUser]:
     def exact(*names: str) -> str:
         return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
+    training = TrainingTopology(prefix=topology.prefix)
+
     return {
         "upload": AmqpUser(f"{prefix}-upload", NOTHING, exact(topology.events_exchange),
                            exact(topology.dead_letter_queue)),
         "tagging-worker": AmqpUser(f"{prefix}-tagging-worker", NOTHING,
                                    exact(topology.dead_letter_exchange, "amq.default"), exact(topology.jobs_queue)),
+        "model-serving": AmqpUser(f"{prefix}-model-serving", NOTHING, exact("amq.default"), NOTHING),
+        "training-worker": AmqpUser(f"{prefix}-training-worker", NOTHING, exact("amq.default"),
+                                    exact(*(training.queue(p) for p in PRIORITIES))),
         "admin": AmqpUser(f"{prefix}-admin", ".*", ".*", ".*", tags="administrator"),
     }
 
@@ -126,7 +136,9 @@ async def declare_topology(admin_url: str, topology: Topology) -> None:
 
     connection = await aio_pika.connect(admin_url, timeout=10)
     try:
-        await topology.declare(await connection.channel())
+        channel = await connection.channel()
+        await topology.declare(channel)
+        await TrainingTopology(prefix=topology.prefix, delivery_limit=topology.delivery_limit).declare(channel)
     finally:
         await connection.close()
 

@@ -236,7 +236,7 @@ def _service_accounts(settings: OpsSettings) -> ServiceAccounts:
     print(f"RabbitMQ: vhost {settings.amqp_vhost}, users {', '.join(u.name for u in names.values())} "
           f"(passwords in {secrets / 'amqp'}, 0600); guest has no access to it")
     urls = {role: amqp_accounts.url(host, port, settings.amqp_vhost, names[role].name)
-            for role in ("upload", "tagging-worker")}
+            for role in ("upload", "tagging-worker", "model-serving", "training-worker")}
     return ServiceAccounts(db_files, urls, {role: amqp_files[role] for role in urls})
 
 

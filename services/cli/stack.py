@@ -52,7 +52,7 @@ class ServiceAccounts:
     def env(self, role: str) -> dict[str, str]:
         """The DOCTAG_* variables that give one service (by role) its own credentials."""
         db_roles = {"gateway": "doctag_gateway", "upload": "doctag_upload", "search": "doctag_search",
-                    "model-serving": "doctag_model"}
+                    "model-serving": "doctag_model", "training-worker": "doctag_training"}
         env: dict[str, str] = {}
         if role in db_roles and db_roles[role] in self.db_password_files:
             env["DOCTAG_DB_PASSWORD_FILE"] = str(self.db_password_files[db_roles[role]].resolve())
