@@ -75,6 +75,8 @@ class StackLayout:
     search_ports: list[tuple[int, int]] = field(default_factory=lambda: [(8111, 9111), (8112, 9112)])
     model_ports: tuple[int, int] = (8121, 9121)
     worker_ports: list[int] = field(default_factory=lambda: [8131, 8132])
+    # The training worker (model role, lower priority: its runs are children at nice 10).
+    training_port: int = 8151
     web_ports: list[int] = field(default_factory=lambda: [8141, 8142])
     host: str = "127.0.0.1"
     # Extra DOCTAG_* variables for every process (database name, AMQP prefix, ...).
@@ -94,12 +96,13 @@ class StackLayout:
 
     @classmethod
     def with_free_ports(cls, state_dir: Path, env: dict[str, str] | None = None) -> StackLayout:
-        ports = free_ports(16)
+        ports = free_ports(17)
         return cls(state_dir=state_dir, gateway_port=ports[0],
                    upload_ports=[(ports[1], ports[2]), (ports[3], ports[4])],
                    search_ports=[(ports[5], ports[6]), (ports[7], ports[8])],
                    model_ports=(ports[9], ports[10]), worker_ports=[ports[11], ports[12]],
-                   gateway_status_port=ports[13], web_ports=[ports[14], ports[15]], env=dict(env or {}))
+                   gateway_status_port=ports[13], web_ports=[ports[14], ports[15]], training_port=ports[16],
+                   env=dict(env or {}))
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -153,6 +156,8 @@ class StackLayout:
             progs.append(Program(f"tagging-worker-{i}", "services.tagging_worker", {
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_DOCUMENTS_GRPC_TARGET": upload_grpc,
                 "DOCTAG_MODEL_GRPC_TARGET": model_grpc}, http, 30))
+        progs.append(Program("training-worker", "services.training_worker", {
+            "DOCTAG_HTTP_PORT": str(self.training_port), "DOCTAG_TRAINING_NICE": "10"}, self.training_port, 30))
         for i, http in enumerate(self.web_ports, 1):
             progs.append(Program(f"web-{i}", "services.web", {
                 "DOCTAG_HTTP_PORT": str(http), "DOCTAG_WEB_API_URL": self.gateway_url}, http, 20))

@@ -23,7 +23,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 # The roles that hold certificates (services/common/access.py says what each may call).
 # `prometheus`: the scraper's client certificate for the services' /metrics over mutual TLS (HTTP
 # accepts any certificate of the platform CA); it may call no gRPC method (services/common/access.py).
-SERVICE_ROLES = ("gateway", "upload", "search", "tagging-worker", "model-serving", "web", "prometheus")
+SERVICE_ROLES = ("gateway", "upload", "search", "tagging-worker", "model-serving", "training-worker", "web",
+                 "prometheus")
 # Roles of servers that are not platform services (the db host's PostgreSQL and RabbitMQ): their
 # certificates serve TLS only and are never accepted as a client certificate (no clientAuth).
 SERVER_ONLY_ROLES = ("db",)

@@ -29,7 +29,7 @@ def broker_accounts(state: Path, prefix: str) -> ServiceAccounts | None:
     admin_url = amqp_accounts.url("127.0.0.1", 5672, prefix, names["admin"].name, files["admin"].read_text().strip())
     asyncio.run(amqp_accounts.declare_topology(admin_url, topology))
     urls = {role: amqp_accounts.url("127.0.0.1", 5672, prefix, names[role].name)
-            for role in ("upload", "tagging-worker")}
+            for role in ("upload", "tagging-worker", "model-serving", "training-worker")}
     return ServiceAccounts({}, urls, {role: files[role] for role in urls})
 
 

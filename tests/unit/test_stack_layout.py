@@ -13,7 +13,7 @@ from services.common.settings import CommonSettings
 def test_layout_has_the_seven_vm_replica_counts(tmp_path: Path) -> None:
     names = [p.name for p in StackLayout(state_dir=tmp_path).programs()]
     assert sorted(names) == sorted(["gateway", "web-1", "web-2", "upload-1", "upload-2", "search-1", "search-2",
-                                    "model-serving", "tagging-worker-1", "tagging-worker-2"])
+                                    "model-serving", "training-worker", "tagging-worker-1", "tagging-worker-2"])
 
 
 def test_generated_gateway_config_points_at_the_layout(tmp_path: Path) -> None:
@@ -40,7 +40,11 @@ def test_supervisor_config_runs_every_program_with_its_ports(tmp_path: Path) -> 
     assert web["command"].endswith("-m services.web")
     assert f'DOCTAG_HTTP_PORT="{layout.web_ports[1]}"' in web["environment"]
     assert f'DOCTAG_WEB_API_URL="{layout.gateway_url}"' in web["environment"]
-    assert len([s for s in parser.sections() if s.startswith("program:")]) == 10
+    training = parser["program:training-worker"]
+    assert training["command"].endswith("-m services.training_worker")
+    assert f'DOCTAG_HTTP_PORT="{layout.training_port}"' in training["environment"]
+    assert 'DOCTAG_TRAINING_NICE="10"' in training["environment"]
+    assert len([s for s in parser.sections() if s.startswith("program:")]) == 11
 
 
 def test_each_program_gets_only_its_own_credentials(tmp_path: Path) -> None:
