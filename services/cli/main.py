@@ -254,6 +254,7 @@ def cmd_stack_up(settings: OpsSettings, args: argparse.Namespace) -> None:
     print(f"database {settings.db_name} migrated")
     _index_unindexed_documents(settings)
     print(model_registry_cmds.ensure_shipped_model(settings))
+    _ensure_eval_sets(settings)
     layout = _layout(settings, _service_accounts(settings))
     layout.start()
     print("services started under supervisor; waiting until every one is ready ...")
@@ -275,6 +276,27 @@ To log in, create a department (tenant) and a user, then open the web UI or ask 
   curl -s -X POST {layout.gateway_url}/api/v1/auth/token -H 'Content-Type: application/json' \\
        -d '{{"tenant": "demo", "username": "alice", "password": "choose-a-password"}}'
 """)
+
+
+def _ensure_eval_sets(settings: OpsSettings) -> None:
+    """The fixed evaluation sets of training (model-serving's DOCTAG_EVAL_SETS_DIR, default
+    <state>/eval-sets), written once from ../shared/data when it is there (the `train` extra)."""
+    import os
+
+    target = Path(os.environ.get("DOCTAG_EVAL_SETS_DIR") or settings.state_dir / "eval-sets")
+    data = Path(os.environ.get("DATA_DIR") or Path(__file__).resolve().parents[3] / "shared" / "data")
+    if (target / "headlines.jsonl").is_file() or not (data / "headlines_train.jsonl").is_file():
+        return
+    try:
+        from services.model_training.config import TrainConfig
+        from services.model_training.eval_sets import write_eval_sets
+    except ImportError:
+        print("evaluation sets not written: the training code (train extra) is not installed")
+        return
+    defaults = TrainConfig()
+    written = write_eval_sets(data, target, seed=defaults.seed, val_fraction=defaults.val_fraction)
+    print(f"evaluation sets for training written to {target}: "
+          + ", ".join(f"{task} {info['rows']} rows" for task, info in written.items()))
 
 
 def _index_unindexed_documents(settings: OpsSettings) -> None:
