@@ -9,11 +9,18 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 
 from services.cli import admin
 from tests.conftest import DATA
 
 from .test_platform import login
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> httpx.Client:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
+        yield c
 
 
 def _headlines(per_label: int) -> bytes:
