@@ -105,7 +105,7 @@ def build_jobs_router(current: Callable[[], JobStore], verifier: TokenVerifier, 
         except DatasetNotTrainable as exc:
             raise ProblemError(exc.status, str(exc), field="dataset_versions") from None
         try:
-            await publish(job["id"] if isinstance(job["id"], str) else str(job["id"]), body.priority)
+            await publish(str(job["id"]), body.priority)
             await store().mark_published(principal, str(job["id"]))
         except Exception:
             log.warning("training job not published yet; the reaper will", extra={"job_id": str(job["id"])},
