@@ -88,6 +88,8 @@ def render_unit(service: vm_layout.Service, paths: HostPaths) -> str:
         "TimeoutStopSec=30s",
         "KillMode=mixed",
         f"MemoryMax={service.memory_max_mib}M",
+        *([f"CPUWeight={service.cpu_weight}"] if service.cpu_weight != 100 else []),
+        *([f"Nice={service.nice}"] if service.nice else []),
         "LimitNOFILE=65536",
         "UMask=0027",
         "ProtectSystem=strict",

@@ -89,6 +89,7 @@ HTTP_ACCESS: dict[str, HttpRule] = {
     # only the operational routes
     "tagging-worker": HttpRule(api=frozenset()),
     "gateway": HttpRule(api=frozenset()),
+    "training-worker": HttpRule(api=frozenset()),
 }
 
 

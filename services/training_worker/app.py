@@ -29,7 +29,7 @@ async def serve(settings: TrainingWorkerSettings, stop_event: asyncio.Event | No
     app = create_app(settings.service_name, title="Training worker", readiness={"worker": worker.check_ready},
                      max_body_bytes=settings.max_request_bytes, api_docs=settings.api_docs)
     config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_config=None, lifespan="on")
-    watcher = use_tls(config, settings.http_ssl())
+    watcher = use_tls(config, settings.http_ssl(), settings.role)
     server = QuietSignalsServer(config)
     http_task = asyncio.create_task(server.serve())
     try:

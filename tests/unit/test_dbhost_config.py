@@ -41,7 +41,7 @@ def test_pg_hba_from_the_inventory(tmp_path: Path) -> None:
         ("doctag_upload", "10.20.0.30/32"), ("doctag_upload", "10.20.0.31/32"),
         ("doctag_relay", "10.20.0.30/32"), ("doctag_relay", "10.20.0.31/32"),
         ("doctag_search", "10.20.0.30/32"), ("doctag_search", "10.20.0.31/32"),
-        ("doctag_model", "10.20.0.20/32"),
+        ("doctag_model", "10.20.0.20/32"), ("doctag_training", "10.20.0.20/32"),
     }
     assert all(r[1] == "doctag" and r[4] == "scram-sha-256" for r in tcp)
     assert "10.20.0.40" not in hba  # the tagging hosts have no database access
