@@ -14,14 +14,14 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-# Every login role a service uses (created by migrations 0001 and 0017), and the VM role whose hosts may use it.
+# Every login role a service uses (created by migrations 0001 and 0020), and the VM role whose hosts may use it.
 SERVICE_DB_ROLES: dict[str, str] = {
     "doctag_gateway": "api-gw",
     "doctag_upload": "web",
     "doctag_relay": "web",
     "doctag_search": "web",
     "doctag_model": "model",
-    "doctag_training": "model",   # the training worker (migration 0017), next to model-serving
+    "doctag_training": "model",   # the training worker (migration 0020), next to model-serving
 }
 # The VM roles of the seven-host layout; the tagging hosts have no database account at all.
 VM_ROLES = ("api-gw", "web", "tagging", "model")

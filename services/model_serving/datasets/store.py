@@ -1,4 +1,4 @@
-"""Datasets in PostgreSQL (schema `models`, migration 0017): every query runs in the caller's tenant
+"""Datasets in PostgreSQL (schema `models`, migration 0020): every query runs in the caller's tenant
 transaction, so row-level security shows a tenant its own datasets and the shared ones only."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training jobs in PostgreSQL (`models.training_jobs`, migration 0017), in the caller's tenant."""
+"""Training jobs in PostgreSQL (`models.training_jobs`, migration 0020), in the caller's tenant."""
 from __future__ import annotations
 
 import uuid

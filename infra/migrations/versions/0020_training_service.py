@@ -26,13 +26,13 @@ training worker's own least-privilege role.
   model-serving's job finisher work across tenants: the worker through policies of its own role,
   model-serving only inside transactions that set `app.system = 'on'`.
 
-Revision ID: 0017_training_service
-Revises: 0019_admin_audit (numbered 0017 as assigned; chained after 0018 and 0019, which landed first)
+Revision ID: 0020_training_service
+Revises: 0019_admin_audit
 Create Date: 2026-11-30
 """
 from alembic import op
 
-revision = "0017_training_service"
+revision = "0020_training_service"
 down_revision = "0019_admin_audit"
 branch_labels = None
 depends_on = None
