@@ -1,5 +1,5 @@
 """The db VM role against real servers: `doctag dbhost setup` brings up a PostgreSQL cluster, a
-RabbitMQ node and a Redis of their own (own data directories, node name and ports on 127.0.0.1,
+RabbitMQ node and a Redis of their own (own data directories, node name and ports on 127.0.0.7,
 next to the machine's shared servers), twice (the second run changes nothing); then what the
 other hosts rely on is tried: verified TLS and pg_hba per role and host, migrations, broker users
 over plain AMQP and TLS, the gateway's Redis user, and a base backup restored with the WAL
@@ -38,7 +38,8 @@ from services.common.settings import CommonSettings
 from tests.conftest import REPO, SESSION_ID
 
 pytestmark = pytest.mark.integration
-NO_RETRY = Retry(NoBackoff(), 0)  # a refused login is the answer, not a reason to try again
+NO_RETRY = Retry(NoBackoff(), 0)
+DB_ADDRESS = "127.0.0.7"  # a refused login is the answer, not a reason to try again
 
 if shutil.which("rabbitmq-server") is None or not (PG_BIN / "postgres").exists() or os.geteuid() != 0:
     pytest.skip("needs root, PostgreSQL 15 and rabbitmq-server", allow_module_level=True)
@@ -48,7 +49,7 @@ def _free_ports(n: int) -> list[int]:
     socks = []
     for _ in range(n):
         s = socket.socket()
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.7", 0))
         socks.append(s)
     ports = [s.getsockname()[1] for s in socks]
     for s in socks:
@@ -85,9 +86,10 @@ def dbhost() -> Iterator[DbHost]:
     os.chmod(base, 0o755)  # the servers' users traverse it
     pki.init_ca(base / "pki")
     inventory = base / "inventory.yaml"
-    # This machine is the db host and the gateway host; the web and model hosts are elsewhere.
+    # The db host listens on its own loopback address; this process connects from 127.0.0.1 (the
+    # kernel's source address for loopback), the gateway host's; the web and model hosts are elsewhere.
     inventory.write_text(yaml.safe_dump({"version": 1, "hosts": [
-        {"name": "db-1", "role": "db", "address": "127.0.0.1"},
+        {"name": "db-1", "role": "db", "address": DB_ADDRESS},
         {"name": "gw-1", "role": "gateway", "address": "127.0.0.1"},
         {"name": "web-1", "role": "web", "address": "127.0.0.2"},
         {"name": "web-2", "role": "web", "address": "127.0.0.3"},
@@ -120,7 +122,7 @@ def _admin(host: DbHost, database: str = "doctag") -> psycopg.Connection:
 
 
 def _service(host: DbHost, user: str, **tls: str) -> psycopg.Connection:
-    settings = CommonSettings(db_host="127.0.0.1", db_port=host.cfg.pg_port, db_name="doctag", db_user=user,
+    settings = CommonSettings(db_host=DB_ADDRESS, db_port=host.cfg.pg_port, db_name="doctag", db_user=user,
                               db_password=host.password("db", user), tls_dir=host.pki, **tls)  # type: ignore[arg-type]
     return psycopg.connect(settings.dsn(), autocommit=True, connect_timeout=5)
 
@@ -128,7 +130,7 @@ def _service(host: DbHost, user: str, **tls: str) -> psycopg.Connection:
 def test_setup_twice_changes_nothing_the_second_time(dbhost: DbHost) -> None:
     assert "changed:" in dbhost.first_run and "postgres: started" in dbhost.first_run
     assert "unchanged" in dbhost.second_run, dbhost.second_run
-    assert "listen_addresses = '127.0.0.1'" in (dbhost.cfg.pg_data / "doctag.conf").read_text()
+    assert f"listen_addresses = '{DB_ADDRESS}'" in (dbhost.cfg.pg_data / "doctag.conf").read_text()
 
 
 def test_migrations_are_applied(dbhost: DbHost) -> None:
@@ -151,7 +153,7 @@ def test_pg_hba_admits_only_the_roles_of_this_address_and_only_over_tls(dbhost: 
         with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects connection|no pg_hba\.conf entry"):
             _service(dbhost, role, db_sslmode="verify-full")
     with pytest.raises(psycopg.OperationalError, match="pg_hba"):
-        psycopg.connect(host="127.0.0.1", port=dbhost.cfg.pg_port, user="postgres", dbname="doctag",
+        psycopg.connect(host=DB_ADDRESS, port=dbhost.cfg.pg_port, user="postgres", dbname="doctag",
                         sslmode="require", connect_timeout=5)
 
 
@@ -164,21 +166,21 @@ def test_a_client_that_does_not_trust_the_platform_ca_is_refused(dbhost: DbHost,
 def test_broker_users_log_in_to_their_vhost_and_guest_is_gone(dbhost: DbHost) -> None:
     cfg = dbhost.cfg
     user = f"{cfg.amqp_prefix}-upload"
-    url = f"amqp://{user}:{dbhost.password('amqp', user)}@127.0.0.1:{cfg.amqp_port}/{cfg.amqp_vhost}"
+    url = f"amqp://{user}:{dbhost.password('amqp', user)}@{DB_ADDRESS}:{cfg.amqp_port}/{cfg.amqp_vhost}"
 
     async def main() -> None:
         conn = await aio_pika.connect(url, timeout=10)
         await conn.close()
         with pytest.raises(Exception, match=r"ACCESS_REFUSED|PLAIN login refused"):
-            await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{cfg.amqp_port}/", timeout=10)
+            await aio_pika.connect(f"amqp://guest:guest@{DB_ADDRESS}:{cfg.amqp_port}/", timeout=10)
 
     asyncio.run(main())
 
 
 def test_the_broker_speaks_amqp_over_tls_with_the_platform_certificate(dbhost: DbHost) -> None:
     ctx = ssl.create_default_context(cafile=str(dbhost.pki / "ca.crt"))
-    with socket.create_connection(("127.0.0.1", dbhost.cfg.amqps_port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with socket.create_connection((DB_ADDRESS, dbhost.cfg.amqps_port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=DB_ADDRESS) as tls:
         tls.sendall(b"AMQP\x00\x00\x09\x01")
         frame = tls.recv(7)
     assert frame[0] == 1  # a method frame: connection.start
@@ -186,7 +188,7 @@ def test_the_broker_speaks_amqp_over_tls_with_the_platform_certificate(dbhost: D
 
 def test_redis_admits_only_the_gateway_user(dbhost: DbHost) -> None:
     port = dbhost.cfg.redis_port
-    settings = GatewaySettings(gateway_redis_url=f"redis://doctag-gateway@127.0.0.1:{port}/0",
+    settings = GatewaySettings(gateway_redis_url=f"redis://doctag-gateway@{DB_ADDRESS}:{port}/0",
                                gateway_redis_password_file=dbhost.secrets / "redis" / "doctag-gateway")
 
     async def counters() -> list[int]:
@@ -198,9 +200,9 @@ def test_redis_admits_only_the_gateway_user(dbhost: DbHost) -> None:
 
     assert asyncio.run(counters()) == [1]
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=port, username="doctag-gateway", password="wrong", retry=NO_RETRY).ping()
+        redis.Redis(host=DB_ADDRESS, port=port, username="doctag-gateway", password="wrong", retry=NO_RETRY).ping()
     with pytest.raises((redis.AuthenticationError, redis.ResponseError), match=r"NOAUTH|authenticated"):
-        redis.Redis(host="127.0.0.1", port=port, retry=NO_RETRY).set("x", 1)
+        redis.Redis(host=DB_ADDRESS, port=port, retry=NO_RETRY).set("x", 1)
     assert "protected-mode yes" in (dbhost.cfg.redis_dir / "redis.conf").read_text()
 
 
@@ -247,9 +249,9 @@ def test_backups_beyond_keep_go_with_the_wal_only_they_needed(dbhost: DbHost) ->
 
 def test_stop_start_and_status(dbhost: DbHost) -> None:
     root = str(dbhost.cfg.root)
-    assert doctag("dbhost", "status", "--data-root", root, "--address", "127.0.0.1").returncode == 0
+    assert doctag("dbhost", "status", "--data-root", root, "--address", DB_ADDRESS).returncode == 0
     wrong = doctag("dbhost", "status", "--data-root", root, "--address", "10.9.9.9", check=False)
-    assert wrong.returncode == 1 and "set up for 127.0.0.1" in wrong.stderr
+    assert wrong.returncode == 1 and f"set up for {DB_ADDRESS}" in wrong.stderr
     doctag("dbhost", "stop", "--data-root", root, "--only", "postgres", "--only", "redis")
     stopped = doctag("dbhost", "status", "--data-root", root, check=False)
     assert stopped.returncode == 1 and "postgres: stopped" in stopped.stdout and "rabbitmq: running" in stopped.stdout

@@ -26,6 +26,8 @@ import yaml
 from services.cli import bundle
 from services.cli.deploy import Deployer, Transport
 from services.cli.inventory import parse_inventory
+from services.common import pki
+from services.common.tls import ReloadingSSLContext, TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 SSHD = Path("/usr/sbin/sshd")
@@ -104,6 +106,15 @@ def _inventory(root: Path, test_db_name: str, ssh_port: int, **env: str) -> dict
     }
 
 
+def _status_readyz(deployer: Deployer) -> int:
+    """The gateway's status listener over mutual TLS, with the operator's platform certificate."""
+    d = deployer.state.operator_pki
+    cert, key = pki.cert_paths(d, "gateway")
+    tls = ReloadingSSLContext(TlsFiles(d / "ca.crt", cert, key), server=False)
+    with httpx.Client(verify=tls.context, timeout=5) as client:
+        return client.get(f"https://{GW_ADDRESS}:8100/readyz").status_code
+
+
 def _supervisord_pid(root: Path) -> int:
     return int((root / "state" / "run" / "supervisord.pid").read_text())
 
@@ -127,8 +138,9 @@ def test_deploy_over_ssh_is_idempotent_and_rolls_back(ssh_config: tuple[Path, in
         assert sorted(p.name for p in (etc / "secrets" / "db").iterdir()) == ["doctag_gateway"]
         assert (etc / "pki" / "gateway.key").stat().st_mode & 0o777 == 0o640
         assert "ca.key" not in {p.name for p in etc.rglob("*")}
-        with httpx.Client(timeout=5) as client:
-            assert client.get(f"http://{GW_ADDRESS}:8100/readyz").status_code == 200
+        assert _status_readyz(deployer) == 200
+        with pytest.raises(httpx.HTTPError):   # without a platform certificate: nothing
+            httpx.get(f"http://{GW_ADDRESS}:8100/readyz", timeout=5)
         pid = _supervisord_pid(root)
 
         again = deployer.deploy(host)
@@ -148,8 +160,7 @@ def test_deploy_over_ssh_is_idempotent_and_rolls_back(ssh_config: tuple[Path, in
 
         back = deployer.rollback(host)
         assert back.version == "0.1.0+ssh1" and os.readlink(root / "opt" / "current") == "0.1.0+ssh1"
-        with httpx.Client(timeout=5) as client:
-            assert client.get(f"http://{GW_ADDRESS}:8100/readyz").status_code == 200
+        assert _status_readyz(deployer) == 200
     finally:
         conf = root / "etc" / "supervisord.conf"
         ctl = root / "opt" / "current" / "venv" / "bin" / "supervisorctl"
