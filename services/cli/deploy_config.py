@@ -39,9 +39,9 @@ AMQP_PREFIX = "doctag"
 
 # The PostgreSQL role of each service that connects to the database (infra/migrations 0001).
 DB_ROLE = {"gateway": "doctag_gateway", "upload": "doctag_upload", "search": "doctag_search",
-           "model-serving": "doctag_model"}
+           "model-serving": "doctag_model", "training-worker": "doctag_training"}
 # The RabbitMQ users (services/cli/amqp_accounts.py) of the services that use the broker.
-AMQP_SERVICES = ("upload", "tagging-worker")
+AMQP_SERVICES = ("upload", "tagging-worker", "model-serving", "training-worker")
 DB_CERT_ROLE = "db"  # the db host's certificate (services/cli/dbhost.py serves PostgreSQL and AMQPS with it)
 
 

@@ -135,7 +135,7 @@ def _accounts(db: DbHost, admin_dsn: str, secrets_dir: Path) -> Secrets:
     names = amqp_accounts.users(AMQP_PREFIX, topology)
     asyncio.run(amqp_accounts.declare_topology(amqp_accounts.url(
         DB.address, 5672, AMQP_VHOST, names["admin"].name, amqp_files["admin"].read_text().strip()), topology))
-    roles = ("upload", "tagging-worker")
+    roles = ("upload", "tagging-worker", "model-serving", "training-worker")
     return Secrets(db_files, {r: amqp_files[r] for r in roles}, {r: names[r].name for r in roles}, db.redis_password)
 
 

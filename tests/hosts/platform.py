@@ -43,7 +43,8 @@ AMQP_PREFIX = "doctag"
 
 # Database login roles per platform service (as `make up` gives them).
 DB_ROLES = {"gateway": ("doctag_gateway",), "upload": ("doctag_upload", "doctag_relay"),
-            "search": ("doctag_search",), "model-serving": ("doctag_model",)}
+            "search": ("doctag_search",), "model-serving": ("doctag_model",),
+            "training-worker": ("doctag_training",)}
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from services.cli import deploy_config, units
+from services.cli import deploy_config, units, vm_layout
 from services.cli.deploy import Deployer, Transport
 from services.cli.inventory import load_inventory, parse_inventory
 from services.common import pki
@@ -173,3 +173,12 @@ def test_deploy_writes_prometheus_targets_of_every_host(tmp_path: Path) -> None:
     assert "7 hosts" in message
     entries = json.loads((tmp_path / "sd" / "doctag.json").read_text())
     assert {"targets": ["10.20.0.50:8100"], "labels": {"job": "gateway", "role": "gateway", "host": "gw-1"}} in entries
+
+
+def test_every_service_that_reaches_a_datastore_gets_its_credentials() -> None:
+    """The arrows of the layout say who connects to PostgreSQL and RabbitMQ; deploy must hand each of
+    them its own account (a service without one would fall back to the developer defaults)."""
+    to_postgres = {c for c, s in vm_layout.ARROWS if s == "postgres"}
+    to_rabbitmq = {c for c, s in vm_layout.ARROWS if s == "rabbitmq"}
+    assert to_postgres == set(deploy_config.DB_ROLE)
+    assert to_rabbitmq == set(deploy_config.AMQP_SERVICES)
