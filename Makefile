@@ -11,7 +11,7 @@ PROTO_SRC  := $(wildcard protos/*.proto)
 PROTO_OUT  := services/common/pb/documents_pb2.py
 
 .PHONY: help setup browser promtool deploy-tools protos check-protos up down logs status train lint test test-unit test-integration \
-        test-e2e test-hosts bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
+        test-e2e test-deployment test-hosts bench bench-model bench-ingest bench-search bench-gateway bench-web bundle deploy-all \
         deploy-gateway deploy-web deploy-tagging deploy-model deploy-db \
         rollback-gateway rollback-web rollback-tagging rollback-model rollback-db
 
@@ -143,8 +143,13 @@ lint: setup ## ruff, mypy and the import contracts between services (part of `ma
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
-test: lint browser promtool ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests, then the seven hosts
-	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/e2e
+test: lint browser promtool ## lint, then unit + integration (real PostgreSQL/RabbitMQ) + end-to-end and browser tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not deployment" tests/unit tests/integration tests/e2e
+
+# The deployment's own tests (CI runs them after `make test`, see .ci/run): offline bundle installs,
+# deploy over a real sshd, a db host of its own (PostgreSQL, RabbitMQ, Redis), then the seven hosts.
+test-deployment: setup deploy-tools ## bundles, install.sh, deploy over SSH, the db host, then `make test-hosts` (root)
+	$(PY) -m pytest -q -p no:cacheprovider -m deployment tests/integration
 	$(MAKE) --no-print-directory test-hosts
 
 test-unit: setup promtool

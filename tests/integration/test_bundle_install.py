@@ -22,7 +22,7 @@ import pytest
 from services.cli import bundle
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.deployment]
 
 
 @pytest.fixture(scope="module")

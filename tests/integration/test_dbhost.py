@@ -37,7 +37,7 @@ from services.common.migrate import MIGRATIONS_DIR
 from services.common.settings import CommonSettings
 from tests.conftest import REPO, SESSION_ID
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.deployment]
 NO_RETRY = Retry(NoBackoff(), 0)
 DB_ADDRESS = "127.0.0.7"  # a refused login is the answer, not a reason to try again
 

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 SSHD = Path("/usr/sbin/sshd")
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.deployment,
     pytest.mark.skipif(not SSHD.exists() or os.geteuid() != 0,
                        reason="needs root and openssh-server (`apt-get install -y openssh-server`)"),
 ]
