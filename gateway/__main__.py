@@ -24,6 +24,7 @@ from services.common.runner import use_tls
 from services.common.tls import ReloadingSSLContext, TlsFiles
 
 from .app import build_apps
+from .bad_request import ProblemHttpToolsProtocol
 from .config import ConfigError, load_config
 from .runtime import Gateway
 from .settings import GatewaySettings
@@ -43,6 +44,8 @@ def _config(app: FastAPI, host: str, port: int, settings: GatewaySettings,
             lifespan: Literal["on", "off"]) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=host, port=port, log_config=None, lifespan=lifespan,
+        # httptools, as uvicorn would pick, but an unparseable request gets problem+json
+        http=ProblemHttpToolsProtocol,
         # The gateway is the front door: X-Forwarded-* from clients are not trusted.
         proxy_headers=False, server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
