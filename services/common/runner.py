@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
 
 import grpc
 import uvicorn
@@ -15,6 +16,7 @@ from fastapi import FastAPI
 from .access import HTTP_ACCESS
 from .grpc_utils import GrpcSecurity, bind
 from .http_access import HttpAccessMiddleware, with_peer_role
+from .settings import CommonSettings
 from .tls import ReloadingSSLContext
 
 log = logging.getLogger(__name__)
@@ -83,3 +85,39 @@ async def serve(app: FastAPI, host: str, port: int, *, grpc_server: grpc.aio.Ser
     await http_task
     if watcher is not None:
         watcher.cancel()
+
+
+class BackgroundWorker(Protocol):
+    """What `serve_worker` runs beside the HTTP port: a queue consumer with start and stop."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def serve_worker(app: FastAPI, settings: CommonSettings, http_port: int, worker: BackgroundWorker,
+                       name: str, stop_event: asyncio.Event | None = None) -> None:
+    """A worker process: `worker` consumes while `app` (/healthz, /readyz, /metrics) serves on the
+    settings' host and `http_port` (mutual TLS when configured); runs until SIGTERM/SIGINT (or `stop_event`),
+    then stops the worker first and the HTTP port after it."""
+    stop_event = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
+            loop.add_signal_handler(sig, stop_event.set)
+    config = uvicorn.Config(app, host=settings.http_host, port=http_port, log_config=None, lifespan="on")
+    watcher = use_tls(config, settings.http_ssl(), settings.role)
+    server = QuietSignalsServer(config)
+    http_task = asyncio.create_task(server.serve(), name="http")
+    try:
+        await worker.start()
+        log.info("%s started", name, extra={"http_port": http_port})
+        await stop_event.wait()
+        log.info("shutting down")
+    finally:
+        await worker.stop()
+        server.should_exit = True
+        await http_task
+        if watcher is not None:
+            watcher.cancel()
+        log.info("%s stopped", name)
