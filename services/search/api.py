@@ -20,8 +20,9 @@ from services.common.http import create_app
 
 from . import engine, query
 from .morph import Analyser
-from .semantic import QueryEncoder, SemanticSearch, VectorCache
+from .semantic import QueryEncoder, SemanticSearch
 from .settings import SearchSettings
+from .vectors import VectorCache
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def make_semantic(settings: SearchSettings, cache: VectorCache) -> SemanticSearc
 
 
 def make_cache(settings: SearchSettings) -> VectorCache:
-    return VectorCache(refresh_s=settings.vector_refresh_s, full_reload_s=settings.vector_full_reload_s)
+    return VectorCache(refresh_s=settings.vector_refresh_s, full_reload_s=settings.vector_full_reload_s,
+                       policy=settings.index_policy())
 
 
 def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,

@@ -26,26 +26,23 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from services.common.context import grpc_metadata
 from services.common.db import Database
-from services.common.embeddings import DTYPE, unpack
+from services.common.embeddings import unpack
 from services.common.grpc_utils import GrpcSecurity, client_channel
 from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
 
 from .query import Fusion, Semantic
+from .vectors import VectorCache, top_similar
 
 log = logging.getLogger(__name__)
 
 QUERY_CACHE_SIZE = 1024
-# Rows whose updated_at is this close to the last one seen are read again (a transaction that
-# started earlier may commit later), so none is missed.
-WATERMARK_MARGIN = timedelta(seconds=60)
 
 
 class SemanticUnavailable(Exception):
@@ -110,102 +107,6 @@ def _reason(exc: grpc.aio.AioRpcError) -> str:
 
 
 @dataclass
-class TenantVectors:
-    """One tenant's live document vectors of one model: row i of `matrix` is document `ids[i]`."""
-
-    model: str
-    dim: int
-    ids: list[str] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)
-    buffer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
-    watermark: datetime | None = None
-    checked: float = 0.0
-    built: float = 0.0
-
-    @property
-    def matrix(self) -> np.ndarray:
-        return self.buffer[: len(self.ids)]
-
-    def put(self, doc_id: str, vector: np.ndarray) -> None:
-        row = self.rows.get(doc_id)
-        if row is None:
-            row = len(self.ids)
-            if row >= self.buffer.shape[0]:   # grow by doubling: appending stays cheap
-                grown = np.zeros((max(64, 2 * self.buffer.shape[0]), self.dim), dtype=np.float32)
-                grown[:row] = self.buffer[:row]
-                self.buffer = grown
-            self.ids.append(doc_id)
-            self.rows[doc_id] = row
-        self.buffer[row] = vector
-
-    def vector_of(self, doc_id: str) -> np.ndarray | None:
-        row = self.rows.get(doc_id)
-        return None if row is None else self.buffer[row]
-
-
-def top_similar(vectors: TenantVectors, query: np.ndarray, k: int,
-                exclude: str | None = None) -> tuple[list[str], list[float]]:
-    """The `k` documents most similar to `query` (cosine: the vectors are unit length), best first."""
-    matrix = vectors.matrix
-    if not len(matrix) or k <= 0:
-        return [], []
-    sims = matrix @ query.astype(np.float32)
-    if exclude is not None and exclude in vectors.rows:
-        sims[vectors.rows[exclude]] = -np.inf
-    k = min(k, len(sims))
-    best = np.argpartition(-sims, k - 1)[:k]
-    best = best[np.argsort(-sims[best], kind="stable")]
-    pairs = [(vectors.ids[i], float(sims[i])) for i in best if np.isfinite(sims[i])]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-class VectorCache:
-    """Per tenant, the vectors of its live documents for one embedding model, read from PostgreSQL."""
-
-    def __init__(self, *, refresh_s: float, full_reload_s: float) -> None:
-        self.refresh_s = refresh_s
-        self.full_reload_s = full_reload_s
-        self._tenants: dict[str, TenantVectors] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def vectors(self, db: Database, tenant: str, model: str) -> TenantVectors:
-        current = self._tenants.get(tenant)
-        now = time.monotonic()
-        if current is not None and current.model == model and now - current.checked < self.refresh_s:
-            return current
-        async with self._locks.setdefault(tenant, asyncio.Lock()):
-            current = self._tenants.get(tenant)
-            now = time.monotonic()
-            if current is not None and current.model == model and now - current.checked < self.refresh_s:
-                return current
-            if current is None or current.model != model or now - current.built >= self.full_reload_s:
-                current = TenantVectors(model=model, dim=0, built=now)
-                since = None
-            else:
-                since = current.watermark - WATERMARK_MARGIN if current.watermark else None
-            await self._read(db, tenant, current, since)
-            current.checked = now
-            self._tenants[tenant] = current
-            return current
-
-    async def _read(self, db: Database, tenant: str, target: TenantVectors, since: datetime | None) -> None:
-        newer = "" if since is None else " AND updated_at > %(since)s"
-        async with db.tenant_transaction(tenant) as conn:
-            rows = await (await conn.execute(
-                "SELECT document_id, dim, vector, updated_at FROM documents.document_embeddings "
-                f"WHERE model = %(model)s{newer}", {"model": target.model, "since": since})).fetchall()
-        for row in rows:
-            if target.dim == 0:
-                target.dim = int(row["dim"])
-                target.buffer = np.zeros((max(64, len(rows)), target.dim), dtype=DTYPE)
-            if int(row["dim"]) != target.dim:
-                continue   # another shape under the same model name: not comparable
-            target.put(str(row["document_id"]), unpack(row["vector"]))
-            if target.watermark is None or row["updated_at"] > target.watermark:
-                target.watermark = row["updated_at"]
-
-
-@dataclass
 class SemanticSearch:
     """Query vector + the tenant's vectors -> the semantic ranking a hybrid search fuses in."""
 
@@ -219,7 +120,7 @@ class SemanticSearch:
         is no query vector or no document vector to compare it with."""
         query_vector = await self.encoder.encode(text, tenant)
         vectors = await self.cache.vectors(db, tenant, query_vector.model)
-        if not vectors.ids:
+        if not len(vectors):
             raise SemanticUnavailable("no document of this department has an embedding yet")
         if vectors.dim != len(query_vector.vector):
             raise SemanticUnavailable("the stored document embeddings do not match the query model")

@@ -1,0 +1,104 @@
+"""An approximate nearest-neighbour index (usearch HNSW) over one tenant's document vectors.
+
+The vectors are unit length, so the inner product is the cosine similarity; usearch reports the
+distance 1 - cos, turned back into a similarity here. usearch keys are integers: each vector gets
+the next key, and a document whose vector changes gets a new key (its old one is removed), since
+usearch's Python wrapper refuses a key twice. One lock serialises additions and searches: usearch
+gives each calling thread a scratch context by number, and two Python threads would share one.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from usearch.index import Index
+
+Dtype = Literal["f16", "f32", "i8"]
+
+
+@dataclass(frozen=True)
+class AnnParams:
+    """HNSW settings (see semantic.py's docstring for the measured choice)."""
+
+    dtype: Dtype = "f16"            # how vectors are stored: f16 halves f32's memory, i8 quarters it
+    connectivity: int = 16          # graph edges per node ("M")
+    expansion_add: int = 128        # candidates examined when a vector is inserted ("efConstruction")
+    expansion_search: int = 200     # candidates examined per query ("ef"); raised to k when below it
+
+
+class AnnIndex:
+    """Document ids <-> usearch keys, and the HNSW graph over their vectors."""
+
+    def __init__(self, dim: int, params: AnnParams) -> None:
+        self.dim = dim
+        self.params = params
+        # i8 quantisation needs the cosine metric (it scales each vector); on unit vectors it equals ip.
+        metric = "cos" if params.dtype == "i8" else "ip"
+        self._index = Index(ndim=dim, metric=metric, dtype=params.dtype, connectivity=params.connectivity,
+                            expansion_add=params.expansion_add, expansion_search=params.expansion_search)
+        self._ids: list[str | None] = []     # key -> document id; None once the key is replaced
+        self._keys: dict[str, int] = {}      # document id -> its current key
+        self._lock = threading.Lock()
+
+    @classmethod
+    def build(cls, ids: Sequence[str], matrix: np.ndarray, params: AnnParams, *, threads: int = 1) -> AnnIndex:
+        """A new index over `matrix` (row i is document ids[i]). Slow (seconds per 10,000 vectors):
+        call it from a worker thread."""
+        index = cls(int(matrix.shape[1]), params)
+        index.add(ids, matrix, threads=threads)
+        return index
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, doc_id: str) -> bool:
+        return doc_id in self._keys
+
+    def add(self, ids: Sequence[str], matrix: np.ndarray, *, threads: int = 1) -> None:
+        """Inserts the documents' vectors; a document already present has its vector replaced."""
+        if not len(ids):
+            return
+        last = {doc_id: i for i, doc_id in enumerate(ids)}   # a document twice in one batch: its last vector
+        if len(last) != len(ids):
+            rows = sorted(last.values())
+            ids, matrix = [ids[i] for i in rows], matrix[rows]
+        with self._lock:
+            replaced = [self._keys[doc_id] for doc_id in ids if doc_id in self._keys]
+            if replaced:
+                self._index.remove(np.asarray(replaced, dtype=np.uint64))
+                for key in replaced:
+                    self._ids[key] = None
+            first = len(self._ids)
+            keys = np.arange(first, first + len(ids), dtype=np.uint64)
+            self._index.add(keys, np.ascontiguousarray(matrix), threads=threads)
+            self._ids.extend(ids)
+            for offset, doc_id in enumerate(ids):
+                self._keys[doc_id] = first + offset
+
+    def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> tuple[list[str], list[float]]:
+        """About the `k` documents most similar to `query`, best first, with their cosine similarity."""
+        if k <= 0 or not self._keys:
+            return [], []
+        wanted = k + (1 if exclude is not None and exclude in self._keys else 0)
+        with self._lock:
+            expansion = max(wanted, self.params.expansion_search)
+            if self._index.expansion_search != expansion:
+                self._index.expansion_search = expansion  # type: ignore[misc]  # a property with a setter
+            matches = self._index.search(query.astype(np.float32), wanted)
+            keys, distances = matches.keys, matches.distances
+            found = [(self._ids[int(key)], 1.0 - float(d)) for key, d in zip(keys, distances, strict=True)]
+        pairs = [(doc_id, sim) for doc_id, sim in found if doc_id is not None and doc_id != exclude][:k]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def set_expansion_search(self, expansion_search: int) -> None:
+        """Changes the query-time expansion (the graph stays as built)."""
+        with self._lock:
+            self.params = replace(self.params, expansion_search=expansion_search)
+            self._index.expansion_search = expansion_search  # type: ignore[misc]  # a property with a setter
+
+    def memory_bytes(self) -> int:
+        """What usearch holds for the graph and vectors (not the id maps)."""
+        return int(self._index.memory_usage)
