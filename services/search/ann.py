@@ -11,12 +11,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from usearch.index import Index
 
 Dtype = Literal["f16", "f32", "i8"]
+# Vectors inserted per usearch call while building: between two, a build can be stopped (shutdown).
+BUILD_CHUNK = 2_000
+
+
+class BuildStopped(Exception):
+    """The build was asked to stop (the replica is shutting down)."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,15 @@ class AnnIndex:
         self._lock = threading.Lock()
 
     @classmethod
-    def build(cls, ids: Sequence[str], matrix: np.ndarray, params: AnnParams, *, threads: int = 1) -> AnnIndex:
+    def build(cls, ids: Sequence[str], matrix: np.ndarray, params: AnnParams, *, threads: int = 1,
+              stop: threading.Event | None = None) -> AnnIndex:
         """A new index over `matrix` (row i is document ids[i]). Slow (seconds per 10,000 vectors):
-        call it from a worker thread."""
+        call it from a worker thread. BuildStopped soon after `stop` is set."""
         index = cls(int(matrix.shape[1]), params)
-        index.add(ids, matrix, threads=threads)
+        for start in range(0, len(ids), BUILD_CHUNK):
+            if stop is not None and stop.is_set():
+                raise BuildStopped
+            index.add(ids[start:start + BUILD_CHUNK], matrix[start:start + BUILD_CHUNK], threads=threads)
         return index
 
     def __len__(self) -> int:
@@ -73,7 +84,7 @@ class AnnIndex:
                     self._ids[key] = None
             first = len(self._ids)
             keys = np.arange(first, first + len(ids), dtype=np.uint64)
-            self._index.add(keys, np.ascontiguousarray(matrix), threads=threads)
+            self._index.add(keys, np.ascontiguousarray(matrix, dtype=np.float32), threads=threads)
             self._ids.extend(ids)
             for offset, doc_id in enumerate(ids):
                 self._keys[doc_id] = first + offset
@@ -93,6 +104,26 @@ class AnnIndex:
         pairs = [(doc_id, sim) for doc_id, sim in found if doc_id is not None and doc_id != exclude][:k]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
+    def save(self, path: Path) -> list[str | None]:
+        """Writes the graph and vectors to `path`; returns the document id of each key (None: replaced)."""
+        with self._lock:
+            self._index.save(str(path))
+            return list(self._ids)
+
+    @classmethod
+    def restore(cls, path: Path, dim: int, params: AnnParams, ids: list[str | None]) -> AnnIndex:
+        """The index `save` wrote, with its key -> document id list; ValueError when they disagree."""
+        index = cls(dim, params)
+        index._index.load(str(path))
+        live = {doc_id: key for key, doc_id in enumerate(ids) if doc_id is not None}
+        if index._index.ndim != dim or len(index._index) != len(live):
+            raise ValueError("the index holds other vectors than its id list says")
+        keys = np.fromiter(live.values(), dtype=np.uint64, count=len(live))
+        if len(keys) and not bool(np.all(index._index.contains(keys))):
+            raise ValueError("the index lacks keys its id list names")
+        index._ids, index._keys = list(ids), live
+        return index
+
     def set_expansion_search(self, expansion_search: int) -> None:
         """Changes the query-time expansion (the graph stays as built)."""
         with self._lock:
@@ -100,5 +131,9 @@ class AnnIndex:
             self._index.expansion_search = expansion_search  # type: ignore[misc]  # a property with a setter
 
     def memory_bytes(self) -> int:
-        """What usearch holds for the graph and vectors (not the id maps)."""
+        """What usearch holds for the graph and vectors, reserved capacity included (not the id maps)."""
         return int(self._index.memory_usage)
+
+    def serialized_bytes(self) -> int:
+        """The graph and vectors without reserved capacity (what `save` writes)."""
+        return int(self._index.serialized_length)

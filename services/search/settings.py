@@ -41,6 +41,8 @@ class SearchSettings(CommonSettings):
     ann_expansion_search: int = Field(200, ge=1, description="HNSW candidates examined per query (ef): recall "
                                                              "against latency; never below semantic_candidates")
     ann_build_threads: int = Field(1, ge=1, description="threads building a tenant's index in the background")
+    ann_persist: bool = Field(True, description="keep built indexes in <state_dir>/search-index, so a restarted "
+                                                "replica does not build them again")
     semantic_candidates: int = Field(100, ge=1, le=10_000, description="semantic ranking length fused with BM25")
     # Reciprocal rank fusion, tuned on tests/data/search_dev (README, "Search").
     fusion_w_lex: float = Field(1.0, ge=0)

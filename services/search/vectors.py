@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,7 +17,8 @@ import numpy as np
 from services.common.db import Database
 from services.common.embeddings import DTYPE, unpack
 
-from .ann import AnnIndex, AnnParams
+from .ann import AnnIndex, AnnParams, BuildStopped
+from .ann_store import IndexStore
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +132,20 @@ class VectorCache:
     Reads only what changed since its last look (`updated_at`), at most every `refresh_s`; the
     whole set is read again every `full_reload_s` (which drops purged documents) in the background,
     queries answered meanwhile by the set it replaces. Above `policy.threshold` vectors a tenant
-    is served by an ANN index built in a worker thread; exact scoring answers until it is ready."""
+    is served by an ANN index built in a worker thread; exact scoring answers until it is ready.
+    With a `store`, built indexes are saved, and a replica starts from its saved index when that
+    still agrees with PostgreSQL (brought up to date from its watermark, then counted)."""
 
-    def __init__(self, *, refresh_s: float, full_reload_s: float, policy: IndexPolicy | None = None) -> None:
+    def __init__(self, *, refresh_s: float, full_reload_s: float, policy: IndexPolicy | None = None,
+                 store: IndexStore | None = None) -> None:
         self.refresh_s = refresh_s
         self.full_reload_s = full_reload_s
         self.policy = policy or IndexPolicy()
+        self.store = store
         self._tenants: dict[str, TenantVectors] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}   # per tenant, its index build or full reload
+        self._stop = threading.Event()                     # set on close: builds in worker threads stop
 
     async def vectors(self, db: Database, tenant: str, model: str) -> TenantVectors:
         current = self._tenants.get(tenant)
@@ -151,7 +158,8 @@ class VectorCache:
             if current is not None and current.model == model and now - current.checked < self.refresh_s:
                 return current
             if current is None or current.model != model:
-                current = await self._read_all(db, tenant, model, staged=False)
+                current = await self._restore(db, tenant, model) or await self._read_all(db, tenant, model,
+                                                                                         staged=False)
                 self._tenants[tenant] = current
             else:
                 if now - current.built >= self.full_reload_s and tenant not in self._tasks:
@@ -159,15 +167,16 @@ class VectorCache:
                 await self._read_changes(db, tenant, current)
             current.checked = now
             if current.ann is None and len(current) >= self.policy.threshold and tenant not in self._tasks:
-                self._start(tenant, self.build_index(current))
+                self._start(tenant, self.build_index(current, tenant))
             return current
 
-    def serving(self, tenant: str) -> str | None:
-        """How the tenant's vectors are searched now: "ann", "exact", or None when not loaded."""
+    def serving(self, tenant: str) -> tuple[str, int] | None:
+        """How the tenant's vectors are searched now ("ann" or "exact") and how many there are;
+        None when they are not loaded."""
         vectors = self._tenants.get(tenant)
         if vectors is None:
             return None
-        return "ann" if vectors.ann is not None else "exact"
+        return ("ann" if vectors.ann is not None else "exact"), len(vectors)
 
     async def settle(self) -> None:
         """Waits for the index builds and full reloads in progress (tests; an orderly shutdown)."""
@@ -175,6 +184,8 @@ class VectorCache:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
+        """Stops the builds in progress (a worker thread ends at its next chunk; see ann.BUILD_CHUNK)."""
+        self._stop.set()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -187,28 +198,30 @@ class VectorCache:
     def _finished(self, tenant: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(tenant) is task:
             del self._tasks[tenant]
-        if not task.cancelled() and task.exception() is not None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, BuildStopped):
             log.error("building a tenant's vector index failed; it stays as it was",
-                      exc_info=task.exception(), extra={"tenant_id": tenant})
+                      exc_info=error, extra={"tenant_id": tenant})
 
-    async def build_index(self, vectors: TenantVectors) -> None:
-        """Builds the ANN index of `vectors` from its exact matrix, then serves with it."""
+    async def build_index(self, vectors: TenantVectors, tenant: str) -> None:
+        """Builds the ANN index of `vectors` from its exact matrix, then serves with it (and saves it)."""
         assert vectors.exact is not None
         ids, matrix = list(vectors.exact.ids), vectors.exact.matrix
         vectors.pending = []
         try:
             started = time.monotonic()
             index = await asyncio.to_thread(AnnIndex.build, ids, matrix, self.policy.params,
-                                            threads=self.policy.build_threads)
+                                            threads=self.policy.build_threads, stop=self._stop)
             while vectors.pending:   # what came while it was built (no put runs between these awaits' ends)
                 batch, vectors.pending = vectors.pending, []
                 for batch_ids, batch_matrix in batch:
                     await asyncio.to_thread(index.add, batch_ids, batch_matrix)
             vectors.ann, vectors.exact = index, None
-            log.info("tenant vectors now served by an ANN index",
-                     extra={"vectors": len(index), "build_s": round(time.monotonic() - started, 1)})
+            log.info("tenant vectors now served by an ANN index", extra={
+                "tenant_id": tenant, "vectors": len(index), "build_s": round(time.monotonic() - started, 1)})
         finally:
             vectors.pending = None
+        await self._save(tenant, vectors)
 
     async def _reload(self, db: Database, tenant: str, model: str) -> None:
         """Reads the tenant's vectors whole (purged documents go) and swaps them in when ready."""
@@ -218,6 +231,38 @@ class VectorCache:
             return   # the tenant's model changed meanwhile: that read replaced it already
         fresh.checked = 0.0   # the next query brings it up to date from its watermark
         self._tenants[tenant] = fresh
+        await self._save(tenant, fresh)
+
+    async def _save(self, tenant: str, vectors: TenantVectors) -> None:
+        if self.store is None or vectors.ann is None:
+            return
+        try:
+            await asyncio.to_thread(self.store.save, tenant, vectors.model, vectors.ann, vectors.watermark)
+        except OSError as exc:   # a full or read-only disk costs the next restart a rebuild, nothing more
+            log.warning("could not save the vector index", extra={"tenant_id": tenant, "error": str(exc)})
+
+    async def _restore(self, db: Database, tenant: str, model: str) -> TenantVectors | None:
+        """The saved index, brought up to date, when its size agrees with PostgreSQL's count (within 1%:
+        documents deleted since it was saved stay in it until the next full reload)."""
+        if self.store is None:
+            return None
+        stored = await asyncio.to_thread(self.store.load, tenant, model, self.policy.params)
+        if stored is None:
+            return None
+        target = TenantVectors(model=model, dim=stored.index.dim, ann=stored.index, watermark=stored.watermark,
+                               built=time.monotonic() - stored.age_s)
+        await self._read_changes(db, tenant, target)
+        async with db.tenant_transaction(tenant) as conn:
+            row = await (await conn.execute("SELECT count(*) AS n FROM documents.document_embeddings "
+                                            "WHERE model = %(model)s", {"model": model})).fetchone()
+        live = int(row["n"]) if row is not None else 0
+        if abs(len(target) - live) > max(10, live // 100):
+            log.warning("saved vector index disagrees with the database; reading the vectors again",
+                        extra={"tenant_id": tenant, "saved": len(target), "database": live})
+            await asyncio.to_thread(self.store.remove, tenant, model)
+            return None
+        log.info("tenant vectors served by the saved ANN index", extra={"tenant_id": tenant, "vectors": live})
+        return target
 
     async def _read_all(self, db: Database, tenant: str, model: str, *, staged: bool) -> TenantVectors:
         """All the tenant's vectors of `model`. `staged` (a background reload): a tenant above the
@@ -240,7 +285,7 @@ class VectorCache:
         del pages
         if staged and len(ids) >= self.policy.threshold:
             target.ann = await asyncio.to_thread(AnnIndex.build, ids, matrix, self.policy.params,
-                                                 threads=self.policy.build_threads)
+                                                 threads=self.policy.build_threads, stop=self._stop)
         else:
             # document_id is the table's key: each id once
             target.exact = ExactVectors(target.dim, ids, {doc_id: i for i, doc_id in enumerate(ids)},

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,7 @@ from services.cli.search_cmds import CorpusDoc
 from services.common import embeddings
 from services.search import query
 from services.search.ann import AnnIndex, AnnParams, Dtype
+from services.search.ann_store import IndexStore
 from services.search.vectors import ExactVectors, IndexPolicy, TenantVectors, VectorCache, top_similar
 
 
@@ -125,7 +129,7 @@ async def test_index_is_built_in_the_background_and_queries_are_answered_meanwhi
         return build(*args, **kwargs)
 
     monkeypatch.setattr(AnnIndex, "build", held_build)
-    task = asyncio.create_task(cache.build_index(vectors))
+    task = asyncio.create_task(cache.build_index(vectors, "t"))
     await asyncio.sleep(0.05)
     assert vectors.ann is None and vectors.pending == []
     # meanwhile: answered exactly, and updates are kept for the new index
@@ -194,3 +198,40 @@ def test_hangul_bigrams_and_the_baselines_rank_the_matching_document_first() -> 
     assert bm25["q1"][0] == "d2" and bm25["q2"][0] == "d1" and bm25["q3"] == []
     tantivy = tantivy_bigrams(corpus, queries)
     assert tantivy["q1"][0] == "d2" and tantivy["q2"][0] == "d1"
+
+
+def test_a_saved_index_is_restored_and_a_damaged_one_is_dropped(tmp_path: Path) -> None:
+    ids, matrix = _clustered(1000)
+    index = AnnIndex.build(ids, matrix, AnnParams())
+    index.add(["doc-1"], matrix[2][None, :])         # a replaced key is saved as such
+    store = IndexStore(tmp_path)
+    watermark = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    store.save("tenant", "e5@abc", index, watermark)
+    stored = store.load("tenant", "e5@abc", AnnParams())
+    assert stored is not None and stored.watermark == watermark and len(stored.index) == 1000
+    assert stored.index.search(matrix[500], 5) == index.search(matrix[500], 5)
+    assert set(stored.index.search(matrix[2], 2)[0]) == {"doc-1", "doc-2"}
+    assert store.load("tenant", "other-model", AnnParams()) is None
+    assert store.load("tenant", "e5@abc", AnnParams(connectivity=32)) is None, "other settings: rebuilt"
+    assert list(tmp_path.iterdir()) == []
+    # damaged in any way: never loaded, the files deleted (the caller builds anew)
+    for damage in ("flip", "truncate", "ids"):
+        store.save("tenant", "e5@abc", index, watermark)
+        index_file, meta_file = next(tmp_path.glob("*.usearch")), next(tmp_path.glob("*.json"))
+        data = bytearray(index_file.read_bytes())
+        if damage == "flip":
+            data[len(data) // 2] ^= 0xFF
+            index_file.write_bytes(bytes(data))
+        else:   # consistent checksum, inconsistent contents
+            meta = json.loads(meta_file.read_text())
+            if damage == "truncate":
+                index_file.write_bytes(bytes(data[: len(data) // 3]))
+            else:
+                meta["ids"] = meta["ids"][:-3]
+            meta["sha256"] = hashlib.sha256(index_file.read_bytes()).hexdigest()
+            meta_file.write_text(json.dumps(meta))
+        assert store.load("tenant", "e5@abc", AnnParams()) is None, damage
+        assert list(tmp_path.iterdir()) == [], damage
+    store.save("tenant", "e5@abc", index, watermark)
+    meta_file.write_text("{not json")
+    assert store.load("tenant", "e5@abc", AnnParams()) is None and list(tmp_path.iterdir()) == []
