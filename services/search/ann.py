@@ -18,6 +18,9 @@ import numpy as np
 from usearch.index import Index
 
 Dtype = Literal["f16", "f32", "i8"]
+# Cosine between a document's stored and given vector above which they are the same vector (as stored:
+# i8 quantisation alone moves a unit vector to about 0.998).
+UNCHANGED = {"f32": 0.99999, "f16": 0.99999, "i8": 0.99}
 # Vectors inserted per usearch call while building: between two, a build can be stopped (shutdown).
 BUILD_CHUNK = 2_000
 
@@ -31,9 +34,9 @@ class AnnParams:
     """HNSW settings (see semantic.py's docstring for the measured choice)."""
 
     dtype: Dtype = "f16"            # how vectors are stored: f16 halves f32's memory, i8 quarters it
-    connectivity: int = 16          # graph edges per node ("M")
+    connectivity: int = 32          # graph edges per node ("M")
     expansion_add: int = 128        # candidates examined when a vector is inserted ("efConstruction")
-    expansion_search: int = 200     # candidates examined per query ("ef"); raised to k when below it
+    expansion_search: int = 300     # candidates examined per query ("ef"); raised to k when below it
 
 
 class AnnIndex:
@@ -77,6 +80,9 @@ class AnnIndex:
             rows = sorted(last.values())
             ids, matrix = [ids[i] for i in rows], matrix[rows]
         with self._lock:
+            ids, matrix = self._changed(ids, matrix)
+            if not ids:
+                return
             replaced = [self._keys[doc_id] for doc_id in ids if doc_id in self._keys]
             if replaced:
                 self._index.remove(np.asarray(replaced, dtype=np.uint64))
@@ -88,6 +94,41 @@ class AnnIndex:
             self._ids.extend(ids)
             for offset, doc_id in enumerate(ids):
                 self._keys[doc_id] = first + offset
+
+    def _changed(self, ids: Sequence[str], matrix: np.ndarray) -> tuple[Sequence[str], np.ndarray]:
+        """Leaves out documents whose stored vector is the given one: the refresh reads recent rows again
+        (services/search/vectors.py WATERMARK_MARGIN), and re-adding them would only pile up removed keys."""
+        present = [i for i, doc_id in enumerate(ids) if doc_id in self._keys]
+        if not present:
+            return ids, matrix
+        keys = np.asarray([self._keys[ids[i]] for i in present], dtype=np.uint64)
+        stored = np.asarray(self._index.get(keys, dtype="f32"), dtype=np.float32)   # one row per key
+        given = np.asarray(matrix[present], dtype=np.float32)
+        norms = np.linalg.norm(stored, axis=1) * np.linalg.norm(given, axis=1)
+        cosine = (stored * given).sum(axis=1) / np.maximum(norms, 1e-12)
+        same = {present[j] for j in np.flatnonzero(cosine >= UNCHANGED[self.params.dtype])}
+        if not same:
+            return ids, matrix
+        keep = [i for i in range(len(ids)) if i not in same]
+        return [ids[i] for i in keep], matrix[keep]
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Drops documents (purged, or no longer embedded); unknown ids are ignored."""
+        with self._lock:
+            keys = [self._keys.pop(doc_id) for doc_id in ids if doc_id in self._keys]
+            if keys:
+                self._index.remove(np.asarray(keys, dtype=np.uint64))
+            for key in keys:
+                self._ids[key] = None
+
+    def live_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._keys)
+
+    @property
+    def removed_share(self) -> float:
+        """Keys removed or replaced, as a share of all keys ever added: HNSW graphs lose quality as it grows."""
+        return 1 - len(self._keys) / len(self._ids) if self._ids else 0.0
 
     def search(self, query: np.ndarray, k: int, exclude: str | None = None) -> tuple[list[str], list[float]]:
         """About the `k` documents most similar to `query`, best first, with their cosine similarity."""

@@ -36,9 +36,9 @@ class SearchSettings(CommonSettings):
                                                          "searched through an HNSW index; fewer are scored exactly")
     ann_dtype: Literal["f16", "f32", "i8"] = Field("f16", description="how the index stores vectors (f16: half "
                                                                        "of f32's memory, same recall)")
-    ann_connectivity: int = Field(16, ge=2, le=128, description="HNSW edges per node (M): recall and memory")
+    ann_connectivity: int = Field(32, ge=2, le=128, description="HNSW edges per node (M): recall and memory")
     ann_expansion_add: int = Field(128, ge=1, description="HNSW candidates examined per insertion (efConstruction)")
-    ann_expansion_search: int = Field(200, ge=1, description="HNSW candidates examined per query (ef): recall "
+    ann_expansion_search: int = Field(300, ge=1, description="HNSW candidates examined per query (ef): recall "
                                                              "against latency; never below semantic_candidates")
     ann_build_threads: int = Field(1, ge=1, description="threads building a tenant's index in the background")
     ann_persist: bool = Field(True, description="keep built indexes in <state_dir>/search-index, so a restarted "

@@ -122,6 +122,9 @@ class IndexPolicy:
     """When and how a tenant's vectors get an ANN index."""
 
     threshold: int = 20_000        # tenants with fewer vectors are scored exactly
+    # The periodic full reload prunes an index in place (reads ids only, needs no second index in memory)
+    # until this share of its keys has been removed or replaced; then it reads and builds it anew.
+    rebuild_share: float = 0.2
     params: AnnParams = field(default_factory=AnnParams)
     build_threads: int = 1         # usearch threads building an index (a background thread of its own)
 
@@ -224,7 +227,12 @@ class VectorCache:
         await self._save(tenant, vectors)
 
     async def _reload(self, db: Database, tenant: str, model: str) -> None:
-        """Reads the tenant's vectors whole (purged documents go) and swaps them in when ready."""
+        """Drops purged documents. An index with few removals is pruned in place (only the ids are read);
+        otherwise the vectors are read whole and swapped in when ready (a new index, built in the background)."""
+        current = self._tenants.get(tenant)
+        if current is not None and current.ann is not None and current.ann.removed_share < self.policy.rebuild_share:
+            await self._prune(db, tenant, current)
+            return
         fresh = await self._read_all(db, tenant, model, staged=True)
         current = self._tenants.get(tenant)
         if current is None or current.model != model:
@@ -232,6 +240,29 @@ class VectorCache:
         fresh.checked = 0.0   # the next query brings it up to date from its watermark
         self._tenants[tenant] = fresh
         await self._save(tenant, fresh)
+
+    async def _prune(self, db: Database, tenant: str, vectors: TenantVectors) -> None:
+        """Brings the index's set of documents in line with PostgreSQL's: drops the ones gone (purged,
+        deleted) and reads the ones it lacks (restored from the bin: their vectors did not change)."""
+        assert vectors.ann is not None
+        held = set(vectors.ann.live_ids())   # before the read: whatever it holds was committed before it
+        async with db.tenant_transaction(tenant) as conn:
+            rows = await (await conn.execute("SELECT document_id FROM documents.document_embeddings "
+                                             "WHERE model = %(model)s", {"model": vectors.model})).fetchall()
+            live = {str(row["document_id"]) for row in rows}
+            lacking = sorted(live - set(vectors.ann.live_ids()))
+            back = await (await conn.execute(
+                "SELECT document_id, dim, vector FROM documents.document_embeddings "
+                "WHERE model = %(model)s AND document_id = ANY(%(ids)s::uuid[])",
+                {"model": vectors.model, "ids": lacking})).fetchall() if lacking else []
+        gone = sorted(held - live)
+        await asyncio.to_thread(vectors.ann.remove, gone)
+        await vectors.put(*_page(back, vectors))
+        vectors.built = time.monotonic()
+        if gone or back:
+            log.info("vector index brought in line with the database",
+                     extra={"tenant_id": tenant, "removed": len(gone), "restored": len(back)})
+            await self._save(tenant, vectors)
 
     async def _save(self, tenant: str, vectors: TenantVectors) -> None:
         if self.store is None or vectors.ann is None:

@@ -305,14 +305,26 @@ async def test_a_tenant_above_the_threshold_is_searched_through_the_ann_index(
             r = await c.get(f"/api/v1/documents/{late}/similar", headers=headers)
             assert docs["phishing"] not in [h["id"] for h in r.json()["hits"]]
             assert cache.serving(tenant) == ("ann", 6), "the deleted one stays until the full reload"
-            # The full reload reads the live documents again, builds in the background and swaps.
+            # The full reload (in the background) drops it; restored from the bin, it comes back.
+            for restore, expected in ((False, 5), (True, 6)):
+                if restore:
+                    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                        conn.execute("UPDATE documents.documents SET deleted_at = NULL WHERE id = %s",
+                                     (docs["phishing"],))
+                cache.full_reload_s = 0
+                await _search(c, headers, q="층간소음")
+                await cache.settle()
+                cache.full_reload_s = 3600
+                assert cache.serving(tenant) == ("ann", expected)
+            body = await _search(c, headers, q="보이스피싱 신고")
+            assert {h["id"] for h in body["hits"][:2]} == {late, docs["phishing"]}
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute("UPDATE documents.documents SET deleted_at = now() WHERE id = %s", (docs["phishing"],))
             cache.full_reload_s = 0
             await _search(c, headers, q="층간소음")
             await cache.settle()
             cache.full_reload_s = 3600
             assert cache.serving(tenant) == ("ann", 5)
-            body = await _search(c, headers, q="보이스피싱 신고")
-            assert body["hits"][0]["id"] == late
     # A restarted replica starts from the index it saved (no build), up to date from its watermark.
     saved = sorted(p.suffix for p in (tmp_path / "search-index").glob(f"{tenant}-*"))
     assert saved == [".json", ".usearch"]

@@ -114,6 +114,14 @@ def test_ann_index_replaces_a_changed_vector() -> None:
     assert len(index) == 501 and "new" in index
     assert set(index.search(matrix[20], 2)[0]) == {"new", "doc-20"}
     assert index.search(matrix[10], 1)[0] == ["doc-10"]
+    # the refresh reads recent rows again: an unchanged vector is not added again
+    index.add(["doc-30", "doc-31"], matrix[30:32])
+    assert index.removed_share == pytest.approx(1 / 502)
+    # removed documents are never found again
+    index.remove(["doc-10", "unknown"])
+    assert "doc-10" not in index and len(index) == 500
+    assert "doc-10" not in index.search(matrix[10], 20)[0]
+    assert index.removed_share == pytest.approx(2 / 502)   # doc-3's old key and doc-10 of 502 keys
 
 
 async def test_index_is_built_in_the_background_and_queries_are_answered_meanwhile(
@@ -212,7 +220,7 @@ def test_a_saved_index_is_restored_and_a_damaged_one_is_dropped(tmp_path: Path) 
     assert stored.index.search(matrix[500], 5) == index.search(matrix[500], 5)
     assert set(stored.index.search(matrix[2], 2)[0]) == {"doc-1", "doc-2"}
     assert store.load("tenant", "other-model", AnnParams()) is None
-    assert store.load("tenant", "e5@abc", AnnParams(connectivity=32)) is None, "other settings: rebuilt"
+    assert store.load("tenant", "e5@abc", AnnParams(connectivity=16)) is None, "other settings: rebuilt"
     assert list(tmp_path.iterdir()) == []
     # damaged in any way: never loaded, the files deleted (the caller builds anew)
     for damage in ("flip", "truncate", "ids"):
