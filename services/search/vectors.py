@@ -297,7 +297,8 @@ class VectorCache:
 
     async def _read_all(self, db: Database, tenant: str, model: str, *, staged: bool) -> TenantVectors:
         """All the tenant's vectors of `model`. `staged` (a background reload): a tenant above the
-        threshold gets its index built here, from float16 pages, without a float32 matrix."""
+        threshold gets its index built here, from float16 pages, without a float32 matrix (exact
+        scoring keeps float32)."""
         target = TenantVectors(model=model, built=time.monotonic())
         ids: list[str] = []
         pages: list[np.ndarray] = []
@@ -309,7 +310,9 @@ class VectorCache:
                 while rows := await cursor.fetchmany(READ_PAGE):
                     page_ids, page = _page(rows, target)
                     ids.extend(page_ids)
-                    pages.append(page.astype(np.float16) if staged else page)
+                    pages.append(page)
+                    if staged and len(ids) >= self.policy.threshold:   # an index will be built: float16 is enough
+                        pages = [p.astype(np.float16, copy=False) for p in pages]
         # Everything updated since the read began is read again by the next refresh.
         target.watermark = began["now"] if began is not None else None
         matrix = np.concatenate(pages) if pages else np.zeros((0, target.dim), dtype=DTYPE)
