@@ -290,6 +290,10 @@ async def test_a_tenant_above_the_threshold_is_searched_through_the_ann_index(
             other = await _search(c, _auth(make_token, world.tenant_a), q="보이스피싱 신고")
             assert other["hits"][0]["id"] == world.docs["phishing"]
             assert not set(h["id"] for h in other["hits"]) & set(docs.values())
+            small = await _search(c, _auth(make_token, world.tenant_b), q="위층 소음")
+            assert [h["id"] for h in small["hits"]] == [world.b_noise]
+            await cache.settle()
+            assert cache.serving(world.tenant_b) == ("exact", 1), "below the threshold: scored exactly"
             r = await c.get(f"/api/v1/documents/{docs['noise']}/similar", headers=headers)
             similar = [h["id"] for h in r.json()["hits"]]
             assert similar[0] == docs["noise2"] and docs["noise"] not in similar
