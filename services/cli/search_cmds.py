@@ -253,7 +253,8 @@ def semantic_for(target: str, fusion: Any = None) -> Any:
     from services.search.semantic import QueryEncoder, SemanticSearch
     from services.search.settings import SearchSettings
 
-    settings = SearchSettings()
+    # an evaluation's tenant is temporary: its vector index is not saved in the state dir
+    settings = SearchSettings(ann_persist=False)
     from services.common.grpc_utils import GrpcSecurity
 
     encoder = QueryEncoder(target, GrpcSecurity.from_settings(settings), timeout_s=EVAL_EMBED_TIMEOUT_S,

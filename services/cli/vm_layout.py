@@ -52,8 +52,9 @@ GATEWAY = Service("gateway", "gateway", http_port=8080, grpc_port=None, memory_m
                   memory_request_mib=256, cpu_request_milli=1000, status_port=8100)
 UPLOAD = Service("upload", "services.upload", http_port=8101, grpc_port=9101, memory_max_mib=2560,
                  memory_request_mib=1280, cpu_request_milli=500, writes=("blobs",))
+# Search saves the ANN indexes of large tenants in its state dir (services/search/ann_store.py).
 SEARCH = Service("search", "services.search", http_port=8111, grpc_port=9111, memory_max_mib=2048,
-                 memory_request_mib=1024, cpu_request_milli=500)
+                 memory_request_mib=1024, cpu_request_milli=500, writes=("state",))
 WEB = Service("web", "services.web", http_port=8141, grpc_port=None, memory_max_mib=512,
               memory_request_mib=128, cpu_request_milli=200)
 MODEL_SERVING = Service("model-serving", "services.model_serving", http_port=8121, grpc_port=9121,

@@ -19,9 +19,11 @@ from services.common.grpc_utils import GrpcSecurity
 from services.common.http import create_app
 
 from . import engine, query
+from .ann_store import IndexStore
 from .morph import Analyser
-from .semantic import QueryEncoder, SemanticSearch, VectorCache
+from .semantic import QueryEncoder, SemanticSearch
 from .settings import SearchSettings
+from .vectors import VectorCache
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,9 @@ def make_semantic(settings: SearchSettings, cache: VectorCache) -> SemanticSearc
 
 
 def make_cache(settings: SearchSettings) -> VectorCache:
-    return VectorCache(refresh_s=settings.vector_refresh_s, full_reload_s=settings.vector_full_reload_s)
+    store = IndexStore(settings.state_dir / "search-index") if settings.ann_persist else None
+    return VectorCache(refresh_s=settings.vector_refresh_s, full_reload_s=settings.vector_full_reload_s,
+                       policy=settings.index_policy(), store=store)
 
 
 def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
@@ -133,6 +137,7 @@ def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
             if owned is not None:
                 await owned.close()
                 state["semantic"] = None
+            await cache.close()   # index builds in progress stop
             await analyser.close()
 
     app = create_app(settings.service_name, title="doctag search",

@@ -11,9 +11,10 @@ from services.common.db import Database
 from services.common.embeddings import unpack
 
 from . import morph, query
-from .semantic import SemanticSearch, SemanticUnavailable, VectorCache, top_similar
+from .semantic import SemanticSearch, SemanticUnavailable
 from .snippet import literal_spans, make_snippet
 from .termstats import TermFiguresCache, truncated
+from .vectors import VectorCache, top_similar
 
 # Characters of a document's text fetched to build its snippet.
 SNIPPET_SCAN_CHARS = 20_000

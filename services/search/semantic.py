@@ -8,17 +8,35 @@ page or a repeated query costs no model call).
 
 Document vectors: PostgreSQL (`documents.document_embeddings`, written at tagging time) is the
 source of truth; each replica keeps the vectors of the tenants it serves in memory
-(`VectorCache`) and scores a query against all of them exactly (one matrix-vector product).
-The cache reads only what changed since its last look (`updated_at`), at most every
-`vector_refresh_s`, and is rebuilt whole every `vector_full_reload_s` (which drops purged
-documents); documents deleted meanwhile are never returned, because every semantic candidate
-is checked again by the SQL statement (row-level security, deleted documents hidden from the
-search role, the request's filters).
+(`vectors.VectorCache`). The cache reads only what changed since its last look (`updated_at`), at
+most every `vector_refresh_s`; every `vector_full_reload_s` it drops purged documents, in the
+background. Documents deleted meanwhile are never returned, because every semantic candidate is
+checked again by the SQL statement (row-level security, deleted documents hidden from the search
+role, the request's filters), so the in-memory set may hold stale ids.
 
-Why exact scoring instead of an ANN index: exact is simple, needs no index to keep in step with
-PostgreSQL, and is fast enough for a department's documents: 384 float32 values per document,
-so 100,000 documents are 154 MB and one product over them takes milliseconds. Far larger tenants
-would want an ANN index (hnswlib or usearch, rebuilt from the same table): not built here.
+Exact below `ann_threshold` (20,000) vectors, an HNSW index above it (`ann.AnnIndex`, usearch).
+Exact scoring (one matrix-vector product) is perfect and costs 3-7 ms at 20,000 vectors, but grows
+linearly: 9 ms at 100,000 and ~50 ms at 500,000 on one core, with 1.5 KB of float32 per vector.
+Above the threshold the index is built in a worker thread while exact scoring answers; updates made
+meanwhile are replayed into it, it replaces the float32 matrix, and is saved in the state dir
+(`ann_store.py`) so that a restart does not build it again. The periodic reload prunes it in place
+(ids only; no second index in memory) until a fifth of its keys are removed or replaced, then
+rebuilds it in the background (float16 pages, no float32 matrix) and swaps.
+
+Settings, measured with `python -m tests.search_ann_tune` on 20,000 real e5 passage vectors
+(headlines, reviews, petitions) and 500 e5 query vectors (other headlines), one busy core:
+- dtype f16: the same recall as f32 (recall@100 0.975 vs 0.975 at M=32, ef=200) at half the
+  vector memory; i8 stops near 0.88 recall@100 whatever the expansion (e5's cosines are packed
+  close together, and 8-bit steps reorder them).
+- connectivity 32, expansion_search 300: recall@100 0.989 and recall@10 0.997 at 20,000, 0.6 ms
+  a query; M=16 gives 0.979. Recall falls as a tenant grows (M=32, ef=300: 0.998 / 0.997 / 0.993 /
+  0.989 at 2,500 / 5,000 / 10,000 / 20,000), about 0.3-0.5 points per doubling, so the wider graph
+  keeps the 500,000-vector tenant's expected recall@100 above 0.95 where M=16 (0.5-0.8 points per
+  doubling) would not: an extrapolation, real 500,000-vector data was not at hand.
+- cost: 1,044 bytes per vector as saved (768 of f16 vector, the graph), about 1,290 in memory
+  (resident growth measured at 100,000), plus ~160 for the id maps; exact holds 1,536 + ~160.
+  Build: 22 s per 100,000 vectors on one core (expansion_add 128), so ~2 minutes at 500,000; a
+  query 0.85 ms at 100,000 (exact: 9 ms).
 """
 from __future__ import annotations
 
@@ -26,26 +44,23 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from services.common.context import grpc_metadata
 from services.common.db import Database
-from services.common.embeddings import DTYPE, unpack
+from services.common.embeddings import unpack
 from services.common.grpc_utils import GrpcSecurity, client_channel
 from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
 
 from .query import Fusion, Semantic
+from .vectors import VectorCache, top_similar
 
 log = logging.getLogger(__name__)
 
 QUERY_CACHE_SIZE = 1024
-# Rows whose updated_at is this close to the last one seen are read again (a transaction that
-# started earlier may commit later), so none is missed.
-WATERMARK_MARGIN = timedelta(seconds=60)
 
 
 class SemanticUnavailable(Exception):
@@ -110,102 +125,6 @@ def _reason(exc: grpc.aio.AioRpcError) -> str:
 
 
 @dataclass
-class TenantVectors:
-    """One tenant's live document vectors of one model: row i of `matrix` is document `ids[i]`."""
-
-    model: str
-    dim: int
-    ids: list[str] = field(default_factory=list)
-    rows: dict[str, int] = field(default_factory=dict)
-    buffer: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
-    watermark: datetime | None = None
-    checked: float = 0.0
-    built: float = 0.0
-
-    @property
-    def matrix(self) -> np.ndarray:
-        return self.buffer[: len(self.ids)]
-
-    def put(self, doc_id: str, vector: np.ndarray) -> None:
-        row = self.rows.get(doc_id)
-        if row is None:
-            row = len(self.ids)
-            if row >= self.buffer.shape[0]:   # grow by doubling: appending stays cheap
-                grown = np.zeros((max(64, 2 * self.buffer.shape[0]), self.dim), dtype=np.float32)
-                grown[:row] = self.buffer[:row]
-                self.buffer = grown
-            self.ids.append(doc_id)
-            self.rows[doc_id] = row
-        self.buffer[row] = vector
-
-    def vector_of(self, doc_id: str) -> np.ndarray | None:
-        row = self.rows.get(doc_id)
-        return None if row is None else self.buffer[row]
-
-
-def top_similar(vectors: TenantVectors, query: np.ndarray, k: int,
-                exclude: str | None = None) -> tuple[list[str], list[float]]:
-    """The `k` documents most similar to `query` (cosine: the vectors are unit length), best first."""
-    matrix = vectors.matrix
-    if not len(matrix) or k <= 0:
-        return [], []
-    sims = matrix @ query.astype(np.float32)
-    if exclude is not None and exclude in vectors.rows:
-        sims[vectors.rows[exclude]] = -np.inf
-    k = min(k, len(sims))
-    best = np.argpartition(-sims, k - 1)[:k]
-    best = best[np.argsort(-sims[best], kind="stable")]
-    pairs = [(vectors.ids[i], float(sims[i])) for i in best if np.isfinite(sims[i])]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
-
-
-class VectorCache:
-    """Per tenant, the vectors of its live documents for one embedding model, read from PostgreSQL."""
-
-    def __init__(self, *, refresh_s: float, full_reload_s: float) -> None:
-        self.refresh_s = refresh_s
-        self.full_reload_s = full_reload_s
-        self._tenants: dict[str, TenantVectors] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    async def vectors(self, db: Database, tenant: str, model: str) -> TenantVectors:
-        current = self._tenants.get(tenant)
-        now = time.monotonic()
-        if current is not None and current.model == model and now - current.checked < self.refresh_s:
-            return current
-        async with self._locks.setdefault(tenant, asyncio.Lock()):
-            current = self._tenants.get(tenant)
-            now = time.monotonic()
-            if current is not None and current.model == model and now - current.checked < self.refresh_s:
-                return current
-            if current is None or current.model != model or now - current.built >= self.full_reload_s:
-                current = TenantVectors(model=model, dim=0, built=now)
-                since = None
-            else:
-                since = current.watermark - WATERMARK_MARGIN if current.watermark else None
-            await self._read(db, tenant, current, since)
-            current.checked = now
-            self._tenants[tenant] = current
-            return current
-
-    async def _read(self, db: Database, tenant: str, target: TenantVectors, since: datetime | None) -> None:
-        newer = "" if since is None else " AND updated_at > %(since)s"
-        async with db.tenant_transaction(tenant) as conn:
-            rows = await (await conn.execute(
-                "SELECT document_id, dim, vector, updated_at FROM documents.document_embeddings "
-                f"WHERE model = %(model)s{newer}", {"model": target.model, "since": since})).fetchall()
-        for row in rows:
-            if target.dim == 0:
-                target.dim = int(row["dim"])
-                target.buffer = np.zeros((max(64, len(rows)), target.dim), dtype=DTYPE)
-            if int(row["dim"]) != target.dim:
-                continue   # another shape under the same model name: not comparable
-            target.put(str(row["document_id"]), unpack(row["vector"]))
-            if target.watermark is None or row["updated_at"] > target.watermark:
-                target.watermark = row["updated_at"]
-
-
-@dataclass
 class SemanticSearch:
     """Query vector + the tenant's vectors -> the semantic ranking a hybrid search fuses in."""
 
@@ -219,7 +138,7 @@ class SemanticSearch:
         is no query vector or no document vector to compare it with."""
         query_vector = await self.encoder.encode(text, tenant)
         vectors = await self.cache.vectors(db, tenant, query_vector.model)
-        if not vectors.ids:
+        if not len(vectors):
             raise SemanticUnavailable("no document of this department has an embedding yet")
         if vectors.dim != len(query_vector.vector):
             raise SemanticUnavailable("the stored document embeddings do not match the query model")

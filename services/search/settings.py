@@ -1,11 +1,15 @@
 """Search service settings (environment variables with the `DOCTAG_` prefix)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.common.settings import CommonSettings
 
+from .ann import AnnParams
 from .query import Fusion
+from .vectors import IndexPolicy
 
 
 class SearchSettings(CommonSettings):
@@ -27,6 +31,18 @@ class SearchSettings(CommonSettings):
     vector_refresh_s: float = Field(2.0, ge=0, description="how often a tenant's cached vectors are brought up "
                                                            "to date (newly tagged documents)")
     vector_full_reload_s: float = Field(600.0, gt=0, description="how often a tenant's cache is rebuilt whole")
+    # The ANN index of large tenants (services/search/ann.py); defaults measured on e5 vectors (semantic.py).
+    ann_threshold: int = Field(20_000, ge=0, description="a tenant with at least this many document vectors is "
+                                                         "searched through an HNSW index; fewer are scored exactly")
+    ann_dtype: Literal["f16", "f32", "i8"] = Field("f16", description="how the index stores vectors (f16: half "
+                                                                       "of f32's memory, same recall)")
+    ann_connectivity: int = Field(32, ge=2, le=128, description="HNSW edges per node (M): recall and memory")
+    ann_expansion_add: int = Field(128, ge=1, description="HNSW candidates examined per insertion (efConstruction)")
+    ann_expansion_search: int = Field(300, ge=1, description="HNSW candidates examined per query (ef): recall "
+                                                             "against latency; never below semantic_candidates")
+    ann_build_threads: int = Field(1, ge=1, description="threads building a tenant's index in the background")
+    ann_persist: bool = Field(True, description="keep built indexes in <state_dir>/search-index, so a restarted "
+                                                "replica does not build them again")
     semantic_candidates: int = Field(100, ge=1, le=10_000, description="semantic ranking length fused with BM25")
     # Reciprocal rank fusion, tuned on tests/data/search_dev (README, "Search").
     fusion_w_lex: float = Field(1.0, ge=0)
@@ -35,6 +51,11 @@ class SearchSettings(CommonSettings):
     fusion_sem_add: int = Field(10, ge=0, description="semantic-only documents added to the word matches at most")
     fusion_min_sim: float = Field(0.85, ge=-1, le=1, description="cosine similarity a semantic-only document needs")
     similar_max_limit: int = 50
+
+    def index_policy(self) -> IndexPolicy:
+        params = AnnParams(dtype=self.ann_dtype, connectivity=self.ann_connectivity,
+                           expansion_add=self.ann_expansion_add, expansion_search=self.ann_expansion_search)
+        return IndexPolicy(threshold=self.ann_threshold, params=params, build_threads=self.ann_build_threads)
 
     def fusion(self) -> Fusion:
         return Fusion(w_lex=self.fusion_w_lex, w_sem=self.fusion_w_sem, rrf_k=self.fusion_rrf_k,

@@ -26,7 +26,7 @@ from services.common.db import Database
 from services.common.grpc_utils import bind, create_server
 from services.common.korean import analyser_version
 from services.common.pb import search_pb2, search_pb2_grpc
-from services.search.api import build_app
+from services.search.api import build_app, make_cache
 from services.search.grpc_service import add_to_server
 from services.search.semantic import QueryEncoder, SemanticUnavailable
 from services.search.settings import SearchSettings
@@ -260,6 +260,95 @@ async def test_grpc_search_with_filters_and_retrieval_mode(world: World, test_db
     finally:
         await server.stop(0)
         await db.close()
+
+
+async def test_a_tenant_above_the_threshold_is_searched_through_the_ann_index(
+        world: World, admin_dsn: str, test_db_name: str, key_dir: Path, tmp_path: Path,
+        make_token) -> None:  # type: ignore[no-untyped-def]
+    tenant = create_tenant(admin_dsn, f"ann-{uuid.uuid4().hex[:6]}")
+    vectors = dict(zip(DOCS, embed(world.model_serving, [passage_text(t, x) for t, x, _, _ in DOCS.values()]),
+                       strict=True))
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        docs = {key: _insert(conn, tenant, title, text, created, filename, vectors[key])
+                for key, (title, text, created, filename) in DOCS.items()}
+    settings = _settings(test_db_name, key_dir, model_grpc_target=world.model_serving, embed_timeout_ms=60_000,
+                         ann_threshold=3, vector_full_reload_s=3600, state_dir=tmp_path)
+    cache = make_cache(settings)
+    app = build_app(settings, Database(settings.dsn(), max_size=4), cache=cache)
+    headers = _auth(make_token, tenant)
+    async with app.router.lifespan_context(app):
+        await app.state.analyser.wait()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://search") as c:
+            # The first query loads the vectors and is answered exactly while the index is built.
+            first = await _search(c, headers, q="보이스피싱 신고")
+            assert first["retrieval"] == "hybrid" and first["hits"][0]["id"] == docs["phishing"]
+            await cache.settle()
+            assert cache.serving(tenant) == ("ann", 5)
+            body = await _search(c, headers, q="보이스피싱 신고")
+            assert [h["id"] for h in body["hits"]] == [h["id"] for h in first["hits"]], "same answer as exact"
+            assert set(h["id"] for h in body["hits"]) <= set(docs.values()), "only this tenant's documents"
+            other = await _search(c, _auth(make_token, world.tenant_a), q="보이스피싱 신고")
+            assert other["hits"][0]["id"] == world.docs["phishing"]
+            assert not set(h["id"] for h in other["hits"]) & set(docs.values())
+            small = await _search(c, _auth(make_token, world.tenant_b), q="위층 소음")
+            assert [h["id"] for h in small["hits"]] == [world.b_noise]
+            await cache.settle()
+            assert cache.serving(world.tenant_b) == ("exact", 1), "below the threshold: scored exactly"
+            r = await c.get(f"/api/v1/documents/{docs['noise']}/similar", headers=headers)
+            similar = [h["id"] for h in r.json()["hits"]]
+            assert similar[0] == docs["noise2"] and docs["noise"] not in similar
+            # Deleted after the index was built: still in the index, never returned.
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute("UPDATE documents.documents SET deleted_at = now() WHERE id = %s", (docs["phishing"],))
+                # a newly tagged document reaches the index by the next refresh
+                late = _insert(conn, tenant, "보이스피싱 주의", "검찰 사칭 전화에 속아 돈을 보냈습니다.", "2026-04-02",
+                               "late.txt", vectors["phishing"])
+            body = await _search(c, headers, q="보이스피싱 신고")
+            ids = [h["id"] for h in body["hits"]]
+            assert docs["phishing"] not in ids and ids[0] == late
+            r = await c.get(f"/api/v1/documents/{late}/similar", headers=headers)
+            assert docs["phishing"] not in [h["id"] for h in r.json()["hits"]]
+            assert cache.serving(tenant) == ("ann", 6), "the deleted one stays until the full reload"
+            # The full reload (in the background) drops it; restored from the bin, it comes back.
+            for restore, expected in ((False, 5), (True, 6)):
+                if restore:
+                    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                        conn.execute("UPDATE documents.documents SET deleted_at = NULL WHERE id = %s",
+                                     (docs["phishing"],))
+                cache.full_reload_s = 0
+                await _search(c, headers, q="층간소음")
+                await cache.settle()
+                cache.full_reload_s = 3600
+                assert cache.serving(tenant) == ("ann", expected)
+            body = await _search(c, headers, q="보이스피싱 신고")
+            assert {h["id"] for h in body["hits"][:2]} == {late, docs["phishing"]}
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute("UPDATE documents.documents SET deleted_at = now() WHERE id = %s", (docs["phishing"],))
+            cache.full_reload_s = 0
+            await _search(c, headers, q="층간소음")
+            await cache.settle()
+            cache.full_reload_s = 3600
+            assert cache.serving(tenant) == ("ann", 5)
+    # A restarted replica starts from the index it saved (no build), up to date from its watermark.
+    saved = sorted(p.suffix for p in (tmp_path / "search-index").glob(f"{tenant}-*"))
+    assert saved == [".json", ".usearch"]
+    for damaged in (False, True):
+        if damaged:   # a damaged file: read from PostgreSQL and built again, never a failed search
+            index_file = next((tmp_path / "search-index").glob(f"{tenant}-*.usearch"))
+            index_file.write_bytes(index_file.read_bytes()[:1000])
+        cache = make_cache(settings)
+        app = build_app(settings, Database(settings.dsn(), max_size=2), cache=cache)
+        async with app.router.lifespan_context(app):
+            await app.state.analyser.wait()
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://search") as c:
+                body = await _search(c, headers, q="보이스피싱 신고")
+                assert body["retrieval"] == "hybrid" and body["hits"][0]["id"] == late
+                if not damaged:
+                    assert cache.serving(tenant) == ("ann", 5), "served by the saved index at once"
+                await cache.settle()
+                assert cache.serving(tenant) == ("ann", 5)
+        if damaged:
+            assert index_file.stat().st_size > 1000, "built again and saved"
 
 
 @pytest.fixture

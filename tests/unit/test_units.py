@@ -29,11 +29,11 @@ def test_one_hardened_unit_per_service_with_its_memory_limit() -> None:
                 assert line in text.splitlines(), (s.name, line)
     rw = {s.name: [ln for ln in units.render_unit(s, units.HostPaths()).splitlines()
                    if ln.startswith("ReadWritePaths=")] for r in vm_layout.ROLES for s in r.services}
-    # only the blob writer and the model store (model-serving, and the training worker that hands artifacts
-    # to it) get write access to anything but their private /tmp
+    # only the blob writer, the model store (model-serving, and the training worker that hands artifacts
+    # to it) and search's saved vector indexes get write access to anything but their private /tmp
     assert rw == {"model-serving": ["ReadWritePaths=/var/lib/doctag"], "upload": ["ReadWritePaths=/srv/doctag-blobs"],
                   "training-worker": ["ReadWritePaths=/var/lib/doctag"],
-                  "search": [], "web": [], "tagging-worker": [], "gateway": []}
+                  "search": ["ReadWritePaths=/var/lib/doctag"], "web": [], "tagging-worker": [], "gateway": []}
     # inference first: the training worker has a smaller CPU share and a higher nice value
     training = units.render_unit(vm_layout.TRAINING_WORKER, units.HostPaths()).splitlines()
     assert "CPUWeight=20" in training and "Nice=10" in training
