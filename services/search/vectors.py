@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
+from prometheus_client import Gauge
 
 from services.common.db import Database
 from services.common.embeddings import DTYPE, unpack
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 WATERMARK_MARGIN = timedelta(seconds=60)
 # Rows read from PostgreSQL per fetch when a tenant's vectors are read whole.
 READ_PAGE = 5_000
+
+INDEX_WORK = Gauge("doctag_search_vector_index_building",
+                   "Tenants whose vector index is being built or reloaded in the background now")
 
 
 @dataclass
@@ -196,11 +200,13 @@ class VectorCache:
     def _start(self, tenant: str, work: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work)  # type: ignore[arg-type]
         self._tasks[tenant] = task
+        INDEX_WORK.set(len(self._tasks))
         task.add_done_callback(lambda t: self._finished(tenant, t))
 
     def _finished(self, tenant: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(tenant) is task:
             del self._tasks[tenant]
+        INDEX_WORK.set(len(self._tasks))
         error = None if task.cancelled() else task.exception()
         if error is not None and not isinstance(error, BuildStopped):
             log.error("building a tenant's vector index failed; it stays as it was",

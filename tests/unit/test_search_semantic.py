@@ -18,7 +18,7 @@ from services.common import embeddings
 from services.search import query
 from services.search.ann import AnnIndex, AnnParams, Dtype
 from services.search.ann_store import IndexStore
-from services.search.vectors import ExactVectors, IndexPolicy, TenantVectors, VectorCache, top_similar
+from services.search.vectors import INDEX_WORK, ExactVectors, IndexPolicy, TenantVectors, VectorCache, top_similar
 
 
 def _unit(*values: float) -> np.ndarray:
@@ -137,15 +137,17 @@ async def test_index_is_built_in_the_background_and_queries_are_answered_meanwhi
         return build(*args, **kwargs)
 
     monkeypatch.setattr(AnnIndex, "build", held_build)
-    task = asyncio.create_task(cache.build_index(vectors, "t"))
+    cache._start("t", cache.build_index(vectors, "t"))   # as a query starts it: a background task
     await asyncio.sleep(0.05)
     assert vectors.ann is None and vectors.pending == []
+    assert INDEX_WORK._value.get() == 1, "/metrics shows the build in progress"
     # meanwhile: answered exactly, and updates are kept for the new index
     assert top_similar(vectors, matrix[5], 1)[0] == ["doc-5"]
     await vectors.put(["doc-5", "late"], np.stack([matrix[900], matrix[901]]))
     assert top_similar(vectors, matrix[5], 1)[0] != ["doc-5"]
     gate.set()
-    await task
+    await cache.settle()
+    assert INDEX_WORK._value.get() == 0
     assert vectors.ann is not None and vectors.exact is None and vectors.pending is None, "float32 matrix dropped"
     assert len(vectors) == 2001
     assert "doc-5" not in top_similar(vectors, matrix[5], 3)[0], "the update made during the build holds"
