@@ -408,7 +408,8 @@ def test_models_screen_shows_evaluations_promotes_a_candidate_and_rolls_back(web
          "metrics": {"validation": {"headlines": {"n": 3653, "accuracy": 0.873, "macro_f1": 0.8708,
                                                   "per_label": per_label}}}},
         {"version": 2, "aliases": ["candidate"], "created_at": "2026-11-30T00:00:00+00:00",
-         "metrics": {"validation": {"headlines": {"n": 3653, "accuracy": 0.88, "macro_f1": 0.8811}}}}]})
+         "metrics": {"validation": {"headlines": {"n": 3653, "accuracy": 0.88, "macro_f1": 0.8811}}},
+         "evaluations": {"petitions": {"n": 276, "accuracy": 0.57, "macro_f1": 0.5512, "per_label": per_label}}}]})
 
     async def go() -> None:
         async with client:
@@ -421,6 +422,7 @@ def test_models_screen_shows_evaluations_promotes_a_candidate_and_rolls_back(web
             assert "후보(candidate) v2" in text and "후보 승격" in text
             assert "validation/headlines: macro-F1 <strong>0.8708</strong>" in text and "0.8811" in text
             assert "validation/headlines 라벨별 지표" in text and "0.847" in text
+            assert "평가 세트 petitions: macro-F1 <strong>0.5512</strong>" in text and "petitions 라벨별 지표" in text
             promoted = await client.post("/admin/models/doctag-tagger/alias",
                                          data={"csrf": csrf_token(token), "alias": "production", "version": "2"})
             assert promoted.status_code == 303
