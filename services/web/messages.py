@@ -108,7 +108,7 @@ _FIELDS = {"tenant": "부서 코드", "username": "사용자 이름", "password"
            "model": "모델 이름", "priority": "우선순위", "seed": "시드", "timeout_s": "제한 시간",
            "epochs": "에폭", "tune_layers": "미세 조정 층 수", "max_windows": "문서당 구간 수",
            "window_tokens": "구간 길이(토큰)", "learning_rate": "학습률", "hyperparameters": "학습 설정",
-           "label": "라벨", "text": "본문", "id": "작업", "alias": "별칭"}
+           "label": "라벨", "text": "본문", "alias": "별칭"}
 
 
 def problem_message(error: ApiError | int, problem: dict[str, Any] | None = None) -> str:
