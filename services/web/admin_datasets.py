@@ -20,7 +20,7 @@ from .session import CSRF_FIELD, Session, csrf_ok
 
 SORTS = {"newest": "최신순", "name": "이름순", "rows": "행 수 많은 순", "status": "검토 대기 먼저"}
 STATUS_ORDER = {"pending": 0, "blocked": 1, "approved": 2, "rejected": 3}
-TASK = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+TASK = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")   # the datasets API's own rule (eval_sets.TASK_RE)
 CREATE_FIELDS = ("name", "task", "shared", "source", "file")
 VERSION_FIELDS = ("source", "file")
 MAX_FORM_FILES = 1

@@ -536,7 +536,7 @@ def test_tenant_admin_uploads_a_dataset_approves_it_and_starts_training(  # type
     expect(page.locator("#report-dropped-table tr[data-kind='exact_duplicate']")).to_contain_text("완전히 같은 중복")
     expect(page.locator("#report-pii-kinds")).to_contain_text("휴대전화 1건")
     expect(page.locator("#gate-report .badge")).to_have_text("검토 대기")
-    s.shot("20-dataset-gate-report")
+    s.shot("23-dataset-gate-report")
     page.click("#review-form button[value=approve]")
     expect(page.locator(".notice-ok")).to_contain_text("버전을 승인했습니다")
     expect(page.locator("#gate-report .badge")).to_have_text("승인됨")
@@ -556,7 +556,7 @@ def test_tenant_admin_uploads_a_dataset_approves_it_and_starts_training(  # type
     expect(page.locator(".notice-ok")).to_contain_text("학습 작업을 요청했습니다")
     expect(page.locator("#job-live .job-state").first).to_have_text(re.compile("대기 중|검증 중|학습 중"))
     expect(page.locator("#job-live")).to_have_attribute("data-live", "/admin/training-jobs/live")
-    s.shot("21-training-job")
+    s.shot("24-training-job")
     page.click("nav.tabs >> text=학습 작업")
     start_job()
     expect(page.locator(".notice-ok")).to_contain_text("학습 작업을 요청했습니다")
@@ -567,7 +567,9 @@ def test_tenant_admin_uploads_a_dataset_approves_it_and_starts_training(  # type
     expect(page.locator("#page-error")).to_contain_text("진행 중인 학습 작업이 한도(2개)에 도달했습니다")
     expect(page.locator("#job-epochs")).to_have_value("1")
     expect(version.locator("input")).to_be_checked()
-    s.shot("22-training-limit")
+    # The list refreshes itself while a job is active (text in place: nothing moves).
+    expect(page.locator("#jobs-live-time")).to_contain_text("기준", timeout=20_000)
+    s.shot("25-training-limit")
     # Cancel both; a pending job ends at once, a running one at its next heartbeat.
     for _ in range(2):
         page.locator("#jobs-table button", has_text="취소").first.click()

@@ -4,6 +4,7 @@ API, the gate report in Korean, refusals beside the field they name with the for
 live numbers, and the labels the screens need (the real API is exercised in the browser test)."""
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,12 +13,15 @@ from typing import Any
 import httpx
 import pytest
 
-from services.model_serving.datasets.gate import GateSettings, Record, run_gate
+from services.model_serving.datasets.eval_sets import TASK_RE
+from services.model_serving.datasets.gate import GateSettings, Record, run_gate, text_key
 from services.model_serving.jobs.store import ACTIVE, TERMINAL
 from services.web import messages
+from services.web.admin_datasets import TASK
 from services.web.admin_training import job_view
 from services.web.api import ApiError
 from services.web.session import COOKIE, csrf_token
+from tests.conftest import REPO
 
 from .web_support import EVIL, Web, make_web, run
 
@@ -462,6 +466,21 @@ def test_job_view_words_and_limits() -> None:
     assert errors == {} and page == "모델 저장소에 연결할 수 없습니다. 잠시 후 다시 시도하세요."
 
 
+def test_the_screens_know_every_value_the_database_allows() -> None:
+    """Statuses, sources and priorities as migration 0020 constrains them; the task rule as the API's."""
+    migration = next((REPO / "infra" / "migrations" / "versions").glob("0020_*.py")).read_text(encoding="utf-8")
+
+    def allowed(column: str) -> set[str]:
+        found = re.search(rf"\b{column}\s+text NOT NULL CHECK \({column} IN \(([^)]*)\)\)", migration)
+        assert found, column
+        return set(re.findall(r"'([^']+)'", found.group(1)))
+
+    assert allowed("status") == set(messages.DATASET_STATUS_LABELS)
+    assert allowed("source") == set(messages.DATASET_SOURCE_LABELS)
+    assert allowed("priority") == set(messages.PRIORITY_LABELS)
+    assert TASK.pattern == TASK_RE.pattern
+
+
 def test_every_gate_issue_job_state_and_stage_has_a_korean_label() -> None:
     # The gate itself, fed a row of every kind it drops, names only kinds the screens can say.
     rows = [Record(1, "", "경제"), Record(2, "가" * 50, "경제"), Record(3, "본문 하나 " * 3, "없는라벨"),
@@ -470,7 +489,6 @@ def test_every_gate_issue_job_state_and_stage_has_a_korean_label() -> None:
             Record(8, "완전히 같은 문장입니다", "경제"),
             Record(9, "거의 같은 긴 문장으로 중복을 찾아 봅니다 하나", "정치"),
             Record(10, "거의 같은 긴 문장으로 중복을 찾아 봅니다 하나.", "정치")]
-    from services.model_serving.datasets.gate import text_key
     result = run_gate(rows, GateSettings(max_chars=40, near_threshold=0.8), label_set=frozenset({"경제", "정치"}),
                       eval_keys=frozenset({text_key("평가 세트 문장")}), eval_set=None)
     assert set(result.report["dropped"]) == set(messages.GATE_ISSUE_LABELS)
