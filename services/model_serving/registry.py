@@ -393,7 +393,11 @@ class ModelRegistry:
                 "v.manifest->'labels' AS labels, v.manifest->>'version' AS manifest_version, "
                 "v.created_at, v.created_by, "
                 "coalesce((SELECT array_agg(a.alias ORDER BY a.alias) FROM models.aliases a "
-                "          WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases "
+                "          WHERE a.model_name = v.model_name AND a.version = v.version), '{}') AS aliases, "
+                # task → metrics (per label too) on the task's evaluation set, the latest one measured
+                "coalesce((SELECT jsonb_object_agg(e.task, e.metrics) FROM (SELECT DISTINCT ON (task) task, metrics "
+                "          FROM models.version_evaluations WHERE model_name = v.model_name AND version = v.version "
+                "          ORDER BY task, evaluated_at DESC) e), '{}'::jsonb) AS evaluations "
                 "FROM models.versions v WHERE v.model_name = %s ORDER BY v.version", (name,))
             rows = list(await cur.fetchall())
         for row in rows:

@@ -1,5 +1,6 @@
 """Administrators' pages: the department's storage and audit log (tenant_admin), the model
-registry with promotion and rollback (platform_admin). Only what the API offers today."""
+registry with each version's evaluation, promotion of a candidate and rollback of an alias
+(platform_admin). Only what the API offers today."""
 from __future__ import annotations
 
 import re
@@ -92,5 +93,26 @@ def router(web: Web) -> APIRouter:
                 raise
             return web.error_page(request, session, exc.status, messages.problem_message(exc))
         return RedirectResponse("/admin/models?msg=alias-set", status_code=303)
+
+    @r.post("/admin/models/{name}/rollback")
+    async def rollback(request: Request, name: str) -> Response:
+        """The alias back to where it pointed before its last move (the registry remembers it)."""
+        session = web.session(request)
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not csrf_ok(request, session, form.get("csrf")):
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        alias = form.get("alias", "")
+        if not MODEL_NAME.match(name) or not ALIAS.match(alias):
+            return web.error_page(request, session, 422, "모델 이름 또는 별칭이 올바르지 않습니다.")
+        try:
+            await web.api.send("POST", f"/api/v1/models/{name}/aliases/{alias}/rollback", session.token,
+                               client_ip=client_ip(request))
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            message = (f"'{alias}' 별칭에는 되돌아갈 이전 버전이 없습니다." if exc.status == 404
+                       else messages.problem_message(exc))
+            return web.error_page(request, session, exc.status, message)
+        return RedirectResponse("/admin/models?msg=alias-rolled-back", status_code=303)
 
     return r

@@ -63,11 +63,14 @@ class Api:
         return {k: v for k, v in out.items() if v}
 
     async def send(self, method: str, path: str, token: str | None, *, params: Any = None,
-                   json: Any = None, client_ip: str | None = None) -> httpx.Response:
-        """The answer; ApiError for a status of 400 or above or when the gateway cannot be reached."""
+                   json: Any = None, data: Any = None, files: Any = None,
+                   client_ip: str | None = None) -> httpx.Response:
+        """The answer; ApiError for a status of 400 or above or when the gateway cannot be reached.
+        `files` (a multipart form, with `data` its text fields) gets the upload time-out."""
         try:
-            response = await self.client.request(method, path, params=params, json=json,
-                                                 headers=self.headers(token, client_ip))
+            response = await self.client.request(method, path, params=params, json=json, data=data, files=files,
+                                                 headers=self.headers(token, client_ip),
+                                                 timeout=self.upload_timeout if files else self.timeout)
         except httpx.HTTPError as exc:
             raise ApiError(502, {"detail": f"the gateway cannot be reached: {exc.__class__.__name__}"}) from None
         if response.status_code >= 400:

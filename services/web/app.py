@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.errors import problem_body
 from services.common.http import create_app
 
-from . import admin_identity, admin_pages, admin_queue, auth_pages, messages, pages
+from . import admin_datasets, admin_identity, admin_pages, admin_queue, admin_training, auth_pages, messages, pages
 from .api import ApiError
 from .core import STATIC_DIR, LoginRequired, Web, login_redirect
 from .settings import WebSettings
@@ -124,6 +124,8 @@ def build_app(settings: WebSettings) -> FastAPI:
     app.include_router(admin_pages.router(web))
     app.include_router(admin_identity.router(web))
     app.include_router(admin_queue.router(web))
+    app.include_router(admin_datasets.router(web))
+    app.include_router(admin_training.router(web))
 
     @app.exception_handler(LoginRequired)
     async def login_required(request: Request, exc: LoginRequired) -> Response:

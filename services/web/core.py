@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,15 @@ class Web:
             static=lambda name: f"/static/{name}" + (f"?v={versions[name]}" if name in versions else ""),
             status_labels=messages.STATUS_LABELS, role_labels=messages.ROLE_LABELS,
             action_labels=messages.ACTION_LABELS, outcome_labels=messages.OUTCOME_LABELS,
-            pii_labels=messages.PII_LABELS,
+            pii_labels=messages.PII_LABELS, dataset_status_labels=messages.DATASET_STATUS_LABELS,
+            dataset_source_labels=messages.DATASET_SOURCE_LABELS, gate_issue_labels=messages.GATE_ISSUE_LABELS,
+            task_labels=messages.TASK_LABELS, priority_labels=messages.PRIORITY_LABELS,
+            alias_labels=messages.ALIAS_LABELS,
         )
         self.env.filters.update(size=messages.file_size, kst=messages.local_time, percent=messages.percent,
                                 failure=messages.failure_reason, details=messages.details,
-                                metric_lines=messages.metric_lines,
+                                metric_lines=messages.metric_lines, duration=messages.duration,
+                                metric_sets=messages.metric_sets, gate_note=messages.gate_note,
                                 snippet=safe_snippet, urlquote=lambda v: quote(str(v), safe=""))
         self.env.globals["query"] = link
 
@@ -135,3 +140,11 @@ def day_range(since: date | None, until: date | None) -> dict[str, str]:
     if until is not None:
         out["until"] = (until + timedelta(days=1)).isoformat()
     return out
+
+
+def uuid_of(raw: str | None) -> str | None:
+    """A UUID from a path or form, in its canonical form, or None."""
+    try:
+        return str(uuid.UUID(raw or ""))
+    except ValueError:
+        return None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -47,6 +49,14 @@ FLASH = {
     "quota-set": "API 호출 한도를 변경했습니다.",
     "storage-quota-set": "저장 용량 한도를 변경했습니다.",
     "retried": "다시 태깅하도록 대기열에 넣었습니다.",
+    "dataset-created": "데이터셋을 등록했습니다. 품질 검사 결과를 확인한 뒤 승인하세요.",
+    "dataset-same": "같은 내용의 버전이 이미 있어 새 버전을 만들지 않았습니다.",
+    "dataset-approved": "버전을 승인했습니다. 이제 학습에 쓸 수 있습니다.",
+    "dataset-rejected": "버전을 반려했습니다.",
+    "dataset-deleted": "데이터셋을 삭제했습니다. 90일 동안 보관한 뒤 영구 삭제합니다.",
+    "job-started": "학습 작업을 요청했습니다. 차례가 되면 학습 작업자가 시작합니다.",
+    "job-cancelled": "학습 작업을 취소했습니다. 실행 중이던 작업은 다음 신호(하트비트) 때 멈춥니다.",
+    "alias-rolled-back": "별칭을 이전 버전으로 되돌렸습니다.",
     "logged-out": "로그아웃했습니다.",
     "expired": "세션이 만료되었습니다. 다시 로그인하세요.",
 }
@@ -67,6 +77,9 @@ _BY_SLUG = {
     "document-not-deleted": "삭제되지 않은 문서입니다.",
     "retention-expired": "보존 기간이 지나 복원할 수 없습니다.",
     "rate-limited": "요청이 너무 많습니다. 잠시 후 다시 시도하세요.",
+    "invalid-dataset": "학습 데이터 파일의 형식이 올바르지 않습니다.",
+    "training-limit": "진행 중인 학습 작업이 한도에 도달했습니다. 진행 중인 작업이 끝난 뒤 다시 시도하세요.",
+    "registry-unavailable": "모델 저장소에 연결할 수 없습니다. 잠시 후 다시 시도하세요.",
 }
 
 _BY_STATUS = {
@@ -90,7 +103,12 @@ _FIELDS = {"tenant": "부서 코드", "username": "사용자 이름", "password"
            "tag": "태그", "file": "파일", "title": "제목", "since": "시작일", "until": "종료일",
            "version": "버전", "offset": "위치", "cursor": "페이지", "role": "역할", "roles": "역할",
            "name": "이름", "disabled": "사용 여부", "api_daily_quota": "하루 API 호출 한도", "days": "기간",
-           "tenant_id": "부서", "sort": "정렬", "document_id": "문서"}
+           "tenant_id": "부서", "sort": "정렬", "document_id": "문서", "task": "과제", "shared": "공용 여부",
+           "source": "데이터 출처", "note": "사유", "dataset": "데이터셋", "dataset_versions": "학습 데이터",
+           "model": "모델 이름", "priority": "우선순위", "seed": "시드", "timeout_s": "제한 시간",
+           "epochs": "에폭", "tune_layers": "미세 조정 층 수", "max_windows": "문서당 구간 수",
+           "window_tokens": "구간 길이(토큰)", "learning_rate": "학습률", "hyperparameters": "학습 설정",
+           "label": "라벨", "text": "본문", "alias": "별칭"}
 
 
 def problem_message(error: ApiError | int, problem: dict[str, Any] | None = None) -> str:
@@ -103,8 +121,14 @@ def problem_message(error: ApiError | int, problem: dict[str, Any] | None = None
         message = _BY_SLUG[slug]
     else:
         message = _BY_STATUS.get(status, "요청을 처리하지 못했습니다." if status < 500 else _BY_STATUS[503])
-    if status == 429 and isinstance(error, ApiError) and error.headers.get("retry-after", "").isdigit():
-        message = f"요청이 너무 많습니다. {error.headers['retry-after']}초 후 다시 시도하세요."
+    retry_after = error.headers.get("retry-after", "") if isinstance(error, ApiError) else ""
+    if status == 429 and slug == "training-limit":
+        limit = body.get("limit")
+        message = ("진행 중인 학습 작업이 한도" + (f"({limit}개)" if isinstance(limit, int) else "")
+                   + "에 도달했습니다. 진행 중인 작업이 끝나거나 취소한 뒤 다시 시도하세요"
+                   + (f" ({retry_after}초 뒤 다시 확인할 수 있습니다)." if retry_after.isdigit() else "."))
+    elif status == 429 and retry_after.isdigit():
+        message = f"요청이 너무 많습니다. {retry_after}초 후 다시 시도하세요."
     if status == 422:
         fields = [str(e.get("field", "")) for e in body.get("errors") or [] if isinstance(e, dict)]
         names = [_FIELDS.get(f.rsplit(".", 1)[-1], f) for f in fields if f]
@@ -177,6 +201,29 @@ def metric_lines(metrics: Any, limit: int = 4) -> list[str]:
     return found[:limit]
 
 
+def metric_sets(metrics: Any) -> list[dict[str, Any]]:
+    """Every nested set of a version's metrics with a macro-F1, for the evaluation tables: `name`
+    (`validation/headlines`), `macro_f1`, `accuracy`, `n` and `per_label` (label → precision,
+    recall, f1, support)."""
+    found: list[dict[str, Any]] = []
+
+    def walk(value: Any, path: list[str]) -> None:
+        if not isinstance(value, dict):
+            return
+        if isinstance(value.get("macro_f1"), int | float):
+            per_label = value.get("per_label")
+            per_label = per_label if isinstance(per_label, dict) else {}
+            found.append({"name": "/".join(path) or "-", "macro_f1": value["macro_f1"],
+                          "accuracy": value.get("accuracy"), "n": value.get("n"),
+                          "per_label": {k: v for k, v in per_label.items() if isinstance(v, dict)}})
+            return
+        for key, item in value.items():
+            walk(item, [*path, str(key)])
+
+    walk(metrics, [])
+    return found
+
+
 def file_size(value: Any) -> str:
     try:
         size = float(value)
@@ -212,3 +259,120 @@ def percent(value: Any) -> str:
         return f"{float(value) * 100:.0f}%"
     except (TypeError, ValueError):
         return "-"
+
+
+# -- training: datasets, jobs, models ------------------------------------------------------------
+DATASET_STATUS_LABELS = {"pending": "검토 대기", "approved": "승인됨", "rejected": "반려됨",
+                         "blocked": "품질 검사 불통과"}
+DATASET_SOURCE_LABELS = {"upload": "파일", "user": "사용자 수정 태그"}
+# The quality gate's reasons for dropping a row (services/model_serving/datasets/gate.py).
+GATE_ISSUE_LABELS = {"empty_text": "본문이 비어 있음", "too_long": "본문이 너무 김",
+                     "unknown_label": "과제에 없는 라벨", "in_evaluation_set": "평가 세트와 겹침 (유출)",
+                     "conflicting_labels": "같은 본문에 다른 라벨", "exact_duplicate": "완전히 같은 중복",
+                     "near_duplicate": "거의 같은 중복"}
+TASK_LABELS = {"headlines": "뉴스 헤드라인", "petitions": "국민청원"}
+JOB_STATE_LABELS = {"PENDING": "대기 중", "VALIDATING": "검증 중", "TRAINING": "학습 중", "EVALUATING": "평가 중",
+                    "READY": "완료", "FAILED": "실패", "CANCELLED": "취소됨"}
+JOB_ACTIVE_STATES = ("PENDING", "VALIDATING", "TRAINING", "EVALUATING")
+PRIORITY_LABELS = {"routine": "일반", "urgent": "긴급"}
+# Stages a running job reports (training worker, model_training.train, the finisher's final state).
+STAGE_LABELS = {"starting": "준비 중", "loading": "데이터 불러오는 중", "lower-pass": "하위 층 계산 중",
+                "fine-tuning": "미세 조정 중", "head": "분류기 학습 중", "measuring": "검증 측정 중",
+                "done": "학습 끝, 등록 대기", "registering": "등록·평가 중", "ready": "완료", "failed": "실패",
+                "cancelled": "취소됨"}
+ALIAS_LABELS = {"production": "운영", "candidate": "후보"}
+
+_ROW_FIELD = re.compile(r"^rows\[(\d+)\]\.(\w+)$")
+# What a problem naming one field means, by (field, status), where the generic sentence says too little.
+_FIELD_SENTENCES = {
+    ("file", 413): "파일이 너무 큽니다.",
+    ("file", 415): "확장자가 .jsonl 또는 .csv인 파일만 올릴 수 있습니다.",
+    ("file", 400): "파일을 읽을 수 없습니다. UTF-8로 저장한 JSONL 또는 text, label 열이 있는 CSV인지 확인하세요.",
+    ("file", 422): "학습 데이터 파일(.jsonl 또는 .csv)을 고르세요.",
+    ("shared", 403): "공용 데이터셋은 플랫폼 관리자만 만들 수 있습니다.",
+    ("source", 422): "아직 사람이 직접 붙이거나 고친 태그가 있는 문서가 없습니다.",
+    ("task", 422): "과제는 영문 소문자로 시작하는 이름입니다 (예: headlines).",
+    ("name", 422): "이름은 1~100자로 입력하세요.",
+    ("model", 422): "모델 이름은 영문 소문자·숫자로 시작하고 영문 소문자, 숫자, . _ - 로 된 64자 이하입니다.",
+    ("dataset_versions", 404): "고른 데이터셋 버전을 찾을 수 없습니다. 삭제되었을 수 있습니다.",
+    ("dataset_versions", 409): "승인된 버전만 학습에 쓸 수 있습니다.",
+    ("dataset_versions", 422): "학습할 데이터셋 버전을 1~20개 고르세요.",
+    ("note", 422): "사유는 1,000자 이하로 입력하세요.",
+}
+
+
+# The gate's warnings and blocking reasons (English, services/model_serving/datasets/gate.py) in Korean.
+_GATE_NOTES = (
+    (re.compile(r"^labels with fewer than (\d+) rows: (.*)$"), "행이 {0}개보다 적은 라벨 (학습하기에 적습니다): {1}"),
+    (re.compile(r"^class imbalance: the largest class has ([\d.]+)× the rows of the smallest$"),
+     "클래스 불균형: 가장 많은 라벨의 행이 가장 적은 라벨의 {0}배입니다"),
+    (re.compile(r"^labels of the task without any row: (.*)$"), "행이 하나도 없는 과제 라벨: {0}"),
+    (re.compile(r"^only (\d+) rows passed the gate \(at least (\d+) are needed\)$"),
+     "품질 검사를 통과한 행이 {0}개뿐입니다 (최소 {1}개가 필요합니다)"),
+    (re.compile(r"^fewer than two labels passed the gate$"), "품질 검사를 통과한 라벨이 두 개보다 적습니다"),
+)
+
+
+def gate_note(text: Any) -> str:
+    """A gate warning or blocking reason in Korean (the original when it is not one the gate writes)."""
+    for pattern, korean in _GATE_NOTES:
+        found = pattern.match(str(text))
+        if found:
+            return korean.format(*found.groups())
+    return str(text)
+
+
+def form_errors(error: ApiError, fields: Collection[str],
+                aliases: dict[str, str] | None = None) -> tuple[dict[str, str], str | None]:
+    """An API refusal split for a form: a Korean sentence per form field the problem names (the
+    field's last part, `hyperparameters.epochs` → `epochs`; `rows[3].label` → `file` with the row,
+    `aliases` renames API fields to the form's), and a sentence for the page when none does."""
+    aliases = aliases or {}
+    named = [str(e.get("field", "")) for e in error.problem.get("errors") or [] if isinstance(e, dict)]
+    out: dict[str, str] = {}
+    page: str | None = None
+    for raw in named:
+        row = _ROW_FIELD.match(raw)
+        if row:
+            line, name = row.group(1), row.group(2)
+            out.setdefault("file", f"파일 {line}번째 줄의 형식이 맞지 않습니다 (JSON 객체 한 줄에 하나)."
+                           if name == "file" else f"파일 {line}번째 줄의 {_FIELDS.get(name, name)} 값이 없거나 "
+                           "올바르지 않습니다.")
+            continue
+        parts = [p for p in raw.split(".") if not p.isdigit()]
+        field = aliases.get(raw, aliases.get(parts[-1], parts[-1])) if parts else ""
+        sentence = _FIELD_SENTENCES.get((parts[-1], error.status))
+        if field not in fields:
+            page = page or sentence   # a field this form does not show: its sentence goes on the page
+            continue
+        if sentence is None:
+            sentence = (f"{_FIELDS.get(parts[-1], parts[-1])} 값이 올바르지 않습니다." if error.status in (400, 422)
+                        else problem_message(error))
+        if parts[-1] == "file" and error.status == 413 and isinstance(error.problem.get("max_bytes"), int):
+            sentence = f"파일이 너무 큽니다. {file_size(error.problem['max_bytes'])} 이하만 올릴 수 있습니다."
+        out.setdefault(field, sentence)
+    return out, (None if out else page or problem_message(error))
+
+
+def duration(seconds: Any) -> str:
+    """`1시간 2분`, `3분 12초`, `8초`; `-` for nothing."""
+    try:
+        total = round(float(seconds))
+    except (TypeError, ValueError):
+        return "-"
+    if total < 0:
+        return "-"
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}시간 {minutes}분"
+    return f"{minutes}분 {secs}초" if minutes else f"{secs}초"
+
+
+def age(value: Any, now: datetime | None = None) -> str:
+    """How long ago a time was: `12초 전`, `3분 전`; `-` for none."""
+    parsed = parse_time(value)
+    if parsed is None:
+        return "-"
+    seconds = max(0.0, ((now or datetime.now(UTC)) - parsed).total_seconds())
+    return f"{duration(seconds)} 전"

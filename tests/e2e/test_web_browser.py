@@ -1,7 +1,9 @@
 """The web UI in a real browser (Debian's Chromium, headless, driven by Playwright) against the whole
 stack through the gateway: log in, upload real Korean documents and watch their tags appear, search,
 read and correct a document, re-login without losing the page, another department's document refused,
-an attacker's title shown as text, the quota warning and refusal, the audit log, a model promotion.
+an attacker's title shown as text, the quota warning and refusal, the audit log, a model promotion,
+a training dataset uploaded, its gate report read and approved, and training jobs started, limited
+and cancelled.
 
 Screenshots of every screen are written to var/screenshots/ (not committed) for a person to look at.
 The tests run in order and build on each other's documents (one department's day, start to end).
@@ -9,6 +11,7 @@ The tests run in order and build on each other's documents (one department's day
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
@@ -26,7 +29,7 @@ from services.cli import admin
 from services.cli.stack import StackLayout
 from services.common.db import Database
 from services.model_serving.registry import ModelRegistry, RegistrySettings
-from tests.conftest import DB_HOST, DB_PORT, REPO, SAMPLES
+from tests.conftest import DATA, DB_HOST, DB_PORT, REPO, SAMPLES
 from tests.model_artifacts import make_tiny_bert
 
 pytestmark = pytest.mark.e2e
@@ -486,6 +489,98 @@ def test_platform_admin_promotes_and_rolls_back_a_model(open_session, people, st
     models = httpx.get(f"{stack.gateway_url}/api/v1/models", headers={"Authorization": f"Bearer {token}"},
                        timeout=30).json()["models"]
     assert next(m for m in models if m["name"] == name)["aliases"] == {"production": 1}
+
+
+def training_file(per_label: int) -> bytes:
+    """A small labelled JSONL file from the shared headlines: `per_label` rows of each label, then a
+    row with a mobile number (masked by the gate) and the first row again (an exact duplicate)."""
+    seen: dict[str, int] = {}
+    lines = []
+    with (DATA / "headlines_train.jsonl").open(encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            if seen.get(record["label"], 0) < per_label:
+                seen[record["label"]] = seen.get(record["label"], 0) + 1
+                lines.append(json.dumps({"text": record["text"], "label": record["label"]}, ensure_ascii=False))
+    lines.append(json.dumps({"text": "민원 담당자 연락처 010-1234-5678 로 문의 바랍니다", "label": "사회"},
+                            ensure_ascii=False))
+    lines.append(lines[0])
+    return "\n".join(lines).encode()
+
+
+def test_tenant_admin_uploads_a_dataset_approves_it_and_starts_training(  # type: ignore[no-untyped-def]
+        open_session, people, tmp_path) -> None:
+    """The jobs are cancelled at the end: the run itself is the e2e training test's (tests/e2e/test_training.py)."""
+    s = open_session()
+    page = s.login(*people["chief"])
+    page.click("nav >> text=부서 관리")
+    page.click("nav.tabs >> text=학습 데이터셋")
+    expect(page.locator("h2#new-dataset-title")).to_have_text("새 학습 데이터셋")
+    # A file the gate cannot read: the refusal is beside the file field, and the name typed is kept.
+    broken = tmp_path / "깨진.jsonl"
+    broken.write_text('{"text": "본문만 있고 라벨이 없음"}\n', encoding="utf-8")
+    name = f"브라우저 헤드라인 {uuid.uuid4().hex[:4]}"
+    page.fill("#ds-name", name)
+    page.fill("#ds-task", "headlines")
+    page.set_input_files("#ds-file", str(broken))
+    page.click("#new-dataset button[type=submit]")
+    expect(page.locator("#err-file")).to_contain_text("1번째 줄의 라벨 값이 없거나 올바르지 않습니다")
+    expect(page.locator("#ds-name")).to_have_value(name)
+    # The real file: the gate's report, then approval.
+    good = tmp_path / "헤드라인.jsonl"
+    good.write_bytes(training_file(12))
+    page.set_input_files("#ds-file", str(good))
+    page.click("#new-dataset button[type=submit]")
+    expect(page.locator(".notice-ok")).to_contain_text("데이터셋을 등록했습니다")
+    expect(page.locator("#report-rows-in")).to_have_text("86")
+    expect(page.locator("#report-dropped-table tr[data-kind='exact_duplicate']")).to_contain_text("완전히 같은 중복")
+    expect(page.locator("#report-pii-kinds")).to_contain_text("휴대전화 1건")
+    expect(page.locator("#gate-report .badge")).to_have_text("검토 대기")
+    s.shot("23-dataset-gate-report")
+    page.click("#review-form button[value=approve]")
+    expect(page.locator(".notice-ok")).to_contain_text("버전을 승인했습니다")
+    expect(page.locator("#gate-report .badge")).to_have_text("승인됨")
+    # A training job from the approved version; tiny settings (the run is not waited for here).
+    page.click("nav.tabs >> text=학습 작업")
+    version = page.locator("#new-job label.check", has_text=name)
+    expect(version).to_have_count(1)
+
+    def start_job() -> None:
+        version.locator("input").check()
+        page.locator("#new-job summary").click()
+        for field, value in (("epochs", "1"), ("tune_layers", "1"), ("max_windows", "1"), ("window_tokens", "48")):
+            page.fill(f"#job-{field}", value)
+        page.click("#new-job button[type=submit]")
+
+    start_job()
+    expect(page.locator(".notice-ok")).to_contain_text("학습 작업을 요청했습니다")
+    expect(page.locator("#job-live .job-state").first).to_have_text(re.compile("대기 중|검증 중|학습 중"))
+    expect(page.locator("#job-live")).to_have_attribute("data-live", "/admin/training-jobs/live")
+    s.shot("24-training-job")
+    page.click("nav.tabs >> text=학습 작업")
+    start_job()
+    expect(page.locator(".notice-ok")).to_contain_text("학습 작업을 요청했습니다")
+    # The third job in progress is over the per-user limit of two: a Korean sentence, the form kept.
+    page.click("nav.tabs >> text=학습 작업")
+    expect(page.locator("#jobs-table tbody tr")).to_have_count(2)
+    start_job()
+    expect(page.locator("#page-error")).to_contain_text("진행 중인 학습 작업이 한도(2개)에 도달했습니다")
+    expect(page.locator("#job-epochs")).to_have_value("1")
+    expect(version.locator("input")).to_be_checked()
+    # The list refreshes itself while a job is active (text in place: nothing moves).
+    expect(page.locator("#jobs-live-time")).to_contain_text("기준", timeout=20_000)
+    s.shot("25-training-limit")
+    # Cancel both; a pending job ends at once, a running one at its next heartbeat.
+    for _ in range(2):
+        page.locator("#jobs-table button", has_text="취소").first.click()
+        expect(page.locator(".notice-ok")).to_contain_text("학습 작업을 취소했습니다")
+    expect(page.locator("#jobs-table button", has_text="취소")).to_have_count(0)
+    # A plain user has neither screen.
+    s2 = open_session()
+    page2 = s2.login(*people["user"])
+    for path in ("/admin/datasets", "/admin/training-jobs"):
+        response = page2.goto(path)
+        assert response is not None and response.status == 403, path
 
 
 def test_tenant_admin_manages_users_api_keys_and_sees_usage(  # type: ignore[no-untyped-def]

@@ -132,6 +132,16 @@ async def test_register_copies_verifies_and_locks_the_artifact(registry, tmp_pat
         (1, "alice", {"headlines_macro_f1": 0.9}, ["경제", "정치"]),
         (2, "bob", {"headlines_macro_f1": 0.9}, ["경제", "정치"])]
     assert versions[0]["training_data"] == {"datasets": ["headlines_train.jsonl"]}
+    assert [v["evaluations"] for v in versions] == [{}, {}]
+    # Each version's latest evaluation per task (the finisher's, on the task's fixed evaluation set).
+    for sha, f1 in (("a" * 64, 0.5), ("b" * 64, 0.8)):
+        async with registry.db.transaction() as conn:
+            await conn.execute("INSERT INTO models.version_evaluations (model_name, version, task, eval_sha256, "
+                               "metrics, confusion) VALUES (%s, 1, 'headlines', %s, %s, '{}')",
+                               (name, sha, json.dumps({"macro_f1": f1, "per_label": {"경제": {"f1": f1}}})))
+    versions = await registry.list_versions(name)
+    assert versions[0]["evaluations"] == {"headlines": {"macro_f1": 0.8, "per_label": {"경제": {"f1": 0.8}}}}
+    assert versions[1]["evaluations"] == {}
     assert [p.name for p in (registry.store / name).iterdir()] and not list((registry.store / name).glob(".*"))
 
 

@@ -68,6 +68,12 @@ def test_shipped_kong_yml_is_the_make_up_layout() -> None:
     assert "jwt" not in router.match("GET", "/search").entry.plugins
     assert router.match("GET", "/").entry.service.name == "web"
     assert router.match("POST", "/upload").entry.plugins["request-size-limiting"].limit_bytes == 100 * 1024 * 1024
+    # A training dataset uploaded through the UI's form may be as large as the datasets API takes.
+    for path in ("/admin/datasets", "/admin/datasets/0b7e5a8e-0000-4000-8000-000000000000/versions"):
+        entry = router.match("POST", path).entry
+        assert entry.service.name == "web" and "jwt" not in entry.plugins, path
+        assert entry.plugins["request-size-limiting"].limit_bytes == 64 * 1024 * 1024, path
+    assert router.match("GET", "/admin/datasets").entry.route.name == "web"
     passive = config.upstreams[0].healthchecks.passive
     assert passive.unhealthy.tcp_failures == 1
 

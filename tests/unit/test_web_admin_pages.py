@@ -4,10 +4,7 @@ the usage chart is drawn on the server with its data table. The gateway is repla
 httpx MockTransport that records calls (the real API is exercised in the browser tests)."""
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
-from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,14 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.common.auth import ensure_keypair, sign_token
-from services.web.app import build_app
 from services.web.charts import daily_bars, nice_ceiling
 from services.web.session import COOKIE, csrf_token
-from services.web.settings import WebSettings
 
-TENANT = str(uuid.uuid4())
-EVIL = "<script>alert(1)</script>"
+from .web_support import EVIL, TENANT, Web, make_web, run
 
 
 def test_chart_scale_bars_and_limit_line() -> None:
@@ -39,41 +32,9 @@ def test_chart_scale_bars_and_limit_line() -> None:
     assert daily_bars(days, daily_limit=100_000).limit_y is None  # a far-away quota is not drawn
 
 
-class FakeGateway:
-    """Answers the admin API like the gateway would and records what the pages sent."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, Any]] = []
-        self.answers: dict[tuple[str, str], httpx.Response] = {}
-        self.params: dict[str, str] = {}
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        self.calls.append((request.method, request.url.path, body))
-        self.params = dict(request.url.params)
-        answer = self.answers.get((request.method, request.url.path))
-        return answer if answer is not None else httpx.Response(200, json={})
-
-
 @pytest.fixture
-def web(tmp_path: Path) -> tuple[httpx.AsyncClient, FakeGateway, Callable[[list[str]], str]]:
-    ensure_keypair(tmp_path / "keys")
-    app = build_app(WebSettings(state_dir=tmp_path, web_api_url="http://gateway"))
-    gateway = FakeGateway()
-    app.state.web.api.client = httpx.AsyncClient(transport=httpx.MockTransport(gateway.handler),
-                                                 base_url="http://gateway")
-
-    def login(roles: list[str]) -> str:
-        return sign_token(private_key_file=tmp_path / "keys" / "jwt_private.pem", user_id=str(uuid.uuid4()),
-                          tenant_id=TENANT, tenant_slug="finance", username="chief", roles=roles,
-                          issuer="doctag", audience="doctag-api", ttl_seconds=600)
-
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://web")
-    return client, gateway, login
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+def web(tmp_path: Path) -> Web:
+    return make_web(tmp_path)
 
 
 def test_users_page_lists_escapes_and_changes_through_the_api(web) -> None:  # type: ignore[no-untyped-def]

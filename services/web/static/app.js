@@ -309,58 +309,25 @@
     poller.watch(live.getAttribute("data-id"), live.getAttribute("data-status"));
   }
 
-  /* ---------------------------------------------------------------- tagging queue numbers */
-  /* Polls /admin/queue/live with back-off (5 s while numbers change, up to 60 s when they don't,
-     longer after errors); stops while the tab is hidden and polls at once when it is shown again.
-     Only text changes in place, so nothing moves; the lists change on a reload, and the note
-     says when they differ from what the page shows. */
-  function setupQueueLive() {
-    var stats = document.getElementById("queue-stats");
-    if (!stats || !window.fetch) return;
-    var url = stats.getAttribute("data-live");
-    var shownFailed = stats.getAttribute("data-failed-ids") || "";
-    var shownDead = stats.getAttribute("data-dead-ids") || "";
-    var MIN = 5000, MAX = 60000, delay = MIN, timer = null, last = null, busy = false;
-    var fmt = function (n) { return Number(n).toLocaleString("ko-KR"); };
-    function set(id, text) {
-      var node = document.getElementById(id);
-      if (node && node.textContent !== text) node.textContent = text;
-    }
-    function apply(body) {
-      set("stat-queued", fmt(body.queued));
-      set("stat-processing", fmt(body.processing));
-      set("stat-failed", fmt(body.failed));
-      set("stat-rate", fmt(body.tagged_last_hour));
-      set("stat-per-minute", String(body.tagged_per_minute));
-      set("stat-failed-hour", String(body.failed_last_hour));
-      set("stat-oldest", body.oldest_queued_at ? "가장 오래된 것 " + body.oldest_queued_at : "\u00a0");
-      var box = document.getElementById("stat-failed-box");
-      if (box) box.classList.toggle("stat-warn", body.failed > 0);
-      if (body.broker) {
-        set("broker-jobs", fmt(body.broker.jobs_waiting));
-        set("broker-workers", String(body.broker.workers));
-        set("broker-dead", fmt(body.broker.dead_lettered));
-      }
-      var listsChanged = body.failed_ids.join(" ") !== shownFailed ||
-        body.dead_letter_ids.map(function (i) { return i || ""; }).join(" ") !== shownDead;
-      set("queue-live-note", listsChanged ? "실패·데드레터 목록이 바뀌었습니다. 새로 고침하면 볼 수 있습니다." : "");
-      var now = new Date();
-      set("queue-live-time", "숫자는 자동으로 갱신됩니다 · " +
-        now.toLocaleTimeString("ko-KR", { hour12: false }) + " 기준");
-    }
+  /* ---------------------------------------------------------------- live numbers */
+  /* Polls `url` with back-off (5 s while the answer changes, ×1.5 each quiet poll up to 60 s,
+     longer after errors); stops while the tab is hidden and polls at once when it is shown again,
+     and for good when `apply` returns false. Only text changes in place, so nothing moves. */
+  function livePoll(url, apply) {
+    var MIN = 5000, MAX = 60000, delay = MIN, timer = null, last = null, busy = false, stopped = false;
     function schedule() {
-      if (timer || document.hidden) return;
+      if (timer || stopped || document.hidden) return;
       timer = setTimeout(function () { timer = null; poll(); }, delay);
     }
     function poll() {
-      if (document.hidden || busy) return;
+      if (document.hidden || busy || stopped) return;
       busy = true;
       getJSON(url).then(function (body) {
         busy = false;
         var key = JSON.stringify(body);
         delay = key !== last ? MIN : Math.min(MAX, Math.round(delay * 1.5));
         last = key;
-        apply(body);
+        if (apply(body) === false) { stopped = true; return; }
         schedule();
       }).catch(function () {
         busy = false;
@@ -374,6 +341,99 @@
       if (!timer) poll();
     });
     schedule();
+  }
+
+  function setText(id, text) {
+    var node = document.getElementById(id);
+    if (node && node.textContent !== text) node.textContent = text;
+  }
+
+  function nowText() {
+    return new Date().toLocaleTimeString("ko-KR", { hour12: false }) + " 기준";
+  }
+
+  /* ---------------------------------------------------------------- tagging queue numbers */
+  /* The lists change on a reload, and the note says when they differ from what the page shows. */
+  function setupQueueLive() {
+    var stats = document.getElementById("queue-stats");
+    if (!stats || !window.fetch) return;
+    var shownFailed = stats.getAttribute("data-failed-ids") || "";
+    var shownDead = stats.getAttribute("data-dead-ids") || "";
+    var fmt = function (n) { return Number(n).toLocaleString("ko-KR"); };
+    livePoll(stats.getAttribute("data-live"), function (body) {
+      setText("stat-queued", fmt(body.queued));
+      setText("stat-processing", fmt(body.processing));
+      setText("stat-failed", fmt(body.failed));
+      setText("stat-rate", fmt(body.tagged_last_hour));
+      setText("stat-per-minute", String(body.tagged_per_minute));
+      setText("stat-failed-hour", String(body.failed_last_hour));
+      setText("stat-oldest", body.oldest_queued_at ? "가장 오래된 것 " + body.oldest_queued_at : "\u00a0");
+      var box = document.getElementById("stat-failed-box");
+      if (box) box.classList.toggle("stat-warn", body.failed > 0);
+      if (body.broker) {
+        setText("broker-jobs", fmt(body.broker.jobs_waiting));
+        setText("broker-workers", String(body.broker.workers));
+        setText("broker-dead", fmt(body.broker.dead_lettered));
+      }
+      var listsChanged = body.failed_ids.join(" ") !== shownFailed ||
+        body.dead_letter_ids.map(function (i) { return i || ""; }).join(" ") !== shownDead;
+      setText("queue-live-note", listsChanged ? "실패·데드레터 목록이 바뀌었습니다. 새로 고침하면 볼 수 있습니다." : "");
+      setText("queue-live-time", "숫자는 자동으로 갱신됩니다 · " + nowText());
+    });
+  }
+
+  /* ---------------------------------------------------------------- training jobs */
+  /* While a job is active, /admin/training-jobs/live's numbers replace each shown job's state,
+     stage, progress, loss, times and heartbeat age in place. The list says when a job ended or a
+     new one appeared (a reload would lose a half-filled form); one job's page reloads when its job
+     ends, to show the result. Polling stops once nothing shown is active. */
+  function setupJobsLive() {
+    var box = document.getElementById("jobs-table") || document.getElementById("job-live");
+    if (!box || !box.getAttribute("data-live") || !window.fetch) return;
+    var single = box.id === "job-live";
+    var shown = {};
+    box.querySelectorAll("[data-job]").forEach(function (node) {
+      var state = node.querySelector(".job-state");
+      if (state) shown[node.getAttribute("data-job")] = state.getAttribute("data-state");
+    });
+    function set(node, cls, text) {
+      var target = node.querySelector("." + cls);
+      if (target && target.textContent !== text) target.textContent = text;
+    }
+    livePoll(box.getAttribute("data-live"), function (body) {
+      var ended = false, appeared = false, active = false;
+      body.jobs.forEach(function (job) {
+        var nodes = box.querySelectorAll('[data-job="' + job.id + '"]');
+        if (!nodes.length) { if (!single) appeared = true; return; }
+        if (job.active) active = true;
+        if (shown[job.id] && shown[job.id] !== job.state && !job.active) ended = true;
+        nodes.forEach(function (node) {
+          var state = node.querySelector(".job-state");
+          if (state) {
+            state.textContent = job.state_label;
+            state.setAttribute("data-state", job.state);
+            state.className = "badge badge-job-" + job.state.toLowerCase() + " job-state";
+          }
+          set(node, "job-stage", job.stage);
+          set(node, "job-position", job.position);
+          set(node, "job-loss", job.loss);
+          set(node, "job-elapsed", job.elapsed);
+          set(node, "job-eta", job.eta);
+          set(node, "job-heartbeat", job.heartbeat);
+          set(node, "job-attempts", job.attempts);
+          var bar = node.querySelector(".job-progress");
+          if (bar && job.percent !== null) bar.value = job.percent;
+        });
+      });
+      if (single && ended) { window.location.reload(); return false; }
+      var notes = [];
+      if (ended) notes.push("끝난 작업이 있습니다. 새로 고침하면 결과를 볼 수 있습니다.");
+      if (appeared) notes.push("새 작업이 있습니다. 새로 고침하면 볼 수 있습니다.");
+      setText("jobs-live-note", notes.join(" "));
+      setText("jobs-live-time", active ? "상태가 자동으로 갱신됩니다 · " + nowText()
+        : "진행 중인 작업이 없어 자동 갱신을 멈췄습니다 · " + nowText());
+      return active;
+    });
   }
 
   /* ---------------------------------------------------------------- confirmations */
@@ -410,6 +470,7 @@
     setupDocumentList();
     setupDocumentView();
     setupQueueLive();
+    setupJobsLive();
     setupConfirm();
     setupCopy();
   });
