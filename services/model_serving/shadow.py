@@ -168,7 +168,7 @@ class ShadowQueue:
                 return
             try:
                 result = self._score(sample)
-            except Exception:  # noqa: BLE001 - a failing candidate never stops the thread
+            except Exception:
                 log.warning("shadow scoring failed", exc_info=True)
                 SHADOW_FAILED.labels(sample.candidate.name).inc()
                 continue

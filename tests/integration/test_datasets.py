@@ -15,8 +15,8 @@ import pytest
 
 from services.common.auth import TokenVerifier
 from services.common.db import Database
-from services.common.pii import mask_pii
 from services.common.http import create_app
+from services.common.pii import mask_pii
 from services.model_serving.datasets.api import build_dataset_router
 from services.model_serving.datasets.store import DatasetStore
 from services.model_serving.training_settings import TrainingApiSettings

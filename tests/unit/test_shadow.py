@@ -28,7 +28,8 @@ def _sample(tenant: str | None = "t1", text: str = "금리 동결") -> ShadowSam
 
 
 def test_top_labels_are_compared() -> None:
-    assert compare([("경제", 0.8), ("정치", 0.1)], np.array([0.7, 0.2, 0.1]), LABELS) == Comparison("경제", "경제", True)
+    agree = compare([("경제", 0.8), ("정치", 0.1)], np.array([0.7, 0.2, 0.1]), LABELS)
+    assert agree == Comparison("경제", "경제", True)
     assert compare([("경제", 0.5)], np.array([0.2, 0.1, 0.7]), LABELS) == Comparison("경제", "사회", False)
     with pytest.raises(ValueError):
         compare([], np.array([1.0, 0, 0]), LABELS)

@@ -1,8 +1,8 @@
 """The data quality gate: what a labelled file must pass before anything of it is stored for training.
 
 `parse_records` reads JSONL (`{"text", "label", "title"?, "id"?, "negative"?}` per line, as
-../shared/data) or CSV (header with `text` and `label`, optional `title` and `negative`); a record that does not fit the schema
-raises SchemaError naming the row (1-based line of the file) and the field, answered 400.
+../shared/data) or CSV (header with `text` and `label`, optional `title` and `negative`); a record
+that does not fit the schema raises SchemaError naming the row (1-based line of the file) and the field, answered 400.
 
 `run_gate` then, in this order, for every row:
 1. masks personal data in title and text with services.common.pii.mask_pii (the platform's one
