@@ -168,7 +168,7 @@ class ShadowQueue:
                 return
             try:
                 result = self._score(sample)
-            except Exception:
+            except Exception:   # a failing candidate never stops the thread
                 log.warning("shadow scoring failed", exc_info=True)
                 SHADOW_FAILED.labels(sample.candidate.name).inc()
                 continue
@@ -230,10 +230,14 @@ class CandidateScorer:
             log.error("shadow candidate refused", extra={"model": resolved.name, "version": resolved.version,
                                                          "error": self.error})
             return None
-        self._model = (resolved, model)
+        self._model = (resolved, model)   # the previous candidate, if any, is released
         self.error = None
         log.info("shadow candidate loaded", extra={"model": resolved.name, "version": resolved.version})
         return model
+
+    def release(self) -> None:
+        """Frees the loaded candidate (shadow mode was switched off everywhere)."""
+        self._model = None
 
     def __call__(self, sample: ShadowSample) -> ShadowResult | None:
         model = self.model(sample.candidate)
@@ -312,6 +316,8 @@ class ShadowMode:
                     candidate = None
             states[row["model_name"]] = ShadowState(row["enabled"], row["share"], candidate)
         self.states = states
+        if not any(s.enabled and s.candidate is not None for s in states.values()):
+            self.scorer.release()
 
     async def set(self, principal: Principal, name: str, *, enabled: bool, share: float | None,
                   request_id: str | None) -> dict[str, Any]:
