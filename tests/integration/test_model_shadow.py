@@ -16,9 +16,12 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
 
+from services.common.access import CAPABILITY_KEY
+from services.common.capability import CapabilitySigner
 from services.common.db import Database
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
+from services.common.settings import CommonSettings
 from services.model_serving.inference_log import input_sha256
 from services.model_serving.registry import ModelRegistry, RegistrySettings
 from tests.conftest import DB_HOST, DB_PORT, create_tenant
@@ -122,6 +125,14 @@ def test_with_shadow_on_answers_come_from_production_and_comparisons_are_recorde
         assert [t["tag"] for t in answer["predictions"][0]["tags"]] == \
             [t.tag for t in production[text].prediction.tags]
         time.sleep(0.05)   # the tiny candidate keeps up: this test is about what is recorded
+    # gRPC Predict as the tagging worker calls it: the tenant is the job capability's.
+    tenant_c = str(uuid.uuid4())
+    capability = CapabilitySigner(CommonSettings().capability_private_key_path, 600).sign(
+        str(uuid.uuid4()), tenant_c, "a" * 64)
+    live = stub.Predict(pb.PredictRequest(text=TEXTS[0]), timeout=60, metadata=((CAPABILITY_KEY, capability),))
+    assert live.version == "1"
+    report_c = _wait_for(svc, name, admin, 1, tenant_id=tenant_c)
+    assert report_c["samples"] + report_c["dropped"] == 1
     report_a = _wait_for(svc, name, admin, 8, tenant_id=tenant_a)
     report_b = _wait_for(svc, name, admin, 4, tenant_id=tenant_b)
     assert report_a["samples"] + report_a["dropped"] == 8 and report_b["samples"] + report_b["dropped"] == 4
