@@ -97,3 +97,30 @@ def test_a_failing_scorer_does_not_stop_the_thread() -> None:
     finally:
         shadow.stop()
     assert calls == ["boom", "fine"] and not shadow.results
+
+
+def test_only_production_answers_of_a_model_with_shadow_on_and_another_candidate_are_offered() -> None:
+    from services.model_serving.models.base import InferenceOptions
+    from services.model_serving.shadow import ShadowMode, ShadowSettings, ShadowState
+
+    production = ResolvedModel("m", "1", Path("/nonexistent"), "1" * 64)
+    mode = ShadowMode(None, lambda name, alias: None, InferenceOptions(),  # type: ignore[arg-type]
+                      ShadowSettings(shadow_share=1.0, shadow_queue=100))
+    texts = [f"문장 {i}" for i in range(20)]
+    tags = [[("경제", 0.9)] for _ in texts]
+
+    mode.offer(production, texts, tags, "t1")   # no setting for the model: nothing
+    assert mode.queue.depth == 0
+    mode.states = {"m": ShadowState(False, None, CANDIDATE)}
+    mode.offer(production, texts, tags, "t1")   # switched off
+    assert mode.queue.depth == 0
+    mode.states = {"m": ShadowState(True, None, ResolvedModel("m", "1", Path("/x"), "1" * 64))}
+    mode.offer(production, texts, tags, "t1")   # the candidate is the version answering
+    assert mode.queue.depth == 0
+    mode.states = {"m": ShadowState(True, None, CANDIDATE)}
+    mode.offer(production, texts, tags, "t1")   # share 1.0: every text
+    assert mode.queue.depth == 20
+    mode.states = {"m": ShadowState(True, 0.25, CANDIDATE)}
+    mode.queue = ShadowQueue(10_000, lambda s: None)
+    mode.offer(production, texts * 100, tags * 100, "t1")   # a model's own share: about a quarter
+    assert 350 < mode.queue.depth < 650
