@@ -150,7 +150,9 @@ def _volumes(svc: Service) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if svc is vm_layout.UPLOAD:
         volumes.append({"name": "blobs", "persistentVolumeClaim": {"claimName": "doctag-blobs"}})
         mounts.append({"name": "blobs", "mountPath": f"{STATE_DIR}/blobs"})
-    if svc is vm_layout.MODEL_SERVING:
+    if svc in (vm_layout.MODEL_SERVING, vm_layout.TRAINING_WORKER):
+        # One model store: the training worker hands finished artifacts over in `<store>/.training/`,
+        # where model-serving registers them (the same path on the model VM).
         volumes.append({"name": "models", "persistentVolumeClaim": {"claimName": "doctag-models"}})
         mounts.append({"name": "models", "mountPath": f"{STATE_DIR}/models"})
     if svc is vm_layout.GATEWAY:
@@ -298,7 +300,8 @@ def volume_claims() -> list[Manifest]:
         return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(name),
                 "spec": {"accessModes": [mode], "resources": {"requests": {"storage": size}}}}
     # Blobs: every upload replica writes the same content-addressed store (CephFS or NFS: ReadWriteMany).
-    return [claim("doctag-blobs", "ReadWriteMany", "500Gi"), claim("doctag-models", "ReadWriteOnce", "20Gi")]
+    # Models: model-serving's replicas and the training worker share the model store (ReadWriteMany).
+    return [claim("doctag-blobs", "ReadWriteMany", "500Gi"), claim("doctag-models", "ReadWriteMany", "20Gi")]
 
 
 def datastores() -> list[Manifest]:

@@ -37,6 +37,7 @@ TRAINING_SUBMITTED: Final = "training.submitted"
 TRAINING_CANCELLED: Final = "training.cancelled"
 TRAINING_FINISHED: Final = "training.finished"    # READY or FAILED, with the model version and metrics
 MODEL_PROMOTED: Final = "model.promoted"          # an alias moved by the promotion policy or an admin
+MODEL_SHADOW_CHANGED: Final = "model.shadow_changed"  # a platform admin switched a model's shadow mode
 AUDIT_READ: Final = "audit.read"                   # recorded when denied
 QUEUE_READ: Final = "queue.read"                   # the tagging queue; recorded when denied
 AUTH_LOGIN: Final = "auth.login"
@@ -61,7 +62,8 @@ ADMIN_ACTIONS: Final = (ADMIN_USER_CREATED, ADMIN_USER_ROLE_CHANGED, ADMIN_USER_
 ACTIONS: Final = (DOCUMENT_UPLOADED, DOCUMENT_DUPLICATE, DOCUMENT_DELETED, DOCUMENT_RESTORED, DOCUMENT_PURGED,
                   DOCUMENT_PROCESSING, DOCUMENT_TAGGED, DOCUMENT_FAILED, DOCUMENT_TAG_ADDED, DOCUMENT_TAG_REMOVED,
                   DOCUMENT_RETRIED, DATASET_CREATED, DATASET_APPROVED, DATASET_REJECTED, DATASET_DELETED,
-                  TRAINING_SUBMITTED, TRAINING_CANCELLED, TRAINING_FINISHED, MODEL_PROMOTED, AUDIT_READ, QUEUE_READ,
+                  TRAINING_SUBMITTED, TRAINING_CANCELLED, TRAINING_FINISHED, MODEL_PROMOTED, MODEL_SHADOW_CHANGED,
+                  AUDIT_READ, QUEUE_READ,
                   AUTH_LOGIN, ACCESS_DENIED, *ADMIN_ACTIONS, ADMIN_STORAGE_QUOTA_CHANGED)
 
 # Actor names of what the platform does by itself: the purge job, and the tagging worker's reports.

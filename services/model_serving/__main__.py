@@ -31,6 +31,8 @@ from .registry import RegistryConnection, RegistrySettings
 from .registry_api import build_registry_router
 from .runner import ModelRunner
 from .settings import ModelServingSettings
+from .shadow import ShadowMode, ShadowSettings
+from .shadow_api import build_shadow_router
 from .training_setup import TrainingSide, include_training
 
 log = logging.getLogger("services.model_serving")
@@ -42,14 +44,26 @@ async def main(settings: ModelServingSettings | None = None) -> None:
     registry_settings = RegistrySettings()
     connection: RegistryConnection | None = None
     training: TrainingSide | None = None
+    shadow: ShadowMode | None = None
     if registry_settings.model_registry:
         connection = RegistryConnection(settings.model_dir, registry_settings)
         await connection.start()   # one attempt now, then in the background until connected
-        runner = ModelRunner(settings, resolver=connection.resolve, inference_log=connection.inference_log)
+        registry_connection = connection
+        shadow = ShadowMode(connection.db, connection.registry.resolve, settings.inference_options(),
+                            ShadowSettings(), connected=lambda: registry_connection.connected)
+        runner = ModelRunner(settings, resolver=connection.resolve, inference_log=connection.inference_log,
+                             shadow=shadow)
         connection.on_connected = runner.refresh_soon
         app = build_app(settings, runner, readiness={"registry": connection.ready_check})
         verifier = TokenVerifier(settings.public_key_path, settings.jwt_issuer, settings.jwt_audience)
         app.include_router(build_registry_router(connection.current, verifier, registry_settings))
+        shadow_mode = shadow
+
+        def current_shadow() -> ShadowMode:
+            registry_connection.current()   # RegistryUnavailable (503) until the database was reached
+            return shadow_mode
+
+        app.include_router(build_shadow_router(current_shadow, verifier))
         training = include_training(app, connection, verifier, settings.inference_options())
     else:
         runner = ModelRunner(settings)
@@ -81,6 +95,8 @@ async def main(settings: ModelServingSettings | None = None) -> None:
     async def start_loading() -> None:
         nonlocal load_task
         load_task = asyncio.create_task(runner.start(), name="load-model")
+        if shadow is not None:
+            shadow.start()
         if training is not None:
             training.start()
 
@@ -93,6 +109,8 @@ async def main(settings: ModelServingSettings | None = None) -> None:
         if load_task is not None and not load_task.done():
             load_task.cancel()
         await runner.aclose()
+        if shadow is not None:
+            await shadow.aclose()
         if training is not None:
             await training.aclose()
         if connection is not None:

@@ -35,3 +35,22 @@ OVERLOADED = Counter(
 DEADLINE_EXCEEDED = Counter(
     "doctag_inference_deadline_exceeded_total", "Requests whose deadline passed before their windows ran",
 )
+
+# Shadow mode (shadow.py): the candidate scoring a share of live texts off the answer path.
+SHADOW_SAMPLES = Counter(
+    "doctag_shadow_samples_total", "Live texts the candidate scored beside production, by top-label agreement",
+    ["model", "outcome"],
+)
+SHADOW_DROPPED = Counter(
+    "doctag_shadow_dropped_total", "Texts chosen for shadow scoring but dropped because the shadow queue was full",
+    ["model"],
+)
+SHADOW_FAILED = Counter(
+    "doctag_shadow_failed_total", "Shadow samples not scored because the candidate could not be loaded or failed",
+    ["model"],
+)
+SHADOW_LATENCY = Histogram(
+    "doctag_shadow_candidate_seconds", "Time the candidate took to score one text in the shadow thread",
+    buckets=_SECONDS,
+)
+SHADOW_QUEUE_DEPTH = Gauge("doctag_shadow_queue_texts", "Texts waiting for the shadow thread")

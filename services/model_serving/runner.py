@@ -61,6 +61,13 @@ class InputError(ValueError):
         self.message = message
 
 
+class ShadowHook(Protocol):
+    """Shadow mode (shadow.py): offered each answer of the default model; must never wait."""
+
+    def offer(self, production: ResolvedModel, texts: Sequence[str], tags: Sequence[list[tuple[str, float]]],
+              tenant_id: str | None) -> None: ...
+
+
 class InferenceLog(Protocol):
     def record(self, tenant_id: str | None, model: str, version: str, latency_ms: float,
                tags: list[list[tuple[str, float]]], input_sha256: list[str], request_id: str | None) -> None: ...
@@ -91,10 +98,11 @@ class _Loaded:
 
 class ModelRunner:
     def __init__(self, settings: ModelServingSettings, *, resolver: Resolver | None = None,
-                 inference_log: InferenceLog | None = None) -> None:
+                 inference_log: InferenceLog | None = None, shadow: ShadowHook | None = None) -> None:
         self.settings = settings
         self.resolver: Resolver = resolver or StaticResolver(settings.model_dir)
         self.inference_log = inference_log
+        self.shadow = shadow
         self.load_error: str | None = None
         self.on_ready: Callable[[], Coroutine[Any, Any, None]] | None = None   # called when the first model is ready
         self._default: _Loaded | None = None
@@ -363,6 +371,12 @@ class ModelRunner:
         for p in prepared:
             INFERENCE_WINDOWS_PER_TEXT.observe(len(p.windows))
         self._log(loaded, texts, tags, latency, tenant_id)
+        if self.shadow is not None and loaded is self._default:
+            try:   # only production's answers are shadowed; offering never waits
+                self.shadow.offer(loaded.resolved, texts, tags,
+                                  tenant_id if tenant_id is not None else tenant_id_var.get())
+            except Exception:  # shadow mode must never fail a prediction
+                log.exception("shadow offer failed")
         return _info(loaded, default=loaded is self._default), tags
 
     async def _prepare(self, model: WindowModel, texts: Sequence[str]) -> list[PreparedText]:

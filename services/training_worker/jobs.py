@@ -75,12 +75,18 @@ class JobDb:
                     raise ValueError(f"dataset version {version_id} no longer exists")
                 if v["status"] != "approved":
                     raise ValueError(f"dataset version {version_id} is {v['status']}, not approved")
+                # Negative rows (a model tag a person removed: "not this label") are not given to the trainer:
+                # it learns one label per text (softmax), so "not L" has no target; they are counted instead.
                 cur = await conn.execute("SELECT title, text, label FROM models.dataset_rows WHERE version_id = %s "
-                                         "ORDER BY row_no", (version_id,))
+                                         "AND NOT negative ORDER BY row_no", (version_id,))
                 by_task.setdefault(v["task"], []).extend(await cur.fetchall())
+                cur = await conn.execute("SELECT count(*) AS n FROM models.dataset_rows WHERE version_id = %s "
+                                         "AND negative", (version_id,))
+                negatives = await cur.fetchone()
                 described.append({"id": str(v["id"]), "dataset_id": str(v["dataset_id"]), "dataset": v["name"],
                                   "task": v["task"], "version": v["version"],
-                                  "content_sha256": v["content_sha256"].strip()})
+                                  "content_sha256": v["content_sha256"].strip(),
+                                  "negative_rows_unused": negatives["n"] if negatives else 0})
         return by_task, described
 
     async def set_state(self, claim: Claim, state: str, *, reason: str | None = None,

@@ -168,8 +168,11 @@ class TrainingWorker:
                 "manifest": {"job_id": claim.job_id, "dataset_versions": described}}
         (work / "spec.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
         rows = {task: len(r) for task, r in by_task.items()}
+        unused = sum(int(d.get("negative_rows_unused", 0)) for d in described)
         await self.jobs.log(claim, [f"attempt {claim.attempt} on {s.worker_id}: rows per task {rows}, "
-                                    f"nice {s.training_nice}, torch threads {s.training_torch_threads}"])
+                                    f"nice {s.training_nice}, torch threads {s.training_torch_threads}"
+                                    + (f"; {unused} negative rows (removed model tags) not used: the trainer "
+                                       "learns one label per text" if unused else "")])
         if not await self.jobs.set_state(claim, "TRAINING", progress={"stage": "starting", "rows": rows}):
             return
         out = work / "artifact"

@@ -30,6 +30,7 @@ ACTION_LABELS = {
     "dataset.created": "데이터셋 등록", "dataset.approved": "데이터셋 승인",
     "dataset.rejected": "데이터셋 반려", "dataset.deleted": "데이터셋 삭제", "training.submitted": "학습 작업 요청",
     "training.cancelled": "학습 작업 취소", "training.finished": "학습 작업 종료", "model.promoted": "모델 승격",
+    "model.shadow_changed": "섀도 모드 변경",
 }
 OUTCOME_LABELS = {"success": "성공", "denied": "거부", "failed": "실패"}
 

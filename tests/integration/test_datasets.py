@@ -16,6 +16,7 @@ import pytest
 from services.common.auth import TokenVerifier
 from services.common.db import Database
 from services.common.http import create_app
+from services.common.pii import mask_pii
 from services.model_serving.datasets.api import build_dataset_router
 from services.model_serving.datasets.store import DatasetStore
 from services.model_serving.training_settings import TrainingApiSettings
@@ -232,3 +233,74 @@ async def test_a_persons_tag_on_an_uploaded_document_becomes_a_dataset_row(
                                             (version["id"],))]
     assert labels == ["경제"] * 3 + ["정치"] * 3
     assert all("010-****-78" in t and "3456" not in t for t in texts)
+
+
+async def test_a_model_tag_a_person_removed_becomes_a_negative_row_the_trainer_is_not_given(
+        api, upload_settings: UploadSettings, make_token, admin_dsn, test_db_name: str) -> None:
+    """DELETE .../tags/경제?source=model through upload's API → a `negative` row (text is NOT 경제) in the
+    department's `source: user` version; it drops a person's positive row that says the opposite for
+    the same text; another department's removals never appear; the training worker reads positives only."""
+    from services.training_worker.jobs import Claim, JobDb
+
+    tenant = create_tenant(admin_dsn, f"t-{uuid.uuid4().hex[:8]}")
+    user = make_token(tenant, username="kim")
+    admin = make_token(tenant, roles=("tenant_admin",), username="park")
+    async with running(upload_settings.model_copy(update={"purge_enabled": False})) as (client, stub, _):
+        texts = []
+        for i in range(8):
+            text = f"{ROWS[i][0]}에 관한 보고서 {i}호. {ROWS[i + 4][0]} 건도 함께 검토했다."
+            doc = (await upload(client, make_token(tenant), f"문서{i}.txt", text.encode())).json()
+            await record_tagged(stub, tenant, doc, text)   # the model tagged it 경제
+            texts.append(text)
+            if i < 6:   # a person's own tag: 정치 or 사회
+                added = await client.post(f"/api/v1/documents/{doc['id']}/tags", headers=auth(user),
+                                          json={"tag": "정치" if i % 2 else "사회"})
+                assert added.status_code == 201, added.text
+            if i in (0, 1, 6):   # and the model's 경제 removed
+                removed = await client.delete(f"/api/v1/documents/{doc['id']}/tags/경제",
+                                              params={"source": "model"}, headers=auth(user))
+                assert removed.status_code == 200, removed.text
+            if i == 7:   # a person says 경제 after another removed the model's 경제 from a copy of the text
+                copy = (await upload(client, make_token(tenant), f"문서{i}.txt", text.encode(),
+                                     duplicate="allow")).json()
+                await record_tagged(stub, tenant, copy, text)
+                assert (await client.delete(f"/api/v1/documents/{copy['id']}/tags/경제", params={"source": "model"},
+                                            headers=auth(user))).status_code == 200
+                assert (await client.post(f"/api/v1/documents/{doc['id']}/tags", headers=auth(user),
+                                          json={"tag": "경제"})).status_code == 201
+        other = create_tenant(admin_dsn, f"t-{uuid.uuid4().hex[:8]}")
+        foreign = (await upload(client, make_token(other), "외부.txt", b"other department text")).json()
+        await record_tagged(stub, other, foreign, "other department text")
+        assert (await client.delete(f"/api/v1/documents/{foreign['id']}/tags/경제", params={"source": "model"},
+                                    headers=auth(make_token(other)))).status_code == 200
+    async with api as model_client:
+        made = await model_client.post("/api/v1/datasets", headers=bearer(admin),
+                                       json={"name": "교정과 삭제", "task": "corrections", "source": "user"})
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert body["version"]["source"] == "user"
+        assert body["version"]["stats"]["labels"] == {"사회": 3, "정치": 3}   # 경제 of text 7 is contradicted
+        assert body["version"]["stats"]["negatives"] == {"경제": 4}          # texts 0, 1, 6 and 7's copy
+        assert list(body["report"]["dropped"]) == ["contradicted_by_negative"]
+        assert body["report"]["dropped"]["contradicted_by_negative"]["count"] == 1
+        dataset_id, version_id = body["dataset"]["id"], body["version"]["id"]
+        assert (await model_client.post(f"/api/v1/datasets/{dataset_id}/versions/1/approve",
+                                        headers=bearer(admin))).status_code == 200
+    with psycopg.connect(admin_dsn) as conn:
+        stored = conn.execute("SELECT text, label, negative FROM models.dataset_rows WHERE version_id = %s "
+                              "ORDER BY row_no", (version_id,)).fetchall()
+    masked = [mask_pii(t) for t in texts]   # the gate masked the contact in text 6
+    negatives = sorted(masked.index(t) for t, label, negative in stored if negative and label == "경제")
+    assert negatives == [0, 1, 6, 7]
+    assert not any("other department" in t for t, _, _ in stored)
+    assert sum(1 for _, _, negative in stored if not negative) == 6
+
+    worker_db = Database(f"host={DB_HOST} port={DB_PORT} user=doctag_training dbname={test_db_name}", max_size=1)
+    await worker_db.open()
+    try:
+        claim = Claim(str(uuid.uuid4()), tenant, 1, 3, "doctag-tagger", [version_id], 13, {}, 60, "routine")
+        by_task, described = await JobDb(worker_db, "w").dataset_rows(claim)
+    finally:
+        await worker_db.close()
+    assert sorted(r["label"] for r in by_task["corrections"]) == ["사회"] * 3 + ["정치"] * 3
+    assert described[0]["negative_rows_unused"] == 4

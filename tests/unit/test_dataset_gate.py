@@ -116,3 +116,42 @@ def test_the_version_address_depends_on_content_only() -> None:
     again = _gate(_rows(*BASE))
     other = _gate(_rows(*BASE[:-1], ("다른 문장", "사회")))
     assert first.content_sha256 == again.content_sha256 != other.content_sha256  # type: ignore[attr-defined]
+
+
+def test_a_negative_row_drops_the_positive_it_contradicts_and_never_counts_as_a_row() -> None:
+    """A removed model tag ("this text is NOT 경제") beside a person's positive row of the same text
+    and label: the positive is dropped; other labels of that text and other texts stay."""
+    records = [*_rows(*BASE),
+               Record(7, BASE[0][0], "경제", negative=True),       # contradicts row 1
+               Record(8, BASE[1][0], "경제", negative=True),       # a different label: no conflict
+               Record(9, BASE[1][0], "경제", negative=True),       # the same negative again
+               Record(10, "새로운 문장 하나", "스포츠", negative=True)]  # outside the label set
+    result = run_gate(records, SETTINGS, label_set=LABELS, eval_keys=frozenset(), eval_set=None)
+    dropped = {k: v["rows"] for k, v in result.report["dropped"].items()}
+    assert dropped == {"contradicted_by_negative": [1], "exact_duplicate": [9], "unknown_label": [10]}
+    assert [(r.row, r.negative) for r in result.rows] == [(2, False), (3, False), (4, False), (5, False),
+                                                          (6, False), (7, True), (8, True)]
+    assert result.stats["rows"] == 5 and result.stats["labels"] == {"경제": 1, "사회": 2, "정치": 2}
+    assert result.stats["negatives"] == {"경제": 2}
+    assert result.report["rows_kept"] == 5 and result.report["negative_rows_kept"] == 2
+
+
+def test_negatives_alone_do_not_make_a_trainable_version_and_change_the_address() -> None:
+    only_negatives = [Record(i, t, lab, negative=True) for i, (t, lab) in enumerate(BASE, 1)]
+    blocked = run_gate(only_negatives, SETTINGS, label_set=LABELS, eval_keys=frozenset(), eval_set=None)
+    assert blocked.blocked and blocked.stats["rows"] == 0
+    positives = run_gate(_rows(*BASE), SETTINGS, label_set=LABELS, eval_keys=frozenset(), eval_set=None)
+    with_negative = run_gate([*_rows(*BASE), Record(7, "다른 문장", "정치", negative=True)], SETTINGS,
+                             label_set=LABELS, eval_keys=frozenset(), eval_set=None)
+    assert positives.content_sha256 != with_negative.content_sha256
+
+
+def test_the_negative_field_is_read_from_jsonl_and_csv_and_checked() -> None:
+    data = (json.dumps({"text": "금리", "label": "경제", "negative": True}, ensure_ascii=False) + "\n"
+            + json.dumps({"text": "예산", "label": "정치"}, ensure_ascii=False)).encode()
+    assert [r.negative for r in parse_records(data, "jsonl")] == [True, False]
+    csv_data = "text,label,negative\n금리,경제,true\n예산,정치,\n".encode()
+    assert [r.negative for r in parse_records(csv_data, "csv")] == [True, False]
+    with pytest.raises(SchemaError) as bad:
+        parse_records(json.dumps({"text": "금리", "label": "경제", "negative": "아마"}).encode(), "jsonl")
+    assert bad.value.field == "negative" and bad.value.row == 1

@@ -270,3 +270,24 @@ def test_gateway_reaches_the_services_by_their_cluster_names_over_https() -> Non
     assert {s["protocol"] for s in config["services"]} == {"https"}
     (limit,) = [p for p in config["plugins"] if p["name"] == "rate-limiting"]
     assert limit["config"]["redis"]["host"] == "redis"
+
+
+def test_model_serving_and_the_training_worker_share_one_read_write_many_model_store(
+        docs: list[dict[str, Any]]) -> None:
+    """The training worker hands artifacts over in `<store>/.training/`, where model-serving registers
+    them: both mount the same claim at the same path, and the claim can be mounted by several nodes."""
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert claims["doctag-models"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    mounts = {}
+    for d in docs:
+        if d["kind"] != "Deployment":
+            continue
+        pod = d["spec"]["template"]["spec"]
+        claim_volumes = {v["name"] for v in pod["volumes"]
+                         if v.get("persistentVolumeClaim", {}).get("claimName") == "doctag-models"}
+        for container in pod["containers"]:
+            for mount in container["volumeMounts"]:
+                if mount["name"] in claim_volumes:
+                    mounts[d["metadata"]["name"]] = (mount["mountPath"], mount.get("readOnly", False))
+    assert mounts == {"model-serving": ("/var/lib/doctag/models", False),
+                      "training-worker": ("/var/lib/doctag/models", False)}

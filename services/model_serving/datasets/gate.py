@@ -1,8 +1,8 @@
 """The data quality gate: what a labelled file must pass before anything of it is stored for training.
 
-`parse_records` reads JSONL (`{"text", "label", "title"?, "id"?}` per line, as ../shared/data) or
-CSV (header with `text` and `label`, optional `title`); a record that does not fit the schema
-raises SchemaError naming the row (1-based line of the file) and the field, answered 400.
+`parse_records` reads JSONL (`{"text", "label", "title"?, "id"?, "negative"?}` per line, as
+../shared/data) or CSV (header with `text` and `label`, optional `title` and `negative`); a record
+that does not fit the schema raises SchemaError naming the row (1-based line of the file) and the field, answered 400.
 
 `run_gate` then, in this order, for every row:
 1. masks personal data in title and text with services.common.pii.mask_pii (the platform's one
@@ -16,6 +16,11 @@ raises SchemaError naming the row (1-based line of the file) and the field, answ
 6. reports label counts, class balance (largest / smallest class), length distribution.
 The version is `blocked` (never trainable) when fewer than `min_rows` rows or fewer than two labels
 remain; otherwise it waits for an admin's review.
+
+A *negative* row (`negative: true`; from the feedback path: a model tag a person removed) says the
+text is NOT its label. Negatives pass steps 1-4 like any row and are de-duplicated by (text, label);
+a positive row with the same text and label as a negative is dropped (`contradicted_by_negative`);
+negatives never count towards the rows, labels or balance that decide whether a version is blocked.
 """
 from __future__ import annotations
 
@@ -54,6 +59,7 @@ class Record:
     text: str
     label: str
     title: str | None = None
+    negative: bool = False   # the text is NOT `label` (a model tag a person removed)
 
 
 @dataclass(frozen=True)
@@ -101,12 +107,24 @@ def _record(obj: dict[str, Any], row: int) -> Record:
     text = _field(obj.get("text"), row, "text", required=True)
     label = _field(obj.get("label"), row, "label", required=True)
     title = _field(obj.get("title"), row, "title", required=False)
+    negative = _negative(obj.get("negative"), row)
     assert text is not None and label is not None
     label = unicodedata.normalize("NFC", label).strip()
     if not label or len(label) > 100 or any(unicodedata.category(c) == "Cc" for c in label):
         raise SchemaError(f"row {row}: 'label' must be 1-100 characters without control characters",
                           row=row, field="label")
-    return Record(row, text, label, title)
+    return Record(row, text, label, title, negative)
+
+
+def _negative(value: Any, row: int) -> bool:
+    """JSONL: true/false (or absent); CSV: "true"/"false"/"1"/"0" or empty."""
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "false", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise SchemaError(f"row {row}: 'negative' must be true or false", row=row, field="negative")
 
 
 def _parse_jsonl(text: str) -> list[Record]:
@@ -153,10 +171,12 @@ def document_text(title: str | None, text: str) -> str:
 
 
 def content_sha256(rows: Iterable[Record]) -> str:
-    """The version's address: SHA-256 over the stored rows (masked title, text, label), in order."""
+    """The version's address: SHA-256 over the stored rows (masked title, text, label), in order.
+    A negative row adds its flag (so positive-only versions keep the address they had before)."""
     digest = hashlib.sha256()
     for r in rows:
-        digest.update(json.dumps([r.title, r.text, r.label], ensure_ascii=False).encode("utf-8"))
+        fields: list[Any] = [r.title, r.text, r.label, *(["negative"] if r.negative else [])]
+        digest.update(json.dumps(fields, ensure_ascii=False).encode("utf-8"))
         digest.update(b"\n")
     return digest.hexdigest()
 
@@ -216,9 +236,15 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
 
 
 def statistics(rows: list[Record]) -> dict[str, Any]:
-    labels = Counter(r.label for r in rows)
-    return {"rows": len(rows), "labels": dict(sorted(labels.items())),
-            "length_chars": _length_stats([len(document_text(r.title, r.text)) for r in rows])}
+    """`rows` and `labels` count positive rows; `negatives` the negative rows per label (when any)."""
+    positive = [r for r in rows if not r.negative]
+    labels = Counter(r.label for r in positive)
+    stats = {"rows": len(positive), "labels": dict(sorted(labels.items())),
+             "length_chars": _length_stats([len(document_text(r.title, r.text)) for r in positive])}
+    negatives = Counter(r.label for r in rows if r.negative)
+    if negatives:
+        stats["negatives"] = dict(sorted(negatives.items()))
+    return stats
 
 
 def run_gate(records: list[Record], settings: GateSettings, *, label_set: frozenset[str] | None,
@@ -229,7 +255,8 @@ def run_gate(records: list[Record], settings: GateSettings, *, label_set: frozen
     for r in records:   # 1. mask first: nothing below reads raw text
         for part in (r.title or "", r.text):
             pii.update(count_pii(part))
-        masked.append(Record(r.row, mask_pii(r.text), r.label, mask_pii(r.title) if r.title else r.title))
+        masked.append(Record(r.row, mask_pii(r.text), r.label, mask_pii(r.title) if r.title else r.title,
+                             r.negative))
     kept: list[Record] = []
     for r in masked:
         body = document_text(r.title, r.text)
@@ -243,6 +270,17 @@ def run_gate(records: list[Record], settings: GateSettings, *, label_set: frozen
             issues["in_evaluation_set"].append(r.row)
         else:
             kept.append(r)
+    negatives = _negatives([r for r in kept if r.negative], issues)
+    rejected = {(text_key(document_text(r.title, r.text)), r.label) for r in negatives}
+    positives = []
+    for r in kept:
+        if r.negative:
+            continue
+        if (text_key(document_text(r.title, r.text)), r.label) in rejected:
+            issues["contradicted_by_negative"].append(r.row)
+        else:
+            positives.append(r)
+    kept = positives
     # exact duplicates and label conflicts
     by_key: dict[str, list[Record]] = defaultdict(list)
     for r in kept:
@@ -259,6 +297,8 @@ def run_gate(records: list[Record], settings: GateSettings, *, label_set: frozen
     near = near_duplicates([document_text(r.title, r.text) for r in unique], settings.near_threshold)
     final = [r for i, r in enumerate(unique) if i not in near]
     issues["near_duplicate"].extend(unique[i].row for i in sorted(near))
+    final = sorted([*final, *negatives], key=lambda r: r.row)   # file order
+    positive_rows = sum(1 for r in final if not r.negative)
 
     stats = statistics(final)
     counts = stats["labels"]
@@ -274,12 +314,12 @@ def run_gate(records: list[Record], settings: GateSettings, *, label_set: frozen
         missing = sorted(label_set - set(counts))
         if missing:
             warnings.append(f"labels of the task without any row: {', '.join(missing)}")
-    if len(final) < settings.min_rows:
-        blocking.append(f"only {len(final)} rows passed the gate (at least {settings.min_rows} are needed)")
+    if positive_rows < settings.min_rows:
+        blocking.append(f"only {positive_rows} rows passed the gate (at least {settings.min_rows} are needed)")
     if len(counts) < 2:
         blocking.append("fewer than two labels passed the gate")
     report = {
-        "rows_in": len(records), "rows_kept": len(final),
+        "rows_in": len(records), "rows_kept": positive_rows, "negative_rows_kept": len(negatives),
         "dropped": {k: {"count": len(v), "rows": v[:MAX_LISTED]} for k, v in issues.items() if v},
         "pii_masked": dict(sorted(pii.items())),
         "class_balance": {"largest_to_smallest": round(balance, 2) if balance else None,
@@ -291,3 +331,17 @@ def run_gate(records: list[Record], settings: GateSettings, *, label_set: frozen
                      "min_rows": settings.min_rows},
     }
     return GateResult(final, report, stats, bool(blocking), content_sha256(final), dict(issues))
+
+
+def _negatives(rows: list[Record], issues: dict[str, list[int]]) -> list[Record]:
+    """The negative rows with each (text, label) once; repeats are `exact_duplicate`."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for r in rows:
+        key = (text_key(document_text(r.title, r.text)), r.label)
+        if key in seen:
+            issues["exact_duplicate"].append(r.row)
+        else:
+            seen.add(key)
+            kept.append(r)
+    return kept

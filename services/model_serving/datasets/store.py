@@ -88,11 +88,12 @@ class DatasetStore:
             for begin in range(0, len(result.rows), ROWS_PER_INSERT):
                 chunk = result.rows[begin:begin + ROWS_PER_INSERT]
                 await conn.execute(
-                    "INSERT INTO models.dataset_rows (version_id, tenant_id, row_no, title, text, label) "
-                    "SELECT %s, %s, n, t, x, l FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[]) "
-                    "AS u(n, t, x, l)",
+                    "INSERT INTO models.dataset_rows (version_id, tenant_id, row_no, title, text, label, negative) "
+                    "SELECT %s, %s, n, t, x, l, g FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], "
+                    "%s::boolean[]) AS u(n, t, x, l, g)",
                     (version_id, dataset["tenant_id"], list(range(begin + 1, begin + len(chunk) + 1)),
-                     [r.title for r in chunk], [r.text for r in chunk], [r.label for r in chunk]))
+                     [r.title for r in chunk], [r.text for r in chunk], [r.label for r in chunk],
+                     [r.negative for r in chunk]))
             await record_audit(conn, principal, audit.DATASET_CREATED,
                                {"dataset_id": str(dataset["id"]), "version": row["n"], "source": source,
                                 "rows": len(result.rows), "content_sha256": result.content_sha256,
@@ -161,9 +162,10 @@ class DatasetStore:
             return cur.rowcount
 
     async def feedback(self, principal: Principal, max_rows: int) -> list[Record]:
-        """The tenant's documents with the tags people gave them (upload's training_feedback())."""
+        """The tenant's documents with the tags people gave them, and (negative) the model's tags people
+        removed from them (upload's training_feedback())."""
         async with self.db.tenant_transaction(principal.tenant_id) as conn:
-            cur = await conn.execute("SELECT document_id, title, text_content, tag FROM "
+            cur = await conn.execute("SELECT document_id, title, text_content, tag, negative FROM "
                                      "documents.training_feedback(%s)", (max_rows,))
             rows = await cur.fetchall()
-        return [Record(i, r["text_content"], r["tag"], r["title"]) for i, r in enumerate(rows, 1)]
+        return [Record(i, r["text_content"], r["tag"], r["title"], r["negative"]) for i, r in enumerate(rows, 1)]
