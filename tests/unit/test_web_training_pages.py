@@ -560,7 +560,7 @@ def test_shadow_report_names_departments_and_only_candidates_get_a_section(web: 
             assert 'id="shadow-plain"' not in page.text   # no candidate, no shadow section
             part = shadow_part(page.text)
             assert 'data-shadow="on"' in part and "켜짐" in part and "2026-11-30 09:00부터 켜짐" in part
-            assert "비율 25.0%" in part and 'name="share" value="25"' in part
+            assert "비율 25% ·" in part and 'name="share" value="25"' in part
             assert 'value="true" checked' in part and "변경: root" in part
             assert "후보 v2 ↔ 운영 v1" in part
             assert "87.0%" in part and "일치 174 · 불일치 26" in part and ">200<" in part
