@@ -1,6 +1,6 @@
 """Administrators' pages: the department's storage and audit log (tenant_admin), the model
-registry with each version's evaluation, promotion of a candidate and rollback of an alias
-(platform_admin). Only what the API offers today."""
+registry with each version's evaluation, promotion of a candidate, rollback of an alias and a
+candidate's shadow mode with its report (platform_admin; admin_shadow.py). Only what the API offers today."""
 from __future__ import annotations
 
 import re
@@ -9,10 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
-from . import messages
+from . import admin_shadow, messages
 from .api import ApiError
 from .core import Web, client_ip, day, day_range
-from .session import csrf_ok
+from .session import CSRF_FIELD, Session, csrf_ok
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -57,24 +57,68 @@ def router(web: Web) -> APIRouter:
         return web.render(request, "admin.html", session, quota=quota, audit=audit, errors=errors, filters=filters,
                           actions=AUDIT_ACTIONS)
 
+    async def models_page(request: Request, session: Session, *, status: int = 200,
+                          shadow_form: dict[str, Any] | None = None) -> Response:
+        """The models screen; `shadow_form` (model, values, errors, error) re-shows a refused switch."""
+        async def fetch(path: str) -> Any:
+            return await web.api.json("GET", path, session.token, client_ip=client_ip(request))
+
+        error = None
+        found: list[dict[str, Any]] = []
+        shadow: dict[str, dict[str, Any]] = {}
+        names: dict[str, str] = {}
+        try:
+            listing = await fetch("/api/v1/models")
+            for model in listing.get("models") or []:
+                versions = await fetch(f"/api/v1/models/{model['name']}/versions")
+                found.append({**model, "version_list": list(reversed(versions.get("versions") or []))})
+            shadow = await admin_shadow.reports(found, fetch)
+            names = await admin_shadow.tenant_names(shadow, fetch)
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            error = messages.problem_message(exc)
+        return web.render(request, "models.html", session, status=status, models=found, error=error,
+                          shadow=shadow, tenant_names=names, shadow_form=shadow_form or {})
+
     @r.get("/admin/models")
     async def models(request: Request) -> Response:
         session = web.session(request)
         if not session.is_platform_admin:
             return web.error_page(request, session, 403, "플랫폼 관리자만 볼 수 있는 화면입니다.")
-        error = None
-        found: list[dict[str, Any]] = []
+        return await models_page(request, session)
+
+    @r.post("/admin/models/{name}/shadow")
+    async def switch_shadow(request: Request, name: str) -> Response:
+        """Shadow mode on or off for the model's candidate, with the share of live texts it scores."""
+        session = web.session(request)
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not csrf_ok(request, session, form.get(CSRF_FIELD)):
+            return web.error_page(request, session, 403, messages.CSRF_REFUSED)
+        if not session.is_platform_admin:
+            return web.error_page(request, session, 403, messages.SHADOW_REFUSED)
+        if not MODEL_NAME.match(name):
+            return web.error_page(request, session, 422, "모델 이름이 올바르지 않습니다.")
+        values = {k: form.get(k, "") for k in admin_shadow.SHADOW_FIELDS}
+        body, errors = admin_shadow.parse_shadow_form(form)
+        if errors:
+            return await models_page(request, session, status=422, shadow_form={
+                "model": name, "values": values, "errors": errors, "error": None})
         try:
-            listing = await web.api.json("GET", "/api/v1/models", session.token, client_ip=client_ip(request))
-            for model in listing.get("models") or []:
-                versions = await web.api.json("GET", f"/api/v1/models/{model['name']}/versions", session.token,
-                                              client_ip=client_ip(request))
-                found.append({**model, "version_list": list(reversed(versions.get("versions") or []))})
+            await web.api.json("PUT", f"/api/v1/models/{name}/shadow", session.token, json=body,
+                               client_ip=client_ip(request))
         except ApiError as exc:
             if exc.status == 401:
                 raise
-            error = messages.problem_message(exc)
-        return web.render(request, "models.html", session, models=found, error=error)
+            error: str | None
+            if exc.status in (403, 404):
+                errors, error = {}, messages.SHADOW_REFUSED if exc.status == 403 else messages.MODEL_GONE
+            else:
+                errors, error = messages.form_errors(exc, admin_shadow.SHADOW_FIELDS)
+            return await models_page(request, session, status=exc.status, shadow_form={
+                "model": name, "values": values, "errors": errors, "error": error})
+        flash = "shadow-on" if body["enabled"] else "shadow-off"
+        return RedirectResponse(f"/admin/models?msg={flash}#shadow-{name}", status_code=303)
 
     @r.post("/admin/models/{name}/alias")
     async def set_alias(request: Request, name: str) -> Response:

@@ -58,12 +58,14 @@ class Web:
             pii_labels=messages.PII_LABELS, dataset_status_labels=messages.DATASET_STATUS_LABELS,
             dataset_source_labels=messages.DATASET_SOURCE_LABELS, gate_issue_labels=messages.GATE_ISSUE_LABELS,
             task_labels=messages.TASK_LABELS, priority_labels=messages.PRIORITY_LABELS,
-            alias_labels=messages.ALIAS_LABELS,
+            alias_labels=messages.ALIAS_LABELS, shadow_labels=messages.SHADOW_REPORT_LABELS,
+            shadow_state_labels=messages.SHADOW_STATE_LABELS, no_tenant_label=messages.NO_TENANT_LABEL,
         )
         self.env.filters.update(size=messages.file_size, kst=messages.local_time, percent=messages.percent,
                                 failure=messages.failure_reason, details=messages.details,
                                 metric_lines=messages.metric_lines, duration=messages.duration,
                                 metric_sets=messages.metric_sets, gate_note=messages.gate_note,
+                                share_percent=messages.share_percent,
                                 snippet=safe_snippet, urlquote=lambda v: quote(str(v), safe=""))
         self.env.globals["query"] = link
 

@@ -58,6 +58,9 @@ FLASH = {
     "job-started": "학습 작업을 요청했습니다. 차례가 되면 학습 작업자가 시작합니다.",
     "job-cancelled": "학습 작업을 취소했습니다. 실행 중이던 작업은 다음 신호(하트비트) 때 멈춥니다.",
     "alias-rolled-back": "별칭을 이전 버전으로 되돌렸습니다.",
+    "shadow-on": ("섀도 모드를 켰습니다. 후보 모델이 실시간 요청의 일부를 운영 모델과 함께 채점합니다 "
+                  "(모든 모델 서버에 반영되기까지 최대 30초)."),
+    "shadow-off": "섀도 모드를 껐습니다. 지금까지의 비교 결과는 그대로 볼 수 있습니다.",
     "logged-out": "로그아웃했습니다.",
     "expired": "세션이 만료되었습니다. 다시 로그인하세요.",
 }
@@ -109,7 +112,8 @@ _FIELDS = {"tenant": "부서 코드", "username": "사용자 이름", "password"
            "model": "모델 이름", "priority": "우선순위", "seed": "시드", "timeout_s": "제한 시간",
            "epochs": "에폭", "tune_layers": "미세 조정 층 수", "max_windows": "문서당 구간 수",
            "window_tokens": "구간 길이(토큰)", "learning_rate": "학습률", "hyperparameters": "학습 설정",
-           "label": "라벨", "text": "본문", "alias": "별칭"}
+           "label": "라벨", "text": "본문", "alias": "별칭", "enabled": "섀도 모드 켜기/끄기",
+           "share": "섀도 비율", "candidate_version": "후보 버전"}
 
 
 def problem_message(error: ApiError | int, problem: dict[str, Any] | None = None) -> str:
@@ -255,9 +259,9 @@ def local_time(value: Any) -> str:
     return parsed.astimezone(KST).strftime("%Y-%m-%d %H:%M") if parsed else "-"
 
 
-def percent(value: Any) -> str:
+def percent(value: Any, digits: int = 0) -> str:
     try:
-        return f"{float(value) * 100:.0f}%"
+        return f"{float(value) * 100:.{digits}f}%"
     except (TypeError, ValueError):
         return "-"
 
@@ -282,6 +286,24 @@ STAGE_LABELS = {"starting": "준비 중", "loading": "데이터 불러오는 중
                 "done": "학습 끝, 등록 대기", "registering": "등록·평가 중", "ready": "완료", "failed": "실패",
                 "cancelled": "취소됨"}
 ALIAS_LABELS = {"production": "운영", "candidate": "후보"}
+# Shadow mode (the models screen): the candidate scoring a share of live texts beside production.
+SHADOW_SHARE_RULE = "섀도 비율은 0% 초과 100% 이하로 입력하세요 (예: 10)."
+SHADOW_REFUSED = "섀도 모드는 플랫폼 관리자만 켜고 끌 수 있습니다."
+MODEL_GONE = "모델을 찾을 수 없습니다. 삭제되었을 수 있습니다."
+SHADOW_STATE_LABELS = {True: "켜짐", False: "꺼짐"}
+SHADOW_REPORT_LABELS = {
+    "samples": "비교한 표본", "agree": "일치", "disagree": "불일치", "agreement": "일치율",
+    "dropped": "건너뛴 표본 (대기열 가득 참)", "p50": "후보 응답 시간 p50", "p95": "후보 응답 시간 p95",
+    "since": "비교 시작", "until": "마지막 비교", "production": "운영 답", "candidate": "후보 답"}
+NO_TENANT_LABEL = "부서 없음"
+
+
+def share_percent(value: Any) -> str:
+    """A share (0–1) as the number the switch's form takes: 0.1 → `10`, 0.125 → `12.5`."""
+    try:
+        return f"{float(value) * 100:.2f}".rstrip("0").rstrip(".")
+    except (TypeError, ValueError):
+        return ""
 
 _ROW_FIELD = re.compile(r"^rows\[(\d+)\]\.(\w+)$")
 # What a problem naming one field means, by (field, status), where the generic sentence says too little.
@@ -299,6 +321,8 @@ _FIELD_SENTENCES = {
     ("dataset_versions", 409): "승인된 버전만 학습에 쓸 수 있습니다.",
     ("dataset_versions", 422): "학습할 데이터셋 버전을 1~20개 고르세요.",
     ("note", 422): "사유는 1,000자 이하로 입력하세요.",
+    ("share", 422): SHADOW_SHARE_RULE,
+    ("enabled", 422): "켜기 또는 끄기를 고르세요.",
 }
 
 

@@ -1,9 +1,9 @@
 """The web UI in a real browser (Debian's Chromium, headless, driven by Playwright) against the whole
 stack through the gateway: log in, upload real Korean documents and watch their tags appear, search,
 read and correct a document, re-login without losing the page, another department's document refused,
-an attacker's title shown as text, the quota warning and refusal, the audit log, a model promotion,
-a training dataset uploaded, its gate report read and approved, and training jobs started, limited
-and cancelled.
+an attacker's title shown as text, the quota warning and refusal, the audit log, a model promotion
+and its candidate's shadow mode switched on, a training dataset uploaded, its gate report read and
+approved, and training jobs started, limited and cancelled.
 
 Screenshots of every screen are written to var/screenshots/ (not committed) for a person to look at.
 The tests run in order and build on each other's documents (one department's day, start to end).
@@ -489,6 +489,22 @@ def test_platform_admin_promotes_and_rolls_back_a_model(open_session, people, st
     models = httpx.get(f"{stack.gateway_url}/api/v1/models", headers={"Authorization": f"Bearer {token}"},
                        timeout=30).json()["models"]
     assert next(m for m in models if m["name"] == name)["aliases"] == {"production": 1}
+    # Shadow mode: v2 becomes the candidate, is switched on at 50%, and the section says so (nothing scored yet).
+    httpx.put(f"{stack.gateway_url}/api/v1/models/{name}/aliases/candidate", json={"version": 2},
+              headers={"Authorization": f"Bearer {token}"}, timeout=30).raise_for_status()
+    page.reload()
+    shadow = page.locator(f"#shadow-{name}")
+    expect(shadow).to_have_attribute("data-shadow", "off")
+    shadow.locator("input[name=enabled][value=true]").check()
+    shadow.locator("input[name=share]").fill("50")
+    shadow.locator("button", has_text="섀도 모드 적용").click()
+    expect(page.locator(".notice-ok")).to_contain_text("섀도 모드를 켰습니다")
+    shadow = page.locator(f"#shadow-{name}")
+    expect(shadow).to_have_attribute("data-shadow", "on")
+    expect(shadow.locator(".shadow-state")).to_have_text("켜짐")
+    expect(shadow.locator("input[name=share]")).to_have_value("50")
+    expect(shadow.locator(".shadow-empty")).to_contain_text("아직 비교한 표본이 없습니다")
+    s.shot("17-models-shadow-on")
 
 
 def training_file(per_label: int) -> bytes:

@@ -16,6 +16,8 @@ import pytest
 from services.model_serving.datasets.eval_sets import TASK_RE
 from services.model_serving.datasets.gate import GateSettings, Record, run_gate, text_key
 from services.model_serving.jobs.store import ACTIVE, TERMINAL
+from services.model_serving.shadow import per_label
+from services.model_serving.shadow_api import ShadowBody
 from services.web import messages
 from services.web.admin_datasets import TASK
 from services.web.admin_training import job_view
@@ -23,7 +25,7 @@ from services.web.api import ApiError
 from services.web.session import COOKIE, csrf_token
 from tests.conftest import REPO
 
-from .web_support import EVIL, Web, make_web, run
+from .web_support import EVIL, TENANT, Web, make_web, run
 
 DATASET, VERSION_ID, JOB = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
 SCREENS = ("/admin/datasets", f"/admin/datasets/{DATASET}", "/admin/training-jobs", f"/admin/training-jobs/{JOB}")
@@ -498,3 +500,183 @@ def test_every_gate_issue_job_state_and_stage_has_a_korean_label() -> None:
     for stage in ("starting", "loading", "lower-pass", "fine-tuning", "head", "measuring", "done", "registering",
                   *(s.lower() for s in TERMINAL)):
         assert stage in messages.STAGE_LABELS, stage
+
+
+# -- shadow mode on the models screen ------------------------------------------------------------
+OTHER_TENANT = str(uuid.uuid4())
+
+
+def shadow_report(samples: int = 0, **extra: Any) -> dict[str, Any]:
+    """The report as model-serving's ShadowMode.report answers it."""
+    base: dict[str, Any] = {
+        "name": "doctag-tagger", "enabled": False, "share": 0.1, "enabled_at": None, "updated_by": None,
+        "production_version": 1, "candidate_version": 2, "tenant_id": None, "since": None, "until": None,
+        "samples": samples, "agree": 0, "disagree": 0, "agreement": None, "dropped": 0,
+        "candidate_latency_ms": {"mean": None, "p50": None, "p95": None}, "production_versions": [],
+        "per_label": {}, "tenants": []}
+    return {**base, **extra}
+
+
+SCORED = shadow_report(
+    200, enabled=True, share=0.25, enabled_at="2026-11-30T00:00:00+00:00", updated_by="root",
+    since="2026-11-30T00:05:00+00:00", until="2026-11-30T03:00:00+00:00", agree=174, disagree=26, agreement=0.87,
+    dropped=7, candidate_latency_ms={"mean": 40.0, "p50": 31.25, "p95": 88.5}, production_versions=["1"],
+    per_label={"경제": {"production": 120, "candidate": 118, "agree": 110, "disagree": 10, "agreement": 0.9167},
+               EVIL: {"production": 80, "candidate": 82, "agree": 64, "disagree": 16, "agreement": 0.8}},
+    tenants=[{"tenant_id": TENANT, "samples": 150, "agree": 135, "dropped": 5, "agreement": 0.9},
+             {"tenant_id": OTHER_TENANT, "samples": 50, "agree": 39, "dropped": 2, "agreement": 0.78}])
+
+
+def models_answers(gateway: Any, report: dict[str, Any] | httpx.Response | None) -> None:
+    gateway.answers[("GET", "/api/v1/models")] = httpx.Response(200, json={"models": [
+        {"name": "doctag-tagger", "versions": 2, "aliases": {"candidate": 2, "production": 1}},
+        {"name": "plain", "versions": 1, "aliases": {"production": 1}}]})
+    for name in ("doctag-tagger", "plain"):
+        gateway.answers[("GET", f"/api/v1/models/{name}/versions")] = httpx.Response(200, json={"versions": [
+            {"version": 1, "aliases": ["production"], "created_at": "2026-11-01T00:00:00+00:00", "metrics": {}}]})
+    if report is not None:
+        gateway.answers[("GET", "/api/v1/models/doctag-tagger/shadow")] = (
+            report if isinstance(report, httpx.Response) else httpx.Response(200, json=report))
+    gateway.answers[("GET", "/api/v1/admin/tenants")] = httpx.Response(200, json={"items": [
+        {"id": TENANT, "slug": "finance", "name": "기획재정담당관"}]})
+
+
+def shadow_part(text: str) -> str:
+    start = text.index('id="shadow-doctag-tagger"')
+    return text[start:text.index("</section>", start)]
+
+
+def test_shadow_report_names_departments_and_only_candidates_get_a_section(web: Web) -> None:
+    client, gateway, login = web
+    models_answers(gateway, SCORED)
+
+    async def go() -> None:
+        async with client:
+            client.cookies.set(COOKIE, login(["platform_admin"]))
+            page = await client.get("/admin/models")
+            assert page.status_code == 200
+            asked = [path for method, path, _ in gateway.calls if method == "GET"]
+            assert "/api/v1/models/doctag-tagger/shadow" in asked and "/api/v1/models/plain/shadow" not in asked
+            assert 'id="shadow-plain"' not in page.text   # no candidate, no shadow section
+            part = shadow_part(page.text)
+            assert 'data-shadow="on"' in part and "켜짐" in part and "2026-11-30 09:00부터 켜짐" in part
+            assert "비율 25% ·" in part and 'name="share" value="25"' in part
+            assert 'value="true" checked' in part and "변경: root" in part
+            assert "후보 v2 ↔ 운영 v1" in part
+            assert "87.0%" in part and "일치 174 · 불일치 26" in part and ">200<" in part
+            assert "건너뛴 표본 (대기열 가득 참)" in part and ">7<" in part
+            assert "31.2 ms" in part and "88.5 ms" in part
+            assert "비교 시작 2026-11-30 09:05" in part
+            assert 'data-label="경제"' in part and "91.7%" in part
+            assert EVIL not in part and "&lt;script&gt;" in part      # labels are text, never markup
+            assert "기획재정담당관" in part and "90.0%" in part       # a department the web knows: by name
+            assert f'<span class="mono small">{OTHER_TENANT}</span>' in part and "78.0%" in part
+            assert "아직 비교한 표본이 없습니다" not in part
+    run(go())
+
+
+def test_shadow_empty_state_and_a_report_that_failed_keep_the_screen(web: Web) -> None:
+    client, gateway, login = web
+    models_answers(gateway, shadow_report())
+
+    async def go() -> None:
+        async with client:
+            client.cookies.set(COOKIE, login(["platform_admin"]))
+            part = shadow_part((await client.get("/admin/models")).text)
+            assert 'data-shadow="off"' in part and "꺼짐" in part and 'value="false" checked' in part
+            assert "아직 비교한 표본이 없습니다. 섀도 모드를 켜면" in part and "shadow-stats" not in part
+            assert "/api/v1/admin/tenants" not in [path for _, path, _ in gateway.calls]  # no departments to name
+            gateway.answers[("GET", "/api/v1/models/doctag-tagger/shadow")] = problem(
+                503, type="urn:doctag:problem:registry-unavailable")
+            page = await client.get("/admin/models")
+            assert page.status_code == 200 and "v1" in page.text
+            assert "섀도 모드 보고서를 불러오지 못했습니다: 모델 저장소에 연결할 수 없습니다" in shadow_part(page.text)
+    run(go())
+
+
+def test_shadow_switch_posts_the_api_body_and_shows_refusals_by_field(web: Web) -> None:
+    client, gateway, login = web
+    models_answers(gateway, shadow_report())
+
+    async def go() -> None:
+        async with client:
+            token = login(["platform_admin"])
+            client.cookies.set(COOKIE, token)
+            on = await client.post("/admin/models/doctag-tagger/shadow",
+                                   data={"csrf": csrf_token(token), "enabled": "true", "share": "12.5"})
+            assert on.status_code == 303
+            assert on.headers["location"] == "/admin/models?msg=shadow-on#shadow-doctag-tagger"
+            assert gateway.calls[-1] == ("PUT", "/api/v1/models/doctag-tagger/shadow",
+                                         {"enabled": True, "share": 0.125})
+            assert "섀도 모드를 켰습니다" in (await client.get("/admin/models?msg=shadow-on")).text
+            off = await client.post("/admin/models/doctag-tagger/shadow",
+                                    data={"csrf": csrf_token(token), "enabled": "false", "share": ""})
+            assert off.headers["location"] == "/admin/models?msg=shadow-off#shadow-doctag-tagger"
+            assert gateway.calls[-1] == ("PUT", "/api/v1/models/doctag-tagger/shadow", {"enabled": False})
+            # The page's own refusals: no API call, the words beside the field, the form kept.
+            before = len(gateway.calls)
+            bad = await client.post("/admin/models/doctag-tagger/shadow",
+                                    data={"csrf": csrf_token(token), "share": "150"})
+            assert bad.status_code == 422
+            assert not any(method == "PUT" for method, _, _ in gateway.calls[before:])
+            part = shadow_part(bad.text)
+            assert '<p class="error" id="err-share" role="alert">섀도 비율은 0% 초과 100% 이하로' in part
+            assert '<p class="error" id="err-enabled" role="alert">켜기 또는 끄기를 고르세요.' in part
+            assert 'name="share" value="150" inputmode="decimal" class="num-input" placeholder="기본값" ' \
+                   'aria-invalid="true" aria-describedby="err-share"' in part
+            # The API's 422 naming `share`: beside the share field, in Korean.
+            gateway.answers[("PUT", "/api/v1/models/doctag-tagger/shadow")] = problem(422, "body.share")
+            refused = await client.post("/admin/models/doctag-tagger/shadow",
+                                        data={"csrf": csrf_token(token), "enabled": "true", "share": "0.001"})
+            assert refused.status_code == 422
+            part = shadow_part(refused.text)
+            assert 'id="err-share" role="alert">섀도 비율은 0% 초과 100% 이하로 입력하세요 (예: 10).' in part
+            assert 'value="0.001"' in part and 'value="true" checked' in part
+            # The API's 403 (no field): a Korean sentence at the top of the form.
+            gateway.answers[("PUT", "/api/v1/models/doctag-tagger/shadow")] = problem(403)
+            denied = await client.post("/admin/models/doctag-tagger/shadow",
+                                       data={"csrf": csrf_token(token), "enabled": "true"})
+            assert denied.status_code == 403
+            assert "섀도 모드는 플랫폼 관리자만 켜고 끌 수 있습니다." in shadow_part(denied.text)
+            gateway.answers[("PUT", "/api/v1/models/doctag-tagger/shadow")] = problem(404, "name")
+            gone = await client.post("/admin/models/doctag-tagger/shadow",
+                                     data={"csrf": csrf_token(token), "enabled": "false"})
+            assert gone.status_code == 404 and "모델을 찾을 수 없습니다." in shadow_part(gone.text)
+            # No CSRF token, or not a platform admin: refused before the API is asked.
+            before = len(gateway.calls)
+            assert (await client.post("/admin/models/doctag-tagger/shadow",
+                                      data={"enabled": "true"})).status_code == 403
+            chief = login(["tenant_admin"])
+            client.cookies.set(COOKIE, chief)
+            assert (await client.post("/admin/models/doctag-tagger/shadow",
+                                      data={"csrf": csrf_token(chief), "enabled": "true"})).status_code == 403
+            assert len(gateway.calls) == before
+    run(go())
+
+
+def test_shadow_section_has_no_switch_for_a_session_without_the_platform_role(web: Web) -> None:
+    """The screen itself is a platform admin's; a department admin is refused it, so never sees the form."""
+    client, gateway, login = web
+    models_answers(gateway, SCORED)
+
+    async def go() -> None:
+        async with client:
+            client.cookies.set(COOKIE, login(["tenant_admin"]))
+            page = await client.get("/admin/models")
+            assert page.status_code == 403 and "/shadow" not in page.text and gateway.calls == []
+            client.cookies.set(COOKIE, login(["platform_admin"]))
+            assert 'action="/admin/models/doctag-tagger/shadow"' in (await client.get("/admin/models")).text
+    run(go())
+
+
+def test_every_shadow_word_the_screen_shows_is_korean() -> None:
+    """The report's per-label numbers and the switch's fields (as model-serving defines them) have labels."""
+    entry = next(iter(per_label([("경제", "정치", 3)]).values()))
+    assert set(entry) <= set(messages.SHADOW_REPORT_LABELS)
+    for key in ("samples", "agree", "disagree", "agreement", "dropped", "since", "until", "p50", "p95"):
+        assert key in messages.SHADOW_REPORT_LABELS, key
+    for field in ShadowBody.model_fields:
+        errors, page = messages.form_errors(ApiError(422, {"errors": [{"field": f"body.{field}"}]}), (field,))
+        assert page is None and field not in errors[field] and re.search("[가-힣]", errors[field]), field
+    assert messages.share_percent(0.1) == "10" and messages.share_percent(0.125) == "12.5"
+    assert messages.share_percent(None) == "" and messages.percent(0.8712, 1) == "87.1%"
