@@ -5,7 +5,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import psycopg
 from fastapi import Depends, FastAPI, Query
@@ -107,7 +107,8 @@ def make_semantic(settings: SearchSettings, cache: VectorCache) -> SemanticSearc
 def make_cache(settings: SearchSettings) -> VectorCache:
     store = IndexStore(settings.state_dir / "search-index") if settings.ann_persist else None
     return VectorCache(refresh_s=settings.vector_refresh_s, full_reload_s=settings.vector_full_reload_s,
-                       policy=settings.index_policy(), store=store)
+                       policy=settings.index_policy(), store=store,
+                       late_commit_margin=timedelta(seconds=settings.vector_late_commit_s))
 
 
 def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,

@@ -30,6 +30,9 @@ class SearchSettings(CommonSettings):
                                                         "before asking model-serving again")
     vector_refresh_s: float = Field(2.0, ge=0, description="how often a tenant's cached vectors are brought up "
                                                            "to date (newly tagged documents)")
+    vector_late_commit_s: float = Field(60.0, ge=0, description="a refresh reads again what was written this long "
+                                                                "before the previous read began (a transaction that "
+                                                                "started earlier may commit after it)")
     vector_full_reload_s: float = Field(600.0, gt=0, description="how often a tenant's cache is rebuilt whole")
     # The ANN index of large tenants (services/search/ann.py); defaults measured on e5 vectors (semantic.py).
     ann_threshold: int = Field(20_000, ge=0, description="a tenant with at least this many document vectors is "

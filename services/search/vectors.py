@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from services.common.db import Database
 from services.common.embeddings import DTYPE, unpack
@@ -29,6 +29,8 @@ WATERMARK_MARGIN = timedelta(seconds=60)
 # Rows read from PostgreSQL per fetch when a tenant's vectors are read whole.
 READ_PAGE = 5_000
 
+VECTORS_READ = Counter("doctag_search_vectors_read",
+                       "Document vectors read from PostgreSQL (whole reads and refreshes)")
 INDEX_WORK = Gauge("doctag_search_vector_index_building",
                    "Tenants whose vector index is being built or reloaded in the background now")
 
@@ -144,8 +146,9 @@ class VectorCache:
     still agrees with PostgreSQL (brought up to date from its watermark, then counted)."""
 
     def __init__(self, *, refresh_s: float, full_reload_s: float, policy: IndexPolicy | None = None,
-                 store: IndexStore | None = None) -> None:
+                 store: IndexStore | None = None, late_commit_margin: timedelta = WATERMARK_MARGIN) -> None:
         self.refresh_s = refresh_s
+        self.late_commit_margin = late_commit_margin
         self.full_reload_s = full_reload_s
         self.policy = policy or IndexPolicy()
         self.store = store
@@ -314,6 +317,7 @@ class VectorCache:
                 await cursor.execute("SELECT document_id, dim, vector FROM documents.document_embeddings "
                                      "WHERE model = %(model)s", {"model": model})
                 while rows := await cursor.fetchmany(READ_PAGE):
+                    VECTORS_READ.inc(len(rows))
                     page_ids, page = _page(rows, target)
                     ids.extend(page_ids)
                     pages.append(page)
@@ -333,17 +337,21 @@ class VectorCache:
         return target
 
     async def _read_changes(self, db: Database, tenant: str, target: TenantVectors) -> None:
-        since = target.watermark - WATERMARK_MARGIN if target.watermark else None
+        """Reads the vectors written since the last read. The watermark is the time that read began
+        (PostgreSQL's clock), not the newest row's `updated_at`: after a bulk write the newest rows
+        would otherwise stay within the margin and be read again on every refresh until the next write."""
+        since = target.watermark - self.late_commit_margin if target.watermark else None
         newer = "" if since is None else " AND updated_at > %(since)s"
         async with db.tenant_transaction(tenant) as conn:
+            began = await (await conn.execute("SELECT now() AS now")).fetchone()
             rows = await (await conn.execute(
                 "SELECT document_id, dim, vector, updated_at FROM documents.document_embeddings "
                 f"WHERE model = %(model)s{newer}", {"model": target.model, "since": since})).fetchall()
+        VECTORS_READ.inc(len(rows))
         ids, matrix = _page(rows, target)
         await target.put(ids, matrix)
-        for row in rows:
-            if target.watermark is None or row["updated_at"] > target.watermark:
-                target.watermark = row["updated_at"]
+        if began is not None:
+            target.watermark = began["now"]
 
 
 def _page(rows: list[dict[str, object]], target: TenantVectors) -> tuple[list[str], np.ndarray]:

@@ -7,12 +7,14 @@ them, stored with the same SQL the upload service uses at tagging time.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -30,6 +32,7 @@ from services.search.api import build_app, make_cache
 from services.search.grpc_service import add_to_server
 from services.search.semantic import QueryEncoder, SemanticUnavailable
 from services.search.settings import SearchSettings
+from services.search.vectors import VECTORS_READ
 from services.tagging_worker.worker import passage_text
 from services.upload import repository as repo
 from tests.conftest import create_tenant
@@ -306,6 +309,17 @@ async def test_a_tenant_above_the_threshold_is_searched_through_the_ann_index(
             body = await _search(c, headers, q="보이스피싱 신고")
             ids = [h["id"] for h in body["hits"]]
             assert docs["phishing"] not in ids and ids[0] == late
+            # Once the margin for late commits has passed, refreshes (every query here) read nothing
+            # more while nothing is written, however recent the newest row is.
+            cache.late_commit_margin = timedelta(seconds=0.5)
+            await asyncio.sleep(0.6)
+            await _search(c, headers, q="보이스피싱 신고")
+            await asyncio.sleep(0.6)
+            read = VECTORS_READ._value.get()
+            for _ in range(3):
+                await _search(c, headers, q="보이스피싱 신고")
+            assert VECTORS_READ._value.get() == read, "rows read again on every refresh"
+            cache.late_commit_margin = timedelta(seconds=60)
             r = await c.get(f"/api/v1/documents/{late}/similar", headers=headers)
             assert docs["phishing"] not in [h["id"] for h in r.json()["hits"]]
             assert cache.serving(tenant) == ("ann", 6), "the deleted one stays until the full reload"
