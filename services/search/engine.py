@@ -144,32 +144,16 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
 def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None) -> list[Hit]:
     """Snippets may need the analyser (inflected forms, highlights): runs in a worker thread.
 
-    Highlights come from the terms as written where any occurs in the snippet; only a snippet
-    without one (늘렸다 for 늘리다) is analysed. Where both kinds meet in one snippet, the
-    inflected form then goes unmarked: the price of not running Kiwi for every hit."""
-    needles: list[str] = []
-    locate = None
-    marks = None
-    if analyzed is not None:
-        wanted = set(analyzed.terms)
-        needles = [*analyzed.phrases, *analyzed.terms]
-
-        def locate(text: str) -> tuple[int, int] | None:
-            for m in morph.morphemes(text[:LOCATE_CHARS]):
-                if m.term in wanted:
-                    return m.start, m.end
-            return None
-
-        def marks(text: str) -> list[tuple[int, int]]:
-            # The analyser (milliseconds per snippet) only when no query term occurs as written.
-            return (literal_spans(text, analyzed.terms)
-                    or [(m.start, m.end) for m in morph.morphemes(text) if m.term in wanted])
-
+    Highlights come from the terms as written where any occurs in the snippet; only a text
+    without one (늘렸다 for 늘리다) is analysed, once per hit: the snippet's marks are taken from
+    the same analysis that located the term (or found none: a hit by meaning alone). Where both
+    kinds meet in one snippet, the inflected form then goes unmarked: the price of not running
+    Kiwi for every hit."""
     return [
         Hit(
             id=str(row["id"]),
             title=row["title"],
-            snippet=make_snippet(row["text_head"], row["title"], needles, locate=locate, marks=marks),
+            snippet=_snippet(row, analyzed),
             score=round(float(row["score"]), 6),
             tags=tuple(TagScore(t["tag"], round(float(t["score"]), 4)) for t in row["tags"]),
             status=row["status"],
@@ -177,6 +161,36 @@ def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None
         )
         for row in rows
     ]
+
+
+def _snippet(row: dict[str, Any], analyzed: morph.AnalyzedQuery | None) -> str:
+    if analyzed is None:
+        return make_snippet(row["text_head"], row["title"], [])
+    wanted = set(analyzed.terms)
+    analysed: dict[str, list[tuple[int, int]]] = {}   # a text's start -> spans of query terms in it
+
+    def term_spans(text: str) -> list[tuple[int, int]]:
+        head = text[:LOCATE_CHARS]
+        if head not in analysed:
+            analysed[head] = [(m.start, m.end) for m in morph.morphemes(head) if m.term in wanted]
+        return analysed[head]
+
+    def locate(text: str) -> tuple[int, int] | None:
+        spans = term_spans(text)
+        return spans[0] if spans else None
+
+    def marks(piece: str) -> list[tuple[int, int]]:
+        literal = literal_spans(piece, analyzed.terms)
+        if literal:
+            return literal
+        for head, spans in analysed.items():   # the piece is cut from a text analysed above
+            offset = head.find(piece)
+            if offset >= 0:
+                return [(a - offset, b - offset) for a, b in spans if offset <= a and b <= offset + len(piece)]
+        return [(m.start, m.end) for m in morph.morphemes(piece) if m.term in wanted]
+
+    return make_snippet(row["text_head"], row["title"], [*analyzed.phrases, *analyzed.terms],
+                        locate=locate, marks=marks)
 
 
 class DocumentNotFound(LookupError):
