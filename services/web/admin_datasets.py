@@ -40,15 +40,10 @@ def sort_datasets(items: list[dict[str, Any]], sort: str) -> list[dict[str, Any]
     return items
 
 
-def refused(web: Web, request: Request, session: Session) -> Response:
-    return web.error_page(request, session, 403, "부서 관리자 또는 플랫폼 관리자만 볼 수 있는 화면입니다.")
-
-
 def router(web: Web) -> APIRouter:
     r = APIRouter()
 
-    async def call(request: Request, session: Session, method: str, path: str, **kwargs: Any) -> Any:
-        return await web.api.json(method, path, session.token, client_ip=client_ip(request), **kwargs)
+    call = web.call
 
     # -- the list and a new dataset ---------------------------------------------------------
     async def list_page(request: Request, session: Session, *, sort: str = "newest", status: int = 200,
@@ -71,7 +66,7 @@ def router(web: Web) -> APIRouter:
     async def datasets(request: Request, sort: str = "newest") -> Response:
         session = web.session(request)
         if not session.is_tenant_admin:
-            return refused(web, request, session)
+            return web.refused(request, session, "부서 관리자 또는 플랫폼 관리자")
         return await list_page(request, session, sort=sort)
 
     async def send_version(request: Request, session: Session, path: str, form: FormData,
@@ -149,7 +144,7 @@ def router(web: Web) -> APIRouter:
     async def dataset(request: Request, dataset_id: str, version: int | None = None) -> Response:
         session = web.session(request)
         if not session.is_tenant_admin:
-            return refused(web, request, session)
+            return web.refused(request, session, "부서 관리자 또는 플랫폼 관리자")
         target = uuid_of(dataset_id)
         if target is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
@@ -184,8 +179,8 @@ def router(web: Web) -> APIRouter:
     async def review(request: Request, dataset_id: str, version: int) -> Response:
         """`decision` approve or reject; a rejection needs its reason (`note`), kept with the version."""
         session = web.session(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not csrf_ok(request, session, form.get(CSRF_FIELD)):
+        form = await web.posted_form(request, session)
+        if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
         target, decision = uuid_of(dataset_id), form.get("decision", "")
         if target is None or decision not in ("approve", "reject"):
@@ -214,8 +209,8 @@ def router(web: Web) -> APIRouter:
     @r.post("/admin/datasets/{dataset_id}/delete")
     async def delete(request: Request, dataset_id: str) -> Response:
         session = web.session(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not csrf_ok(request, session, form.get(CSRF_FIELD)):
+        form = await web.posted_form(request, session)
+        if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
         target = uuid_of(dataset_id)
         if target is None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -15,8 +14,8 @@ from fastapi.responses import RedirectResponse, Response
 from . import messages
 from .api import ApiError
 from .charts import daily_bars
-from .core import Web, client_ip
-from .session import CSRF_FIELD, Session, csrf_ok
+from .core import Web, client_ip, uuid_of
+from .session import Session
 
 USAGE_DAYS = 30
 KEY_ROLES = ("user", "tenant_admin")
@@ -24,13 +23,6 @@ USERNAME = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 MB = 1024 * 1024
 # The form's bound; upload refuses above 1 PiB itself (services/upload/storage_quotas.py).
 MAX_STORAGE_QUOTA_MB = 2**30
-
-
-def _uuid(raw: str) -> str | None:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        return None
 
 
 def _mb(size: int) -> str:
@@ -42,16 +34,10 @@ def router(web: Web) -> APIRouter:
     r = APIRouter()
 
     async def form_of(request: Request, session: Session) -> dict[str, Any] | None:
-        form = await request.form()
-        fields: dict[str, Any] = {k: str(v) for k, v in form.items()}
-        fields["roles"] = [str(v) for v in form.getlist("roles")]
-        return fields if csrf_ok(request, session, fields.get(CSRF_FIELD)) else None
+        return await web.posted_form(request, session, lists=("roles",))
 
-    def refused(request: Request, session: Session, who: str) -> Response:
-        return web.error_page(request, session, 403, f"{who}만 볼 수 있는 화면입니다.")
-
-    async def call(request: Request, session: Session, method: str, path: str, **kwargs: Any) -> Any:
-        return await web.api.json(method, path, session.token, client_ip=client_ip(request), **kwargs)
+    refused = web.refused
+    call = web.call
 
     # -- users ------------------------------------------------------------------------------
     async def users_page(request: Request, session: Session, *, status: int = 200, error: str | None = None,
@@ -102,7 +88,7 @@ def router(web: Web) -> APIRouter:
         form = await form_of(request, session)
         if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
-        target, action = _uuid(user_id), form.get("action", "")
+        target, action = uuid_of(user_id), form.get("action", "")
         changes = {"role": {"role": form.get("role", "")}, "disable": {"disabled": True},
                    "enable": {"disabled": False}, "password": {"password": form.get("password", "")}}
         if target is None or action not in changes:
@@ -159,7 +145,7 @@ def router(web: Web) -> APIRouter:
         session = web.session(request)
         if await form_of(request, session) is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
-        target = _uuid(key_id)
+        target = uuid_of(key_id)
         if target is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
         await web.api.send("DELETE", f"/api/v1/admin/api-keys/{target}", session.token, client_ip=client_ip(request))
@@ -172,7 +158,7 @@ def router(web: Web) -> APIRouter:
         if not session.is_tenant_admin:
             return refused(request, session, "부서 관리자")
         params: dict[str, Any] = {"days": USAGE_DAYS}
-        target = _uuid(tenant or "")
+        target = uuid_of(tenant)
         if target and target != session.tenant_id:
             params["tenant_id"] = target
         body, error = None, None
@@ -218,7 +204,7 @@ def router(web: Web) -> APIRouter:
         form = await form_of(request, session)
         if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
-        target, raw = _uuid(tenant_id), form.get("api_daily_quota", "").strip().replace(",", "")
+        target, raw = uuid_of(tenant_id), form.get("api_daily_quota", "").strip().replace(",", "")
         if target is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
         if raw and not raw.isdigit():
@@ -239,7 +225,7 @@ def router(web: Web) -> APIRouter:
         form = await form_of(request, session)
         if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
-        target, raw = _uuid(tenant_id), form.get("storage_quota_mb", "").strip().replace(",", "")
+        target, raw = uuid_of(tenant_id), form.get("storage_quota_mb", "").strip().replace(",", "")
         if target is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
         if not raw.isdigit() or not 0 < int(raw) <= MAX_STORAGE_QUOTA_MB:

@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from . import admin_shadow, messages
 from .api import ApiError
 from .core import Web, client_ip, day, day_range
-from .session import CSRF_FIELD, Session, csrf_ok
+from .session import Session
 
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 ALIAS = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -92,8 +92,8 @@ def router(web: Web) -> APIRouter:
     async def switch_shadow(request: Request, name: str) -> Response:
         """Shadow mode on or off for the model's candidate, with the share of live texts it scores."""
         session = web.session(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not csrf_ok(request, session, form.get(CSRF_FIELD)):
+        form = await web.posted_form(request, session)
+        if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
         if not session.is_platform_admin:
             return web.error_page(request, session, 403, messages.SHADOW_REFUSED)
@@ -123,8 +123,8 @@ def router(web: Web) -> APIRouter:
     @r.post("/admin/models/{name}/alias")
     async def set_alias(request: Request, name: str) -> Response:
         session = web.session(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not csrf_ok(request, session, form.get("csrf")):
+        form = await web.posted_form(request, session)
+        if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
         alias, version = form.get("alias", ""), form.get("version", "")
         if not MODEL_NAME.match(name) or not ALIAS.match(alias) or not version.isdigit():
@@ -142,8 +142,8 @@ def router(web: Web) -> APIRouter:
     async def rollback(request: Request, name: str) -> Response:
         """The alias back to where it pointed before its last move (the registry remembers it)."""
         session = web.session(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not csrf_ok(request, session, form.get("csrf")):
+        form = await web.posted_form(request, session)
+        if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
         alias = form.get("alias", "")
         if not MODEL_NAME.match(name) or not ALIAS.match(alias):

@@ -4,7 +4,6 @@ failed or dead-lettered document is a CSRF-checked form. `/admin/queue/live` giv
 numbers as JSON for its polling (static/app.js), so they refresh without reloading the page."""
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -12,18 +11,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from . import messages
 from .api import ApiError
-from .core import Web, client_ip, link
-from .session import CSRF_FIELD, csrf_ok
+from .core import Web, client_ip, link, uuid_of
 
 DEAD_LETTER_REASONS = {"rejected": "처리 불가로 거부됨", "delivery_limit": "재시도 한도 초과", "expired": "시간 초과",
                        "maxlen": "대기열 가득 참"}
-
-
-def _uuid(raw: str | None) -> str | None:
-    try:
-        return str(uuid.UUID(raw or ""))
-    except ValueError:
-        return None
 
 
 def live_numbers(body: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +38,7 @@ def router(web: Web) -> APIRouter:
         session = web.session(request)
         if not session.is_tenant_admin:
             return web.error_page(request, session, 403, "관리자만 볼 수 있는 화면입니다.")
-        chosen = _uuid(tenant) if session.is_platform_admin else None
+        chosen = uuid_of(tenant) if session.is_platform_admin else None
         body, error, names = None, None, {}
         try:
             body = await web.api.json("GET", "/api/v1/tagging/queue", session.token, client_ip=client_ip(request),
@@ -72,7 +63,7 @@ def router(web: Web) -> APIRouter:
         session = web.session(request)
         if not session.is_tenant_admin:
             return JSONResponse({"message": "관리자만 볼 수 있는 화면입니다."}, status_code=403)
-        chosen = _uuid(tenant) if session.is_platform_admin else None
+        chosen = uuid_of(tenant) if session.is_platform_admin else None
         try:
             body = await web.api.json("GET", "/api/v1/tagging/queue", session.token, client_ip=client_ip(request),
                                       params={"tenant_id": chosen} if chosen else None)
@@ -85,10 +76,10 @@ def router(web: Web) -> APIRouter:
     @r.post("/admin/queue/retry")
     async def retry(request: Request) -> Response:
         session = web.session(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not csrf_ok(request, session, form.get(CSRF_FIELD)):
+        form = await web.posted_form(request, session)
+        if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
-        doc_id, tenant_id = _uuid(form.get("document_id")), _uuid(form.get("tenant_id"))
+        doc_id, tenant_id = uuid_of(form.get("document_id")), uuid_of(form.get("tenant_id"))
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
         params = {"tenant_id": tenant_id} if tenant_id and tenant_id != session.tenant_id else None
@@ -101,7 +92,7 @@ def router(web: Web) -> APIRouter:
             message = ("이미 태깅되었거나 아직 처리 중인 문서라 다시 시도하지 않았습니다." if exc.status == 409
                        else messages.problem_message(exc))
             return web.error_page(request, session, exc.status, message)
-        back = _uuid(form.get("back_tenant"))
+        back = uuid_of(form.get("back_tenant"))
         return RedirectResponse(link("/admin/queue", {"tenant": back, "msg": "retried"}), status_code=303)
 
     return r

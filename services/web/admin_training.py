@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from . import messages
 from .api import ApiError
-from .core import Web, client_ip, link, uuid_of
+from .core import Web, link, uuid_of
 from .session import CSRF_FIELD, Session, csrf_ok
 
 DEFAULT_MODEL = "doctag-tagger"
@@ -31,10 +31,6 @@ TOP_LEVEL = ("seed",)
 JOB_FIELDS = ("dataset_versions", "model", "priority", *(name for name, _ in NUMBER_FIELDS))
 # API fields the form names differently.
 FIELD_ALIASES = {"timeout_s": "timeout_min"}
-
-
-def refused(web: Web, request: Request, session: Session) -> Response:
-    return web.error_page(request, session, 403, "부서 관리자 또는 플랫폼 관리자만 볼 수 있는 화면입니다.")
 
 
 def job_view(job: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
@@ -94,8 +90,7 @@ def parse_job_form(form: dict[str, Any], versions: list[str]) -> tuple[dict[str,
 def router(web: Web) -> APIRouter:
     r = APIRouter()
 
-    async def call(request: Request, session: Session, method: str, path: str, **kwargs: Any) -> Any:
-        return await web.api.json(method, path, session.token, client_ip=client_ip(request), **kwargs)
+    call = web.call
 
     async def trainable(request: Request, session: Session) -> list[dict[str, Any]]:
         """Every approved version of the datasets this admin sees, newest dataset first."""
@@ -145,7 +140,7 @@ def router(web: Web) -> APIRouter:
     async def jobs(request: Request) -> Response:
         session = web.session(request)
         if not session.is_tenant_admin:
-            return refused(web, request, session)
+            return web.refused(request, session, "부서 관리자 또는 플랫폼 관리자")
         return await jobs_page(request, session)
 
     @r.get("/admin/training-jobs/live")
@@ -189,7 +184,7 @@ def router(web: Web) -> APIRouter:
     async def job(request: Request, job_id: str) -> Response:
         session = web.session(request)
         if not session.is_tenant_admin:
-            return refused(web, request, session)
+            return web.refused(request, session, "부서 관리자 또는 플랫폼 관리자")
         target = uuid_of(job_id)
         if target is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
@@ -208,8 +203,8 @@ def router(web: Web) -> APIRouter:
     @r.post("/admin/training-jobs/{job_id}/cancel")
     async def cancel(request: Request, job_id: str) -> Response:
         session = web.session(request)
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        if not csrf_ok(request, session, form.get(CSRF_FIELD)):
+        form = await web.posted_form(request, session)
+        if form is None:
             return web.error_page(request, session, 403, messages.CSRF_REFUSED)
         target = uuid_of(job_id)
         if target is None:

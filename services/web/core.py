@@ -14,7 +14,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from . import messages
 from .api import Api
-from .session import Session, SessionStore
+from .session import CSRF_FIELD, Session, SessionStore, csrf_ok
 from .settings import WebSettings
 from .snippets import safe_snippet
 
@@ -84,6 +84,24 @@ class Web:
 
     def error_page(self, request: Request, session: Session | None, status: int, message: str) -> HTMLResponse:
         return self.render(request, "error.html", session, status=status, message=message, error_status=status)
+
+    def refused(self, request: Request, session: Session, who: str) -> HTMLResponse:
+        """403: the screen is for `who` (the roles named in Korean) only."""
+        return self.error_page(request, session, 403, f"{who}만 볼 수 있는 화면입니다.")
+
+    async def posted_form(self, request: Request, session: Session, *,
+                          lists: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """A posted form's fields as text (every value of the names in `lists`), or None when its
+        CSRF token or origin is not this session's."""
+        form = await request.form()
+        fields: dict[str, Any] = {k: str(v) for k, v in form.items()}
+        for name in lists:
+            fields[name] = [str(v) for v in form.getlist(name)]
+        return fields if csrf_ok(request, session, fields.get(CSRF_FIELD)) else None
+
+    async def call(self, request: Request, session: Session, method: str, path: str, **kwargs: Any) -> Any:
+        """The platform API as the signed-in user, the user's address passed on; the JSON answer."""
+        return await self.api.json(method, path, session.token, client_ip=client_ip(request), **kwargs)
 
 
 def client_ip(request: Request) -> str | None:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -13,8 +12,8 @@ from starlette.background import BackgroundTask
 
 from . import messages
 from .api import ApiError
-from .core import Web, client_ip, day, day_range
-from .session import CSRF_FIELD, Session, csrf_ok
+from .core import Web, client_ip, day, day_range, uuid_of
+from .session import Session, csrf_ok
 
 log = logging.getLogger("web.pages")
 
@@ -26,13 +25,6 @@ SEARCH_TYPES = {"pdf": "PDF", "docx": "DOCX", "hwp": "HWP", "hwpx": "HWPX", "txt
 SEARCH_SORTS = {"relevance": "관련도순", "date": "최신순"}
 MAX_STATUS_IDS = 50
 MAX_TAG_CHARS = 100
-
-
-def _uuid(raw: str) -> str | None:
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        return None
 
 
 def status_item(doc: dict[str, Any]) -> dict[str, Any]:
@@ -47,13 +39,10 @@ def status_item(doc: dict[str, Any]) -> dict[str, Any]:
 def router(web: Web) -> APIRouter:
     r = APIRouter()
 
-    async def form_with_csrf(request: Request, session: Session) -> dict[str, str] | None:
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        return form if csrf_ok(request, session, form.get(CSRF_FIELD)) else None
+    form_with_csrf = web.posted_form
 
     def refused_csrf(request: Request, session: Session) -> Response:
-        return web.error_page(request, session, 403,
-                              "요청을 확인할 수 없습니다. 페이지를 새로 고친 뒤 다시 시도하세요.")
+        return web.error_page(request, session, 403, messages.CSRF_REFUSED)
 
     @r.get("/")
     async def home(request: Request) -> Response:
@@ -140,13 +129,13 @@ def router(web: Web) -> APIRouter:
             error = messages.problem_message(exc)
         return web.render(request, "documents.html", session, items=items, next_cursor=next_cursor,
                           filters=filters, sorts=SORTS, error=error, cursor=cursor,
-                          restore_id=_uuid(restore or ""))
+                          restore_id=uuid_of(restore))
 
     @r.get("/documents/status")
     async def statuses(request: Request, id: list[str] = Query([])) -> Response:
         """Current status and tags of up to 50 documents, for the live updates (polled with back-off)."""
         session = web.session(request)
-        ids = [i for i in dict.fromkeys(_uuid(x) for x in id[:MAX_STATUS_IDS]) if i]
+        ids = [i for i in dict.fromkeys(uuid_of(x) for x in id[:MAX_STATUS_IDS]) if i]
 
         async def one(doc_id: str) -> dict[str, Any]:
             try:
@@ -169,7 +158,7 @@ def router(web: Web) -> APIRouter:
     @r.get("/documents/{document_id}")
     async def document(request: Request, document_id: str, offset: int = Query(0, ge=0)) -> Response:
         session = web.session(request)
-        doc_id = _uuid(document_id)
+        doc_id = uuid_of(document_id)
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
         doc = await web.api.json("GET", f"/api/v1/documents/{doc_id}", session.token, client_ip=client_ip(request))
@@ -209,12 +198,12 @@ def router(web: Web) -> APIRouter:
         found = body.get("items", body.get("hits")) if isinstance(body, dict) else body
         if not isinstance(found, list):
             return None
-        return [d for d in found if isinstance(d, dict) and _uuid(str(d.get("id", "")))]
+        return [d for d in found if isinstance(d, dict) and uuid_of(str(d.get("id", "")))]
 
     @r.get("/documents/{document_id}/download")
     async def download(request: Request, document_id: str) -> Response:
         session = web.session(request)
-        doc_id = _uuid(document_id)
+        doc_id = uuid_of(document_id)
         if doc_id is None:
             return web.error_page(request, session, 404, messages.problem_message(404))
         upstream = await web.api.stream(f"/api/v1/documents/{doc_id}/content", session.token, client_ip(request))
@@ -227,7 +216,7 @@ def router(web: Web) -> APIRouter:
     @r.post("/documents/{document_id}/delete")
     async def delete(request: Request, document_id: str) -> Response:
         session = web.session(request)
-        doc_id = _uuid(document_id)
+        doc_id = uuid_of(document_id)
         if await form_with_csrf(request, session) is None:
             return refused_csrf(request, session)
         if doc_id is None:
@@ -238,7 +227,7 @@ def router(web: Web) -> APIRouter:
     @r.post("/documents/{document_id}/restore")
     async def restore(request: Request, document_id: str) -> Response:
         session = web.session(request)
-        doc_id = _uuid(document_id)
+        doc_id = uuid_of(document_id)
         if await form_with_csrf(request, session) is None:
             return refused_csrf(request, session)
         if doc_id is None:
@@ -250,7 +239,7 @@ def router(web: Web) -> APIRouter:
     @r.post("/documents/{document_id}/tags")
     async def add_tag(request: Request, document_id: str) -> Response:
         session = web.session(request)
-        doc_id = _uuid(document_id)
+        doc_id = uuid_of(document_id)
         form = await form_with_csrf(request, session)
         if form is None:
             return refused_csrf(request, session)
@@ -263,7 +252,7 @@ def router(web: Web) -> APIRouter:
     @r.post("/documents/{document_id}/tags/remove")
     async def remove_tag(request: Request, document_id: str) -> Response:
         session = web.session(request)
-        doc_id = _uuid(document_id)
+        doc_id = uuid_of(document_id)
         form = await form_with_csrf(request, session)
         if form is None:
             return refused_csrf(request, session)
