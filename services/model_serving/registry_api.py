@@ -25,12 +25,12 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.errors import ProblemError
 from services.common.multipart import MultipartError, MultipartUpload
 
+from .api_access import reached, role_gate
 from .archive import ArchiveError, ArchiveLimits, extract_archive, remove_tree
 from .registry import (
     ModelRegistry,
     RegistryError,
     RegistrySettings,
-    RegistryUnavailable,
     check_alias,
     check_name,
 )
@@ -56,19 +56,10 @@ def build_registry_router(current: Callable[[], ModelRegistry], verifier: TokenV
     limits = ArchiveLimits(max_bytes=settings.registry_max_unpacked_bytes, max_files=settings.registry_max_files)
     max_upload = settings.registry_max_upload_bytes
 
-    async def platform_admin(principal: Principal = Depends(verifier)) -> Principal:
-        if ADMIN_ROLE not in principal.roles:
-            raise ProblemError(403, "managing models needs the platform_admin role")
-        return principal
-
-    admin = Depends(platform_admin)
+    admin = role_gate(verifier, {ADMIN_ROLE}, "managing models needs the platform_admin role")
 
     async def connected(principal: Principal = admin) -> ModelRegistry:
-        try:
-            return current()
-        except RegistryUnavailable as exc:
-            raise ProblemError(503, str(exc), slug="registry-unavailable", title="Model registry unavailable",
-                               headers={"Retry-After": "5"}) from None
+        return reached(current)
 
     registry_dep = Depends(connected)
 

@@ -11,13 +11,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.context import current_request_id
 from services.common.errors import ProblemError
 
+from .api_access import reached, role_gate
 from .registry import RegistryError, check_name
 from .registry_api import ADMIN_ROLE
 from .shadow import ShadowMode
@@ -33,19 +34,10 @@ def build_shadow_router(current: Callable[[], ShadowMode], verifier: TokenVerifi
     """`current()` returns shadow mode or raises (the registry is not connected: answered 503)."""
     router = APIRouter(prefix="/api/v1", tags=["models"])
 
-    async def platform_admin(principal: Principal = Depends(verifier)) -> Principal:
-        if ADMIN_ROLE not in principal.roles:
-            raise ProblemError(403, "shadow mode is managed by the platform_admin role")
-        return principal
-
-    admin = Depends(platform_admin)
+    admin = role_gate(verifier, {ADMIN_ROLE}, "shadow mode is managed by the platform_admin role")
 
     def shadow() -> ShadowMode:
-        try:
-            return current()
-        except Exception as exc:  # noqa: BLE001 - RegistryUnavailable: the database was not reached yet
-            raise ProblemError(503, str(exc), slug="registry-unavailable", title="Model registry unavailable",
-                               headers={"Retry-After": "5"}) from None
+        return reached(current)
 
     def valid_name(name: str) -> str:
         try:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -30,6 +30,7 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.context import current_request_id
 from services.common.errors import ProblemError
 
+from ..api_access import reached, role_gate
 from .eval_sets import TASK_RE, load_eval_set
 from .gate import GateSettings, Record, SchemaError, parse_records, run_gate
 from .store import DatasetStore
@@ -73,18 +74,10 @@ def build_dataset_router(current: Callable[[], DatasetStore], verifier: TokenVer
                          ctx: DatasetContext) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["datasets"])
 
-    async def dataset_admin(principal: Principal = Depends(verifier)) -> Principal:
-        if not ADMIN_ROLES & set(principal.roles):
-            raise ProblemError(403, "managing datasets needs the tenant_admin or platform_admin role")
-        return principal
-
-    admin = Depends(dataset_admin)
+    admin = role_gate(verifier, ADMIN_ROLES, "managing datasets needs the tenant_admin or platform_admin role")
 
     def store() -> DatasetStore:
-        try:
-            return current()
-        except Exception as exc:  # noqa: BLE001 - RegistryUnavailable: the database was not reached yet
-            raise ProblemError(503, str(exc), slug="registry-unavailable", headers={"Retry-After": "5"}) from None
+        return reached(current)
 
     def check_shared(principal: Principal, shared: bool) -> None:
         if shared and "platform_admin" not in principal.roles:

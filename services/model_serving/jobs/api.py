@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,7 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.context import current_request_id
 from services.common.errors import ProblemError
 
+from ..api_access import reached, role_gate
 from ..registry import check_name
 from ..training_settings import TrainingApiSettings
 from .store import DatasetNotTrainable, JobStore, LimitReached, job_out
@@ -65,18 +66,10 @@ def build_jobs_router(current: Callable[[], JobStore], verifier: TokenVerifier, 
                       publish: Publish) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["training"])
 
-    async def job_admin(principal: Principal = Depends(verifier)) -> Principal:
-        if not ADMIN_ROLES & set(principal.roles):
-            raise ProblemError(403, "training jobs need the tenant_admin or platform_admin role")
-        return principal
-
-    admin = Depends(job_admin)
+    admin = role_gate(verifier, ADMIN_ROLES, "training jobs need the tenant_admin or platform_admin role")
 
     def store() -> JobStore:
-        try:
-            return current()
-        except Exception as exc:  # noqa: BLE001 - the registry's database was not reached yet
-            raise ProblemError(503, str(exc), slug="registry-unavailable", headers={"Retry-After": "5"}) from None
+        return reached(current)
 
     def job_id_of(value: str) -> str:
         try:
