@@ -63,3 +63,29 @@ def make_tiny_bert(directory: Path, *, name: str = "tiny", version: str = "1", s
     write_manifest(directory, {"name": name, "version": version, "labels": labels,
                                "architecture": "bert-sequence-classification"})
     return directory
+
+
+def register_tiny_versions(test_db_name: str, store: Path, name: str, sources: dict[int, Path],
+                           aliases: dict[str, int]) -> None:
+    """Registers `sources` (version number -> artifact directory, in order) as versions of `name`
+    in the test database through the real registry (as model-serving's database role), then points
+    `aliases` (alias -> version) at them."""
+    import asyncio
+
+    from services.common.db import Database
+    from services.model_serving.registry import ModelRegistry
+    from tests.conftest import DB_HOST, DB_PORT
+
+    async def register() -> None:
+        db = Database(f"host={DB_HOST} port={DB_PORT} user=doctag_model dbname={test_db_name}")
+        await db.open()
+        try:
+            registry = ModelRegistry(db, store)
+            for version in sorted(sources):
+                assert (await registry.register(name, sources[version], created_by="test")).version == version
+            for alias, version in aliases.items():
+                await registry.set_alias(name, alias, version, by="test")
+        finally:
+            await db.close()
+
+    asyncio.run(register())

@@ -4,7 +4,6 @@ concurrent gRPC load, without one failed request and without a restart; a reques
 name a version; every prediction lands in the inference log with a hash, never the text."""
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import uuid
@@ -20,12 +19,11 @@ from grpc_health.v1 import health_pb2
 
 from services.common.access import CAPABILITY_KEY
 from services.common.capability import CapabilitySigner
-from services.common.db import Database
 from services.common.pb import model_serving_pb2 as pb
 from services.common.pb import model_serving_pb2_grpc as pb_grpc
 from services.common.settings import CommonSettings
 from services.model_serving.inference_log import input_sha256
-from services.model_serving.registry import ModelRegistry, RegistrySettings
+from services.model_serving.registry import RegistrySettings
 from tests.conftest import DB_HOST, DB_PORT
 from tests.integration.test_model_serving import (
     Service,
@@ -33,7 +31,7 @@ from tests.integration.test_model_serving import (
     _stop,
     _wait_for_health,
 )
-from tests.model_artifacts import make_tiny_bert
+from tests.model_artifacts import make_tiny_bert, register_tiny_versions
 
 pytestmark = pytest.mark.integration
 
@@ -49,18 +47,7 @@ def promo(tmp_path_factory: pytest.TempPathFactory, key_dir: Path, test_db_name:
     store = RegistrySettings().store_path   # the session's store (conftest), as for every version in its database
     sources = {v: make_tiny_bert(tmp / f"src{v}", name=name, version=f"build-{v}", seed=v) for v in (1, 2)}
 
-    async def register() -> None:
-        db = Database(f"host={DB_HOST} port={DB_PORT} user=doctag_model dbname={test_db_name}")
-        await db.open()
-        try:
-            registry = ModelRegistry(db, store)
-            for v in (1, 2):
-                assert (await registry.register(name, sources[v], created_by="test")).version == v
-            await registry.set_alias(name, "production", 1, by="test")
-        finally:
-            await db.close()
-
-    asyncio.run(register())
+    register_tiny_versions(test_db_name, store, name, sources, {"production": 1})
     svc = _start(tmp, key_dir, sources[1], {
         "DOCTAG_MODEL_REGISTRY": "true", "DOCTAG_DB_NAME": test_db_name, "DOCTAG_DB_HOST": DB_HOST,
         "DOCTAG_DB_PORT": str(DB_PORT), "DOCTAG_MODEL_STORE": str(store), "DOCTAG_MODEL_REFRESH_S": "0.3",
