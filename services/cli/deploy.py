@@ -119,12 +119,13 @@ class Deployer:
         return self.transport.run(host, command, **kw).stdout.decode(errors="replace")  # type: ignore[arg-type]
 
     # -- one host ---------------------------------------------------------------------------
-    def deploy(self, host: Host) -> Outcome:
+    def deploy(self, host: Host, config: HostConfig | None = None) -> Outcome:
+        """`config`: the host's rendered configuration when the caller rendered it already (deploy_all)."""
         started = time.monotonic()
         path = bundle_for(self.dist, host.role, self.version)
         version = bundle.read_member(path, "VERSION").decode().strip()
         digest = bundle.bundle_digest(path)
-        config = render_host(self.inv, host, self.state, inventory_text=self.inventory_text)
+        config = config or render_host(self.inv, host, self.state, inventory_text=self.inventory_text)
         mark = f"{digest} {config.digest()}"
         root, cfg = host.install_root, host.config_dir
         state = self.sh(host, f"head -c 200 {_q(cfg / DEPLOY_MARK)} 2>/dev/null; echo; "
@@ -331,10 +332,10 @@ def deploy_all(deployer: Deployer) -> list[Outcome]:
         hosts = deployer.inv.of_role(r.name)
         if not hosts:
             continue
-        for h in hosts:
-            render_host(deployer.inv, h, deployer.state, inventory_text=deployer.inventory_text)
+        configs = [render_host(deployer.inv, h, deployer.state, inventory_text=deployer.inventory_text)
+                   for h in hosts]
         with ThreadPoolExecutor(max_workers=len(hosts), thread_name_prefix=f"deploy-{r.name}") as pool:
-            outcomes.extend(pool.map(deployer.deploy, hosts))
+            outcomes.extend(pool.map(deployer.deploy, hosts, configs))
     return outcomes
 
 
