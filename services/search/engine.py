@@ -77,27 +77,27 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
     candidates cannot fill the requested page (a narrow filter, a deep page) or the order is by date.
     With `semantic_search` a text query is hybrid (BM25 fused with the semantic ranking);
     when no query vector can be had it is answered by words alone, and the result says why.
+
+    Hybrid search does not wait for the query vector before it reads the index: the query is sent
+    to model-serving first, the analyser and the lexical half (`plan.lexical_sql`) run meanwhile,
+    and a second statement fuses the lexical candidates it is given with the semantic ranking.
     """
     tenant = parse_tenant_id(tenant_id)
-    analyzed = await asyncio.to_thread(morph.analyze_query, params.q) if params.q else None
-    semantic: query.Semantic | None = None
-    retrieval, reason = "lexical", None
-    if analyzed is not None:
-        wanted = " ".join((*query.parse_operators(analyzed.text).words, *analyzed.phrases)).strip()
-        if semantic_search is None:
-            reason = "semantic search is not configured"
-        elif wanted:
-            try:
-                semantic = await semantic_search.ranking(db, tenant, wanted)
-                retrieval = "hybrid"
-            except SemanticUnavailable as exc:
-                reason = str(exc)
-        per_term = None if params.sort == "date" else query.PER_TERM
-        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic,
-                                figures=TERM_FIGURES.known(tenant, analyzed.terms), per_term=per_term)
-    else:
-        plan = query.build_plan(params)
-    values: dict[str, Any] = {
+    ranking = _start_semantic(db, tenant, params, semantic_search)
+    try:
+        analyzed = await asyncio.to_thread(morph.analyze_query, params.q) if params.q else None
+        return await _search(db, tenant, params, analyzed, ranking, semantic_search)
+    finally:
+        if ranking is not None:
+            if not ranking.done():
+                ranking.cancel()
+            elif not ranking.cancelled():
+                ranking.exception()   # retrieved, so a failure on another path is not reported as lost
+
+
+def statement_values(plan: query.SearchPlan, params: query.SearchParams) -> dict[str, Any]:
+    """The bound values of a plan's statements: its own and the page's."""
+    return {
         **plan.params,
         "text_chars": SNIPPET_SCAN_CHARS,
         "fetch": params.limit + 1,
@@ -105,27 +105,87 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
         "facet_limit": query.FACET_LIMIT,
         "facet_candidates": query.FACET_CANDIDATES,
     }
+
+
+def _start_semantic(db: Database, tenant: str, params: query.SearchParams,
+                    semantic_search: SemanticSearch | None) -> asyncio.Task[query.Semantic] | None:
+    """The semantic ranking of a text query, started at once (it waits on model-serving)."""
+    if not params.q or semantic_search is None:
+        return None
+    parts = query.parse_operators(params.q)
+    wanted = " ".join((*parts.words, *parts.phrases)).strip()
+    return asyncio.create_task(semantic_search.ranking(db, tenant, wanted)) if wanted else None
+
+
+async def _semantic_outcome(ranking: asyncio.Task[query.Semantic] | None, configured: bool
+                            ) -> tuple[query.Semantic | None, str, str | None]:
+    """(the semantic ranking or None, the retrieval mode, why a text query is answered by words only)."""
+    if ranking is None:
+        return None, "lexical", None if configured else "semantic search is not configured"
+    try:
+        return await ranking, "hybrid", None
+    except SemanticUnavailable as exc:
+        return None, "lexical", str(exc)
+
+
+async def _search(db: Database, tenant: str, params: query.SearchParams, analyzed: morph.AnalyzedQuery | None,
+                  ranking: asyncio.Task[query.Semantic] | None, semantic_search: SemanticSearch | None
+                  ) -> SearchResult:
+    semantic: query.Semantic | None = None
+    retrieval, reason = "lexical", None
+    per_term = None if params.sort == "date" else query.PER_TERM
+    figures = TERM_FIGURES.known(tenant, analyzed.terms) if analyzed is not None else None
+    two_statements = analyzed is not None and ranking is not None and per_term is not None
+    if analyzed is not None and not two_statements:
+        semantic, retrieval, reason = await _semantic_outcome(ranking, semantic_search is not None)
+
+    def plan_for(per_term: int | None, lexical: query.LexicalCandidates | None = None) -> query.SearchPlan:
+        if analyzed is None:
+            return query.build_plan(params)
+        return query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic,
+                                figures=figures, per_term=per_term, lexical=lexical)
+
+    plan = plan_for(per_term)
+    values = statement_values(plan, params)
+    lexical_ids: frozenset[Any] | None = None   # the hits found by words, where known (for the snippets)
+    if two_statements:
+        assert plan.lexical_sql is not None   # a text query's plan has one
+        # Its own transaction: the semantic ranking may need a pooled connection (its vector cache's
+        # refresh), so none is held while waiting for it.
+        async with db.tenant_transaction(tenant) as conn:
+            await conn.execute("SET LOCAL enable_bitmapscan = off")
+            lexical = await (await conn.execute(plan.lexical_sql, values)).fetchone()
+        assert lexical is not None   # an aggregate: always one row
+        term_figures, n_documents = lexical["term_figures"], lexical["n_documents"]
+        semantic, retrieval, reason = await _semantic_outcome(ranking, True)
+        lexical_ids = frozenset(lexical["lex_ids"])
+        plan = plan_for(per_term, query.LexicalCandidates(lexical["lex_ids"], lexical["lex_created"],
+                                                          lexical["lex_scores"]))
+        values.update(plan.params)
     async with db.tenant_transaction(tenant) as conn:
         # A term's best postings are read in impact order from its index range; the planner, which
         # cannot know the term's size when planning, would otherwise often read the whole range and sort.
         if analyzed is not None:
             await conn.execute("SET LOCAL enable_bitmapscan = off")
         rows = await (await conn.execute(plan.sql, values)).fetchall()
-        figures = rows[0]["term_figures"] if rows else None
-        TERM_FIGURES.remember(tenant, figures, rows[0]["n_documents"] if rows else None)
-        bounded = truncated(figures, values.get("per_term"))
+        if not two_statements:
+            term_figures = rows[0]["term_figures"] if rows else None
+            n_documents = rows[0]["n_documents"] if rows else None
+        TERM_FIGURES.remember(tenant, term_figures, n_documents)
+        bounded = truncated(term_figures, values.get("per_term"))
         if bounded and sum(1 for r in rows if r["id"] is not None) < values["fetch"]:
-            rows = await (await conn.execute(plan.sql, {**values, "per_term": None})).fetchall()
-            bounded = False
+            exhaustive = plan_for(None)
+            rows = await (await conn.execute(exhaustive.sql, {**values, **exhaustive.params})).fetchall()
+            bounded, lexical_ids = False, None
         if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
             await conn.execute("SET LOCAL enable_bitmapscan = on")   # the trigram indexes are read by bitmap
             rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
-            bounded = False
+            bounded, lexical_ids = False, None
     total = int(rows[0]["total"]) if rows else 0
     facets = rows[0]["facets"] if rows else []
     found = [r for r in rows if r["id"] is not None]
     page = found[: params.limit]
-    hits = await asyncio.to_thread(_build_hits, page, analyzed)
+    hits = await asyncio.to_thread(_build_hits, page, analyzed, lexical_ids)
     more = len(found) > params.limit
     next_cursor = query.encode_cursor(params.offset + params.limit, params.q, params.tags, params.pii,
                                       params.cursor_filters()) if more else None
@@ -141,19 +201,22 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
     )
 
 
-def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None) -> list[Hit]:
+def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None,
+                lexical_ids: frozenset[Any] | None = None) -> list[Hit]:
     """Snippets may need the analyser (inflected forms, highlights): runs in a worker thread.
 
     Highlights come from the terms as written where any occurs in the snippet; only a text
     without one (늘렸다 for 늘리다) is analysed, once per hit: the snippet's marks are taken from
     the same analysis that located the term (or found none: a hit by meaning alone). Where both
     kinds meet in one snippet, the inflected form then goes unmarked: the price of not running
-    Kiwi for every hit."""
+    Kiwi for every hit. `lexical_ids`, when known, are the hits found by words: a hit found by
+    meaning alone shares no indexed term with the query (among the postings read), so its text is
+    not analysed at all (it costs milliseconds a hit); query words written as such are still marked."""
     return [
         Hit(
             id=str(row["id"]),
             title=row["title"],
-            snippet=_snippet(row, analyzed),
+            snippet=_snippet(row, analyzed, analyse=lexical_ids is None or row["id"] in lexical_ids),
             score=round(float(row["score"]), 6),
             tags=tuple(TagScore(t["tag"], round(float(t["score"]), 4)) for t in row["tags"]),
             status=row["status"],
@@ -163,9 +226,12 @@ def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None
     ]
 
 
-def _snippet(row: dict[str, Any], analyzed: morph.AnalyzedQuery | None) -> str:
+def _snippet(row: dict[str, Any], analyzed: morph.AnalyzedQuery | None, *, analyse: bool = True) -> str:
     if analyzed is None:
         return make_snippet(row["text_head"], row["title"], [])
+    if not analyse:
+        return make_snippet(row["text_head"], row["title"], [*analyzed.phrases, *analyzed.terms],
+                            marks=lambda piece: literal_spans(piece, analyzed.terms))
     wanted = set(analyzed.terms)
     analysed: dict[str, list[tuple[int, int]]] = {}   # a text's start -> spans of query terms in it
 

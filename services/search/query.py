@@ -320,6 +320,16 @@ _SUBSTRING_CANDIDATES = (
     "WHERE (d.title ILIKE ANY(%(patterns)s) OR d.text_content ILIKE ANY(%(patterns)s)) AND {where})"
 )
 _TAG_CANDIDATES = "lexical AS (SELECT d.id, d.created_at, {score} AS score FROM documents.documents d WHERE {where})"
+# Hybrid search in two statements (see `build_plan`'s `lexical`): the first returns the ranked lexical
+# candidates as three arrays (always one row, with the term figures), the second is given them back.
+_LEXICAL_ARRAYS = (
+    " SELECT coalesce(array_agg(l.id), '{{}}') AS lex_ids, coalesce(array_agg(l.created_at), '{{}}') AS lex_created, "
+    "coalesce(array_agg(l.score), '{{}}') AS lex_scores, {terms} FROM lexical l"
+)
+_GIVEN_LEXICAL = (
+    "lexical AS (SELECT u.id, u.created_at, u.score FROM unnest(%(lex_ids)s::uuid[], "
+    "%(lex_created)s::timestamptz[], %(lex_scores)s::float8[]) AS u(id, created_at, score))"
+)
 # Words only: the lexical matches are the candidates.
 _LEXICAL_ONLY = ", candidates AS (SELECT id, created_at, score FROM lexical)"
 # Hybrid: reciprocal rank fusion of the lexical ranking and the semantic one. The semantic ranking
@@ -412,6 +422,7 @@ class SearchPlan:
     sql: str
     params: dict[str, Any] = field(default_factory=dict)
     fallback_sql: str | None = None
+    lexical_sql: str | None = None   # a text query's ranked lexical candidates alone (`LexicalCandidates`)
 
 
 @dataclass(frozen=True)
@@ -474,6 +485,15 @@ class Fusion:
 
 
 @dataclass(frozen=True)
+class LexicalCandidates:
+    """The rows of a plan's `lexical_sql`: its ranked lexical candidates (after the filters), in no order."""
+
+    ids: Sequence[Any]
+    created_at: Sequence[datetime]
+    scores: Sequence[float]
+
+
+@dataclass(frozen=True)
 class Semantic:
     """The tenant's documents most similar to the query: ids and cosine similarities, best first."""
 
@@ -484,7 +504,8 @@ class Semantic:
 
 def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequence[str] = (),
                phrases: Sequence[str] = (), semantic: Semantic | None = None,
-               figures: Mapping[str, TermFigures] | None = None, per_term: int | None = PER_TERM) -> SearchPlan:
+               figures: Mapping[str, TermFigures] | None = None, per_term: int | None = PER_TERM,
+               lexical: LexicalCandidates | None = None) -> SearchPlan:
     """The statement for a validated request.
 
     `terms` are the analysed query terms to rank by (free words and phrase words),
@@ -493,6 +514,11 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
     `semantic` (hybrid search) fuses the semantic ranking in; without it the ranking is BM25 alone.
     `figures`: terms' document frequencies counted before (counted in the statement otherwise);
     `per_term`: postings read per term, best impact first (None: all).
+
+    Hybrid search can run in two statements, so that the lexical half does not wait for the query
+    vector: a text query's plan has `lexical_sql`, which returns the ranked lexical candidates (and
+    the term figures) alone; a plan built with those rows as `lexical` has an `sql` that is given
+    them instead of ranking them again, and answers exactly as the single statement would.
     """
     values: dict[str, Any] = {}
     where = _filters(values, params, excluded, phrases, tags_per_document=params.q is not None)
@@ -519,14 +545,21 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
                       rrf_k=f.rrf_k, sem_add=f.sem_add, min_sim=f.min_sim)
         fuse = _HYBRID.format(where=where)
     ctes = [_STATS, _QTERMS, _TOP, _POSTINGS, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=lexical_where)]
-    sql = "WITH " + ", ".join(ctes) + fuse + result
+    lexical_sql = "WITH " + ", ".join(ctes) + _LEXICAL_ARRAYS.format(terms=_TERM_FIGURES)
+    if lexical is None:
+        sql = "WITH " + ", ".join(ctes) + fuse + result
+    else:
+        values.update(lex_ids=list(lexical.ids), lex_created=list(lexical.created_at),
+                      lex_scores=list(lexical.scores))
+        sql = "WITH " + _GIVEN_LEXICAL + fuse + _RESULT.format(order=order, page_order=page_order,
+                                                               terms=_NO_TERM_FIGURES)
     fallback = None
     patterns = fallback_patterns(positive)
     if patterns and not phrases:
         values.update(patterns=patterns, substring_score=SUBSTRING_SCORE)
         fallback_result = _RESULT.format(order=order, page_order=page_order, terms=_NO_TERM_FIGURES)
         fallback = "WITH " + _SUBSTRING_CANDIDATES.format(where=where) + fuse + fallback_result
-    return SearchPlan(sql=sql, params=values, fallback_sql=fallback)
+    return SearchPlan(sql=sql, params=values, fallback_sql=fallback, lexical_sql=lexical_sql)
 
 
 def _unique(items: Iterable[str]) -> list[str]:

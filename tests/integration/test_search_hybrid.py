@@ -8,6 +8,7 @@ them, stored with the same SQL the upload service uses at tagging time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ from services.common.db import Database
 from services.common.grpc_utils import bind, create_server
 from services.common.korean import analyser_version
 from services.common.pb import search_pb2, search_pb2_grpc
+from services.search import engine, morph, query
 from services.search.api import build_app, make_cache
 from services.search.grpc_service import add_to_server
 from services.search.semantic import QueryEncoder, SemanticUnavailable
@@ -263,6 +265,51 @@ async def test_grpc_search_with_filters_and_retrieval_mode(world: World, test_db
     finally:
         await server.stop(0)
         await db.close()
+
+
+@pytest.mark.parametrize(("q", "filters", "offset"), [
+    ("소음 발소리 사기", {}, 0),
+    ("소음 발소리 사기", {}, 2),
+    ("예산 교통 -카메라", {"types": ["hwp", "txt", "pdf"]}, 0),
+    ('"보호구역 교통사고" 어린이', {"uploaded_from": "2026-01-01"}, 0),
+    ("층간소음", {"pii": False}, 0),
+    ("이웃", {}, 0),             # one lexical match: the semantic-only candidates fill the page
+    ("그리고", {}, 0),           # no term left: semantic candidates alone
+])
+async def test_hybrid_in_two_statements_answers_exactly_as_one(world: World, test_db_name: str, key_dir: Path,
+                                                               q: str, filters: dict, offset: int) -> None:
+    """The search service runs the lexical half while the query is embedded and then fuses the rows it
+    got back (`lexical_sql`, then `sql` given them): page, scores, total and facets must be those of the
+    single statement, for every shape of query."""
+    db = Database(_settings(test_db_name, key_dir).dsn(), max_size=2)
+    await db.open()
+    params = dataclasses.replace(query.validate(q, None, 2, None, **filters), offset=offset)
+    analyzed = morph.analyze_query(q)
+    ranked = [world.docs[k] for k in ("traffic", "noise2", "budget", "noise", "phishing")]
+    ids = (*ranked, world.deleted_noise, world.b_noise, world.unembedded)   # the last three: filtered out
+    semantic = query.Semantic(ids, tuple(0.95 - 0.02 * i for i in range(len(ids))), query.Fusion(min_sim=0.9))
+
+    def plan(lexical: query.LexicalCandidates | None = None) -> query.SearchPlan:
+        return query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic, lexical=lexical)
+
+    try:
+        async with db.tenant_transaction(world.tenant_a) as conn:
+            single = await (await conn.execute(plan().sql, engine.statement_values(plan(), params))).fetchall()
+            first = plan()
+            assert first.lexical_sql is not None
+            lexical = await (await conn.execute(first.lexical_sql, engine.statement_values(first, params))).fetchone()
+            assert lexical is not None
+            given = plan(query.LexicalCandidates(lexical["lex_ids"], lexical["lex_created"], lexical["lex_scores"]))
+            split = await (await conn.execute(given.sql, engine.statement_values(given, params))).fetchall()
+    finally:
+        await db.close()
+    assert lexical["term_figures"] is not None or not analyzed.terms
+    for row in single:
+        del row["term_figures"], row["n_documents"]
+    for row in split:
+        del row["term_figures"], row["n_documents"]
+    assert split == single
+    assert single and single[0]["total"] > 0, "every case finds something, so the comparison is not empty"
 
 
 async def test_a_tenant_above_the_threshold_is_searched_through_the_ann_index(

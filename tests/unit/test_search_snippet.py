@@ -168,3 +168,29 @@ def test_literal_spans_mark_words_as_written_without_the_analyser() -> None:
     spans = literal_spans(text, ["예산", "tax", "차"])
     assert [text[s:e] for s, e in spans] == ["예산", "tax", "TAX"]
     assert literal_spans(text, ["복지"]) == []
+
+
+def test_hits_found_by_meaning_alone_are_not_analysed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A hit the lexical half found gets the analyser (an inflected form is located and marked);
+    a hit found by meaning alone gets the words as written only, and Kiwi never runs for it."""
+    from datetime import UTC, datetime
+
+    from services.search import engine
+
+    analyzed = morph.analyze_query("예산 늘리다")
+    row = {"title": "제목", "text_head": "정부는 올해 지원을 크게 늘렸다. 다른 내용.", "score": 0.5, "tags": [],
+           "status": "tagged", "created_at": datetime(2026, 11, 30, tzinfo=UTC)}
+    by_words, by_meaning = {**row, "id": "a"}, {**row, "id": "b"}
+    hits = engine._build_hits([by_words], analyzed, frozenset({"a"}))
+    assert "<mark>늘렸다</mark>" in hits[0].snippet
+    calls: list[str] = []
+    real = morph.morphemes
+    monkeypatch.setattr(morph, "morphemes", lambda text, *a: calls.append(text) or real(text, *a))
+    hits = engine._build_hits([by_meaning], analyzed, frozenset({"a"}))
+    assert calls == [] and "<mark>" not in hits[0].snippet and hits[0].snippet.startswith("정부는")
+    literal = {**row, "id": "c", "text_head": "내년도 예산을 늘렸다."}
+    hits = engine._build_hits([literal], analyzed, frozenset({"a"}))
+    assert calls == [] and "<mark>예산을</mark>" in hits[0].snippet
+    # Where it is not known which hits were found by words, every hit may be analysed.
+    hits = engine._build_hits([by_meaning], analyzed, None)
+    assert calls and "<mark>늘렸다</mark>" in hits[0].snippet
