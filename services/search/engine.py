@@ -139,11 +139,12 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
     if analyzed is not None and not two_statements:
         semantic, retrieval, reason = await _semantic_outcome(ranking, semantic_search is not None)
 
-    def plan_for(per_term: int | None, lexical: query.LexicalCandidates | None = None) -> query.SearchPlan:
+    def plan_for(per_term: int | None, lexical: query.LexicalCandidates | None = None,
+                 from_tags: bool = False) -> query.SearchPlan:
         if analyzed is None:
             return query.build_plan(params)
         return query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic,
-                                figures=figures, per_term=per_term, lexical=lexical)
+                                figures=figures, per_term=per_term, lexical=lexical, from_tags=from_tags)
 
     plan = plan_for(per_term)
     values = statement_values(plan, params)
@@ -174,7 +175,9 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
         TERM_FIGURES.remember(tenant, term_figures, n_documents)
         bounded = truncated(term_figures, values.get("per_term"))
         if bounded and sum(1 for r in rows if r["id"] is not None) < values["fetch"]:
-            exhaustive = plan_for(None)
+            # The bounded candidates did not fill the page: with a tag filter, the tags are narrow
+            # against the terms, so the tags' documents are the cheaper side to start from.
+            exhaustive = plan_for(None, from_tags=True)
             rows = await (await conn.execute(exhaustive.sql, {**values, **exhaustive.params})).fetchall()
             bounded, lexical_ids = False, None
         if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:

@@ -294,6 +294,15 @@ _TOP = (
     "FROM documents.document_terms p WHERE p.tenant_id = public.app_tenant_id() AND p.term = q.term "
     "ORDER BY p.impact DESC LIMIT %(per_term)s) tp)"
 )
+# The same candidates found from the other side, for a tag filter that is narrow against a common term
+# (`from_tags`): the documents carrying every requested tag, and those of them with a posting of a query
+# term (primary-key reads), instead of every posting of the term. Only for exhaustive plans.
+_TOP_TAGGED = (
+    "top AS (SELECT DISTINCT p.document_id FROM (SELECT t.document_id FROM documents.document_tags t "
+    "WHERE t.tenant_id = public.app_tenant_id() AND t.tag = ANY(%(tags)s) GROUP BY t.document_id "
+    "HAVING count(DISTINCT t.tag) = %(tag_count)s) tg JOIN documents.document_terms p "
+    "ON p.document_id = tg.document_id AND p.term = ANY(%(terms)s) WHERE p.tenant_id = public.app_tenant_id())"
+)
 _POSTINGS = (
     "postings AS (SELECT p.document_id, p.term, p.field, p.tf, p.field_length FROM top c "
     "JOIN documents.document_terms p ON p.document_id = c.document_id AND p.term = ANY(%(terms)s) "
@@ -505,7 +514,7 @@ class Semantic:
 def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequence[str] = (),
                phrases: Sequence[str] = (), semantic: Semantic | None = None,
                figures: Mapping[str, TermFigures] | None = None, per_term: int | None = PER_TERM,
-               lexical: LexicalCandidates | None = None) -> SearchPlan:
+               lexical: LexicalCandidates | None = None, from_tags: bool = False) -> SearchPlan:
     """The statement for a validated request.
 
     `terms` are the analysed query terms to rank by (free words and phrase words),
@@ -519,6 +528,9 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
     vector: a text query's plan has `lexical_sql`, which returns the ranked lexical candidates (and
     the term figures) alone; a plan built with those rows as `lexical` has an `sql` that is given
     them instead of ranking them again, and answers exactly as the single statement would.
+
+    `from_tags` (with tag filters and `per_term` None): the candidates are found from the tags'
+    documents rather than from the terms' postings; the same answer, faster when the tags are narrow.
     """
     values: dict[str, Any] = {}
     where = _filters(values, params, excluded, phrases, tags_per_document=params.q is not None)
@@ -544,7 +556,8 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
         values.update(sem_ids=list(semantic.ids), sem_sims=list(semantic.sims), w_lex=f.w_lex, w_sem=f.w_sem,
                       rrf_k=f.rrf_k, sem_add=f.sem_add, min_sim=f.min_sim)
         fuse = _HYBRID.format(where=where)
-    ctes = [_STATS, _QTERMS, _TOP, _POSTINGS, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=lexical_where)]
+    top = _TOP_TAGGED if from_tags and params.tags and per_term is None else _TOP
+    ctes = [_STATS, _QTERMS, top, _POSTINGS, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=lexical_where)]
     lexical_sql = "WITH " + ", ".join(ctes) + _LEXICAL_ARRAYS.format(terms=_TERM_FIGURES)
     if lexical is None:
         sql = "WITH " + ", ".join(ctes) + fuse + result

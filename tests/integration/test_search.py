@@ -312,6 +312,28 @@ async def test_tag_filters_require_every_tag(client, seed, make_token) -> None: 
     assert (await _search(client, h, tag=["행정", "경제"]))["total"] == 0
 
 
+@pytest.mark.parametrize(("q", "tags"), [
+    ("예산", ["경제"]), ("대책 예산 -보호구역", ["교통/건축/국토"]), ("정부 국민", ["청원"]),
+    ("정부 국민", ["청원", "행정"]), ("zyxwvq", ["행정"]),
+])
+async def test_candidates_from_the_tags_side_are_the_same(seed: Seed, db: Database, q: str, tags: list[str]) -> None:
+    """A narrow tag filter over a common term is answered from the tags' documents (`from_tags`):
+    the page, scores, total and facets must equal those found from the terms' postings."""
+    from services.search import morph
+
+    params = query.validate(q, tags, 5, None)
+    analyzed = morph.analyze_query(q)
+    answers = []
+    for from_tags in (False, True):
+        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, per_term=None,
+                                from_tags=from_tags)
+        async with db.tenant_transaction(seed.tenant_a) as conn:
+            answers.append(await (await conn.execute(plan.sql, engine.statement_values(plan, params))).fetchall())
+    by_terms, by_tags = answers
+    assert by_tags == by_terms
+    assert (by_terms[0]["total"] > 0) == (q != "zyxwvq")
+
+
 async def test_pii_filter_keeps_documents_with_or_without_personal_data(  # type: ignore[no-untyped-def]
         client, seed, make_token, admin_dsn) -> None:
     """`pii=true` finds the documents in which personal data was found (migration 0006's counts), `false`
