@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import admin, vm_layout
-from .dbhost_config import DEFAULT_ROOT, PG_BIN, DbHostConfig
+from .dbhost_config import DEFAULT_ROOT, PG_BIN, DbHostConfig, host_memory_mib
 from .dbhost_servers import DbHostError
 
 
@@ -32,7 +32,8 @@ def cmd_setup(settings: Any, args: argparse.Namespace) -> None:
                            pg_port=args.pg_port, amqp_port=args.amqp_port, amqps_port=args.amqps_port,
                            redis_port=args.redis_port, rabbit_node=args.rabbit_node,
                            rabbit_dist_port=args.rabbit_dist_port, database=args.database or settings.db_name,
-                           amqp_vhost=settings.amqp_vhost, amqp_prefix=settings.amqp_prefix)
+                           amqp_vhost=settings.amqp_vhost, amqp_prefix=settings.amqp_prefix,
+                           memory_mib=args.memory_mib if args.memory_mib is not None else host_memory_mib())
         systemd = args.systemd if args.systemd is not None else Path("/run/systemd/system").is_dir()
         changes = dbhost.setup(cfg, hosts, secrets_dir=args.secrets_dir.resolve(), pki_dir=args.pki_dir.resolve(),
                                systemd=systemd)
@@ -105,6 +106,9 @@ def add_commands(dbh: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     setup.add_argument("--rabbit-node", default="doctag-db@localhost")
     setup.add_argument("--rabbit-dist-port", type=int, default=25672)
     setup.add_argument("--database", default=None, help="default: DOCTAG_DB_NAME")
+    setup.add_argument("--memory-mib", type=int, default=None,
+                       help="memory PostgreSQL is sized from (shared_buffers a quarter of it); default: this "
+                            "host's; 0 leaves PostgreSQL's defaults")
     mode = setup.add_mutually_exclusive_group()
     mode.add_argument("--systemd", dest="systemd", action="store_true", default=None,
                       help="run the servers as systemd units (default when systemd runs)")

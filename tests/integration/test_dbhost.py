@@ -102,7 +102,7 @@ def dbhost() -> Iterator[DbHost]:
             "--data-root", str(root), "--secrets-dir", str(base / "secrets"), "--pki-dir", str(base / "pki"),
             "--pg-port", str(pg), "--amqp-port", str(amqp), "--amqps-port", str(amqps), "--redis-port", str(rds),
             "--rabbit-node", f"doctag-test-{SESSION_ID}@localhost", "--rabbit-dist-port", str(dist),
-            "--database", "doctag"]
+            "--database", "doctag", "--memory-mib", "2048"]
     try:
         first = doctag(*args).stdout
         second = doctag(*args).stdout
@@ -131,6 +131,12 @@ def test_setup_twice_changes_nothing_the_second_time(dbhost: DbHost) -> None:
     assert "changed:" in dbhost.first_run and "postgres: started" in dbhost.first_run
     assert "unchanged" in dbhost.second_run, dbhost.second_run
     assert f"listen_addresses = '{DB_ADDRESS}'" in (dbhost.cfg.pg_data / "doctag.conf").read_text()
+
+
+def test_postgresql_memory_is_sized_from_the_host(dbhost: DbHost) -> None:
+    with _admin(dbhost) as conn:
+        shown = {name: conn.execute(f"SHOW {name}").fetchone() for name in ("shared_buffers", "effective_cache_size")}
+    assert shown == {"shared_buffers": ("512MB",), "effective_cache_size": ("1GB",)}
 
 
 def test_migrations_are_applied(dbhost: DbHost) -> None:

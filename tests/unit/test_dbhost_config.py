@@ -82,6 +82,18 @@ def test_postgresql_listens_on_the_private_address_with_tls_and_archiving(tmp_pa
     assert "archive-wal.sh %p %f" in conf
 
 
+def test_postgresql_memory_is_a_share_of_the_hosts() -> None:
+    assert dbhost_config.memory_settings(16 * 1024) == {   # the db VM of the seven-host layout
+        "shared_buffers": "4096MB", "effective_cache_size": "8192MB", "maintenance_work_mem": "1024MB",
+        "work_mem": "16MB"}
+    assert dbhost_config.memory_settings(256 * 1024)["maintenance_work_mem"] == "2048MB"
+    assert dbhost_config.memory_settings(0) == {}, "unknown memory: PostgreSQL's defaults"
+    assert dbhost_config.host_memory_mib() > 0
+    conf = dbhost_config.postgresql_conf(DbHostConfig(root=Path("/x"), address="10.20.0.10", memory_mib=16 * 1024))
+    assert "shared_buffers = 4096MB" in conf and "effective_cache_size = 8192MB" in conf
+    assert "shared_buffers" not in dbhost_config.postgresql_conf(DbHostConfig(root=Path("/x"), address="10.20.0.10"))
+
+
 def test_the_archive_command_copies_whole_and_never_overwrites(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path)
     cfg.wal_archive.mkdir(parents=True)
