@@ -273,16 +273,22 @@ _STATS = (
 # The query terms with their document frequency (df) and number of postings. The search service
 # passes the figures it counted before (termstats.py) with the tenant's document count then
 # (`n_at`); a term without them, or whose tenant has since grown or shrunk by more than
-# `df_slack` of its documents, is counted here from the (tenant_id, term) index range. `counted`
-# tells the service which figures are new.
+# `df_slack` of its documents, is taken from `documents.term_stats` (a large tenant's common
+# terms, counted ahead by upload's term statistics job, migration 0022), scaled to the tenant's
+# size now, while that count is within `stored_slack` of it; else it is counted here from the
+# (tenant_id, term) index range. `counted` tells the service which figures are new.
 _QTERMS = (
-    "qterms AS (SELECT u.term, CASE WHEN u.fresh THEN u.df ELSE c.df END AS df, "
-    "CASE WHEN u.fresh THEN u.postings ELSE c.postings END AS postings, NOT u.fresh AS counted "
-    "FROM (SELECT t.term, t.df, t.postings, (t.df IS NOT NULL AND abs(st.n - t.n_at) <= %(df_slack)s * t.n_at) "
+    "qterms AS (SELECT u.term, "
+    "CASE WHEN u.fresh THEN u.df WHEN ts.df IS NOT NULL THEN ts.df * u.n / ts.n_at ELSE c.df END AS df, "
+    "CASE WHEN u.fresh THEN u.postings WHEN ts.df IS NOT NULL THEN ts.postings * u.n / ts.n_at "
+    "ELSE c.postings END AS postings, NOT u.fresh AND ts.df IS NULL AS counted "
+    "FROM (SELECT t.term, t.df, t.postings, st.n, (t.df IS NOT NULL AND abs(st.n - t.n_at) <= %(df_slack)s * t.n_at) "
     "AS fresh FROM unnest(%(terms)s::text[], %(dfs)s::float8[], %(term_postings)s::float8[], %(n_at)s::float8[]) "
     "AS t(term, df, postings, n_at) CROSS JOIN stats st) u "
+    "LEFT JOIN documents.term_stats ts ON NOT u.fresh AND ts.tenant_id = public.app_tenant_id() "
+    "AND ts.term = u.term AND abs(u.n - ts.n_at) <= %(stored_slack)s * ts.n_at "
     "CROSS JOIN LATERAL (SELECT count(DISTINCT p.document_id)::float8 AS df, count(*)::float8 AS postings "
-    "FROM documents.document_terms p WHERE NOT u.fresh AND p.tenant_id = public.app_tenant_id() "
+    "FROM documents.document_terms p WHERE NOT u.fresh AND ts.df IS NULL AND p.tenant_id = public.app_tenant_id() "
     "AND p.term = u.term) c)"
 )
 # Impact-ordered retrieval (migration 0016): each term's `per_term` best postings by impact, read
@@ -451,6 +457,9 @@ FACET_CANDIDATES = 200
 PER_TERM = 300
 # Counted figures (df) are reused while the tenant's document count is within this share of the count then.
 DF_SLACK = 0.01
+# Figures stored by upload's term statistics job, scaled to the tenant's size, are used while the
+# tenant's size is within this share of its size when they were counted (the job counts again at 5%).
+STORED_SLACK = 0.2
 
 
 def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[str],
@@ -546,6 +555,7 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
     positive = _unique(t for t in terms if t not in set(excluded))
     known = figures or {}
     values.update(terms=positive, k1=K1, b=B, title_weight=TITLE_WEIGHT, per_term=per_term, df_slack=DF_SLACK,
+                  stored_slack=STORED_SLACK,
                   dfs=[known[t].df if t in known else None for t in positive],
                   term_postings=[known[t].postings if t in known else None for t in positive],
                   n_at=[known[t].n_at if t in known else None for t in positive])

@@ -24,6 +24,7 @@ from .service import DocumentService
 from .settings import UploadSettings
 from .storage_quotas import StorageQuotas, build_storage_quota_router
 from .tagging_queue import TaggingQueue
+from .term_stats import TermStatsJob
 
 ANALYSER_LOAD_SECONDS = Gauge("doctag_upload_analyser_load_seconds",
                               "Time the Korean analyser (indexing) took to load and analyse its first text")
@@ -53,6 +54,12 @@ class UploadComponents:
         if settings.purge_enabled:
             self.purge_job = PurgeJob(self.service, interval_seconds=settings.purge_interval_seconds,
                                       batch_size=settings.purge_batch_size)
+        self.term_stats_job: TermStatsJob | None = None
+        if settings.term_stats_enabled:
+            self.term_stats_job = TermStatsJob(self.db, interval_seconds=settings.term_stats_interval_seconds,
+                                               min_documents=settings.term_stats_min_documents,
+                                               min_postings=settings.term_stats_min_postings,
+                                               slack=settings.term_stats_slack)
         # The tagging queue screen's broker side: its own small connection, made on first use.
         self.dead_letters = DeadLetters(settings.amqp_connection_url, Topology(prefix=settings.amqp_prefix))
         self.queue = TaggingQueue(self.service, self.db, self.dead_letters,
@@ -70,10 +77,14 @@ class UploadComponents:
             await self.relay.start()
         if self.purge_job:
             await self.purge_job.start()
+        if self.term_stats_job:
+            await self.term_stats_job.start()
 
     async def stop(self) -> None:
         if self.purge_job:
             await self.purge_job.stop()
+        if self.term_stats_job:
+            await self.term_stats_job.stop()
         if self.relay:
             await self.relay.stop()
             await self.relay.db.close()

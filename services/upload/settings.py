@@ -42,6 +42,14 @@ class UploadSettings(CommonSettings):
     purge_interval_seconds: float = Field(default=3600.0, gt=0)
     purge_batch_size: int = Field(default=100, ge=1)
 
+    # Search's term statistics (term_stats.py): departments of at least this many documents get their
+    # terms with at least `min_postings` postings counted ahead, again once their size moved by `slack`.
+    term_stats_enabled: bool = True
+    term_stats_interval_seconds: float = Field(default=600.0, gt=0)
+    term_stats_min_documents: int = Field(default=10_000, ge=1)
+    term_stats_min_postings: int = Field(default=1_000, ge=1)
+    term_stats_slack: float = Field(default=0.05, gt=0, le=1)
+
     # How long a tagging job's capability (signed when the relay publishes the job) lets the worker read
     # the document and record its result. Covers queueing, deferrals while model-serving is away and
     # redeliveries; a job older than this can no longer touch its document (it ends dead-lettered).
