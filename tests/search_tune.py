@@ -2,6 +2,7 @@
 
     doctag search eval ... --keep-tenant      # loads the dev corpus with embeddings; prints the tenant slug
     python -m tests.search_tune SLUG          # grid over the fusion settings; best by nDCG@10 first
+    python -m tests.search_tune SLUG QUERIES QRELS [w_sem,...]   # another set (the known-item one)
 
 Queries run through `services.search.engine.search` exactly as `doctag search eval` runs them,
 with the query vectors from a model-serving started in this process (tests/embedding_server.py).
@@ -12,6 +13,7 @@ import asyncio
 import itertools
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from services.cli import admin, search_cmds
@@ -30,32 +32,39 @@ GRID = {
 }
 
 
-async def _grid(slug: str, target: str) -> list[dict[str, Any]]:
+async def _grid(slug: str, target: str, queries_path: Path = QUERIES, qrels_path: Path = QRELS,
+                grid: dict[str, tuple[Any, ...]] = GRID) -> list[dict[str, Any]]:
     settings = OpsSettings()
     with admin._connect(settings.admin_dsn()) as conn:
         tenant = admin._tenant_id(conn, slug)
         rows = conn.execute("SELECT id, filename FROM documents.documents WHERE tenant_id = %s", (tenant,)).fetchall()
     ids = {str(r["id"]): r["filename"].removesuffix(".txt") for r in rows}
-    queries = search_cmds.read_queries(QUERIES)
-    qrels = search_cmds.read_qrels(QRELS)
+    queries = search_cmds.read_queries(queries_path)
+    qrels = search_cmds.read_qrels(qrels_path)
     results = []
     semantic = search_cmds.semantic_for(target)   # one query encoder (and its cache) for the whole grid
     try:
-        for values in itertools.product(*GRID.values()):
-            semantic.fusion = Fusion(**dict(zip(GRID, values, strict=True)))  # type: ignore[arg-type]
+        for values in itertools.product(*grid.values()):
+            semantic.fusion = Fusion(**dict(zip(grid, values, strict=True)))  # type: ignore[arg-type]
             runs, degraded = await search_cmds._run_queries(tenant, queries, ids, semantic)
-            results.append({**dict(zip(GRID, values, strict=True)), **search_cmds.summarise(runs, qrels),
+            results.append({**dict(zip(grid, values, strict=True)), **search_cmds.summarise(runs, qrels),
                             "degraded": degraded})
     finally:
         await semantic.close()
     return sorted(results, key=lambda r: (-r["ndcg@10"], -r["mrr@10"]))
 
 
-def main(slug: str) -> None:
+def main(argv: list[str]) -> None:
+    slug = argv[0]
+    queries, qrels = (Path(argv[1]), Path(argv[2])) if len(argv) >= 3 else (QUERIES, QRELS)
+    grid = dict(GRID)
+    if len(argv) >= 4:
+        grid["w_sem"] = tuple(float(w) for w in argv[3].split(","))
+        grid["rrf_k"] = (60,)
     with embedding_server() as target:
-        for row in asyncio.run(_grid(slug, target)):
-            print(json.dumps(row))
+        for row in asyncio.run(_grid(slug, target, queries, qrels, grid)):
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

@@ -496,7 +496,7 @@ class Fusion:
     (at least `min_sim` similar to the query) join the lexical matches."""
 
     w_lex: float = 1.0
-    w_sem: float = 2.0
+    w_sem: float = 1.0
     rrf_k: int = 60
     sem_add: int = 10
     min_sim: float = 0.85

@@ -49,7 +49,7 @@ class SearchSettings(CommonSettings):
     semantic_candidates: int = Field(100, ge=1, le=10_000, description="semantic ranking length fused with BM25")
     # Reciprocal rank fusion, tuned on tests/data/search_dev (README, "Search").
     fusion_w_lex: float = Field(1.0, ge=0)
-    fusion_w_sem: float = Field(2.0, ge=0)
+    fusion_w_sem: float = Field(1.0, ge=0)
     fusion_rrf_k: int = Field(60, ge=1)
     fusion_sem_add: int = Field(10, ge=0, description="semantic-only documents added to the word matches at most")
     fusion_min_sim: float = Field(0.85, ge=-1, le=1, description="cosine similarity a semantic-only document needs")
