@@ -149,7 +149,7 @@ def host_memory_mib() -> int:
 def memory_settings(memory_mib: int) -> dict[str, str]:
     """PostgreSQL's memory from the host's (PostgreSQL's own sizing guidance for a dedicated server).
 
-    shared_buffers a quarter of memory: search reads postings, documents and tags at random (4.4 GiB
+    shared_buffers a quarter of memory: search reads postings, documents and tags at random (4.3 GiB
     at a million documents), and the buffers are what keeps them in memory; the operating system's
     page cache cannot be counted on where the hypervisor takes free memory back. effective_cache_size
     half of it (the planner's estimate of what is cached); maintenance_work_mem for index builds and

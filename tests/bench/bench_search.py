@@ -29,7 +29,7 @@
    fuses BM25 with its per-tenant vector index) and by words alone (semantic search off).
 5. Index size on disk and the query plans relied on (EXPLAIN ANALYZE) go to the JSON.
 
-Before the replicas are measured, what a search reads (`SEARCH_RELATIONS`, 4.4 GiB at a million
+Before the replicas are measured, what a search reads (`SEARCH_RELATIONS`, 4.3 GiB at a million
 documents) is loaded into PostgreSQL's shared buffers (`pg_prewarm`), as far as `shared_buffers`
 holds it: what is measured is a database server whose memory holds its working set, as
 `doctag dbhost setup` sizes it, not whatever the build or an earlier run left cached. The report
