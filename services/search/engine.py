@@ -150,13 +150,8 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
     values = statement_values(plan, params)
     lexical_ids: frozenset[Any] | None = None   # the hits found by words, where known (for the snippets)
     if two_statements:
-        assert plan.lexical_sql is not None   # a text query's plan has one
-        # Its own transaction: the semantic ranking may need a pooled connection (its vector cache's
-        # refresh), so none is held while waiting for it.
-        async with db.tenant_transaction(tenant) as conn:
-            await conn.execute("SET LOCAL enable_bitmapscan = off")
-            lexical = await (await conn.execute(plan.lexical_sql, values)).fetchone()
-        assert lexical is not None   # an aggregate: always one row
+        # The lexical half runs while the query is embedded; the second statement is given its rows.
+        lexical = await _lexical_half(db, tenant, plan, values)
         term_figures, n_documents = lexical["term_figures"], lexical["n_documents"]
         semantic, retrieval, reason = await _semantic_outcome(ranking, True)
         lexical_ids = frozenset(lexical["lex_ids"])
@@ -202,6 +197,20 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
         total_is_lower_bound=bounded,
         facets_partial=total > query.FACET_CANDIDATES,
     )
+
+
+async def _lexical_half(db: Database, tenant: str, plan: query.SearchPlan, values: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """The row of `plan.lexical_sql`: the ranked lexical candidates as arrays, and the term figures.
+
+    Its own transaction: the semantic ranking may need a pooled connection (its vector cache's
+    refresh), so none is held while waiting for it."""
+    assert plan.lexical_sql is not None   # a text query's plan has one
+    async with db.tenant_transaction(tenant) as conn:
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        row = await (await conn.execute(plan.lexical_sql, values)).fetchone()
+    assert row is not None   # an aggregate: always one row
+    return dict(row)
 
 
 def _build_hits(rows: list[dict[str, Any]], analyzed: morph.AnalyzedQuery | None,

@@ -303,10 +303,14 @@ _TOP = (
 # The same candidates found from the other side, for a tag filter that is narrow against a common term
 # (`from_tags`): the documents carrying every requested tag, and those of them with a posting of a query
 # term (primary-key reads), instead of every posting of the term. Only for exhaustive plans.
+# The documents carrying every requested tag (a subquery; row-level security scopes it too, the
+# tenant predicate lets the (tenant_id, tag) index be read).
+_TAGGED = (
+    "(SELECT t.document_id FROM documents.document_tags t WHERE t.tenant_id = public.app_tenant_id() "
+    "AND t.tag = ANY(%(tags)s) GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
+)
 _TOP_TAGGED = (
-    "top AS (SELECT DISTINCT p.document_id FROM (SELECT t.document_id FROM documents.document_tags t "
-    "WHERE t.tenant_id = public.app_tenant_id() AND t.tag = ANY(%(tags)s) GROUP BY t.document_id "
-    "HAVING count(DISTINCT t.tag) = %(tag_count)s) tg JOIN documents.document_terms p "
+    "top AS (SELECT DISTINCT p.document_id FROM " + _TAGGED + " tg JOIN documents.document_terms p "
     "ON p.document_id = tg.document_id AND p.term = ANY(%(terms)s) WHERE p.tenant_id = public.app_tenant_id())"
 )
 _POSTINGS = (
@@ -382,10 +386,7 @@ _TAG_FILTER_PER_DOCUMENT = (
     "AND t.tag = ANY(%(tags)s)) = %(tag_count)s"
 )
 # Tag filter without a text query: the documents carrying the tags are the candidates.
-_TAG_FILTER = (
-    "d.id IN (SELECT t.document_id FROM documents.document_tags t WHERE t.tag = ANY(%(tags)s) "
-    "GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
-)
+_TAG_FILTER = "d.id IN " + _TAGGED
 # Upload time range and file type (by the file name's extension, as upload accepted it).
 _FROM = "d.created_at >= %(uploaded_from)s"
 _TO = "d.created_at < %(uploaded_to)s"

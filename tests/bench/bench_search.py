@@ -681,7 +681,7 @@ def naive_queries(tenant: str, queries: list[BenchQuery], limit: int) -> dict[st
 
 def query_plans(tenant: str, queries: list[BenchQuery]) -> dict[str, str]:
     """EXPLAIN ANALYZE of the search statement for one query of each kind, as the search role runs it."""
-    from services.search import morph, query
+    from services.search import engine, morph, query
     from services.search.settings import SearchSettings
 
     plans = {}
@@ -697,15 +697,13 @@ def query_plans(tenant: str, queries: list[BenchQuery]) -> dict[str, str]:
             analyzed = morph.analyze_query(q.text)
             params = query.validate(q.text, [q.tag] if q.tag else [], 20, None)
             plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases)
-            values = {**plan.params, "fetch": 21, "offset": 0, "facet_limit": query.FACET_LIMIT, "text_chars": 2000,
-                      "facet_candidates": query.FACET_CANDIDATES}
+            values = engine.statement_values(plan, params)
             # As a warm replica runs it: the terms' document frequencies known from an earlier search.
             row = conn.execute(plan.sql, values).fetchone()
             figures = {f["term"]: query.TermFigures(f["df"], f["postings"], row[-1])
                        for f in (row[-2] or [])} if row else {}
             plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, figures=figures)
-            values = {**plan.params, "fetch": 21, "offset": 0, "facet_limit": query.FACET_LIMIT, "text_chars": 2000,
-                      "facet_candidates": query.FACET_CANDIDATES}
+            values = engine.statement_values(plan, params)
             rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + plan.sql, values).fetchall()
             plans[f"{key}: {q.text}"] = "\n".join(str(r[0]) for r in rows)
     return plans
