@@ -65,6 +65,8 @@ class SearchOut(BaseModel):
     retrieval: str = Field(description='"hybrid": ranked by words and meaning; "lexical": by words only')
     degraded_reason: str | None = Field(description="why a text query was ranked by words only "
                                                     "(e.g. model-serving unavailable); null otherwise")
+    relaxed_phrases: list[str] = Field([], description='"quoted" phrases of the query that no document contains '
+                                                       "as written: the hits rank their words instead")
 
 
 class SimilarOut(BaseModel):
@@ -84,6 +86,7 @@ def result_to_response(result: engine.SearchResult) -> SearchOut:
         facets=FacetsOut(tags=[FacetOut(tag=f.tag, count=f.count) for f in result.facets]),
         retrieval=result.retrieval,
         degraded_reason=result.degraded_reason,
+        relaxed_phrases=list(result.relaxed_phrases),
     )
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -58,6 +58,7 @@ class SearchResult:
     degraded_reason: str | None = None      # why a text query was answered by words only
     total_is_lower_bound: bool = False      # total (and facets) count the best candidates only: at least this many
     facets_partial: bool = False            # facets count the tags of the best query.FACET_CANDIDATES matches only
+    relaxed_phrases: tuple[str, ...] = ()   # "quoted" phrases no document contains: their words were ranked instead
 
 
 def parse_tenant_id(tenant_id: str) -> str:
@@ -81,12 +82,23 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
     Hybrid search does not wait for the query vector before it reads the index: the query is sent
     to model-serving first, the analyser and the lexical half (`plan.lexical_sql`) run meanwhile,
     and a second statement fuses the lexical candidates it is given with the semantic ranking.
+
+    A query whose "quoted" phrases no document contains is answered by its words, phrases ranked as
+    words (`relaxed_phrases` names them), when that finds something; -exclusions and filters still hold.
     """
     tenant = parse_tenant_id(tenant_id)
     ranking = _start_semantic(db, tenant, params, semantic_search)
     try:
         analyzed = await asyncio.to_thread(morph.analyze_query, params.q) if params.q else None
-        return await _search(db, tenant, params, analyzed, ranking, semantic_search)
+        result = await _search(db, tenant, params, analyzed, ranking, semantic_search)
+        if analyzed is not None and analyzed.phrases and result.total == 0:
+            # No document contains a quoted phrase as written (often a title or a quotation typed from
+            # memory): rank its words instead, and say so, rather than answer with nothing.
+            relaxed = replace(analyzed, phrases=())
+            loose = await _search(db, tenant, params, relaxed, ranking, semantic_search)
+            if loose.total:
+                return replace(loose, relaxed_phrases=analyzed.phrases)
+        return result
     finally:
         if ranking is not None:
             if not ranking.done():

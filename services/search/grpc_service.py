@@ -64,6 +64,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             retrieval=result.retrieval,
             degraded_reason=result.degraded_reason or "",
             total_is_lower_bound=result.total_is_lower_bound,
+            relaxed_phrases=list(result.relaxed_phrases),
         )
 
 

@@ -261,6 +261,10 @@ def test_search_korean_query_and_click_a_facet(open_session, people) -> None:  #
     for hit in hits.all():
         expect(hit.locator(".chip", has_text=tag).first).to_be_visible()
     s.shot("08-search-facet")
+    # A quoted phrase no document contains as written: its words are searched instead, and the page says so.
+    page.goto("/search?q=" + quote('"기본계획 탄소중립"'))
+    expect(page.locator("#relaxed-phrases")).to_contain_text("기본계획 탄소중립")
+    expect(page.locator(f".hit a[href='/documents/{STATE['ids']['.pdf']}']")).to_be_visible()
     # Hybrid search may find a close semantic neighbour for any text (search's fusion_min_sim), so
     # the empty answer comes from a date range with no uploads.
     page.fill("#q", "존재하지않는낱말쀍")

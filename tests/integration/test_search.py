@@ -226,11 +226,28 @@ async def test_codes_match_whole(client, seed, make_token) -> None:  # type: ign
 
 async def test_phrase_must_occur(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
     h = _auth(make_token, seed.tenant_a)
-    assert _ids(await _search(client, h, q='"교통 안전"')) == [seed.docs["traffic"]]
-    # The same words in another order are not the phrase.
-    assert (await _search(client, h, q='"안전 교통"'))["total"] == 0
+    body = await _search(client, h, q='"교통 안전"')
+    assert _ids(body) == [seed.docs["traffic"]] and body["relaxed_phrases"] == []
     # A phrase and a free word: the phrase filters, the word ranks.
     assert _ids(await _search(client, h, q='"내년도 예산" 복지')) == [seed.docs["budget"]]
+
+
+async def test_a_phrase_no_document_contains_is_ranked_by_its_words(  # type: ignore[no-untyped-def]
+        client, seed, make_token) -> None:
+    h = _auth(make_token, seed.tenant_a)
+    # The same words in another order are not the phrase: no document contains it, so its words are
+    # ranked instead, and the answer says which phrase was relaxed.
+    body = await _search(client, h, q='"안전 교통"')
+    assert body["relaxed_phrases"] == ["안전 교통"]
+    assert _ids(body)[0] == seed.docs["traffic"] and body["total"] >= 1
+    assert "<mark>교통" in body["hits"][0]["snippet"]
+    # Exclusions still hold in the relaxed answer...
+    body = await _search(client, h, q='"안전 교통" -예산')
+    assert seed.docs["traffic"] not in _ids(body)
+    # ...and so do filters: nothing tagged 경제 has the words, so the answer stays empty and says
+    # nothing was relaxed.
+    body = await _search(client, h, q='"안전 교통"', tag="경제")
+    assert body["total"] == 0 and body["hits"] == [] and body["relaxed_phrases"] == []
 
 
 async def test_minus_excludes(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
@@ -291,7 +308,8 @@ async def test_query_syntax_and_sql_is_inert(client, seed, make_token, hostile: 
     elif "예산" in hostile and '"' not in hostile:
         assert seed.docs["budget"] in ids  # '!' did not negate, ':*' did not widen
     elif '"' in hostile:
-        assert body["total"] == 0  # the phrase is literal: no document contains it
+        # The phrase is literal: no document contains it, so its words are ranked instead.
+        assert body["relaxed_phrases"] == ["예산\\s*.*"] and seed.docs["budget"] in ids
     assert seed.b_budget_id not in ids
     # The table is still there.
     assert (await _search(client, h, q="예산"))["total"] >= 3
@@ -590,7 +608,10 @@ async def test_grpc_search(grpc_search: GrpcSearch, seed) -> None:  # type: igno
                                metadata=grpc_search.meta(a))
     assert [h.id for h in tagged.hits] == [seed.docs["budget"]]
     assert list(tagged.hits[0].tags) == ["경제", "정치"] and "예산을" in tagged.hits[0].snippet
-    assert tagged.next_cursor == ""
+    assert tagged.next_cursor == "" and list(tagged.relaxed_phrases) == []
+    relaxed = await stub.Search(search_pb2.SearchRequest(query='"안전 교통"'), timeout=10,
+                                metadata=grpc_search.meta(a))
+    assert list(relaxed.relaxed_phrases) == ["안전 교통"] and relaxed.hits[0].id == seed.docs["traffic"]
     # The tenant is the token's: tenant B's user sees B's document only.
     other = await stub.Search(search_pb2.SearchRequest(query="예산"), timeout=10,
                               metadata=grpc_search.meta(seed.tenant_b))
