@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from usearch.index import Index
+
+from ._native_order import load_onnxruntime_first
+
+load_onnxruntime_first()
+from usearch.index import Index  # noqa: E402  (after onnxruntime, see _native_order)
 
 Dtype = Literal["f16", "f32", "i8"]
 # Cosine between a document's stored and given vector above which they are the same vector (as stored:
