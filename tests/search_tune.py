@@ -2,7 +2,7 @@
 
     doctag search eval ... --keep-tenant      # loads the dev corpus with embeddings; prints the tenant slug
     python -m tests.search_tune SLUG          # grid over the fusion settings; best by nDCG@10 first
-    python -m tests.search_tune SLUG QUERIES QRELS [w_sem,...]   # another set (the known-item one)
+    python -m tests.search_tune SLUG QUERIES QRELS [w_lex,...]   # another set (the known-item one)
 
 Queries run through `services.search.engine.search` exactly as `doctag search eval` runs them,
 with the query vectors from a model-serving started in this process (tests/embedding_server.py).
@@ -22,14 +22,17 @@ from services.search.query import Fusion
 from tests.embedding_server import embedding_server
 from tests.search_devset import QRELS, QUERIES
 
-# The first grid (w_sem 0.5-2.0, rrf_k 10/30/60, sem_add 0/5/10/20, min_sim 0.80-0.87) found sem_add and
-# min_sim without effect beyond sem_add >= 5 and the best w_sem at its edge; this is the second one.
+# Convex fusion (query.Fusion): w_lex is BM25's weight, w_sem = 1 - w_lex. sem_add beyond 5 and min_sim
+# 0.80-0.87 made no difference on either development set.
 GRID = {
-    "w_sem": (1.0, 1.5, 2.0, 3.0, 4.0, 6.0),
-    "rrf_k": (10, 60),
+    "w_lex": (0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9),
     "sem_add": (10,),
     "min_sim": (0.85,),
 }
+
+
+def _fusion(values: dict[str, Any]) -> Fusion:
+    return Fusion(w_sem=1 - values["w_lex"], **values)
 
 
 async def _grid(slug: str, target: str, queries_path: Path = QUERIES, qrels_path: Path = QRELS,
@@ -45,7 +48,7 @@ async def _grid(slug: str, target: str, queries_path: Path = QUERIES, qrels_path
     semantic = search_cmds.semantic_for(target)   # one query encoder (and its cache) for the whole grid
     try:
         for values in itertools.product(*grid.values()):
-            semantic.fusion = Fusion(**dict(zip(grid, values, strict=True)))  # type: ignore[arg-type]
+            semantic.fusion = _fusion(dict(zip(grid, values, strict=True)))
             runs, degraded = await search_cmds._run_queries(tenant, queries, ids, semantic)
             results.append({**dict(zip(grid, values, strict=True)), **search_cmds.summarise(runs, qrels),
                             "degraded": degraded})
@@ -59,8 +62,7 @@ def main(argv: list[str]) -> None:
     queries, qrels = (Path(argv[1]), Path(argv[2])) if len(argv) >= 3 else (QUERIES, QRELS)
     grid = dict(GRID)
     if len(argv) >= 4:
-        grid["w_sem"] = tuple(float(w) for w in argv[3].split(","))
-        grid["rrf_k"] = (60,)
+        grid["w_lex"] = tuple(float(w) for w in argv[3].split(","))
     with embedding_server() as target:
         for row in asyncio.run(_grid(slug, target, queries, qrels, grid)):
             print(json.dumps(row), flush=True)

@@ -351,22 +351,24 @@ _GIVEN_LEXICAL = (
 )
 # Words only: the lexical matches are the candidates.
 _LEXICAL_ONLY = ", candidates AS (SELECT id, created_at, score FROM lexical)"
-# Hybrid: reciprocal rank fusion of the lexical ranking and the semantic one. The semantic ranking
-# comes in as the tenant's most similar documents (ids with their cosine similarity, best first,
-# computed exactly by the search service over the tenant's stored vectors); both rankings are
-# taken after the filters, so ranks count only documents the caller may get. A document scores
-# w_lex / (k + lexical rank) + w_sem / (k + semantic rank) (a missing rank adds nothing). The
-# candidates are the lexical matches plus the first `sem_add` semantic ones at least `min_sim`
-# similar: documents that share no word with the query but mean the same.
+# Hybrid: a convex combination of the two scores, each normalised to 0..1. The semantic ranking comes
+# in as the tenant's most similar documents (ids with their cosine similarity, best first, from the
+# search service's vectors). A document scores
+#     w_lex * BM25 / best BM25 + w_sem * max(0, (sim - floor) / (top - floor))
+# where the best BM25 is taken over the lexical matches after the filters, and `top` and `floor` are
+# the first and the last similarity of the semantic ranking (`sem_top`, `sem_floor`): a document
+# outside it, or at its end, adds nothing by meaning. The candidates are the lexical matches plus
+# the first `sem_add` semantic ones (ranked after the filters) at least `min_sim` similar:
+# documents that share no word with the query but mean the same.
 _HYBRID = (
-    ", lex_ranked AS (SELECT id, created_at, row_number() OVER (ORDER BY score DESC, created_at DESC, id DESC) AS r "
-    "FROM lexical)"
+    ", lex_best AS (SELECT id, created_at, score / nullif(max(score) OVER (), 0) AS part FROM lexical)"
     ", semantic AS (SELECT d.id, d.created_at, u.sim, row_number() OVER (ORDER BY u.sim DESC, u.ord) AS r "
     "FROM unnest(%(sem_ids)s::uuid[], %(sem_sims)s::float8[]) WITH ORDINALITY AS u(id, sim, ord) "
     "JOIN documents.documents d ON d.id = u.id WHERE {where})"
     ", candidates AS (SELECT coalesce(l.id, s.id) AS id, coalesce(l.created_at, s.created_at) AS created_at, "
-    "(coalesce(%(w_lex)s::float8 / (%(rrf_k)s + l.r), 0) + coalesce(%(w_sem)s::float8 / (%(rrf_k)s + s.r), 0))"
-    "::float8 AS score FROM lex_ranked l FULL JOIN semantic s ON s.id = l.id "
+    "(%(w_lex)s::float8 * coalesce(l.part, 0) + %(w_sem)s::float8 * "
+    "greatest(coalesce((s.sim - %(sem_floor)s) * %(sem_scale)s, 0), 0))::float8 AS score "
+    "FROM lex_best l FULL JOIN semantic s ON s.id = l.id "
     "WHERE l.id IS NOT NULL OR (s.r <= %(sem_add)s AND s.sim >= %(min_sim)s))"
 )
 
@@ -492,13 +494,12 @@ def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[st
 
 @dataclass(frozen=True)
 class Fusion:
-    """How the lexical and the semantic rankings are fused (reciprocal rank fusion), tuned on the
-    development set (README, "Search"): the weights, RRF's k, and how many semantic-only documents
-    (at least `min_sim` similar to the query) join the lexical matches."""
+    """How the lexical and the semantic rankings are fused (a convex combination of their normalised
+    scores, `_HYBRID`), tuned on the two development sets (README, "Search"): the weights, and how many
+    semantic-only documents (at least `min_sim` similar to the query) join the lexical matches."""
 
-    w_lex: float = 1.0
-    w_sem: float = 1.0
-    rrf_k: int = 60
+    w_lex: float = 0.75
+    w_sem: float = 0.25
     sem_add: int = 10
     min_sim: float = 0.85
 
@@ -564,8 +565,10 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
     fuse = _LEXICAL_ONLY
     if semantic is not None:
         f = semantic.fusion
+        first, last = (semantic.sims[0], semantic.sims[-1]) if semantic.sims else (0.0, 0.0)
         values.update(sem_ids=list(semantic.ids), sem_sims=list(semantic.sims), w_lex=f.w_lex, w_sem=f.w_sem,
-                      rrf_k=f.rrf_k, sem_add=f.sem_add, min_sim=f.min_sim)
+                      sem_add=f.sem_add, min_sim=f.min_sim, sem_floor=last,
+                      sem_scale=1.0 / (first - last) if first > last else 0.0)
         fuse = _HYBRID.format(where=where)
     top = _TOP_TAGGED if from_tags and params.tags and per_term is None else _TOP
     ctes = [_STATS, _QTERMS, top, _POSTINGS, _WEIGHTED_TF, _BM25, _RANKED_CANDIDATES.format(where=lexical_where)]

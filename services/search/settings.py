@@ -47,10 +47,10 @@ class SearchSettings(CommonSettings):
     ann_persist: bool = Field(True, description="keep built indexes in <state_dir>/search-index, so a restarted "
                                                 "replica does not build them again")
     semantic_candidates: int = Field(100, ge=1, le=10_000, description="semantic ranking length fused with BM25")
-    # Reciprocal rank fusion, tuned on tests/data/search_dev (README, "Search").
-    fusion_w_lex: float = Field(1.0, ge=0)
-    fusion_w_sem: float = Field(1.0, ge=0)
-    fusion_rrf_k: int = Field(60, ge=1)
+    # The convex combination of normalised scores, tuned on the development sets (README, "Search").
+    fusion_w_lex: float = Field(0.75, ge=0, description="weight of BM25 over the best BM25 of the query")
+    fusion_w_sem: float = Field(0.25, ge=0, description="weight of the similarity, scaled between the semantic "
+                                                        "ranking's first and last")
     fusion_sem_add: int = Field(10, ge=0, description="semantic-only documents added to the word matches at most")
     fusion_min_sim: float = Field(0.85, ge=-1, le=1, description="cosine similarity a semantic-only document needs")
     similar_max_limit: int = 50
@@ -61,5 +61,5 @@ class SearchSettings(CommonSettings):
         return IndexPolicy(threshold=self.ann_threshold, params=params, build_threads=self.ann_build_threads)
 
     def fusion(self) -> Fusion:
-        return Fusion(w_lex=self.fusion_w_lex, w_sem=self.fusion_w_sem, rrf_k=self.fusion_rrf_k,
+        return Fusion(w_lex=self.fusion_w_lex, w_sem=self.fusion_w_sem,
                       sem_add=self.fusion_sem_add, min_sim=self.fusion_min_sim)

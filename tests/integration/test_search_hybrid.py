@@ -150,10 +150,14 @@ async def test_hybrid_search_finds_a_document_by_meaning(client, world: World, m
     # No word of the query occurs in the phishing document (전화금융사기, 사칭, 송금): found by meaning.
     assert ids[0] == world.docs["phishing"]
     assert world.deleted_noise not in ids and world.b_noise not in ids
-    # A word match still ranks first.
+    # By meaning alone a document scores at most the semantic weight (query.Fusion: 0.25)...
+    assert 0 < body["hits"][0]["score"] <= 0.25
+    # ...so the best word match ranks first: BM25 over the best BM25 (0.75 at 1.0), plus its similarity.
     noise = await _search(client, headers, q="층간소음")
     noise_ids = [h["id"] for h in noise["hits"]]
     assert noise_ids[0] == world.docs["noise"]
+    assert 0.75 <= noise["hits"][0]["score"] <= 1.0
+    assert [h["score"] for h in noise["hits"]] == sorted((h["score"] for h in noise["hits"]), reverse=True)
     assert world.deleted_noise not in noise_ids and world.b_noise not in noise_ids
     # Operators still hold in hybrid mode: an excluded word removes the document, semantic or not.
     excluded = await _search(client, headers, q="층간소음 -소음")

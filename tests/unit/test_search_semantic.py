@@ -198,6 +198,17 @@ def test_hybrid_plan_binds_every_value_and_keeps_the_filters() -> None:
     assert "sem_ids" not in lexical.sql and "ORDER BY score DESC" in lexical.sql
 
 
+def test_similarities_are_scaled_between_the_semantic_rankings_first_and_last() -> None:
+    params = query.validate("예산", [], 20, None)
+    ids = tuple(f"00000000-0000-0000-0000-00000000000{i}" for i in range(3))
+    plan = query.build_plan(params, ["예산"], semantic=query.Semantic(ids, (0.9, 0.85, 0.8)))
+    assert plan.params["sem_floor"] == 0.8 and plan.params["sem_scale"] == pytest.approx(10.0)
+    assert (plan.params["w_lex"], plan.params["w_sem"]) == (0.75, 0.25)
+    # One similarity (or all equal): nothing to scale by, so meaning adds nothing to any score.
+    single = query.build_plan(params, ["예산"], semantic=query.Semantic(ids[:1], (0.9,)))
+    assert single.params["sem_scale"] == 0.0
+
+
 def test_hangul_bigrams_and_the_baselines_rank_the_matching_document_first() -> None:
     assert hangul_bigrams("운전면허 갱신 W-2 가") == ["운전", "전면", "면허", "갱신", "w", "2", "가"]
     corpus = [CorpusDoc("d1", "운전면허 갱신 안내", "적성검사 기간을 확인하세요."),
@@ -245,3 +256,13 @@ def test_a_saved_index_is_restored_and_a_damaged_one_is_dropped(tmp_path: Path) 
     store.save("tenant", "e5@abc", index, watermark)
     meta_file.write_text("{not json")
     assert store.load("tenant", "e5@abc", AnnParams()) is None and list(tmp_path.iterdir()) == []
+
+
+def test_the_ann_module_and_onnxruntime_load_together_in_one_process() -> None:
+    """usearch loaded before onnxruntime crashed the process (services/search/_native_order.py)."""
+    import subprocess
+    import sys
+
+    code = "import services.search.ann\nimport threading\nimport onnxruntime\nprint('loaded')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
