@@ -486,6 +486,33 @@ async def test_deleted_documents_leave_the_index(client, seed, make_token, admin
     assert (await _search(client, h, q="흑요석"))["total"] == 0
 
 
+async def test_a_documents_tags_leave_and_return_with_it(seed, db: Database, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+    """The search role never reads the tags of a document in the bin (migration 0023: a flag kept by
+    triggers on delete, restore and on tags written for a deleted document)."""
+    async def visible_tags(doc_id: str) -> set[str]:
+        async with db.tenant_transaction(seed.tenant_a) as conn:
+            rows = await (await conn.execute("SELECT tag FROM documents.document_tags WHERE document_id = %s",
+                                             (doc_id,))).fetchall()
+        return {r["tag"] for r in rows}
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        doc_id = _insert(conn, seed.tenant_a, "휴지통 왕복 문서", "삭제와 복원을 오가는 고유어휘 녹주석 문서다.",
+                         {"휴지통시험": 0.9})
+    assert await visible_tags(doc_id) == {"휴지통시험"}
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE documents.documents SET deleted_at = now() WHERE id = %s", (doc_id,))
+        # A tag written while the document is in the bin (a late tagging result) starts hidden.
+        conn.execute("INSERT INTO documents.document_tags (tenant_id, document_id, tag, score, model_version) "
+                     "VALUES (%s, %s, '늦은태그', 0.5, 'test-1')", (seed.tenant_a, doc_id))
+    assert await visible_tags(doc_id) == set()
+    params = query.validate(None, ["휴지통시험"], 20, None)
+    assert (await engine.search(db, seed.tenant_a, params)).total == 0
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE documents.documents SET deleted_at = NULL WHERE id = %s", (doc_id,))
+    assert await visible_tags(doc_id) == {"휴지통시험", "늦은태그"}
+    assert [h.id for h in (await engine.search(db, seed.tenant_a, params)).hits] == [doc_id]
+
+
 async def test_search_role_cannot_write(seed, db: Database) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         async with db.tenant_transaction(seed.tenant_a) as conn:
