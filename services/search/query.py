@@ -300,15 +300,15 @@ _TOP = (
     "FROM documents.document_terms p WHERE p.tenant_id = public.app_tenant_id() AND p.term = q.term "
     "ORDER BY p.impact DESC LIMIT %(per_term)s) tp)"
 )
-# The same candidates found from the other side, for a tag filter that is narrow against a common term
-# (`from_tags`): the documents carrying every requested tag, and those of them with a posting of a query
-# term (primary-key reads), instead of every posting of the term. Only for exhaustive plans.
 # The documents carrying every requested tag (a subquery; row-level security scopes it too, the
 # tenant predicate lets the (tenant_id, tag) index be read).
 _TAGGED = (
     "(SELECT t.document_id FROM documents.document_tags t WHERE t.tenant_id = public.app_tenant_id() "
     "AND t.tag = ANY(%(tags)s) GROUP BY t.document_id HAVING count(DISTINCT t.tag) = %(tag_count)s)"
 )
+# The same candidates found from the other side, for a tag filter that is narrow against a common term
+# (`from_tags`): the documents carrying every requested tag, and those of them with a posting of a query
+# term (primary-key reads), instead of every posting of the term. Only for exhaustive plans.
 _TOP_TAGGED = (
     "top AS (SELECT DISTINCT p.document_id FROM " + _TAGGED + " tg JOIN documents.document_terms p "
     "ON p.document_id = tg.document_id AND p.term = ANY(%(terms)s) WHERE p.tenant_id = public.app_tenant_id())"
@@ -356,8 +356,9 @@ _LEXICAL_ONLY = ", candidates AS (SELECT id, created_at, score FROM lexical)"
 # search service's vectors). A document scores
 #     w_lex * BM25 / best BM25 + w_sem * max(0, (sim - floor) / (top - floor))
 # where the best BM25 is taken over the lexical matches after the filters, and `top` and `floor` are
-# the first and the last similarity of the semantic ranking (`sem_top`, `sem_floor`): a document
-# outside it, or at its end, adds nothing by meaning. The candidates are the lexical matches plus
+# the first and the last similarity of the semantic ranking (bound as `sem_floor` and `sem_scale`,
+# 1 / (top - floor), or 0 when they are equal): a document outside it, or at its end, adds nothing
+# by meaning. The candidates are the lexical matches plus
 # the first `sem_add` semantic ones (ranked after the filters) at least `min_sim` similar:
 # documents that share no word with the query but mean the same.
 _HYBRID = (
