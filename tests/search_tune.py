@@ -48,10 +48,10 @@ async def _grid(slug: str, target: str, queries_path: Path = QUERIES, qrels_path
     semantic = search_cmds.semantic_for(target)   # one query encoder (and its cache) for the whole grid
     try:
         for values in itertools.product(*grid.values()):
-            semantic.fusion = _fusion(dict(zip(grid, values, strict=True)))
+            setting = dict(zip(grid, values, strict=True))
+            semantic.fusion = _fusion(setting)
             runs, degraded = await search_cmds._run_queries(tenant, queries, ids, semantic)
-            results.append({**dict(zip(grid, values, strict=True)), **search_cmds.summarise(runs, qrels),
-                            "degraded": degraded})
+            results.append({**setting, **search_cmds.summarise(runs, qrels), "degraded": degraded})
     finally:
         await semantic.close()
     return sorted(results, key=lambda r: (-r["ndcg@10"], -r["mrr@10"]))

@@ -263,6 +263,6 @@ def test_the_ann_module_and_onnxruntime_load_together_in_one_process() -> None:
     import subprocess
     import sys
 
-    code = "import services.search.ann\nimport threading\nimport onnxruntime\nprint('loaded')"
+    code = "import services.search.ann\nimport onnxruntime\nprint('loaded')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]

@@ -3,7 +3,8 @@
 Since 0007 the search role reads `document_tags` through a restrictive policy that looks the row's
 document up in `documents` (is it deleted?) for every tag row read. A search under a tag filter
 reads every row of the tag (the documents carrying it): at 500,000 documents a tag on 4,000 of them
-cost 20 ms in those lookups alone, a third of the whole search (`make bench-search`).
+cost 17-20 ms in those lookups alone, a third or more of that statement (41-63 ms before, 24-44 ms
+after; `make bench-search`'s corpus).
 
 - `document_tags.document_deleted`: whether the tag's document is in the bin. Kept by triggers,
   so no writer has to remember it: when a document's `deleted_at` changes (delete, restore) its
