@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=defaults.torch_threads)
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="keep the lower encoder pass here and reuse it when nothing it depends on changed")
+    parser.add_argument("--tuned-layers", type=Path, default=None,
+                        help="encoder layers fine-tuned on another machine (`python -m "
+                             "services.model_training.offload tune`): used instead of fine-tuning here")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -52,6 +52,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import BertModel
 
+from services.model_serving.models import delta, int8_rows
 from services.model_serving.models.base import (
     InferenceOptions,
     pad_batch,
@@ -191,11 +192,12 @@ def lower_pass(encoder: BertModel, windows: list[list[int]], owners: list[int], 
     states: list[torch.Tensor | None] = [None] * len(windows)
     pooled = np.zeros((len(windows), HIDDEN * len(frozen_pool)), dtype=np.float32)
     order = sorted(range(len(windows)), key=lambda i: len(windows[i]))
+    device = encoder.embeddings.word_embeddings.weight.device
     started = time.monotonic()
     with torch.inference_mode():
         for n, begin in enumerate(range(0, len(order), batch)):
             chunk = order[begin:begin + batch]
-            ids, mask = pad_batch([windows[i] for i in chunk], pad_id)
+            ids, mask = (t.to(device) for t in pad_batch([windows[i] for i in chunk], pad_id))
             hidden = encoder.embeddings(input_ids=ids)
             ext = extended_mask(mask)
             outputs = {0: hidden}
@@ -203,9 +205,10 @@ def lower_pass(encoder: BertModel, windows: list[list[int]], owners: list[int], 
                 hidden = encoder.encoder.layer[layer_index](hidden, attention_mask=ext)[0]
                 outputs[layer_index + 1] = hidden
             for j, layer in enumerate(frozen_pool):
-                pooled[chunk, j * HIDDEN:(j + 1) * HIDDEN] = masked_mean(outputs[layer], mask).numpy()
+                pooled[chunk, j * HIDDEN:(j + 1) * HIDDEN] = masked_mean(outputs[layer], mask).cpu().numpy()
+            kept = outputs[lower].to(torch.float16).cpu()
             for row, i in enumerate(chunk):
-                states[i] = outputs[lower][row, :len(windows[i])].to(torch.float16).clone()
+                states[i] = kept[row, :len(windows[i])].clone()
             if n % 100 == 0:
                 log.info("lower pass", extra={"part": label, "windows": f"{begin}/{len(windows)}",
                                               "seconds": round(time.monotonic() - started)})
@@ -213,30 +216,45 @@ def lower_pass(encoder: BertModel, windows: list[list[int]], owners: list[int], 
 
 
 class TopEncoder(torch.nn.Module):
-    """The tuned top layers applied to cached lower states; returns the pooled top layer."""
+    """The tuned top layers applied to cached lower states; returns the pooled vectors of the
+    pool layers that lie among them (absolute layer numbers `pool_layers`, the first tuned layer
+    being number `first + 1`), one HIDDEN-wide block each, on the layers' device."""
 
-    def __init__(self, layers: torch.nn.ModuleList) -> None:
+    def __init__(self, layers: torch.nn.ModuleList, first: int, pool_layers: Sequence[int]) -> None:
         super().__init__()
         self.layers = layers
+        self.first = first
+        self.pool_layers = tuple(pool_layers)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device if len(self.layers) else torch.device("cpu")
 
     def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+        if not self.pool_layers:
+            return torch.zeros((len(states), 0), device=self.device)
         width = max(s.shape[0] for s in states)
         hidden = torch.zeros((len(states), width, HIDDEN), dtype=torch.float32)
         mask = torch.zeros((len(states), width), dtype=torch.long)
         for row, s in enumerate(states):
             hidden[row, :s.shape[0]] = s.to(torch.float32)
             mask[row, :s.shape[0]] = 1
+        hidden, mask = hidden.to(self.device), mask.to(self.device)
         ext = extended_mask(mask)
-        for layer in self.layers:
+        pooled = []
+        for number, layer in enumerate(self.layers, start=self.first + 1):
             hidden = layer(hidden, attention_mask=ext)[0]
-        return masked_mean(hidden, mask)
+            if number in self.pool_layers:
+                pooled.append(masked_mean(hidden, mask))
+        return torch.cat(pooled, dim=1)
 
 
 def doc_vectors(frozen: torch.Tensor, top: torch.Tensor, owner: torch.Tensor, n_docs: int) -> torch.Tensor:
     """Per document: the mean of its windows' [frozen pooled | top pooled], L2-normalised per
     384-wide block (the same as hybrid.document_embedding, in torch so gradients flow)."""
-    rows = torch.cat([frozen, top], dim=1) if frozen.numel() else top
-    sums = torch.zeros((n_docs, rows.shape[1]), dtype=rows.dtype).index_add_(0, owner, rows)
+    rows = torch.cat([frozen.to(top.device), top], dim=1) if frozen.numel() else top
+    owner = owner.to(rows.device)
+    sums = torch.zeros((n_docs, rows.shape[1]), dtype=rows.dtype, device=rows.device).index_add_(0, owner, rows)
     counts = torch.bincount(owner, minlength=n_docs).clamp(min=1).to(rows.dtype)
     mean = (sums / counts[:, None]).reshape(n_docs, -1, HIDDEN)
     return torch.nn.functional.normalize(mean, dim=-1).reshape(n_docs, -1)
@@ -247,15 +265,19 @@ Progress = Callable[[dict[str, Any]], None]
 
 
 def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_labels: int,
-                    cfg: TrainConfig, on_step: Progress | None = None) -> list[dict[str, float]]:
-    """Fine-tunes `top` (in place) on the training documents; returns the loss per epoch."""
+                    cfg: TrainConfig, on_step: Progress | None = None
+                    ) -> tuple[list[dict[str, float]], torch.nn.Linear]:
+    """Fine-tunes `top` (in place, on its device) on the training documents; returns the loss
+    per epoch and the linear head it was tuned with (input: document vector × HEAD_INPUT_SCALE)."""
     n_docs = len(labels)
+    device = top.device
     windows_of: list[list[int]] = [[] for _ in range(n_docs)]
     for w, d in enumerate(cache.owner):
         windows_of[d].append(w)
-    head = torch.nn.Linear(cache.frozen_pooled.shape[1] + HIDDEN, n_labels)
+    head = torch.nn.Linear(cache.frozen_pooled.shape[1] + HIDDEN * len(top.pool_layers), n_labels).to(device)
     counts = np.bincount(labels, minlength=n_labels).astype(np.float64)
-    class_weight = torch.tensor(counts.sum() / (n_labels * np.maximum(counts, 1)), dtype=torch.float32)
+    class_weight = torch.tensor(counts.sum() / (n_labels * np.maximum(counts, 1)), dtype=torch.float32,
+                                device=device)
     optimizer = torch.optim.AdamW([
         {"params": top.parameters(), "lr": cfg.learning_rate},
         {"params": head.parameters(), "lr": cfg.head_learning_rate},
@@ -288,7 +310,7 @@ def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_l
             pooled_top = top([cache.states[w] for w in picked])
             vectors = doc_vectors(frozen[picked], pooled_top, torch.tensor(owner), len(batch))
             loss = torch.nn.functional.cross_entropy(head(vectors * HEAD_INPUT_SCALE),
-                                                     torch.from_numpy(labels[batch]), weight=class_weight)
+                                                     torch.from_numpy(labels[batch]).to(device), weight=class_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
             torch.nn.utils.clip_grad_norm_(top.parameters(), 1.0)
@@ -306,17 +328,17 @@ def tune_top_layers(top: TopEncoder, cache: WindowCache, labels: np.ndarray, n_l
         history.append({"epoch": epoch + 1, "train_loss": round(total / n_docs, 4)})
         log.info("epoch done", extra=history[-1])
     top.eval()
-    return history
+    return history, head
 
 
-def embed_documents(top: torch.nn.Module, cache: WindowCache, n_docs: int, batch: int = 64) -> np.ndarray:
+def embed_documents(top: TopEncoder, cache: WindowCache, n_docs: int, batch: int = 64) -> np.ndarray:
     """Document embeddings (as serving computes them) from the cache and the top layers."""
-    rows = np.zeros((len(cache.states), HIDDEN), dtype=np.float32)
+    rows = np.zeros((len(cache.states), HIDDEN * len(top.pool_layers)), dtype=np.float32)
     order = sorted(range(len(cache.states)), key=lambda i: cache.states[i].shape[0])
     with torch.inference_mode():
         for begin in range(0, len(order), batch):
             chunk = order[begin:begin + batch]
-            rows[chunk] = top([cache.states[i] for i in chunk]).numpy()
+            rows[chunk] = top([cache.states[i] for i in chunk]).cpu().numpy()
     vectors = doc_vectors(torch.from_numpy(cache.frozen_pooled).double(), torch.from_numpy(rows).double(),
                           torch.from_numpy(cache.owner), n_docs)
     return vectors.numpy()
@@ -373,7 +395,8 @@ class EncoderPlan:
     encoder: BertModel
     hybrid: HybridConfig
     lower: int                      # layers run once (frozen)
-    frozen_pool: tuple[int, ...]    # pooled layers that lie in the frozen part
+    frozen_pool: tuple[int, ...]    # pooled layers that lie in the frozen part (pooled by the lower pass)
+    tuned_pool: tuple[int, ...]     # pooled layers among the tuned ones (pooled by TopEncoder)
     prefix_ids: list[int]
     content_tokens: int
 
@@ -383,16 +406,35 @@ class EncoderPlan:
         tokenizer = E5Tokenizer(base)
         n_layers = base.config.num_hidden_layers
         lower = n_layers - cfg.tune_layers
-        # The last pool layer is the top of the encoder (computed by TopEncoder, possibly with no
-        # tuned layers); the others must lie in the frozen part and are pooled during the lower pass.
-        frozen_pool = tuple(cfg.pool_layers[:-1])
-        if cfg.pool_layers[-1] != n_layers or any(p > lower for p in frozen_pool):
-            raise ValueError("pool layers must be frozen layers plus the last layer")
+        if not 0 <= lower <= n_layers:
+            raise ValueError(f"tune_layers must be 0..{n_layers}")
+        if list(cfg.pool_layers) != sorted(set(cfg.pool_layers)) or not all(0 < p <= n_layers for p in cfg.pool_layers):
+            raise ValueError(f"pool layers must be ascending layer numbers in 1..{n_layers}")
+        # Pool layers in the frozen part are pooled once by the lower pass, the rest by TopEncoder.
+        frozen_pool = tuple(p for p in cfg.pool_layers if p <= lower)
+        tuned_pool = tuple(p for p in cfg.pool_layers if p > lower)
         prefix_ids = tokenizer.encode([cfg.prefix.strip()])[0]
         hybrid = HybridConfig(prefix=cfg.prefix, window_tokens=cfg.window_tokens, max_windows=cfg.max_windows,
                               overlap=0, pool_layers=cfg.pool_layers, encoder_layers=n_layers)
-        return cls(tokenizer, build_encoder(base), hybrid, lower, frozen_pool, prefix_ids,
+        return cls(tokenizer, build_encoder(base), hybrid, lower, frozen_pool, tuned_pool, prefix_ids,
                    cfg.window_tokens - 2 - len(prefix_ids))
+
+    def top_encoder(self) -> TopEncoder:
+        """The layers above the frozen part (shared with `encoder`, so tuning them tunes it)."""
+        return TopEncoder(torch.nn.ModuleList(self.encoder.encoder.layer[self.lower:]), self.lower, self.tuned_pool)
+
+    def tuned_names(self) -> list[str]:
+        """BertModel names of the tuned layers' parameters: what the artifact's delta holds."""
+        return [k for k in self.encoder.state_dict() if k.startswith("encoder.layer.")
+                and int(k.split(".")[2]) >= self.lower]
+
+    def load_tuned(self, values: dict[str, torch.Tensor]) -> None:
+        """Replaces the tuned layers' parameters with `values` (BertModel names)."""
+        missing = set(self.tuned_names()) - set(values)
+        if missing or set(values) - set(self.tuned_names()):
+            raise ValueError(f"tuned parameters do not match the {len(self.encoder.encoder.layer) - self.lower} "
+                             f"tuned layers (missing {sorted(missing)[:3]})")
+        self.encoder.load_state_dict(values, strict=False)
 
     def windows_for(self, texts: list[str], max_windows: int) -> tuple[list[list[int]], list[int]]:
         """Every text's windows, cut exactly as serving cuts them, with the owner text of each."""
@@ -431,20 +473,30 @@ def lower_pass_all(plan: EncoderPlan, parts: dict[str, list[str]], cfg: TrainCon
     return caches
 
 
+# What the artifact's delta file holds: its tensors and its metadata (models/delta.py).
+DeltaFile = tuple[dict[str, torch.Tensor], dict[str, str]]
+
+
 def fine_tune(plan: EncoderPlan, cache: WindowCache, labels: np.ndarray, n_labels: int,
-              cfg: TrainConfig, on_step: Progress | None = None
-              ) -> tuple[TopEncoder, dict[str, torch.Tensor], list[dict[str, float]]]:
-    """Stage 3: the top layers tuned on `cache`, rounded to fp16 as shipped; returns the top
-    encoder, its parameters under BertModel names (the artifact's delta) and the loss history."""
-    top = TopEncoder(torch.nn.ModuleList(plan.encoder.encoder.layer[plan.lower:]))
-    history = tune_top_layers(top, cache, labels, n_labels, cfg, on_step) if cfg.tune_layers and cfg.epochs else []
-    # Shipped in fp16: round now, so the embeddings computed next are the ones serving will compute.
-    with torch.no_grad():
-        for param in top.parameters():
-            param.copy_(param.to(torch.float16).to(torch.float32))
-    tuned_state = {f"encoder.layer.{plan.lower + i}.{k}": v.detach().clone()
-                   for i, layer in enumerate(top.layers) for k, v in layer.state_dict().items()}
-    return top, tuned_state, history
+              cfg: TrainConfig, on_step: Progress | None = None, tuned: dict[str, torch.Tensor] | None = None
+              ) -> tuple[TopEncoder, DeltaFile, list[dict[str, float]]]:
+    """Stage 3: the top layers tuned on `cache` (or set to `tuned`, values fine-tuned on another
+    machine, see offload.py), then encoded as the artifact ships them and set to the values
+    serving will decode, so the embeddings computed next are the ones serving will compute.
+    Returns the top encoder, the delta file's contents and the loss history."""
+    names = plan.tuned_names()
+    state = plan.encoder.state_dict()
+    base = {k: state[k].detach().clone() for k in names}
+    top = plan.top_encoder()
+    history: list[dict[str, float]] = []
+    if tuned is not None:
+        plan.load_tuned(tuned)
+    elif cfg.tune_layers and cfg.epochs:
+        history, _ = tune_top_layers(top, cache, labels, n_labels, cfg, on_step)
+    state = plan.encoder.state_dict()
+    encoded, metadata = delta.encode_int8_row_diff({k: state[k] for k in names}, base)
+    plan.load_tuned(delta.decode(encoded, metadata, base))
+    return top, (encoded, metadata), history
 
 
 @dataclass
@@ -543,7 +595,7 @@ def fit_final_head(split: Split, emb: dict[str, np.ndarray], labels: list[str], 
 
 
 def write_artifact(staging: Path, svm: Any, features: Features, emb_scale: float, labels: list[str],
-                   tuned_state: dict[str, torch.Tensor]) -> None:
+                   delta_file: DeltaFile) -> None:
     """Stage 6a: head, encoder delta and lexical vocabulary, as serving reads them."""
     n_lex = len(features.char.vocabulary_) + len(features.word.vocabulary_)
     weights = svm.coef_  # (n_labels, n_char + n_word + emb)
@@ -551,21 +603,32 @@ def write_artifact(staging: Path, svm: Any, features: Features, emb_scale: float
     emb_weight = weights[:, n_lex:] * emb_scale
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    # The n-gram weights are most of the artifact: int8 per n-gram row (int8_rows.py) halves them
+    # against fp16; the measured numbers below are those of these stored weights.
+    lex_values, lex_scale = int8_rows.quantize(torch.from_numpy(np.ascontiguousarray(lex_weight)))
     save_file({"emb_weight": torch.from_numpy(np.ascontiguousarray(emb_weight)).to(torch.float32),
-               "lex_weight": torch.from_numpy(np.ascontiguousarray(lex_weight)).to(torch.float16),
+               "lex_weight": lex_values, "lex_weight" + int8_rows.SCALE_SUFFIX: lex_scale,
                "bias": torch.from_numpy(svm.intercept_.copy()).to(torch.float32)}, str(staging / HEAD_FILE),
               metadata=head_metadata(labels))
-    save_file({k: v.to(torch.float16).contiguous() for k, v in tuned_state.items()}, str(staging / DELTA_FILE))
+    save_file(delta_file[0], str(staging / DELTA_FILE), metadata=delta_file[1])
     (staging / LEXICAL_FILE).write_text(json.dumps(lexical_json(features.char, features.word), ensure_ascii=False),
                                         encoding="utf-8")
 
 
 def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = None, *,
-          on_progress: Progress | None = None, extra_manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+          on_progress: Progress | None = None, extra_manifest: dict[str, Any] | None = None,
+          tuned_layers: Path | None = None) -> dict[str, Any]:
     """Trains, writes and measures the model; returns its manifest. The stages are the module's steps.
 
     `on_progress` is told each stage and each fine-tuning step; `extra_manifest` is merged into the
-    manifest (a training job's id, dataset versions and code version)."""
+    manifest (a training job's id, dataset versions and code version); `tuned_layers` is an
+    `offload tune` output used in place of stage 3 (its settings replace cfg's tuning settings)."""
+    offload_report: dict[str, Any] | None = None
+    tuned_diffs: dict[str, torch.Tensor] | None = None
+    if tuned_layers is not None:
+        from .offload import read_tuned
+
+        cfg, tuned_diffs, offload_report = read_tuned(tuned_layers, data_dir, cfg)
     def stage(name: str) -> None:
         if on_progress is not None:
             on_progress({"stage": name})
@@ -596,13 +659,17 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
 
     # 3. fine-tuning on the fitting part only, so the selection split's embeddings are unseen
     stage("fine-tuning")
-    top, tuned_state, history = fine_tune(plan, caches["train"].subset(split.fit), y_train[split.fit],
-                                          len(labels), cfg, on_progress)
+    tuned = None
+    if tuned_diffs is not None:
+        state = plan.encoder.state_dict()
+        tuned = {k: state[k] + v.to(torch.float32) for k, v in tuned_diffs.items() if k in state}
+    top, delta_file, history = fine_tune(plan, caches["train"].subset(split.fit), y_train[split.fit],
+                                         len(labels), cfg, on_progress, tuned)
     stage("head")
     tune_seconds = round(time.monotonic() - started) - lower_seconds
 
     # 4. document embeddings as serving computes them
-    serving_top = quantize_linear(top) if cfg.quantize else top
+    serving_top = cast(TopEncoder, quantize_linear(top)) if cfg.quantize else top
     emb = {part: embed_documents(serving_top, cache, len(parts[part])) for part, cache in caches.items()}
 
     # 5. the head: settings chosen on the selection split, then refitted on all training data
@@ -612,10 +679,13 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
 
     # 6. the artifact, then its numbers measured through the serving path on the untouched split
     staging = out.with_name(out.name + ".staging")
-    write_artifact(staging, svm, features, choice.emb_scale, labels, tuned_state)
+    write_artifact(staging, svm, features, choice.emb_scale, labels, delta_file)
     manifest = build_manifest(cfg, labels, hybrid, features, history, split, data_dir,
                               {"lower_pass": lower_seconds, "fine_tuning": tune_seconds,
                                "total": round(time.monotonic() - started)})
+    if offload_report is not None:
+        manifest["training"]["history"] = offload_report["history"]
+        manifest["training"]["fine_tuned_elsewhere"] = {k: v for k, v in offload_report.items() if k != "history"}
     manifest.update(extra_manifest or {})
     write_manifest(staging, manifest)
     stage("measuring")
@@ -651,7 +721,8 @@ def build_manifest(cfg: TrainConfig, labels: list[str], hybrid: HybridConfig, fe
         "version": time.strftime("%Y%m%d", time.gmtime()) + f"-e5hybrid-s{cfg.seed}",
         "architecture": ARCHITECTURE,
         "labels": labels,
-        "description": "multilingual-e5-small (top layers fine-tuned) + TF-IDF character/word n-grams, one linear head",
+        "description": f"multilingual-e5-small ({cfg.tune_layers} top layers fine-tuned) + TF-IDF character/word "
+                       "n-grams, one linear head",
         "base": {"package": f"{BASE_PACKAGE}==0.3.0", "file": BASE_FILE, "sha256": BASE_SHA256,
                  "model": "intfloat/multilingual-e5-small (4-bit Q4_0 weights, dequantised)"},
         "hybrid": hybrid.as_dict(),
@@ -674,7 +745,7 @@ def main_from_args(args: argparse.Namespace) -> Path:
     for _, filename in DATASETS:
         if not (args.data_dir / filename).is_file():
             raise SystemExit(f"--data-dir {args.data_dir}: {filename} is missing")
-    train(args.data_dir, args.out, cfg, work_dir=args.work_dir)
+    train(args.data_dir, args.out, cfg, work_dir=args.work_dir, tuned_layers=args.tuned_layers)
     out: Path = args.out
     return out
 

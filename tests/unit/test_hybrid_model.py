@@ -6,13 +6,16 @@ import pytest
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from services.model_serving.models import int8_rows
 from services.model_serving.models.e5_base import QK, dequantize_q4
 from services.model_serving.models.hybrid import (
     HybridConfig,
     LexicalFeatures,
     document_embedding,
+    lexical_weight,
     make_windows,
 )
+from services.model_serving.models.manifest import ModelIntegrityError
 
 CORPUS = [
     "국회, 내년도 예산안 처리 지연… 여야 공방 계속",
@@ -109,3 +112,20 @@ def test_pooled_encoder_ignores_padding():
         together = pooled(*pad_batch([short, long], 0))
     assert alone.shape == (1, 768)
     torch.testing.assert_close(alone[0], together[0], atol=1e-5, rtol=1e-5)
+
+
+def test_head_ngram_weights_load_from_int8_rows_or_fp16():
+    rng = np.random.default_rng(5)
+    weight = torch.from_numpy(rng.normal(scale=0.05, size=(50, 4)).astype(np.float32))
+    weight[7] = 0.0
+    values, scale = int8_rows.quantize(weight)
+    loaded = lexical_weight({"lex_weight": values, "lex_weight.row_scale": scale})
+    step = weight.abs().amax(dim=1, keepdim=True).numpy() / 127
+    assert np.all(np.abs(loaded - weight.numpy()) <= step / 2 + 1e-7), "within half a step of each row's scale"
+    assert not loaded[7].any(), "a zero row stays zero"
+    assert np.array_equal(lexical_weight({"lex_weight": weight.to(torch.float16)}),
+                          weight.to(torch.float16).to(torch.float32).numpy()), "the first artifacts' fp16 head"
+    with pytest.raises(ModelIntegrityError, match="row scale"):
+        lexical_weight({"lex_weight": values})
+    with pytest.raises(ModelIntegrityError, match="one scale per row"):
+        lexical_weight({"lex_weight": values, "lex_weight.row_scale": scale[:3]})

@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import BertModel
 
+from . import delta, int8_rows
 from .base import InferenceOptions, PreparedText, pad_batch, quantize_linear
 from .e5_base import BASE_SHA256, E5Tokenizer, build_encoder, find_base_file, read_base
 from .manifest import ModelIntegrityError
@@ -179,7 +180,7 @@ class HybridModel:
         self.lexical = lexical
         self.pad_id = tokenizer.pad_id
         self.emb_weight = head["emb_weight"].to(torch.float32).numpy().astype(np.float64)
-        self.lex_weight = head["lex_weight"].to(torch.float32).numpy()
+        self.lex_weight = lexical_weight(head)
         self.bias = head["bias"].to(torch.float32).numpy().astype(np.float64)
         self.prefix_ids = tokenizer.encode([config.prefix.strip()])[0] if config.prefix.strip() else []
         # Serving may read fewer/shorter windows than training (DOCTAG_MAX_WINDOWS / DOCTAG_WINDOW_TOKENS).
@@ -202,11 +203,13 @@ class HybridModel:
         def torch_encoder() -> PooledEncoder:
             """The base encoder with the artifact's tuned layers, mean-pooled over the chosen layers."""
             encoder = build_encoder(base, num_layers=config.encoder_layers)
-            delta = load_file(str(directory / DELTA_FILE))
-            unknown = set(delta) - set(encoder.state_dict())
-            if unknown:
-                raise ModelIntegrityError(f"{DELTA_FILE}: unknown encoder parameters {sorted(unknown)[:3]}")
-            encoder.load_state_dict({k: v.to(torch.float32) for k, v in delta.items()}, strict=False)
+            with safe_open(str(directory / DELTA_FILE), framework="pt") as fh:
+                delta_metadata = fh.metadata()
+            try:
+                tuned = delta.decode(load_file(str(directory / DELTA_FILE)), delta_metadata, encoder.state_dict())
+            except delta.DeltaFormatError as exc:
+                raise ModelIntegrityError(f"{DELTA_FILE}: {exc}") from exc
+            encoder.load_state_dict(tuned, strict=False)
             # transformers leaves PreTrainedModel.eval unannotated
             return PooledEncoder(encoder.eval(), config.pool_layers).eval()  # type: ignore[no-untyped-call]
 
@@ -264,6 +267,21 @@ class HybridModel:
         probs = np.exp(z)
         result: np.ndarray = probs / probs.sum()
         return result
+
+
+def lexical_weight(head: dict[str, torch.Tensor]) -> np.ndarray:
+    """The head's [n-gram, label] weights as fp32: stored int8 per n-gram row with its scale
+    (`lex_weight` + `lex_weight.row_scale`, int8_rows.py), or fp16 in the first artifacts."""
+    weight = head["lex_weight"]
+    if weight.dtype != torch.int8:
+        return weight.to(torch.float32).numpy()
+    scale = head.get("lex_weight" + int8_rows.SCALE_SUFFIX)
+    if scale is None:
+        raise ModelIntegrityError(f"{HEAD_FILE}: int8 lex_weight without its row scale")
+    try:
+        return int8_rows.dequantize(weight, scale).numpy()
+    except ValueError as exc:
+        raise ModelIntegrityError(f"{HEAD_FILE}: lex_weight: {exc}") from None
 
 
 def head_metadata(labels: Sequence[str]) -> dict[str, str]:

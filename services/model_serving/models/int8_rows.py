@@ -1,0 +1,28 @@
+"""int8 with one fp32 scale per row: how an artifact stores its large matrices.
+
+A row's scale is its largest absolute value / 127, so every value is kept to within half a
+step of 1/127 of its row's largest. Rows whose values differ greatly in size (the head's
+weight of one n-gram across the labels, the change of one output unit of a layer) keep their
+own precision; an all-zero row stays exactly zero.
+"""
+from __future__ import annotations
+
+import torch
+
+SCALE_SUFFIX = ".row_scale"
+
+
+def quantize(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 values, fp32 scale per row) of a 2-D tensor."""
+    matrix = matrix.detach().to(torch.float32).cpu()
+    scale = matrix.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    values = torch.round(matrix / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return values.contiguous(), scale.contiguous()
+
+
+def dequantize(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The fp32 matrix back; raises ValueError when the scale does not fit the values."""
+    if values.dtype != torch.int8 or values.ndim != 2 or scale.shape != (values.shape[0],):
+        raise ValueError("int8 rows need a 2-D int8 tensor and one scale per row")
+    return values.to(torch.float32) * scale.to(torch.float32)[:, None]
