@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import platform
 import random
 import time
@@ -198,6 +199,10 @@ def tune(bundle_dir: Path, out: Path, candidates: list[dict[str, Any]], device: 
     writes its tuned layers (differences from the base, fp16) to `out`. A candidate is not
     started once `budget_seconds` could not hold another run as long as the longest so far."""
     started = time.monotonic()
+    # As train() does: deterministic kernels where torch has them (cuBLAS needs this workspace
+    # setting before CUDA starts). Without them, two GPU runs of one setting differed.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
     bundle = Bundle.read(bundle_dir)
     encoder = bundle.encoder()
     encoder.to(device)  # type: ignore[arg-type]  # transformers' wrapped `to` is annotated for models only
