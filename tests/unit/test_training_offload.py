@@ -34,6 +34,15 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     return data, root / "bundle", description
 
 
+@pytest.fixture(scope="module")
+def tuned(packed: tuple[Path, Path, dict]) -> tuple[Path, dict]:
+    """Two candidates tuned once for the module: the file and its report."""
+    tuned_file = packed[1].parent / "tuned.safetensors"
+    report = offload.tune(packed[1], tuned_file, [{"tune_layers": 2, "epochs": 1, "learning_rate": 1e-3},
+                                                  {"tune_layers": 1, "epochs": 1}])
+    return tuned_file, report
+
+
 def test_the_bundle_holds_the_fitting_and_selection_windows_only(packed: tuple[Path, Path, dict]) -> None:
     data, bundle_dir, description = packed
     split = Split.make(data, CFG)
@@ -53,11 +62,10 @@ def test_the_bundle_holds_the_fitting_and_selection_windows_only(packed: tuple[P
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-def test_layers_tuned_elsewhere_become_the_artifacts_encoder(packed: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    data, bundle_dir, _ = packed
-    tuned_file = tmp_path / "tuned.safetensors"
-    report = offload.tune(bundle_dir, tuned_file, [{"tune_layers": 2, "epochs": 1, "learning_rate": 1e-3},
-                                                   {"tune_layers": 1, "epochs": 1}])
+def test_layers_tuned_elsewhere_become_the_artifacts_encoder(packed: tuple[Path, Path, dict],
+                                                            tuned: tuple[Path, dict], tmp_path: Path) -> None:
+    data = packed[0]
+    tuned_file, report = tuned
     assert len(report["candidates"]) == 2 and report["chosen"] in [c["candidate"] for c in report["candidates"]]
     diffs = load_file(str(tuned_file))
     layers = {int(k.split(".")[2]) for k in diffs}
@@ -77,13 +85,10 @@ def test_layers_tuned_elsewhere_become_the_artifacts_encoder(packed: tuple[Path,
         assert torch.allclose(served[name], base[name] + diff.to(torch.float32), atol=step), name
 
 
-def test_layers_tuned_on_other_data_are_refused(packed: tuple[Path, Path, dict], tmp_path: Path) -> None:
-    _, bundle_dir, _ = packed
-    tuned_file = tmp_path / "tuned.safetensors"
-    offload.tune(bundle_dir, tuned_file, [{"tune_layers": 1, "epochs": 1}])
+def test_layers_tuned_on_other_data_are_refused(tuned: tuple[Path, dict], tmp_path: Path) -> None:
     other = _small_data(tmp_path / "other", {"headlines": 9, "petitions": 5})
     with pytest.raises(ValueError, match="other data"):
-        train(other, tmp_path / "model", CFG, tuned_layers=tuned_file)
+        train(other, tmp_path / "model", CFG, tuned_layers=tuned[0])
 
 
 def test_a_candidate_may_only_set_tuning_fields(packed: tuple[Path, Path, dict], tmp_path: Path) -> None:
