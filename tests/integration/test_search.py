@@ -513,6 +513,29 @@ async def test_a_documents_tags_leave_and_return_with_it(seed, db: Database, adm
     assert [h.id for h in (await engine.search(db, seed.tenant_a, params)).hits] == [doc_id]
 
 
+def _plan_nodes(plan: dict) -> list[dict]:  # type: ignore[type-arg]
+    return [plan, *(n for child in plan.get("Plans", []) for n in _plan_nodes(child))]
+
+
+async def test_a_tags_documents_are_read_from_the_index_alone(seed, db: Database, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+    """A tag filter starts from the documents carrying the tag; since migration 0024 the (tenant_id,
+    tag) index carries what that read and the search role's policy need (document_id,
+    document_deleted), so the search role's read does not go back to the table for each tag row."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE) documents.document_tags")  # marks the pages all-visible
+    async with db.tenant_transaction(seed.tenant_a) as conn:
+        # The seed's table is tiny: only the plain index paths are left open to the planner.
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        await conn.execute("SET LOCAL enable_bitmapscan = off")
+        row = await (await conn.execute(
+            "EXPLAIN (ANALYZE, FORMAT JSON) SELECT t.document_id FROM documents.document_tags t "
+            "WHERE t.tenant_id = public.app_tenant_id() AND t.tag = ANY(%s)", (["경제"],))).fetchone()
+    plan = next(iter(row.values()))[0]
+    scans = [n for n in _plan_nodes(plan["Plan"]) if n.get("Relation Name") == "document_tags"]
+    assert [(n["Node Type"], n["Index Name"]) for n in scans] == [("Index Only Scan", "document_tags_tenant_tag")]
+    assert scans[0]["Actual Rows"] >= 1 and scans[0]["Heap Fetches"] == 0
+
+
 async def test_search_role_cannot_write(seed, db: Database) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         async with db.tenant_transaction(seed.tenant_a) as conn:
