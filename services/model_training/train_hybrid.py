@@ -13,9 +13,10 @@
    their hidden states are kept (fp16) so that the next stage never runs them again.
 3. Fine-tuning of the top `tune_layers` layers: on the kept states of the fitting part, with a linear head over
    the document embedding (the mean of the windows' pooled vectors, as serving computes it),
-   class-balanced cross-entropy, AdamW, linear warm-up/decay. Only these layers change, so
-   the artifact ships them alone (`encoder_delta.safetensors`, fp16) and the rest comes
-   from the base file at load.
+   class-balanced cross-entropy, AdamW, linear warm-up/decay (or done on another machine:
+   offload.py, `--tuned-layers`). Only these layers change, so the artifact ships them alone
+   (`encoder_delta.safetensors`, int8 differences from the base, models/delta.py) and the
+   rest comes from the base file at load.
 4. Document embeddings with the tuned top layers (dynamic int8 when serving quantises, so
    training sees the numbers serving will compute).
 5. The final head: one scikit-learn LinearSVC over [TF-IDF of character 1-3-grams and word
