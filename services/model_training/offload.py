@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
@@ -39,12 +38,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import BertConfig, BertModel
 
-from services.model_serving.models.e5_base import BASE_SHA256, dequantize_q4, find_base_file, read_base
-from services.model_serving.models.manifest import sha256_file
+from services.model_serving.models.e5_base import dequantize_q4, find_base_file, read_base
+from services.model_serving.models.int8_rows import read_safetensors
 
 from .config import TrainConfig
 from .evaluation import classification_report
@@ -54,9 +52,11 @@ from .train_hybrid import (
     Split,
     TopEncoder,
     WindowCache,
-    datasets_in,
+    data_fingerprint,
     embed_documents,
+    is_tuned,
     lower_pass,
+    split_layers,
     tune_top_layers,
 )
 
@@ -69,19 +69,12 @@ CANDIDATE_FIELDS = ("tune_layers", "learning_rate", "head_learning_rate", "epoch
                     "tune_windows_per_doc", "warmup_fraction", "weight_decay")
 
 
-def fingerprint(data_dir: Path, cfg: TrainConfig) -> str:
-    """What the split and the windows depend on: the same value here and in the bundle means
-    the bundle's fitting documents are this training's fitting documents, cut the same way."""
-    files = [sha256_file(data_dir / f) for _, f in datasets_in(data_dir)]
-    return hashlib.sha256(json.dumps([BASE_SHA256, files, cfg.seed, cfg.val_fraction, cfg.select_fraction,
-                                      cfg.prefix, cfg.window_tokens, cfg.max_windows]).encode()).hexdigest()
-
-
 # ------------------------------------------------------------------------------------------ pack
 def pack(data_dir: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     """Writes the bundle (one safetensors file, its description in the metadata); returns the description."""
     split = Split.make(data_dir, cfg)
-    plan = EncoderPlan.make(dataclasses.replace(cfg, tune_layers=0))
+    base = read_base(find_base_file())
+    plan = EncoderPlan.make(dataclasses.replace(cfg, tune_layers=0), base)   # its tokenizer and windows
     labels = sorted({x.label for x in split.train_items})
     label_index = {label: i for i, label in enumerate(labels)}
     datasets = list(split.by_dataset)
@@ -103,7 +96,6 @@ def pack(data_dir: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
         flat = np.searchsorted(used, np.concatenate([np.asarray(w) for w in windows]))
         tensors[f"{part}.tokens"] = torch.from_numpy(flat.astype(np.int32))
 
-    base = read_base(find_base_file())
     q4: dict[str, list[int]] = {}
     for name, (dtype, shape, raw) in base.tensors.items():
         if dtype == 1:   # Q4_0: kept as stored, rows of 18-byte blocks
@@ -119,7 +111,7 @@ def pack(data_dir: Path, out: Path, cfg: TrainConfig) -> dict[str, Any]:
     config["vocab_size"] = len(used)
     config["pad_token_id"] = int(np.searchsorted(used, tok.pad_id))
     description = {
-        "format": 1, "fingerprint": fingerprint(data_dir, cfg), "labels": labels, "datasets": datasets,
+        "format": 1, "fingerprint": data_fingerprint(data_dir, cfg), "labels": labels, "datasets": datasets,
         "config": config, "q4": q4, "pad_id": config["pad_token_id"],
         "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         "documents": {part: len(positions) for part, positions in parts.items()},
@@ -140,11 +132,11 @@ class Bundle:
     @classmethod
     def read(cls, directory: Path) -> Bundle:
         path = directory / BUNDLE_FILE
-        with safe_open(str(path), framework="pt") as fh:
-            description = json.loads((fh.metadata() or {})["bundle"])
+        tensors, metadata = read_safetensors(path)
+        description = json.loads(metadata.get("bundle", "{}"))
         if description.get("format") != 1:
             raise ValueError(f"{path}: unknown bundle format {description.get('format')!r}")
-        return cls(description, load_file(str(path)))
+        return cls(description, tensors)
 
     def config(self, **overrides: Any) -> TrainConfig:
         fields = dict(self.description["train_config"])
@@ -226,15 +218,12 @@ def tune(bundle_dir: Path, out: Path, candidates: list[dict[str, Any]], device: 
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
-        n_layers = encoder.config.num_hidden_layers
-        lower = n_layers - cfg.tune_layers
-        frozen_pool = tuple(p for p in cfg.pool_layers if p <= lower)
+        lower, frozen_pool, tuned_pool = split_layers(encoder.config.num_hidden_layers, cfg)
         if lower not in caches:
             caches[lower] = (lower_pass(encoder, fit_windows, fit_owner, lower, frozen_pool, pad_id, batch=256),
                              lower_pass(encoder, select_windows, select_owner, lower, frozen_pool, pad_id, batch=256))
         fit_cache, select_cache = caches[lower]
-        top = TopEncoder(torch.nn.ModuleList(encoder.encoder.layer[lower:]), lower,
-                         tuple(p for p in cfg.pool_layers if p > lower))
+        top = TopEncoder(torch.nn.ModuleList(encoder.encoder.layer[lower:]), lower, tuned_pool)
         history, head = tune_top_layers(top, fit_cache, fit_labels, n_labels, cfg)
         scores = selection_scores(top, head, select_cache, bundle)
         seconds = time.monotonic() - run_started
@@ -243,8 +232,7 @@ def tune(bundle_dir: Path, out: Path, candidates: list[dict[str, Any]], device: 
         log.info("candidate done", extra=results[-1])
         if best is None or scores["mean_macro_f1"] > best[0]:
             tuned = {k: (v.detach() - base_state[k]).to(torch.float16).cpu().contiguous()
-                     for k, v in encoder.state_dict().items()
-                     if k.startswith("encoder.layer.") and int(k.split(".")[2]) >= lower}
+                     for k, v in encoder.state_dict().items() if is_tuned(k, lower)}
             best = (scores["mean_macro_f1"], tuned, len(results) - 1)
     if best is None:
         raise ValueError("no candidate was run")
@@ -271,15 +259,15 @@ def read_tuned(path: Path, data_dir: Path, cfg: TrainConfig) -> tuple[TrainConfi
                                                                        dict[str, Any]]:
     """(the training settings the layers were tuned with, the differences from the base, the
     tuning report) of a `tune` output, after checking it was made for this data and split."""
-    with safe_open(str(path), framework="pt") as fh:
-        report = json.loads((fh.metadata() or {}).get("offload", "null") or "null")
+    diffs, metadata = read_safetensors(path)
+    report = json.loads(metadata.get("offload", "null"))
     if not isinstance(report, dict):
         raise ValueError(f"{path} is not an output of `offload tune`")
-    if report.get("fingerprint") != fingerprint(data_dir, cfg):
+    if report.get("fingerprint") != data_fingerprint(data_dir, cfg):
         raise ValueError(f"{path} was tuned on other data, another split or other windows than this training "
                          "(pack the bundle again with the same --data-dir, seed and window settings)")
     chosen = {k: v for k, v in report["chosen"].items() if k in CANDIDATE_FIELDS}
-    return dataclasses.replace(cfg, **chosen), load_file(str(path)), report
+    return dataclasses.replace(cfg, **chosen), diffs, report
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,6 +63,7 @@ from services.model_serving.models.e5_base import (
     BASE_FILE,
     BASE_PACKAGE,
     BASE_SHA256,
+    E5Base,
     E5Tokenizer,
     build_encoder,
     find_base_file,
@@ -402,18 +403,11 @@ class EncoderPlan:
     content_tokens: int
 
     @classmethod
-    def make(cls, cfg: TrainConfig) -> EncoderPlan:
-        base = read_base(find_base_file())
+    def make(cls, cfg: TrainConfig, base: E5Base | None = None) -> EncoderPlan:
+        base = base or read_base(find_base_file())
         tokenizer = E5Tokenizer(base)
         n_layers = base.config.num_hidden_layers
-        lower = n_layers - cfg.tune_layers
-        if not 0 <= lower <= n_layers:
-            raise ValueError(f"tune_layers must be 0..{n_layers}")
-        if list(cfg.pool_layers) != sorted(set(cfg.pool_layers)) or not all(0 < p <= n_layers for p in cfg.pool_layers):
-            raise ValueError(f"pool layers must be ascending layer numbers in 1..{n_layers}")
-        # Pool layers in the frozen part are pooled once by the lower pass, the rest by TopEncoder.
-        frozen_pool = tuple(p for p in cfg.pool_layers if p <= lower)
-        tuned_pool = tuple(p for p in cfg.pool_layers if p > lower)
+        lower, frozen_pool, tuned_pool = split_layers(n_layers, cfg)
         prefix_ids = tokenizer.encode([cfg.prefix.strip()])[0]
         hybrid = HybridConfig(prefix=cfg.prefix, window_tokens=cfg.window_tokens, max_windows=cfg.max_windows,
                               overlap=0, pool_layers=cfg.pool_layers, encoder_layers=n_layers)
@@ -426,8 +420,7 @@ class EncoderPlan:
 
     def tuned_names(self) -> list[str]:
         """BertModel names of the tuned layers' parameters: what the artifact's delta holds."""
-        return [k for k in self.encoder.state_dict() if k.startswith("encoder.layer.")
-                and int(k.split(".")[2]) >= self.lower]
+        return [k for k in self.encoder.state_dict() if is_tuned(k, self.lower)]
 
     def load_tuned(self, values: dict[str, torch.Tensor]) -> None:
         """Replaces the tuned layers' parameters with `values` (BertModel names)."""
@@ -453,10 +446,8 @@ def lower_pass_all(plan: EncoderPlan, parts: dict[str, list[str]], cfg: TrainCon
     when a run with the same inputs already computed them."""
     cache_file = None
     if work_dir is not None:
-        files = [sha256_file(data_dir / f) for _, f in datasets_in(data_dir)]
-        key = hashlib.sha256(json.dumps([BASE_SHA256, cfg.seed, cfg.val_fraction, cfg.prefix, cfg.window_tokens,
-                                         cfg.max_windows, plan.lower, plan.frozen_pool, cfg.quantize,
-                                         files]).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps([data_fingerprint(data_dir, cfg), plan.lower, plan.frozen_pool,
+                                         cfg.quantize]).encode()).hexdigest()[:16]
         cache_file = work_dir / f"lower-pass-{key}.pt"
     if cache_file is not None and cache_file.is_file():
         log.info("lower pass read from cache", extra={"file": str(cache_file)})
@@ -474,15 +465,39 @@ def lower_pass_all(plan: EncoderPlan, parts: dict[str, list[str]], cfg: TrainCon
     return caches
 
 
+def split_layers(n_layers: int, cfg: TrainConfig) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(frozen layers, pool layers among them, pool layers among the tuned ones): the lower pass
+    runs and pools the first, TopEncoder the rest."""
+    lower = n_layers - cfg.tune_layers
+    if not 0 <= lower <= n_layers:
+        raise ValueError(f"tune_layers must be 0..{n_layers}")
+    if list(cfg.pool_layers) != sorted(set(cfg.pool_layers)) or not all(0 < p <= n_layers for p in cfg.pool_layers):
+        raise ValueError(f"pool layers must be ascending layer numbers in 1..{n_layers}")
+    return lower, tuple(p for p in cfg.pool_layers if p <= lower), tuple(p for p in cfg.pool_layers if p > lower)
+
+
+def is_tuned(name: str, lower: int) -> bool:
+    """Whether the BertModel parameter `name` belongs to a layer above the `lower` frozen ones."""
+    return name.startswith("encoder.layer.") and int(name.split(".")[2]) >= lower
+
+
+def data_fingerprint(data_dir: Path, cfg: TrainConfig) -> str:
+    """What the split and the windows depend on (data files, base, seed, fractions, windows): equal
+    fingerprints mean the same fitting, selection and validation texts, cut the same way."""
+    files = [sha256_file(data_dir / f) for _, f in datasets_in(data_dir)]
+    return hashlib.sha256(json.dumps([BASE_SHA256, files, cfg.seed, cfg.val_fraction, cfg.select_fraction,
+                                      cfg.prefix, cfg.window_tokens, cfg.max_windows]).encode()).hexdigest()
+
+
 # What the artifact's delta file holds: its tensors and its metadata (models/delta.py).
 DeltaFile = tuple[dict[str, torch.Tensor], dict[str, str]]
 
 
 def fine_tune(plan: EncoderPlan, cache: WindowCache, labels: np.ndarray, n_labels: int,
-              cfg: TrainConfig, on_step: Progress | None = None, tuned: dict[str, torch.Tensor] | None = None
+              cfg: TrainConfig, on_step: Progress | None = None, tuned_diffs: dict[str, torch.Tensor] | None = None
               ) -> tuple[TopEncoder, DeltaFile, list[dict[str, float]]]:
-    """Stage 3: the top layers tuned on `cache` (or set to `tuned`, values fine-tuned on another
-    machine, see offload.py), then encoded as the artifact ships them and set to the values
+    """Stage 3: the top layers tuned on `cache` (or set to base + `tuned_diffs`, layers fine-tuned
+    on another machine, see offload.py), then encoded as the artifact ships them and set to the values
     serving will decode, so the embeddings computed next are the ones serving will compute.
     Returns the top encoder, the delta file's contents and the loss history."""
     names = plan.tuned_names()
@@ -490,8 +505,11 @@ def fine_tune(plan: EncoderPlan, cache: WindowCache, labels: np.ndarray, n_label
     base = {k: state[k].detach().clone() for k in names}
     top = plan.top_encoder()
     history: list[dict[str, float]] = []
-    if tuned is not None:
-        plan.load_tuned(tuned)
+    if tuned_diffs is not None:
+        unknown = sorted(set(tuned_diffs) - set(base))
+        if unknown:
+            raise ValueError(f"the tuned layers hold parameters of no tuned layer: {unknown[:3]}")
+        plan.load_tuned({k: base[k] + v.to(torch.float32) for k, v in tuned_diffs.items()})
     elif cfg.tune_layers and cfg.epochs:
         history, _ = tune_top_layers(top, cache, labels, n_labels, cfg, on_step)
     state = plan.encoder.state_dict()
@@ -660,12 +678,10 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
 
     # 3. fine-tuning on the fitting part only, so the selection split's embeddings are unseen
     stage("fine-tuning")
-    tuned = None
-    if tuned_diffs is not None:
-        state = plan.encoder.state_dict()
-        tuned = {k: state[k] + v.to(torch.float32) for k, v in tuned_diffs.items() if k in state}
     top, delta_file, history = fine_tune(plan, caches["train"].subset(split.fit), y_train[split.fit],
-                                         len(labels), cfg, on_progress, tuned)
+                                         len(labels), cfg, on_progress, tuned_diffs)
+    if offload_report is not None:
+        history = offload_report["history"]
     stage("head")
     tune_seconds = round(time.monotonic() - started) - lower_seconds
 
@@ -685,7 +701,6 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
                               {"lower_pass": lower_seconds, "fine_tuning": tune_seconds,
                                "total": round(time.monotonic() - started)})
     if offload_report is not None:
-        manifest["training"]["history"] = offload_report["history"]
         manifest["training"]["fine_tuned_elsewhere"] = {k: v for k, v in offload_report.items() if k != "history"}
     manifest.update(extra_manifest or {})
     write_manifest(staging, manifest)

@@ -5,7 +5,6 @@ layers must land in the artifact exactly as the tuning run left them (up to the 
 int8 step); a tuned file made from other data is refused."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +93,8 @@ def test_layers_tuned_on_other_data_are_refused(tuned: tuple[Path, dict], tmp_pa
 def test_a_candidate_may_only_set_tuning_fields(packed: tuple[Path, Path, dict], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="may set"):
         offload.tune(packed[1], tmp_path / "t.safetensors", [{"window_tokens": 64}])
+    with pytest.raises(ValueError, match="tune_layers must be"):
+        offload.tune(packed[1], tmp_path / "t.safetensors", [{"tune_layers": 13}])
 
 
 def test_int8_row_differences_round_trip_within_one_step() -> None:
@@ -112,4 +113,3 @@ def test_int8_row_differences_round_trip_within_one_step() -> None:
         delta.decode(stored, {delta.ENCODING_KEY: "int4"}, base)
     with pytest.raises(delta.DeltaFormatError, match="unknown encoder parameters"):
         delta.decode({"x": torch.zeros(1)}, None, base)
-    assert json.dumps(metadata)

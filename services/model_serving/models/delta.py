@@ -62,16 +62,13 @@ def decode(stored: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | Non
         raise DeltaFormatError(f"unknown delta encoding {encoding!r}")
     values: dict[str, torch.Tensor] = {}
     for name in names:
-        tensor = stored[name]
-        if tensor.dtype != torch.int8:
-            values[name] = tensor.to(torch.float32)
-            continue
-        scale = stored.get(name + SCALE_SUFFIX)
-        if scale is None or tensor.shape != base[name].shape:
-            raise DeltaFormatError(f"{name}: the int8 difference does not fit the base parameter")
+        if stored[name].shape != base[name].shape:
+            raise DeltaFormatError(f"{name}: shape {tuple(stored[name].shape)} does not fit the base parameter")
         try:
-            values[name] = base[name].to(torch.float32) + int8_rows.dequantize(tensor, scale)
+            value = int8_rows.read(stored, name)
         except ValueError as exc:
-            raise DeltaFormatError(f"{name}: {exc}") from None
+            raise DeltaFormatError(str(exc)) from None
+        # int8 matrices are differences from the base; everything else is stored whole.
+        values[name] = base[name].to(torch.float32) + value if stored[name].dtype == torch.int8 else value
     return values
 

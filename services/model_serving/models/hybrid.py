@@ -32,8 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from transformers import BertModel
 
 from . import delta, int8_rows
@@ -203,10 +201,8 @@ class HybridModel:
         def torch_encoder() -> PooledEncoder:
             """The base encoder with the artifact's tuned layers, mean-pooled over the chosen layers."""
             encoder = build_encoder(base, num_layers=config.encoder_layers)
-            with safe_open(str(directory / DELTA_FILE), framework="pt") as fh:
-                delta_metadata = fh.metadata()
             try:
-                tuned = delta.decode(load_file(str(directory / DELTA_FILE)), delta_metadata, encoder.state_dict())
+                tuned = delta.decode(*int8_rows.read_safetensors(directory / DELTA_FILE), encoder.state_dict())
             except delta.DeltaFormatError as exc:
                 raise ModelIntegrityError(f"{DELTA_FILE}: {exc}") from exc
             encoder.load_state_dict(tuned, strict=False)
@@ -226,9 +222,8 @@ class HybridModel:
         else:
             pooled = torch_encoder()
         lexical = LexicalFeatures.from_json(json.loads((directory / LEXICAL_FILE).read_text(encoding="utf-8")))
-        head = load_file(str(directory / HEAD_FILE))
-        with safe_open(str(directory / HEAD_FILE), framework="pt") as fh:
-            head_labels = json.loads((fh.metadata() or {}).get("labels", "null"))
+        head, head_meta = int8_rows.read_safetensors(directory / HEAD_FILE)
+        head_labels = json.loads(head_meta.get("labels", "null"))
         if head_labels != [str(x) for x in manifest["labels"]]:
             raise ModelIntegrityError(f"{HEAD_FILE} was trained for the labels {head_labels}, "
                                       f"not the manifest's {manifest['labels']}")
@@ -272,16 +267,10 @@ class HybridModel:
 def lexical_weight(head: dict[str, torch.Tensor]) -> np.ndarray:
     """The head's [n-gram, label] weights as fp32: stored int8 per n-gram row with its scale
     (`lex_weight` + `lex_weight.row_scale`, int8_rows.py), or fp16 in the first artifacts."""
-    weight = head["lex_weight"]
-    if weight.dtype != torch.int8:
-        return weight.to(torch.float32).numpy()
-    scale = head.get("lex_weight" + int8_rows.SCALE_SUFFIX)
-    if scale is None:
-        raise ModelIntegrityError(f"{HEAD_FILE}: int8 lex_weight without its row scale")
     try:
-        return int8_rows.dequantize(weight, scale).numpy()
+        return int8_rows.read(head, "lex_weight").numpy()
     except ValueError as exc:
-        raise ModelIntegrityError(f"{HEAD_FILE}: lex_weight: {exc}") from None
+        raise ModelIntegrityError(f"{HEAD_FILE}: {exc}") from None
 
 
 def head_metadata(labels: Sequence[str]) -> dict[str, str]:
