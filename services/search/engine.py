@@ -151,40 +151,43 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
     if analyzed is not None and not two_statements:
         semantic, retrieval, reason = await _semantic_outcome(ranking, semantic_search is not None)
 
-    def plan_for(per_term: int | None, lexical: query.LexicalCandidates | None = None,
-                 from_tags: bool = False) -> query.SearchPlan:
+    def plan_for(per_term: int | None, lexical: query.LexicalCandidates | None = None) -> query.SearchPlan:
         if analyzed is None:
             return query.build_plan(params)
         return query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, semantic,
-                                figures=figures, per_term=per_term, lexical=lexical, from_tags=from_tags)
+                                figures=figures, per_term=per_term, lexical=lexical)
 
     plan = plan_for(per_term)
     values = statement_values(plan, params)
     lexical_ids: frozenset[Any] | None = None   # the hits found by words, where known (for the snippets)
+    cannot_fill = False
     if two_statements:
         # The lexical half runs while the query is embedded; the second statement is given its rows.
         lexical = await _lexical_half(db, tenant, plan, values)
         term_figures, n_documents = lexical["term_figures"], lexical["n_documents"]
         semantic, retrieval, reason = await _semantic_outcome(ranking, True)
         lexical_ids = frozenset(lexical["lex_ids"])
-        plan = plan_for(per_term, query.LexicalCandidates(lexical["lex_ids"], lexical["lex_created"],
-                                                          lexical["lex_scores"]))
+        # When the bounded candidates cannot fill the page, the fusing statement would only be run again
+        # over every posting (below), so it is skipped (its plan still carries the fused fallback).
+        cannot_fill = (truncated(term_figures, per_term)
+                       and _most_rows(len(lexical_ids), semantic, params.offset) < values["fetch"])
+        given = query.LexicalCandidates(lexical["lex_ids"], lexical["lex_created"], lexical["lex_scores"])
+        plan = plan_for(per_term, None if cannot_fill else given)
         values.update(plan.params)
     async with db.tenant_transaction(tenant) as conn:
         # A term's best postings are read in impact order from its index range; the planner, which
         # cannot know the term's size when planning, would otherwise often read the whole range and sort.
         if analyzed is not None:
             await conn.execute("SET LOCAL enable_bitmapscan = off")
-        rows = await (await conn.execute(plan.sql, values)).fetchall()
+        rows = [] if cannot_fill else await (await conn.execute(plan.sql, values)).fetchall()
         if not two_statements:
             term_figures = rows[0]["term_figures"] if rows else None
             n_documents = rows[0]["n_documents"] if rows else None
         TERM_FIGURES.remember(tenant, term_figures, n_documents)
         bounded = truncated(term_figures, values.get("per_term"))
         if bounded and sum(1 for r in rows if r["id"] is not None) < values["fetch"]:
-            # The bounded candidates did not fill the page: with a tag filter, the tags are narrow
-            # against the terms, so the tags' documents are the cheaper side to start from.
-            exhaustive = plan_for(None, from_tags=True)
+            # The bounded candidates did not fill the page (a narrow filter, a deep page): every posting.
+            exhaustive = plan_for(None)
             rows = await (await conn.execute(exhaustive.sql, {**values, **exhaustive.params})).fetchall()
             bounded, lexical_ids = False, None
         if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
@@ -209,6 +212,13 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
         total_is_lower_bound=bounded,
         facets_partial=total > query.FACET_CANDIDATES,
     )
+
+
+def _most_rows(lexical_candidates: int, semantic: query.Semantic | None, offset: int) -> int:
+    """The most rows the fusing statement can return: the lexical candidates (after the filters) and at
+    most `sem_add` documents found by meaning alone, less the rows before the page."""
+    added = semantic.fusion.sem_add if semantic is not None else 0
+    return max(0, lexical_candidates + added - offset)
 
 
 async def _lexical_half(db: Database, tenant: str, plan: query.SearchPlan, values: dict[str, Any]

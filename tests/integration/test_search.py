@@ -332,24 +332,25 @@ async def test_tag_filters_require_every_tag(client, seed, make_token) -> None: 
 
 @pytest.mark.parametrize(("q", "tags"), [
     ("예산", ["경제"]), ("대책 예산 -보호구역", ["교통/건축/국토"]), ("정부 국민", ["청원"]),
-    ("정부 국민", ["청원", "행정"]), ("zyxwvq", ["행정"]),
+    ("정부 국민", ["청원", "행정"]), ("zyxwvq", ["행정"]), ("정부 국민", []), ("대책 예산 -보호구역", []),
 ])
-async def test_candidates_from_the_tags_side_are_the_same(seed: Seed, db: Database, q: str, tags: list[str]) -> None:
-    """A narrow tag filter over a common term is answered from the tags' documents (`from_tags`):
-    the page, scores, total and facets must equal those found from the terms' postings."""
+async def test_exhaustive_candidates_are_those_of_reading_every_posting(seed: Seed, db: Database, q: str,
+                                                                       tags: list[str]) -> None:
+    """The exhaustive plan (every posting; under tag filters, the postings of the tags' documents, without a
+    tag check per candidate) must answer as the ranked plan does when it reads every posting of each term
+    and checks each candidate's tags: the same page, scores, total and facets."""
     from services.search import morph
 
     params = query.validate(q, tags, 5, None)
     analyzed = morph.analyze_query(q)
     answers = []
-    for from_tags in (False, True):
-        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, per_term=None,
-                                from_tags=from_tags)
+    for per_term in (1_000_000, None):
+        plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases, per_term=per_term)
         async with db.tenant_transaction(seed.tenant_a) as conn:
             answers.append(await (await conn.execute(plan.sql, engine.statement_values(plan, params))).fetchall())
-    by_terms, by_tags = answers
-    assert by_tags == by_terms
-    assert (by_terms[0]["total"] > 0) == (q != "zyxwvq")
+    every_posting, exhaustive = answers
+    assert exhaustive == every_posting
+    assert (every_posting[0]["total"] > 0) == (q != "zyxwvq")
 
 
 async def test_pii_filter_keeps_documents_with_or_without_personal_data(  # type: ignore[no-untyped-def]

@@ -34,6 +34,7 @@ from services.search.api import build_app, make_cache
 from services.search.grpc_service import add_to_server
 from services.search.semantic import QueryEncoder, SemanticUnavailable
 from services.search.settings import SearchSettings
+from services.search.termstats import TermFiguresCache
 from services.search.vectors import VECTORS_READ
 from services.tagging_worker.worker import passage_text
 from services.upload import repository as repo
@@ -241,6 +242,35 @@ async def test_filters_and_sort(client, world: World, make_token) -> None:  # ty
                           ({"q": "예산", "from": "2026-02-01", "to": "2026-01-01"}, "to")):
         r = await client.get("/api/v1/search", params=params, headers=headers)
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == wrong
+
+
+async def test_a_page_the_best_postings_cannot_fill_is_answered_from_every_posting(  # type: ignore[no-untyped-def]
+        client, world: World, make_token, monkeypatch) -> None:
+    """With each term's best postings cut to one (`query.PER_TERM`), a narrow filter leaves too few candidates
+    to fill the page: the fusing statement, which could not fill it either, is not run, and the answer is the
+    one every posting gives, semantic candidates included."""
+    headers = _auth(make_token, world.tenant_a)
+    wanted = {"q": "소음 사기 교통", "type": "pdf", "limit": 20}
+    monkeypatch.setattr(engine, "TERM_FIGURES", TermFiguresCache())
+    monkeypatch.setattr(query, "PER_TERM", 10_000)
+    exact = await _search(client, headers, **wanted)
+    assert not exact["total_is_lower_bound"] and exact["retrieval"] == "hybrid" and exact["hits"]
+    given: list[bool] = []
+    build_plan = query.build_plan
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        given.append(kwargs.get("lexical") is not None)
+        return build_plan(*args, **kwargs)
+
+    monkeypatch.setattr(query, "PER_TERM", 1)
+    monkeypatch.setattr(query, "build_plan", spy)
+    bounded = await _search(client, headers, **wanted)
+    assert given and not any(given), "no fusing statement was given the lexical candidates"
+    for key in ("hits", "total", "facets", "total_is_lower_bound", "retrieval"):
+        assert bounded[key] == exact[key], key
+    monkeypatch.setattr(query, "build_plan", build_plan)
+    full_page = await _search(client, headers, q="소음 사기 교통", limit=1)   # the best postings fill one hit
+    assert full_page["total_is_lower_bound"] and len(full_page["hits"]) == 1
 
 
 async def test_grpc_search_with_filters_and_retrieval_mode(world: World, test_db_name: str, key_dir: Path,

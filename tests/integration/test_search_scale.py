@@ -169,6 +169,26 @@ async def test_document_frequencies_are_reused_only_while_the_collection_stays_p
     assert stale["counted"] and stale["df"] == N_DOCS
 
 
+async def test_a_tag_from_the_model_and_from_a_person_counts_once(db, corpus, admin_dsn) -> None:  # type: ignore[no-untyped-def]
+    """A document carrying a tag twice (the model's and a person's) is one hit under that tag filter, in the
+    exhaustive plan (the tags' documents joined with the terms' postings) as in a tag-only search."""
+    tenant, ids = corpus
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO documents.document_tags (tenant_id, document_id, tag, score, source) "
+                     "VALUES (%s, %s, '감사', 0.7, 'user')", (tenant, ids[-1]))
+    try:
+        for q in ("예산", None):
+            params = query.validate(q, ["감사"], 5, None)
+            plan = query.build_plan(params, ["예산"] if q else [], per_term=None)
+            async with db.tenant_transaction(tenant) as conn:
+                rows = await (await conn.execute(plan.sql, engine.statement_values(plan, params))).fetchall()
+            assert [r["id"] for r in rows] == [uuid.UUID(ids[-1])] and rows[0]["total"] == 1, q
+            assert [f["count"] for f in rows[0]["facets"] if f["tag"] == "감사"] == [1], q
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM documents.document_tags WHERE document_id = %s AND source = 'user'", (ids[-1],))
+
+
 def test_term_figures_cache_keeps_counted_figures_per_tenant() -> None:
     cache = TermFiguresCache(ttl_s=60)
     cache.remember("t1", [{"term": "예산", "df": 3, "postings": 4, "counted": True},
