@@ -43,7 +43,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -404,7 +404,8 @@ class EncoderPlan:
 
     @classmethod
     def make(cls, cfg: TrainConfig, base: E5Base | None = None) -> EncoderPlan:
-        base = base or read_base(find_base_file())
+        if base is None:
+            base = read_base(find_base_file())
         tokenizer = E5Tokenizer(base)
         n_layers = base.config.num_hidden_layers
         lower, frozen_pool, tuned_pool = split_layers(n_layers, cfg)
@@ -489,6 +490,13 @@ def data_fingerprint(data_dir: Path, cfg: TrainConfig) -> str:
                                       cfg.prefix, cfg.window_tokens, cfg.max_windows]).encode()).hexdigest()
 
 
+def check_tuned_names(plan: EncoderPlan, tuned_diffs: Mapping[str, torch.Tensor]) -> None:
+    """Refuses layers tuned elsewhere that name parameters outside this plan's tuned layers."""
+    unknown = sorted(set(tuned_diffs) - set(plan.tuned_names()))
+    if unknown:
+        raise ValueError(f"the tuned layers hold parameters of no tuned layer: {unknown[:3]}")
+
+
 # What the artifact's delta file holds: its tensors and its metadata (models/delta.py).
 DeltaFile = tuple[dict[str, torch.Tensor], dict[str, str]]
 
@@ -505,10 +513,7 @@ def fine_tune(plan: EncoderPlan, cache: WindowCache, labels: np.ndarray, n_label
     base = {k: state[k].detach().clone() for k in names}
     top = plan.top_encoder()
     history: list[dict[str, float]] = []
-    if tuned_diffs is not None:
-        unknown = sorted(set(tuned_diffs) - set(base))
-        if unknown:
-            raise ValueError(f"the tuned layers hold parameters of no tuned layer: {unknown[:3]}")
+    if tuned_diffs is not None:   # names checked by train() before the lower pass
         plan.load_tuned({k: base[k] + v.to(torch.float32) for k, v in tuned_diffs.items()})
     elif cfg.tune_layers and cfg.epochs:
         history, _ = tune_top_layers(top, cache, labels, n_labels, cfg, on_step)
@@ -670,6 +675,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, work_dir: Path | None = N
     stage("lower-pass")
     # 2. lower encoder pass over every text (the selection split is cut from the "train" part later)
     plan = EncoderPlan.make(cfg)
+    if tuned_diffs is not None:
+        check_tuned_names(plan, tuned_diffs)   # before the lower pass, which takes minutes
     parts = {"train": [x.text for x in split.train_items],
              **{f"val-{k}": [x.text for x in v["val"]] for k, v in split.by_dataset.items()}}
     caches = lower_pass_all(plan, parts, cfg, data_dir, work_dir)

@@ -322,8 +322,8 @@ def _tagged(tag_count: int) -> str:
 # An exhaustive plan under tag filters: the documents carrying every requested tag that have a posting of
 # a query term. The planner joins the two sides as their sizes say: a narrow tag's documents probed for
 # the terms' postings by primary key, or the terms' postings read whole from the covering impact index
-# and matched against a hash of the tags' documents (6-25 ms for a tag on 3,800 of 500,000 documents and
-# common terms, where probing every tagged document took 30-80 ms).
+# and matched against a hash of the tags' documents (4.5-28 ms for a tag on 3,200-4,000 of 500,000
+# documents and common terms, where probing every tagged document took 7.8-66 ms; README).
 _TOP_TAGGED = (
     "top AS (SELECT DISTINCT p.document_id FROM {tagged} tg JOIN documents.document_terms p "
     "ON p.document_id = tg.document_id AND p.term = ANY(%(terms)s) WHERE p.tenant_id = public.app_tenant_id())"
@@ -489,10 +489,12 @@ STORED_SLACK = 0.2
 
 
 def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[str],
-             phrases: Sequence[str], *, tags_per_document: bool, tags_checked: bool = False) -> str:
-    """The WHERE condition on `documents d` for the request's filters. `tags_checked`: the candidates
-    come from the tags' documents already, so the tag filter is left out (its values are still bound)."""
+             phrases: Sequence[str], *, tags_per_document: bool) -> tuple[list[str], str | None]:
+    """The conditions on `documents d` for the request's filters, binding their values: those other
+    than the tags, and the tag condition apart (None without tags), since candidates read from the
+    tags' documents need no tag check."""
     conditions = ["true"]
+    tag_condition = None
     if excluded:
         values["excluded"] = list(excluded)
         conditions.append(_EXCLUDED)
@@ -502,9 +504,8 @@ def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[st
     if params.tags:
         values["tags"] = list(params.tags)
         values["tag_count"] = len(params.tags)
-        if not tags_checked:
-            conditions.append(_TAG_FILTER_PER_DOCUMENT if tags_per_document
-                              else _TAG_FILTER.format(tagged=_tagged(len(params.tags))))
+        tag_condition = (_TAG_FILTER_PER_DOCUMENT if tags_per_document
+                         else _TAG_FILTER.format(tagged=_tagged(len(params.tags))))
     if params.pii is not None:
         conditions.append(_HAS_PII if params.pii else _NO_PII)
     if params.uploaded_from is not None:
@@ -516,7 +517,11 @@ def _filters(values: dict[str, Any], params: SearchParams, excluded: Sequence[st
     if params.types:
         values["extensions"] = [ext for kind in params.types for ext in _TYPE_EXTENSIONS.get(kind, (kind,))]
         conditions.append(_TYPES)
-    return " AND ".join(conditions)
+    return conditions, tag_condition
+
+
+def _where(conditions: Sequence[str], tag_condition: str | None) -> str:
+    return " AND ".join([*conditions, *([tag_condition] if tag_condition else [])])
 
 
 @dataclass(frozen=True)
@@ -571,7 +576,8 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
     the documents carrying the tags (`_TOP_TAGGED`), which then need no tag check of their own.
     """
     values: dict[str, Any] = {}
-    where = _filters(values, params, excluded, phrases, tags_per_document=params.q is not None)
+    conditions, tag_condition = _filters(values, params, excluded, phrases, tags_per_document=params.q is not None)
+    where = _where(conditions, tag_condition)
     order = _BY_DATE if params.sort == "date" else _BY_RELEVANCE
     page_order = ", ".join(f"p.{part}" for part in order.split(", "))
     if params.q is None:
@@ -590,8 +596,7 @@ def build_plan(params: SearchParams, terms: Sequence[str] = (), excluded: Sequen
                   n_at=[known[t].n_at if t in known else None for t in positive])
     exhaustive = per_term is None
     # Exhaustive candidates under tag filters come from the tags' documents only (`_TOP_TAGGED`).
-    lexical_where = (_filters({}, params, excluded, phrases, tags_per_document=True, tags_checked=exhaustive)
-                     if positive else "false")
+    lexical_where = _where(conditions, None if exhaustive else tag_condition) if positive else "false"
     fuse = _LEXICAL_ONLY
     if semantic is not None:
         f = semantic.fusion

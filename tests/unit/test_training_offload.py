@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from services.model_serving.models import delta
 from services.model_serving.models.e5_base import build_encoder, read_base
 from services.model_serving.models.hybrid import DELTA_FILE
+from services.model_serving.models.int8_rows import read_safetensors
 from services.model_serving.models.loader import load_model
-from services.model_training import offload
+from services.model_training import offload, train_hybrid
 from services.model_training.config import TrainConfig
 from services.model_training.train_hybrid import EncoderPlan, Split, train
 from tests.unit.test_training import _small_data
@@ -74,8 +74,7 @@ def test_layers_tuned_elsewhere_become_the_artifacts_encoder(packed: tuple[Path,
     manifest = train(data, tmp_path / "model", CFG, tuned_layers=tuned_file)
     assert manifest["training"]["tune_layers"] == report["chosen"]["tune_layers"]
     assert manifest["training"]["fine_tuned_elsewhere"]["chosen"] == report["chosen"]
-    with safe_open(str(tmp_path / "model" / DELTA_FILE), framework="pt") as fh:
-        assert (fh.metadata() or {})[delta.ENCODING_KEY] == delta.INT8_ROW_DIFF
+    assert read_safetensors(tmp_path / "model" / DELTA_FILE)[1][delta.ENCODING_KEY] == delta.INT8_ROW_DIFF
     model = load_model(tmp_path / "model")
     served = model.pooled.encoder.state_dict()  # type: ignore[attr-defined]
     base = build_encoder(read_base()).state_dict()
@@ -88,6 +87,20 @@ def test_layers_tuned_on_other_data_are_refused(tuned: tuple[Path, dict], tmp_pa
     other = _small_data(tmp_path / "other", {"headlines": 9, "petitions": 5})
     with pytest.raises(ValueError, match="other data"):
         train(other, tmp_path / "model", CFG, tuned_layers=tuned[0])
+
+
+def test_layers_naming_a_frozen_layer_are_refused_before_the_lower_pass(  # type: ignore[no-untyped-def]
+        packed: tuple[Path, Path, dict], tuned: tuple[Path, dict], tmp_path: Path, monkeypatch) -> None:
+    tensors, metadata = read_safetensors(tuned[0])
+    tensors["encoder.layer.0.output.dense.bias"] = torch.zeros(384, dtype=torch.float16)
+    save_file(tensors, str(tmp_path / "tuned.safetensors"), metadata=metadata)
+
+    def lower_pass_all(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the lower pass ran before the tuned layers were checked")
+
+    monkeypatch.setattr(train_hybrid, "lower_pass_all", lower_pass_all)
+    with pytest.raises(ValueError, match="no tuned layer"):
+        train(packed[0], tmp_path / "model", CFG, tuned_layers=tmp_path / "tuned.safetensors")
 
 
 def test_a_candidate_may_only_set_tuning_fields(packed: tuple[Path, Path, dict], tmp_path: Path) -> None:

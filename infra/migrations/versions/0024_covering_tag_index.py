@@ -1,6 +1,6 @@
 """Search: the documents carrying a tag are read from the (tenant_id, tag) index alone.
 
-A search under a tag filter starts from the documents carrying the tag (`query._TAGGED`): the
+A search under a tag filter starts from the documents carrying the tag (`query._tagged`): the
 (tenant_id, tag) index finds the tag's rows, and each row's `document_id` and `document_deleted`
 (the search role's policy since 0023) were then read from the table. At 500,000 documents
 (`make bench-search`'s corpus, this machine) a tag on 3,795 documents spent 17-20 ms in those

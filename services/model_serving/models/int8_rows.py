@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 SCALE_SUFFIX = ".row_scale"
 
@@ -45,7 +46,5 @@ def read(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Every tensor of a safetensors file and its metadata, in one read of the file."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as fh:
         return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118  # safe_open is not iterable
