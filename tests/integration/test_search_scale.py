@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -22,7 +22,6 @@ from services.common.pb import search_pb2, search_pb2_grpc
 from services.common.settings import CommonSettings
 from services.search import engine, query
 from services.search.grpc_service import add_to_server
-from services.search.settings import SearchSettings
 from services.search.termstats import TermFiguresCache, truncated
 from tests.conftest import DB_ADMIN, DB_HOST, DB_PORT, TEST_DB_NAME, create_tenant
 from tests.search_index import index_document
@@ -61,13 +60,6 @@ def corpus(admin_dsn: str) -> tuple[str, list[str]]:
             ids.append(_insert(conn, tenant, f"회의록 {i}", f"{mentions}{filler} 복지", tag))
     return tenant, ids
 
-
-@pytest.fixture
-async def db(test_db_name: str) -> AsyncIterator[Database]:
-    database = Database(SearchSettings(db_name=test_db_name).dsn(), max_size=2)
-    await database.open()
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import pytest
 
@@ -11,8 +12,9 @@ from services.search import query
 from services.search.query import QueryError, SearchParams
 
 
-def _params(q: str | None = "예산", tags: tuple[str, ...] = (), limit: int = 20, offset: int = 0) -> SearchParams:
-    return SearchParams(q=q, tags=tags, limit=limit, offset=offset)
+def _params(q: str | None = "예산", tags: tuple[str, ...] = (), limit: int = 20, offset: int = 0,
+            **filters: Any) -> SearchParams:
+    return SearchParams(q=q, tags=tags, limit=limit, offset=offset, **filters)
 
 
 # ------------------------------------------------------------------ validation
@@ -143,9 +145,18 @@ def test_plan_tags_only_ranks_by_tag_score() -> None:
     plan = query.build_plan(_params(q=None, tags=("정치", "경제")))
     assert plan.params["tags"] == ["정치", "경제"]
     assert plan.params["tag_count"] == 2
-    assert "HAVING count(DISTINCT t.tag) = %(tag_count)s" in plan.sql
-    assert "max(t.score)" in plan.sql
+    assert "HAVING count(*) = %(tag_count)s" in plan.sql
+    assert "avg(b.best)" in plan.sql and "max(t.score)" in plan.sql
     assert "terms" not in plan.params and plan.fallback_sql is None
+    # One tag: its rows read best first, only as many as the page and the facets need.
+    one = query.build_plan(_params(q=None, tags=("정치",), offset=300))
+    assert "ORDER BY t.score DESC, d.created_at DESC, t.document_id DESC LIMIT %(browse_rows)s" in one.sql
+    assert one.params["tag"] == "정치" and one.params["browse_rows"] == 300 + 20 + 1
+    assert query.build_plan(_params(q=None, tags=("정치",))).params["browse_rows"] == query.FACET_CANDIDATES
+    # By date: newest first from the documents, the tags' confidence looked up for the rows read.
+    by_date = query.build_plan(_params(q=None, tags=("정치",), sort="date"))
+    assert "ORDER BY d.created_at DESC, d.id DESC LIMIT %(browse_rows)s" in by_date.sql
+    assert "avg(s.best)" in by_date.sql
 
 
 def test_page_total_and_facets_come_from_one_statement() -> None:
@@ -155,8 +166,10 @@ def test_page_total_and_facets_come_from_one_statement() -> None:
     # A ranked search checks the tags of its (bounded) candidates; filters alone collect the tagged documents.
     assert "WHERE t.document_id = d.id AND t.tag = ANY(%(tags)s)) = %(tag_count)s" in plan.sql
     assert "d.id IN (SELECT t.document_id" not in plan.sql
-    tags_only = query.build_plan(_params(q=None, tags=("정치",)))
-    assert "d.id IN (SELECT t.document_id FROM documents.document_tags t" in tags_only.sql
+    # Tags with another filter: the total counts the documents passing both.
+    tags_only = query.build_plan(_params(q=None, tags=("정치",), pii=True))
+    assert "(SELECT count(*) FROM documents.documents d WHERE true AND d.pii <> '{}'::jsonb AND d.id IN (SELECT " \
+           "t.document_id FROM documents.document_tags t" in tags_only.sql
 
 
 def test_ranked_plan_reads_each_terms_best_postings_and_reuses_known_frequencies() -> None:
