@@ -54,6 +54,15 @@ class SearchSettings(CommonSettings):
     fusion_sem_add: int = Field(10, ge=0, description="semantic-only documents added to the word matches at most")
     fusion_min_sim: float = Field(0.85, ge=-1, le=1, description="cosine similarity a semantic-only document needs")
     similar_max_limit: int = 50
+    # PostgreSQL compiles a statement whose estimated cost passes `jit_above_cost` (100,000); a search's
+    # estimates pass it where a subquery's cost is counted for every row (a browse's total: 720 ms of
+    # compiling for a statement that ran in 110 ms). No search statement runs long enough to gain from it.
+    db_jit: bool = Field(False, description="PostgreSQL's JIT compilation of the search statements")
+
+    def dsn(self, user: str | None = None, password: str | None = None) -> str:
+        """The connection string, with PostgreSQL's JIT compilation off for the session unless `db_jit`."""
+        dsn = super().dsn(user, password)
+        return dsn if self.db_jit else dsn + " options='-c jit=off'"
 
     def index_policy(self) -> IndexPolicy:
         params = AnnParams(dtype=self.ann_dtype, connectivity=self.ann_connectivity,
