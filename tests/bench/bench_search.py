@@ -437,9 +437,10 @@ def build_vectors(real: int, seed: int, spec: str, threads: int) -> dict[str, An
 # -- queries ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BenchQuery:
-    kind: str          # "1 term", "2 terms", "3 terms", "question"
-    text: str
+    kind: str          # "1 term", "2 terms", "3 terms", "question"; or a kind of browse_mix
+    text: str          # "" for a search by filters alone
     tag: str | None
+    extra: tuple[tuple[str, str], ...] = ()   # more request parameters: a second tag, sort, from
 
 
 def document_frequencies(tenant: str, sample: int = 20_000) -> list[tuple[str, int]]:
@@ -474,6 +475,26 @@ def query_mix(frequencies: list[tuple[str, int]], tags: dict[str, int], seed: in
     names, weights = list(tags), list(tags.values())
     return [BenchQuery(kind, text, tag) for kind, text in texts
             for tag in (None, rng.choices(names, weights=weights)[0])]
+
+
+def browse_mix(tags: dict[str, int], newest: datetime) -> list[BenchQuery]:
+    """Searches without a text query, as a department sends them when it clicks a tag or a filter: the
+    tag on most documents (reviews: 95% of the department), the others (from 9,000 documents down to a
+    few dozen), each by confidence and newest first, with an upload-date range, two tags together (no
+    document carries two here: the answer is empty, what is measured is finding that out), and a date
+    range alone."""
+    by_size = sorted(tags, key=lambda t: (-tags[t], t))
+    common, others = by_size[0], by_size[1:]
+    recent = (newest - timedelta(days=90)).date().isoformat()
+    out = []
+    for tag in [common] * 5 + others:
+        out.append(BenchQuery("browse: tag" + (" (the common one)" if tag == common else ""), "", tag))
+        out.append(BenchQuery("browse: tag, newest first", "", tag, (("sort", "date"),)))
+        out.append(BenchQuery("browse: tag, last 90 days", "", tag, (("from", recent),)))
+    for a, b in zip([common] * 3 + others[:3], others[:6], strict=False):
+        out.append(BenchQuery("browse: two tags", "", a, (("tag", b),)))
+    out += [BenchQuery("browse: last 90 days alone", "", None, (("from", recent),))] * 5
+    return out
 
 
 def free_port() -> int:
@@ -588,14 +609,17 @@ async def run_queries(url: str, token: str, queries: list[BenchQuery], concurren
         async def worker() -> None:
             while pending:
                 q = pending.pop()
-                params: dict[str, Any] = {"q": q.text, "limit": 20}
+                params: list[tuple[str, Any]] = [("limit", 20)]
+                if q.text:
+                    params.append(("q", q.text))
                 if q.tag:
-                    params["tag"] = q.tag
+                    params.append(("tag", q.tag))
+                params += q.extra
                 t0 = time.perf_counter()
                 resp = await client.get("/api/v1/search", params=params)
                 elapsed = (time.perf_counter() - t0) * 1000
                 resp.raise_for_status()
-                key = q.kind + (" + tag" if q.tag else "")
+                key = q.kind + (" + tag" if q.tag and q.text else "")
                 body = resp.json()
                 hits.setdefault(key, []).append(int(body["total"]))
                 hybrid.append(body.get("retrieval") == "hybrid")
@@ -690,12 +714,21 @@ def query_plans(tenant: str, queries: list[BenchQuery]) -> dict[str, str]:
         conn.execute("SET enable_bitmapscan = off")   # as services/search/engine.py runs the ranked statement
         seen = set()
         for q in queries:
-            key = q.kind + (" + tag" if q.tag else "")
+            key = q.kind + (" + tag" if q.tag and q.text else "")
             if key in seen:
                 continue
             seen.add(key)
+            extra = dict(q.extra)
+            tags = [t for t in (q.tag, extra.get("tag")) if t]
+            if not q.text:
+                params = query.validate(None, tags, 20, None, uploaded_from=extra.get("from"), sort=extra.get("sort"))
+                plan = query.build_plan(params)
+                rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + plan.sql,
+                                    engine.statement_values(plan, params)).fetchall()
+                plans[f"{key}: {tags} {extra}"] = "\n".join(str(r[0]) for r in rows)
+                continue
             analyzed = morph.analyze_query(q.text)
-            params = query.validate(q.text, [q.tag] if q.tag else [], 20, None)
+            params = query.validate(q.text, tags, 20, None)
             plan = query.build_plan(params, analyzed.terms, analyzed.excluded, analyzed.phrases)
             values = engine.statement_values(plan, params)
             # As a warm replica runs it: the terms' document frequencies known from an earlier search.
@@ -824,8 +857,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tag_counts = {str(r[0]): int(r[1]) for r in conn.execute(
             "SELECT tag, count(*) FROM documents.document_tags WHERE tenant_id = %s GROUP BY tag",
             (largest,)).fetchall()}
+        newest = conn.execute("SELECT max(created_at) FROM documents.documents WHERE tenant_id = %s",
+                              (largest,)).fetchone()[0]  # type: ignore[index]
     results["tenants"] = {t: int(counts.get(t, 0)) for t in tenants}
     queries = query_mix(document_frequencies(largest), tag_counts, args.seed)
+    browse = browse_mix(tag_counts, newest)
     log("prewarm: the search tables and indexes into memory ...")
     results["prewarm"] = prewarm()
     state = Path(tempfile.mkdtemp(prefix="doctag-bench-search-", dir="/tmp"))
@@ -853,6 +889,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     log(f"{mode}: {len(queries)} queries at concurrency {concurrency} ...")
                     results[f"{mode}_c{concurrency}"] = asyncio.run(
                         run_queries(replica.url, token, queries, concurrency))
+                if mode == "lexical":   # no text query: no vectors involved
+                    log(f"browsing without a text query: {len(browse)} searches at concurrency 1 ...")
+                    asyncio.run(run_queries(replica.url, token, browse[:3], 1))
+                    results["browse_c1"] = asyncio.run(run_queries(replica.url, token, browse, 1))
                 results[f"{mode}_rss_mib"] = rss_mib(replica.process.pid)
             finally:
                 replica.stop()
@@ -861,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             serving.stop()
     log("naive ILIKE queries ...")
     results["naive"] = naive_queries(largest, queries, args.naive_queries)
-    results["plans"] = query_plans(largest, queries)
+    results["plans"] = query_plans(largest, queries + browse)
     table, checks = report(results)
     print(table)
     print()
@@ -928,6 +968,13 @@ def report(results: dict[str, Any]) -> tuple[str, list[Check]]:
                 rows.append([f"  {kind}", f"p50 {fmt(k['p50_ms'])} ms, p95 {fmt(k['p95_ms'])} ms",
                              f"median hits {fmt(k['median_total'], 0)}, zero hits {fmt(100 * k['zero_hit_share'])}%, "
                              f"total a lower bound {fmt(100 * k.get('lower_bound_share', 0))}%"])
+    if results.get("browse_c1"):
+        r = results["browse_c1"]
+        rows.append(["without a text query, concurrency 1", f"p50 {fmt(r['p50_ms'])} ms, p95 {fmt(r['p95_ms'])} ms",
+                     f"{r['queries']} searches by tags and filters alone (browse_mix)"])
+        for kind, k in r["by_kind"].items():
+            rows.append([f"  {kind.removeprefix('browse: ')}", f"p50 {fmt(k['p50_ms'])} ms, p95 {fmt(k['p95_ms'])} ms",
+                         f"median hits {fmt(k['median_total'], 0)}"])
     naive = results["naive"]
     rows.append(["naive ILIKE, concurrency 1", f"p50 {fmt(naive['p50_ms'])} ms, p95 {fmt(naive['p95_ms'])} ms",
                  f"{naive['queries']} queries without tag"])
