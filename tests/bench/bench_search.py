@@ -601,6 +601,7 @@ async def run_queries(url: str, token: str, queries: list[BenchQuery], concurren
     latencies: dict[str, list[float]] = {}
     hits: dict[str, list[int]] = {}
     bounded: dict[str, list[bool]] = {}
+    slowest: dict[str, tuple[float, str]] = {}   # per kind: the slowest query's time and parameters
     hybrid: list[bool] = []
     pending = list(reversed(queries))
     headers = {"Authorization": f"Bearer {token}"}
@@ -625,6 +626,8 @@ async def run_queries(url: str, token: str, queries: list[BenchQuery], concurren
                 hybrid.append(body.get("retrieval") == "hybrid")
                 bounded.setdefault(key, []).append(bool(body.get("total_is_lower_bound")))
                 latencies.setdefault(key, []).append(elapsed)
+                if elapsed > slowest.get(key, (0.0, ""))[0]:
+                    slowest[key] = (elapsed, " ".join(f"{k}={v}" for k, v in params))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -638,7 +641,8 @@ async def run_queries(url: str, token: str, queries: list[BenchQuery], concurren
             "by_kind": {k: {"p50_ms": percentile(v, 50), "p95_ms": percentile(v, 95),
                             "median_total": percentile(hits[k], 50),
                             "lower_bound_share": sum(bounded[k]) / len(bounded[k]),
-                            "zero_hit_share": sum(1 for t in hits[k] if t == 0) / len(hits[k])}
+                            "zero_hit_share": sum(1 for t in hits[k] if t == 0) / len(hits[k]),
+                            "slowest": {"ms": slowest[k][0], "params": slowest[k][1]}}
                         for k, v in sorted(latencies.items())}}
 
 
@@ -720,11 +724,13 @@ def query_plans(tenant: str, queries: list[BenchQuery]) -> dict[str, str]:
             seen.add(key)
             extra = dict(q.extra)
             tags = [t for t in (q.tag, extra.get("tag")) if t]
-            if not q.text:
+            if not q.text:   # as the engine runs a search without q: bitmap scans allowed
                 params = query.validate(None, tags, 20, None, uploaded_from=extra.get("from"), sort=extra.get("sort"))
                 plan = query.build_plan(params)
+                conn.execute("SET enable_bitmapscan = on")
                 rows = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + plan.sql,
                                     engine.statement_values(plan, params)).fetchall()
+                conn.execute("SET enable_bitmapscan = off")
                 plans[f"{key}: {tags} {extra}"] = "\n".join(str(r[0]) for r in rows)
                 continue
             analyzed = morph.analyze_query(q.text)
@@ -974,7 +980,8 @@ def report(results: dict[str, Any]) -> tuple[str, list[Check]]:
                      f"{r['queries']} searches by tags and filters alone (browse_mix)"])
         for kind, k in r["by_kind"].items():
             rows.append([f"  {kind.removeprefix('browse: ')}", f"p50 {fmt(k['p50_ms'])} ms, p95 {fmt(k['p95_ms'])} ms",
-                         f"median hits {fmt(k['median_total'], 0)}"])
+                         f"median hits {fmt(k['median_total'], 0)}; slowest {fmt(k['slowest']['ms'])} ms: "
+                         f"{k['slowest']['params']}"])
     naive = results["naive"]
     rows.append(["naive ILIKE, concurrency 1", f"p50 {fmt(naive['p50_ms'])} ms, p95 {fmt(naive['p95_ms'])} ms",
                  f"{naive['queries']} queries without tag"])
