@@ -437,6 +437,14 @@ _BROWSE_ONE_TAG = (
     "AND (o.score > t.score OR (o.score = t.score AND o.source < t.source))) AND {where} "
     "ORDER BY t.score DESC, d.created_at DESC, t.document_id DESC LIMIT %(browse_rows)s)"
 )
+# One tag with other filters: the total needs every document passing them, so the page is cut from that
+# one pass (a document carrying the tag twice is grouped to its better row) rather than read in order apart.
+_ONE_TAG_FILTERED = (
+    "matches AS MATERIALIZED (SELECT t.document_id AS id, d.created_at, max(t.score)::float8 AS score "
+    "FROM documents.document_tags t JOIN documents.documents d ON d.id = t.document_id "
+    "WHERE t.tenant_id = public.app_tenant_id() AND t.tag = %(tag)s AND {where} GROUP BY t.document_id, d.created_at), "
+    "ranked AS (SELECT id, created_at, score FROM matches ORDER BY {order} LIMIT %(browse_rows)s)"
+)
 # Several tags: the documents carrying every one, with their score (the average over the tags of the best
 # score each carries). Read from the narrowest tag (`driver`: each tag's entries counted up to
 # `driver_cap`), whose documents' tags are then checked by primary key; when every tag is on at least
@@ -706,6 +714,10 @@ def _browse_plan(params: SearchParams, values: dict[str, Any], conditions: Seque
         by = "d.created_at DESC, d.id DESC" if params.sort == "date" else "tg.score DESC, d.created_at DESC, d.id DESC"
         ctes = _TAGS_SCORED + _BROWSE_TAGGED.format(where=where, order=by)
         total = _COUNT_TAGGED.format(where=where) if other_filters else "(SELECT count(*) FROM tagged)"
+    elif params.tags and other_filters:
+        values["tag"] = params.tags[0]
+        ctes = _ONE_TAG_FILTERED.format(where=where, order=order)
+        total = "(SELECT count(*) FROM matches)"
     else:
         if params.tags and params.sort != "date":
             ctes = _BROWSE_ONE_TAG.format(where=where)
@@ -714,8 +726,7 @@ def _browse_plan(params: SearchParams, values: dict[str, Any], conditions: Seque
             ctes = _BROWSE_BY_DATE.format(score=score, where=_where(conditions, tag_condition))
         if params.tags:
             values["tag"] = params.tags[0]
-        total = _COUNT_ONE_TAG if params.tags and not other_filters \
-            else _COUNT_FILTERED.format(where=_where(conditions, tag_condition))
+        total = _COUNT_ONE_TAG if params.tags else _COUNT_FILTERED.format(where=_where(conditions, tag_condition))
     sql = "WITH " + ctes + _result(order, terms=_NO_TERM_FIGURES, rows="ranked", total=total, lexical_total="0")
     return SearchPlan(sql=sql, params=values)
 

@@ -166,10 +166,10 @@ def test_page_total_and_facets_come_from_one_statement() -> None:
     # A ranked search checks the tags of its (bounded) candidates; filters alone collect the tagged documents.
     assert "WHERE t.document_id = d.id AND t.tag = ANY(%(tags)s)) = %(tag_count)s" in plan.sql
     assert "d.id IN (SELECT t.document_id" not in plan.sql
-    # Tags with another filter: the total counts the documents passing both.
+    # A tag with another filter: the page and the total come from one pass over the documents passing both.
     tags_only = query.build_plan(_params(q=None, tags=("정치",), pii=True))
-    assert "(SELECT count(*) FROM documents.documents d WHERE true AND d.pii <> '{}'::jsonb AND d.id IN (SELECT " \
-           "t.document_id FROM documents.document_tags t" in tags_only.sql
+    assert "AND t.tag = %(tag)s AND true AND d.pii <> '{}'::jsonb GROUP BY t.document_id" in tags_only.sql
+    assert "SELECT (SELECT count(*) FROM matches) AS total" in tags_only.sql
 
 
 def test_ranked_plan_reads_each_terms_best_postings_and_reuses_known_frequencies() -> None:
