@@ -105,7 +105,13 @@ class CommonSettings(BaseSettings):
         if pw:
             parts["password"] = pw
         parts.update(self.db_tls_params())
+        if self.db_session_options():
+            parts["options"] = self.db_session_options()
         return " ".join(f"{k}={_quote(v)}" for k, v in parts.items())
+
+    def db_session_options(self) -> str:
+        """Server settings for this service's sessions, as libpq's `options` (`-c name=value ...`); none here."""
+        return ""
 
     def db_tls_params(self) -> dict[str, str]:
         """libpq's sslmode (and sslrootcert when the server's certificate is verified), or nothing."""

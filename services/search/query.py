@@ -426,15 +426,16 @@ _NO_PII = "d.pii = '{}'::jsonb"
 # common tag by a lookup each, then sorting and counting them all, took 4-5 s for a tag on 473,000 of
 # 500,000 documents (README, "Search at scale").
 #
-# One tag, by confidence: the tag's rows in the order of the (tenant_id, tag, score DESC) index
-# (migration 0025), each document once. A document carrying the tag from the model and from a person
+# One tag alone, by confidence: the tag's rows in the order of the (tenant_id, tag, score DESC) index
+# (migration 0025), each document once (the join to `documents` gives the upload time, and hides a
+# document in the bin). A document carrying the tag from the model and from a person
 # comes by its better row (a tie goes to the model's); the other is skipped by a primary-key probe.
 _BROWSE_ONE_TAG = (
     "ranked AS (SELECT t.document_id AS id, d.created_at, t.score::float8 AS score "
     "FROM documents.document_tags t JOIN documents.documents d ON d.id = t.document_id "
     "WHERE t.tenant_id = public.app_tenant_id() AND t.tag = %(tag)s AND NOT EXISTS (SELECT 1 "
     "FROM documents.document_tags o WHERE o.document_id = t.document_id AND o.tag = t.tag AND o.source <> t.source "
-    "AND (o.score > t.score OR (o.score = t.score AND o.source < t.source))) AND {where} "
+    "AND (o.score > t.score OR (o.score = t.score AND o.source < t.source))) "
     "ORDER BY t.score DESC, d.created_at DESC, t.document_id DESC LIMIT %(browse_rows)s)"
 )
 # One tag with other filters: the total needs every document passing them, so the page is cut from that
@@ -467,10 +468,10 @@ _TAGS_SCORED = (
 )
 _BROWSE_TAGGED = (
     ", ranked AS (SELECT d.id, d.created_at, tg.score FROM tagged tg JOIN documents.documents d ON d.id = tg.id "
-    "WHERE {where} ORDER BY {order} LIMIT %(browse_rows)s)"
+    "WHERE {where} ORDER BY {order} LIMIT %(browse_rows)s)"   # {order} names the output columns
 )
-# Newest first (one tag with sort=date, or no tag to rank by): the (tenant_id, created_at DESC, id DESC) index walked
-# with the filters checked per document, or the filtered documents sorted, as the planner finds cheaper.
+# Newest first (one tag alone with sort=date, or no tag): the (tenant_id, created_at DESC, id DESC) index
+# walked with the filters checked per document, or the filtered documents sorted, as the planner finds cheaper.
 # The tags' confidence is looked up for the rows read only.
 _BROWSE_BY_DATE = (
     "ranked AS (SELECT d.id, d.created_at, {score} AS score FROM documents.documents d WHERE {where} "
@@ -707,26 +708,23 @@ def _browse_plan(params: SearchParams, values: dict[str, Any], conditions: Seque
     first without tags, or with sort=date). Only the best `browse_rows` are read in order (the page and
     the facets' candidates); the total is counted apart (see `_BROWSE_ONE_TAG` and what follows it)."""
     values["browse_rows"] = max(params.offset + params.limit + 1, FACET_CANDIDATES)
-    other_filters = len(conditions) > 1   # besides the tags ("true" always comes first)
     where = _where(conditions, None)
+    other_filters = len(conditions) > 1   # besides the tags ("true" always comes first)
+    if len(params.tags) == 1:
+        values["tag"] = params.tags[0]
     if len(params.tags) > 1:
         values["driver_cap"] = TAG_DRIVER_CAP
-        by = "d.created_at DESC, d.id DESC" if params.sort == "date" else "tg.score DESC, d.created_at DESC, d.id DESC"
-        ctes = _TAGS_SCORED + _BROWSE_TAGGED.format(where=where, order=by)
+        ctes = _TAGS_SCORED + _BROWSE_TAGGED.format(where=where, order=order)
         total = _COUNT_TAGGED.format(where=where) if other_filters else "(SELECT count(*) FROM tagged)"
     elif params.tags and other_filters:
-        values["tag"] = params.tags[0]
         ctes = _ONE_TAG_FILTERED.format(where=where, order=order)
         total = "(SELECT count(*) FROM matches)"
+    elif params.tags and params.sort != "date":
+        ctes, total = _BROWSE_ONE_TAG, _COUNT_ONE_TAG
+    elif params.tags:
+        ctes, total = _BROWSE_BY_DATE.format(score=_TAG_SCORE, where=_where(conditions, tag_condition)), _COUNT_ONE_TAG
     else:
-        if params.tags and params.sort != "date":
-            ctes = _BROWSE_ONE_TAG.format(where=where)
-        else:
-            score = _TAG_SCORE if params.tags else "0::float8"
-            ctes = _BROWSE_BY_DATE.format(score=score, where=_where(conditions, tag_condition))
-        if params.tags:
-            values["tag"] = params.tags[0]
-        total = _COUNT_ONE_TAG if params.tags else _COUNT_FILTERED.format(where=_where(conditions, tag_condition))
+        ctes, total = _BROWSE_BY_DATE.format(score="0::float8", where=where), _COUNT_FILTERED.format(where=where)
     sql = "WITH " + ctes + _result(order, terms=_NO_TERM_FIGURES, rows="ranked", total=total, lexical_total="0")
     return SearchPlan(sql=sql, params=values)
 

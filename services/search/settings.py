@@ -59,10 +59,9 @@ class SearchSettings(CommonSettings):
     # compiling for a statement that ran in 110 ms). No search statement runs long enough to gain from it.
     db_jit: bool = Field(False, description="PostgreSQL's JIT compilation of the search statements")
 
-    def dsn(self, user: str | None = None, password: str | None = None) -> str:
-        """The connection string, with the planner options of the search sessions (`SESSION_OPTIONS`)."""
-        options = SESSION_OPTIONS + ("" if self.db_jit else " -c jit=off")
-        return super().dsn(user, password) + f" options='{options}'"
+    def db_session_options(self) -> str:
+        """The search sessions' planner settings (`SESSION_OPTIONS`), and JIT off unless `db_jit`."""
+        return SESSION_OPTIONS + ("" if self.db_jit else " -c jit=off")
 
     def index_policy(self) -> IndexPolicy:
         params = AnnParams(dtype=self.ann_dtype, connectivity=self.ann_connectivity,

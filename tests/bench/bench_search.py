@@ -479,8 +479,8 @@ def query_mix(frequencies: list[tuple[str, int]], tags: dict[str, int], seed: in
 
 def browse_mix(tags: dict[str, int], newest: datetime) -> list[BenchQuery]:
     """Searches without a text query, as a department sends them when it clicks a tag or a filter: the
-    tag on most documents (reviews: 95% of the department), the others (from 9,000 documents down to a
-    few dozen), each by confidence and newest first, with an upload-date range, two tags together (no
+    tag on most documents (reviews: 95% of the department), the others (from 4,200 documents down to
+    16 in the largest department), each by confidence and newest first, with an upload-date range, two tags together (no
     document carries two here: the answer is empty, what is measured is finding that out), and a date
     range alone."""
     by_size = sorted(tags, key=lambda t: (-tags[t], t))

@@ -153,9 +153,8 @@ async def test_browsing_answers_as_ranking_every_document(corpus, db, case, driv
                             types=args.pop("types", None), sort=args.pop("sort", None))
     params = query.SearchParams(**{**params.__dict__, "offset": offset})
     plan = query.build_plan(params)
-    values = {**engine.statement_values(plan, params), "facet_candidates": FACET_CANDIDATES}
     async with db.tenant_transaction(tenant) as conn:
-        rows = await (await conn.execute(plan.sql, values)).fetchall()
+        rows = await (await conn.execute(plan.sql, engine.statement_values(plan, params))).fetchall()
     found = [r for r in rows if r["id"] is not None]
     expected = _expected(docs, params)
     assert [r["id"] for r in found] == expected["ids"]
