@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 import psycopg
-from fastapi import Depends, FastAPI, Query
+from fastapi import Depends, FastAPI, Query, Response
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 
@@ -154,6 +154,7 @@ def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
              summary="Ranked Korean full-text and tag search in the caller's department; snippets are HTML "
                      "with <mark> around matched words")
     async def search(
+        response: Response,
         q: str | None = Query(None, description=f"search text, up to {query.MAX_QUERY_CHARS} characters; "
                                                 "ranked by BM25 over Korean morphemes, any word may match; "
                                                 "\"exact phrase\", -word to exclude, OR accepted"),
@@ -186,6 +187,7 @@ def build_app(settings: SearchSettings, db: Database, *, manage_db: bool = True,
             log.warning("database unavailable: %s", exc)
             raise ProblemError(503, "the search database is unavailable; try again shortly",
                                headers={"Retry-After": "5"}) from None
+        response.headers["Server-Timing"] = result.timings.server_timing()   # where the time went, per stage
         return result_to_response(result)
 
     async def similar(document_id: str, limit: int, principal: Principal) -> SimilarOut:

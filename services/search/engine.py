@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from services.common.db import Database
 from services.common.embeddings import unpack
 
-from . import morph, query
+from . import morph, query, timing
 from .semantic import SemanticSearch, SemanticUnavailable
 from .snippet import literal_spans, make_snippet
 from .termstats import TermFiguresCache, truncated
@@ -59,6 +59,7 @@ class SearchResult:
     total_is_lower_bound: bool = False      # total (and facets) count the best candidates only: at least this many
     facets_partial: bool = False            # facets count the tags of the best query.FACET_CANDIDATES matches only
     relaxed_phrases: tuple[str, ...] = ()   # "quoted" phrases no document contains: their words were ranked instead
+    timings: timing.StageTimes = field(default_factory=timing.StageTimes, compare=False)   # where the time went
 
 
 def parse_tenant_id(tenant_id: str) -> str:
@@ -87,9 +88,13 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
     words (`relaxed_phrases` names them), when that finds something; -exclusions and filters still hold.
     """
     tenant = parse_tenant_id(tenant_id)
+    times = timing.started()   # before the semantic task is created: it records into the same
     ranking = _start_semantic(db, tenant, params, semantic_search)
     try:
-        analyzed = await asyncio.to_thread(morph.analyze_query, params.q) if params.q else None
+        analyzed: morph.AnalyzedQuery | None = None
+        if params.q:
+            with timing.stage("analyse"):
+                analyzed = await asyncio.to_thread(morph.analyze_query, params.q)
         result = await _search(db, tenant, params, analyzed, ranking, semantic_search)
         if analyzed is not None and analyzed.phrases and result.total == 0:
             # No document contains a quoted phrase as written (often a title or a quotation typed from
@@ -97,8 +102,9 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
             relaxed = replace(analyzed, phrases=())
             loose = await _search(db, tenant, params, relaxed, ranking, semantic_search)
             if loose.total:
-                return replace(loose, relaxed_phrases=analyzed.phrases)
-        return result
+                result = replace(loose, relaxed_phrases=analyzed.phrases)
+        times.observe()
+        return replace(result, timings=times)
     finally:
         if ranking is not None:
             if not ranking.done():
@@ -149,7 +155,8 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
     figures = TERM_FIGURES.known(tenant, analyzed.terms) if analyzed is not None else None
     two_statements = analyzed is not None and ranking is not None and per_term is not None
     if analyzed is not None and not two_statements:
-        semantic, retrieval, reason = await _semantic_outcome(ranking, semantic_search is not None)
+        with timing.stage("vector_wait"):
+            semantic, retrieval, reason = await _semantic_outcome(ranking, semantic_search is not None)
 
     def plan_for(per_term: int | None, lexical: query.LexicalCandidates | None = None) -> query.SearchPlan:
         if analyzed is None:
@@ -163,9 +170,11 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
     cannot_fill = False
     if two_statements:
         # The lexical half runs while the query is embedded; the second statement is given its rows.
-        lexical = await _lexical_half(db, tenant, plan, values)
+        with timing.stage("lexical"):
+            lexical = await _lexical_half(db, tenant, plan, values)
         term_figures, n_documents = lexical["term_figures"], lexical["n_documents"]
-        semantic, retrieval, reason = await _semantic_outcome(ranking, True)
+        with timing.stage("vector_wait"):
+            semantic, retrieval, reason = await _semantic_outcome(ranking, True)
         lexical_ids = frozenset(lexical["lex_ids"])
         # When the bounded candidates cannot fill the page, the fusing statement would only be run again
         # over every posting (below), so it is skipped (its plan still carries the fused fallback).
@@ -179,7 +188,8 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
         # cannot know the term's size when planning, would otherwise often read the whole range and sort.
         if analyzed is not None:
             await conn.execute("SET LOCAL enable_bitmapscan = off")
-        rows = [] if cannot_fill else await (await conn.execute(plan.sql, values)).fetchall()
+        with timing.stage("page"):
+            rows = [] if cannot_fill else await (await conn.execute(plan.sql, values)).fetchall()
         if not two_statements:
             term_figures = rows[0]["term_figures"] if rows else None
             n_documents = rows[0]["n_documents"] if rows else None
@@ -188,17 +198,20 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
         if bounded and sum(1 for r in rows if r["id"] is not None) < values["fetch"]:
             # The bounded candidates did not fill the page (a narrow filter, a deep page): every posting.
             exhaustive = plan_for(None)
-            rows = await (await conn.execute(exhaustive.sql, {**values, **exhaustive.params})).fetchall()
+            with timing.stage("exhaustive"):
+                rows = await (await conn.execute(exhaustive.sql, {**values, **exhaustive.params})).fetchall()
             bounded, lexical_ids = False, None
         if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
             await conn.execute("SET LOCAL enable_bitmapscan = on")   # the trigram indexes are read by bitmap
-            rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
+            with timing.stage("fallback"):
+                rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
             bounded, lexical_ids = False, None
     total = int(rows[0]["total"]) if rows else 0
     facets = rows[0]["facets"] if rows else []
     found = [r for r in rows if r["id"] is not None]
     page = found[: params.limit]
-    hits = await asyncio.to_thread(_build_hits, page, analyzed, lexical_ids)
+    with timing.stage("snippets"):
+        hits = await asyncio.to_thread(_build_hits, page, analyzed, lexical_ids)
     more = len(found) > params.limit
     next_cursor = query.encode_cursor(params.offset + params.limit, params.q, params.tags, params.pii,
                                       params.cursor_filters()) if more else None

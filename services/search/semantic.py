@@ -55,6 +55,7 @@ from services.common.embeddings import unpack
 from services.common.grpc_utils import GrpcSecurity, client_channel
 from services.common.pb import model_serving_pb2, model_serving_pb2_grpc
 
+from . import timing
 from .query import Fusion, Semantic
 from .vectors import VectorCache, top_similar
 
@@ -136,13 +137,16 @@ class SemanticSearch:
     async def ranking(self, db: Database, tenant: str, text: str) -> Semantic:
         """The tenant's `candidates` documents most similar to `text`; SemanticUnavailable when there
         is no query vector or no document vector to compare it with."""
-        query_vector = await self.encoder.encode(text, tenant)
-        vectors = await self.cache.vectors(db, tenant, query_vector.model)
+        with timing.stage("embed"):
+            query_vector = await self.encoder.encode(text, tenant)
+        with timing.stage("vectors"):
+            vectors = await self.cache.vectors(db, tenant, query_vector.model)
         if not len(vectors):
             raise SemanticUnavailable("no document of this department has an embedding yet")
         if vectors.dim != len(query_vector.vector):
             raise SemanticUnavailable("the stored document embeddings do not match the query model")
-        ids, sims = await asyncio.to_thread(top_similar, vectors, query_vector.vector, self.candidates)
+        with timing.stage("nearest"):
+            ids, sims = await asyncio.to_thread(top_similar, vectors, query_vector.vector, self.candidates)
         return Semantic(tuple(ids), tuple(sims), self.fusion)
 
     async def close(self) -> None:

@@ -165,6 +165,35 @@ async def test_hybrid_search_finds_a_document_by_meaning(client, world: World, m
     assert world.docs["noise"] not in [h["id"] for h in excluded["hits"]]
 
 
+def _stages(response: httpx.Response) -> dict[str, float]:
+    """The Server-Timing header as {stage: milliseconds}."""
+    stages = {}
+    for part in response.headers["server-timing"].split(", "):
+        name, dur = part.split(";dur=")
+        stages[name] = float(dur)
+    return stages
+
+
+async def test_a_search_says_where_its_time_went(client, world: World, make_token) -> None:  # type: ignore[no-untyped-def]
+    headers = _auth(make_token, world.tenant_a)
+    r = await client.get("/api/v1/search", params={"q": "층간소음 민원"}, headers=headers)
+    assert r.status_code == 200 and r.json()["retrieval"] == "hybrid"
+    stages = _stages(r)
+    # The hybrid path, each stage once: the query vector and the lexical half run side by side.
+    assert {"analyse", "lexical", "embed", "vectors", "nearest", "vector_wait", "page", "snippets"} <= set(stages)
+    assert "exhaustive" not in stages and "fallback" not in stages
+    assert all(ms >= 0 for ms in stages.values())
+    # A query by words alone has no semantic stages; one that matches no word runs the partial-word fallback.
+    r = await client.get("/api/v1/search", params={"q": "층간소"}, headers=headers)
+    stages = _stages(r)
+    assert "fallback" in stages, r.headers["server-timing"]
+    browse = await client.get("/api/v1/search", params={"tag": "민원"}, headers=headers)
+    assert set(_stages(browse)) == {"page", "snippets"}
+    metrics = (await client.get("/metrics")).text
+    assert 'doctag_search_stage_seconds_count{stage="nearest"}' in metrics
+    assert 'doctag_search_stage_seconds_count{stage="fallback"}' in metrics
+
+
 async def test_search_degrades_to_words_when_model_serving_is_down(world: World, test_db_name: str, key_dir: Path,
                                                                    make_token) -> None:  # type: ignore[no-untyped-def]
     settings = _settings(test_db_name, key_dir, model_grpc_target="127.0.0.1:1", embed_retry_s=60)
