@@ -89,18 +89,18 @@ async def search(db: Database, tenant_id: str, params: query.SearchParams,
     """
     tenant = parse_tenant_id(tenant_id)
     times = timing.started()   # before the semantic task is created: it records into the same
-    ranking = _start_semantic(db, tenant, params, semantic_search)
+    ranking, vector_at_hand = _start_semantic(db, tenant, params, semantic_search)
     try:
         analyzed: morph.AnalyzedQuery | None = None
         if params.q:
             with timing.stage("analyse"):
                 analyzed = await asyncio.to_thread(morph.analyze_query, params.q)
-        result = await _search(db, tenant, params, analyzed, ranking, semantic_search)
+        result = await _search(db, tenant, params, analyzed, ranking, semantic_search, vector_at_hand)
         if analyzed is not None and analyzed.phrases and result.total == 0:
             # No document contains a quoted phrase as written (often a title or a quotation typed from
             # memory): rank its words instead, and say so, rather than answer with nothing.
             relaxed = replace(analyzed, phrases=())
-            loose = await _search(db, tenant, params, relaxed, ranking, semantic_search)
+            loose = await _search(db, tenant, params, relaxed, ranking, semantic_search, vector_at_hand)
             if loose.total:
                 result = replace(loose, relaxed_phrases=analyzed.phrases)
         times.observe()
@@ -125,14 +125,18 @@ def statement_values(plan: query.SearchPlan, params: query.SearchParams) -> dict
     }
 
 
-def _start_semantic(db: Database, tenant: str, params: query.SearchParams,
-                    semantic_search: SemanticSearch | None) -> asyncio.Task[query.Semantic] | None:
-    """The semantic ranking of a text query, started at once (it waits on model-serving)."""
+def _start_semantic(db: Database, tenant: str, params: query.SearchParams, semantic_search: SemanticSearch | None
+                    ) -> tuple[asyncio.Task[query.Semantic] | None, bool]:
+    """The semantic ranking of a text query, started at once (it may wait on model-serving), and whether
+    its query vector is at hand already (the replica's cache: no model call to wait for)."""
     if not params.q or semantic_search is None:
-        return None
+        return None, False
     parts = query.parse_operators(params.q)
     wanted = " ".join((*parts.words, *parts.phrases)).strip()
-    return asyncio.create_task(semantic_search.ranking(db, tenant, wanted)) if wanted else None
+    if not wanted:
+        return None, False
+    at_hand = semantic_search.encoder.has(wanted)
+    return asyncio.create_task(semantic_search.ranking(db, tenant, wanted)), at_hand
 
 
 async def _semantic_outcome(ranking: asyncio.Task[query.Semantic] | None, configured: bool
@@ -147,13 +151,16 @@ async def _semantic_outcome(ranking: asyncio.Task[query.Semantic] | None, config
 
 
 async def _search(db: Database, tenant: str, params: query.SearchParams, analyzed: morph.AnalyzedQuery | None,
-                  ranking: asyncio.Task[query.Semantic] | None, semantic_search: SemanticSearch | None
-                  ) -> SearchResult:
+                  ranking: asyncio.Task[query.Semantic] | None, semantic_search: SemanticSearch | None,
+                  vector_at_hand: bool = False) -> SearchResult:
     semantic: query.Semantic | None = None
     retrieval, reason = "lexical", None
     per_term = None if params.sort == "date" else query.PER_TERM
     figures = TERM_FIGURES.known(tenant, analyzed.terms) if analyzed is not None else None
-    two_statements = analyzed is not None and ranking is not None and per_term is not None
+    # Two statements only when there is a model call to overlap: with the query vector at hand (a next
+    # page, a query asked again) the semantic ranking is a nearest-neighbour search of a few milliseconds,
+    # done while the query is analysed, and one statement saves a round trip and a transaction.
+    two_statements = analyzed is not None and ranking is not None and per_term is not None and not vector_at_hand
     if analyzed is not None and not two_statements:
         with timing.stage("vector_wait"):
             semantic, retrieval, reason = await _semantic_outcome(ranking, semantic_search is not None)

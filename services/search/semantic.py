@@ -86,6 +86,10 @@ class QueryEncoder:
         self._paused_until = 0.0
         self._reason = ""
 
+    def has(self, text: str) -> bool:
+        """Whether the vector of `text` is cached (encode would not call model-serving)."""
+        return text in self._cache
+
     async def encode(self, text: str, tenant_id: str) -> QueryVector:
         cached = self._cache.get(text)
         if cached is not None:

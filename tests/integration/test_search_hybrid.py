@@ -194,6 +194,26 @@ async def test_a_search_says_where_its_time_went(client, world: World, make_toke
     assert 'doctag_search_stage_seconds_count{stage="fallback"}' in metrics
 
 
+async def test_a_query_asked_again_is_answered_in_one_statement_with_the_same_hits(  # type: ignore[no-untyped-def]
+        client, world: World, make_token) -> None:
+    """The first time a text is asked, its lexical half runs while model-serving embeds it (two statements);
+    asked again (its vector cached), one statement answers, and with the same page, scores and facets."""
+    headers = _auth(make_token, world.tenant_a)
+    params = {"q": "교통 예산 소음 이웃", "limit": 3}
+    first = await client.get("/api/v1/search", params=params, headers=headers)
+    again = await client.get("/api/v1/search", params=params, headers=headers)
+    assert "lexical" in _stages(first) and "lexical" not in _stages(again)
+    assert "page" in _stages(again) and "nearest" in _stages(again)
+    a, b = first.json(), again.json()
+    assert a["retrieval"] == b["retrieval"] == "hybrid"
+    assert [(h["id"], round(h["score"], 9)) for h in a["hits"]] == [(h["id"], round(h["score"], 9)) for h in b["hits"]]
+    assert (a["total"], a["facets"], a["next_cursor"] is None) == (b["total"], b["facets"], b["next_cursor"] is None)
+    assert len(a["hits"]) == 3 and a["next_cursor"] is not None
+    nxt = await client.get("/api/v1/search", params={**params, "cursor": a["next_cursor"]}, headers=headers)
+    assert nxt.status_code == 200 and "lexical" not in _stages(nxt)   # a next page: the vector is at hand
+    assert not {h["id"] for h in nxt.json()["hits"]} & {h["id"] for h in a["hits"]}
+
+
 async def test_search_degrades_to_words_when_model_serving_is_down(world: World, test_db_name: str, key_dir: Path,
                                                                    make_token) -> None:  # type: ignore[no-untyped-def]
     settings = _settings(test_db_name, key_dir, model_grpc_target="127.0.0.1:1", embed_retry_s=60)
