@@ -208,10 +208,11 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
             with timing.stage("exhaustive"):
                 rows = await (await conn.execute(exhaustive.sql, {**values, **exhaustive.params})).fetchall()
             bounded, lexical_ids = False, None
-        if plan.fallback_sql and rows and rows[0]["lexical_total"] == 0:
+        patterns = query.fallback_patterns(unknown_terms(term_figures)) if plan.fallback_sql else []
+        if plan.fallback_sql and patterns and rows and rows[0]["lexical_total"] == 0:
             await conn.execute("SET LOCAL enable_bitmapscan = on")   # the trigram indexes are read by bitmap
             with timing.stage("fallback"):
-                rows = await (await conn.execute(plan.fallback_sql, values)).fetchall()
+                rows = await (await conn.execute(plan.fallback_sql, {**values, "patterns": patterns})).fetchall()
             bounded, lexical_ids = False, None
     total = int(rows[0]["total"]) if rows else 0
     facets = rows[0]["facets"] if rows else []
@@ -232,6 +233,16 @@ async def _search(db: Database, tenant: str, params: query.SearchParams, analyze
         total_is_lower_bound=bounded,
         facets_partial=total > query.FACET_CANDIDATES,
     )
+
+
+def unknown_terms(figures: list[dict[str, Any]] | None) -> list[str]:
+    """The query terms no document of the tenant has (document frequency 0): a typo, a word cut short or
+    analysed otherwise than in the documents. Only these are looked for inside words when nothing matched.
+
+    A term the index knows found nothing only because of the filters (a tag, dates) or the -exclusions;
+    looking for it as a substring would find the same word again at the cost of reading every text
+    (a two-syllable pattern has no trigram to use the index with: 5.3 s at 500,000 documents)."""
+    return [str(f["term"]) for f in figures or () if not float(f["df"] or 0)]
 
 
 def _most_rows(lexical_candidates: int, semantic: query.Semantic | None, offset: int) -> int:

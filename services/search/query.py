@@ -526,7 +526,8 @@ class SearchPlan:
     """The statement(s) of one search with their parameters.
 
     `sql` ranks by BM25 (or by tag confidence without a query); `fallback_sql`, when set, is
-    run only if `sql` found nothing: partial-word matches of the query's Hangul terms. A ranked
+    run only if `sql` found nothing: partial-word matches of the query's Hangul terms (the search
+    service binds `patterns` to those of the terms the index does not know, `engine.unknown_terms`). A ranked
     plan reads each term's `params["per_term"]` best postings; setting it to None makes the same
     statement exhaustive (every posting)."""
 

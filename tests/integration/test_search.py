@@ -280,6 +280,21 @@ async def test_partial_word_matches_by_substring_with_lower_score(client, seed, 
     assert full["hits"][0]["id"] == seed.docs["digital"] and full["hits"][0]["score"] > body["hits"][0]["score"]
 
 
+async def test_known_words_excluded_by_a_filter_are_not_searched_again_inside_words(  # type: ignore[no-untyped-def]
+        client, seed, make_token) -> None:
+    """The partial-word fallback stands in for words the index does not know. Words it knows that the
+    filters left without a match are not looked for as substrings (a scan of every text: seconds at scale)."""
+    h = _auth(make_token, seed.tenant_a)
+    r = await client.get("/api/v1/search", params={"q": "정부혁신", "from": "2999-01-01"}, headers=h)
+    assert r.status_code == 200 and r.json()["total"] == 0
+    assert "page" in r.headers["server-timing"] and "fallback" not in r.headers["server-timing"]
+    # An unknown fragment under the same filter is still looked for inside words (and finds nothing there).
+    r = await client.get("/api/v1/search", params={"q": "정부혁", "from": "2999-01-01"}, headers=h)
+    assert r.json()["total"] == 0 and "fallback" in r.headers["server-timing"]
+    r = await client.get("/api/v1/search", params={"q": "정부혁"}, headers=h)
+    assert _ids(r.json()) == [seed.docs["digital"]] and "fallback" in r.headers["server-timing"]
+
+
 async def test_title_match_ranks_above_text_only_match(client, seed, make_token) -> None:  # type: ignore[no-untyped-def]
     body = await _search(client, _auth(make_token, seed.tenant_a), q="교통")
     ids = _ids(body)

@@ -99,6 +99,15 @@ def test_fallback_patterns_only_for_hangul_terms() -> None:
     assert query.fallback_patterns(["tax", "w2", "디지", "법", "100%"]) == ["%디지%"]
 
 
+def test_only_terms_the_index_does_not_know_are_searched_inside_words() -> None:
+    from services.search.engine import unknown_terms
+    figures = [{"term": "전하", "df": 812.0, "postings": 900.0, "counted": False},
+               {"term": "갱싱", "df": 0.0, "postings": 0.0, "counted": True},
+               {"term": "정부혁", "df": 0, "postings": 0, "counted": True}]
+    assert unknown_terms(figures) == ["갱싱", "정부혁"]
+    assert unknown_terms(None) == [] and unknown_terms([]) == []
+
+
 # ------------------------------------------------------------------ SQL assembly
 
 HOSTILE = "예산' OR 1=1 -- %_ & | ! :* \\"
